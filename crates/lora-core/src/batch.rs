@@ -1,0 +1,75 @@
+//! Host-side batches: the currency between the data stage and a backend.
+//!
+//! Plain vectors plus shapes, so that data loaders, augmentations and
+//! strategies never see a tensor type and compile once for every backend.
+
+/// A dense f32 array in row-major order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Self { shape, data }
+    }
+
+    /// Row `i` of a 2-D tensor.
+    pub fn row(&self, i: usize) -> &[f32] {
+        let width = self.shape[1];
+        &self.data[i * width..(i + 1) * width]
+    }
+}
+
+/// Tokenised text, padded on the right to the longest sequence of the batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextBatch {
+    pub batch_size: usize,
+    pub seq_len: usize,
+    /// `[batch_size * seq_len]` token ids, padding ids where the mask is 0.
+    pub input_ids: Vec<u32>,
+    /// `[batch_size * seq_len]`, 1 for real tokens, 0 for padding.
+    pub attention_mask: Vec<u32>,
+    /// One class index per sequence; empty at prediction time.
+    pub labels: Vec<u32>,
+}
+
+impl TextBatch {
+    /// Real (unpadded) tokens in the batch.
+    pub fn real_tokens(&self) -> usize {
+        self.attention_mask.iter().filter(|&&m| m != 0).count()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Batch {
+    Text(TextBatch),
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        match self {
+            Batch::Text(b) => b.batch_size,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn labels(&self) -> &[u32] {
+        match self {
+            Batch::Text(b) => &b.labels,
+        }
+    }
+
+    /// Units of work for throughput figures: real tokens for text.
+    pub fn work_units(&self) -> usize {
+        match self {
+            Batch::Text(b) => b.real_tokens(),
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! The pipeline schema and its spanned loading.
+//!
+//! The document is kept as text; every table is read through toml's spanned
+//! parser, so that an unknown key, a wrong type or a bad value points at
+//! file:line:column. Pluggable tables (`[data]`, `[model]`, `[train]`,
+//! `[eval]`, `[train.optimizer]`, ...) stay as [`Component`]s until the
+//! registry entry named by their `type` deserializes them with its own schema.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::diag::{Diagnostic, Diagnostics, Location, SourceFile, did_you_mean};
+use crate::lora::LoraSpec;
+
+/// `[run]`: what the run is called, where it writes, which backend, which seed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RunConfig {
+    pub name: String,
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Relative paths are relative to the working directory.
+    pub output_dir: PathBuf,
+}
+
+fn default_backend() -> String {
+    "candle".into()
+}
+fn default_seed() -> u64 {
+    42
+}
+
+/// A pluggable table: its `type` and where it is, deserialized later by its registry entry.
+#[derive(Debug, Clone)]
+pub struct Component {
+    pub file: Arc<SourceFile>,
+    /// Dotted path of the table, for example `["train", "optimizer"]`.
+    pub path: Vec<String>,
+    pub type_name: String,
+    type_span: Option<Range<usize>>,
+    span: Range<usize>,
+    /// Keys that are sub-components, left out when this table is deserialized.
+    nested: Vec<&'static str>,
+}
+
+impl Component {
+    pub fn location(&self) -> Location {
+        Location { file: self.file.clone(), span: self.span.clone() }
+    }
+
+    pub fn type_location(&self) -> Option<Location> {
+        Some(Location { file: self.file.clone(), span: self.type_span.clone().unwrap_or(self.span.clone()) })
+    }
+
+    fn table(&self) -> Result<Spanned<DeTable<'_>>, Diagnostics> {
+        let root = parse_document(&self.file)?;
+        let mut current = root;
+        for key in &self.path {
+            let (_, value) = current
+                .get_ref()
+                .iter()
+                .find(|(k, _)| k.get_ref().as_ref() == key.as_str())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .expect("component path was checked when the component was made");
+            let span = value.span();
+            match value.into_inner() {
+                DeValue::Table(t) => current = Spanned::new(span, t),
+                _ => unreachable!("component path was checked when the component was made"),
+            }
+        }
+        Ok(current)
+    }
+
+    /// Where the value of `key` is written, if it is.
+    pub fn value_location(&self, key: &str) -> Option<Location> {
+        let table = self.table().ok()?;
+        let (_, v) = table.get_ref().iter().find(|(k, _)| k.get_ref().as_ref() == key)?;
+        Some(Location { file: self.file.clone(), span: v.span() })
+    }
+
+    /// Declares keys that hold sub-components, so that [`Self::deserialize`] skips them.
+    pub fn with_nested(mut self, keys: &[&'static str]) -> Self {
+        self.nested.extend_from_slice(keys);
+        self
+    }
+
+    /// Deserializes the table, without `type` and nested components, into the entry's own schema.
+    pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, Diagnostics> {
+        let table = self.table()?;
+        let span = table.span();
+        let mut inner = DeTable::new();
+        for (k, v) in table.get_ref().iter() {
+            let key: &str = k.get_ref().as_ref();
+            if key != "type" && !self.nested.contains(&key) {
+                inner.insert(k.clone(), v.clone());
+            }
+        }
+        let de = toml::de::Deserializer::from(Spanned::new(span, inner));
+        T::deserialize(de).map_err(|e| toml_error(&self.file, &e, &self.path.join(".")))
+    }
+
+    /// The sub-table `key` as a component, or `None` when absent.
+    pub fn sub_component(&self, key: &str, default_type: Option<&str>) -> Result<Option<Component>, Diagnostics> {
+        let table = self.table()?;
+        let mut path = self.path.clone();
+        path.push(key.to_string());
+        component_in(&self.file, table.get_ref(), path, default_type)
+    }
+}
+
+fn component_in(
+    file: &Arc<SourceFile>,
+    parent: &DeTable<'_>,
+    path: Vec<String>,
+    default_type: Option<&str>,
+) -> Result<Option<Component>, Diagnostics> {
+    let key = path.last().expect("non-empty path");
+    let Some((k, value)) = parent.iter().find(|(k, _)| k.get_ref().as_ref() == key.as_str()) else {
+        return Ok(None);
+    };
+    let span = value.span();
+    let DeValue::Table(table) = value.get_ref() else {
+        return Err(Diagnostic::error(
+            "config::wrong-type",
+            format!("`{}` must be a table, found {}", path.join("."), value.get_ref().type_str()),
+        )
+        .at(Some(Location { file: file.clone(), span }))
+        .into());
+    };
+    let ty = table.iter().find(|(k, _)| k.get_ref().as_ref() == "type");
+    let (type_name, type_span) = match ty {
+        Some((_, v)) => match v.get_ref().as_str() {
+            Some(s) => (s.to_string(), Some(v.span())),
+            None => {
+                return Err(Diagnostic::error(
+                    "config::wrong-type",
+                    format!("`{}.type` must be a string", path.join(".")),
+                )
+                .at(Some(Location { file: file.clone(), span: v.span() }))
+                .into());
+            }
+        },
+        None => match default_type {
+            Some(d) => (d.to_string(), None),
+            None => {
+                return Err(Diagnostic::error(
+                    "config::missing-type",
+                    format!("table [{}] needs a `type` key", path.join(".")),
+                )
+                .at(Some(Location { file: file.clone(), span: k.span() }))
+                .into());
+            }
+        },
+    };
+    Ok(Some(Component { file: file.clone(), path, type_name, type_span, span, nested: Vec::new() }))
+}
+
+fn parse_document(file: &SourceFile) -> Result<Spanned<DeTable<'_>>, Diagnostics> {
+    DeTable::parse(&file.text).map_err(|e| toml_error_in(file, &e))
+}
+
+fn toml_error_in(file: &SourceFile, e: &toml::de::Error) -> Diagnostics {
+    let arc = SourceFile::new(file.path.clone(), file.text.clone());
+    toml_error(&arc, e, "")
+}
+
+/// Turns toml's error (message plus byte span) into a diagnostic with a location.
+pub fn toml_error(file: &Arc<SourceFile>, e: &toml::de::Error, table: &str) -> Diagnostics {
+    let message = e.message().trim().to_string();
+    let code = if message.starts_with("unknown field") {
+        "config::unknown-key"
+    } else if message.starts_with("missing field") {
+        "config::missing-key"
+    } else if message.starts_with("invalid type") {
+        "config::wrong-type"
+    } else if e.span().is_none() {
+        "config::invalid"
+    } else {
+        "config::invalid-value"
+    };
+    let mut d = Diagnostic::error(code, if table.is_empty() { message.clone() } else { format!("[{table}] {message}") })
+        .at(e.span().map(|span| Location { file: file.clone(), span }));
+    if code == "config::unknown-key" {
+        // serde lists the expected fields; offer the closest one.
+        if let (Some(found), Some(expected)) = (message.split('`').nth(1), message.split("expected").nth(1)) {
+            let names: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+            if let Some(s) = did_you_mean(found, names.iter().copied()) {
+                d = d.help(format!("did you mean `{s}`?"));
+            }
+        }
+    }
+    d.into()
+}
+
+/// A whole pipeline file.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub file: Arc<SourceFile>,
+    pub run: RunConfig,
+    pub data: Component,
+    pub model: Component,
+    pub lora: LoraSpec,
+    pub train: Component,
+    pub eval: Component,
+}
+
+const SECTIONS: [&str; 6] = ["run", "data", "model", "lora", "train", "eval"];
+
+impl PipelineConfig {
+    pub fn load(path: &Path) -> Result<Self, crate::Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io("cannot read configuration", path, e))?;
+        Ok(Self::parse(path, text)?)
+    }
+
+    /// Parses a pipeline, collecting every structural problem before giving up.
+    pub fn parse(path: &Path, text: String) -> Result<Self, Diagnostics> {
+        let file = SourceFile::new(path, text);
+        let root = parse_document(&file)?;
+        let mut diags = Diagnostics::default();
+
+        for (k, _) in root.get_ref().iter() {
+            let key: &str = k.get_ref().as_ref();
+            if !SECTIONS.contains(&key) {
+                let mut d = Diagnostic::error("config::unknown-key", format!("unknown section `{key}`"))
+                    .at(Some(Location { file: file.clone(), span: k.span() }));
+                d = match did_you_mean(key, SECTIONS) {
+                    Some(s) => d.help(format!("did you mean `{s}`?")),
+                    None => d.help(format!("valid sections: {}", SECTIONS.join(", "))),
+                };
+                diags.push(d);
+            }
+        }
+
+        let whole = Location { file: file.clone(), span: 0..0 };
+        let mut required = |key: &str, default_type: Option<&str>| -> Option<Component> {
+            match component_in(&file, root.get_ref(), vec![key.to_string()], default_type) {
+                Ok(Some(c)) => Some(c),
+                Ok(None) => {
+                    diags.push(
+                        Diagnostic::error("config::missing-section", format!("missing section [{key}]"))
+                            .at(Some(whole.clone())),
+                    );
+                    None
+                }
+                Err(e) => {
+                    diags.0.extend(e.0);
+                    None
+                }
+            }
+        };
+        let run = required("run", Some("run"));
+        let data = required("data", None);
+        let model = required("model", None);
+        let lora = required("lora", Some("lora"));
+        let train = required("train", Some("supervised"));
+        let eval = required("eval", Some("classification"));
+
+        let run = run.and_then(|c| c.deserialize::<RunConfig>().map_err(|e| diags.0.extend(e.0)).ok());
+        let lora = lora.and_then(|c| {
+            let loc = c.value_location("target-modules");
+            c.deserialize::<LoraSpec>()
+                .map(|mut l| {
+                    l.target_modules_location = loc;
+                    l
+                })
+                .map_err(|e| diags.0.extend(e.0))
+                .ok()
+        });
+
+        if diags.has_errors() {
+            return Err(diags);
+        }
+        Ok(Self {
+            file,
+            run: run.expect("no errors"),
+            data: data.expect("no errors"),
+            model: model.expect("no errors"),
+            lora: lora.expect("no errors"),
+            train: train.expect("no errors").with_nested(&["optimizer", "scheduler"]),
+            eval: eval.expect("no errors"),
+        })
+    }
+
+    pub fn text(&self) -> &str {
+        &self.file.text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[run]
+name = "t"
+output-dir = "out"
+
+[data]
+type = "csv"
+path = "x.csv"
+
+[model]
+type = "bert-classifier"
+path = "m"
+
+[lora]
+r = 8
+alpha = 16
+target-modules = ["query", "value"]
+
+[train]
+batch-size = 4
+
+[train.optimizer]
+type = "adamw"
+lr = 1e-3
+
+[eval]
+"#;
+
+    #[test]
+    fn a_good_pipeline_parses_with_defaults() {
+        let p = PipelineConfig::parse(Path::new("p.toml"), GOOD.into()).unwrap();
+        assert_eq!(p.run.backend, "candle");
+        assert_eq!(p.run.seed, 42);
+        assert_eq!(p.data.type_name, "csv");
+        assert_eq!(p.train.type_name, "supervised");
+        assert_eq!(p.lora.r, 8);
+        assert_eq!(p.lora.alpha, 16.0);
+        let opt = p.train.sub_component("optimizer", None).unwrap().unwrap();
+        assert_eq!(opt.type_name, "adamw");
+        assert_eq!(opt.path, vec!["train", "optimizer"]);
+    }
+
+    #[test]
+    fn unknown_keys_point_at_their_line_with_a_suggestion() {
+        let text = GOOD.replace("alpha = 16", "alhpa = 16");
+        let err = PipelineConfig::parse(Path::new("p.toml"), text).unwrap_err();
+        let d = &err.0[0];
+        assert_eq!(d.code, "config::unknown-key");
+        let (line, _) = d.location.as_ref().unwrap().line_col();
+        assert_eq!(line, 16);
+        assert_eq!(d.help.as_deref(), Some("did you mean `alpha`?"), "{}", d.message);
+    }
+
+    #[test]
+    fn every_structural_problem_is_reported_at_once() {
+        let text = GOOD.replace("[eval]", "[evall]").replace("type = \"csv\"\n", "");
+        let err = PipelineConfig::parse(Path::new("p.toml"), text).unwrap_err();
+        let codes: Vec<&str> = err.0.iter().map(|d| d.code.as_str()).collect();
+        assert!(codes.contains(&"config::unknown-key"), "{codes:?}");
+        assert!(codes.contains(&"config::missing-type"), "{codes:?}");
+        assert!(codes.contains(&"config::missing-section"), "{codes:?}");
+    }
+
+    #[test]
+    fn nested_component_keys_are_skipped_by_the_parent() {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+        struct Train {
+            batch_size: usize,
+        }
+        let p = PipelineConfig::parse(Path::new("p.toml"), GOOD.into()).unwrap();
+        let t: Train = p.train.deserialize().unwrap();
+        assert_eq!(t.batch_size, 4);
+    }
+}

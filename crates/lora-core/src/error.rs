@@ -1,0 +1,61 @@
+//! The one error enum of `lora-core`, shared by crates that have no reason to own another.
+
+use std::path::PathBuf;
+
+use crate::diag::Diagnostics;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration or an input is invalid: exit code 2.
+    #[error("{0}")]
+    Invalid(Diagnostics),
+
+    #[error("{context}: {path}: {source}")]
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Bad input data found while running (a row that cannot be parsed, ...).
+    #[error("data error: {0}")]
+    Data(String),
+
+    /// The tensor backend failed; the message carries the backend's own error.
+    #[error("{backend} backend: {message}")]
+    Backend { backend: &'static str, message: String },
+
+    /// An optional capability that the chosen backend does not implement.
+    #[error("{feature} is not supported by the {backend} backend")]
+    Unsupported { backend: &'static str, feature: &'static str },
+
+    /// A pinned asset could not be fetched or verified.
+    #[error("asset `{name}`: {message}")]
+    Asset { name: String, message: String },
+
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    pub fn io(context: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { context, path: path.into(), source }
+    }
+
+    /// Exit code of the `lora` binary for this error: 2 for invalid configuration or input, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Invalid(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+impl From<Diagnostics> for Error {
+    fn from(d: Diagnostics) -> Self {
+        Error::Invalid(d)
+    }
+}

@@ -1,0 +1,29 @@
+//! The contracts of lora-scripts.
+//!
+//! Everything that the stages, backends and plugins agree on lives here and
+//! nowhere else: the configuration schema and its spanned diagnostics, the
+//! host-side batch currency, the backend-adapter trait, the stage traits and
+//! one `inventory` registry per pluggable kind.
+//!
+//! This crate depends on no other workspace crate and on no tensor library,
+//! so every crate can depend on it without pulling a backend in.
+
+pub mod adapter;
+pub mod batch;
+pub mod config;
+pub mod diag;
+pub mod error;
+pub mod events;
+pub mod init;
+pub mod lora;
+pub mod optim;
+pub mod registry;
+pub mod stage;
+
+pub use adapter::{AdapterModel, ParamInfo, StepOutput};
+pub use batch::{Batch, HostTensor, TextBatch};
+pub use error::{Error, Result};
+pub use lora::{LoraSpec, TargetModule};
+
+/// Re-exported so that registering crates use the same `inventory` as the registries.
+pub use inventory;

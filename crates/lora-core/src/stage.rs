@@ -1,0 +1,123 @@
+//! The four stage traits: data -> model -> train -> eval.
+//!
+//! Each is chosen by the `type` key of its TOML table and built from a
+//! registry entry. Stage boundaries are trait objects so that everything
+//! around a backend compiles once.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::adapter::AdapterModel;
+use crate::batch::Batch;
+use crate::error::Result;
+use crate::events::Callback;
+use crate::lora::LoraSpec;
+
+/// Turns `asset:NAME/path` references into local paths, fetching when missing.
+pub trait AssetResolver: Send + Sync {
+    fn resolve(&self, path: &str) -> Result<PathBuf>;
+}
+
+/// Plain paths only; an `asset:` reference is an error. For tests and tools without a cache.
+pub struct NoAssets;
+
+impl AssetResolver for NoAssets {
+    fn resolve(&self, path: &str) -> Result<PathBuf> {
+        if path.starts_with("asset:") {
+            return Err(crate::Error::Other(format!("`{path}` names an asset, but no asset cache is configured")));
+        }
+        Ok(PathBuf::from(path))
+    }
+}
+
+/// What every stage may read while it is built or run.
+pub struct StageContext<'a> {
+    pub seed: u64,
+    pub assets: &'a dyn AssetResolver,
+    /// The model's tokenizer file, when the model has one.
+    pub tokenizer: Option<PathBuf>,
+}
+
+/// A split of examples that yields host-side batches.
+pub trait Dataset: Send + Sync {
+    fn len(&self) -> usize;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Class index of every example, in storage order.
+    fn labels(&self) -> Vec<u32>;
+
+    /// Batches of one pass. With `order_seed`, the order is a seeded shuffle
+    /// (a new seed each epoch reshuffles); without, storage order.
+    fn batches(&self, batch_size: usize, order_seed: Option<u64>) -> Box<dyn Iterator<Item = Result<Batch>> + Send + '_>;
+}
+
+/// Encodes raw inputs the way the data stage does, for `lora predict`.
+pub trait InputEncoder: Send + Sync {
+    fn encode_texts(&self, texts: &[String]) -> Result<Batch>;
+}
+
+pub struct PreparedData {
+    pub label_names: Vec<String>,
+    pub train: Box<dyn Dataset>,
+    pub validation: Box<dyn Dataset>,
+    pub encoder: Box<dyn InputEncoder>,
+}
+
+pub trait DataStage: Send {
+    /// Reads, splits, tokenises and batches the data.
+    fn prepare(&self, ctx: &StageContext) -> Result<PreparedData>;
+
+    /// The encoder alone, without reading the data (for prediction).
+    fn encoder(&self, ctx: &StageContext) -> Result<Box<dyn InputEncoder>>;
+}
+
+pub trait ModelStage: Send {
+    /// The tokenizer that belongs to this model, if any.
+    fn tokenizer(&self, ctx: &StageContext) -> Result<Option<PathBuf>>;
+
+    /// Loads the pretrained base and inserts LoRA layers.
+    fn build(&self, ctx: &StageContext, lora: &LoraSpec, num_labels: usize) -> Result<Box<dyn AdapterModel>>;
+}
+
+/// Result of one evaluation pass.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EvalReport {
+    pub samples: usize,
+    pub loss: f64,
+    /// Named scalar metrics (`accuracy`, `macro_f1`, ...).
+    pub metrics: BTreeMap<String, f64>,
+    /// Structured extras such as the confusion matrix.
+    pub details: serde_json::Value,
+}
+
+pub trait EvalStage: Send {
+    fn evaluate(&self, model: &dyn AdapterModel, data: &dyn Dataset, label_names: &[String]) -> Result<EvalReport>;
+
+    /// Evaluate every this many optimizer steps during training (0: only at the end).
+    fn interval(&self) -> usize;
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainSummary {
+    pub steps: usize,
+    pub epochs_completed: usize,
+    pub losses: Vec<f64>,
+    pub elapsed_s: f64,
+    pub evals: Vec<(usize, EvalReport)>,
+}
+
+pub trait TrainStage: Send {
+    fn train(
+        &mut self,
+        model: &mut dyn AdapterModel,
+        data: &PreparedData,
+        eval: &dyn EvalStage,
+        callbacks: &mut [Box<dyn Callback>],
+        seed: u64,
+    ) -> Result<TrainSummary>;
+}

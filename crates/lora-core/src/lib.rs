@@ -14,6 +14,7 @@ pub mod config;
 pub mod diag;
 pub mod error;
 pub mod events;
+pub mod fsutil;
 pub mod init;
 pub mod lora;
 pub mod optim;

@@ -80,6 +80,9 @@ pub trait ModelStage: Send {
     /// The tokenizer that belongs to this model, if any.
     fn tokenizer(&self, ctx: &StageContext) -> Result<Option<PathBuf>>;
 
+    /// `base_model_name_or_path` for PEFT's adapter config.
+    fn base_model_name(&self, ctx: &StageContext) -> Result<String>;
+
     /// Loads the pretrained base and inserts LoRA layers.
     fn build(&self, ctx: &StageContext, lora: &LoraSpec, num_labels: usize) -> Result<Box<dyn AdapterModel>>;
 }

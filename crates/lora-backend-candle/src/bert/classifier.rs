@@ -1,0 +1,455 @@
+//! `BertForSequenceClassification` with LoRA: the encoder, a frozen pooler on
+//! the first token, and a fully trained classifier saved as a module to save.
+//! Parameter names are PEFT's adapter keys.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, Var};
+use lora_core::adapter::{AdapterModel, ModelSummary, ParamInfo, PeftInfo, StepOutput};
+use lora_core::config::Component;
+use lora_core::diag::{Diagnostic, Diagnostics, did_you_mean};
+use lora_core::init::{derive_seed, kaiming_uniform, normal, rng};
+use lora_core::registry::ModelEntry;
+use lora_core::stage::{ModelStage, StageContext};
+use lora_core::{Batch, Error, HostTensor, LoraSpec, Result, inventory};
+use serde::Deserialize;
+
+use super::config::BertConfig;
+use super::encoder::{Encoder, Layer, MaskSource, TARGETS, mean_pool_normalised};
+use crate::error::IntoCore;
+use crate::lora_linear::{LoraLinear, LoraWeights};
+use crate::ops::{FrozenLayerNorm, frozen_linear};
+
+/// Key prefix of every adapter tensor: PEFT wraps the model as `base_model.model`,
+/// and the sequence-classification model holds the encoder under `bert`.
+const PEFT_PREFIX: &str = "base_model.model.";
+
+/// Where the base weights come from: a name -> tensor lookup.
+pub trait WeightSource {
+    fn get(&self, name: &str) -> Result<Tensor>;
+    fn contains(&self, name: &str) -> bool;
+}
+
+impl WeightSource for HashMap<String, Tensor> {
+    fn get(&self, name: &str) -> Result<Tensor> {
+        HashMap::get(self, name).cloned().ok_or_else(|| Error::Data(format!("missing weight `{name}`")))
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.contains_key(name)
+    }
+}
+
+/// Memory-mapped safetensors; tensors are read only when asked for.
+pub struct MmapWeights {
+    path: PathBuf,
+    inner: candle_core::safetensors::MmapedSafetensors,
+}
+
+impl MmapWeights {
+    pub fn open(path: &Path) -> Result<Self> {
+        // SAFETY: the file is opened read-only and never written while mapped;
+        // the asset cache is write-once (verified, then renamed into place).
+        let inner = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
+            .map_err(|e| Error::Data(format!("{}: cannot read safetensors: {e}", path.display())))?;
+        Ok(Self { path: path.to_path_buf(), inner })
+    }
+}
+
+impl WeightSource for MmapWeights {
+    fn get(&self, name: &str) -> Result<Tensor> {
+        let t = self
+            .inner
+            .load(name, &Device::Cpu)
+            .map_err(|e| Error::Data(format!("{}: tensor `{name}`: {e}", self.path.display())))?;
+        t.to_dtype(DType::F32).core()
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.inner.get(name).is_ok()
+    }
+}
+
+pub struct BertClassifier {
+    encoder: Encoder,
+    pooler: (Tensor, Tensor),
+    classifier_weight: Var,
+    classifier_bias: Var,
+    classifier_dropout: f32,
+    /// Trainable variables in the order of `params`.
+    vars: Vec<Var>,
+    params: Vec<ParamInfo>,
+    targets: Vec<&'static str>,
+    num_labels: usize,
+}
+
+impl BertClassifier {
+    /// Builds the model from base weights (with or without the `bert.` prefix),
+    /// inserts LoRA layers and initialises the adapter and head from `seed`.
+    pub fn new(
+        cfg: BertConfig,
+        weights: &dyn WeightSource,
+        lora: &LoraSpec,
+        num_labels: usize,
+        classifier_dropout: f32,
+        seed: u64,
+    ) -> Result<Self> {
+        let prefix = if weights.contains("bert.embeddings.word_embeddings.weight") { "bert." } else { "" };
+        let w = |name: &str| weights.get(&format!("{prefix}{name}"));
+        let targets = resolve_targets(lora)?;
+        let mut init = rng(derive_seed(seed, "lora-init", 0));
+        let mut vars = Vec::new();
+        let mut params = Vec::new();
+        let ln = |name: &str| -> Result<FrozenLayerNorm> {
+            FrozenLayerNorm::new(&w(&format!("{name}.weight"))?, &w(&format!("{name}.bias"))?, cfg.layer_norm_eps).core()
+        };
+
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let mut linears = Vec::with_capacity(6);
+            for (name, path, _) in TARGETS {
+                let full = format!("encoder.layer.{i}.{path}");
+                let mut lin = LoraLinear::new(w(&format!("{full}.weight"))?, Some(w(&format!("{full}.bias"))?));
+                if targets.contains(&name) {
+                    let (out_dim, in_dim) = (lin.out_dim(), lin.in_dim());
+                    check_rank(lora, &full, in_dim, out_dim)?;
+                    let a = kaiming_uniform(in_dim, lora.r * in_dim, &mut init);
+                    let a = Var::from_vec(a, (lora.r, in_dim), &Device::Cpu).core()?;
+                    let b = Var::zeros((out_dim, lora.r), DType::F32, &Device::Cpu).core()?;
+                    for (suffix, var, shape) in
+                        [("lora_A", &a, vec![lora.r, in_dim]), ("lora_B", &b, vec![out_dim, lora.r])]
+                    {
+                        params.push(ParamInfo {
+                            name: format!("{PEFT_PREFIX}bert.{full}.{suffix}.weight"),
+                            shape,
+                            weight_decay: true,
+                        });
+                        vars.push(var.clone());
+                    }
+                    lin = lin.with_lora(LoraWeights { a, b, scale: lora.scale(), dropout: lora.dropout });
+                }
+                linears.push(lin);
+            }
+            layers.push(Layer {
+                linears: linears.try_into().map_err(|_| Error::Other("six linears per layer".into()))?,
+                attention_norm: ln(&format!("encoder.layer.{i}.attention.output.LayerNorm"))?,
+                output_norm: ln(&format!("encoder.layer.{i}.output.LayerNorm"))?,
+            });
+        }
+        let encoder = Encoder {
+            word_embeddings: w("embeddings.word_embeddings.weight")?,
+            position_embeddings: w("embeddings.position_embeddings.weight")?,
+            token_type_embeddings: w("embeddings.token_type_embeddings.weight")?,
+            embedding_norm: ln("embeddings.LayerNorm")?,
+            layers,
+            cfg: cfg.clone(),
+        };
+        let pooler = (w("pooler.dense.weight")?, w("pooler.dense.bias")?);
+
+        // Hugging Face initialises a new head with N(0, 0.02) weights and zero bias.
+        let mut head_rng = rng(derive_seed(seed, "head-init", 0));
+        let h = cfg.hidden_size;
+        let cw = Var::from_vec(normal(0.02, num_labels * h, &mut head_rng), (num_labels, h), &Device::Cpu).core()?;
+        let cb = Var::zeros(num_labels, DType::F32, &Device::Cpu).core()?;
+        params.push(ParamInfo {
+            name: format!("{PEFT_PREFIX}classifier.weight"),
+            shape: vec![num_labels, h],
+            weight_decay: true,
+        });
+        params.push(ParamInfo { name: format!("{PEFT_PREFIX}classifier.bias"), shape: vec![num_labels], weight_decay: false });
+        vars.push(cw.clone());
+        vars.push(cb.clone());
+
+        Ok(Self {
+            encoder,
+            pooler,
+            classifier_weight: cw,
+            classifier_bias: cb,
+            classifier_dropout,
+            vars,
+            params,
+            targets,
+            num_labels,
+        })
+    }
+
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+
+    fn text(batch: &Batch) -> Result<&lora_core::TextBatch> {
+        match batch {
+            Batch::Text(t) => Ok(t),
+            #[allow(unreachable_patterns)]
+            _ => Err(Error::Other("the BERT classifier takes text batches".into())),
+        }
+    }
+
+    fn logits(&self, batch: &lora_core::TextBatch, mut masks: Option<&mut MaskSource>) -> candle_core::Result<Tensor> {
+        let dims = (batch.batch_size, batch.seq_len);
+        let hidden = self.encoder.forward(&batch.input_ids, &batch.attention_mask, dims, masks.as_deref_mut())?;
+        let first = Encoder::first_token(&hidden, dims)?;
+        let pooled = frozen_linear(&first, &self.pooler.0, Some(&self.pooler.1))?.tanh()?;
+        let pooled = match masks {
+            Some(src) => match src.mask(self.classifier_dropout, dims.0, self.encoder.cfg.hidden_size)? {
+                Some(m) => (pooled * m)?,
+                None => pooled,
+            },
+            None => pooled,
+        };
+        pooled.matmul(&self.classifier_weight.as_tensor().t()?)?.broadcast_add(self.classifier_bias.as_tensor())
+    }
+
+    /// Sentence embeddings: mean over real tokens, L2-normalised (sentence-transformers).
+    pub fn sentence_embeddings(&self, batch: &Batch) -> Result<HostTensor> {
+        let b = Self::text(batch)?;
+        let dims = (b.batch_size, b.seq_len);
+        let hidden = self.encoder.forward(&b.input_ids, &b.attention_mask, dims, None).core()?;
+        let pooled = mean_pool_normalised(&hidden, &b.attention_mask, dims).core()?;
+        Ok(HostTensor::new(vec![b.batch_size, self.encoder.cfg.hidden_size], pooled.flatten_all().core()?.to_vec1().core()?))
+    }
+
+    fn for_each_linear(&mut self, mut f: impl FnMut(&mut LoraLinear) -> candle_core::Result<()>) -> Result<()> {
+        for layer in &mut self.encoder.layers {
+            for lin in &mut layer.linears {
+                f(lin).core()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn resolve_targets(lora: &LoraSpec) -> Result<Vec<&'static str>> {
+    let valid: Vec<&'static str> = TARGETS.iter().map(|t| t.0).collect();
+    let mut diags = Diagnostics::default();
+    let mut out = Vec::new();
+    for name in &lora.target_modules {
+        match valid.iter().find(|v| **v == name.as_str()) {
+            Some(v) if !out.contains(v) => out.push(*v),
+            Some(_) => diags.push(
+                Diagnostic::error("lora::duplicate-target", format!("target module `{name}` is listed twice"))
+                    .at(lora.target_modules_location.clone()),
+            ),
+            None => {
+                let mut d = Diagnostic::error(
+                    "lora::unknown-target-module",
+                    format!("unknown target module `{name}` for a BERT encoder"),
+                )
+                .at(lora.target_modules_location.clone());
+                let list = valid.join(", ");
+                d = match did_you_mean(name, valid.iter().copied()) {
+                    Some(s) => d.help(format!("did you mean `{s}`? valid modules: {list}")),
+                    None => d.help(format!("valid modules: {list}")),
+                };
+                diags.push(d);
+            }
+        }
+    }
+    if lora.r == 0 && !out.is_empty() {
+        diags.push(Diagnostic::error("lora::rank-zero", "rank r (0) must be at least 1. Valid range: 1 <= r"));
+    }
+    if !(0.0..1.0).contains(&lora.dropout) {
+        diags.push(Diagnostic::error(
+            "lora::invalid-dropout",
+            format!("dropout ({}) is out of range. Valid range: 0 <= dropout < 1", lora.dropout),
+        ));
+    }
+    if diags.has_errors() {
+        return Err(Error::Invalid(diags));
+    }
+    // Parameters and masks follow the model's module order, not the configuration's.
+    out.sort_by_key(|n| valid.iter().position(|v| v == n));
+    Ok(out)
+}
+
+fn check_rank(lora: &LoraSpec, module: &str, in_dim: usize, out_dim: usize) -> Result<()> {
+    let limit = in_dim.min(out_dim);
+    if lora.r > limit {
+        return Err(Error::Invalid(
+            Diagnostic::error(
+                "lora::rank-exceeds-layer",
+                format!(
+                    "Rank value ({}) exceeds min(in, out) = {limit} of `{module}` ({in_dim} -> {out_dim}). Valid range: 1 <= rank <= {limit}",
+                    lora.r
+                ),
+            )
+            .into(),
+        ));
+    }
+    Ok(())
+}
+
+impl AdapterModel for BertClassifier {
+    fn backend(&self) -> &'static str {
+        crate::BACKEND
+    }
+
+    fn summary(&self) -> ModelSummary {
+        let cfg = &self.encoder.cfg;
+        let trainable: usize = self.params.iter().map(|p| p.numel()).sum();
+        ModelSummary {
+            architecture: "BertForSequenceClassification".into(),
+            total_parameters: self.encoder.parameter_count()
+                + cfg.hidden_size * (cfg.hidden_size + 1)
+                + trainable,
+            trainable_parameters: trainable,
+            num_labels: self.num_labels,
+            hidden_size: cfg.hidden_size,
+            max_positions: cfg.max_position_embeddings,
+        }
+    }
+
+    fn peft_info(&self) -> PeftInfo {
+        // PEFT matches list entries as module-name suffixes: `output.dense` alone
+        // would also catch `attention.output.dense`, so that case is a regex.
+        let ambiguous = self.targets.contains(&"output.dense") && !self.targets.contains(&"attention.output.dense");
+        let target_modules = if ambiguous {
+            let alts: Vec<String> = TARGETS
+                .iter()
+                .filter(|t| self.targets.contains(&t.0))
+                .map(|t| t.1.replace('.', r"\."))
+                .collect();
+            serde_json::Value::String(format!(r".*\.layer\.\d+\.({})", alts.join("|")))
+        } else {
+            serde_json::json!(self.targets)
+        };
+        PeftInfo { task_type: "SEQ_CLS", target_modules, modules_to_save: vec!["classifier".into(), "score".into()] }
+    }
+
+    fn params(&self) -> &[ParamInfo] {
+        &self.params
+    }
+
+    fn read_params(&self) -> Result<Vec<Vec<f32>>> {
+        self.vars.iter().map(|v| v.as_tensor().flatten_all().and_then(|t| t.to_vec1()).core()).collect()
+    }
+
+    fn write_params(&mut self, values: &[Vec<f32>]) -> Result<()> {
+        if values.len() != self.vars.len() {
+            return Err(Error::Other(format!("expected {} parameter tensors, got {}", self.vars.len(), values.len())));
+        }
+        for ((var, info), v) in self.vars.iter().zip(&self.params).zip(values) {
+            if v.len() != info.numel() {
+                return Err(Error::Other(format!("{}: expected {} values, got {}", info.name, info.numel(), v.len())));
+            }
+            let t = Tensor::from_slice(v, info.shape.as_slice(), &Device::Cpu).core()?;
+            var.set(&t).core()?;
+        }
+        Ok(())
+    }
+
+    fn train_step(&mut self, batch: &Batch, dropout_seed: u64) -> Result<StepOutput> {
+        let b = Self::text(batch)?;
+        let mut masks = MaskSource::new(dropout_seed);
+        let logits = self.logits(b, Some(&mut masks)).core()?;
+        let labels = Tensor::from_slice(&b.labels, b.batch_size, &Device::Cpu).core()?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &labels).core()?;
+        let grads = loss.backward().core()?;
+        let mut out = Vec::with_capacity(self.vars.len());
+        for (var, info) in self.vars.iter().zip(&self.params) {
+            out.push(match grads.get(var.as_tensor()) {
+                Some(g) => g.flatten_all().and_then(|g| g.to_vec1()).core()?,
+                None => vec![0.0; info.numel()],
+            });
+        }
+        Ok(StepOutput { loss: loss.to_scalar::<f32>().core()?, grads: out })
+    }
+
+    fn predict(&self, batch: &Batch) -> Result<HostTensor> {
+        let b = Self::text(batch)?;
+        let logits = self.logits(b, None).core()?;
+        Ok(HostTensor::new(vec![b.batch_size, self.num_labels], logits.flatten_all().core()?.to_vec1().core()?))
+    }
+
+    fn hidden_states(&self, batch: &Batch) -> Result<HostTensor> {
+        let b = Self::text(batch)?;
+        let dims = (b.batch_size, b.seq_len);
+        let hidden = self.encoder.forward(&b.input_ids, &b.attention_mask, dims, None).core()?;
+        Ok(HostTensor::new(
+            vec![b.batch_size, b.seq_len, self.encoder.cfg.hidden_size],
+            hidden.flatten_all().core()?.to_vec1().core()?,
+        ))
+    }
+
+    fn merge(&mut self) -> Result<()> {
+        self.for_each_linear(|l| l.merge())
+    }
+
+    fn unmerge(&mut self) -> Result<()> {
+        self.for_each_linear(|l| {
+            l.unmerge();
+            Ok(())
+        })
+    }
+}
+
+/// `[model] type = "bert-classifier"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BertClassifierConfig {
+    /// Folder with `config.json`, `model.safetensors` and `tokenizer.json` (or `asset:NAME`).
+    pub path: String,
+    /// Dropout before the classifier during training (Hugging Face's default is 0.1).
+    #[serde(default = "default_head_dropout")]
+    pub classifier_dropout: f32,
+    /// `base_model_name_or_path` written into `adapter_config.json`; defaults to the resolved path.
+    pub base_model_name: Option<String>,
+}
+
+fn default_head_dropout() -> f32 {
+    0.1
+}
+
+impl BertClassifierConfig {
+    pub fn files(&self, ctx: &StageContext) -> Result<(PathBuf, BertConfig)> {
+        let dir = ctx.assets.resolve(&self.path)?;
+        let cfg = BertConfig::from_file(&dir.join("config.json"))?;
+        Ok((dir, cfg))
+    }
+
+    /// Loads the model from its folder.
+    pub fn load(&self, dir: &Path, cfg: BertConfig, lora: &LoraSpec, num_labels: usize, seed: u64) -> Result<BertClassifier> {
+        let weights = MmapWeights::open(&dir.join("model.safetensors"))?;
+        BertClassifier::new(cfg, &weights, lora, num_labels, self.classifier_dropout, seed)
+    }
+}
+
+impl ModelStage for BertClassifierConfig {
+    fn tokenizer(&self, ctx: &StageContext) -> Result<Option<PathBuf>> {
+        let path = ctx.assets.resolve(&self.path)?.join("tokenizer.json");
+        Ok(path.exists().then_some(path))
+    }
+
+    fn build(&self, ctx: &StageContext, lora: &LoraSpec, num_labels: usize) -> Result<Box<dyn AdapterModel>> {
+        let (dir, cfg) = self.files(ctx)?;
+        Ok(Box::new(self.load(&dir, cfg, lora, num_labels, ctx.seed)?))
+    }
+
+    fn base_model_name(&self, ctx: &StageContext) -> Result<String> {
+        match &self.base_model_name {
+            Some(n) => Ok(n.clone()),
+            None => Ok(ctx.assets.resolve(&self.path)?.display().to_string()),
+        }
+    }
+}
+
+fn build(c: &Component) -> std::result::Result<Box<dyn ModelStage>, Diagnostics> {
+    let cfg: BertClassifierConfig = c.deserialize()?;
+    if !(0.0..1.0).contains(&cfg.classifier_dropout) {
+        return Err(Diagnostic::error(
+            "model::invalid-dropout",
+            format!("classifier-dropout ({}) is out of range. Valid range: 0 <= classifier-dropout < 1", cfg.classifier_dropout),
+        )
+        .at(c.value_location("classifier-dropout"))
+        .into());
+    }
+    Ok(Box::new(cfg))
+}
+
+inventory::submit! {
+    ModelEntry {
+        backend: crate::BACKEND,
+        name: "bert-classifier",
+        summary: "BERT-family encoder with LoRA and a sequence-classification head (BertForSequenceClassification layout)",
+        build,
+    }
+}

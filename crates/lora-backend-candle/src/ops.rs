@@ -1,0 +1,242 @@
+//! Custom operations with hand-written backward passes.
+//!
+//! candle's matmul backward computes the gradient of both operands, including
+//! the frozen base weight, which LoRA never needs: [`frozen_linear`] skips it
+//! and saves a third of the training step. candle-nn's fast softmax and layer
+//! norm have no backward; these do, and treat the affine parameters as frozen.
+
+use candle_core::{CpuStorage, CustomOp1, D, Layout, Result, Shape, Tensor};
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let data = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("custom op input has to be contiguous"),
+    }
+}
+
+/// `x W^T` for a frozen `W [out, in]`: the backward pass returns the gradient
+/// of `x` only.
+struct FrozenMatmul {
+    weight: Tensor,
+}
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout)?;
+        let dims = layout.shape().dims();
+        let rows = dims[..dims.len() - 1].iter().product::<usize>();
+        let x = Tensor::from_slice(x, (rows, dims[dims.len() - 1]), &candle_core::Device::Cpu)?;
+        let y = x.matmul(&self.weight.t()?)?;
+        let out_dim = y.dim(1)?;
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("at least one dim") = out_dim;
+        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), Shape::from(shape)))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let dims = grad_res.dims().to_vec();
+        let rows = dims[..dims.len() - 1].iter().product::<usize>();
+        let g = grad_res.reshape((rows, dims[dims.len() - 1]))?.matmul(&self.weight)?;
+        let mut shape = dims;
+        *shape.last_mut().expect("at least one dim") = self.weight.dim(1)?;
+        Ok(Some(g.reshape(shape)?))
+    }
+}
+
+/// `x W^T + b` with `W` and `b` frozen.
+pub fn frozen_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let y = x.contiguous()?.apply_op1(FrozenMatmul { weight: weight.clone() })?;
+    match bias {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}
+
+/// Softmax over the last dimension with a backward pass.
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "softmax-last-dim-grad"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout)?;
+        let n = layout.shape().dims().last().copied().unwrap_or(1);
+        let mut out = vec![0f32; x.len()];
+        for (src, dst) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+            let max = src.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = (s - max).exp();
+                sum += *d;
+            }
+            let inv = 1.0 / sum;
+            dst.iter_mut().for_each(|d| *d *= inv);
+        }
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        // dx = y * (g - sum(g * y))
+        let dot = (grad_res * res)?.sum_keepdim(D::Minus1)?;
+        Ok(Some((res * grad_res.broadcast_sub(&dot)?)?))
+    }
+}
+
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Softmax)
+}
+
+/// Layer norm over the last dimension with frozen `gamma` and `beta`.
+struct LayerNorm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    eps: f32,
+}
+
+impl LayerNorm {
+    fn normalise(&self, row: &[f32]) -> (f32, f32) {
+        let n = row.len() as f32;
+        let mean = row.iter().sum::<f32>() / n;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        (mean, 1.0 / (var + self.eps).sqrt())
+    }
+}
+
+impl CustomOp1 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "layer-norm-frozen-affine"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout)?;
+        let n = self.gamma.len();
+        let mut out = vec![0f32; x.len()];
+        for (src, dst) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+            let (mean, rstd) = self.normalise(src);
+            for i in 0..n {
+                dst[i] = (src[i] - mean) * rstd * self.gamma[i] + self.beta[i];
+            }
+        }
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        // dx = rstd * (dyg - mean(dyg) - xhat * mean(dyg * xhat)), dyg = dy * gamma
+        let x = arg.flatten_all()?.to_vec1::<f32>()?;
+        let g = grad_res.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let n = self.gamma.len();
+        let mut dx = vec![0f32; x.len()];
+        let mut dyg = vec![0f32; n];
+        for ((src, gr), dst) in x.chunks_exact(n).zip(g.chunks_exact(n)).zip(dx.chunks_exact_mut(n)) {
+            let (mean, rstd) = self.normalise(src);
+            let (mut m1, mut m2) = (0f32, 0f32);
+            for i in 0..n {
+                dyg[i] = gr[i] * self.gamma[i];
+                m1 += dyg[i];
+                m2 += dyg[i] * (src[i] - mean) * rstd;
+            }
+            let (m1, m2) = (m1 / n as f32, m2 / n as f32);
+            for i in 0..n {
+                let xhat = (src[i] - mean) * rstd;
+                dst[i] = rstd * (dyg[i] - m1 - xhat * m2);
+            }
+        }
+        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+    }
+}
+
+/// Layer norm whose `gamma` and `beta` are frozen host copies.
+#[derive(Debug, Clone)]
+pub struct FrozenLayerNorm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    eps: f32,
+}
+
+impl FrozenLayerNorm {
+    pub fn new(gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Self> {
+        Ok(Self { gamma: gamma.to_vec1()?, beta: beta.to_vec1()?, eps: eps as f32 })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let op = LayerNorm { gamma: self.gamma.clone(), beta: self.beta.clone(), eps: self.eps };
+        x.contiguous()?.apply_op1(op)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn close(a: &Tensor, b: &Tensor, tol: f32) {
+        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= tol, "{x} vs {y}");
+        }
+    }
+
+    fn var(shape: &[usize], seed: u64) -> Var {
+        let n: usize = shape.iter().product();
+        let v = lora_core::init::normal(1.0, n, &mut lora_core::init::rng(seed));
+        Var::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn frozen_linear_matches_matmul_forward_and_input_gradient() {
+        let x = var(&[2, 3, 4], 1);
+        let w = var(&[5, 4], 2).as_tensor().detach();
+        let b = var(&[5], 3).as_tensor().detach();
+        let fast = frozen_linear(x.as_tensor(), &w, Some(&b)).unwrap();
+        let slow = x.as_tensor().broadcast_matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
+        close(&fast, &slow, 1e-5);
+        let gf = fast.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let gs = slow.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        close(gf.get(&x).unwrap(), gs.get(&x).unwrap(), 1e-4);
+    }
+
+    #[test]
+    fn softmax_gradient_matches_composed_ops() {
+        let x = var(&[3, 7], 4);
+        let weights = var(&[3, 7], 5).as_tensor().detach();
+        let fast = softmax_last_dim(x.as_tensor()).unwrap();
+        let slow = candle_nn::ops::softmax(x.as_tensor(), D::Minus1).unwrap();
+        close(&fast, &slow, 1e-6);
+        let gf = (fast * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let gs = (slow * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        close(gf.get(&x).unwrap(), gs.get(&x).unwrap(), 1e-5);
+    }
+
+    #[test]
+    fn layer_norm_gradient_matches_composed_ops() {
+        let x = var(&[4, 6], 6);
+        let gamma = var(&[6], 7).as_tensor().detach();
+        let beta = var(&[6], 8).as_tensor().detach();
+        let weights = var(&[4, 6], 9).as_tensor().detach();
+        let fast = FrozenLayerNorm::new(&gamma, &beta, 1e-12).unwrap().forward(x.as_tensor()).unwrap();
+        let xs = x.as_tensor();
+        let mean = xs.mean_keepdim(D::Minus1).unwrap();
+        let xc = xs.broadcast_sub(&mean).unwrap();
+        let var_ = xc.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+        let slow = xc
+            .broadcast_div(&(var_ + 1e-12).unwrap().sqrt().unwrap())
+            .unwrap()
+            .broadcast_mul(&gamma)
+            .unwrap()
+            .broadcast_add(&beta)
+            .unwrap();
+        close(&fast, &slow, 1e-5);
+        let gf = (fast * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let gs = (slow * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        close(gf.get(&x).unwrap(), gs.get(&x).unwrap(), 1e-4);
+    }
+}

@@ -1,0 +1,91 @@
+//! `[eval] type = "classification"`: loss, accuracy, macro-F1 and the confusion matrix.
+
+use std::collections::BTreeMap;
+
+use lora_core::adapter::AdapterModel;
+use lora_core::config::Component;
+use lora_core::diag::{Diagnostic, Diagnostics};
+use lora_core::inventory;
+use lora_core::registry::EvaluatorEntry;
+use lora_core::stage::{Dataset, EvalReport, EvalStage};
+use lora_core::{Error, Result};
+use serde::Deserialize;
+
+use crate::metrics::{Confusion, argmax, cross_entropy};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ClassificationEvalConfig {
+    /// Evaluate every this many optimizer steps during training; 0 evaluates only at the end.
+    #[serde(default)]
+    pub every_steps: usize,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+}
+
+fn default_batch() -> usize {
+    64
+}
+
+pub struct ClassificationEval {
+    pub cfg: ClassificationEvalConfig,
+}
+
+impl EvalStage for ClassificationEval {
+    fn interval(&self) -> usize {
+        self.cfg.every_steps
+    }
+
+    fn evaluate(&self, model: &dyn AdapterModel, data: &dyn Dataset, label_names: &[String]) -> Result<EvalReport> {
+        let classes = label_names.len();
+        let mut confusion = Confusion::new(classes);
+        let mut loss_sum = 0.0;
+        for batch in data.batches(self.cfg.batch_size, None) {
+            let batch = batch?;
+            let logits = model.predict(&batch)?;
+            if logits.shape != [batch.len(), classes] {
+                return Err(Error::Other(format!(
+                    "model returned logits of shape {:?}, expected [{}, {classes}]",
+                    logits.shape,
+                    batch.len()
+                )));
+            }
+            for (i, &label) in batch.labels().iter().enumerate() {
+                let row = logits.row(i);
+                loss_sum += cross_entropy(row, label as usize);
+                confusion.add(label as usize, argmax(row));
+            }
+        }
+        let samples = confusion.total() as usize;
+        let mut metrics = BTreeMap::new();
+        metrics.insert("accuracy".to_string(), confusion.accuracy());
+        metrics.insert("macro_f1".to_string(), confusion.macro_f1());
+        let per_class: BTreeMap<&str, Option<f64>> =
+            label_names.iter().map(String::as_str).zip(confusion.f1_per_class()).collect();
+        Ok(EvalReport {
+            samples,
+            loss: loss_sum / samples.max(1) as f64,
+            metrics,
+            details: serde_json::json!({
+                "labels": label_names,
+                "confusion_matrix": confusion.matrix,
+                "confusion_matrix_axes": "rows are true labels, columns are predictions",
+                "f1_per_class": per_class,
+            }),
+        })
+    }
+}
+
+fn build(c: &Component) -> std::result::Result<Box<dyn EvalStage>, Diagnostics> {
+    let cfg: ClassificationEvalConfig = c.deserialize()?;
+    if cfg.batch_size == 0 {
+        return Err(Diagnostic::error("eval::invalid-batch-size", "batch-size (0) must be at least 1. Valid range: 1 <= batch-size")
+            .at(c.value_location("batch-size"))
+            .into());
+    }
+    Ok(Box::new(ClassificationEval { cfg }))
+}
+
+inventory::submit! {
+    EvaluatorEntry { name: "classification", summary: "loss, accuracy, macro-F1 and confusion matrix on the validation split", build }
+}

@@ -1,0 +1,41 @@
+//! `cargo xtask <command>`: project chores written in Rust, so they run the
+//! same on every machine that can build the project (see .cargo/config.toml).
+//!
+//! Each command lives in its own module with `pub const USAGE: &str` and
+//! `pub fn run(args: &[String]) -> ExitCode`. Adding one takes a `mod` line,
+//! a match arm in [`main`] and its `USAGE` in [`COMMANDS`].
+
+use std::process::ExitCode;
+
+mod fetch;
+
+/// Usage lines of every command, in the order `help` lists them.
+const COMMANDS: &[&str] = &[fetch::USAGE];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        eprint!("{}", usage());
+        return ExitCode::from(2);
+    };
+    match command.as_str() {
+        "fetch" => fetch::run(rest),
+        "help" | "-h" | "--help" => {
+            print!("{}", usage());
+            ExitCode::SUCCESS
+        }
+        other => {
+            eprint!("error: unknown command `{other}`\n\n{}", usage());
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn usage() -> String {
+    let mut text = String::from("usage: cargo xtask <command> [args]\n\ncommands:\n");
+    for line in COMMANDS {
+        text.push_str(&format!("  {line}\n"));
+    }
+    text.push_str("  help                 print this message\n");
+    text
+}

@@ -133,9 +133,10 @@ impl DataConfig {
                 ),
             );
         }
-        for (key, value) in
-            [("max-train-samples", self.max_train_samples), ("max-validation-samples", self.max_validation_samples)]
-        {
+        for (key, value) in [
+            ("max-train-samples", self.max_train_samples),
+            ("max-validation-samples", self.max_validation_samples),
+        ] {
             if value == Some(0) {
                 invalid(key, format!("{key} (0) is outside the valid range {key} >= 1"));
             }
@@ -144,19 +145,28 @@ impl DataConfig {
             if labels.is_empty() {
                 invalid("labels", "labels is empty; it needs at least 2 class names".into());
             } else if labels.len() == 1 {
-                invalid("labels", format!("labels has a single class ({:?}); it needs at least 2", labels[0]));
+                invalid(
+                    "labels",
+                    format!("labels has a single class ({:?}); it needs at least 2", labels[0]),
+                );
             }
             let mut seen = std::collections::BTreeSet::new();
             for l in labels {
                 if !seen.insert(l.as_str()) {
-                    invalid("labels", format!("labels lists {l:?} twice; each class name must be unique"));
+                    invalid(
+                        "labels",
+                        format!("labels lists {l:?} twice; each class name must be unique"),
+                    );
                 }
             }
         }
         if self.text_column == self.label_column {
             invalid(
                 "label-column",
-                format!("text-column and label-column are both {:?}; they must differ", self.text_column),
+                format!(
+                    "text-column and label-column are both {:?}; they must differ",
+                    self.text_column
+                ),
             );
         }
 
@@ -170,7 +180,10 @@ impl DataConfig {
                 None => b',',
                 Some(d) if d.len() == 1 && d.is_ascii() => d.as_bytes()[0],
                 Some(d) => {
-                    invalid("delimiter", format!("delimiter ({d:?}) must be exactly one ASCII character, such as \",\" or \"\\t\""));
+                    invalid(
+                        "delimiter",
+                        format!("delimiter ({d:?}) must be exactly one ASCII character, such as \",\" or \"\\t\""),
+                    );
                     b','
                 }
             };
@@ -201,7 +214,10 @@ mod tests {
         assert_eq!(config.validation_fraction, 0.1);
         assert_eq!(config.max_length, 128);
         assert_eq!(config.on_unknown_label, OnUnknownLabel::Error);
-        assert_eq!(config.validate("csv", Some(&c)).unwrap(), SourceFormat::Csv { delimiter: b',' });
+        assert_eq!(
+            config.validate("csv", Some(&c)).unwrap(),
+            SourceFormat::Csv { delimiter: b',' }
+        );
         assert_eq!(config.validate("jsonl", Some(&c)).unwrap(), SourceFormat::Jsonl);
     }
 
@@ -214,8 +230,14 @@ mod tests {
         let messages: Vec<&str> = d.0.iter().map(|d| d.message.as_str()).collect();
         assert_eq!(d.0.len(), 4, "{messages:?}");
         assert!(d.0.iter().all(|d| d.code == "data::invalid-value"));
-        assert_eq!(messages[0], "validation-fraction (1.5) is outside the valid range 0 < validation-fraction < 1");
-        assert_eq!(messages[1], "max-length (0) is outside the valid range 1 <= max-length <= 512");
+        assert_eq!(
+            messages[0],
+            "validation-fraction (1.5) is outside the valid range 0 < validation-fraction < 1"
+        );
+        assert_eq!(
+            messages[1],
+            "max-length (0) is outside the valid range 1 <= max-length <= 512"
+        );
         assert!(messages[2].starts_with("max-train-samples (0)"));
         assert!(messages[3].contains("exactly one ASCII character"));
         // `[data]` starts on line 5 of the fixture; each diagnostic points at its own value.
@@ -227,12 +249,25 @@ mod tests {
 
     #[test]
     fn label_lists_and_format_specific_keys_are_checked() {
-        let d = problems("type = \"jsonl\"\npath = \"d\"\nlabels = [\"a\", \"a\"]\ndelimiter = \"\\t\"", "jsonl");
+        let d = problems(
+            "type = \"jsonl\"\npath = \"d\"\nlabels = [\"a\", \"a\"]\ndelimiter = \"\\t\"",
+            "jsonl",
+        );
         let messages: Vec<&str> = d.0.iter().map(|d| d.message.as_str()).collect();
-        assert_eq!(messages, ["labels lists \"a\" twice; each class name must be unique", "delimiter only applies to csv data, not jsonl"]);
-        let d = problems("type = \"csv\"\npath = \"d\"\nlabels = [\"a\"]\nmax-length = 513", "csv");
+        assert_eq!(
+            messages,
+            [
+                "labels lists \"a\" twice; each class name must be unique",
+                "delimiter only applies to csv data, not jsonl"
+            ]
+        );
+        let d = problems(
+            "type = \"csv\"\npath = \"d\"\nlabels = [\"a\"]\nmax-length = 513",
+            "csv",
+        );
         assert_eq!(d.0.len(), 2);
-        assert!(d.0[1].message.contains("(513)"));
+        assert!(d.0[0].message.contains("max-length (513)"));
+        assert!(d.0[1].message.contains("single class"));
         let d = problems("type = \"csv\"\npath = \"d\"\nvalidation-fraction = nan", "csv");
         assert!(d.0[0].message.starts_with("validation-fraction (NaN)"));
     }

@@ -17,7 +17,13 @@ pub fn collate(sequences: &[&[u32]], labels: Vec<u32>, pad_id: u32) -> TextBatch
         attention_mask.extend(std::iter::repeat_n(1, s.len()));
         attention_mask.extend(std::iter::repeat_n(0, seq_len - s.len()));
     }
-    TextBatch { batch_size: sequences.len(), seq_len, input_ids, attention_mask, labels }
+    TextBatch {
+        batch_size: sequences.len(),
+        seq_len,
+        input_ids,
+        attention_mask,
+        labels,
+    }
 }
 
 /// Token ids and a class per example, tokenised once when the data is prepared.
@@ -33,7 +39,12 @@ impl TextDataset {
     /// `examples` are `(token ids, class)`; `truncated` is how many were cut at max-length.
     pub fn new(examples: Vec<(Vec<u32>, u32)>, pad_id: u32, truncated: usize) -> Self {
         let (ids, labels) = examples.into_iter().unzip();
-        Self { ids, labels, pad_id, truncated }
+        Self {
+            ids,
+            labels,
+            pad_id,
+            truncated,
+        }
     }
 
     /// How many examples were longer than max-length and cut, for a report; nothing is printed here.
@@ -65,9 +76,15 @@ impl Dataset for TextDataset {
         self.labels.clone()
     }
 
-    fn batches(&self, batch_size: usize, order_seed: Option<u64>) -> Box<dyn Iterator<Item = Result<Batch>> + Send + '_> {
+    fn batches(
+        &self,
+        batch_size: usize,
+        order_seed: Option<u64>,
+    ) -> Box<dyn Iterator<Item = Result<Batch>> + Send + '_> {
         if batch_size == 0 {
-            return Box::new(std::iter::once(Err(Error::Other("batch size must be at least 1".into()))));
+            return Box::new(std::iter::once(Err(Error::Other(
+                "batch size must be at least 1".into(),
+            ))));
         }
         let mut order: Vec<usize> = (0..self.ids.len()).collect();
         if let Some(seed) = order_seed {
@@ -89,22 +106,26 @@ mod tests {
 
     fn dataset() -> TextDataset {
         let lengths = [3usize, 5, 2, 7, 4, 3, 6];
-        let examples =
-            lengths.iter().enumerate().map(|(i, &n)| ((0..n as u32).map(|t| 100 + t).collect(), i as u32)).collect();
+        let examples = lengths
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| ((0..n as u32).map(|t| 100 + t).collect(), i as u32))
+            .collect();
         TextDataset::new(examples, 9, 1)
     }
 
     fn text(b: Result<Batch>) -> TextBatch {
-        match b.unwrap() {
-            Batch::Text(t) => t,
-        }
+        crate::testutil::text_batch(b.unwrap())
     }
 
     #[test]
     fn batches_pad_to_their_longest_sequence_with_the_pad_id() {
         let d = dataset();
         let batches: Vec<TextBatch> = d.batches(3, None).map(text).collect();
-        assert_eq!(batches.iter().map(|b| (b.batch_size, b.seq_len)).collect::<Vec<_>>(), [(3, 5), (3, 7), (1, 6)]);
+        assert_eq!(
+            batches.iter().map(|b| (b.batch_size, b.seq_len)).collect::<Vec<_>>(),
+            [(3, 5), (3, 7), (1, 6)]
+        );
         let first = &batches[0];
         assert_eq!(first.labels, [0, 1, 2]);
         assert_eq!(&first.input_ids[..5], [100, 101, 102, 9, 9]);
@@ -139,7 +160,9 @@ mod tests {
         // Ids travel with their labels.
         for b in d.batches(2, Some(5)).map(text) {
             for (row, label) in b.labels.iter().enumerate() {
-                let real = b.attention_mask[row * b.seq_len..(row + 1) * b.seq_len].iter().sum::<u32>() as usize;
+                let real = b.attention_mask[row * b.seq_len..(row + 1) * b.seq_len]
+                    .iter()
+                    .sum::<u32>() as usize;
                 assert_eq!(real, d.example(*label as usize).unwrap().0.len());
             }
         }

@@ -63,7 +63,11 @@ impl LabelMap {
             return Some(id);
         }
         if self.explicit {
-            return label.parse::<usize>().ok().filter(|&i| i < self.names.len()).map(|i| i as u32);
+            return label
+                .parse::<usize>()
+                .ok()
+                .filter(|&i| i < self.names.len())
+                .map(|i| i as u32);
         }
         None
     }
@@ -77,7 +81,11 @@ impl LabelMap {
                 Some(id) => out.push((row.text, id)),
                 None if policy == OnUnknownLabel::Skip => {}
                 None => {
-                    let origin = if self.explicit { "`labels`" } else { "the labels of the training file" };
+                    let origin = if self.explicit {
+                        "`labels`"
+                    } else {
+                        "the labels of the training file"
+                    };
                     return Err(Error::Data(format!(
                         "{}:{}: label `{}` is not one of {origin} ({}); set on-unknown-label = \"skip\" to drop such rows",
                         path.display(),
@@ -100,15 +108,25 @@ mod tests {
         labels
             .iter()
             .enumerate()
-            .map(|(i, l)| RawRow { text: format!("t{i}"), label: l.to_string(), line: i + 2 })
+            .map(|(i, l)| RawRow {
+                text: format!("t{i}"),
+                label: l.to_string(),
+                line: i + 2,
+            })
             .collect()
     }
 
     #[test]
     fn a_derived_map_is_the_sorted_distinct_labels() {
-        assert_eq!(LabelMap::from_rows(&rows(&["pos", "neg", "pos", "mixed"])).names(), ["mixed", "neg", "pos"]);
+        assert_eq!(
+            LabelMap::from_rows(&rows(&["pos", "neg", "pos", "mixed"])).names(),
+            ["mixed", "neg", "pos"]
+        );
         // All integers: by value, so that `2` comes before `10`.
-        assert_eq!(LabelMap::from_rows(&rows(&["10", "2", "0", "1"])).names(), ["0", "1", "2", "10"]);
+        assert_eq!(
+            LabelMap::from_rows(&rows(&["10", "2", "0", "1"])).names(),
+            ["0", "1", "2", "10"]
+        );
     }
 
     #[test]
@@ -130,8 +148,14 @@ mod tests {
     fn unknown_labels_are_an_error_naming_the_row_or_are_skipped() {
         let map = LabelMap::explicit(vec!["neg".into(), "pos".into()]);
         let data = rows(&["pos", "meh", "neg"]);
-        let e = map.resolve(data.clone(), OnUnknownLabel::Error, Path::new("d.csv")).unwrap_err().to_string();
-        assert!(e.contains("d.csv:3: label `meh` is not one of `labels` (neg, pos)"), "{e}");
+        let e = map
+            .resolve(data.clone(), OnUnknownLabel::Error, Path::new("d.csv"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("d.csv:3: label `meh` is not one of `labels` (neg, pos)"),
+            "{e}"
+        );
         let kept = map.resolve(data, OnUnknownLabel::Skip, Path::new("d.csv")).unwrap();
         assert_eq!(kept, [("t0".to_string(), 1), ("t2".to_string(), 0)]);
     }

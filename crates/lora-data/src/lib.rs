@@ -70,7 +70,9 @@ mod tests {
         }
         let c = data_component("type = \"csv\"\npath = \"d\"\nvalidation-fraction = 0");
         let entry = lookup::<DataSourceEntry>(&c, |_| true).unwrap();
-        let Err(d) = (entry.build)(&c) else { panic!("expected a range error") };
+        let Err(d) = (entry.build)(&c) else {
+            panic!("expected a range error")
+        };
         assert_eq!(d.0[0].code, "data::invalid-value");
     }
 }

@@ -47,7 +47,10 @@ fn decode(field: &[u8]) -> String {
 /// Reads a CSV file with a header row. Raw bytes (`ByteRecord`) rather than
 /// `StringRecord`, because the latter rejects any row that is not valid UTF-8.
 pub fn read_csv(path: &Path, delimiter: u8, text_column: &str, label_column: &str) -> Result<Vec<RawRow>> {
-    let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).has_headers(true).from_reader(open(path)?);
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .has_headers(true)
+        .from_reader(open(path)?);
     let header: Vec<String> = reader
         .byte_headers()
         .map_err(|e| row_error(path, 1, format!("cannot read the header row: {e}")))?
@@ -57,11 +60,18 @@ pub fn read_csv(path: &Path, delimiter: u8, text_column: &str, label_column: &st
         // otherwise become part of the first column's name.
         .map(|(i, f)| {
             let name = decode(f);
-            if i == 0 { name.trim_start_matches('\u{feff}').to_string() } else { name }
+            if i == 0 {
+                name.trim_start_matches('\u{feff}').to_string()
+            } else {
+                name
+            }
         })
         .collect();
     if header.iter().all(|h| h.is_empty()) {
-        return Err(Error::Data(format!("{}: no header row; a csv data file needs one", path.display())));
+        return Err(Error::Data(format!(
+            "{}: no header row; a csv data file needs one",
+            path.display()
+        )));
     }
     let column = |name: &str, key: &str| -> Result<usize> {
         header.iter().position(|h| h == name).ok_or_else(|| {
@@ -102,21 +112,31 @@ pub fn read_jsonl(path: &Path, text_column: &str, label_column: &str) -> Result<
     let mut line = 0;
     loop {
         buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(|e| Error::io("cannot read data file", path, e))?;
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| Error::io("cannot read data file", path, e))?;
         if n == 0 {
             break;
         }
         line += 1;
         // Same tolerance as for CSV: mojibake in one line should not lose the file.
         let text = String::from_utf8_lossy(&buf);
-        let text = if line == 1 { text.trim_start_matches('\u{feff}') } else { &text };
+        let text = if line == 1 {
+            text.trim_start_matches('\u{feff}')
+        } else {
+            &text
+        };
         if text.trim().is_empty() {
             continue;
         }
         let value: Value =
             serde_json::from_str(text).map_err(|e| row_error(path, line, format!("invalid JSON: {e}")))?;
         let Value::Object(object) = value else {
-            return Err(row_error(path, line, format!("expected a JSON object, found {}", json_kind(&value))));
+            return Err(row_error(
+                path,
+                line,
+                format!("expected a JSON object, found {}", json_kind(&value)),
+            ));
         };
         let text = match object.get(text_column) {
             None | Some(Value::Null) => {
@@ -192,7 +212,14 @@ mod tests {
         );
         let rows = read_csv(&path, b',', "text", "label").unwrap();
         assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0], RawRow { text: "caf\u{fffd}, ok".into(), label: "pos".into(), line: 2 });
+        assert_eq!(
+            rows[0],
+            RawRow {
+                text: "caf\u{fffd}, ok".into(),
+                label: "pos".into(),
+                line: 2
+            }
+        );
         assert_eq!(rows[1].text, "two\nlines");
         assert_eq!(rows[1].label, "neg");
         assert_eq!(rows[1].line, 3);
@@ -231,13 +258,16 @@ mod tests {
     #[test]
     fn jsonl_labels_may_be_strings_or_integers_and_blank_lines_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let mut bytes = b"{\"text\": \"good film\", \"label\": \"pos\"}\n\n   \n{\"text\": \"bad\", \"label\": 1, \"id\": 9}\n"
-            .to_vec();
+        let mut bytes =
+            b"{\"text\": \"good film\", \"label\": \"pos\"}\n\n   \n{\"text\": \"bad\", \"label\": 1, \"id\": 9}\n"
+                .to_vec();
         bytes.extend_from_slice(b"{\"text\": \"caf\xe9\", \"label\": 0}");
         let path = write(dir.path(), "d.jsonl", bytes);
         let rows = read_jsonl(&path, "text", "label").unwrap();
-        let got: Vec<(&str, &str, usize)> =
-            rows.iter().map(|r| (r.text.as_str(), r.label.as_str(), r.line)).collect();
+        let got: Vec<(&str, &str, usize)> = rows
+            .iter()
+            .map(|r| (r.text.as_str(), r.label.as_str(), r.line))
+            .collect();
         assert_eq!(got, [("good film", "pos", 1), ("bad", "1", 4), ("caf\u{fffd}", "0", 5)]);
     }
 
@@ -245,12 +275,24 @@ mod tests {
     fn bad_jsonl_lines_name_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
-            ("{\"text\": \"a\", \"label\": \"x\"}\n{\"text\": \"b\",", "d.jsonl:2: invalid JSON"),
+            (
+                "{\"text\": \"a\", \"label\": \"x\"}\n{\"text\": \"b\",",
+                "d.jsonl:2: invalid JSON",
+            ),
             ("[1, 2]", "d.jsonl:1: expected a JSON object, found an array"),
             ("{\"label\": \"x\"}", "d.jsonl:1: no `text` field (text-column)"),
-            ("{\"text\": 3, \"label\": \"x\"}", "d.jsonl:1: `text` must be a string, found a number"),
-            ("{\"text\": \"a\", \"label\": -1}", "d.jsonl:1: `label` must be a string or a non-negative integer"),
-            ("{\"text\": \"a\", \"label\": 1.5}", "d.jsonl:1: `label` must be a string"),
+            (
+                "{\"text\": 3, \"label\": \"x\"}",
+                "d.jsonl:1: `text` must be a string, found a number",
+            ),
+            (
+                "{\"text\": \"a\", \"label\": -1}",
+                "d.jsonl:1: `label` must be a string or a non-negative integer",
+            ),
+            (
+                "{\"text\": \"a\", \"label\": 1.5}",
+                "d.jsonl:1: `label` must be a string",
+            ),
             ("{\"text\": \"a\"}", "d.jsonl:1: the label is missing"),
             ("{\"text\": \"\", \"label\": \"x\"}", "d.jsonl:1: the text is empty"),
         ];
@@ -264,7 +306,12 @@ mod tests {
 
     #[test]
     fn a_missing_file_is_an_io_error_with_its_path() {
-        let e = read_rows(Path::new("/nonexistent/d.csv"), SourceFormat::Csv { delimiter: b',' }, "text", "label");
+        let e = read_rows(
+            Path::new("/nonexistent/d.csv"),
+            SourceFormat::Csv { delimiter: b',' },
+            "text",
+            "label",
+        );
         assert!(matches!(e, Err(Error::Io { .. })));
     }
 }

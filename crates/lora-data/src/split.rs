@@ -37,7 +37,10 @@ pub fn sample<T>(rows: Vec<T>, max: Option<usize>, seed: u64) -> Vec<T> {
     for i in keep {
         mask[i] = true;
     }
-    rows.into_iter().zip(mask).filter_map(|(row, kept)| kept.then_some(row)).collect()
+    rows.into_iter()
+        .zip(mask)
+        .filter_map(|(row, kept)| kept.then_some(row))
+        .collect()
 }
 
 #[cfg(test)]
@@ -52,7 +55,10 @@ mod tests {
         let mut all: Vec<u32> = train.iter().chain(&validation).copied().collect();
         all.sort();
         assert_eq!(all, rows, "disjoint and complete");
-        assert_eq!(split_off_validation(rows.clone(), 0.2, 7), (train.clone(), validation.clone()));
+        assert_eq!(
+            split_off_validation(rows.clone(), 0.2, 7),
+            (train.clone(), validation.clone())
+        );
         let (_, other) = split_off_validation(rows, 0.2, 8);
         assert_ne!(other, validation);
     }

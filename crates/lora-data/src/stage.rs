@@ -50,13 +50,21 @@ impl TextData {
     pub fn from_component(component: &Component, format_name: &str) -> Result<Self, Diagnostics> {
         let config: DataConfig = component.deserialize()?;
         let format = config.validate(format_name, Some(component))?;
-        Ok(Self { config, format, component: Some(component.clone()) })
+        Ok(Self {
+            config,
+            format,
+            component: Some(component.clone()),
+        })
     }
 
     /// A source from a configuration built in code; errors carry no location.
     pub fn new(config: DataConfig, format_name: &str) -> Result<Self, Diagnostics> {
         let format = config.validate(format_name, None)?;
-        Ok(Self { config, format, component: None })
+        Ok(Self {
+            config,
+            format,
+            component: None,
+        })
     }
 
     pub fn config(&self) -> &DataConfig {
@@ -97,7 +105,10 @@ impl TextData {
         let train_path = ctx.assets.resolve(&cfg.path)?;
         let rows = read(&train_path)?;
         if rows.is_empty() {
-            return Err(Error::Data(format!("{}: the data file has no rows", train_path.display())));
+            return Err(Error::Data(format!(
+                "{}: the data file has no rows",
+                train_path.display()
+            )));
         }
         // Derived from the whole training file, before the split and the caps, so that the
         // class ids do not depend on the seed or on max-train-samples.
@@ -118,7 +129,11 @@ impl TextData {
                     )));
                 }
                 (
-                    split::sample(examples, cfg.max_train_samples, derive_seed(ctx.seed, "sample-train", 0)),
+                    split::sample(
+                        examples,
+                        cfg.max_train_samples,
+                        derive_seed(ctx.seed, "sample-train", 0),
+                    ),
                     split::sample(
                         validation,
                         cfg.max_validation_samples,
@@ -129,7 +144,10 @@ impl TextData {
             None => {
                 let (train, validation) =
                     split::split_off_validation(examples, cfg.validation_fraction, derive_seed(ctx.seed, "split", 0));
-                (split::truncate(train, cfg.max_train_samples), split::truncate(validation, cfg.max_validation_samples))
+                (
+                    split::truncate(train, cfg.max_train_samples),
+                    split::truncate(validation, cfg.max_validation_samples),
+                )
             }
         };
         check_training_split(&train, labels.names(), &train_path)?;
@@ -186,17 +204,25 @@ impl DataStage for TextData {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{CLS, SEP, ctx, data_component, lit, write, write_tokenizer};
-    use lora_core::Batch;
+    use crate::testutil::{CLS, SEP, ctx, data_component, lit, text_batch, write, write_tokenizer};
     use lora_core::stage::Dataset;
 
-    const WORDS: [&str; 6] = ["good film", "bad movie", "great fun", "awful film", "the film was good", "a man"];
+    /// Whole words of the fixture vocabulary (digits would all be `[UNK]`).
+    const WORDS: [&str; 17] = [
+        "a", "man", "is", "eating", "food", "the", "film", "movie", "was", "good", "bad", "great", "awful", "cafe",
+        "play", "fun", "very",
+    ];
 
-    /// A csv of `n` rows whose labels cycle through `labels`.
+    /// A csv of `n` rows whose labels cycle through `labels`; every text tokenises differently.
     fn csv(n: usize, labels: &[&str]) -> String {
         let mut s = String::from("text,label\n");
         for i in 0..n {
-            s.push_str(&format!("{} {i},{}\n", WORDS[i % WORDS.len()], labels[i % labels.len()]));
+            s.push_str(&format!(
+                "{} {},{}\n",
+                WORDS[i / 17 % 17],
+                WORDS[i % 17],
+                labels[i % labels.len()]
+            ));
         }
         s
     }
@@ -215,20 +241,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tok = write_tokenizer(dir.path());
         let data = write(dir.path(), "d.csv", csv(50, &["pos", "neg", "mixed"]));
-        let src = source(&format!("type = \"csv\"\npath = {}\nvalidation-fraction = 0.2", lit(&data)));
+        let src = source(&format!(
+            "type = \"csv\"\npath = {}\nvalidation-fraction = 0.2",
+            lit(&data)
+        ));
         let a = src.load(&ctx(1, Some(tok.clone()))).unwrap();
         assert_eq!(a.label_names, ["mixed", "neg", "pos"]);
         assert_eq!((a.train.len(), a.validation.len()), (40, 10));
         // Every row's text carries its index, so the two splits must not share one.
         let (train, validation) = (texts_of(&a.train), texts_of(&a.validation));
         assert!(train.iter().all(|t| !validation.contains(t)));
-        assert!(train.iter().chain(&validation).all(|t| t[0] == CLS && *t.last().unwrap() == SEP));
+        assert!(
+            train
+                .iter()
+                .chain(&validation)
+                .all(|t| t[0] == CLS && *t.last().unwrap() == SEP)
+        );
 
         let again = src.load(&ctx(1, Some(tok.clone()))).unwrap();
-        assert_eq!((texts_of(&again.train), again.train.labels()), (train.clone(), a.train.labels()));
+        assert_eq!(
+            (texts_of(&again.train), again.train.labels()),
+            (train.clone(), a.train.labels())
+        );
         let other = src.load(&ctx(2, Some(tok.clone()))).unwrap();
         assert_ne!(texts_of(&other.validation), validation);
-        assert_eq!(other.label_names, a.label_names, "the label map does not depend on the seed");
+        assert_eq!(
+            other.label_names, a.label_names,
+            "the label map does not depend on the seed"
+        );
 
         let capped = source(&format!(
             "type = \"csv\"\npath = {}\nvalidation-fraction = 0.2\nmax-train-samples = 7\nmax-validation-samples = 3",
@@ -237,7 +277,11 @@ mod tests {
         .load(&ctx(1, Some(tok)))
         .unwrap();
         assert_eq!((capped.train.len(), capped.validation.len()), (7, 3));
-        assert_eq!(texts_of(&capped.train), train[..7], "a cap keeps the head of the same shuffle");
+        assert_eq!(
+            texts_of(&capped.train),
+            train[..7],
+            "a cap keeps the head of the same shuffle"
+        );
     }
 
     #[test]
@@ -250,17 +294,30 @@ mod tests {
             "{\"review\": \"good film\", \"y\": \"pos\"}\n{\"review\": \"bad movie\", \"y\": 0}\n\n\
              {\"review\": \"great fun\", \"y\": 1}\n{\"review\": \"meh\", \"y\": \"meh\"}\n",
         );
-        let validation = write(dir.path(), "val.jsonl", "{\"review\": \"awful film\", \"y\": \"neg\"}\n");
+        let validation = write(
+            dir.path(),
+            "val.jsonl",
+            "{\"review\": \"awful film\", \"y\": \"neg\"}\n",
+        );
         let body = format!(
             "type = \"jsonl\"\npath = {}\nvalidation-path = {}\ntext-column = \"review\"\nlabel-column = \"y\"\n\
              labels = [\"neg\", \"pos\"]\nmax-length = 4",
             lit(&train),
             lit(&validation)
         );
-        let e = source(&body).load(&ctx(1, Some(tok.clone()))).err().unwrap().to_string();
-        assert!(e.contains("train.jsonl:5: label `meh` is not one of `labels` (neg, pos)"), "{e}");
+        let e = source(&body)
+            .load(&ctx(1, Some(tok.clone())))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("train.jsonl:5: label `meh` is not one of `labels` (neg, pos)"),
+            "{e}"
+        );
 
-        let s = source(&format!("{body}\non-unknown-label = \"skip\"")).load(&ctx(1, Some(tok))).unwrap();
+        let s = source(&format!("{body}\non-unknown-label = \"skip\""))
+            .load(&ctx(1, Some(tok)))
+            .unwrap();
         assert_eq!(s.label_names, ["neg", "pos"]);
         assert_eq!(s.train.labels(), [1, 0, 1], "file order kept without a cap");
         assert_eq!(s.validation.labels(), [0]);
@@ -273,8 +330,16 @@ mod tests {
     fn truncated_examples_are_counted() {
         let dir = tempfile::tempdir().unwrap();
         let tok = write_tokenizer(dir.path());
-        let data = write(dir.path(), "d.csv", "text,label\na man is eating food,x\na man,y\nthe film was good,x\nbad,y\n");
-        let body = format!("type = \"csv\"\npath = {}\nvalidation-path = {}\nmax-length = 5", lit(&data), lit(&data));
+        let data = write(
+            dir.path(),
+            "d.csv",
+            "text,label\na man is eating food,x\na man,y\nthe film was,x\nbad,y\n",
+        );
+        let body = format!(
+            "type = \"csv\"\npath = {}\nvalidation-path = {}\nmax-length = 5",
+            lit(&data),
+            lit(&data)
+        );
         let s = source(&body).load(&ctx(1, Some(tok))).unwrap();
         assert_eq!(s.train.truncated(), 1, "only `a man is eating food` exceeds 3 words");
         assert_eq!(s.train.max_seq_len(), 5);
@@ -285,16 +350,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tok = write_tokenizer(dir.path());
         let missing = dir.path().join("not-there.csv");
-        let src = source(&format!("type = \"csv\"\npath = {}\ntokenizer = {}", lit(&missing), lit(&tok)));
+        let src = source(&format!(
+            "type = \"csv\"\npath = {}\ntokenizer = {}",
+            lit(&missing),
+            lit(&tok)
+        ));
         let encoder = DataStage::encoder(&src, &ctx(1, None)).unwrap();
         assert!(src.prepare(&ctx(1, None)).is_err(), "the data file really is missing");
 
         let data = write(dir.path(), "d.csv", csv(12, &["a", "b"]));
-        let src = source(&format!("type = \"csv\"\npath = {}\nvalidation-path = {}", lit(&data), lit(&data)));
+        let src = source(&format!(
+            "type = \"csv\"\npath = {}\nvalidation-path = {}",
+            lit(&data),
+            lit(&data)
+        ));
         let prepared = src.prepare(&ctx(1, Some(tok))).unwrap();
-        let texts: Vec<String> = csv(12, &["a", "b"]).lines().skip(1).map(|l| l.split(',').next().unwrap().into()).collect();
-        let Batch::Text(from_encoder) = encoder.encode_texts(&texts).unwrap();
-        let Batch::Text(from_dataset) = prepared.train.batches(12, None).next().unwrap().unwrap();
+        let texts: Vec<String> = csv(12, &["a", "b"])
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').next().unwrap().into())
+            .collect();
+        let from_encoder = text_batch(encoder.encode_texts(&texts).unwrap());
+        let from_dataset = text_batch(prepared.train.batches(12, None).next().unwrap().unwrap());
         assert_eq!(from_encoder.input_ids, from_dataset.input_ids);
         assert_eq!(from_encoder.attention_mask, from_dataset.attention_mask);
         assert!(from_encoder.labels.is_empty());
@@ -306,9 +383,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tok = write_tokenizer(dir.path());
         let src = source("type = \"csv\"\npath = \"d.csv\"");
-        let Err(Error::Invalid(d)) = src.text_encoder(&ctx(1, None)) else { panic!("expected a diagnostic") };
+        let Err(Error::Invalid(d)) = src.text_encoder(&ctx(1, None)) else {
+            panic!("expected a diagnostic")
+        };
         assert_eq!(d.0[0].code, "data::no-tokenizer");
-        assert_eq!(d.0[0].location.as_ref().unwrap().line_col().0, 6);
+        assert_eq!(d.0[0].location.as_ref().unwrap().line_col(), (5, 1), "the [data] table");
         let bogus = dir.path().join("model-tokenizer.json");
         let configured = source(&format!("type = \"csv\"\npath = \"d.csv\"\ntokenizer = {}", lit(&tok)));
         assert!(configured.text_encoder(&ctx(1, Some(bogus.clone()))).is_ok());
@@ -324,8 +403,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tok = write_tokenizer(dir.path());
         let one = write(dir.path(), "one.csv", csv(10, &["pos"]));
-        let e = source(&format!("type = \"csv\"\npath = {}", lit(&one))).load(&ctx(1, Some(tok.clone()))).err().unwrap();
-        assert!(e.to_string().contains("the training split has a single class, `pos` (9 rows)"), "{e}");
+        let e = source(&format!("type = \"csv\"\npath = {}", lit(&one)))
+            .load(&ctx(1, Some(tok.clone())))
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .contains("the training split has a single class, `pos` (9 rows)"),
+            "{e}"
+        );
 
         let single_row = write(dir.path(), "single.csv", "text,label\ngood,pos\n");
         let e = source(&format!("type = \"csv\"\npath = {}", lit(&single_row))).load(&ctx(1, Some(tok.clone())));

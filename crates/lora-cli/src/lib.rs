@@ -1,0 +1,22 @@
+//! The pipeline runner behind the `lora` binary: builds every stage from the
+//! registries, validates before any work, runs, and writes the outputs.
+//!
+//! This is the only crate that sees several backends (through features); it
+//! links every crate whose registrations the binary offers.
+
+pub mod pipeline;
+
+// Link the crates whose `inventory` registrations the binary offers.
+#[cfg(feature = "candle")]
+use lora_backend_candle as _;
+use lora_data as _;
+use lora_train as _;
+
+/// Backends compiled into this binary.
+pub fn backends() -> Vec<&'static str> {
+    let mut v: Vec<&'static str> =
+        lora_core::registry::entries::<lora_core::registry::ModelEntry>().iter().map(|e| e.backend).collect();
+    v.sort();
+    v.dedup();
+    v
+}

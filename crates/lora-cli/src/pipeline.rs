@@ -1,0 +1,181 @@
+//! Building and running a pipeline: data -> model -> train -> eval.
+
+use std::path::{Path, PathBuf};
+
+use lora_core::config::PipelineConfig;
+use lora_core::diag::{Diagnostic, Diagnostics};
+use lora_core::events::Callback;
+use lora_core::fsutil::write_atomic;
+use lora_core::registry::{DataSourceEntry, EvaluatorEntry, TrainerEntry, build_model, lookup};
+use lora_core::stage::{AssetResolver, DataStage, EvalReport, EvalStage, ModelStage, PreparedData, StageContext, TrainStage};
+use lora_core::{AdapterModel, Error, Result};
+use serde_json::json;
+
+/// Every stage of a pipeline, built and checked, before any work.
+pub struct Pipeline {
+    pub config: PipelineConfig,
+    pub data: Box<dyn DataStage>,
+    pub model: Box<dyn ModelStage>,
+    pub train: Box<dyn TrainStage>,
+    pub eval: Box<dyn EvalStage>,
+}
+
+impl Pipeline {
+    /// Builds every stage from its registry, reporting every problem at once.
+    pub fn build(config: PipelineConfig) -> Result<Self> {
+        let mut diags = Diagnostics::default();
+        let backends = crate::backends();
+        if !backends.contains(&config.run.backend.as_str()) {
+            let loc = lora_core::diag::Location { file: config.file.clone(), span: 0..0 };
+            diags.push(
+                Diagnostic::error(
+                    "run::unknown-backend",
+                    format!("backend `{}` is not compiled into this binary", config.run.backend),
+                )
+                .at(Some(loc))
+                .help(format!(
+                    "available: {} (enable others with cargo features, e.g. --features burn)",
+                    backends.join(", ")
+                )),
+            );
+        }
+        fn take<T>(diags: &mut Diagnostics, r: std::result::Result<T, Diagnostics>) -> Option<T> {
+            r.map_err(|e| diags.0.extend(e.0)).ok()
+        }
+        let data = take(&mut diags, lookup::<DataSourceEntry>(&config.data, |_| true).and_then(|e| (e.build)(&config.data)));
+        let model = take(&mut diags, build_model(&config.model, &config.run.backend));
+        let train = take(&mut diags, lookup::<TrainerEntry>(&config.train, |_| true).and_then(|e| (e.build)(&config.train)));
+        let eval = take(&mut diags, lookup::<EvaluatorEntry>(&config.eval, |_| true).and_then(|e| (e.build)(&config.eval)));
+        if diags.has_errors() {
+            return Err(Error::Invalid(diags));
+        }
+        Ok(Self {
+            config,
+            data: data.expect("no errors"),
+            model: model.expect("no errors"),
+            train: train.expect("no errors"),
+            eval: eval.expect("no errors"),
+        })
+    }
+
+    pub fn context<'a>(&self, assets: &'a dyn AssetResolver) -> Result<StageContext<'a>> {
+        let mut ctx = StageContext { seed: self.config.run.seed, assets, tokenizer: None };
+        ctx.tokenizer = self.model.tokenizer(&ctx)?;
+        Ok(ctx)
+    }
+
+    /// Reads the data and builds the model: everything that can fail on input happens here.
+    pub fn prepare(&self, ctx: &StageContext) -> Result<(PreparedData, Box<dyn AdapterModel>)> {
+        let data = self.data.prepare(ctx)?;
+        let model = self.model.build(ctx, &self.config.lora, data.label_names.len())?;
+        Ok((data, model))
+    }
+}
+
+/// What a finished run leaves behind, for the CLI to print.
+pub struct RunOutcome {
+    pub output_dir: PathBuf,
+    pub final_eval: EvalReport,
+    pub elapsed_s: f64,
+}
+
+/// `lora run`: validate, then train, evaluate and write the outputs.
+pub fn run(config: PipelineConfig, assets: &dyn AssetResolver, quiet: bool) -> Result<RunOutcome> {
+    let started = std::time::Instant::now();
+    let mut pipeline = Pipeline::build(config)?;
+    let ctx = pipeline.context(assets)?;
+    let (data, mut model) = pipeline.prepare(&ctx)?;
+    let summary = model.summary();
+    eprintln!(
+        "model: {} on {}, {} parameters, {} trainable ({:.2}%); data: {} train / {} validation, labels {:?}",
+        summary.architecture,
+        model.backend(),
+        summary.total_parameters,
+        summary.trainable_parameters,
+        100.0 * summary.trainable_parameters as f64 / summary.total_parameters as f64,
+        data.train.len(),
+        data.validation.len(),
+        data.label_names
+    );
+
+    // Validation has passed: only now does anything reach the output folder.
+    let out = pipeline.config.run.output_dir.clone();
+    std::fs::create_dir_all(&out).map_err(|e| Error::io("cannot create output folder", &out, e))?;
+    write_atomic(&out.join("pipeline.toml"), pipeline.config.text().as_bytes())?;
+    write_atomic(&out.join("labels.json"), serde_json::to_string_pretty(&data.label_names).expect("json").as_bytes())?;
+
+    let mut callbacks: Vec<Box<dyn Callback>> = vec![Box::new(lora_monitor::JsonlSink::create(&out.join("metrics.jsonl"))?)];
+    if !quiet {
+        callbacks.push(Box::new(lora_monitor::Progress::new(10)));
+    }
+    let seed = pipeline.config.run.seed;
+    let train = pipeline.train.train(model.as_mut(), &data, pipeline.eval.as_ref(), &mut callbacks, seed)?;
+    let final_eval = train.evals.last().map(|(_, r)| r.clone()).ok_or_else(|| Error::Other("no evaluation ran".into()))?;
+
+    let base_name = pipeline.model.base_model_name(&ctx)?;
+    lora_train::save_adapter(&out, model.as_ref(), &pipeline.config.lora, &base_name)?;
+    let metrics = json!({
+        "run": pipeline.config.run.name,
+        "backend": model.backend(),
+        "seed": seed,
+        "model": {
+            "architecture": summary.architecture,
+            "total_parameters": summary.total_parameters,
+            "trainable_parameters": summary.trainable_parameters,
+        },
+        "data": { "train": data.train.len(), "validation": data.validation.len(), "labels": data.label_names },
+        "train": { "steps": train.steps, "elapsed_s": train.elapsed_s, "losses": train.losses },
+        "evaluations": train.evals.iter().map(|(s, r)| json!({"step": s, "report": r})).collect::<Vec<_>>(),
+        "final": final_eval,
+        "wall_time_s": started.elapsed().as_secs_f64(),
+    });
+    write_atomic(&out.join("metrics.json"), serde_json::to_string_pretty(&metrics).expect("json").as_bytes())?;
+    // Keep `pipeline` alive until here so that its stages' resources outlive training.
+    let _ = &mut pipeline;
+    Ok(RunOutcome { output_dir: out, final_eval, elapsed_s: started.elapsed().as_secs_f64() })
+}
+
+/// `lora eval`: the pipeline's validation split, scored with an adapter.
+pub fn eval(config: PipelineConfig, adapter: &Path, assets: &dyn AssetResolver) -> Result<EvalReport> {
+    let pipeline = Pipeline::build(config)?;
+    let ctx = pipeline.context(assets)?;
+    let (data, mut model) = pipeline.prepare(&ctx)?;
+    lora_train::load_adapter(adapter, model.as_mut())?;
+    pipeline.eval.evaluate(model.as_ref(), data.validation.as_ref(), &data.label_names)
+}
+
+/// Class probabilities of each text.
+pub struct Prediction {
+    pub text: String,
+    pub label: String,
+    pub probabilities: Vec<(String, f64)>,
+}
+
+/// `lora predict`: loads the adapter of a run and classifies texts.
+pub fn predict(config: PipelineConfig, adapter: &Path, texts: &[String], assets: &dyn AssetResolver) -> Result<Vec<Prediction>> {
+    let labels_path = adapter.join("labels.json");
+    let labels: Vec<String> = match std::fs::read_to_string(&labels_path) {
+        Ok(t) => serde_json::from_str(&t).map_err(|e| Error::Data(format!("{}: {e}", labels_path.display())))?,
+        Err(e) => return Err(Error::io("cannot read the run's label names", &labels_path, e)),
+    };
+    let pipeline = Pipeline::build(config)?;
+    let ctx = pipeline.context(assets)?;
+    let encoder = pipeline.data.encoder(&ctx)?;
+    let mut model = pipeline.model.build(&ctx, &pipeline.config.lora, labels.len())?;
+    lora_train::load_adapter(adapter, model.as_mut())?;
+    let batch = encoder.encode_texts(texts)?;
+    let logits = model.predict(&batch)?;
+    Ok(texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let p = lora_train::metrics::softmax(logits.row(i));
+            let best = lora_train::metrics::argmax(logits.row(i));
+            Prediction {
+                text: text.clone(),
+                label: labels[best].clone(),
+                probabilities: labels.iter().cloned().zip(p).collect(),
+            }
+        })
+        .collect())
+}

@@ -7,10 +7,14 @@
 
 use std::process::ExitCode;
 
+mod bench;
+mod cargo;
 mod fetch;
+mod run;
+mod test;
 
 /// Usage lines of every command, in the order `help` lists them.
-const COMMANDS: &[&str] = &[fetch::USAGE];
+const COMMANDS: &[&str] = &[run::USAGE, fetch::USAGE, test::USAGE, bench::USAGE];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -20,6 +24,9 @@ fn main() -> ExitCode {
     };
     match command.as_str() {
         "fetch" => fetch::run(rest),
+        "run" => run::run(rest),
+        "test" => test::run(rest),
+        "bench" => bench::run(rest),
         "help" | "-h" | "--help" => {
             print!("{}", usage());
             ExitCode::SUCCESS

@@ -4,6 +4,8 @@
 //! This is the only crate that sees several backends (through features); it
 //! links every crate whose registrations the binary offers.
 
+pub mod alloc;
+pub mod bench;
 pub mod pipeline;
 
 // Link the crates whose `inventory` registrations the binary offers.

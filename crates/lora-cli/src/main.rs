@@ -46,9 +46,19 @@ enum Command {
     Validate { file: PathBuf },
     /// List every registered component: data sources, models, trainers, ...
     List,
+    /// Training-step speed and peak memory on MiniLM-L6 (JSON lines on stdout).
+    Bench {
+        #[arg(long, default_value = "candle")]
+        backend: String,
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+    },
 }
 
 fn main() -> ExitCode {
+    lora_cli::alloc::keep_freed_memory();
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
@@ -102,6 +112,9 @@ fn run(command: Command) -> lora_core::Result<()> {
             let ctx = pipeline.context(&assets)?;
             pipeline.prepare(&ctx)?;
             println!("{}: ok", file.display());
+        }
+        Command::Bench { backend, warmup, steps } => {
+            lora_cli::bench::run(&backend, warmup, steps.max(1), &assets)?;
         }
         Command::List => {
             fn section<E: Entry>(title: &str, extra: impl Fn(&E) -> String)

@@ -453,3 +453,185 @@ inventory::submit! {
         build,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lora_core::TextBatch;
+
+    fn tiny_config() -> BertConfig {
+        BertConfig {
+            vocab_size: 20,
+            hidden_size: 8,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            intermediate_size: 16,
+            hidden_act: "gelu".into(),
+            max_position_embeddings: 16,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+            pad_token_id: 0,
+        }
+    }
+
+    /// Random base weights with Hugging Face's names (no `bert.` prefix, like MiniLM).
+    fn tiny_weights(cfg: &BertConfig) -> HashMap<String, Tensor> {
+        let mut r = rng(99);
+        let mut m = HashMap::new();
+        let mut put = |name: String, shape: Vec<usize>, std: f32| {
+            let n = shape.iter().product();
+            let v = normal(std, n, &mut r);
+            m.insert(name, Tensor::from_vec(v, shape, &Device::Cpu).unwrap());
+        };
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        put("embeddings.word_embeddings.weight".into(), vec![cfg.vocab_size, h], 1.0);
+        put("embeddings.position_embeddings.weight".into(), vec![cfg.max_position_embeddings, h], 0.1);
+        put("embeddings.token_type_embeddings.weight".into(), vec![2, h], 0.1);
+        put("pooler.dense.weight".into(), vec![h, h], 0.3);
+        put("pooler.dense.bias".into(), vec![h], 0.1);
+        let mut lns = vec!["embeddings.LayerNorm".to_string()];
+        for l in 0..cfg.num_hidden_layers {
+            for (_, path, _) in TARGETS {
+                let (o, inp) = match path {
+                    "intermediate.dense" => (i, h),
+                    "output.dense" => (h, i),
+                    _ => (h, h),
+                };
+                put(format!("encoder.layer.{l}.{path}.weight"), vec![o, inp], 0.3);
+                put(format!("encoder.layer.{l}.{path}.bias"), vec![o], 0.1);
+            }
+            lns.push(format!("encoder.layer.{l}.attention.output.LayerNorm"));
+            lns.push(format!("encoder.layer.{l}.output.LayerNorm"));
+        }
+        for ln in lns {
+            m.insert(format!("{ln}.weight"), (Tensor::ones(h, DType::F32, &Device::Cpu).unwrap() * 1.1).unwrap());
+            m.insert(format!("{ln}.bias"), (Tensor::ones(h, DType::F32, &Device::Cpu).unwrap() * 0.05).unwrap());
+        }
+        m
+    }
+
+    fn spec(targets: &[&str], rs: bool) -> LoraSpec {
+        LoraSpec {
+            r: 2,
+            alpha: 4.0,
+            dropout: 0.0,
+            target_modules: targets.iter().map(|s| s.to_string()).collect(),
+            use_rslora: rs,
+            target_modules_location: None,
+        }
+    }
+
+    fn batch() -> Batch {
+        Batch::Text(TextBatch {
+            batch_size: 2,
+            seq_len: 5,
+            input_ids: vec![1, 5, 7, 9, 2, 1, 4, 2, 0, 0],
+            attention_mask: vec![1, 1, 1, 1, 1, 1, 1, 1, 0, 0],
+            labels: vec![0, 2],
+        })
+    }
+
+    fn model(targets: &[&str]) -> BertClassifier {
+        let cfg = tiny_config();
+        BertClassifier::new(cfg.clone(), &tiny_weights(&cfg), &spec(targets, false), 3, 0.0, 7).unwrap()
+    }
+
+    /// Random non-zero values for every trainable parameter, so that B != 0.
+    fn perturb(m: &mut BertClassifier) {
+        let mut r = rng(5);
+        let v: Vec<Vec<f32>> = m.params().iter().map(|p| normal(0.2, p.numel(), &mut r)).collect();
+        m.write_params(&v).unwrap();
+    }
+
+    #[test]
+    fn lora_model_equals_base_model_at_initialisation() {
+        let with = model(&["query", "value", "intermediate.dense", "output.dense"]);
+        let without = model(&[]);
+        let a = with.hidden_states(&batch()).unwrap();
+        let b = without.hidden_states(&batch()).unwrap();
+        assert_eq!(a.data, b.data);
+    }
+
+    #[test]
+    fn merged_equals_unmerged_within_1e_5() {
+        let mut m = model(&["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]);
+        perturb(&mut m);
+        let before = m.predict(&batch()).unwrap();
+        m.merge().unwrap();
+        let merged = m.predict(&batch()).unwrap();
+        for (a, b) in before.data.iter().zip(&merged.data) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        m.unmerge().unwrap();
+        assert_eq!(m.predict(&batch()).unwrap().data, before.data);
+    }
+
+    #[test]
+    fn gradients_reach_lora_and_classifier_and_nothing_else() {
+        let mut m = model(&["query", "value"]);
+        perturb(&mut m);
+        let Batch::Text(b) = batch() else { panic!("text batch") };
+        let logits = m.logits(&b, None).unwrap();
+        let labels = Tensor::from_slice(&b.labels, 2, &Device::Cpu).unwrap();
+        let grads = candle_nn::loss::cross_entropy(&logits, &labels).unwrap().backward().unwrap();
+        for (var, info) in m.vars.iter().zip(&m.params) {
+            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {}", info.name));
+            let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(norm > 0.0, "zero gradient for {}", info.name);
+        }
+        let enc = &m.encoder;
+        let mut base = vec![&enc.word_embeddings, &enc.position_embeddings, &enc.token_type_embeddings, &m.pooler.0, &m.pooler.1];
+        for layer in &enc.layers {
+            for lin in &layer.linears {
+                base.push(lin.weight());
+                base.push(lin.bias().unwrap());
+            }
+        }
+        for t in base {
+            assert!(grads.get(t).is_none(), "a frozen base tensor received a gradient");
+        }
+        // 2 layers x 2 modules x (A, B) + classifier weight and bias.
+        assert_eq!(m.params().len(), 10);
+    }
+
+    #[test]
+    fn rslora_scales_by_alpha_over_sqrt_r() {
+        let cfg = tiny_config();
+        let w = tiny_weights(&cfg);
+        let plain = BertClassifier::new(cfg.clone(), &w, &spec(&["query"], false), 3, 0.0, 7).unwrap();
+        let rs = BertClassifier::new(cfg, &w, &spec(&["query"], true), 3, 0.0, 7).unwrap();
+        let scale = |m: &BertClassifier| m.encoder.layers[0].linears[0].lora().unwrap().scale;
+        assert_eq!(scale(&plain), 2.0);
+        assert!((scale(&rs) - 4.0 / 2f64.sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn unknown_target_modules_list_the_valid_ones() {
+        let cfg = tiny_config();
+        let err = BertClassifier::new(cfg.clone(), &tiny_weights(&cfg), &spec(&["quary"], false), 3, 0.0, 7)
+            .err()
+            .unwrap();
+        let text = err.to_string();
+        assert!(text.contains("did you mean `query`"), "{text}");
+        assert!(text.contains("intermediate.dense"), "{text}");
+    }
+
+    #[test]
+    fn rank_above_the_layer_is_rejected_with_the_valid_range() {
+        let cfg = tiny_config();
+        let mut s = spec(&["query"], false);
+        s.r = 9;
+        let err = BertClassifier::new(cfg.clone(), &tiny_weights(&cfg), &s, 3, 0.0, 7).err().unwrap();
+        assert!(err.to_string().contains("Valid range: 1 <= rank <= 8"), "{err}");
+    }
+
+    #[test]
+    fn ambiguous_output_dense_is_written_as_a_regex_for_peft() {
+        let m = model(&["value", "output.dense"]);
+        assert_eq!(
+            m.peft_info().target_modules,
+            serde_json::json!(r".*\.layer\.\d+\.(attention\.self\.value|output\.dense)")
+        );
+        assert_eq!(model(&["value", "query"]).peft_info().target_modules, serde_json::json!(["query", "value"]));
+    }
+}

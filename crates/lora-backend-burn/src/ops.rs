@@ -1,0 +1,424 @@
+//! Fused CPU operations with hand-written backward passes, on burn's flex backend.
+//!
+//! burn's flex backend runs element-wise work on one thread, its exact GELU
+//! calls libm's `erff` in the forward pass and again in the backward pass,
+//! and under autodiff softmax and layer norm are decomposed into five to ten
+//! differentiable element-wise operations each. On the training step of
+//! MiniLM those took more time than the matrix products. These three
+//! operations each make one parallel pass forward and one backward, with the
+//! same arithmetic as the candle backend's `ops`:
+//!
+//! - [`gelu`]: exact erf GELU; the forward pass keeps `Phi(x)` for the backward pass.
+//! - [`attention_softmax`]: `softmax(scores * scale + bias)` over the keys, with the
+//!   additive padding bias of each sequence; only the scores get a gradient.
+//! - [`FrozenLayerNorm`]: layer norm over the last dimension with frozen `gamma`, `beta`.
+//!
+//! They are written against burn's backend-extension API: a tensor is unwrapped
+//! to its flex primitive (or to its autodiff primitive, whose node then records a
+//! [`Backward`] step), computed on host slices, and wrapped again. A tensor on any
+//! other backend is a programming error here (this crate only creates flex ones).
+
+use std::sync::Arc;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::{Shape, Tensor, TensorData};
+use rayon::prelude::*;
+
+/// The autodiff backend that `Device::flex().autodiff()` dispatches to.
+type Ad = Autodiff<Flex, NoCheckpointing>;
+
+/// Elements per parallel task: large enough to amortise scheduling, small enough to balance.
+const CHUNK: usize = 1 << 15;
+
+/// Rows per parallel task for rows of `n` elements.
+fn rows_per_task(n: usize) -> usize {
+    (CHUNK / n.max(1)).max(1)
+}
+
+/// A contiguous f32 copy (or view) of a flex tensor's elements, row-major.
+fn contiguous(t: &FlexTensor) -> FlexTensor {
+    if t.as_slice::<f32>().is_some() {
+        t.clone()
+    } else {
+        t.to_contiguous()
+    }
+}
+
+fn slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("f32 tensor made contiguous")
+}
+
+fn flex(data: Vec<f32>, shape: Shape) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(data, shape))
+}
+
+/// One fused operation: a forward pass that may keep a state, and a backward pass.
+trait Fused: Clone + Send + Sync + std::fmt::Debug + 'static {
+    type State: Clone + Send + std::fmt::Debug + 'static;
+
+    /// The output, and the state for the backward pass when `keep` is true.
+    fn forward(&self, x: &FlexTensor, keep: bool) -> (FlexTensor, Option<Self::State>);
+
+    /// The gradient of the input from the gradient of the output.
+    fn backward(&self, state: Self::State, grad: FlexTensor) -> FlexTensor;
+}
+
+#[derive(Debug)]
+struct Step<F: Fused>(F);
+
+impl<F: Fused> Backward<Flex, 1> for Step<F> {
+    type State = F::State;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        if let [Some(parent)] = ops.parents {
+            grads.register::<Flex>(parent.id, self.0.backward(ops.state, grad));
+        }
+    }
+}
+
+/// Runs `op` on a flex tensor, recording its backward step when the tensor is tracked.
+fn apply<const D: usize, F: Fused>(x: Tensor<D>, op: F) -> Tensor<D> {
+    if x.is_autodiff() {
+        let x = x
+            .try_into_primitive::<Ad>()
+            .expect("burn backend tensors live on the flex device");
+        let out = match Step(op.clone())
+            .prepare::<NoCheckpointing>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (y, state) = op.forward(x.primitive(), true);
+                prep.finish(state.expect("state kept on request"), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(op.forward(x.primitive(), false).0),
+        };
+        Tensor::from_primitive::<Ad>(out)
+    } else {
+        let x = x
+            .try_into_primitive::<Flex>()
+            .expect("burn backend tensors live on the flex device");
+        Tensor::from_primitive::<Flex>(op.forward(&x, false).0)
+    }
+}
+
+/// Exact GELU, `x * Phi(x)` with `Phi(x) = (1 + erf(x / sqrt 2)) / 2`.
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    apply(x, Gelu)
+}
+
+#[derive(Debug, Clone)]
+struct Gelu;
+
+impl Fused for Gelu {
+    /// The input and `Phi(input)`.
+    type State = (FlexTensor, Arc<Vec<f32>>);
+
+    fn forward(&self, x: &FlexTensor, keep: bool) -> (FlexTensor, Option<Self::State>) {
+        let x = contiguous(x);
+        let xs = slice(&x);
+        let mut y = vec![0f32; xs.len()];
+        let mut cdf = if keep { vec![0f32; xs.len()] } else { Vec::new() };
+        let phi = |v: f32| (libm::erff(v * std::f32::consts::FRAC_1_SQRT_2) + 1.0) * 0.5;
+        if keep {
+            y.par_chunks_mut(CHUNK)
+                .zip(cdf.par_chunks_mut(CHUNK))
+                .zip(xs.par_chunks(CHUNK))
+                .for_each(|((y, c), x)| {
+                    for ((y, c), &v) in y.iter_mut().zip(c.iter_mut()).zip(x) {
+                        *c = phi(v);
+                        *y = *c * v;
+                    }
+                });
+        } else {
+            y.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).for_each(|(y, x)| {
+                for (y, &v) in y.iter_mut().zip(x) {
+                    *y = phi(v) * v;
+                }
+            });
+        }
+        let shape = x.layout().shape().clone();
+        let state = keep.then(|| (x, Arc::new(cdf)));
+        (flex(y, shape), state)
+    }
+
+    fn backward(&self, (x, cdf): Self::State, grad: FlexTensor) -> FlexTensor {
+        // d/dx x Phi(x) = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+        let inv_sqrt_2pi = 1.0 / (2.0 * std::f32::consts::PI).sqrt();
+        let g = contiguous(&grad);
+        let (xs, gs) = (slice(&x), slice(&g));
+        let mut dx = vec![0f32; xs.len()];
+        dx.par_chunks_mut(CHUNK)
+            .zip(xs.par_chunks(CHUNK))
+            .zip(gs.par_chunks(CHUNK))
+            .zip(cdf.par_chunks(CHUNK))
+            .for_each(|(((d, x), g), c)| {
+                for (((d, &v), &g), &c) in d.iter_mut().zip(x).zip(g).zip(c) {
+                    *d = g * (c + v * inv_sqrt_2pi * (-0.5 * v * v).exp());
+                }
+            });
+        flex(dx, x.layout().shape().clone())
+    }
+}
+
+/// `softmax(scores * scale + bias)` over the last dimension of `scores` `[batch, heads, q, k]`,
+/// where `key_bias` `[batch * k]` is the additive mask of each sequence (0 or -1e9).
+pub fn attention_softmax(scores: Tensor<4>, key_bias: Arc<Vec<f32>>, scale: f32) -> Tensor<4> {
+    apply(scores, AttentionSoftmax { key_bias, scale })
+}
+
+#[derive(Debug, Clone)]
+struct AttentionSoftmax {
+    key_bias: Arc<Vec<f32>>,
+    scale: f32,
+}
+
+impl Fused for AttentionSoftmax {
+    /// The output probabilities.
+    type State = FlexTensor;
+
+    fn forward(&self, x: &FlexTensor, keep: bool) -> (FlexTensor, Option<Self::State>) {
+        let x = contiguous(x);
+        let shape = x.layout().shape().clone();
+        let (k, rows_per_batch) = (shape[3], shape[1] * shape[2]);
+        assert_eq!(
+            self.key_bias.len(),
+            shape[0] * k,
+            "attention bias must be [batch * keys]"
+        );
+        let xs = slice(&x);
+        let mut y = vec![0f32; xs.len()];
+        let task = rows_per_task(k);
+        y.par_chunks_mut(task * k)
+            .zip(xs.par_chunks(task * k))
+            .enumerate()
+            .for_each(|(chunk, (y, x))| {
+                for (r, (dst, src)) in y.chunks_exact_mut(k).zip(x.chunks_exact(k)).enumerate() {
+                    let batch = (chunk * task + r) / rows_per_batch;
+                    let bias = &self.key_bias[batch * k..(batch + 1) * k];
+                    let mut max = f32::NEG_INFINITY;
+                    for ((d, &s), &b) in dst.iter_mut().zip(src).zip(bias) {
+                        *d = s * self.scale + b;
+                        max = max.max(*d);
+                    }
+                    let mut sum = 0f32;
+                    for d in dst.iter_mut() {
+                        *d = (*d - max).exp();
+                        sum += *d;
+                    }
+                    let inv = 1.0 / sum;
+                    dst.iter_mut().for_each(|d| *d *= inv);
+                }
+            });
+        let y = flex(y, shape);
+        let state = keep.then(|| y.clone());
+        (y, state)
+    }
+
+    fn backward(&self, y: Self::State, grad: FlexTensor) -> FlexTensor {
+        // dx = scale * y * (g - sum(g * y))
+        let k = y.layout().shape()[3];
+        let g = contiguous(&grad);
+        let (ys, gs) = (slice(&y), slice(&g));
+        let mut dx = vec![0f32; ys.len()];
+        let task = rows_per_task(k) * k;
+        dx.par_chunks_mut(task)
+            .zip(ys.par_chunks(task))
+            .zip(gs.par_chunks(task))
+            .for_each(|((d, y), g)| {
+                for ((d, y), g) in d.chunks_exact_mut(k).zip(y.chunks_exact(k)).zip(g.chunks_exact(k)) {
+                    let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
+                    for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
+                        *d = self.scale * y * (g - dot);
+                    }
+                }
+            });
+        flex(dx, y.layout().shape().clone())
+    }
+}
+
+/// Layer norm over the last dimension whose `gamma` and `beta` are frozen host copies.
+#[derive(Debug, Clone)]
+pub struct FrozenLayerNorm {
+    gamma: Arc<Vec<f32>>,
+    beta: Arc<Vec<f32>>,
+    eps: f32,
+}
+
+impl FrozenLayerNorm {
+    pub fn new(gamma: Vec<f32>, beta: Vec<f32>, eps: f64) -> Self {
+        assert_eq!(gamma.len(), beta.len(), "layer norm gamma and beta differ in length");
+        Self {
+            gamma: Arc::new(gamma),
+            beta: Arc::new(beta),
+            eps: eps as f32,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.gamma.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.gamma.is_empty()
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        apply(x, self.clone())
+    }
+
+    /// Mean and `1 / sqrt(var + eps)` of one row.
+    fn stats(&self, row: &[f32]) -> (f32, f32) {
+        let n = row.len() as f32;
+        let mean = row.iter().sum::<f32>() / n;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        (mean, 1.0 / (var + self.eps).sqrt())
+    }
+}
+
+impl Fused for FrozenLayerNorm {
+    /// The input.
+    type State = FlexTensor;
+
+    fn forward(&self, x: &FlexTensor, keep: bool) -> (FlexTensor, Option<Self::State>) {
+        let x = contiguous(x);
+        let n = self.gamma.len();
+        assert_eq!(
+            x.layout().shape()[x.layout().shape().num_dims() - 1],
+            n,
+            "layer norm width"
+        );
+        let xs = slice(&x);
+        let mut y = vec![0f32; xs.len()];
+        let task = rows_per_task(n) * n;
+        y.par_chunks_mut(task).zip(xs.par_chunks(task)).for_each(|(y, x)| {
+            for (dst, src) in y.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+                let (mean, rstd) = self.stats(src);
+                for i in 0..n {
+                    dst[i] = (src[i] - mean) * rstd * self.gamma[i] + self.beta[i];
+                }
+            }
+        });
+        let shape = x.layout().shape().clone();
+        let state = keep.then_some(x);
+        (flex(y, shape), state)
+    }
+
+    fn backward(&self, x: Self::State, grad: FlexTensor) -> FlexTensor {
+        // dx = rstd * (dyg - mean(dyg) - xhat * mean(dyg * xhat)), dyg = dy * gamma
+        let n = self.gamma.len();
+        let g = contiguous(&grad);
+        let (xs, gs) = (slice(&x), slice(&g));
+        let mut dx = vec![0f32; xs.len()];
+        let task = rows_per_task(n) * n;
+        dx.par_chunks_mut(task)
+            .zip(xs.par_chunks(task))
+            .zip(gs.par_chunks(task))
+            .for_each(|((d, x), g)| {
+                let mut dyg = vec![0f32; n];
+                for ((dst, src), gr) in d.chunks_exact_mut(n).zip(x.chunks_exact(n)).zip(g.chunks_exact(n)) {
+                    let (mean, rstd) = self.stats(src);
+                    let (mut m1, mut m2) = (0f32, 0f32);
+                    for i in 0..n {
+                        dyg[i] = gr[i] * self.gamma[i];
+                        m1 += dyg[i];
+                        m2 += dyg[i] * (src[i] - mean) * rstd;
+                    }
+                    let (m1, m2) = (m1 / n as f32, m2 / n as f32);
+                    for i in 0..n {
+                        let xhat = (src[i] - mean) * rstd;
+                        dst[i] = rstd * (dyg[i] - m1 - xhat * m2);
+                    }
+                }
+            });
+        flex(dx, x.layout().shape().clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::activation::softmax;
+    use burn::tensor::module::layer_norm;
+
+    use super::*;
+
+    fn t<const D: usize>(shape: [usize; D], seed: u64, autodiff: bool) -> Tensor<D> {
+        let n = shape.iter().product();
+        let v = lora_core::init::normal(1.5, n, &mut lora_core::init::rng(seed));
+        let x = Tensor::from_data(TensorData::new(v, shape), &crate::device());
+        if autodiff { x.autodiff().require_grad() } else { x }
+    }
+
+    fn close<const D: usize>(a: Tensor<D>, b: Tensor<D>, tol: f32) {
+        let a: Vec<f32> = a.into_data().try_into_vec().unwrap();
+        let b: Vec<f32> = b.into_data().try_into_vec().unwrap();
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{x} vs {y}");
+        }
+    }
+
+    /// Forward and input gradient of a fused op against burn's composed ops.
+    fn check<const D: usize>(
+        shape: [usize; D],
+        fast: impl Fn(Tensor<D>) -> Tensor<D>,
+        slow: impl Fn(Tensor<D>) -> Tensor<D>,
+        tol: f32,
+    ) {
+        close(fast(t(shape, 1, false)), slow(t(shape, 1, false)), tol);
+        let weights = t(shape, 2, false);
+        let (xf, xs) = (t(shape, 1, true), t(shape, 1, true));
+        let gf = (fast(xf.clone()) * weights.clone()).sum().backward();
+        let gs = (slow(xs.clone()) * weights).sum().backward();
+        close(xf.grad(&gf).unwrap(), xs.grad(&gs).unwrap(), tol);
+    }
+
+    #[test]
+    fn gelu_matches_burns_exact_gelu() {
+        check([3, 5, 70_000], gelu, burn::tensor::activation::gelu, 1e-5);
+    }
+
+    #[test]
+    fn attention_softmax_matches_composed_ops() {
+        let (b, h, q, k) = (3, 2, 4, 5);
+        let bias: Vec<f32> = (0..b * k)
+            .map(|i| if i % k >= 3 + i / k % 2 { -1e9 } else { 0.0 })
+            .collect();
+        let bias = Arc::new(bias);
+        let bias_t = Tensor::<4>::from_data(TensorData::new(bias.to_vec(), [b, 1, 1, k]), &crate::device());
+        check(
+            [b, h, q, k],
+            |x| attention_softmax(x, bias.clone(), 0.3),
+            |x| softmax(x.mul_scalar(0.3) + bias_t.clone(), 3),
+            1e-5,
+        );
+    }
+
+    #[test]
+    fn layer_norm_matches_burns_layer_norm() {
+        let gamma: Vec<f32> = (0..6).map(|i| 0.5 + i as f32 * 0.3).collect();
+        let beta: Vec<f32> = (0..6).map(|i| i as f32 * 0.1 - 0.2).collect();
+        let ln = FrozenLayerNorm::new(gamma.clone(), beta.clone(), 1e-12);
+        let g = Tensor::<1>::from_data(TensorData::new(gamma, [6]), &crate::device());
+        let b = Tensor::<1>::from_data(TensorData::new(beta, [6]), &crate::device());
+        check(
+            [4, 3, 6],
+            |x| ln.forward(x),
+            |x| layer_norm(x, g.clone(), Some(b.clone()), 1e-12),
+            1e-4,
+        );
+    }
+
+    #[test]
+    fn untracked_autodiff_inputs_pass_through() {
+        let x = t([2, 3], 1, false).autodiff();
+        let y = gelu(x);
+        assert!(y.is_autodiff() && !y.is_require_grad());
+    }
+}

@@ -1,0 +1,114 @@
+//! `lora bench`: training-step speed and memory of LoRA on MiniLM-L6, one JSON
+//! line per case. Measures and reports; asserts nothing.
+//!
+//! LoRA r=8, alpha=16, query and value, dropout 0, a 3-class head; fp32;
+//! random token ids (seeded) with full attention masks.
+
+use std::path::Path;
+use std::time::Instant;
+
+use lora_core::config::PipelineConfig;
+use lora_core::registry::build_model;
+use lora_core::stage::{AssetResolver, StageContext};
+use lora_core::{Batch, Result, TextBatch};
+use rand::Rng;
+
+const MODEL: &str = r#"
+[run]
+name = "bench"
+backend = "BACKEND"
+output-dir = "unused"
+[data]
+type = "csv"
+path = "unused"
+[model]
+type = "bert-classifier"
+path = "asset:all-minilm-l6-v2"
+classifier-dropout = 0.0
+[lora]
+r = 8
+alpha = 16
+dropout = 0.0
+target-modules = ["query", "value"]
+[train.optimizer]
+type = "adamw"
+lr = 1e-3
+[eval]
+"#;
+
+pub struct Case {
+    pub batch: usize,
+    pub seq_len: usize,
+}
+
+pub const CASES: [Case; 2] = [Case { batch: 32, seq_len: 128 }, Case { batch: 8, seq_len: 64 }];
+
+/// Peak resident set size of this process in bytes (VmHWM).
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Resets the peak so that each case reports its own (Linux: clear_refs 5).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn random_batch(case: &Case, vocab: u32, seed: u64) -> Batch {
+    let mut r = lora_core::init::rng(seed);
+    let n = case.batch * case.seq_len;
+    // 101/102 are BERT's [CLS]/[SEP]; the rest are random ordinary tokens.
+    let ids = (0..n)
+        .map(|i| match i % case.seq_len {
+            0 => 101,
+            j if j == case.seq_len - 1 => 102,
+            _ => r.random_range(1000..vocab),
+        })
+        .collect();
+    Batch::Text(TextBatch {
+        batch_size: case.batch,
+        seq_len: case.seq_len,
+        input_ids: ids,
+        attention_mask: vec![1; n],
+        labels: (0..case.batch).map(|i| (i % 3) as u32).collect(),
+    })
+}
+
+pub fn run(backend: &str, warmup: usize, steps: usize, assets: &dyn AssetResolver) -> Result<Vec<serde_json::Value>> {
+    let config = PipelineConfig::parse(Path::new("<bench>"), MODEL.replace("BACKEND", backend))?;
+    let stage = build_model(&config.model, backend)?;
+    let ctx = StageContext { seed: 0, assets, tokenizer: None };
+    let mut lines = Vec::new();
+    for case in &CASES {
+        let mut model = stage.build(&ctx, &config.lora, 3)?;
+        reset_peak_rss();
+        let mut times = Vec::with_capacity(steps);
+        for i in 0..warmup + steps {
+            let batch = random_batch(case, 30522, i as u64);
+            let t = Instant::now();
+            model.train_step(&batch, i as u64)?;
+            if i >= warmup {
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        let line = serde_json::json!({
+            "backend": model.backend(),
+            "case": format!("batch {} x length {}", case.batch, case.seq_len),
+            "batch": case.batch,
+            "seq_len": case.seq_len,
+            "steps_measured": steps,
+            "median_step_s": median,
+            "steps_per_s": 1.0 / median,
+            "tokens_per_s": (case.batch * case.seq_len) as f64 / median,
+            "peak_rss_mib": peak_rss().map(|b| b as f64 / (1024.0 * 1024.0)),
+            "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        });
+        println!("{line}");
+        lines.push(line);
+    }
+    Ok(lines)
+}

@@ -1,0 +1,280 @@
+//! The checks themselves, each a function of the backend name.
+
+use lora_core::stage::EvalStage;
+use lora_core::{AdapterModel, Batch};
+use lora_train::peft;
+
+use super::fixtures::{build, config, context, pipeline_text};
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+/// Golden values of ASSETS.md: sentence-transformers' mean pooling, L2-normalised.
+pub fn golden_sentence_embeddings(backend: &str) {
+    let dir = tmp();
+    let b = build(pipeline_text(backend, dir.path(), &[]));
+    let texts: Vec<String> =
+        ["A man is eating food.", "A man is eating a piece of bread.", "The new movie is awesome."]
+            .map(String::from)
+            .to_vec();
+    let batch = b.data.encoder.encode_texts(&texts).unwrap();
+    let Batch::Text(t) = &batch else { panic!("text batch expected") };
+    let hidden = b.model.hidden_states(&batch).unwrap();
+    let h = hidden.shape[2];
+    let mut emb = Vec::new();
+    for i in 0..t.batch_size {
+        let mut mean = vec![0f64; h];
+        let mut count = 0.0;
+        for j in 0..t.seq_len {
+            if t.attention_mask[i * t.seq_len + j] == 1 {
+                count += 1.0;
+                for (k, m) in mean.iter_mut().enumerate() {
+                    *m += hidden.data[(i * t.seq_len + j) * h + k] as f64;
+                }
+            }
+        }
+        let norm = mean.iter().map(|x| (x / count).powi(2)).sum::<f64>().sqrt();
+        emb.push(mean.iter().map(|x| x / count / norm).collect::<Vec<f64>>());
+    }
+    let golden = [0.03324157, 0.00440607, -0.00627695, 0.04837872, -0.13870225];
+    for (got, want) in emb[0].iter().zip(golden) {
+        assert!((got - want).abs() < 1e-4, "embedding {got} vs golden {want}");
+    }
+    let cos = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    assert!((cos(&emb[0], &emb[1]) - 0.7553).abs() < 1e-3, "cosine {}", cos(&emb[0], &emb[1]));
+    assert!((cos(&emb[0], &emb[2]) - -0.0461).abs() < 1e-3, "cosine {}", cos(&emb[0], &emb[2]));
+}
+
+fn first_validation_batch(b: &super::fixtures::Built) -> Batch {
+    b.data.validation.batches(32, None).next().unwrap().unwrap()
+}
+
+/// Random non-zero adapter values, so that a round trip cannot pass by accident.
+fn perturb(model: &mut dyn AdapterModel, seed: u64) {
+    let mut r = lora_core::init::rng(seed);
+    let values: Vec<Vec<f32>> =
+        model.params().iter().map(|p| lora_core::init::normal(0.05, p.numel(), &mut r)).collect();
+    model.write_params(&values).unwrap();
+}
+
+pub fn saved_adapter_has_peft_layout_and_reloads_identically(backend: &str) {
+    let dir = tmp();
+    let mut b = build(pipeline_text(backend, dir.path(), &[]));
+    perturb(b.model.as_mut(), 11);
+    let batch = first_validation_batch(&b);
+    let before = b.model.predict(&batch).unwrap();
+    let out = dir.path().join("adapter");
+    peft::save_adapter(&out, b.model.as_ref(), &b.pipeline.config.lora, "sentence-transformers/all-MiniLM-L6-v2")
+        .unwrap();
+
+    // PEFT's key names, shapes and dtype.
+    let bytes = std::fs::read(out.join(peft::WEIGHTS_FILE)).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut expected = Vec::new();
+    for layer in 0..6 {
+        for module in ["query", "value"] {
+            for (ab, shape) in [("lora_A", [8, 384]), ("lora_B", [384, 8])] {
+                expected.push((
+                    format!("base_model.model.bert.encoder.layer.{layer}.attention.self.{module}.{ab}.weight"),
+                    shape.to_vec(),
+                ));
+            }
+        }
+    }
+    expected.push(("base_model.model.classifier.weight".into(), vec![3, 384]));
+    expected.push(("base_model.model.classifier.bias".into(), vec![3]));
+    let mut names = st.names();
+    names.sort();
+    let mut want: Vec<&String> = expected.iter().map(|(n, _)| n).collect();
+    want.sort();
+    assert_eq!(names.len(), 26);
+    assert_eq!(names, want);
+    for (name, shape) in &expected {
+        let t = st.tensor(name).unwrap();
+        assert_eq!(t.shape(), shape.as_slice(), "{name}");
+        assert_eq!(t.dtype(), safetensors::Dtype::F32);
+    }
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    assert_eq!(meta.metadata().as_ref().and_then(|m| m.get("format")).map(String::as_str), Some("pt"));
+
+    // PEFT's config fields.
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join(peft::CONFIG_FILE)).unwrap()).unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["task_type"], "SEQ_CLS");
+    assert_eq!(cfg["r"], 8);
+    assert_eq!(cfg["lora_alpha"], 16.0);
+    assert_eq!(cfg["target_modules"], serde_json::json!(["query", "value"]));
+    assert!((cfg["lora_dropout"].as_f64().unwrap() - 0.1).abs() < 1e-6);
+    assert_eq!(cfg["bias"], "none");
+    assert_eq!(cfg["modules_to_save"], serde_json::json!(["classifier", "score"]));
+    assert_eq!(cfg["use_rslora"], false);
+    assert_eq!(cfg["init_lora_weights"], true);
+    assert_eq!(cfg["base_model_name_or_path"], "sentence-transformers/all-MiniLM-L6-v2");
+
+    // A fresh model (another seed, so another initial adapter) with the file loaded predicts the same.
+    let mut fresh = build(pipeline_text(backend, dir.path(), &[("seed", "seed = 1234")]));
+    assert_ne!(fresh.model.predict(&batch).unwrap().data, before.data);
+    peft::load_adapter(&out, fresh.model.as_mut()).unwrap();
+    assert_eq!(fresh.model.predict(&batch).unwrap().data, before.data);
+    let saved = peft::read_adapter_config(&out).unwrap();
+    assert_eq!((saved.r, saved.alpha, saved.use_rslora), (8, 16.0, false));
+}
+
+fn train(b: &mut super::fixtures::Built) -> lora_core::stage::TrainSummary {
+    let seed = b.pipeline.config.run.seed;
+    b.pipeline
+        .train
+        .train(b.model.as_mut(), &b.data, b.pipeline.eval.as_ref(), &mut [], seed)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub fn same_seed_gives_identical_losses(backend: &str) {
+    let dir = tmp();
+    let text = pipeline_text(backend, dir.path(), &[("epochs", "max-steps = 4")]);
+    let first = train(&mut build(text.clone())).losses;
+    let second = train(&mut build(text)).losses;
+    assert_eq!(first.len(), 4);
+    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&first), bits(&second), "same seed, different losses");
+    let other = train(&mut build(pipeline_text(backend, dir.path(), &[("epochs", "max-steps = 4"), ("seed", "seed = 8")])));
+    assert_ne!(bits(&first), bits(&other.losses), "the seed has no effect");
+}
+
+pub fn short_run_lowers_validation_loss(backend: &str) {
+    let dir = tmp();
+    // 480 tweets at batch 16: 30 optimizer steps.
+    let mut b = build(pipeline_text(backend, dir.path(), &[("max-train-samples", "max-train-samples = 480")]));
+    let before = b.pipeline.eval.evaluate(b.model.as_ref(), b.data.validation.as_ref(), &b.data.label_names).unwrap();
+    let summary = train(&mut b);
+    assert_eq!(summary.steps, 30);
+    let after = &summary.evals.last().unwrap().1;
+    assert!(after.loss < before.loss, "validation loss {} -> {}", before.loss, after.loss);
+    assert_eq!(after.samples, 64);
+}
+
+pub fn accumulated_micro_batches_equal_one_batch(backend: &str) {
+    let dir = tmp();
+    let common = [
+        ("dropout", "dropout = 0.0"),
+        ("classifier-dropout", "classifier-dropout = 0.0"),
+        ("epochs", "max-steps = 1"),
+        ("max-grad-norm", "max-grad-norm = 0.0"),
+    ];
+    let sgd = |extra: &[(&'static str, &'static str)]| {
+        let mut r: Vec<(&str, &str)> = common.to_vec();
+        r.extend_from_slice(extra);
+        let text = pipeline_text(backend, dir.path(), &r)
+            .replace("type = \"adamw\"\nlr = 2e-3\nweight-decay = 0.01", "type = \"sgd\"\nlr = 0.5");
+        let mut b = build(text);
+        let start = b.model.read_params().unwrap();
+        train(&mut b);
+        let end = b.model.read_params().unwrap();
+        // The SGD step is -lr * gradient.
+        start.iter().zip(&end).map(|(s, e)| s.iter().zip(e).map(|(s, e)| (s - e) / 0.5).collect()).collect::<Vec<Vec<f32>>>()
+    };
+    let whole = sgd(&[("batch-size", "batch-size = 16")]);
+    let split = sgd(&[("batch-size", "batch-size = 8"), ("gradient-accumulation-steps", "gradient-accumulation-steps = 2")]);
+    let mut max_rel: f32 = 0.0;
+    let scale = whole.iter().flatten().fold(0f32, |m, g| m.max(g.abs()));
+    for (a, b) in whole.iter().flatten().zip(split.iter().flatten()) {
+        max_rel = max_rel.max((a - b).abs() / scale);
+    }
+    assert!(scale > 0.0);
+    assert!(max_rel < 1e-4, "k micro-batches of b differ from one batch of k*b by {max_rel} (relative)");
+}
+
+pub fn merge_is_exact_and_base_weights_stay_unchanged(backend: &str) {
+    let dir = tmp();
+    let text = pipeline_text(backend, dir.path(), &[("epochs", "max-steps = 3")]);
+    let mut b = build(text.clone());
+    train(&mut b);
+    let batch = first_validation_batch(&b);
+    let unmerged = b.model.predict(&batch).unwrap();
+    b.model.merge().unwrap();
+    let merged = b.model.predict(&batch).unwrap();
+    for (x, y) in unmerged.data.iter().zip(&merged.data) {
+        assert!((x - y).abs() < 1e-4, "merged {y} vs unmerged {x}");
+    }
+    b.model.unmerge().unwrap();
+    assert_eq!(b.model.predict(&batch).unwrap().data, unmerged.data, "unmerge is not exact");
+
+    // With B zeroed, the trained model must compute exactly what a freshly loaded one does.
+    let zeroed: Vec<Vec<f32>> = b
+        .model
+        .params()
+        .iter()
+        .zip(b.model.read_params().unwrap())
+        .map(|(p, v)| if p.name.contains("lora_B") { vec![0.0; v.len()] } else { v })
+        .collect();
+    b.model.write_params(&zeroed).unwrap();
+    let fresh = build(text);
+    assert_eq!(
+        b.model.hidden_states(&batch).unwrap().data,
+        fresh.model.hidden_states(&batch).unwrap().data,
+        "base weights changed during training"
+    );
+}
+
+pub fn bad_pipelines_fail_before_writing_anything(backend: &str) {
+    let dir = tmp();
+    let out = dir.path().join("never");
+    let text = pipeline_text(
+        backend,
+        &out,
+        &[("target-modules", "target-modules = [\"quary\", \"value\"]"), ("max-length", "max-length = 0")],
+    );
+    let err = lora_cli::pipeline::run(config(text), &super::fixtures::ASSETS, true).err().expect("must fail");
+    assert_eq!(err.exit_code(), 2, "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("max-length"), "{msg}");
+    assert!(!out.exists(), "output folder written before validation passed");
+
+    let err = lora_cli::pipeline::run(
+        config(pipeline_text(backend, &out, &[("target-modules", "target-modules = [\"quary\"]")])),
+        &super::fixtures::ASSETS,
+        true,
+    )
+    .err()
+    .expect("must fail");
+    assert_eq!(err.exit_code(), 2);
+    assert!(err.to_string().contains("did you mean `query`"), "{err}");
+    assert!(!out.exists());
+}
+
+pub fn run_writes_outputs_that_predict_and_eval_read(backend: &str) {
+    let dir = tmp();
+    let out = dir.path().join("run");
+    let file = dir.path().join("pipeline.toml");
+    let text = pipeline_text(backend, &out, &[("epochs", "max-steps = 2")]);
+    std::fs::write(&file, &text).unwrap();
+    let done = lora_cli::pipeline::run(config(text), &super::fixtures::ASSETS, true).unwrap_or_else(|e| panic!("{e}"));
+    let mut files: Vec<String> =
+        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    files.sort();
+    assert_eq!(
+        files,
+        ["adapter_config.json", "adapter_model.safetensors", "labels.json", "metrics.json", "metrics.jsonl", "pipeline.toml"]
+    );
+    let metrics: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["train"]["steps"], 2);
+    assert_eq!(metrics["final"]["details"]["confusion_matrix"].as_array().unwrap().len(), 3);
+
+    // `lora eval --adapter` reproduces the final evaluation of the run.
+    let cfg = lora_core::config::PipelineConfig::load(&file).unwrap();
+    let report = lora_cli::pipeline::eval(cfg, &out, &super::fixtures::ASSETS).unwrap();
+    assert_eq!(report.metrics, done.final_eval.metrics);
+    assert!((report.loss - done.final_eval.loss).abs() < 1e-9);
+
+    // `lora predict --adapter` reads the run's own copy of the pipeline.
+    let cfg = lora_core::config::PipelineConfig::load(&out.join("pipeline.toml")).unwrap();
+    let texts = vec!["I love this so much!".to_string(), "worst day ever".to_string()];
+    let preds = lora_cli::pipeline::predict(cfg, &out, &texts, &super::fixtures::ASSETS).unwrap();
+    assert_eq!(preds.len(), 2);
+    for p in preds {
+        let total: f64 = p.probabilities.iter().map(|(_, v)| v).sum();
+        assert!((total - 1.0).abs() < 1e-9);
+        assert_eq!(p.probabilities.len(), 3);
+    }
+    let _ = context;
+}

@@ -1,10 +1,9 @@
 //! The checks themselves, each a function of the backend name.
 
-use lora_core::stage::EvalStage;
 use lora_core::{AdapterModel, Batch};
 use lora_train::peft;
 
-use super::fixtures::{build, config, context, pipeline_text};
+use super::fixtures::{build, config, pipeline_text};
 
 fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
@@ -14,12 +13,17 @@ fn tmp() -> tempfile::TempDir {
 pub fn golden_sentence_embeddings(backend: &str) {
     let dir = tmp();
     let b = build(pipeline_text(backend, dir.path(), &[]));
-    let texts: Vec<String> =
-        ["A man is eating food.", "A man is eating a piece of bread.", "The new movie is awesome."]
-            .map(String::from)
-            .to_vec();
+    let texts: Vec<String> = [
+        "A man is eating food.",
+        "A man is eating a piece of bread.",
+        "The new movie is awesome.",
+    ]
+    .map(String::from)
+    .to_vec();
     let batch = b.data.encoder.encode_texts(&texts).unwrap();
-    let Batch::Text(t) = &batch else { panic!("text batch expected") };
+    let Batch::Text(t) = &batch else {
+        panic!("text batch expected")
+    };
     let hidden = b.model.hidden_states(&batch).unwrap();
     let h = hidden.shape[2];
     let mut emb = Vec::new();
@@ -42,8 +46,16 @@ pub fn golden_sentence_embeddings(backend: &str) {
         assert!((got - want).abs() < 1e-4, "embedding {got} vs golden {want}");
     }
     let cos = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
-    assert!((cos(&emb[0], &emb[1]) - 0.7553).abs() < 1e-3, "cosine {}", cos(&emb[0], &emb[1]));
-    assert!((cos(&emb[0], &emb[2]) - -0.0461).abs() < 1e-3, "cosine {}", cos(&emb[0], &emb[2]));
+    assert!(
+        (cos(&emb[0], &emb[1]) - 0.7553).abs() < 1e-3,
+        "cosine {}",
+        cos(&emb[0], &emb[1])
+    );
+    assert!(
+        (cos(&emb[0], &emb[2]) - -0.0461).abs() < 1e-3,
+        "cosine {}",
+        cos(&emb[0], &emb[2])
+    );
 }
 
 fn first_validation_batch(b: &super::fixtures::Built) -> Batch {
@@ -53,8 +65,11 @@ fn first_validation_batch(b: &super::fixtures::Built) -> Batch {
 /// Random non-zero adapter values, so that a round trip cannot pass by accident.
 fn perturb(model: &mut dyn AdapterModel, seed: u64) {
     let mut r = lora_core::init::rng(seed);
-    let values: Vec<Vec<f32>> =
-        model.params().iter().map(|p| lora_core::init::normal(0.05, p.numel(), &mut r)).collect();
+    let values: Vec<Vec<f32>> = model
+        .params()
+        .iter()
+        .map(|p| lora_core::init::normal(0.05, p.numel(), &mut r))
+        .collect();
     model.write_params(&values).unwrap();
 }
 
@@ -65,8 +80,13 @@ pub fn saved_adapter_has_peft_layout_and_reloads_identically(backend: &str) {
     let batch = first_validation_batch(&b);
     let before = b.model.predict(&batch).unwrap();
     let out = dir.path().join("adapter");
-    peft::save_adapter(&out, b.model.as_ref(), &b.pipeline.config.lora, "sentence-transformers/all-MiniLM-L6-v2")
-        .unwrap();
+    peft::save_adapter(
+        &out,
+        b.model.as_ref(),
+        &b.pipeline.config.lora,
+        "sentence-transformers/all-MiniLM-L6-v2",
+    )
+    .unwrap();
 
     // PEFT's key names, shapes and dtype.
     let bytes = std::fs::read(out.join(peft::WEIGHTS_FILE)).unwrap();
@@ -96,7 +116,13 @@ pub fn saved_adapter_has_peft_layout_and_reloads_identically(backend: &str) {
         assert_eq!(t.dtype(), safetensors::Dtype::F32);
     }
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    assert_eq!(meta.metadata().as_ref().and_then(|m| m.get("format")).map(String::as_str), Some("pt"));
+    assert_eq!(
+        meta.metadata()
+            .as_ref()
+            .and_then(|m| m.get("format"))
+            .map(String::as_str),
+        Some("pt")
+    );
 
     // PEFT's config fields.
     let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join(peft::CONFIG_FILE)).unwrap()).unwrap();
@@ -137,19 +163,36 @@ pub fn same_seed_gives_identical_losses(backend: &str) {
     assert_eq!(first.len(), 4);
     let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&first), bits(&second), "same seed, different losses");
-    let other = train(&mut build(pipeline_text(backend, dir.path(), &[("epochs", "max-steps = 4"), ("seed", "seed = 8")])));
+    let other = train(&mut build(pipeline_text(
+        backend,
+        dir.path(),
+        &[("epochs", "max-steps = 4"), ("seed", "seed = 8")],
+    )));
     assert_ne!(bits(&first), bits(&other.losses), "the seed has no effect");
 }
 
 pub fn short_run_lowers_validation_loss(backend: &str) {
     let dir = tmp();
     // 480 tweets at batch 16: 30 optimizer steps.
-    let mut b = build(pipeline_text(backend, dir.path(), &[("max-train-samples", "max-train-samples = 480")]));
-    let before = b.pipeline.eval.evaluate(b.model.as_ref(), b.data.validation.as_ref(), &b.data.label_names).unwrap();
+    let mut b = build(pipeline_text(
+        backend,
+        dir.path(),
+        &[("max-train-samples", "max-train-samples = 480")],
+    ));
+    let before = b
+        .pipeline
+        .eval
+        .evaluate(b.model.as_ref(), b.data.validation.as_ref(), &b.data.label_names)
+        .unwrap();
     let summary = train(&mut b);
     assert_eq!(summary.steps, 30);
     let after = &summary.evals.last().unwrap().1;
-    assert!(after.loss < before.loss, "validation loss {} -> {}", before.loss, after.loss);
+    assert!(
+        after.loss < before.loss,
+        "validation loss {} -> {}",
+        before.loss,
+        after.loss
+    );
     assert_eq!(after.samples, 64);
 }
 
@@ -164,24 +207,36 @@ pub fn accumulated_micro_batches_equal_one_batch(backend: &str) {
     let sgd = |extra: &[(&'static str, &'static str)]| {
         let mut r: Vec<(&str, &str)> = common.to_vec();
         r.extend_from_slice(extra);
-        let text = pipeline_text(backend, dir.path(), &r)
-            .replace("type = \"adamw\"\nlr = 2e-3\nweight-decay = 0.01", "type = \"sgd\"\nlr = 0.5");
+        let text = pipeline_text(backend, dir.path(), &r).replace(
+            "type = \"adamw\"\nlr = 2e-3\nweight-decay = 0.01",
+            "type = \"sgd\"\nlr = 0.5",
+        );
         let mut b = build(text);
         let start = b.model.read_params().unwrap();
         train(&mut b);
         let end = b.model.read_params().unwrap();
         // The SGD step is -lr * gradient.
-        start.iter().zip(&end).map(|(s, e)| s.iter().zip(e).map(|(s, e)| (s - e) / 0.5).collect()).collect::<Vec<Vec<f32>>>()
+        start
+            .iter()
+            .zip(&end)
+            .map(|(s, e)| s.iter().zip(e).map(|(s, e)| (s - e) / 0.5).collect())
+            .collect::<Vec<Vec<f32>>>()
     };
     let whole = sgd(&[("batch-size", "batch-size = 16")]);
-    let split = sgd(&[("batch-size", "batch-size = 8"), ("gradient-accumulation-steps", "gradient-accumulation-steps = 2")]);
+    let split = sgd(&[
+        ("batch-size", "batch-size = 8"),
+        ("gradient-accumulation-steps", "gradient-accumulation-steps = 2"),
+    ]);
     let mut max_rel: f32 = 0.0;
     let scale = whole.iter().flatten().fold(0f32, |m, g| m.max(g.abs()));
     for (a, b) in whole.iter().flatten().zip(split.iter().flatten()) {
         max_rel = max_rel.max((a - b).abs() / scale);
     }
     assert!(scale > 0.0);
-    assert!(max_rel < 1e-4, "k micro-batches of b differ from one batch of k*b by {max_rel} (relative)");
+    assert!(
+        max_rel < 1e-4,
+        "k micro-batches of b differ from one batch of k*b by {max_rel} (relative)"
+    );
 }
 
 pub fn merge_is_exact_and_base_weights_stay_unchanged(backend: &str) {
@@ -197,7 +252,11 @@ pub fn merge_is_exact_and_base_weights_stay_unchanged(backend: &str) {
         assert!((x - y).abs() < 1e-4, "merged {y} vs unmerged {x}");
     }
     b.model.unmerge().unwrap();
-    assert_eq!(b.model.predict(&batch).unwrap().data, unmerged.data, "unmerge is not exact");
+    assert_eq!(
+        b.model.predict(&batch).unwrap().data,
+        unmerged.data,
+        "unmerge is not exact"
+    );
 
     // With B zeroed, the trained model must compute exactly what a freshly loaded one does.
     let zeroed: Vec<Vec<f32>> = b
@@ -205,7 +264,13 @@ pub fn merge_is_exact_and_base_weights_stay_unchanged(backend: &str) {
         .params()
         .iter()
         .zip(b.model.read_params().unwrap())
-        .map(|(p, v)| if p.name.contains("lora_B") { vec![0.0; v.len()] } else { v })
+        .map(|(p, v)| {
+            if p.name.contains("lora_B") {
+                vec![0.0; v.len()]
+            } else {
+                v
+            }
+        })
         .collect();
     b.model.write_params(&zeroed).unwrap();
     let fresh = build(text);
@@ -222,16 +287,25 @@ pub fn bad_pipelines_fail_before_writing_anything(backend: &str) {
     let text = pipeline_text(
         backend,
         &out,
-        &[("target-modules", "target-modules = [\"quary\", \"value\"]"), ("max-length", "max-length = 0")],
+        &[
+            ("target-modules", "target-modules = [\"quary\", \"value\"]"),
+            ("max-length", "max-length = 0"),
+        ],
     );
-    let err = lora_cli::pipeline::run(config(text), &super::fixtures::ASSETS, true).err().expect("must fail");
+    let err = lora_cli::pipeline::run(config(text), &super::fixtures::ASSETS, true)
+        .err()
+        .expect("must fail");
     assert_eq!(err.exit_code(), 2, "{err}");
     let msg = err.to_string();
     assert!(msg.contains("max-length"), "{msg}");
     assert!(!out.exists(), "output folder written before validation passed");
 
     let err = lora_cli::pipeline::run(
-        config(pipeline_text(backend, &out, &[("target-modules", "target-modules = [\"quary\"]")])),
+        config(pipeline_text(
+            backend,
+            &out,
+            &[("target-modules", "target-modules = [\"quary\"]")],
+        )),
         &super::fixtures::ASSETS,
         true,
     )
@@ -249,16 +323,31 @@ pub fn run_writes_outputs_that_predict_and_eval_read(backend: &str) {
     let text = pipeline_text(backend, &out, &[("epochs", "max-steps = 2")]);
     std::fs::write(&file, &text).unwrap();
     let done = lora_cli::pipeline::run(config(text), &super::fixtures::ASSETS, true).unwrap_or_else(|e| panic!("{e}"));
-    let mut files: Vec<String> =
-        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut files: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     files.sort();
     assert_eq!(
         files,
-        ["adapter_config.json", "adapter_model.safetensors", "labels.json", "metrics.json", "metrics.jsonl", "pipeline.toml"]
+        [
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "labels.json",
+            "metrics.json",
+            "metrics.jsonl",
+            "pipeline.toml"
+        ]
     );
     let metrics: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics["train"]["steps"], 2);
-    assert_eq!(metrics["final"]["details"]["confusion_matrix"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        metrics["final"]["details"]["confusion_matrix"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
 
     // `lora eval --adapter` reproduces the final evaluation of the run.
     let cfg = lora_core::config::PipelineConfig::load(&file).unwrap();
@@ -276,5 +365,4 @@ pub fn run_writes_outputs_that_predict_and_eval_read(backend: &str) {
         assert!((total - 1.0).abs() < 1e-9);
         assert_eq!(p.probabilities.len(), 3);
     }
-    let _ = context;
 }

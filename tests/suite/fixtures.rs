@@ -1,11 +1,11 @@
 //! Small real pipelines: the real model and a few dozen real tweets.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use lora_cli::pipeline::Pipeline;
+use lora_core::AdapterModel;
 use lora_core::config::PipelineConfig;
 use lora_core::stage::{PreparedData, StageContext};
-use lora_core::AdapterModel;
 
 pub static ASSETS: lora_assets::CacheResolver = lora_assets::CacheResolver;
 
@@ -60,7 +60,10 @@ batch-size = 32
         out = out.display()
     );
     for (key, line) in replacements {
-        let start = text.find(&format!("\n{key} = ")).unwrap_or_else(|| panic!("no key {key}")) + 1;
+        let start = text
+            .find(&format!("\n{key} = "))
+            .unwrap_or_else(|| panic!("no key {key}"))
+            + 1;
         let end = start + text[start..].find('\n').unwrap();
         text.replace_range(start..end, line);
     }
@@ -86,8 +89,4 @@ pub fn build(text: String) -> Built {
 
 pub fn context(p: &Pipeline) -> StageContext<'static> {
     p.context(&ASSETS).unwrap_or_else(|e| panic!("{e}"))
-}
-
-pub fn model_dir() -> PathBuf {
-    lora_assets::ensure("all-minilm-l6-v2").unwrap_or_else(|e| panic!("{e}"))
 }

@@ -6,6 +6,9 @@ pub(crate) trait IntoCore<T> {
 
 impl<T> IntoCore<T> for candle_core::Result<T> {
     fn core(self) -> lora_core::Result<T> {
-        self.map_err(|e| lora_core::Error::Backend { backend: crate::BACKEND, message: e.to_string() })
+        self.map_err(|e| lora_core::Error::Backend {
+            backend: crate::BACKEND,
+            message: e.to_string(),
+        })
     }
 }

@@ -28,7 +28,12 @@ pub struct LoraLinear {
 
 impl LoraLinear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias, lora: None, merged: None }
+        Self {
+            weight,
+            bias,
+            lora: None,
+            merged: None,
+        }
     }
 
     pub fn with_lora(mut self, lora: LoraWeights) -> Self {
@@ -68,7 +73,9 @@ impl LoraLinear {
             Some(mask) => (x * mask)?,
             None => x.clone(),
         };
-        let update = input.matmul(&lora.a.as_tensor().t()?)?.matmul(&lora.b.as_tensor().t()?)?;
+        let update = input
+            .matmul(&lora.a.as_tensor().t()?)?
+            .matmul(&lora.b.as_tensor().t()?)?;
         base + (update * lora.scale)?
     }
 
@@ -113,7 +120,12 @@ mod tests {
         let b = Tensor::from_slice(&[0.5f32, -0.5, 1.0], 3, &Device::Cpu).unwrap();
         let a = Var::from_slice(&[1f32, -1.], (1, 2), &Device::Cpu).unwrap();
         let bb = Var::zeros((3, 1), DType::F32, &Device::Cpu).unwrap();
-        LoraLinear::new(w, Some(b)).with_lora(LoraWeights { a, b: bb, scale, dropout: 0.0 })
+        LoraLinear::new(w, Some(b)).with_lora(LoraWeights {
+            a,
+            b: bb,
+            scale,
+            dropout: 0.0,
+        })
     }
 
     fn rows(x: &Tensor) -> Vec<Vec<f32>> {
@@ -125,7 +137,10 @@ mod tests {
         let l = layer(2.0);
         let x = t(&[1., 1., 2., -1.], (2, 2));
         // Hand computation: x W^T + b.
-        assert_eq!(rows(&l.forward(&x, None).unwrap()), vec![vec![3.5, 6.5, 12.0], vec![0.5, 1.5, 5.0]]);
+        assert_eq!(
+            rows(&l.forward(&x, None).unwrap()),
+            vec![vec![3.5, 6.5, 12.0], vec![0.5, 1.5, 5.0]]
+        );
     }
 
     #[test]
@@ -152,7 +167,10 @@ mod tests {
         l.unmerge();
         assert_eq!(rows(&l.forward(&x, None).unwrap()), before);
         let w_after = l.weight().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(w_before.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), w_after.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+        assert_eq!(
+            w_before.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            w_after.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
     }
 
     #[test]
@@ -163,8 +181,14 @@ mod tests {
         let grads = l.forward(&x, None).unwrap().sum_all().unwrap().backward().unwrap();
         let lora = l.lora().unwrap();
         // d/dA sum(B A x) = (sum B) x^T = 3 * [1, 2]; d/dB = A x = -1 for each row.
-        assert_eq!(grads.get(lora.a.as_tensor()).unwrap().to_vec2::<f32>().unwrap(), vec![vec![3.0, 6.0]]);
-        assert_eq!(grads.get(lora.b.as_tensor()).unwrap().to_vec2::<f32>().unwrap(), vec![vec![-1.0]; 3]);
+        assert_eq!(
+            grads.get(lora.a.as_tensor()).unwrap().to_vec2::<f32>().unwrap(),
+            vec![vec![3.0, 6.0]]
+        );
+        assert_eq!(
+            grads.get(lora.b.as_tensor()).unwrap().to_vec2::<f32>().unwrap(),
+            vec![vec![-1.0]; 3]
+        );
         assert!(grads.get(l.weight()).is_none());
         assert!(grads.get(l.bias().unwrap()).is_none());
     }

@@ -41,7 +41,13 @@ pub struct Case {
     pub seq_len: usize,
 }
 
-pub const CASES: [Case; 2] = [Case { batch: 32, seq_len: 128 }, Case { batch: 8, seq_len: 64 }];
+pub const CASES: [Case; 2] = [
+    Case {
+        batch: 32,
+        seq_len: 128,
+    },
+    Case { batch: 8, seq_len: 64 },
+];
 
 /// Peak resident set size of this process in bytes (VmHWM).
 fn peak_rss() -> Option<u64> {
@@ -79,7 +85,11 @@ fn random_batch(case: &Case, vocab: u32, seed: u64) -> Batch {
 pub fn run(backend: &str, warmup: usize, steps: usize, assets: &dyn AssetResolver) -> Result<Vec<serde_json::Value>> {
     let config = PipelineConfig::parse(Path::new("<bench>"), MODEL.replace("BACKEND", backend))?;
     let stage = build_model(&config.model, backend)?;
-    let ctx = StageContext { seed: 0, assets, tokenizer: None };
+    let ctx = StageContext {
+        seed: 0,
+        assets,
+        tokenizer: None,
+    };
     let mut lines = Vec::new();
     for case in &CASES {
         let mut model = stage.build(&ctx, &config.lora, 3)?;

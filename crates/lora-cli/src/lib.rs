@@ -16,8 +16,10 @@ use lora_train as _;
 
 /// Backends compiled into this binary.
 pub fn backends() -> Vec<&'static str> {
-    let mut v: Vec<&'static str> =
-        lora_core::registry::entries::<lora_core::registry::ModelEntry>().iter().map(|e| e.backend).collect();
+    let mut v: Vec<&'static str> = lora_core::registry::entries::<lora_core::registry::ModelEntry>()
+        .iter()
+        .map(|e| e.backend)
+        .collect();
     v.sort();
     v.dedup();
     v

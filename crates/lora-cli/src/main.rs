@@ -11,7 +11,11 @@ use lora_core::config::PipelineConfig;
 use lora_core::registry::{self, Entry};
 
 #[derive(Parser)]
-#[command(name = "lora", version, about = "LoRA fine-tuning as a configured, validated pipeline")]
+#[command(
+    name = "lora",
+    version,
+    about = "LoRA fine-tuning as a configured, validated pipeline"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -82,7 +86,12 @@ fn run(command: Command) -> lora_core::Result<()> {
         Command::Run { file, quiet } => {
             let config = PipelineConfig::load(&file)?;
             let out = lora_cli::pipeline::run(config, &assets, quiet)?;
-            let metrics: Vec<String> = out.final_eval.metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+            let metrics: Vec<String> = out
+                .final_eval
+                .metrics
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.4}"))
+                .collect();
             println!(
                 "{}: validation loss {:.4} {} in {:.1}s; adapter written to {}",
                 file.display(),
@@ -101,9 +110,15 @@ fn run(command: Command) -> lora_core::Result<()> {
             let file = config.unwrap_or_else(|| adapter.join("pipeline.toml"));
             let config = PipelineConfig::load(&file)?;
             for p in lora_cli::pipeline::predict(config, &adapter, &texts, &assets)? {
-                let probs: serde_json::Map<String, serde_json::Value> =
-                    p.probabilities.into_iter().map(|(k, v)| (k, serde_json::json!(v))).collect();
-                println!("{}", serde_json::json!({"text": p.text, "label": p.label, "probabilities": probs}));
+                let probs: serde_json::Map<String, serde_json::Value> = p
+                    .probabilities
+                    .into_iter()
+                    .map(|(k, v)| (k, serde_json::json!(v)))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"text": p.text, "label": p.label, "probabilities": probs})
+                );
             }
         }
         Command::Validate { file } => {

@@ -7,7 +7,9 @@ use lora_core::diag::{Diagnostic, Diagnostics};
 use lora_core::events::Callback;
 use lora_core::fsutil::write_atomic;
 use lora_core::registry::{DataSourceEntry, EvaluatorEntry, TrainerEntry, build_model, lookup};
-use lora_core::stage::{AssetResolver, DataStage, EvalReport, EvalStage, ModelStage, PreparedData, StageContext, TrainStage};
+use lora_core::stage::{
+    AssetResolver, DataStage, EvalReport, EvalStage, ModelStage, PreparedData, StageContext, TrainStage,
+};
 use lora_core::{AdapterModel, Error, Result};
 use serde_json::json;
 
@@ -26,7 +28,10 @@ impl Pipeline {
         let mut diags = Diagnostics::default();
         let backends = crate::backends();
         if !backends.contains(&config.run.backend.as_str()) {
-            let loc = lora_core::diag::Location { file: config.file.clone(), span: 0..0 };
+            let loc = lora_core::diag::Location {
+                file: config.file.clone(),
+                span: 0..0,
+            };
             diags.push(
                 Diagnostic::error(
                     "run::unknown-backend",
@@ -42,10 +47,19 @@ impl Pipeline {
         fn take<T>(diags: &mut Diagnostics, r: std::result::Result<T, Diagnostics>) -> Option<T> {
             r.map_err(|e| diags.0.extend(e.0)).ok()
         }
-        let data = take(&mut diags, lookup::<DataSourceEntry>(&config.data, |_| true).and_then(|e| (e.build)(&config.data)));
+        let data = take(
+            &mut diags,
+            lookup::<DataSourceEntry>(&config.data, |_| true).and_then(|e| (e.build)(&config.data)),
+        );
         let model = take(&mut diags, build_model(&config.model, &config.run.backend));
-        let train = take(&mut diags, lookup::<TrainerEntry>(&config.train, |_| true).and_then(|e| (e.build)(&config.train)));
-        let eval = take(&mut diags, lookup::<EvaluatorEntry>(&config.eval, |_| true).and_then(|e| (e.build)(&config.eval)));
+        let train = take(
+            &mut diags,
+            lookup::<TrainerEntry>(&config.train, |_| true).and_then(|e| (e.build)(&config.train)),
+        );
+        let eval = take(
+            &mut diags,
+            lookup::<EvaluatorEntry>(&config.eval, |_| true).and_then(|e| (e.build)(&config.eval)),
+        );
         if diags.has_errors() {
             return Err(Error::Invalid(diags));
         }
@@ -59,7 +73,11 @@ impl Pipeline {
     }
 
     pub fn context<'a>(&self, assets: &'a dyn AssetResolver) -> Result<StageContext<'a>> {
-        let mut ctx = StageContext { seed: self.config.run.seed, assets, tokenizer: None };
+        let mut ctx = StageContext {
+            seed: self.config.run.seed,
+            assets,
+            tokenizer: None,
+        };
         ctx.tokenizer = self.model.tokenizer(&ctx)?;
         Ok(ctx)
     }
@@ -102,15 +120,27 @@ pub fn run(config: PipelineConfig, assets: &dyn AssetResolver, quiet: bool) -> R
     let out = pipeline.config.run.output_dir.clone();
     std::fs::create_dir_all(&out).map_err(|e| Error::io("cannot create output folder", &out, e))?;
     write_atomic(&out.join("pipeline.toml"), pipeline.config.text().as_bytes())?;
-    write_atomic(&out.join("labels.json"), serde_json::to_string_pretty(&data.label_names).expect("json").as_bytes())?;
+    write_atomic(
+        &out.join("labels.json"),
+        serde_json::to_string_pretty(&data.label_names)
+            .expect("json")
+            .as_bytes(),
+    )?;
 
-    let mut callbacks: Vec<Box<dyn Callback>> = vec![Box::new(lora_monitor::JsonlSink::create(&out.join("metrics.jsonl"))?)];
+    let mut callbacks: Vec<Box<dyn Callback>> =
+        vec![Box::new(lora_monitor::JsonlSink::create(&out.join("metrics.jsonl"))?)];
     if !quiet {
         callbacks.push(Box::new(lora_monitor::Progress::new(10)));
     }
     let seed = pipeline.config.run.seed;
-    let train = pipeline.train.train(model.as_mut(), &data, pipeline.eval.as_ref(), &mut callbacks, seed)?;
-    let final_eval = train.evals.last().map(|(_, r)| r.clone()).ok_or_else(|| Error::Other("no evaluation ran".into()))?;
+    let train = pipeline
+        .train
+        .train(model.as_mut(), &data, pipeline.eval.as_ref(), &mut callbacks, seed)?;
+    let final_eval = train
+        .evals
+        .last()
+        .map(|(_, r)| r.clone())
+        .ok_or_else(|| Error::Other("no evaluation ran".into()))?;
 
     let base_name = pipeline.model.base_model_name(&ctx)?;
     lora_train::save_adapter(&out, model.as_ref(), &pipeline.config.lora, &base_name)?;
@@ -129,10 +159,17 @@ pub fn run(config: PipelineConfig, assets: &dyn AssetResolver, quiet: bool) -> R
         "final": final_eval,
         "wall_time_s": started.elapsed().as_secs_f64(),
     });
-    write_atomic(&out.join("metrics.json"), serde_json::to_string_pretty(&metrics).expect("json").as_bytes())?;
+    write_atomic(
+        &out.join("metrics.json"),
+        serde_json::to_string_pretty(&metrics).expect("json").as_bytes(),
+    )?;
     // Keep `pipeline` alive until here so that its stages' resources outlive training.
     let _ = &mut pipeline;
-    Ok(RunOutcome { output_dir: out, final_eval, elapsed_s: started.elapsed().as_secs_f64() })
+    Ok(RunOutcome {
+        output_dir: out,
+        final_eval,
+        elapsed_s: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// `lora eval`: the pipeline's validation split, scored with an adapter.
@@ -141,7 +178,9 @@ pub fn eval(config: PipelineConfig, adapter: &Path, assets: &dyn AssetResolver) 
     let ctx = pipeline.context(assets)?;
     let (data, mut model) = pipeline.prepare(&ctx)?;
     lora_train::load_adapter(adapter, model.as_mut())?;
-    pipeline.eval.evaluate(model.as_ref(), data.validation.as_ref(), &data.label_names)
+    pipeline
+        .eval
+        .evaluate(model.as_ref(), data.validation.as_ref(), &data.label_names)
 }
 
 /// Class probabilities of each text.
@@ -152,7 +191,12 @@ pub struct Prediction {
 }
 
 /// `lora predict`: loads the adapter of a run and classifies texts.
-pub fn predict(config: PipelineConfig, adapter: &Path, texts: &[String], assets: &dyn AssetResolver) -> Result<Vec<Prediction>> {
+pub fn predict(
+    config: PipelineConfig,
+    adapter: &Path,
+    texts: &[String],
+    assets: &dyn AssetResolver,
+) -> Result<Vec<Prediction>> {
     let labels_path = adapter.join("labels.json");
     let labels: Vec<String> = match std::fs::read_to_string(&labels_path) {
         Ok(t) => serde_json::from_str(&t).map_err(|e| Error::Data(format!("{}: {e}", labels_path.display())))?,

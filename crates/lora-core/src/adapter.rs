@@ -82,7 +82,10 @@ pub trait AdapterModel: Send {
 
     /// The encoder's last hidden states `[batch, seq, hidden]`, for conformance checks.
     fn hidden_states(&self, _batch: &Batch) -> Result<HostTensor> {
-        Err(Error::Unsupported { backend: self.backend(), feature: "hidden states" })
+        Err(Error::Unsupported {
+            backend: self.backend(),
+            feature: "hidden states",
+        })
     }
 
     /// Folds `scale * B A` into the base weights of every LoRA layer.
@@ -93,6 +96,9 @@ pub trait AdapterModel: Send {
 
     /// Optional capability: bf16 compute.
     fn enable_bf16(&mut self) -> Result<()> {
-        Err(Error::Unsupported { backend: self.backend(), feature: "bf16" })
+        Err(Error::Unsupported {
+            backend: self.backend(),
+            feature: "bf16",
+        })
     }
 }

@@ -53,11 +53,17 @@ pub struct Component {
 
 impl Component {
     pub fn location(&self) -> Location {
-        Location { file: self.file.clone(), span: self.span.clone() }
+        Location {
+            file: self.file.clone(),
+            span: self.span.clone(),
+        }
     }
 
     pub fn type_location(&self) -> Option<Location> {
-        Some(Location { file: self.file.clone(), span: self.type_span.clone().unwrap_or(self.span.clone()) })
+        Some(Location {
+            file: self.file.clone(),
+            span: self.type_span.clone().unwrap_or(self.span.clone()),
+        })
     }
 
     fn table(&self) -> Result<Spanned<DeTable<'_>>, Diagnostics> {
@@ -83,7 +89,10 @@ impl Component {
     pub fn value_location(&self, key: &str) -> Option<Location> {
         let table = self.table().ok()?;
         let (_, v) = table.get_ref().iter().find(|(k, _)| k.get_ref().as_ref() == key)?;
-        Some(Location { file: self.file.clone(), span: v.span() })
+        Some(Location {
+            file: self.file.clone(),
+            span: v.span(),
+        })
     }
 
     /// Declares keys that hold sub-components, so that [`Self::deserialize`] skips them.
@@ -130,9 +139,16 @@ fn component_in(
     let DeValue::Table(table) = value.get_ref() else {
         return Err(Diagnostic::error(
             "config::wrong-type",
-            format!("`{}` must be a table, found {}", path.join("."), value.get_ref().type_str()),
+            format!(
+                "`{}` must be a table, found {}",
+                path.join("."),
+                value.get_ref().type_str()
+            ),
         )
-        .at(Some(Location { file: file.clone(), span }))
+        .at(Some(Location {
+            file: file.clone(),
+            span,
+        }))
         .into());
     };
     let ty = table.iter().find(|(k, _)| k.get_ref().as_ref() == "type");
@@ -144,7 +160,10 @@ fn component_in(
                     "config::wrong-type",
                     format!("`{}.type` must be a string", path.join(".")),
                 )
-                .at(Some(Location { file: file.clone(), span: v.span() }))
+                .at(Some(Location {
+                    file: file.clone(),
+                    span: v.span(),
+                }))
                 .into());
             }
         },
@@ -155,12 +174,22 @@ fn component_in(
                     "config::missing-type",
                     format!("table [{}] needs a `type` key", path.join(".")),
                 )
-                .at(Some(Location { file: file.clone(), span: k.span() }))
+                .at(Some(Location {
+                    file: file.clone(),
+                    span: k.span(),
+                }))
                 .into());
             }
         },
     };
-    Ok(Some(Component { file: file.clone(), path, type_name, type_span, span, nested: Vec::new() }))
+    Ok(Some(Component {
+        file: file.clone(),
+        path,
+        type_name,
+        type_span,
+        span,
+        nested: Vec::new(),
+    }))
 }
 
 fn parse_document(file: &SourceFile) -> Result<Spanned<DeTable<'_>>, Diagnostics> {
@@ -186,8 +215,18 @@ pub fn toml_error(file: &Arc<SourceFile>, e: &toml::de::Error, table: &str) -> D
     } else {
         "config::invalid-value"
     };
-    let mut d = Diagnostic::error(code, if table.is_empty() { message.clone() } else { format!("[{table}] {message}") })
-        .at(e.span().map(|span| Location { file: file.clone(), span }));
+    let mut d = Diagnostic::error(
+        code,
+        if table.is_empty() {
+            message.clone()
+        } else {
+            format!("[{table}] {message}")
+        },
+    )
+    .at(e.span().map(|span| Location {
+        file: file.clone(),
+        span,
+    }));
     if code == "config::unknown-key" {
         // serde lists the expected fields; offer the closest one.
         if let (Some(found), Some(expected)) = (message.split('`').nth(1), message.split("expected").nth(1)) {
@@ -229,8 +268,11 @@ impl PipelineConfig {
         for (k, _) in root.get_ref().iter() {
             let key: &str = k.get_ref().as_ref();
             if !SECTIONS.contains(&key) {
-                let mut d = Diagnostic::error("config::unknown-key", format!("unknown section `{key}`"))
-                    .at(Some(Location { file: file.clone(), span: k.span() }));
+                let mut d =
+                    Diagnostic::error("config::unknown-key", format!("unknown section `{key}`")).at(Some(Location {
+                        file: file.clone(),
+                        span: k.span(),
+                    }));
                 d = match did_you_mean(key, SECTIONS) {
                     Some(s) => d.help(format!("did you mean `{s}`?")),
                     None => d.help(format!("valid sections: {}", SECTIONS.join(", "))),
@@ -239,7 +281,10 @@ impl PipelineConfig {
             }
         }
 
-        let whole = Location { file: file.clone(), span: 0..0 };
+        let whole = Location {
+            file: file.clone(),
+            span: 0..0,
+        };
         let mut required = |key: &str, default_type: Option<&str>| -> Option<Component> {
             match component_in(&file, root.get_ref(), vec![key.to_string()], default_type) {
                 Ok(Some(c)) => Some(c),

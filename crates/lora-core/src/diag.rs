@@ -23,7 +23,10 @@ pub struct SourceFile {
 
 impl SourceFile {
     pub fn new(path: impl Into<PathBuf>, text: String) -> Arc<Self> {
-        Arc::new(Self { path: path.into(), text })
+        Arc::new(Self {
+            path: path.into(),
+            text,
+        })
     }
 
     /// 1-based line and column (in characters) of a byte offset.
@@ -79,7 +82,10 @@ impl Diagnostic {
     }
 
     pub fn warning(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { severity: Severity::Warning, ..Self::error(code, message) }
+        Self {
+            severity: Severity::Warning,
+            ..Self::error(code, message)
+        }
     }
 
     pub fn at(mut self, location: Option<Location>) -> Self {
@@ -110,7 +116,12 @@ impl fmt::Display for Diagnostic {
                 .map_or(1, |s| s.chars().count().max(1))
                 .min(text.chars().count().saturating_sub(col - 1).max(1));
             write!(f, "\n{gutter}--> {}:{line}:{col}", loc.file.path.display())?;
-            write!(f, "\n{gutter} |\n{line} | {text}\n{gutter} | {}{}", " ".repeat(col - 1), "^".repeat(width))?;
+            write!(
+                f,
+                "\n{gutter} |\n{line} | {text}\n{gutter} | {}{}",
+                " ".repeat(col - 1),
+                "^".repeat(width)
+            )?;
         }
         if let Some(help) = &self.help {
             write!(f, "\n  = help: {help}")?;

@@ -30,7 +30,10 @@ pub enum Error {
 
     /// An optional capability that the chosen backend does not implement.
     #[error("{feature} is not supported by the {backend} backend")]
-    Unsupported { backend: &'static str, feature: &'static str },
+    Unsupported {
+        backend: &'static str,
+        feature: &'static str,
+    },
 
     /// A pinned asset could not be fetched or verified.
     #[error("asset `{name}`: {message}")]
@@ -42,7 +45,11 @@ pub enum Error {
 
 impl Error {
     pub fn io(context: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { context, path: path.into(), source }
+        Error::Io {
+            context,
+            path: path.into(),
+            source,
+        }
     }
 
     /// Exit code of the `lora` binary for this error: 2 for invalid configuration or input, 1 otherwise.

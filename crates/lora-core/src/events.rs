@@ -28,11 +28,25 @@ pub struct StepMetrics {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum TrainEvent {
-    Start { total_steps: usize, epochs: usize, train_samples: usize, trainable_parameters: usize },
+    Start {
+        total_steps: usize,
+        epochs: usize,
+        train_samples: usize,
+        trainable_parameters: usize,
+    },
     Step(StepMetrics),
-    Eval { step: usize, report: EvalReport },
-    EpochEnd { epoch: usize, step: usize },
-    End { step: usize, elapsed_s: f64 },
+    Eval {
+        step: usize,
+        report: EvalReport,
+    },
+    EpochEnd {
+        epoch: usize,
+        step: usize,
+    },
+    End {
+        step: usize,
+        elapsed_s: f64,
+    },
 }
 
 pub trait Callback: Send {

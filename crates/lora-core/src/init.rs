@@ -52,7 +52,9 @@ pub fn normal(std: f32, len: usize, rng: &mut SeededRng) -> Vec<f32> {
 /// An inverted-dropout mask: `0` with probability `p`, else `1 / (1 - p)`.
 pub fn dropout_mask(p: f32, len: usize, rng: &mut SeededRng) -> Vec<f32> {
     let keep = 1.0 / (1.0 - p);
-    (0..len).map(|_| if rng.random::<f32>() < p { 0.0 } else { keep }).collect()
+    (0..len)
+        .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
+        .collect()
 }
 
 #[cfg(test)]

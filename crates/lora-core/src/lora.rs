@@ -29,7 +29,11 @@ pub struct LoraSpec {
 
 impl LoraSpec {
     pub fn scale(&self) -> f64 {
-        if self.use_rslora { self.alpha / (self.r as f64).sqrt() } else { self.alpha / self.r as f64 }
+        if self.use_rslora {
+            self.alpha / (self.r as f64).sqrt()
+        } else {
+            self.alpha / self.r as f64
+        }
     }
 
     /// No LoRA layer at all: only the task head trains (a baseline).

@@ -105,7 +105,12 @@ where
     let names: Vec<&str> = all.iter().map(|e| e.name()).collect();
     let mut d = Diagnostic::error(
         "config::unknown-type",
-        format!("unknown {} type `{}` in [{}]", E::KIND, component.type_name, component.path.join(".")),
+        format!(
+            "unknown {} type `{}` in [{}]",
+            E::KIND,
+            component.type_name,
+            component.path.join(".")
+        ),
     )
     .at(component.type_location());
     d = match did_you_mean(&component.type_name, names.iter().copied()) {

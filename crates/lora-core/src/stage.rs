@@ -26,7 +26,9 @@ pub struct NoAssets;
 impl AssetResolver for NoAssets {
     fn resolve(&self, path: &str) -> Result<PathBuf> {
         if path.starts_with("asset:") {
-            return Err(crate::Error::Other(format!("`{path}` names an asset, but no asset cache is configured")));
+            return Err(crate::Error::Other(format!(
+                "`{path}` names an asset, but no asset cache is configured"
+            )));
         }
         Ok(PathBuf::from(path))
     }
@@ -53,7 +55,11 @@ pub trait Dataset: Send + Sync {
 
     /// Batches of one pass. With `order_seed`, the order is a seeded shuffle
     /// (a new seed each epoch reshuffles); without, storage order.
-    fn batches(&self, batch_size: usize, order_seed: Option<u64>) -> Box<dyn Iterator<Item = Result<Batch>> + Send + '_>;
+    fn batches(
+        &self,
+        batch_size: usize,
+        order_seed: Option<u64>,
+    ) -> Box<dyn Iterator<Item = Result<Batch>> + Send + '_>;
 }
 
 /// Encodes raw inputs the way the data stage does, for `lora predict`.

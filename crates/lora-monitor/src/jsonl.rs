@@ -21,7 +21,11 @@ impl JsonlSink {
     pub fn create(path: &Path) -> Result<Self> {
         let partial = path.with_extension("jsonl.partial");
         let file = File::create(&partial).map_err(|e| Error::io("cannot create metrics log", &partial, e))?;
-        Ok(Self { path: path.to_path_buf(), partial, out: Some(BufWriter::new(file)) })
+        Ok(Self {
+            path: path.to_path_buf(),
+            partial,
+            out: Some(BufWriter::new(file)),
+        })
     }
 }
 
@@ -32,8 +36,10 @@ impl Callback for JsonlSink {
         writeln!(out, "{line}").map_err(|e| Error::io("cannot write metrics log", &self.partial, e))?;
         if let TrainEvent::End { .. } = event {
             let mut out = self.out.take().expect("checked above");
-            out.flush().map_err(|e| Error::io("cannot write metrics log", &self.partial, e))?;
-            std::fs::rename(&self.partial, &self.path).map_err(|e| Error::io("cannot finish metrics log", &self.path, e))?;
+            out.flush()
+                .map_err(|e| Error::io("cannot write metrics log", &self.partial, e))?;
+            std::fs::rename(&self.partial, &self.path)
+                .map_err(|e| Error::io("cannot finish metrics log", &self.path, e))?;
         }
         Ok(())
     }
@@ -51,7 +57,11 @@ mod tests {
         let mut sink = JsonlSink::create(&path).unwrap();
         sink.on_event(&TrainEvent::EpochEnd { epoch: 0, step: 3 }).unwrap();
         assert!(!path.exists());
-        sink.on_event(&TrainEvent::End { step: 3, elapsed_s: 1.0 }).unwrap();
+        sink.on_event(&TrainEvent::End {
+            step: 3,
+            elapsed_s: 1.0,
+        })
+        .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 2);

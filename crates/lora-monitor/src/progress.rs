@@ -16,7 +16,11 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(log_every: usize) -> Self {
-        Self { bar: None, ema: None, log_every: log_every.max(1) }
+        Self {
+            bar: None,
+            ema: None,
+            log_every: log_every.max(1),
+        }
     }
 
     fn say(&self, line: String) {
@@ -30,10 +34,19 @@ impl Progress {
 impl Callback for Progress {
     fn on_event(&mut self, event: &TrainEvent) -> Result<()> {
         match event {
-            TrainEvent::Start { total_steps, epochs, train_samples, trainable_parameters } => {
+            TrainEvent::Start {
+                total_steps,
+                epochs,
+                train_samples,
+                trainable_parameters,
+            } => {
                 let bar = ProgressBar::with_draw_target(
                     Some(*total_steps as u64),
-                    if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
+                    if std::io::stderr().is_terminal() {
+                        ProgressDrawTarget::stderr()
+                    } else {
+                        ProgressDrawTarget::hidden()
+                    },
                 );
                 bar.set_style(
                     ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
@@ -64,7 +77,12 @@ impl Callback for Progress {
             }
             TrainEvent::Eval { step, report } => {
                 let metrics: Vec<String> = report.metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
-                self.say(format!("eval @ step {step}: loss {:.4} {} ({} samples)", report.loss, metrics.join(" "), report.samples));
+                self.say(format!(
+                    "eval @ step {step}: loss {:.4} {} ({} samples)",
+                    report.loss,
+                    metrics.join(" "),
+                    report.samples
+                ));
             }
             TrainEvent::EpochEnd { .. } => {}
             TrainEvent::End { step, elapsed_s } => {

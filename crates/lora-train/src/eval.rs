@@ -60,8 +60,11 @@ impl EvalStage for ClassificationEval {
         let mut metrics = BTreeMap::new();
         metrics.insert("accuracy".to_string(), confusion.accuracy());
         metrics.insert("macro_f1".to_string(), confusion.macro_f1());
-        let per_class: BTreeMap<&str, Option<f64>> =
-            label_names.iter().map(String::as_str).zip(confusion.f1_per_class()).collect();
+        let per_class: BTreeMap<&str, Option<f64>> = label_names
+            .iter()
+            .map(String::as_str)
+            .zip(confusion.f1_per_class())
+            .collect();
         Ok(EvalReport {
             samples,
             loss: loss_sum / samples.max(1) as f64,
@@ -79,9 +82,12 @@ impl EvalStage for ClassificationEval {
 fn build(c: &Component) -> std::result::Result<Box<dyn EvalStage>, Diagnostics> {
     let cfg: ClassificationEvalConfig = c.deserialize()?;
     if cfg.batch_size == 0 {
-        return Err(Diagnostic::error("eval::invalid-batch-size", "batch-size (0) must be at least 1. Valid range: 1 <= batch-size")
-            .at(c.value_location("batch-size"))
-            .into());
+        return Err(Diagnostic::error(
+            "eval::invalid-batch-size",
+            "batch-size (0) must be at least 1. Valid range: 1 <= batch-size",
+        )
+        .at(c.value_location("batch-size"))
+        .into());
     }
     Ok(Box::new(ClassificationEval { cfg }))
 }

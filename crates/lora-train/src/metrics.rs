@@ -10,7 +10,9 @@ pub struct Confusion {
 
 impl Confusion {
     pub fn new(classes: usize) -> Self {
-        Self { matrix: vec![vec![0; classes]; classes] }
+        Self {
+            matrix: vec![vec![0; classes]; classes],
+        }
     }
 
     pub fn add(&mut self, truth: usize, predicted: usize) {
@@ -46,7 +48,11 @@ impl Confusion {
     /// Unweighted mean of F1 over the classes present in truth or predictions (scikit-learn's macro average).
     pub fn macro_f1(&self) -> f64 {
         let f: Vec<f64> = self.f1_per_class().into_iter().flatten().collect();
-        if f.is_empty() { 0.0 } else { f.iter().sum::<f64>() / f.len() as f64 }
+        if f.is_empty() {
+            0.0
+        } else {
+            f.iter().sum::<f64>() / f.len() as f64
+        }
     }
 }
 
@@ -65,7 +71,13 @@ pub fn softmax(logits: &[f32]) -> Vec<f64> {
 }
 
 pub fn argmax(row: &[f32]) -> usize {
-    row.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) }).0
+    row.iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) },
+        )
+        .0
 }
 
 #[cfg(test)]

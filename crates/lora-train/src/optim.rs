@@ -37,7 +37,12 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(cfg: AdamWConfig) -> Self {
-        Self { cfg, step: 0, m: Vec::new(), v: Vec::new() }
+        Self {
+            cfg,
+            step: 0,
+            m: Vec::new(),
+            v: Vec::new(),
+        }
     }
 }
 
@@ -59,7 +64,11 @@ impl Optimizer for AdamW {
         let bc2_sqrt = bc2.sqrt() as f32;
         let (b1, b2, eps) = (b1 as f32, b2 as f32, self.cfg.eps as f32);
         for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
-            let decay = if info[i].weight_decay { (lr * self.cfg.weight_decay) as f32 } else { 0.0 };
+            let decay = if info[i].weight_decay {
+                (lr * self.cfg.weight_decay) as f32
+            } else {
+                0.0
+            };
             let (m, v) = (&mut self.m[i], &mut self.v[i]);
             for j in 0..p.len() {
                 p[j] -= decay * p[j];
@@ -110,7 +119,11 @@ impl Optimizer for Sgd {
         }
         let (mu, damp, lr) = (self.cfg.momentum as f32, self.cfg.dampening as f32, lr as f32);
         for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
-            let wd = if info[i].weight_decay { self.cfg.weight_decay as f32 } else { 0.0 };
+            let wd = if info[i].weight_decay {
+                self.cfg.weight_decay as f32
+            } else {
+                0.0
+            };
             let mut d: Vec<f32> = g.iter().zip(p.iter()).map(|(g, p)| g + wd * p).collect();
             if mu != 0.0 {
                 let buf = match &mut self.buf[i] {
@@ -189,13 +202,22 @@ mod tests {
     use super::*;
 
     fn info(decay: bool) -> Vec<ParamInfo> {
-        vec![ParamInfo { name: "p".into(), shape: vec![2], weight_decay: decay }]
+        vec![ParamInfo {
+            name: "p".into(),
+            shape: vec![2],
+            weight_decay: decay,
+        }]
     }
 
     #[test]
     fn adamw_first_step_moves_each_weight_by_lr() {
         // After one step m_hat = g and v_hat = g^2, so the update is lr * g / (|g| + eps).
-        let mut opt = AdamW::new(AdamWConfig { lr: 0.1, betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.0 });
+        let mut opt = AdamW::new(AdamWConfig {
+            lr: 0.1,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 0.0,
+        });
         let mut p = vec![vec![1.0, -2.0]];
         opt.step(&mut p, &[vec![0.5, -3.0]], &info(true), 0.1);
         assert!((p[0][0] - 0.9).abs() < 1e-6);
@@ -204,7 +226,12 @@ mod tests {
 
     #[test]
     fn adamw_decay_is_decoupled_and_skips_excluded_params() {
-        let cfg = AdamWConfig { lr: 0.1, betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.5 };
+        let cfg = AdamWConfig {
+            lr: 0.1,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 0.5,
+        };
         let mut p = vec![vec![2.0, 2.0]];
         AdamW::new(cfg.clone()).step(&mut p, &[vec![0.0, 0.0]], &info(true), 0.1);
         assert!((p[0][0] - 2.0 * (1.0 - 0.05)).abs() < 1e-6);
@@ -215,7 +242,12 @@ mod tests {
 
     #[test]
     fn adamw_second_step_matches_hand_computation() {
-        let mut opt = AdamW::new(AdamWConfig { lr: 0.01, betas: [0.9, 0.99], eps: 1e-8, weight_decay: 0.0 });
+        let mut opt = AdamW::new(AdamWConfig {
+            lr: 0.01,
+            betas: [0.9, 0.99],
+            eps: 1e-8,
+            weight_decay: 0.0,
+        });
         let mut p = vec![vec![0.0, 0.0]];
         opt.step(&mut p, &[vec![1.0, 1.0]], &info(false), 0.01);
         opt.step(&mut p, &[vec![3.0, 3.0]], &info(false), 0.01);
@@ -228,8 +260,13 @@ mod tests {
 
     #[test]
     fn sgd_momentum_matches_pytorch() {
-        let mut opt =
-            Sgd::new(SgdConfig { lr: 0.1, momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.0 });
+        let mut opt = Sgd::new(SgdConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            dampening: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+        });
         let mut p = vec![vec![1.0, 1.0]];
         opt.step(&mut p, &[vec![1.0, 2.0]], &info(false), 0.1);
         assert!((p[0][0] - 0.9).abs() < 1e-6);
@@ -241,7 +278,13 @@ mod tests {
 
     #[test]
     fn sgd_nesterov_and_weight_decay() {
-        let mut opt = Sgd::new(SgdConfig { lr: 1.0, momentum: 0.5, dampening: 0.0, nesterov: true, weight_decay: 0.1 });
+        let mut opt = Sgd::new(SgdConfig {
+            lr: 1.0,
+            momentum: 0.5,
+            dampening: 0.0,
+            nesterov: true,
+            weight_decay: 0.1,
+        });
         let mut p = vec![vec![1.0, 0.0]];
         opt.step(&mut p, &[vec![0.0, 1.0]], &info(true), 1.0);
         // d = g + 0.1 p = [0.1, 1.0]; buf = d; nesterov: d + 0.5 buf = [0.15, 1.5]

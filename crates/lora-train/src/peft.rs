@@ -45,7 +45,10 @@ pub fn adapter_config(model: &dyn AdapterModel, lora: &LoraSpec, base_model: &st
 
 pub fn save_adapter(dir: &Path, model: &dyn AdapterModel, lora: &LoraSpec, base_model: &str) -> Result<()> {
     let values = model.read_params()?;
-    let bytes: Vec<Vec<u8>> = values.iter().map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let bytes: Vec<Vec<u8>> = values
+        .iter()
+        .map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
     let mut views = Vec::with_capacity(values.len());
     for (info, data) in model.params().iter().zip(&bytes) {
         let view = TensorView::new(Dtype::F32, info.shape.clone(), data)
@@ -74,13 +77,20 @@ pub fn read_adapter_config(dir: &Path) -> Result<SavedLoraConfig> {
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io("cannot read adapter config", &path, e))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::Data(format!("{}: not JSON: {e}", path.display())))?;
-    let field = |k: &str| v.get(k).ok_or_else(|| Error::Data(format!("{}: missing `{k}`", path.display())));
+    let field = |k: &str| {
+        v.get(k)
+            .ok_or_else(|| Error::Data(format!("{}: missing `{k}`", path.display())))
+    };
     if field("peft_type")?.as_str() != Some("LORA") {
         return Err(Error::Data(format!("{}: peft_type is not LORA", path.display())));
     }
     Ok(SavedLoraConfig {
-        r: field("r")?.as_u64().ok_or_else(|| Error::Data("`r` is not an integer".into()))? as usize,
-        alpha: field("lora_alpha")?.as_f64().ok_or_else(|| Error::Data("`lora_alpha` is not a number".into()))?,
+        r: field("r")?
+            .as_u64()
+            .ok_or_else(|| Error::Data("`r` is not an integer".into()))? as usize,
+        alpha: field("lora_alpha")?
+            .as_f64()
+            .ok_or_else(|| Error::Data("`lora_alpha` is not a number".into()))?,
         use_rslora: v.get("use_rslora").and_then(|x| x.as_bool()).unwrap_or(false),
         task_type: v.get("task_type").and_then(|x| x.as_str()).unwrap_or("").to_string(),
     })
@@ -96,7 +106,11 @@ pub fn load_adapter(dir: &Path, model: &mut dyn AdapterModel) -> Result<()> {
     let mut values = Vec::with_capacity(model.params().len());
     for info in model.params() {
         let t = st.tensor(&info.name).map_err(|_| {
-            Error::Data(format!("{}: missing tensor `{}` (was the adapter trained with other target modules?)", path.display(), info.name))
+            Error::Data(format!(
+                "{}: missing tensor `{}` (was the adapter trained with other target modules?)",
+                path.display(),
+                info.name
+            ))
         })?;
         if t.shape() != info.shape.as_slice() || t.dtype() != Dtype::F32 {
             return Err(Error::Data(format!(
@@ -108,7 +122,12 @@ pub fn load_adapter(dir: &Path, model: &mut dyn AdapterModel) -> Result<()> {
                 info.shape
             )));
         }
-        values.push(t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
+        values.push(
+            t.data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        );
     }
     let known: std::collections::HashSet<&str> = model.params().iter().map(|p| p.name.as_str()).collect();
     if let Some(extra) = st.names().into_iter().find(|n| !known.contains(&n[..])) {

@@ -85,15 +85,21 @@ fn build(c: &Component, shape: Shape) -> Result<Box<dyn Scheduler>, Diagnostics>
         diags.push(
             Diagnostic::error(
                 "train::invalid-min-lr-ratio",
-                format!("min-lr-ratio ({}) is out of range. Valid range: 0 <= min-lr-ratio <= 1", cfg.min_lr_ratio),
+                format!(
+                    "min-lr-ratio ({}) is out of range. Valid range: 0 <= min-lr-ratio <= 1",
+                    cfg.min_lr_ratio
+                ),
             )
             .at(c.value_location("min-lr-ratio")),
         );
     }
     if shape != Shape::Cosine && cfg.min_lr_ratio != 0.0 {
         diags.push(
-            Diagnostic::error("train::min-lr-ratio-needs-cosine", "min-lr-ratio applies to the cosine schedule only")
-                .at(c.value_location("min-lr-ratio")),
+            Diagnostic::error(
+                "train::min-lr-ratio-needs-cosine",
+                "min-lr-ratio applies to the cosine schedule only",
+            )
+            .at(c.value_location("min-lr-ratio")),
         );
     }
     if diags.has_errors() {
@@ -122,7 +128,13 @@ mod tests {
     use super::*;
 
     fn sched(shape: Shape, warmup: usize) -> WarmupSchedule {
-        WarmupSchedule { shape, cfg: WarmupConfig { warmup_steps: Some(warmup), ..Default::default() } }
+        WarmupSchedule {
+            shape,
+            cfg: WarmupConfig {
+                warmup_steps: Some(warmup),
+                ..Default::default()
+            },
+        }
     }
 
     #[test]
@@ -146,8 +158,13 @@ mod tests {
         assert!((s.factor(0, 100) - 1.0).abs() < 1e-12);
         assert!((s.factor(50, 100) - 0.5).abs() < 1e-12);
         assert!(s.factor(100, 100).abs() < 1e-12);
-        let floor =
-            WarmupSchedule { shape: Shape::Cosine, cfg: WarmupConfig { min_lr_ratio: 0.1, ..Default::default() } };
+        let floor = WarmupSchedule {
+            shape: Shape::Cosine,
+            cfg: WarmupConfig {
+                min_lr_ratio: 0.1,
+                ..Default::default()
+            },
+        };
         assert!((floor.factor(100, 100) - 0.1).abs() < 1e-12);
     }
 
@@ -155,7 +172,10 @@ mod tests {
     fn warmup_ratio_rounds_up() {
         let s = WarmupSchedule {
             shape: Shape::Linear,
-            cfg: WarmupConfig { warmup_ratio: Some(0.05), ..Default::default() },
+            cfg: WarmupConfig {
+                warmup_ratio: Some(0.05),
+                ..Default::default()
+            },
         };
         assert_eq!(s.cfg.warmup(30), 2);
         assert_eq!(s.factor(1, 30), 0.5);

@@ -53,7 +53,9 @@ pub struct SupervisedTrainer {
 impl SupervisedTrainer {
     /// Optimizer steps in one epoch over `samples` examples.
     pub fn steps_per_epoch(&self, samples: usize) -> usize {
-        samples.div_ceil(self.cfg.batch_size).div_ceil(self.cfg.gradient_accumulation_steps)
+        samples
+            .div_ceil(self.cfg.batch_size)
+            .div_ceil(self.cfg.gradient_accumulation_steps)
     }
 
     /// Total optimizer steps of the run.
@@ -79,7 +81,12 @@ struct Accumulator {
 
 impl Accumulator {
     fn new(shapes: &[usize]) -> Self {
-        Self { grads: shapes.iter().map(|&n| vec![0.0; n]).collect(), loss_sum: 0.0, samples: 0, tokens: 0 }
+        Self {
+            grads: shapes.iter().map(|&n| vec![0.0; n]).collect(),
+            loss_sum: 0.0,
+            samples: 0,
+            tokens: 0,
+        }
     }
 
     fn add(&mut self, grads: &[Vec<f32>], loss: f32, n: usize, tokens: usize) {
@@ -100,14 +107,24 @@ impl Accumulator {
         for g in self.grads.iter_mut().flatten() {
             *g *= inv;
         }
-        (self.grads, self.loss_sum / self.samples.max(1) as f64, self.samples, self.tokens)
+        (
+            self.grads,
+            self.loss_sum / self.samples.max(1) as f64,
+            self.samples,
+            self.tokens,
+        )
     }
 }
 
 /// Scales gradients in place so that their global L2 norm is at most `max_norm`
 /// (PyTorch's `clip_grad_norm_`); returns the norm before clipping.
 pub fn clip_global_norm(grads: &mut [Vec<f32>], max_norm: f64) -> f64 {
-    let norm = grads.iter().flatten().map(|&g| (g as f64) * (g as f64)).sum::<f64>().sqrt();
+    let norm = grads
+        .iter()
+        .flatten()
+        .map(|&g| (g as f64) * (g as f64))
+        .sum::<f64>()
+        .sqrt();
     if max_norm > 0.0 {
         let coef = max_norm / (norm + 1e-6);
         if coef < 1.0 {
@@ -200,7 +217,13 @@ impl TrainStage for SupervisedTrainer {
                 )?;
                 if eval.interval() > 0 && step % eval.interval() == 0 && step < total {
                     let report = eval.evaluate(model, data.validation.as_ref(), &data.label_names)?;
-                    emit(callbacks, &TrainEvent::Eval { step, report: report.clone() })?;
+                    emit(
+                        callbacks,
+                        &TrainEvent::Eval {
+                            step,
+                            report: report.clone(),
+                        },
+                    )?;
                     evals.push((step, report));
                 }
                 if step >= total {
@@ -211,19 +234,37 @@ impl TrainStage for SupervisedTrainer {
             epoch += 1;
         }
         let report = eval.evaluate(model, data.validation.as_ref(), &data.label_names)?;
-        emit(callbacks, &TrainEvent::Eval { step, report: report.clone() })?;
+        emit(
+            callbacks,
+            &TrainEvent::Eval {
+                step,
+                report: report.clone(),
+            },
+        )?;
         evals.push((step, report));
         let elapsed_s = start.elapsed().as_secs_f64();
         emit(callbacks, &TrainEvent::End { step, elapsed_s })?;
-        Ok(TrainSummary { steps: step, epochs_completed: epoch, losses, elapsed_s, evals })
+        Ok(TrainSummary {
+            steps: step,
+            epochs_completed: epoch,
+            losses,
+            elapsed_s,
+            evals,
+        })
     }
 }
 
 fn build(c: &Component) -> std::result::Result<Box<dyn TrainStage>, Diagnostics> {
     let mut diags = Diagnostics::default();
-    let cfg = c.deserialize::<SupervisedConfig>().map_err(|e| diags.0.extend(e.0)).ok();
+    let cfg = c
+        .deserialize::<SupervisedConfig>()
+        .map_err(|e| diags.0.extend(e.0))
+        .ok();
     let optimizer = match c.sub_component("optimizer", None) {
-        Ok(Some(o)) => lookup::<OptimizerEntry>(&o, |_| true).and_then(|e| (e.build)(&o)).map_err(|e| diags.0.extend(e.0)).ok(),
+        Ok(Some(o)) => lookup::<OptimizerEntry>(&o, |_| true)
+            .and_then(|e| (e.build)(&o))
+            .map_err(|e| diags.0.extend(e.0))
+            .ok(),
         Ok(None) => {
             diags.push(
                 Diagnostic::error("train::missing-optimizer", "[train] needs a [train.optimizer] table")
@@ -238,7 +279,10 @@ fn build(c: &Component) -> std::result::Result<Box<dyn TrainStage>, Diagnostics>
         }
     };
     let scheduler = match c.sub_component("scheduler", Some("constant")) {
-        Ok(Some(s)) => lookup::<SchedulerEntry>(&s, |_| true).and_then(|e| (e.build)(&s)).map_err(|e| diags.0.extend(e.0)).ok(),
+        Ok(Some(s)) => lookup::<SchedulerEntry>(&s, |_| true)
+            .and_then(|e| (e.build)(&s))
+            .map_err(|e| diags.0.extend(e.0))
+            .ok(),
         Ok(None) => Some(Box::new(crate::schedule::WarmupSchedule {
             shape: crate::schedule::Shape::Constant,
             cfg: Default::default(),
@@ -249,21 +293,29 @@ fn build(c: &Component) -> std::result::Result<Box<dyn TrainStage>, Diagnostics>
         }
     };
     if let Some(cfg) = &cfg {
-        let checks: [(&str, usize); 2] =
-            [("batch-size", cfg.batch_size), ("gradient-accumulation-steps", cfg.gradient_accumulation_steps)];
+        let checks: [(&str, usize); 2] = [
+            ("batch-size", cfg.batch_size),
+            ("gradient-accumulation-steps", cfg.gradient_accumulation_steps),
+        ];
         for (key, value) in checks {
             if value == 0 {
                 diags.push(
-                    Diagnostic::error("train::zero", format!("{key} ({value}) must be at least 1. Valid range: 1 <= {key}"))
-                        .at(c.value_location(key)),
+                    Diagnostic::error(
+                        "train::zero",
+                        format!("{key} ({value}) must be at least 1. Valid range: 1 <= {key}"),
+                    )
+                    .at(c.value_location(key)),
                 );
             }
         }
         for (key, value) in [("epochs", cfg.epochs), ("max-steps", cfg.max_steps)] {
             if value == Some(0) {
                 diags.push(
-                    Diagnostic::error("train::zero", format!("{key} (0) must be at least 1. Valid range: 1 <= {key}"))
-                        .at(c.value_location(key)),
+                    Diagnostic::error(
+                        "train::zero",
+                        format!("{key} (0) must be at least 1. Valid range: 1 <= {key}"),
+                    )
+                    .at(c.value_location(key)),
                 );
             }
         }
@@ -271,7 +323,10 @@ fn build(c: &Component) -> std::result::Result<Box<dyn TrainStage>, Diagnostics>
             diags.push(
                 Diagnostic::error(
                     "train::invalid-max-grad-norm",
-                    format!("max-grad-norm ({}) must be finite and >= 0 (0 disables clipping)", cfg.max_grad_norm),
+                    format!(
+                        "max-grad-norm ({}) must be finite and >= 0 (0 disables clipping)",
+                        cfg.max_grad_norm
+                    ),
                 )
                 .at(c.value_location("max-grad-norm")),
             );

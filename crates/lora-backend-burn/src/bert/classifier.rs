@@ -53,22 +53,15 @@ pub struct BertClassifier {
     num_labels: usize,
 }
 
-fn tensor2(t: HostTensor, name: &str, device: &Device) -> Result<Tensor<2>> {
-    match t.shape.as_slice() {
-        &[r, c] => Ok(Tensor::from_data(TensorData::new(t.data, [r, c]), device)),
-        s => Err(Error::Data(format!(
-            "weight `{name}` has shape {s:?}, expected a matrix"
-        ))),
+/// A host tensor as a burn tensor, after checking its shape against the configuration.
+fn tensor<const D: usize>(t: HostTensor, name: &str, dims: [usize; D], device: &Device) -> Result<Tensor<D>> {
+    if t.shape != dims {
+        return Err(Error::Data(format!(
+            "weight `{name}` has shape {:?}, but the model configuration needs {dims:?}",
+            t.shape
+        )));
     }
-}
-
-fn tensor1(t: HostTensor, name: &str, device: &Device) -> Result<Tensor<1>> {
-    match t.shape.as_slice() {
-        &[n] => Ok(Tensor::from_data(TensorData::new(t.data, [n]), device)),
-        s => Err(Error::Data(format!(
-            "weight `{name}` has shape {s:?}, expected a vector"
-        ))),
-    }
+    Ok(Tensor::from_data(TensorData::new(t.data, dims), device))
 }
 
 fn host<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
@@ -96,13 +89,13 @@ impl BertClassifier {
         } else {
             ""
         };
-        let w2 = |name: &str| -> Result<Tensor<2>> {
+        let w2 = |name: &str, dims: [usize; 2]| -> Result<Tensor<2>> {
             let full = format!("{prefix}{name}");
-            tensor2(weights.get(&full)?, &full, dev)
+            tensor(weights.get(&full)?, &full, dims, dev)
         };
-        let w1 = |name: &str| -> Result<Tensor<1>> {
+        let w1 = |name: &str, n: usize| -> Result<Tensor<1>> {
             let full = format!("{prefix}{name}");
-            tensor1(weights.get(&full)?, &full, dev)
+            tensor(weights.get(&full)?, &full, [n], dev)
         };
         let ln = |name: &str| -> Result<FrozenLayerNorm> {
             let vector = |suffix: &str| -> Result<Vec<f32>> {
@@ -132,9 +125,15 @@ impl BertClassifier {
             let mut linears = Vec::with_capacity(6);
             for (j, (name, path, _)) in TARGETS.into_iter().enumerate() {
                 let full = format!("encoder.layer.{i}.{path}");
-                let mut lin = LoraLinear::new(w2(&format!("{full}.weight"))?, Some(w1(&format!("{full}.bias"))?));
+                let (h, inter) = (cfg.hidden_size, cfg.intermediate_size);
+                let (out_dim, in_dim) = match name {
+                    "intermediate.dense" => (inter, h),
+                    "output.dense" => (h, inter),
+                    _ => (h, h),
+                };
+                let weight = w2(&format!("{full}.weight"), [out_dim, in_dim])?;
+                let mut lin = LoraLinear::new(weight, Some(w1(&format!("{full}.bias"), out_dim)?));
                 if targets.contains(&name) {
-                    let (out_dim, in_dim) = (lin.out_dim(), lin.in_dim());
                     check_rank(lora, &full, in_dim, out_dim)?;
                     let a = kaiming_uniform(in_dim, lora.r * in_dim, &mut init);
                     let a = Tensor::from_data(TensorData::new(a, [lora.r, in_dim]), dev);
@@ -167,20 +166,23 @@ impl BertClassifier {
                 output_norm: ln(&format!("encoder.layer.{i}.output.LayerNorm"))?,
             });
         }
+        let h = cfg.hidden_size;
         let encoder = Encoder {
-            word_embeddings: w2("embeddings.word_embeddings.weight")?,
-            position_embeddings: w2("embeddings.position_embeddings.weight")?,
-            token_type_embeddings: w2("embeddings.token_type_embeddings.weight")?,
+            word_embeddings: w2("embeddings.word_embeddings.weight", [cfg.vocab_size, h])?,
+            position_embeddings: w2(
+                "embeddings.position_embeddings.weight",
+                [cfg.max_position_embeddings, h],
+            )?,
+            token_type_embeddings: w2("embeddings.token_type_embeddings.weight", [cfg.type_vocab_size, h])?,
             embedding_norm: ln("embeddings.LayerNorm")?,
             layers,
             cfg: cfg.clone(),
             device: device.clone(),
         };
-        let pooler = (w2("pooler.dense.weight")?, w1("pooler.dense.bias")?);
+        let pooler = (w2("pooler.dense.weight", [h, h])?, w1("pooler.dense.bias", h)?);
 
         // Hugging Face initialises a new head with N(0, 0.02) weights and zero bias.
         let mut head_rng = rng(derive_seed(seed, "head-init", 0));
-        let h = cfg.hidden_size;
         let cw = Tensor::from_data(
             TensorData::new(normal(0.02, num_labels * h, &mut head_rng), [num_labels, h]),
             dev,
@@ -979,6 +981,35 @@ mod tests {
         let mut b = text_batch();
         b.labels = vec![0, 3];
         assert!(m.train_step(&Batch::Text(b), 0).is_err());
+    }
+
+    #[test]
+    fn weights_that_do_not_fit_the_configuration_are_errors() {
+        let cfg = tiny_config();
+        let mut w = tiny_weights(&cfg);
+        w.insert(
+            "encoder.layer.1.intermediate.dense.weight".into(),
+            HostTensor::new(vec![8, 16], vec![0.0; 128]),
+        );
+        let err = BertClassifier::new(cfg.clone(), &w, &spec(&["query"], false), 3, 0.0, 7)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("needs [16, 8]"), "{err}");
+        let mut w = tiny_weights(&cfg);
+        w.remove("pooler.dense.bias");
+        let err = BertClassifier::new(cfg, &w, &spec(&[], false), 3, 0.0, 7)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("missing weight `"), "{err}");
+        // A `bert.` prefix (BertForSequenceClassification checkpoints) is found as well.
+        let cfg = tiny_config();
+        let prefixed: HashMap<String, HostTensor> = tiny_weights(&cfg)
+            .into_iter()
+            .map(|(k, v)| (format!("bert.{k}"), v))
+            .collect();
+        let a = BertClassifier::new(cfg.clone(), &prefixed, &spec(&["query"], false), 3, 0.0, 7).unwrap();
+        let b = model(&["query"]);
+        assert_eq!(a.predict(&batch()).unwrap(), b.predict(&batch()).unwrap());
     }
 
     #[test]

@@ -33,7 +33,9 @@ pub trait WeightSource {
 
 impl WeightSource for HashMap<String, Tensor> {
     fn get(&self, name: &str) -> Result<Tensor> {
-        HashMap::get(self, name).cloned().ok_or_else(|| Error::Data(format!("missing weight `{name}`")))
+        HashMap::get(self, name)
+            .cloned()
+            .ok_or_else(|| Error::Data(format!("missing weight `{name}`")))
     }
     fn contains(&self, name: &str) -> bool {
         self.contains_key(name)
@@ -52,7 +54,10 @@ impl MmapWeights {
         // the asset cache is write-once (verified, then renamed into place).
         let inner = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
             .map_err(|e| Error::Data(format!("{}: cannot read safetensors: {e}", path.display())))?;
-        Ok(Self { path: path.to_path_buf(), inner })
+        Ok(Self {
+            path: path.to_path_buf(),
+            inner,
+        })
     }
 }
 
@@ -93,14 +98,23 @@ impl BertClassifier {
         classifier_dropout: f32,
         seed: u64,
     ) -> Result<Self> {
-        let prefix = if weights.contains("bert.embeddings.word_embeddings.weight") { "bert." } else { "" };
+        let prefix = if weights.contains("bert.embeddings.word_embeddings.weight") {
+            "bert."
+        } else {
+            ""
+        };
         let w = |name: &str| weights.get(&format!("{prefix}{name}"));
         let targets = resolve_targets(lora)?;
         let mut init = rng(derive_seed(seed, "lora-init", 0));
         let mut vars = Vec::new();
         let mut params = Vec::new();
         let ln = |name: &str| -> Result<FrozenLayerNorm> {
-            FrozenLayerNorm::new(&w(&format!("{name}.weight"))?, &w(&format!("{name}.bias"))?, cfg.layer_norm_eps).core()
+            FrozenLayerNorm::new(
+                &w(&format!("{name}.weight"))?,
+                &w(&format!("{name}.bias"))?,
+                cfg.layer_norm_eps,
+            )
+            .core()
         };
 
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
@@ -115,9 +129,10 @@ impl BertClassifier {
                     let a = kaiming_uniform(in_dim, lora.r * in_dim, &mut init);
                     let a = Var::from_vec(a, (lora.r, in_dim), &Device::Cpu).core()?;
                     let b = Var::zeros((out_dim, lora.r), DType::F32, &Device::Cpu).core()?;
-                    for (suffix, var, shape) in
-                        [("lora_A", &a, vec![lora.r, in_dim]), ("lora_B", &b, vec![out_dim, lora.r])]
-                    {
+                    for (suffix, var, shape) in [
+                        ("lora_A", &a, vec![lora.r, in_dim]),
+                        ("lora_B", &b, vec![out_dim, lora.r]),
+                    ] {
                         params.push(ParamInfo {
                             name: format!("{PEFT_PREFIX}bert.{full}.{suffix}.weight"),
                             shape,
@@ -125,12 +140,19 @@ impl BertClassifier {
                         });
                         vars.push(var.clone());
                     }
-                    lin = lin.with_lora(LoraWeights { a, b, scale: lora.scale(), dropout: lora.dropout });
+                    lin = lin.with_lora(LoraWeights {
+                        a,
+                        b,
+                        scale: lora.scale(),
+                        dropout: lora.dropout,
+                    });
                 }
                 linears.push(lin);
             }
             layers.push(Layer {
-                linears: linears.try_into().map_err(|_| Error::Other("six linears per layer".into()))?,
+                linears: linears
+                    .try_into()
+                    .map_err(|_| Error::Other("six linears per layer".into()))?,
                 attention_norm: ln(&format!("encoder.layer.{i}.attention.output.LayerNorm"))?,
                 output_norm: ln(&format!("encoder.layer.{i}.output.LayerNorm"))?,
             });
@@ -148,14 +170,23 @@ impl BertClassifier {
         // Hugging Face initialises a new head with N(0, 0.02) weights and zero bias.
         let mut head_rng = rng(derive_seed(seed, "head-init", 0));
         let h = cfg.hidden_size;
-        let cw = Var::from_vec(normal(0.02, num_labels * h, &mut head_rng), (num_labels, h), &Device::Cpu).core()?;
+        let cw = Var::from_vec(
+            normal(0.02, num_labels * h, &mut head_rng),
+            (num_labels, h),
+            &Device::Cpu,
+        )
+        .core()?;
         let cb = Var::zeros(num_labels, DType::F32, &Device::Cpu).core()?;
         params.push(ParamInfo {
             name: format!("{PEFT_PREFIX}classifier.weight"),
             shape: vec![num_labels, h],
             weight_decay: true,
         });
-        params.push(ParamInfo { name: format!("{PEFT_PREFIX}classifier.bias"), shape: vec![num_labels], weight_decay: false });
+        params.push(ParamInfo {
+            name: format!("{PEFT_PREFIX}classifier.bias"),
+            shape: vec![num_labels],
+            weight_decay: false,
+        });
         vars.push(cw.clone());
         vars.push(cb.clone());
 
@@ -186,7 +217,9 @@ impl BertClassifier {
 
     fn logits(&self, batch: &lora_core::TextBatch, mut masks: Option<&mut MaskSource>) -> candle_core::Result<Tensor> {
         let dims = (batch.batch_size, batch.seq_len);
-        let hidden = self.encoder.forward(&batch.input_ids, &batch.attention_mask, dims, masks.as_deref_mut())?;
+        let hidden = self
+            .encoder
+            .forward(&batch.input_ids, &batch.attention_mask, dims, masks.as_deref_mut())?;
         let first = Encoder::first_token(&hidden, dims)?;
         let pooled = frozen_linear(&first, &self.pooler.0, Some(&self.pooler.1))?.tanh()?;
         let pooled = match masks {
@@ -196,16 +229,24 @@ impl BertClassifier {
             },
             None => pooled,
         };
-        pooled.matmul(&self.classifier_weight.as_tensor().t()?)?.broadcast_add(self.classifier_bias.as_tensor())
+        pooled
+            .matmul(&self.classifier_weight.as_tensor().t()?)?
+            .broadcast_add(self.classifier_bias.as_tensor())
     }
 
     /// Sentence embeddings: mean over real tokens, L2-normalised (sentence-transformers).
     pub fn sentence_embeddings(&self, batch: &Batch) -> Result<HostTensor> {
         let b = Self::text(batch)?;
         let dims = (b.batch_size, b.seq_len);
-        let hidden = self.encoder.forward(&b.input_ids, &b.attention_mask, dims, None).core()?;
+        let hidden = self
+            .encoder
+            .forward(&b.input_ids, &b.attention_mask, dims, None)
+            .core()?;
         let pooled = mean_pool_normalised(&hidden, &b.attention_mask, dims).core()?;
-        Ok(HostTensor::new(vec![b.batch_size, self.encoder.cfg.hidden_size], pooled.flatten_all().core()?.to_vec1().core()?))
+        Ok(HostTensor::new(
+            vec![b.batch_size, self.encoder.cfg.hidden_size],
+            pooled.flatten_all().core()?.to_vec1().core()?,
+        ))
     }
 
     fn for_each_linear(&mut self, mut f: impl FnMut(&mut LoraLinear) -> candle_core::Result<()>) -> Result<()> {
@@ -226,8 +267,11 @@ fn resolve_targets(lora: &LoraSpec) -> Result<Vec<&'static str>> {
         match valid.iter().find(|v| **v == name.as_str()) {
             Some(v) if !out.contains(v) => out.push(*v),
             Some(_) => diags.push(
-                Diagnostic::error("lora::duplicate-target", format!("target module `{name}` is listed twice"))
-                    .at(lora.target_modules_location.clone()),
+                Diagnostic::error(
+                    "lora::duplicate-target",
+                    format!("target module `{name}` is listed twice"),
+                )
+                .at(lora.target_modules_location.clone()),
             ),
             None => {
                 let mut d = Diagnostic::error(
@@ -245,12 +289,18 @@ fn resolve_targets(lora: &LoraSpec) -> Result<Vec<&'static str>> {
         }
     }
     if lora.r == 0 && !out.is_empty() {
-        diags.push(Diagnostic::error("lora::rank-zero", "rank r (0) must be at least 1. Valid range: 1 <= r"));
+        diags.push(Diagnostic::error(
+            "lora::rank-zero",
+            "rank r (0) must be at least 1. Valid range: 1 <= r",
+        ));
     }
     if !(0.0..1.0).contains(&lora.dropout) {
         diags.push(Diagnostic::error(
             "lora::invalid-dropout",
-            format!("dropout ({}) is out of range. Valid range: 0 <= dropout < 1", lora.dropout),
+            format!(
+                "dropout ({}) is out of range. Valid range: 0 <= dropout < 1",
+                lora.dropout
+            ),
         ));
     }
     if diags.has_errors() {
@@ -288,9 +338,7 @@ impl AdapterModel for BertClassifier {
         let trainable: usize = self.params.iter().map(|p| p.numel()).sum();
         ModelSummary {
             architecture: "BertForSequenceClassification".into(),
-            total_parameters: self.encoder.parameter_count()
-                + cfg.hidden_size * (cfg.hidden_size + 1)
-                + trainable,
+            total_parameters: self.encoder.parameter_count() + cfg.hidden_size * (cfg.hidden_size + 1) + trainable,
             trainable_parameters: trainable,
             num_labels: self.num_labels,
             hidden_size: cfg.hidden_size,
@@ -312,7 +360,11 @@ impl AdapterModel for BertClassifier {
         } else {
             serde_json::json!(self.targets)
         };
-        PeftInfo { task_type: "SEQ_CLS", target_modules, modules_to_save: vec!["classifier".into(), "score".into()] }
+        PeftInfo {
+            task_type: "SEQ_CLS",
+            target_modules,
+            modules_to_save: vec!["classifier".into(), "score".into()],
+        }
     }
 
     fn params(&self) -> &[ParamInfo] {
@@ -320,16 +372,28 @@ impl AdapterModel for BertClassifier {
     }
 
     fn read_params(&self) -> Result<Vec<Vec<f32>>> {
-        self.vars.iter().map(|v| v.as_tensor().flatten_all().and_then(|t| t.to_vec1()).core()).collect()
+        self.vars
+            .iter()
+            .map(|v| v.as_tensor().flatten_all().and_then(|t| t.to_vec1()).core())
+            .collect()
     }
 
     fn write_params(&mut self, values: &[Vec<f32>]) -> Result<()> {
         if values.len() != self.vars.len() {
-            return Err(Error::Other(format!("expected {} parameter tensors, got {}", self.vars.len(), values.len())));
+            return Err(Error::Other(format!(
+                "expected {} parameter tensors, got {}",
+                self.vars.len(),
+                values.len()
+            )));
         }
         for ((var, info), v) in self.vars.iter().zip(&self.params).zip(values) {
             if v.len() != info.numel() {
-                return Err(Error::Other(format!("{}: expected {} values, got {}", info.name, info.numel(), v.len())));
+                return Err(Error::Other(format!(
+                    "{}: expected {} values, got {}",
+                    info.name,
+                    info.numel(),
+                    v.len()
+                )));
             }
             let t = Tensor::from_slice(v, info.shape.as_slice(), &Device::Cpu).core()?;
             var.set(&t).core()?;
@@ -351,19 +415,28 @@ impl AdapterModel for BertClassifier {
                 None => vec![0.0; info.numel()],
             });
         }
-        Ok(StepOutput { loss: loss.to_scalar::<f32>().core()?, grads: out })
+        Ok(StepOutput {
+            loss: loss.to_scalar::<f32>().core()?,
+            grads: out,
+        })
     }
 
     fn predict(&self, batch: &Batch) -> Result<HostTensor> {
         let b = Self::text(batch)?;
         let logits = self.logits(b, None).core()?;
-        Ok(HostTensor::new(vec![b.batch_size, self.num_labels], logits.flatten_all().core()?.to_vec1().core()?))
+        Ok(HostTensor::new(
+            vec![b.batch_size, self.num_labels],
+            logits.flatten_all().core()?.to_vec1().core()?,
+        ))
     }
 
     fn hidden_states(&self, batch: &Batch) -> Result<HostTensor> {
         let b = Self::text(batch)?;
         let dims = (b.batch_size, b.seq_len);
-        let hidden = self.encoder.forward(&b.input_ids, &b.attention_mask, dims, None).core()?;
+        let hidden = self
+            .encoder
+            .forward(&b.input_ids, &b.attention_mask, dims, None)
+            .core()?;
         Ok(HostTensor::new(
             vec![b.batch_size, b.seq_len, self.encoder.cfg.hidden_size],
             hidden.flatten_all().core()?.to_vec1().core()?,
@@ -407,7 +480,14 @@ impl BertClassifierConfig {
     }
 
     /// Loads the model from its folder.
-    pub fn load(&self, dir: &Path, cfg: BertConfig, lora: &LoraSpec, num_labels: usize, seed: u64) -> Result<BertClassifier> {
+    pub fn load(
+        &self,
+        dir: &Path,
+        cfg: BertConfig,
+        lora: &LoraSpec,
+        num_labels: usize,
+        seed: u64,
+    ) -> Result<BertClassifier> {
         let weights = MmapWeights::open(&dir.join("model.safetensors"))?;
         BertClassifier::new(cfg, &weights, lora, num_labels, self.classifier_dropout, seed)
     }
@@ -437,7 +517,10 @@ fn build(c: &Component) -> std::result::Result<Box<dyn ModelStage>, Diagnostics>
     if !(0.0..1.0).contains(&cfg.classifier_dropout) {
         return Err(Diagnostic::error(
             "model::invalid-dropout",
-            format!("classifier-dropout ({}) is out of range. Valid range: 0 <= classifier-dropout < 1", cfg.classifier_dropout),
+            format!(
+                "classifier-dropout ({}) is out of range. Valid range: 0 <= classifier-dropout < 1",
+                cfg.classifier_dropout
+            ),
         )
         .at(c.value_location("classifier-dropout"))
         .into());
@@ -485,7 +568,11 @@ mod tests {
         };
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         put("embeddings.word_embeddings.weight".into(), vec![cfg.vocab_size, h], 1.0);
-        put("embeddings.position_embeddings.weight".into(), vec![cfg.max_position_embeddings, h], 0.1);
+        put(
+            "embeddings.position_embeddings.weight".into(),
+            vec![cfg.max_position_embeddings, h],
+            0.1,
+        );
         put("embeddings.token_type_embeddings.weight".into(), vec![2, h], 0.1);
         put("pooler.dense.weight".into(), vec![h, h], 0.3);
         put("pooler.dense.bias".into(), vec![h], 0.1);
@@ -504,8 +591,14 @@ mod tests {
             lns.push(format!("encoder.layer.{l}.output.LayerNorm"));
         }
         for ln in lns {
-            m.insert(format!("{ln}.weight"), (Tensor::ones(h, DType::F32, &Device::Cpu).unwrap() * 1.1).unwrap());
-            m.insert(format!("{ln}.bias"), (Tensor::ones(h, DType::F32, &Device::Cpu).unwrap() * 0.05).unwrap());
+            m.insert(
+                format!("{ln}.weight"),
+                (Tensor::ones(h, DType::F32, &Device::Cpu).unwrap() * 1.1).unwrap(),
+            );
+            m.insert(
+                format!("{ln}.bias"),
+                (Tensor::ones(h, DType::F32, &Device::Cpu).unwrap() * 0.05).unwrap(),
+            );
         }
         m
     }
@@ -554,7 +647,14 @@ mod tests {
 
     #[test]
     fn merged_equals_unmerged_within_1e_5() {
-        let mut m = model(&["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]);
+        let mut m = model(&[
+            "query",
+            "key",
+            "value",
+            "attention.output.dense",
+            "intermediate.dense",
+            "output.dense",
+        ]);
         perturb(&mut m);
         let before = m.predict(&batch()).unwrap();
         m.merge().unwrap();
@@ -573,14 +673,25 @@ mod tests {
         let Batch::Text(b) = batch() else { panic!("text batch") };
         let logits = m.logits(&b, None).unwrap();
         let labels = Tensor::from_slice(&b.labels, 2, &Device::Cpu).unwrap();
-        let grads = candle_nn::loss::cross_entropy(&logits, &labels).unwrap().backward().unwrap();
+        let grads = candle_nn::loss::cross_entropy(&logits, &labels)
+            .unwrap()
+            .backward()
+            .unwrap();
         for (var, info) in m.vars.iter().zip(&m.params) {
-            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {}", info.name));
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {}", info.name));
             let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(norm > 0.0, "zero gradient for {}", info.name);
         }
         let enc = &m.encoder;
-        let mut base = vec![&enc.word_embeddings, &enc.position_embeddings, &enc.token_type_embeddings, &m.pooler.0, &m.pooler.1];
+        let mut base = vec![
+            &enc.word_embeddings,
+            &enc.position_embeddings,
+            &enc.token_type_embeddings,
+            &m.pooler.0,
+            &m.pooler.1,
+        ];
         for layer in &enc.layers {
             for lin in &layer.linears {
                 base.push(lin.weight());
@@ -621,7 +732,9 @@ mod tests {
         let cfg = tiny_config();
         let mut s = spec(&["query"], false);
         s.r = 9;
-        let err = BertClassifier::new(cfg.clone(), &tiny_weights(&cfg), &s, 3, 0.0, 7).err().unwrap();
+        let err = BertClassifier::new(cfg.clone(), &tiny_weights(&cfg), &s, 3, 0.0, 7)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("Valid range: 1 <= rank <= 8"), "{err}");
     }
 
@@ -632,6 +745,9 @@ mod tests {
             m.peft_info().target_modules,
             serde_json::json!(r".*\.layer\.\d+\.(attention\.self\.value|output\.dense)")
         );
-        assert_eq!(model(&["value", "query"]).peft_info().target_modules, serde_json::json!(["query", "value"]));
+        assert_eq!(
+            model(&["value", "query"]).peft_info().target_modules,
+            serde_json::json!(["query", "value"])
+        );
     }
 }

@@ -6,14 +6,18 @@ use lora_core::init::{SeededRng, dropout_mask};
 
 use super::config::BertConfig;
 use crate::lora_linear::LoraLinear;
-use crate::ops::{FrozenLayerNorm, softmax_last_dim};
+use crate::ops::{FrozenLayerNorm, gelu, softmax_last_dim};
 
 /// The modules of a layer that LoRA may target, in the order masks and parameters follow.
 pub const TARGETS: [(&str, &str, &str); 6] = [
     ("query", "attention.self.query", "attention query projection"),
     ("key", "attention.self.key", "attention key projection"),
     ("value", "attention.self.value", "attention value projection"),
-    ("attention.output.dense", "attention.output.dense", "attention output projection"),
+    (
+        "attention.output.dense",
+        "attention.output.dense",
+        "attention output projection",
+    ),
     ("intermediate.dense", "intermediate.dense", "feed-forward up projection"),
     ("output.dense", "output.dense", "feed-forward down projection"),
 ];
@@ -25,7 +29,9 @@ pub struct MaskSource {
 
 impl MaskSource {
     pub fn new(seed: u64) -> Self {
-        Self { rng: lora_core::init::rng(seed) }
+        Self {
+            rng: lora_core::init::rng(seed),
+        }
     }
 
     pub fn mask(&mut self, p: f32, rows: usize, cols: usize) -> Result<Option<Tensor>> {
@@ -74,7 +80,7 @@ impl Layer {
         let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * t, heads * d))?;
         let attn = self.linear(3, &context, masks)?;
         let h = self.attention_norm.forward(&(attn + x)?)?;
-        let up = self.linear(4, &h, masks)?.gelu_erf()?;
+        let up = gelu(&self.linear(4, &h, masks)?)?;
         let down = self.linear(5, &up, masks)?;
         self.output_norm.forward(&(down + h)?)
     }
@@ -101,7 +107,10 @@ impl Encoder {
     ) -> Result<Tensor> {
         let dev = Device::Cpu;
         if t > self.cfg.max_position_embeddings {
-            candle_core::bail!("sequence length {t} exceeds the model's {} positions", self.cfg.max_position_embeddings);
+            candle_core::bail!(
+                "sequence length {t} exceeds the model's {} positions",
+                self.cfg.max_position_embeddings
+            );
         }
         if let Some(bad) = ids.iter().find(|&&i| i as usize >= self.cfg.vocab_size) {
             candle_core::bail!("token id {bad} is outside the vocabulary of {}", self.cfg.vocab_size);
@@ -111,7 +120,10 @@ impl Encoder {
         let words = self.word_embeddings.index_select(&ids_t, 0)?.reshape((b, t, h))?;
         let positions = self.position_embeddings.narrow(0, 0, t)?;
         let token_type = self.token_type_embeddings.narrow(0, 0, 1)?.squeeze(0)?;
-        let emb = words.broadcast_add(&positions)?.broadcast_add(&token_type)?.reshape((b * t, h))?;
+        let emb = words
+            .broadcast_add(&positions)?
+            .broadcast_add(&token_type)?
+            .reshape((b * t, h))?;
         let mut x = self.embedding_norm.forward(&emb)?;
         let bias: Vec<f32> = mask.iter().map(|&m| if m != 0 { 0.0 } else { -1e9 }).collect();
         let bias = Tensor::from_vec(bias, (b, 1, 1, t), &dev)?;

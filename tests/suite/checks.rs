@@ -336,7 +336,8 @@ pub fn run_writes_outputs_that_predict_and_eval_read(backend: &str) {
             "labels.json",
             "metrics.json",
             "metrics.jsonl",
-            "pipeline.toml"
+            "pipeline.toml",
+            "resolved-config.toml"
         ]
     );
     let metrics: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
@@ -348,6 +349,19 @@ pub fn run_writes_outputs_that_predict_and_eval_read(backend: &str) {
             .len(),
         3
     );
+
+    // The resolved configuration names every default and parses as a pipeline again.
+    let resolved = std::fs::read_to_string(out.join("resolved-config.toml")).unwrap();
+    for default in [
+        "betas = [",
+        "eps = ",
+        "gradient-accumulation-steps = 1",
+        "use-rslora = false",
+        "validation-fraction = 0.1",
+    ] {
+        assert!(resolved.contains(default), "{default} missing from\n{resolved}");
+    }
+    lora_core::config::PipelineConfig::parse(std::path::Path::new("resolved.toml"), resolved).unwrap();
 
     // `lora eval --adapter` reproduces the final evaluation of the run.
     let cfg = lora_core::config::PipelineConfig::load(&file).unwrap();

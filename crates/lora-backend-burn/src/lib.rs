@@ -11,7 +11,10 @@
 //! tensors, never tracked, so they are frozen by construction; for a training
 //! step the LoRA matrices and the head become autodiff leaves
 //! ([`Device::autodiff`]) and burn computes the input gradient only through
-//! the frozen linears.
+//! the frozen linears. GELU, the attention softmax and layer norm are fused
+//! operations with hand-written backward passes ([`ops`]), written against
+//! burn's backend-extension API: burn's own run single-threaded or, under
+//! autodiff, as chains of element-wise operations.
 
 use burn::tensor::Device;
 

@@ -386,18 +386,20 @@ mod tests {
 
     #[test]
     fn attention_softmax_matches_composed_ops() {
-        let (b, h, q, k) = (3, 2, 4, 5);
-        let bias: Vec<f32> = (0..b * k)
-            .map(|i| if i % k >= 3 + i / k % 2 { -1e9 } else { 0.0 })
-            .collect();
-        let bias = Arc::new(bias);
-        let bias_t = Tensor::<4>::from_data(TensorData::new(bias.to_vec(), [b, 1, 1, k]), &crate::device());
-        check(
-            [b, h, q, k],
-            |x| attention_softmax(x, bias.clone(), 0.3),
-            |x| softmax(x.mul_scalar(0.3) + bias_t.clone(), 3),
-            1e-5,
-        );
+        // The second shape spans several parallel tasks, each starting inside a sequence.
+        for (b, h, q, k) in [(3, 2, 4, 5), (5, 3, 40, 64)] {
+            let bias: Vec<f32> = (0..b * k)
+                .map(|i| if i % k >= k - 1 - i / k % 3 { -1e9 } else { 0.0 })
+                .collect();
+            let bias = Arc::new(bias);
+            let bias_t = Tensor::<4>::from_data(TensorData::new(bias.to_vec(), [b, 1, 1, k]), &crate::device());
+            check(
+                [b, h, q, k],
+                |x| attention_softmax(x, bias.clone(), 0.3),
+                |x| softmax(x.mul_scalar(0.3) + bias_t.clone(), 3),
+                1e-5,
+            );
+        }
     }
 
     #[test]

@@ -82,11 +82,48 @@ impl Pipeline {
         Ok(ctx)
     }
 
+    /// The whole configuration with every default filled in, as TOML.
+    pub fn resolved_toml(&self) -> String {
+        let mut doc = serde_json::Map::new();
+        doc.insert(
+            "run".into(),
+            serde_json::to_value(&self.config.run).expect("serialisable"),
+        );
+        doc.insert("data".into(), self.data.resolved());
+        doc.insert("model".into(), self.model.resolved());
+        doc.insert(
+            "lora".into(),
+            serde_json::to_value(&self.config.lora).expect("serialisable"),
+        );
+        doc.insert("train".into(), self.train.resolved());
+        doc.insert("eval".into(), self.eval.resolved());
+        let doc = strip_nulls(serde_json::Value::Object(doc));
+        let body = toml::to_string_pretty(&doc).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
+        format!(
+            "# Resolved from {} with every default filled in.\n\n{body}",
+            self.config.file.path.display()
+        )
+    }
+
     /// Reads the data and builds the model: everything that can fail on input happens here.
     pub fn prepare(&self, ctx: &StageContext) -> Result<(PreparedData, Box<dyn AdapterModel>)> {
         let data = self.data.prepare(ctx)?;
         let model = self.model.build(ctx, &self.config.lora, data.label_names.len())?;
         Ok((data, model))
+    }
+}
+
+/// TOML has no null: an unset optional value is left out.
+fn strip_nulls(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => serde_json::Value::Object(
+            m.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, strip_nulls(v)))
+                .collect(),
+        ),
+        serde_json::Value::Array(a) => serde_json::Value::Array(a.into_iter().map(strip_nulls).collect()),
+        other => other,
     }
 }
 
@@ -120,6 +157,7 @@ pub fn run(config: PipelineConfig, assets: &dyn AssetResolver, quiet: bool) -> R
     let out = pipeline.config.run.output_dir.clone();
     std::fs::create_dir_all(&out).map_err(|e| Error::io("cannot create output folder", &out, e))?;
     write_atomic(&out.join("pipeline.toml"), pipeline.config.text().as_bytes())?;
+    write_atomic(&out.join("resolved-config.toml"), pipeline.resolved_toml().as_bytes())?;
     write_atomic(
         &out.join("labels.json"),
         serde_json::to_string_pretty(&data.label_names)

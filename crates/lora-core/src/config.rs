@@ -10,8 +10,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
@@ -19,7 +19,7 @@ use crate::diag::{Diagnostic, Diagnostics, Location, SourceFile, did_you_mean};
 use crate::lora::LoraSpec;
 
 /// `[run]`: what the run is called, where it writes, which backend, which seed.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RunConfig {
     pub name: String,
@@ -36,6 +36,13 @@ fn default_backend() -> String {
 }
 fn default_seed() -> u64 {
     42
+}
+
+/// Serializes an `f32` as the shortest decimal that reads back to it (`0.1`, not
+/// `0.10000000149011612`), so that resolved configurations show what was written.
+pub fn f32_as_written<S: serde::Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+    let shortest: f64 = v.to_string().parse().unwrap_or(f64::from(*v));
+    s.serialize_f64(shortest)
 }
 
 /// A pluggable table: its `type` and where it is, deserialized later by its registry entry.

@@ -3,11 +3,11 @@
 //! `y = W x + scale * B A dropout(x)` where `scale = alpha / r`, or
 //! `alpha / sqrt(r)` with rsLoRA; `A` starts Kaiming-uniform, `B` at zero.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::diag::Location;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct LoraSpec {
     /// Rank of the update.
@@ -15,7 +15,7 @@ pub struct LoraSpec {
     /// Scaling numerator.
     pub alpha: f64,
     /// Dropout on the adapter's input (training only).
-    #[serde(default)]
+    #[serde(default, serialize_with = "crate::config::f32_as_written")]
     pub dropout: f32,
     /// Module names inside each layer; the model lists the valid ones.
     pub target_modules: Vec<String>,

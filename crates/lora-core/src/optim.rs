@@ -9,9 +9,19 @@ pub trait Optimizer: Send {
 
     /// One update of every parameter at learning rate `lr`.
     fn step(&mut self, params: &mut [Vec<f32>], grads: &[Vec<f32>], info: &[ParamInfo], lr: f64);
+
+    /// The configuration with every default filled in, `type` included.
+    fn resolved(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }
 
 pub trait Scheduler: Send {
     /// Multiplier of the base learning rate for optimizer step `step` (0-based) of `total`.
     fn factor(&self, step: usize, total: usize) -> f64;
+
+    /// The configuration with every default filled in, `type` included.
+    fn resolved(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }

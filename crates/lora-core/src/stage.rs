@@ -80,6 +80,11 @@ pub trait DataStage: Send {
 
     /// The encoder alone, without reading the data (for prediction).
     fn encoder(&self, ctx: &StageContext) -> Result<Box<dyn InputEncoder>>;
+
+    /// The component's configuration with every default filled in, `type` included.
+    fn resolved(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }
 
 pub trait ModelStage: Send {
@@ -91,6 +96,11 @@ pub trait ModelStage: Send {
 
     /// Loads the pretrained base and inserts LoRA layers.
     fn build(&self, ctx: &StageContext, lora: &LoraSpec, num_labels: usize) -> Result<Box<dyn AdapterModel>>;
+
+    /// The component's configuration with every default filled in, `type` included.
+    fn resolved(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }
 
 /// Result of one evaluation pass.
@@ -109,6 +119,11 @@ pub trait EvalStage: Send {
 
     /// Evaluate every this many optimizer steps during training (0: only at the end).
     fn interval(&self) -> usize;
+
+    /// The component's configuration with every default filled in, `type` included.
+    fn resolved(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -129,4 +144,9 @@ pub trait TrainStage: Send {
         callbacks: &mut [Box<dyn Callback>],
         seed: u64,
     ) -> Result<TrainSummary>;
+
+    /// The component's configuration with every default filled in, `type` included.
+    fn resolved(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }

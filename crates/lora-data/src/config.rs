@@ -6,7 +6,7 @@
 
 use lora_core::config::Component;
 use lora_core::diag::{Diagnostic, Diagnostics};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The longest sequence a BERT-style position table takes.
 pub const MAX_LENGTH_LIMIT: usize = 512;
@@ -28,7 +28,7 @@ impl SourceFormat {
 }
 
 /// What to do with a row whose label is not in the label map.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnUnknownLabel {
     /// Stop with an error naming the row: a typo in a label should not silently shrink the data.
@@ -39,7 +39,7 @@ pub enum OnUnknownLabel {
 }
 
 /// The `[data]` table of a text-classification pipeline.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct DataConfig {
     /// Training file (or the whole corpus, when `validation-path` is absent); may be `asset:NAME/...`.

@@ -199,6 +199,18 @@ impl DataStage for TextData {
     fn encoder(&self, ctx: &StageContext) -> Result<Box<dyn InputEncoder>> {
         Ok(Box::new(self.text_encoder(ctx)?))
     }
+
+    fn resolved(&self) -> serde_json::Value {
+        let name = match self.format {
+            SourceFormat::Csv { .. } => "csv",
+            SourceFormat::Jsonl => "jsonl",
+        };
+        let mut v = serde_json::json!({ "type": name });
+        if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(&self.config) {
+            v.as_object_mut().expect("object").extend(fields);
+        }
+        v
+    }
 }
 
 #[cfg(test)]

@@ -9,11 +9,11 @@ use lora_core::inventory;
 use lora_core::registry::EvaluatorEntry;
 use lora_core::stage::{Dataset, EvalReport, EvalStage};
 use lora_core::{Error, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::metrics::{Confusion, argmax, cross_entropy};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ClassificationEvalConfig {
     /// Evaluate every this many optimizer steps during training; 0 evaluates only at the end.
@@ -32,6 +32,10 @@ pub struct ClassificationEval {
 }
 
 impl EvalStage for ClassificationEval {
+    fn resolved(&self) -> serde_json::Value {
+        crate::with_type("classification", &self.cfg)
+    }
+
     fn interval(&self) -> usize {
         self.cfg.every_steps
     }

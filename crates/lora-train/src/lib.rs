@@ -13,3 +13,13 @@ pub mod schedule;
 pub mod trainer;
 
 pub use peft::{load_adapter, save_adapter};
+
+/// A configuration as JSON with its registry `type` first, for resolved-configuration output.
+pub fn with_type(type_name: &str, cfg: &impl serde::Serialize) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    out.insert("type".into(), type_name.into());
+    if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(cfg) {
+        out.extend(fields);
+    }
+    serde_json::Value::Object(out)
+}

@@ -6,10 +6,10 @@ use lora_core::diag::{Diagnostic, Diagnostics};
 use lora_core::inventory;
 use lora_core::optim::Optimizer;
 use lora_core::registry::OptimizerEntry;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `[train.optimizer] type = "adamw"`: Adam with decoupled weight decay (`torch.optim.AdamW`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct AdamWConfig {
     pub lr: f64,
@@ -51,6 +51,10 @@ impl Optimizer for AdamW {
         self.cfg.lr
     }
 
+    fn resolved(&self) -> serde_json::Value {
+        crate::with_type("adamw", &self.cfg)
+    }
+
     fn step(&mut self, params: &mut [Vec<f32>], grads: &[Vec<f32>], info: &[ParamInfo], lr: f64) {
         if self.m.is_empty() {
             self.m = params.iter().map(|p| vec![0.0; p.len()]).collect();
@@ -82,7 +86,7 @@ impl Optimizer for AdamW {
 }
 
 /// `[train.optimizer] type = "sgd"`: SGD with momentum, dampening and Nesterov (`torch.optim.SGD`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct SgdConfig {
     pub lr: f64,
@@ -111,6 +115,10 @@ impl Sgd {
 impl Optimizer for Sgd {
     fn base_lr(&self) -> f64 {
         self.cfg.lr
+    }
+
+    fn resolved(&self) -> serde_json::Value {
+        crate::with_type("sgd", &self.cfg)
     }
 
     fn step(&mut self, params: &mut [Vec<f32>], grads: &[Vec<f32>], info: &[ParamInfo], lr: f64) {

@@ -30,7 +30,7 @@ pub fn adapter_config(model: &dyn AdapterModel, lora: &LoraSpec, base_model: &st
         "layers_pattern": null,
         "layers_to_transform": null,
         "lora_alpha": lora.alpha,
-        "lora_dropout": lora.dropout,
+        "lora_dropout": lora.dropout.to_string().parse::<f64>().unwrap_or(f64::from(lora.dropout)),
         "modules_to_save": info.modules_to_save,
         "peft_type": "LORA",
         "r": lora.r,

@@ -7,9 +7,9 @@ use lora_core::diag::{Diagnostic, Diagnostics};
 use lora_core::inventory;
 use lora_core::optim::Scheduler;
 use lora_core::registry::SchedulerEntry;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct WarmupConfig {
     /// Warmup length in optimizer steps.
@@ -44,6 +44,15 @@ pub struct WarmupSchedule {
 }
 
 impl Scheduler for WarmupSchedule {
+    fn resolved(&self) -> serde_json::Value {
+        let name = match self.shape {
+            Shape::Constant => "constant",
+            Shape::Linear => "linear",
+            Shape::Cosine => "cosine",
+        };
+        crate::with_type(name, &self.cfg)
+    }
+
     fn factor(&self, step: usize, total: usize) -> f64 {
         let warmup = self.cfg.warmup(total);
         if step < warmup {

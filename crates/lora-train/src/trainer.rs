@@ -14,9 +14,9 @@ use lora_core::optim::{Optimizer, Scheduler};
 use lora_core::registry::{OptimizerEntry, SchedulerEntry, TrainerEntry, lookup};
 use lora_core::stage::{EvalStage, PreparedData, TrainStage, TrainSummary};
 use lora_core::{Error, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct SupervisedConfig {
     /// Passes over the training split (default 1). `max-steps` stops earlier.
@@ -141,6 +141,13 @@ fn emit(callbacks: &mut [Box<dyn Callback>], event: &TrainEvent) -> Result<()> {
 }
 
 impl TrainStage for SupervisedTrainer {
+    fn resolved(&self) -> serde_json::Value {
+        let mut v = crate::with_type("supervised", &self.cfg);
+        v["optimizer"] = self.optimizer.resolved();
+        v["scheduler"] = self.scheduler.resolved();
+        v
+    }
+
     fn train(
         &mut self,
         model: &mut dyn AdapterModel,

@@ -13,7 +13,7 @@ use lora_core::init::{derive_seed, kaiming_uniform, normal, rng};
 use lora_core::registry::ModelEntry;
 use lora_core::stage::{ModelStage, StageContext};
 use lora_core::{Batch, Error, HostTensor, LoraSpec, Result, inventory};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::config::BertConfig;
 use super::encoder::{Encoder, Layer, MaskSource, TARGETS, mean_pool_normalised};
@@ -456,13 +456,16 @@ impl AdapterModel for BertClassifier {
 }
 
 /// `[model] type = "bert-classifier"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct BertClassifierConfig {
     /// Folder with `config.json`, `model.safetensors` and `tokenizer.json` (or `asset:NAME`).
     pub path: String,
     /// Dropout before the classifier during training (Hugging Face's default is 0.1).
-    #[serde(default = "default_head_dropout")]
+    #[serde(
+        default = "default_head_dropout",
+        serialize_with = "lora_core::config::f32_as_written"
+    )]
     pub classifier_dropout: f32,
     /// `base_model_name_or_path` written into `adapter_config.json`; defaults to the resolved path.
     pub base_model_name: Option<String>,
@@ -494,6 +497,14 @@ impl BertClassifierConfig {
 }
 
 impl ModelStage for BertClassifierConfig {
+    fn resolved(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({ "type": "bert-classifier" });
+        if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(self) {
+            v.as_object_mut().expect("object").extend(fields);
+        }
+        v
+    }
+
     fn tokenizer(&self, ctx: &StageContext) -> Result<Option<PathBuf>> {
         let path = ctx.assets.resolve(&self.path)?.join("tokenizer.json");
         Ok(path.exists().then_some(path))

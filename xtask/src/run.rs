@@ -4,14 +4,23 @@ use std::process::{Command, ExitCode};
 
 use crate::cargo;
 
-pub const USAGE: &str = "run FILE [ARGS...]   build `lora` (release) and run the pipeline FILE";
+pub const USAGE: &str = "run FILE [ARGS...]   build `lora` (release) and run the pipeline FILE (--backend B)";
 
 pub fn run(args: &[String]) -> ExitCode {
     let Some(file) = args.first().filter(|a| !a.starts_with('-')) else {
         eprintln!("usage: cargo xtask {USAGE}");
         return ExitCode::from(2);
     };
-    let lora = match cargo::build_lora(&[]) {
+    // `--backend NAME` is passed on to `lora run`, and decides which backend gets compiled in.
+    let backend = args.windows(2).find(|w| w[0] == "--backend").map(|w| w[1].as_str()).unwrap_or("candle");
+    let features = match cargo::backend_features(backend) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let lora = match cargo::build_lora(&features) {
         Ok(p) => p,
         Err(code) => return code,
     };

@@ -29,6 +29,12 @@ enum Command {
         /// No progress bar; only the summary.
         #[arg(long)]
         quiet: bool,
+        /// Override `[run] backend` (for example `burn`), keeping everything else.
+        #[arg(long)]
+        backend: Option<String>,
+        /// Override `[run] output-dir`.
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
     },
     /// Score an adapter on the pipeline's validation split (JSON on stdout).
     Eval {
@@ -83,8 +89,14 @@ fn render(e: &lora_core::Error) -> String {
 fn run(command: Command) -> lora_core::Result<()> {
     let assets = CacheResolver;
     match command {
-        Command::Run { file, quiet } => {
-            let config = PipelineConfig::load(&file)?;
+        Command::Run { file, quiet, backend, output_dir } => {
+            let mut config = PipelineConfig::load(&file)?;
+            if let Some(b) = backend {
+                config.run.backend = b;
+            }
+            if let Some(o) = output_dir {
+                config.run.output_dir = o;
+            }
             let out = lora_cli::pipeline::run(config, &assets, quiet)?;
             let metrics: Vec<String> = out
                 .final_eval

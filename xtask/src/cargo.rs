@@ -21,7 +21,8 @@ pub fn target_dir() -> PathBuf {
 pub fn backend_features(backend: &str) -> Result<Vec<String>, String> {
     match backend {
         "candle" => Ok(vec![]),
-        other => Err(format!("unknown backend `{other}` (available: candle)")),
+        "burn" => Ok(vec!["burn".into()]),
+        other => Err(format!("unknown backend `{other}` (available: candle, burn)")),
     }
 }
 

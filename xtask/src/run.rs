@@ -12,7 +12,11 @@ pub fn run(args: &[String]) -> ExitCode {
         return ExitCode::from(2);
     };
     // `--backend NAME` is passed on to `lora run`, and decides which backend gets compiled in.
-    let backend = args.windows(2).find(|w| w[0] == "--backend").map(|w| w[1].as_str()).unwrap_or("candle");
+    let backend = args
+        .windows(2)
+        .find(|w| w[0] == "--backend")
+        .map(|w| w[1].as_str())
+        .unwrap_or("candle");
     let features = match cargo::backend_features(backend) {
         Ok(f) => f,
         Err(e) => {

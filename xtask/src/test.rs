@@ -1,12 +1,13 @@
 //! `cargo xtask test [ARGS...]`: fetches the assets the integration tests use,
-//! then runs every test of the workspace in release mode (one build tree; the
-//! real model is far too slow in debug).
+//! then runs every test in release mode (the real model is far too slow in
+//! debug), one backend per build: first the workspace with candle, then burn's
+//! crate, its suite and the cross-backend checks (which reuse candle's build).
 
 use std::process::{Command, ExitCode};
 
 use crate::cargo;
 
-pub const USAGE: &str = "test [ARGS...]       fetch assets, then cargo test --release --workspace [ARGS]";
+pub const USAGE: &str = "test [ARGS...]       fetch assets, test the candle build, then the burn build";
 
 pub fn run(args: &[String]) -> ExitCode {
     for asset in lora_assets::assets() {
@@ -15,7 +16,33 @@ pub fn run(args: &[String]) -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(["test", "--release", "--workspace"]).args(args);
-    cargo::status(cmd)
+    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut candle = Command::new(&cargo_bin);
+    candle
+        .args(["test", "--release", "--workspace", "--exclude", "lora-backend-burn"])
+        .args(args);
+    let code = cargo::status(candle);
+    if code != ExitCode::SUCCESS {
+        return code;
+    }
+    let mut burn = Command::new(&cargo_bin);
+    burn.args([
+        "test",
+        "--release",
+        "--package",
+        "lora-backend-burn",
+        "--package",
+        "lora-tests",
+    ])
+    .args([
+        "--features",
+        "lora-tests/burn",
+        "--test",
+        "burn",
+        "--test",
+        "cross_backend",
+        "--lib",
+    ])
+    .args(args);
+    cargo::status(burn)
 }

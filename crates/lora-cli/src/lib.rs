@@ -9,6 +9,8 @@ pub mod bench;
 pub mod pipeline;
 
 // Link the crates whose `inventory` registrations the binary offers.
+#[cfg(feature = "burn")]
+use lora_backend_burn as _;
 #[cfg(feature = "candle")]
 use lora_backend_candle as _;
 use lora_data as _;

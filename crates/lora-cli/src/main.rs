@@ -89,7 +89,12 @@ fn render(e: &lora_core::Error) -> String {
 fn run(command: Command) -> lora_core::Result<()> {
     let assets = CacheResolver;
     match command {
-        Command::Run { file, quiet, backend, output_dir } => {
+        Command::Run {
+            file,
+            quiet,
+            backend,
+            output_dir,
+        } => {
             let mut config = PipelineConfig::load(&file)?;
             if let Some(b) = backend {
                 config.run.backend = b;

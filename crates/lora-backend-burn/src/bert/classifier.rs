@@ -15,7 +15,7 @@ use lora_core::init::{derive_seed, kaiming_uniform, normal, rng};
 use lora_core::registry::ModelEntry;
 use lora_core::stage::{ModelStage, StageContext};
 use lora_core::{Batch, Error, HostTensor, LoraSpec, Result, TextBatch, inventory};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::config::BertConfig;
 use super::encoder::{Encoder, Layer, MaskSource, TARGETS, mean_pool_normalised};
@@ -531,13 +531,16 @@ impl AdapterModel for BertClassifier {
 }
 
 /// `[model] type = "bert-classifier"` (the same schema as the candle backend's).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct BertClassifierConfig {
     /// Folder with `config.json`, `model.safetensors` and `tokenizer.json` (or `asset:NAME`).
     pub path: String,
     /// Dropout before the classifier during training (Hugging Face's default is 0.1).
-    #[serde(default = "default_head_dropout")]
+    #[serde(
+        default = "default_head_dropout",
+        serialize_with = "lora_core::config::f32_as_written"
+    )]
     pub classifier_dropout: f32,
     /// `base_model_name_or_path` written into `adapter_config.json`; defaults to the resolved path.
     pub base_model_name: Option<String>,
@@ -569,6 +572,14 @@ impl BertClassifierConfig {
 }
 
 impl ModelStage for BertClassifierConfig {
+    fn resolved(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({ "type": "bert-classifier" });
+        if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(self) {
+            v.as_object_mut().expect("object").extend(fields);
+        }
+        v
+    }
+
     fn tokenizer(&self, ctx: &StageContext) -> Result<Option<PathBuf>> {
         let path = ctx.assets.resolve(&self.path)?.join("tokenizer.json");
         Ok(path.exists().then_some(path))
@@ -1010,6 +1021,30 @@ mod tests {
         let a = BertClassifier::new(cfg.clone(), &prefixed, &spec(&["query"], false), 3, 0.0, 7).unwrap();
         let b = model(&["query"]);
         assert_eq!(a.predict(&batch()).unwrap(), b.predict(&batch()).unwrap());
+    }
+
+    fn pipeline(model: &str) -> lora_core::config::PipelineConfig {
+        let text = format!(
+            "[run]\nname = \"t\"\noutput-dir = \"out\"\n[data]\ntype = \"csv\"\npath = \"x.csv\"\n\
+             [model]\n{model}\n[lora]\nr = 8\nalpha = 16\ntarget-modules = [\"query\"]\n[train]\n[eval]\n"
+        );
+        lora_core::config::PipelineConfig::parse(Path::new("p.toml"), text).unwrap()
+    }
+
+    #[test]
+    fn the_model_is_registered_for_the_burn_backend_with_candles_schema() {
+        let p = pipeline("type = \"bert-classifier\"\npath = \"m\"");
+        let stage = lora_core::registry::build_model(&p.model, "burn").unwrap();
+        assert_eq!(
+            stage.resolved(),
+            serde_json::json!({"type": "bert-classifier", "path": "m", "classifier-dropout": 0.1, "base-model-name": null})
+        );
+        let p = pipeline("type = \"bert-classifier\"\npath = \"m\"\nclassifier-dropout = 1.5");
+        let err = lora_core::registry::build_model(&p.model, "burn").err().unwrap();
+        assert_eq!(err.0[0].code, "model::invalid-dropout");
+        let p = pipeline("type = \"bert-classifier\"\npath = \"m\"\ndropout = 0.1");
+        let err = lora_core::registry::build_model(&p.model, "burn").err().unwrap();
+        assert_eq!(err.0[0].code, "config::unknown-key");
     }
 
     #[test]

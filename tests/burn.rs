@@ -1,0 +1,5 @@
+//! The integration suite on the burn backend, with the real MiniLM and tweets.
+
+mod suite;
+
+suite::conformance!("burn");

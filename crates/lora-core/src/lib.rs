@@ -10,6 +10,7 @@
 
 pub mod adapter;
 pub mod batch;
+pub mod bert;
 pub mod config;
 pub mod diag;
 pub mod error;

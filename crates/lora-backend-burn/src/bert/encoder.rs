@@ -15,19 +15,7 @@ use super::config::BertConfig;
 use crate::lora_linear::LoraLinear;
 use crate::ops::{FrozenLayerNorm, attention_softmax, gelu};
 
-/// The modules of a layer that LoRA may target, in the order masks and parameters follow.
-pub const TARGETS: [(&str, &str, &str); 6] = [
-    ("query", "attention.self.query", "attention query projection"),
-    ("key", "attention.self.key", "attention key projection"),
-    ("value", "attention.self.value", "attention value projection"),
-    (
-        "attention.output.dense",
-        "attention.output.dense",
-        "attention output projection",
-    ),
-    ("intermediate.dense", "intermediate.dense", "feed-forward up projection"),
-    ("output.dense", "output.dense", "feed-forward down projection"),
-];
+pub use lora_core::bert::TARGETS;
 
 /// Draws inverted-dropout masks in a fixed order from one seeded stream.
 pub struct MaskSource {

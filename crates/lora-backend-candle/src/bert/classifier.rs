@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor, Var};
 use lora_core::adapter::{AdapterModel, ModelSummary, ParamInfo, PeftInfo, StepOutput};
 use lora_core::config::Component;
-use lora_core::diag::{Diagnostic, Diagnostics, did_you_mean};
+use lora_core::diag::{Diagnostic, Diagnostics};
 use lora_core::init::{derive_seed, kaiming_uniform, normal, rng};
 use lora_core::registry::ModelEntry;
 use lora_core::stage::{ModelStage, StageContext};
@@ -20,6 +20,7 @@ use super::encoder::{Encoder, Layer, MaskSource, TARGETS, mean_pool_normalised};
 use crate::error::IntoCore;
 use crate::lora_linear::{LoraLinear, LoraWeights};
 use crate::ops::{FrozenLayerNorm, frozen_linear};
+use lora_core::bert::{check_rank, resolve_targets};
 
 /// Key prefix of every adapter tensor: PEFT wraps the model as `base_model.model`,
 /// and the sequence-classification model holds the encoder under `bert`.
@@ -259,75 +260,6 @@ impl BertClassifier {
     }
 }
 
-fn resolve_targets(lora: &LoraSpec) -> Result<Vec<&'static str>> {
-    let valid: Vec<&'static str> = TARGETS.iter().map(|t| t.0).collect();
-    let mut diags = Diagnostics::default();
-    let mut out = Vec::new();
-    for name in &lora.target_modules {
-        match valid.iter().find(|v| **v == name.as_str()) {
-            Some(v) if !out.contains(v) => out.push(*v),
-            Some(_) => diags.push(
-                Diagnostic::error(
-                    "lora::duplicate-target",
-                    format!("target module `{name}` is listed twice"),
-                )
-                .at(lora.target_modules_location.clone()),
-            ),
-            None => {
-                let mut d = Diagnostic::error(
-                    "lora::unknown-target-module",
-                    format!("unknown target module `{name}` for a BERT encoder"),
-                )
-                .at(lora.target_modules_location.clone());
-                let list = valid.join(", ");
-                d = match did_you_mean(name, valid.iter().copied()) {
-                    Some(s) => d.help(format!("did you mean `{s}`? valid modules: {list}")),
-                    None => d.help(format!("valid modules: {list}")),
-                };
-                diags.push(d);
-            }
-        }
-    }
-    if lora.r == 0 && !out.is_empty() {
-        diags.push(Diagnostic::error(
-            "lora::rank-zero",
-            "rank r (0) must be at least 1. Valid range: 1 <= r",
-        ));
-    }
-    if !(0.0..1.0).contains(&lora.dropout) {
-        diags.push(Diagnostic::error(
-            "lora::invalid-dropout",
-            format!(
-                "dropout ({}) is out of range. Valid range: 0 <= dropout < 1",
-                lora.dropout
-            ),
-        ));
-    }
-    if diags.has_errors() {
-        return Err(Error::Invalid(diags));
-    }
-    // Parameters and masks follow the model's module order, not the configuration's.
-    out.sort_by_key(|n| valid.iter().position(|v| v == n));
-    Ok(out)
-}
-
-fn check_rank(lora: &LoraSpec, module: &str, in_dim: usize, out_dim: usize) -> Result<()> {
-    let limit = in_dim.min(out_dim);
-    if lora.r > limit {
-        return Err(Error::Invalid(
-            Diagnostic::error(
-                "lora::rank-exceeds-layer",
-                format!(
-                    "Rank value ({}) exceeds min(in, out) = {limit} of `{module}` ({in_dim} -> {out_dim}). Valid range: 1 <= rank <= {limit}",
-                    lora.r
-                ),
-            )
-            .into(),
-        ));
-    }
-    Ok(())
-}
-
 impl AdapterModel for BertClassifier {
     fn backend(&self) -> &'static str {
         crate::BACKEND
@@ -347,24 +279,7 @@ impl AdapterModel for BertClassifier {
     }
 
     fn peft_info(&self) -> PeftInfo {
-        // PEFT matches list entries as module-name suffixes: `output.dense` alone
-        // would also catch `attention.output.dense`, so that case is a regex.
-        let ambiguous = self.targets.contains(&"output.dense") && !self.targets.contains(&"attention.output.dense");
-        let target_modules = if ambiguous {
-            let alts: Vec<String> = TARGETS
-                .iter()
-                .filter(|t| self.targets.contains(&t.0))
-                .map(|t| t.1.replace('.', r"\."))
-                .collect();
-            serde_json::Value::String(format!(r".*\.layer\.\d+\.({})", alts.join("|")))
-        } else {
-            serde_json::json!(self.targets)
-        };
-        PeftInfo {
-            task_type: "SEQ_CLS",
-            target_modules,
-            modules_to_save: vec!["classifier".into(), "score".into()],
-        }
+        lora_core::bert::peft_info(&self.targets)
     }
 
     fn params(&self) -> &[ParamInfo] {

@@ -1,0 +1,175 @@
+//! The BERT family as a backend-independent specification: the fields of a
+//! Hugging Face `config.json`, the modules LoRA may target, the checks on a
+//! LoRA spec against them, and PEFT's naming. Both backends build the same
+//! model from this, so that they accept and reject the same configurations.
+
+use std::path::Path;
+
+use crate::adapter::PeftInfo;
+use crate::diag::{Diagnostic, Diagnostics, did_you_mean};
+use crate::{Error, LoraSpec, Result};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: u32,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+
+impl BertConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io("cannot read model config", path, e))?;
+        let cfg: Self = serde_json::from_str(&text)
+            .map_err(|e| Error::Data(format!("{}: not a BERT config: {e}", path.display())))?;
+        if cfg.hidden_act != "gelu" {
+            return Err(Error::Data(format!(
+                "{}: hidden_act `{}` is not supported (only `gelu`, the exact erf form)",
+                path.display(),
+                cfg.hidden_act
+            )));
+        }
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
+            return Err(Error::Data(format!(
+                "{}: hidden_size {} is not a multiple of num_attention_heads {}",
+                path.display(),
+                cfg.hidden_size,
+                cfg.num_attention_heads
+            )));
+        }
+        Ok(cfg)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+}
+
+/// The modules of a layer that LoRA may target, in the order masks and parameters follow.
+pub const TARGETS: [(&str, &str, &str); 6] = [
+    ("query", "attention.self.query", "attention query projection"),
+    ("key", "attention.self.key", "attention key projection"),
+    ("value", "attention.self.value", "attention value projection"),
+    (
+        "attention.output.dense",
+        "attention.output.dense",
+        "attention output projection",
+    ),
+    ("intermediate.dense", "intermediate.dense", "feed-forward up projection"),
+    ("output.dense", "output.dense", "feed-forward down projection"),
+];
+
+/// The targeted module names, checked, in the model's module order.
+pub fn resolve_targets(lora: &LoraSpec) -> Result<Vec<&'static str>> {
+    let valid: Vec<&'static str> = TARGETS.iter().map(|t| t.0).collect();
+    let mut diags = Diagnostics::default();
+    let mut out = Vec::new();
+    for name in &lora.target_modules {
+        match valid.iter().find(|v| **v == name.as_str()) {
+            Some(v) if !out.contains(v) => out.push(*v),
+            Some(_) => diags.push(
+                Diagnostic::error(
+                    "lora::duplicate-target",
+                    format!("target module `{name}` is listed twice"),
+                )
+                .at(lora.target_modules_location.clone()),
+            ),
+            None => {
+                let mut d = Diagnostic::error(
+                    "lora::unknown-target-module",
+                    format!("unknown target module `{name}` for a BERT encoder"),
+                )
+                .at(lora.target_modules_location.clone());
+                let list = valid.join(", ");
+                d = match did_you_mean(name, valid.iter().copied()) {
+                    Some(s) => d.help(format!("did you mean `{s}`? valid modules: {list}")),
+                    None => d.help(format!("valid modules: {list}")),
+                };
+                diags.push(d);
+            }
+        }
+    }
+    if lora.r == 0 && !out.is_empty() {
+        diags.push(Diagnostic::error(
+            "lora::rank-zero",
+            "rank r (0) must be at least 1. Valid range: 1 <= r",
+        ));
+    }
+    if !(0.0..1.0).contains(&lora.dropout) {
+        diags.push(Diagnostic::error(
+            "lora::invalid-dropout",
+            format!(
+                "dropout ({}) is out of range. Valid range: 0 <= dropout < 1",
+                lora.dropout
+            ),
+        ));
+    }
+    if diags.has_errors() {
+        return Err(Error::Invalid(diags));
+    }
+    // Parameters and masks follow the model's module order, not the configuration's.
+    out.sort_by_key(|n| valid.iter().position(|v| v == n));
+    Ok(out)
+}
+
+/// The rank must not exceed the smaller side of a targeted layer.
+pub fn check_rank(lora: &LoraSpec, module: &str, in_dim: usize, out_dim: usize) -> Result<()> {
+    let limit = in_dim.min(out_dim);
+    if lora.r > limit {
+        return Err(Error::Invalid(
+            Diagnostic::error(
+                "lora::rank-exceeds-layer",
+                format!(
+                    "Rank value ({}) exceeds min(in, out) = {limit} of `{module}` ({in_dim} -> {out_dim}). Valid range: 1 <= rank <= {limit}",
+                    lora.r
+                ),
+            )
+            .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// PEFT's `adapter_config.json` facts for a sequence classifier with these targets.
+///
+/// PEFT matches list entries as module-name suffixes: `output.dense` alone would
+/// also catch `attention.output.dense`, so that case is written as a regex.
+pub fn peft_info(targets: &[&str]) -> PeftInfo {
+    let ambiguous = targets.contains(&"output.dense") && !targets.contains(&"attention.output.dense");
+    let target_modules = if ambiguous {
+        let alts: Vec<String> = TARGETS
+            .iter()
+            .filter(|t| targets.contains(&t.0))
+            .map(|t| t.1.replace('.', r"\."))
+            .collect();
+        serde_json::Value::String(format!(r".*\.layer\.\d+\.({})", alts.join("|")))
+    } else {
+        serde_json::json!(targets)
+    };
+    PeftInfo {
+        task_type: "SEQ_CLS",
+        target_modules,
+        modules_to_save: vec!["classifier".into(), "score".into()],
+    }
+}

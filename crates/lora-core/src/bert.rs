@@ -173,3 +173,67 @@ pub fn peft_info(targets: &[&str]) -> PeftInfo {
         modules_to_save: vec!["classifier".into(), "score".into()],
     }
 }
+
+/// `[model] type = "bert-classifier"`: the schema both backends share.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ClassifierSpec {
+    /// Folder with `config.json`, `model.safetensors` and `tokenizer.json` (or `asset:NAME`).
+    pub path: String,
+    /// Dropout before the classifier during training (Hugging Face's default is 0.1).
+    #[serde(default = "default_head_dropout", serialize_with = "crate::config::f32_as_written")]
+    pub classifier_dropout: f32,
+    /// `base_model_name_or_path` written into `adapter_config.json`; defaults to the resolved path.
+    pub base_model_name: Option<String>,
+}
+
+fn default_head_dropout() -> f32 {
+    0.1
+}
+
+impl ClassifierSpec {
+    /// Deserializes and range-checks the `[model]` table.
+    pub fn from_component(c: &crate::config::Component) -> Result<Self, Diagnostics> {
+        let spec: Self = c.deserialize()?;
+        if !(0.0..1.0).contains(&spec.classifier_dropout) {
+            return Err(Diagnostic::error(
+                "model::invalid-dropout",
+                format!(
+                    "classifier-dropout ({}) is out of range. Valid range: 0 <= classifier-dropout < 1",
+                    spec.classifier_dropout
+                ),
+            )
+            .at(c.value_location("classifier-dropout"))
+            .into());
+        }
+        Ok(spec)
+    }
+
+    /// The model folder and its parsed `config.json`.
+    pub fn files(&self, ctx: &crate::stage::StageContext) -> Result<(std::path::PathBuf, BertConfig)> {
+        let dir = ctx.assets.resolve(&self.path)?;
+        let cfg = BertConfig::from_file(&dir.join("config.json"))?;
+        Ok((dir, cfg))
+    }
+
+    pub fn tokenizer(&self, ctx: &crate::stage::StageContext) -> Result<Option<std::path::PathBuf>> {
+        let path = ctx.assets.resolve(&self.path)?.join("tokenizer.json");
+        Ok(path.exists().then_some(path))
+    }
+
+    pub fn base_model_name(&self, ctx: &crate::stage::StageContext) -> Result<String> {
+        match &self.base_model_name {
+            Some(n) => Ok(n.clone()),
+            None => Ok(ctx.assets.resolve(&self.path)?.display().to_string()),
+        }
+    }
+
+    /// The table with every default filled in, `type` first.
+    pub fn resolved(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({ "type": "bert-classifier" });
+        if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(self) {
+            v.as_object_mut().expect("object").extend(fields);
+        }
+        v
+    }
+}

@@ -10,19 +10,18 @@ use burn::tensor::module::linear;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use lora_core::adapter::{AdapterModel, ModelSummary, ParamInfo, PeftInfo, StepOutput};
 use lora_core::config::Component;
-use lora_core::diag::{Diagnostic, Diagnostics};
+use lora_core::diag::Diagnostics;
 use lora_core::init::{derive_seed, kaiming_uniform, normal, rng};
 use lora_core::registry::ModelEntry;
 use lora_core::stage::{ModelStage, StageContext};
 use lora_core::{Batch, Error, HostTensor, LoraSpec, Result, TextBatch, inventory};
-use serde::{Deserialize, Serialize};
 
 use super::config::BertConfig;
 use super::encoder::{Encoder, Layer, MaskSource, TARGETS, mean_pool_normalised};
 use crate::lora_linear::{LoraLinear, LoraWeights};
 use crate::ops::FrozenLayerNorm;
 use crate::weights::{SafetensorsWeights, WeightSource};
-use lora_core::bert::{check_rank, resolve_targets};
+use lora_core::bert::{ClassifierSpec, check_rank, resolve_targets};
 
 /// Key prefix of every adapter tensor: PEFT wraps the model as `base_model.model`,
 /// and the sequence-classification model holds the encoder under `bert`.
@@ -445,33 +444,14 @@ impl AdapterModel for BertClassifier {
     }
 }
 
-/// `[model] type = "bert-classifier"` (the same schema as the candle backend's).
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+/// `[model] type = "bert-classifier"` on the burn backend: the shared schema
+/// of [`lora_core::bert::ClassifierSpec`], built into this backend's model.
+#[derive(Debug, Clone)]
 pub struct BertClassifierConfig {
-    /// Folder with `config.json`, `model.safetensors` and `tokenizer.json` (or `asset:NAME`).
-    pub path: String,
-    /// Dropout before the classifier during training (Hugging Face's default is 0.1).
-    #[serde(
-        default = "default_head_dropout",
-        serialize_with = "lora_core::config::f32_as_written"
-    )]
-    pub classifier_dropout: f32,
-    /// `base_model_name_or_path` written into `adapter_config.json`; defaults to the resolved path.
-    pub base_model_name: Option<String>,
-}
-
-fn default_head_dropout() -> f32 {
-    0.1
+    pub spec: ClassifierSpec,
 }
 
 impl BertClassifierConfig {
-    pub fn files(&self, ctx: &StageContext) -> Result<(PathBuf, BertConfig)> {
-        let dir = ctx.assets.resolve(&self.path)?;
-        let cfg = BertConfig::from_file(&dir.join("config.json"))?;
-        Ok((dir, cfg))
-    }
-
     /// Loads the model from its folder.
     pub fn load(
         &self,
@@ -482,51 +462,33 @@ impl BertClassifierConfig {
         seed: u64,
     ) -> Result<BertClassifier> {
         let weights = SafetensorsWeights::open(&dir.join("model.safetensors"))?;
-        BertClassifier::new(cfg, &weights, lora, num_labels, self.classifier_dropout, seed)
+        BertClassifier::new(cfg, &weights, lora, num_labels, self.spec.classifier_dropout, seed)
     }
 }
 
 impl ModelStage for BertClassifierConfig {
     fn resolved(&self) -> serde_json::Value {
-        let mut v = serde_json::json!({ "type": "bert-classifier" });
-        if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(self) {
-            v.as_object_mut().expect("object").extend(fields);
-        }
-        v
+        self.spec.resolved()
     }
 
     fn tokenizer(&self, ctx: &StageContext) -> Result<Option<PathBuf>> {
-        let path = ctx.assets.resolve(&self.path)?.join("tokenizer.json");
-        Ok(path.exists().then_some(path))
+        self.spec.tokenizer(ctx)
     }
 
     fn build(&self, ctx: &StageContext, lora: &LoraSpec, num_labels: usize) -> Result<Box<dyn AdapterModel>> {
-        let (dir, cfg) = self.files(ctx)?;
+        let (dir, cfg) = self.spec.files(ctx)?;
         Ok(Box::new(self.load(&dir, cfg, lora, num_labels, ctx.seed)?))
     }
 
     fn base_model_name(&self, ctx: &StageContext) -> Result<String> {
-        match &self.base_model_name {
-            Some(n) => Ok(n.clone()),
-            None => Ok(ctx.assets.resolve(&self.path)?.display().to_string()),
-        }
+        self.spec.base_model_name(ctx)
     }
 }
 
 fn build(c: &Component) -> std::result::Result<Box<dyn ModelStage>, Diagnostics> {
-    let cfg: BertClassifierConfig = c.deserialize()?;
-    if !(0.0..1.0).contains(&cfg.classifier_dropout) {
-        return Err(Diagnostic::error(
-            "model::invalid-dropout",
-            format!(
-                "classifier-dropout ({}) is out of range. Valid range: 0 <= classifier-dropout < 1",
-                cfg.classifier_dropout
-            ),
-        )
-        .at(c.value_location("classifier-dropout"))
-        .into());
-    }
-    Ok(Box::new(cfg))
+    Ok(Box::new(BertClassifierConfig {
+        spec: ClassifierSpec::from_component(c)?,
+    }))
 }
 
 inventory::submit! {

@@ -23,14 +23,7 @@ pub fn run(args: &[String]) -> ExitCode {
             _ => rest.push(a.clone()),
         }
     }
-    let features = match cargo::backend_features(&backend) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let lora = match cargo::build_lora(&features) {
+    let lora = match cargo::build_lora_for(&backend) {
         Ok(p) => p,
         Err(code) => return code,
     };

@@ -39,6 +39,17 @@ pub fn status(mut cmd: Command) -> ExitCode {
     }
 }
 
+/// Builds `lora` with the features of a backend; an unknown backend is a usage error (exit 2).
+pub fn build_lora_for(backend: &str) -> Result<PathBuf, ExitCode> {
+    match backend_features(backend) {
+        Ok(features) => build_lora(&features),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
 /// Builds the `lora` binary in release mode (tensor math in debug is about 100x slower).
 pub fn build_lora(features: &[String]) -> Result<PathBuf, ExitCode> {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));

@@ -140,6 +140,25 @@ fn emit(callbacks: &mut [Box<dyn Callback>], event: &TrainEvent) -> Result<()> {
     callbacks.iter_mut().try_for_each(|c| c.on_event(event))
 }
 
+/// One pass of the evaluator over the validation split, announced to the callbacks.
+fn evaluate(
+    model: &dyn AdapterModel,
+    data: &PreparedData,
+    eval: &dyn EvalStage,
+    callbacks: &mut [Box<dyn Callback>],
+    step: usize,
+) -> Result<(usize, lora_core::stage::EvalReport)> {
+    let report = eval.evaluate(model, data.validation.as_ref(), &data.label_names)?;
+    emit(
+        callbacks,
+        &TrainEvent::Eval {
+            step,
+            report: report.clone(),
+        },
+    )?;
+    Ok((step, report))
+}
+
 impl TrainStage for SupervisedTrainer {
     fn resolved(&self) -> serde_json::Value {
         let mut v = crate::with_type("supervised", &self.cfg);
@@ -223,15 +242,7 @@ impl TrainStage for SupervisedTrainer {
                     }),
                 )?;
                 if eval.interval() > 0 && step % eval.interval() == 0 && step < total {
-                    let report = eval.evaluate(model, data.validation.as_ref(), &data.label_names)?;
-                    emit(
-                        callbacks,
-                        &TrainEvent::Eval {
-                            step,
-                            report: report.clone(),
-                        },
-                    )?;
-                    evals.push((step, report));
+                    evals.push(evaluate(model, data, eval, callbacks, step)?);
                 }
                 if step >= total {
                     break 'epochs;
@@ -240,15 +251,7 @@ impl TrainStage for SupervisedTrainer {
             emit(callbacks, &TrainEvent::EpochEnd { epoch, step })?;
             epoch += 1;
         }
-        let report = eval.evaluate(model, data.validation.as_ref(), &data.label_names)?;
-        emit(
-            callbacks,
-            &TrainEvent::Eval {
-                step,
-                report: report.clone(),
-            },
-        )?;
-        evals.push((step, report));
+        evals.push(evaluate(model, data, eval, callbacks, step)?);
         let elapsed_s = start.elapsed().as_secs_f64();
         emit(callbacks, &TrainEvent::End { step, elapsed_s })?;
         Ok(TrainSummary {

@@ -217,6 +217,8 @@ pub fn toml_error(file: &Arc<SourceFile>, e: &toml::de::Error, table: &str) -> D
         "config::missing-key"
     } else if message.starts_with("invalid type") {
         "config::wrong-type"
+    } else if message.contains("duplicate key") {
+        "config::duplicate-key"
     } else if e.span().is_none() {
         "config::invalid"
     } else {
@@ -276,7 +278,7 @@ impl PipelineConfig {
             let key: &str = k.get_ref().as_ref();
             if !SECTIONS.contains(&key) {
                 let mut d =
-                    Diagnostic::error("config::unknown-key", format!("unknown section `{key}`")).at(Some(Location {
+                    Diagnostic::error("config::unknown-section", format!("unknown section `{key}`")).at(Some(Location {
                         file: file.clone(),
                         span: k.span(),
                     }));
@@ -408,7 +410,7 @@ lr = 1e-3
         let text = GOOD.replace("[eval]", "[evall]").replace("type = \"csv\"\n", "");
         let err = PipelineConfig::parse(Path::new("p.toml"), text).unwrap_err();
         let codes: Vec<&str> = err.0.iter().map(|d| d.code.as_str()).collect();
-        assert!(codes.contains(&"config::unknown-key"), "{codes:?}");
+        assert!(codes.contains(&"config::unknown-section"), "{codes:?}");
         assert!(codes.contains(&"config::missing-type"), "{codes:?}");
         assert!(codes.contains(&"config::missing-section"), "{codes:?}");
     }

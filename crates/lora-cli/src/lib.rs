@@ -7,6 +7,8 @@
 pub mod alloc;
 pub mod bench;
 pub mod pipeline;
+pub mod show;
+pub mod validate;
 
 // Link the crates whose `inventory` registrations the binary offers.
 #[cfg(feature = "burn")]

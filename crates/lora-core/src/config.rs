@@ -262,16 +262,25 @@ pub struct PipelineConfig {
 
 const SECTIONS: [&str; 6] = ["run", "data", "model", "lora", "train", "eval"];
 
-impl PipelineConfig {
-    pub fn load(path: &Path) -> Result<Self, crate::Error> {
-        let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io("cannot read configuration", path, e))?;
-        Ok(Self::parse(path, text)?)
-    }
+/// Every section that parsed, and the problems of those that did not: the
+/// validator checks what it can even when some sections are broken.
+#[derive(Debug, Clone, Default)]
+pub struct PartialConfig {
+    pub run: Option<RunConfig>,
+    pub data: Option<Component>,
+    pub model: Option<Component>,
+    pub lora: Option<LoraSpec>,
+    pub train: Option<Component>,
+    pub eval: Option<Component>,
+}
 
-    /// Parses a pipeline, collecting every structural problem before giving up.
-    pub fn parse(path: &Path, text: String) -> Result<Self, Diagnostics> {
-        let file = SourceFile::new(path, text);
-        let root = parse_document(&file)?;
+impl PartialConfig {
+    /// Parses each section on its own, collecting every structural problem.
+    pub fn parse(file: Arc<SourceFile>) -> (Self, Diagnostics) {
+        let root = match parse_document(&file) {
+            Ok(r) => r,
+            Err(d) => return (PartialConfig::default(), d),
+        };
         let mut diags = Diagnostics::default();
 
         for (k, _) in root.get_ref().iter() {
@@ -329,18 +338,54 @@ impl PipelineConfig {
                 .ok()
         });
 
+        let partial = PartialConfig {
+            run,
+            data,
+            model,
+            lora,
+            train: train.map(|t| t.with_nested(&["optimizer", "scheduler"])),
+            eval,
+        };
+        (partial, diags)
+    }
+}
+
+impl PipelineConfig {
+    pub fn load(path: &Path) -> Result<Self, crate::Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io("cannot read configuration", path, e))?;
+        Ok(Self::parse(path, text)?)
+    }
+
+    /// Parses a pipeline, collecting every structural problem before giving up.
+    pub fn parse(path: &Path, text: String) -> Result<Self, Diagnostics> {
+        Self::from_source(SourceFile::new(path, text))
+    }
+
+    /// Parses an already composed document (see `lora-validate`'s layering).
+    pub fn from_source(file: Arc<SourceFile>) -> Result<Self, Diagnostics> {
+        let (partial, diags) = PartialConfig::parse(file.clone());
         if diags.has_errors() {
             return Err(diags);
         }
-        Ok(Self {
-            file,
-            run: run.expect("no errors"),
-            data: data.expect("no errors"),
-            model: model.expect("no errors"),
-            lora: lora.expect("no errors"),
-            train: train.expect("no errors").with_nested(&["optimizer", "scheduler"]),
-            eval: eval.expect("no errors"),
-        })
+        match partial {
+            PartialConfig {
+                run: Some(run),
+                data: Some(data),
+                model: Some(model),
+                lora: Some(lora),
+                train: Some(train),
+                eval: Some(eval),
+            } => Ok(Self {
+                file,
+                run,
+                data,
+                model,
+                lora,
+                train,
+                eval,
+            }),
+            _ => Err(diags),
+        }
     }
 
     pub fn text(&self) -> &str {

@@ -195,8 +195,8 @@ fn run(command: Command) -> lora_core::Result<()> {
         }
         Command::Predict { adapter, config, texts } => {
             let file = config.unwrap_or_else(|| adapter.join("pipeline.toml"));
-            let source = lora_validate::compose(&file, &Overrides::from_process(Vec::new()))?;
-            let config = PipelineConfig::from_source(source)?;
+            let composed = lora_validate::compose(&file, &Overrides::from_process(Vec::new()))?;
+            let config = PipelineConfig::from_source(composed.source)?;
             for p in lora_cli::pipeline::predict(config, &adapter, &texts, &assets)? {
                 let probs: serde_json::Map<String, serde_json::Value> = p
                     .probabilities
@@ -245,11 +245,22 @@ fn run(command: Command) -> lora_core::Result<()> {
                             .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
                         return Err(lora_core::Error::Other(format!("no rule `{id}`{hint}")));
                     };
-                    println!("{} ({:?}, {})\n\n{}\n\n{}", r.id, r.severity, r.category.name(), r.summary, r.doc);
+                    println!(
+                        "{} ({:?}, {})\n\n{}\n\n{}",
+                        r.id,
+                        r.severity,
+                        r.category.name(),
+                        r.summary,
+                        r.doc
+                    );
                 }
                 None => {
                     for r in &rules {
-                        let sev = if r.severity == Severity::Error { "error" } else { "warning" };
+                        let sev = if r.severity == Severity::Error {
+                            "error"
+                        } else {
+                            "warning"
+                        };
                         println!("{:<44} {:<8} {:<12} {}", r.id, sev, r.category.name(), r.summary);
                     }
                     let counts: Vec<String> = lora_validate::docs::counts()

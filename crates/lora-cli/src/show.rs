@@ -15,7 +15,12 @@ pub fn render(pipeline: &Pipeline, source: &Arc<SourceFile>) -> String {
     let doc = ConfigDoc::parse(source).ok();
     let resolved = pipeline.resolved_value();
     let mut out = String::new();
-    writeln!(out, "# {} resolved; `# origin` after each value.", source.path.display()).unwrap();
+    writeln!(
+        out,
+        "# {} resolved; `# origin` after each value.",
+        source.path.display()
+    )
+    .unwrap();
     if let Value::Object(sections) = &resolved {
         for (name, table) in sections {
             table_lines(&mut out, name, table, doc.as_ref());
@@ -33,9 +38,10 @@ fn table_lines(out: &mut String, path: &str, table: &Value, doc: Option<&ConfigD
             continue;
         }
         let full = format!("{path}.{key}");
-        let origin = doc
-            .and_then(|d| d.get(&full))
-            .map_or_else(|| "default".to_string(), |n| lora_validate::engine::origin_label(&n.location));
+        let origin = doc.and_then(|d| d.get(&full)).map_or_else(
+            || "default".to_string(),
+            |n| lora_validate::engine::origin_label(&n.location),
+        );
         let text = toml::Value::try_from(value).map_or_else(|_| value.to_string(), |v| v.to_string());
         rows.push((format!("{key} = {text}"), origin));
     }

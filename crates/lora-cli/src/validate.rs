@@ -32,8 +32,16 @@ impl Checked {
 
 /// Composes the file with its layers and overrides, then validates it.
 pub fn check_file(path: &Path, overrides: &Overrides, assets: &dyn AssetResolver) -> Result<Checked, Diagnostics> {
-    let source = lora_validate::compose(path, overrides)?;
-    Ok(check_source(source, assets))
+    Ok(check_composed(lora_validate::compose(path, overrides)?, assets))
+}
+
+/// Validates a composed document, keeping the warnings of its composition.
+pub fn check_composed(composed: lora_validate::Composed, assets: &dyn AssetResolver) -> Checked {
+    let mut checked = check_source(composed.source, assets);
+    let mut all = composed.warnings;
+    all.0.append(&mut checked.diagnostics.0);
+    checked.diagnostics = all;
+    checked
 }
 
 /// Validates a composed document.
@@ -50,17 +58,23 @@ pub fn check_source(source: Arc<SourceFile>, assets: &dyn AssetResolver) -> Chec
         }
     };
     let (partial, mut loader) = PartialConfig::parse(source.clone());
-    let backend = partial.run.as_ref().map_or("candle", |r| r.backend.as_str()).to_string();
+    let backend = partial
+        .run
+        .as_ref()
+        .map_or("candle", |r| r.backend.as_str())
+        .to_string();
     let compiled = crate::backends();
 
     // Each stage on its own, so that one broken table does not hide the others' problems.
     fn take<T>(loader: &mut Diagnostics, r: Result<T, Diagnostics>) -> Option<T> {
         r.map_err(|e| loader.0.extend(e.0)).ok()
     }
-    let data = partial
-        .data
-        .as_ref()
-        .and_then(|c| take(&mut loader, lookup::<DataSourceEntry>(c, |_| true).and_then(|e| (e.build)(c))));
+    let data = partial.data.as_ref().and_then(|c| {
+        take(
+            &mut loader,
+            lookup::<DataSourceEntry>(c, |_| true).and_then(|e| (e.build)(c)),
+        )
+    });
     // Facts come from the model's files, whichever backend reads them: fall back to a
     // compiled one when the chosen backend is not (a rule says so).
     let model_backend = if compiled.contains(&backend.as_str()) {
@@ -68,15 +82,22 @@ pub fn check_source(source: Arc<SourceFile>, assets: &dyn AssetResolver) -> Chec
     } else {
         compiled.first().map_or(backend.clone(), |b| b.to_string())
     };
-    let model = partial.model.as_ref().and_then(|c| take(&mut loader, build_model(c, &model_backend)));
-    let train = partial
-        .train
+    let model = partial
+        .model
         .as_ref()
-        .and_then(|c| take(&mut loader, lookup::<TrainerEntry>(c, |_| true).and_then(|e| (e.build)(c))));
-    let eval = partial
-        .eval
-        .as_ref()
-        .and_then(|c| take(&mut loader, lookup::<EvaluatorEntry>(c, |_| true).and_then(|e| (e.build)(c))));
+        .and_then(|c| take(&mut loader, build_model(c, &model_backend)));
+    let train = partial.train.as_ref().and_then(|c| {
+        take(
+            &mut loader,
+            lookup::<TrainerEntry>(c, |_| true).and_then(|e| (e.build)(c)),
+        )
+    });
+    let eval = partial.eval.as_ref().and_then(|c| {
+        take(
+            &mut loader,
+            lookup::<EvaluatorEntry>(c, |_| true).and_then(|e| (e.build)(c)),
+        )
+    });
 
     let mut facts = Facts {
         machine: lora_validate::machine::facts(),

@@ -248,12 +248,16 @@ impl ClassifierSpec {
 pub fn read_facts(dir: &Path) -> Result<crate::rules::ModelFacts> {
     use crate::rules::ModelFacts;
     if !dir.is_dir() {
-        return Err(Error::Data(format!("{}: the model folder does not exist", dir.display())));
+        return Err(Error::Data(format!(
+            "{}: the model folder does not exist",
+            dir.display()
+        )));
     }
     let config_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io("cannot read model config", &config_path, e))?;
-    let raw: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::Data(format!("{}: not JSON: {e}", config_path.display())))?;
+    let text =
+        std::fs::read_to_string(&config_path).map_err(|e| Error::io("cannot read model config", &config_path, e))?;
+    let raw: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::Data(format!("{}: not JSON: {e}", config_path.display())))?;
     let field = |k: &str| raw.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0) as usize;
     let weights_path = dir.join("model.safetensors");
     let (tensors, weight_bytes, data_len) = read_header(&weights_path)?;
@@ -292,7 +296,10 @@ pub fn read_facts(dir: &Path) -> Result<crate::rules::ModelFacts> {
     let shape = |name: &str| tensors.get(&format!("{prefix}{name}")).map(|(_, s)| s.clone());
     // What the header says, against what config.json says.
     if let Some(s) = shape("embeddings.word_embeddings.weight") {
-        for (field, config, header) in [("vocab_size", facts.vocab_size, s[0]), ("hidden_size", facts.hidden_size, s[1])] {
+        for (field, config, header) in [
+            ("vocab_size", facts.vocab_size, s[0]),
+            ("hidden_size", facts.hidden_size, s[1]),
+        ] {
             if config != header {
                 facts.inconsistencies.push((field.into(), config, header));
             }
@@ -338,7 +345,10 @@ type Header = std::collections::BTreeMap<String, (String, Vec<usize>)>;
 pub fn read_header(path: &Path) -> Result<(Header, u64, u64)> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).map_err(|e| Error::io("cannot open weights", path, e))?;
-    let size = f.metadata().map_err(|e| Error::io("cannot stat weights", path, e))?.len();
+    let size = f
+        .metadata()
+        .map_err(|e| Error::io("cannot stat weights", path, e))?
+        .len();
     let bad = |what: String| Error::Data(format!("{}: not a safetensors file: {what}", path.display()));
     let mut len = [0u8; 8];
     f.read_exact(&mut len).map_err(|e| bad(e.to_string()))?;

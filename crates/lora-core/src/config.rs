@@ -205,7 +205,18 @@ fn parse_document(file: &SourceFile) -> Result<Spanned<DeTable<'_>>, Diagnostics
 
 fn toml_error_in(file: &SourceFile, e: &toml::de::Error) -> Diagnostics {
     let arc = SourceFile::new(file.path.clone(), file.text.clone());
-    toml_error(&arc, e, "")
+    syntax_error(&arc, e)
+}
+
+/// A document that is not valid TOML: `config::syntax` (or `config::duplicate-key`).
+pub fn syntax_error(file: &Arc<SourceFile>, e: &toml::de::Error) -> Diagnostics {
+    let mut d = toml_error(file, e, "");
+    for diag in &mut d.0 {
+        if diag.code != "config::duplicate-key" {
+            diag.code = "config::syntax".into();
+        }
+    }
+    d
 }
 
 /// Turns toml's error (message plus byte span) into a diagnostic with a location.
@@ -286,11 +297,12 @@ impl PartialConfig {
         for (k, _) in root.get_ref().iter() {
             let key: &str = k.get_ref().as_ref();
             if !SECTIONS.contains(&key) {
-                let mut d =
-                    Diagnostic::error("config::unknown-section", format!("unknown section `{key}`")).at(Some(Location {
+                let mut d = Diagnostic::error("config::unknown-section", format!("unknown section `{key}`")).at(Some(
+                    Location {
                         file: file.clone(),
                         span: k.span(),
-                    }));
+                    },
+                ));
                 d = match did_you_mean(key, SECTIONS) {
                     Some(s) => d.help(format!("did you mean `{s}`?")),
                     None => d.help(format!("valid sections: {}", SECTIONS.join(", "))),

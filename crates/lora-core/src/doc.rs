@@ -105,7 +105,7 @@ pub struct ConfigDoc {
 impl ConfigDoc {
     /// Parses the document; a syntax error is a diagnostic with its location.
     pub fn parse(file: &Arc<SourceFile>) -> Result<Self, crate::diag::Diagnostics> {
-        let table = DeTable::parse(&file.text).map_err(|e| crate::config::toml_error(file, &e, ""))?;
+        let table = DeTable::parse(&file.text).map_err(|e| crate::config::syntax_error(file, &e))?;
         let span = table.span();
         let root = convert_table(file, table.get_ref(), span);
         Ok(Self {
@@ -131,7 +131,11 @@ fn collect_leaves<'a>(node: &'a Node, prefix: String, out: &mut Vec<(String, &'a
     match &node.value {
         Value::Table(t) => {
             for (k, n) in t {
-                let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 collect_leaves(n, path, out);
             }
         }
@@ -205,7 +209,10 @@ mod tests {
 
     #[test]
     fn values_keep_their_type_order_and_location() {
-        let file = SourceFile::new("p.toml", "[train]\nepochs = 1_0\n\n[train.optimizer]\nlr = 2e-3\nbetas = [0.9, 1]\n".into());
+        let file = SourceFile::new(
+            "p.toml",
+            "[train]\nepochs = 1_0\n\n[train.optimizer]\nlr = 2e-3\nbetas = [0.9, 1]\n".into(),
+        );
         let doc = ConfigDoc::parse(&file).unwrap();
         let epochs = doc.get("train.epochs").unwrap();
         assert_eq!(epochs.as_int(), Some(10));

@@ -167,8 +167,6 @@ pub struct DataFacts {
     pub unknown_labels: Option<(usize, usize, String)>,
     /// Distinct raw labels in the training file.
     pub distinct_raw_labels: Vec<String>,
-    /// Rows with an empty text.
-    pub empty_texts: usize,
     /// Texts that parse as numbers.
     pub numeric_texts: usize,
     /// Texts with U+FFFD (bytes that were not UTF-8).

@@ -82,7 +82,6 @@ pub fn gather(src: &TextData, ctx: &StageContext) -> Result<DataFacts> {
     let all_texts = examples.iter().chain(validation.iter().flatten()).map(|(t, _)| t);
     for text in all_texts {
         let trimmed = text.trim();
-        facts.empty_texts += usize::from(trimmed.is_empty());
         facts.numeric_texts += usize::from(!trimmed.is_empty() && trimmed.parse::<f64>().is_ok());
         facts.replacement_texts += usize::from(text.contains('\u{FFFD}'));
     }
@@ -108,7 +107,10 @@ pub fn gather(src: &TextData, ctx: &StageContext) -> Result<DataFacts> {
         facts.duplicate_train_texts += usize::from(!seen.insert(text.as_str()));
     }
 
-    match src.tokenizer_file(ctx).and_then(|p| TextEncoder::from_file(&p, 1 << 20)) {
+    match src
+        .tokenizer_file(ctx)
+        .and_then(|p| TextEncoder::from_file(&p, 1 << 20))
+    {
         Ok(encoder) => {
             facts.tokenizer_vocab = Some(encoder.vocab_size());
             // The training split is already a seeded shuffle (or a seeded sample), so

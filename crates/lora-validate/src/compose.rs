@@ -39,7 +39,10 @@ impl Overrides {
     }
 
     fn is_empty(&self) -> bool {
-        self.env.iter().all(|(k, _)| !(k.starts_with(ENV_PREFIX) || k == ENV_LR_ALIAS)) && self.sets.is_empty()
+        self.env
+            .iter()
+            .all(|(k, _)| !(k.starts_with(ENV_PREFIX) || k == ENV_LR_ALIAS))
+            && self.sets.is_empty()
     }
 }
 
@@ -60,11 +63,18 @@ enum Kind {
     Tables(Vec<Layered>),
 }
 
+/// A composed document, and the warnings composing it raised (a conflicting override, ...).
+#[derive(Debug)]
+pub struct Composed {
+    pub source: Arc<SourceFile>,
+    pub warnings: Diagnostics,
+}
+
 /// Reads `path` and its layers into one document.
 ///
 /// A file without `extends` and without overrides is returned as it is, comments
 /// and all; otherwise the composed text carries the origins of its pieces.
-pub fn compose(path: &Path, overrides: &Overrides) -> Result<Arc<SourceFile>, Diagnostics> {
+pub fn compose(path: &Path, overrides: &Overrides) -> Result<Composed, Diagnostics> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         Diagnostics::from(Diagnostic::error(
             "config::unreadable",
@@ -75,12 +85,15 @@ pub fn compose(path: &Path, overrides: &Overrides) -> Result<Arc<SourceFile>, Di
 }
 
 /// [`compose`] for a document already in memory (tests, `lora validate -`).
-pub fn compose_text(path: &Path, text: String, overrides: &Overrides) -> Result<Arc<SourceFile>, Diagnostics> {
+pub fn compose_text(path: &Path, text: String, overrides: &Overrides) -> Result<Composed, Diagnostics> {
     let file = SourceFile::new(path, text);
-    let root = DeTable::parse(&file.text).map_err(|e| lora_core::config::toml_error(&file, &e, ""))?;
+    let root = DeTable::parse(&file.text).map_err(|e| lora_core::config::syntax_error(&file, &e))?;
     let has_extends = root.get_ref().iter().any(|(k, _)| k.get_ref().as_ref() == "extends");
     if !has_extends && overrides.is_empty() {
-        return Ok(file);
+        return Ok(Composed {
+            source: file,
+            warnings: Diagnostics::default(),
+        });
     }
     let mut diags = Diagnostics::default();
     let mut stack = Vec::new();
@@ -91,7 +104,10 @@ pub fn compose_text(path: &Path, text: String, overrides: &Overrides) -> Result<
     }
     let mut out = Emitter::default();
     out.table(&[], &merged);
-    Ok(SourceFile::composed(path, out.text, out.segments))
+    Ok(Composed {
+        source: SourceFile::composed(path, out.text, out.segments),
+        warnings: diags,
+    })
 }
 
 fn file_origin(file: &Arc<SourceFile>, start: usize) -> Origin {
@@ -108,7 +124,7 @@ fn load_layers(file: &Arc<SourceFile>, stack: &mut Vec<PathBuf>, diags: &mut Dia
     let root = match DeTable::parse(&file.text) {
         Ok(r) => r,
         Err(e) => {
-            diags.0.extend(lora_core::config::toml_error(file, &e, "").0);
+            diags.0.extend(lora_core::config::syntax_error(file, &e).0);
             stack.pop();
             return empty_table(file);
         }
@@ -164,7 +180,11 @@ fn load_layers(file: &Arc<SourceFile>, stack: &mut Vec<PathBuf>, diags: &mut Dia
     merged
 }
 
-fn extends_list(file: &Arc<SourceFile>, v: &Spanned<DeValue<'_>>, diags: &mut Diagnostics) -> Vec<(String, std::ops::Range<usize>)> {
+fn extends_list(
+    file: &Arc<SourceFile>,
+    v: &Spanned<DeValue<'_>>,
+    diags: &mut Diagnostics,
+) -> Vec<(String, std::ops::Range<usize>)> {
     let wrong = |diags: &mut Diagnostics, span: std::ops::Range<usize>| {
         diags.push(
             Diagnostic::error("config::extends-type", "`extends` must be a list of file paths")
@@ -258,7 +278,11 @@ fn merge(lower: &mut Layered, upper: Layered) {
 
 fn apply_overrides(root: &mut Layered, overrides: &Overrides, diags: &mut Diagnostics) {
     let lr_alias = overrides.env.iter().find(|(k, _)| k == ENV_LR_ALIAS);
-    let mut env: Vec<&(String, String)> = overrides.env.iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+    let mut env: Vec<&(String, String)> = overrides
+        .env
+        .iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
     env.sort();
     for (var, value) in env {
         let origin = Origin::Env {
@@ -289,7 +313,9 @@ fn apply_overrides(root: &mut Layered, overrides: &Overrides, diags: &mut Diagno
                     "config::override-conflict",
                     format!("both {var}={value} and {direct}={other} set the learning rate; {var} wins"),
                 )
-                .help(format!("unset one of them; {var} is applied after the LORA__ variables")),
+                .help(format!(
+                    "unset one of them; {var} is applied after the LORA__ variables"
+                )),
             );
         }
         let origin = Origin::Env {
@@ -461,7 +487,7 @@ mod tests {
     fn a_plain_file_is_kept_as_written() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), "p.toml", "# comment\n[train]\nepochs = 2\n");
-        let f = compose(&p, &Overrides::default()).unwrap();
+        let f = compose(&p, &Overrides::default()).unwrap().source;
         assert!(f.origins.is_empty());
         assert!(f.text.starts_with("# comment"));
     }
@@ -487,19 +513,30 @@ mod tests {
             ],
             sets: vec!["train.optimizer.type=sgd".into(), "run.name=my run".into()],
         };
-        let f = compose(&p, &overrides).unwrap();
+        let f = compose(&p, &overrides).unwrap().source;
         let doc = ConfigDoc::parse(&f).unwrap();
         assert_eq!(doc.get("train.epochs").unwrap().as_int(), Some(3));
         assert_eq!(doc.get("train.batch-size").unwrap().as_int(), Some(16));
         assert_eq!(doc.get("train.optimizer.lr").unwrap().as_float(), Some(5e-4));
         assert_eq!(doc.get("train.optimizer.type").unwrap().as_str(), Some("sgd"));
-        assert_eq!(doc.get("run.name").unwrap().as_str(), Some("my run"), "not TOML: a string");
+        assert_eq!(
+            doc.get("run.name").unwrap().as_str(),
+            Some("my run"),
+            "not TOML: a string"
+        );
 
         let origin = |path: &str| doc.get(path).unwrap().location.origin().unwrap().to_string();
-        assert!(origin("train.epochs").ends_with("p.toml:4:10"), "{}", origin("train.epochs"));
+        assert!(
+            origin("train.epochs").ends_with("p.toml:4:10"),
+            "{}",
+            origin("train.epochs")
+        );
         assert_eq!(origin("train.batch-size"), "environment LORA__TRAIN__BATCH_SIZE=16");
         assert_eq!(origin("train.optimizer.lr"), "environment OVERRIDE_LR=5e-4");
-        assert_eq!(origin("train.optimizer.type"), "command line --set train.optimizer.type=sgd");
+        assert_eq!(
+            origin("train.optimizer.type"),
+            "command line --set train.optimizer.type=sgd"
+        );
         assert_eq!(doc.get("train.batch-size").unwrap().location.line_col(), (0, 0));
     }
 
@@ -508,7 +545,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "base.toml", "[lora]\nr = 8\nalpha = 16\n");
         let p = write(dir.path(), "p.toml", "extends = \"base.toml\"\n[lora]\nr = 4\n");
-        let f = compose(&p, &Overrides::default()).unwrap();
+        let f = compose(&p, &Overrides::default()).unwrap().source;
         let doc = ConfigDoc::parse(&f).unwrap();
         let alpha = &doc.get("lora.alpha").unwrap().location;
         assert!(alpha.path().ends_with("base.toml"));

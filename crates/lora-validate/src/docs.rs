@@ -78,7 +78,15 @@ mod tests {
         for r in &all {
             assert!(ids.insert(r.id), "duplicate rule id {}", r.id);
             let (section, name) = r.id.split_once("::").expect("ids are section::name");
-            assert!(!section.is_empty() && !name.is_empty() && r.id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == ':' || c == '-'), "{}", r.id);
+            assert!(
+                !section.is_empty()
+                    && !name.is_empty()
+                    && r.id
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == ':' || c == '-'),
+                "{}",
+                r.id
+            );
             assert!(!r.summary.is_empty() && !r.doc.is_empty(), "{}", r.id);
             assert!(!r.trip.is_empty(), "{} has no trip example", r.id);
         }

@@ -47,7 +47,9 @@ pub fn finish(loader: Diagnostics, rules: Vec<Diagnostic>) -> Diagnostics {
     let mut all: Vec<(bool, Diagnostic)> = Vec::new();
     for d in loader.0 {
         let duplicate = rules.iter().any(|r| same_place(r, &d))
-            || all.iter().any(|(_, e)| e.code == d.code && same_place(e, &d) && e.message == d.message);
+            || all
+                .iter()
+                .any(|(_, e)| e.code == d.code && same_place(e, &d) && e.message == d.message);
         if !duplicate {
             all.push((false, d));
         }

@@ -15,5 +15,5 @@ pub mod engine;
 pub mod machine;
 pub mod rules;
 
-pub use compose::{Overrides, compose, compose_text};
+pub use compose::{Composed, Overrides, compose, compose_text};
 pub use engine::{check, finish};

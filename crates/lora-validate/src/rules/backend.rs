@@ -27,11 +27,20 @@ lora_core::rule! {
 fn not_compiled(ctx: &RuleContext) -> Vec<Finding> {
     match ctx.string("run.backend") {
         Some(b) if KNOWN_BACKENDS.contains(&b.value) && !ctx.facts.backends.iter().any(|c| c == b.value) => one(
-            format!("backend `{}` is not compiled into this binary (it has: {})", b.value, ctx.facts.backends.join(", ")),
+            format!(
+                "backend `{}` is not compiled into this binary (it has: {})",
+                b.value,
+                ctx.facts.backends.join(", ")
+            ),
             Some(b.location),
         )
         .into_iter()
-        .map(|f| f.help(format!("rebuild with `--features {}`, or use `cargo xtask run --backend {}`", b.value, b.value)))
+        .map(|f| {
+            f.help(format!(
+                "rebuild with `--features {}`, or use `cargo xtask run --backend {}`",
+                b.value, b.value
+            ))
+        })
         .collect(),
         _ => Vec::new(),
     }
@@ -44,8 +53,14 @@ lora_core::rule! {
 }
 
 fn model_unavailable(ctx: &RuleContext) -> Vec<Finding> {
-    let (Some(b), Some(ty)) = (ctx.string("run.backend"), ctx.type_of("model")) else { return Vec::new() };
-    let here = ctx.facts.model_types.iter().any(|(backend, t)| backend == b.value && t == ty);
+    let (Some(b), Some(ty)) = (ctx.string("run.backend"), ctx.type_of("model")) else {
+        return Vec::new();
+    };
+    let here = ctx
+        .facts
+        .model_types
+        .iter()
+        .any(|(backend, t)| backend == b.value && t == ty);
     let elsewhere: Vec<&str> = ctx
         .facts
         .model_types
@@ -55,7 +70,11 @@ fn model_unavailable(ctx: &RuleContext) -> Vec<Finding> {
         .collect();
     if ctx.facts.backends.iter().any(|c| c == b.value) && !here && !elsewhere.is_empty() {
         return one(
-            format!("model `{ty}` is not implemented by the {} backend (only by: {})", b.value, elsewhere.join(", ")),
+            format!(
+                "model `{ty}` is not implemented by the {} backend (only by: {})",
+                b.value,
+                elsewhere.join(", ")
+            ),
             ctx.location("model.type"),
         );
     }

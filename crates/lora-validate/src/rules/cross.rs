@@ -10,8 +10,14 @@ fn warmup_twice(ctx: &RuleContext) -> Vec<Finding> {
     if !warmup_schedule(ctx) {
         return Vec::new();
     }
-    match (ctx.node("train.scheduler.warmup-steps"), ctx.node("train.scheduler.warmup-ratio")) {
-        (Some(_), Some(ratio)) => one("set warmup-steps or warmup-ratio, not both", Some(ratio.location.clone())),
+    match (
+        ctx.node("train.scheduler.warmup-steps"),
+        ctx.node("train.scheduler.warmup-ratio"),
+    ) {
+        (Some(_), Some(ratio)) => one(
+            "set warmup-steps or warmup-ratio, not both",
+            Some(ratio.location.clone()),
+        ),
         _ => Vec::new(),
     }
 }
@@ -74,7 +80,10 @@ fn warmup_long(ctx: &RuleContext) -> Vec<Finding> {
     let Some(plan) = ctx.plan() else { return Vec::new() };
     match warmup(ctx, plan.total_steps) {
         Some((w, at)) if warmup_schedule(ctx) && w * 2 > plan.total_steps && w < plan.total_steps => one(
-            format!("warmup ({w} steps) is more than half of the run ({} steps)", plan.total_steps),
+            format!(
+                "warmup ({w} steps) is more than half of the run ({} steps)",
+                plan.total_steps
+            ),
             Some(at),
         )
         .into_iter()
@@ -91,7 +100,9 @@ lora_core::rule! {
 }
 
 fn no_warmup_high_lr(ctx: &RuleContext) -> Vec<Finding> {
-    let Some(lr) = learning_rate(ctx) else { return Vec::new() };
+    let Some(lr) = learning_rate(ctx) else {
+        return Vec::new();
+    };
     let Some(plan) = ctx.plan() else { return Vec::new() };
     if !warmup_schedule(ctx) || lr < 5e-3 || sgd(ctx) {
         return Vec::new();
@@ -101,7 +112,10 @@ fn no_warmup_high_lr(ctx: &RuleContext) -> Vec<Finding> {
             .into_iter()
             .map(|f| f.help("a few percent of warmup (warmup-ratio = 0.06) keeps the first steps stable"))
             .collect(),
-        None => one(format!("no warmup with a learning rate of {lr}"), ctx.location("train.scheduler")),
+        None => one(
+            format!("no warmup with a learning rate of {lr}"),
+            ctx.location("train.scheduler"),
+        ),
         _ => Vec::new(),
     }
 }
@@ -113,7 +127,9 @@ lora_core::rule! {
 }
 
 fn max_steps_beyond_epochs(ctx: &RuleContext) -> Vec<Finding> {
-    let (Some(epochs), Some(max)) = (ctx.int("train.epochs"), ctx.int("train.max-steps")) else { return Vec::new() };
+    let (Some(epochs), Some(max)) = (ctx.int("train.epochs"), ctx.int("train.max-steps")) else {
+        return Vec::new();
+    };
     let Some(plan) = ctx.plan() else { return Vec::new() };
     let by_epochs = epochs.value.max(0) as usize * plan.steps_per_epoch;
     if max.value as usize > by_epochs && epochs.value > 0 {
@@ -138,7 +154,9 @@ lora_core::rule! {
 }
 
 fn batch_exceeds_train(ctx: &RuleContext) -> Vec<Finding> {
-    let (Some(plan), Some(b)) = (ctx.plan(), ctx.int("train.batch-size")) else { return Vec::new() };
+    let (Some(plan), Some(b)) = (ctx.plan(), ctx.int("train.batch-size")) else {
+        return Vec::new();
+    };
     if plan.samples > 0 && b.value as usize > plan.samples {
         return one(
             format!(
@@ -158,7 +176,9 @@ lora_core::rule! {
 }
 
 fn effective_batch_exceeds(ctx: &RuleContext) -> Vec<Finding> {
-    let (Some(plan), Some(a)) = (ctx.plan(), ctx.int("train.gradient-accumulation-steps")) else { return Vec::new() };
+    let (Some(plan), Some(a)) = (ctx.plan(), ctx.int("train.gradient-accumulation-steps")) else {
+        return Vec::new();
+    };
     let effective = plan.batch_size * plan.accumulation;
     if plan.samples > 0 && plan.batch_size <= plan.samples && effective > plan.samples {
         return one(
@@ -197,9 +217,14 @@ lora_core::rule! {
 }
 
 fn clip_off_high_lr(ctx: &RuleContext) -> Vec<Finding> {
-    let (Some(c), Some(lr)) = (ctx.float("train.max-grad-norm"), learning_rate(ctx)) else { return Vec::new() };
+    let (Some(c), Some(lr)) = (ctx.float("train.max-grad-norm"), learning_rate(ctx)) else {
+        return Vec::new();
+    };
     if supervised(ctx) && c.value == 0.0 && lr >= 1e-2 {
-        return one(format!("clipping is off (max-grad-norm = 0) with a learning rate of {lr}"), Some(c.location));
+        return one(
+            format!("clipping is off (max-grad-norm = 0) with a learning rate of {lr}"),
+            Some(c.location),
+        );
     }
     Vec::new()
 }
@@ -245,7 +270,9 @@ lora_core::rule! {
 }
 
 fn every_beyond_run(ctx: &RuleContext) -> Vec<Finding> {
-    let (Some(plan), Some(e)) = (ctx.plan(), ctx.int("eval.every-steps")) else { return Vec::new() };
+    let (Some(plan), Some(e)) = (ctx.plan(), ctx.int("eval.every-steps")) else {
+        return Vec::new();
+    };
     if classification_eval(ctx) && e.value > 0 && e.value as usize > plan.total_steps {
         return one(
             format!(
@@ -311,7 +338,9 @@ lora_core::rule! {
 }
 
 fn extension_mismatch(ctx: &RuleContext) -> Vec<Finding> {
-    let Some(ty) = ctx.type_of("data").filter(|_| text_data(ctx)) else { return Vec::new() };
+    let Some(ty) = ctx.type_of("data").filter(|_| text_data(ctx)) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for key in ["data.path", "data.validation-path"] {
         let Some(p) = ctx.string(key) else { continue };
@@ -325,8 +354,11 @@ fn extension_mismatch(ctx: &RuleContext) -> Vec<Finding> {
         };
         if let Some(looks) = looks.filter(|l| *l != ty) {
             out.push(
-                Finding::new(format!("`{}` looks like {looks} but [data] type is `{ty}`", p.value), Some(p.location))
-                    .help(format!("set type = \"{looks}\"")),
+                Finding::new(
+                    format!("`{}` looks like {looks} but [data] type is `{ty}`", p.value),
+                    Some(p.location),
+                )
+                .help(format!("set type = \"{looks}\"")),
             );
         }
     }

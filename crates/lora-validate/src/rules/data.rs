@@ -30,7 +30,9 @@ lora_core::rule! {
 }
 
 fn missing_file(ctx: &RuleContext, key: &str, what: &str) -> Vec<Finding> {
-    let Some(at) = ctx.location(key).filter(|_| text_data(ctx)) else { return Vec::new() };
+    let Some(at) = ctx.location(key).filter(|_| text_data(ctx)) else {
+        return Vec::new();
+    };
     match ctx.facts.path(key) {
         Some(p) if !p.exists() => one(format!("{what} {} does not exist", p.display()), Some(at)),
         _ => Vec::new(),
@@ -88,7 +90,10 @@ fn is_directory(ctx: &RuleContext) -> Vec<Finding> {
             && p.is_dir()
             && text_data(ctx)
         {
-            out.push(Finding::new(format!("{} is a folder, not a data file", p.display()), Some(at)));
+            out.push(Finding::new(
+                format!("{} is a folder, not a data file", p.display()),
+                Some(at),
+            ));
         }
     }
     out
@@ -172,8 +177,12 @@ lora_core::rule! {
 }
 
 fn wrong_delimiter(ctx: &RuleContext) -> Vec<Finding> {
-    let Some(h) = facts(ctx).and_then(|d| d.single_column_header.as_ref()) else { return Vec::new() };
-    let guess = [(';', "\";\""), ('\t', "\"\\t\""), ('|', "\"|\"")].into_iter().find(|(c, _)| h.contains(*c));
+    let Some(h) = facts(ctx).and_then(|d| d.single_column_header.as_ref()) else {
+        return Vec::new();
+    };
+    let guess = [(';', "\";\""), ('\t', "\"\\t\""), ('|', "\"|\"")]
+        .into_iter()
+        .find(|(c, _)| h.contains(*c));
     match guess {
         Some((_, lit)) => one(
             format!("the csv header {h:?} does not split on the delimiter"),
@@ -199,7 +208,10 @@ fn file_empty(ctx: &RuleContext) -> Vec<Finding> {
             out.push(Finding::new("the data file has no rows", ctx.location("data.path")));
         }
         if d.validation_file_rows == Some(0) {
-            out.push(Finding::new("the validation file has no rows", ctx.location("data.validation-path")));
+            out.push(Finding::new(
+                "the validation file has no rows",
+                ctx.location("data.validation-path"),
+            ));
         }
     }
     out
@@ -216,8 +228,12 @@ fn label_name(d: &DataFacts, class: usize) -> &str {
 }
 
 fn single_class(ctx: &RuleContext) -> Vec<Finding> {
-    let Some(d) = rows(ctx).filter(|d| d.train.rows > 0) else { return Vec::new() };
-    let present: Vec<usize> = (0..d.train.label_counts.len()).filter(|&c| d.train.label_counts[c] > 0).collect();
+    let Some(d) = rows(ctx).filter(|d| d.train.rows > 0) else {
+        return Vec::new();
+    };
+    let present: Vec<usize> = (0..d.train.label_counts.len())
+        .filter(|&c| d.train.label_counts[c] > 0)
+        .collect();
     if let [class] = present[..] {
         return one(
             format!(
@@ -238,13 +254,20 @@ lora_core::rule! {
 }
 
 fn label_absent(ctx: &RuleContext) -> Vec<Finding> {
-    let Some(d) = rows(ctx).filter(|d| d.file_rows > 0) else { return Vec::new() };
-    let Some(at) = ctx.location("data.labels") else { return Vec::new() };
+    let Some(d) = rows(ctx).filter(|d| d.file_rows > 0) else {
+        return Vec::new();
+    };
+    let Some(at) = ctx.location("data.labels") else {
+        return Vec::new();
+    };
     (0..d.label_names.len())
-        .filter(|&c| {
-            d.train.label_counts.get(c) == Some(&0) && d.validation.label_counts.get(c) == Some(&0)
+        .filter(|&c| d.train.label_counts.get(c) == Some(&0) && d.validation.label_counts.get(c) == Some(&0))
+        .map(|c| {
+            Finding::new(
+                format!("label `{}` has no rows in the data", label_name(d, c)),
+                Some(at.clone()),
+            )
         })
-        .map(|c| Finding::new(format!("label `{}` has no rows in the data", label_name(d, c)), Some(at.clone())))
         .collect()
 }
 lora_core::rule! {
@@ -257,7 +280,9 @@ lora_core::rule! {
 fn unseen_in_train(ctx: &RuleContext) -> Vec<Finding> {
     let Some(d) = rows(ctx) else { return Vec::new() };
     (0..d.label_names.len())
-        .filter(|&c| d.train.label_counts.get(c) == Some(&0) && d.validation.label_counts.get(c).is_some_and(|&n| n > 0))
+        .filter(|&c| {
+            d.train.label_counts.get(c) == Some(&0) && d.validation.label_counts.get(c).is_some_and(|&n| n > 0)
+        })
         .map(|c| {
             Finding::new(
                 format!(
@@ -265,7 +290,8 @@ fn unseen_in_train(ctx: &RuleContext) -> Vec<Finding> {
                     label_name(d, c),
                     d.validation.label_counts[c]
                 ),
-                ctx.location("data.validation-path").or_else(|| ctx.location("data.path")),
+                ctx.location("data.validation-path")
+                    .or_else(|| ctx.location("data.path")),
             )
         })
         .collect()
@@ -310,7 +336,10 @@ fn unknown_skipped(ctx: &RuleContext) -> Vec<Finding> {
     let total = d.file_rows + d.validation_file_rows.unwrap_or(0);
     match &d.unknown_labels {
         Some((n, _, _)) if on_unknown_skip(ctx) && *n * 10 > total => one(
-            format!("on-unknown-label = \"skip\" drops {n} of {total} rows ({:.0}%)", 100.0 * *n as f64 / total as f64),
+            format!(
+                "on-unknown-label = \"skip\" drops {n} of {total} rows ({:.0}%)",
+                100.0 * *n as f64 / total as f64
+            ),
             ctx.location("data.on-unknown-label"),
         ),
         _ => Vec::new(),
@@ -349,10 +378,15 @@ lora_core::rule! {
 fn imbalance(ctx: &RuleContext) -> Vec<Finding> {
     let Some(d) = rows(ctx) else { return Vec::new() };
     let present: Vec<usize> = d.train.label_counts.iter().copied().filter(|&n| n > 0).collect();
-    let (Some(&max), Some(&min)) = (present.iter().max(), present.iter().min()) else { return Vec::new() };
+    let (Some(&max), Some(&min)) = (present.iter().max(), present.iter().min()) else {
+        return Vec::new();
+    };
     if present.len() >= 2 && max >= 10 * min {
         return one(
-            format!("the largest class has {max} training rows, the smallest {min} ({}x)", max / min.max(1)),
+            format!(
+                "the largest class has {max} training rows, the smallest {min} ({}x)",
+                max / min.max(1)
+            ),
             ctx.location("data.path"),
         )
         .into_iter()
@@ -369,11 +403,16 @@ lora_core::rule! {
 }
 
 fn too_few_rows(ctx: &RuleContext) -> Vec<Finding> {
-    let Some(d) = rows(ctx).filter(|d| d.train.rows > 0) else { return Vec::new() };
+    let Some(d) = rows(ctx).filter(|d| d.train.rows > 0) else {
+        return Vec::new();
+    };
     let classes = d.label_names.len().max(2);
     if d.train.rows < 10 * classes {
         return one(
-            format!("{} training rows for {classes} classes: fewer than 10 per class", d.train.rows),
+            format!(
+                "{} training rows for {classes} classes: fewer than 10 per class",
+                d.train.rows
+            ),
             ctx.location("data.path"),
         );
     }
@@ -440,7 +479,8 @@ fn overlap(ctx: &RuleContext) -> Vec<Finding> {
                 "{} training texts also appear in the validation split ({} rows): scores will be optimistic",
                 d.shared_texts, d.validation.rows
             ),
-            ctx.location("data.validation-path").or_else(|| ctx.location("data.path")),
+            ctx.location("data.validation-path")
+                .or_else(|| ctx.location("data.path")),
         );
     }
     Vec::new()
@@ -456,7 +496,10 @@ fn duplicates(ctx: &RuleContext) -> Vec<Finding> {
     let Some(d) = rows(ctx) else { return Vec::new() };
     if d.train.rows > 0 && d.duplicate_train_texts * 20 > d.train.rows {
         return one(
-            format!("{} of {} training texts repeat an earlier one", d.duplicate_train_texts, d.train.rows),
+            format!(
+                "{} of {} training texts repeat an earlier one",
+                d.duplicate_train_texts, d.train.rows
+            ),
             ctx.location("data.path"),
         );
     }
@@ -469,28 +512,15 @@ lora_core::rule! {
     trip: [Set("data.path=\"{fixtures}/data/duplicates.csv\"")], check: duplicates,
 }
 
-fn empty_texts(ctx: &RuleContext) -> Vec<Finding> {
-    match rows(ctx) {
-        Some(d) if d.empty_texts > 0 => one(
-            format!("{} rows have an empty text", d.empty_texts),
-            ctx.location("data.text-column").or_else(|| ctx.location("data.path")),
-        ),
-        _ => Vec::new(),
-    }
-}
-lora_core::rule! {
-    id: "data::empty-texts", category: Data, severity: Warning,
-    summary: "Some rows have an empty text.",
-    doc: "An empty text is [CLS] [SEP]: the label is learned from nothing.",
-    trip: [Set("data.path=\"{fixtures}/data/empty-texts.csv\"")], check: empty_texts,
-}
-
 fn numeric_texts(ctx: &RuleContext) -> Vec<Finding> {
     let Some(d) = rows(ctx) else { return Vec::new() };
     let total = d.file_rows + d.validation_file_rows.unwrap_or(0);
     if total > 0 && d.numeric_texts * 2 > total {
         return one(
-            format!("{} of {total} texts are numbers: is text-column the right column?", d.numeric_texts),
+            format!(
+                "{} of {total} texts are numbers: is text-column the right column?",
+                d.numeric_texts
+            ),
             ctx.location("data.text-column").or_else(|| ctx.location("data")),
         );
     }
@@ -500,7 +530,7 @@ lora_core::rule! {
     id: "data::numeric-texts", category: Data, severity: Warning,
     summary: "Most texts are numbers.",
     doc: "text-column probably names an id or score column.",
-    trip: [Set("data.text-column=\"confidence\"")], check: numeric_texts,
+    trip: [Set("data.path=\"{fixtures}/data/numeric.csv\"")], check: numeric_texts,
 }
 
 fn encoding(ctx: &RuleContext) -> Vec<Finding> {
@@ -508,7 +538,10 @@ fn encoding(ctx: &RuleContext) -> Vec<Finding> {
     let total = d.file_rows + d.validation_file_rows.unwrap_or(0);
     if total > 0 && d.replacement_texts * 20 > total {
         return one(
-            format!("{} of {total} texts contain bytes that are not UTF-8", d.replacement_texts),
+            format!(
+                "{} of {total} texts contain bytes that are not UTF-8",
+                d.replacement_texts
+            ),
             ctx.location("data.path"),
         )
         .into_iter()
@@ -529,7 +562,10 @@ fn labels_like_text(ctx: &RuleContext) -> Vec<Finding> {
     let distinct = d.distinct_raw_labels.len();
     if distinct > 20 && distinct * 2 > d.file_rows {
         return one(
-            format!("the label column has {distinct} distinct values in {} rows: it looks like text", d.file_rows),
+            format!(
+                "the label column has {distinct} distinct values in {} rows: it looks like text",
+                d.file_rows
+            ),
             ctx.location("data.label-column").or_else(|| ctx.location("data")),
         )
         .into_iter()
@@ -547,7 +583,9 @@ lora_core::rule! {
 
 fn truncation(ctx: &RuleContext) -> Vec<Finding> {
     let Some(d) = facts(ctx) else { return Vec::new() };
-    let Some([p50, p90, p99, max]) = d.token_length_percentiles else { return Vec::new() };
+    let Some([p50, p90, p99, max]) = d.token_length_percentiles else {
+        return Vec::new();
+    };
     if d.truncated_share > 0.1 {
         let at = ctx.location("data.max-length").or_else(|| ctx.location("data"));
         return one(
@@ -575,7 +613,10 @@ fn short_texts(ctx: &RuleContext) -> Vec<Finding> {
     let Some(d) = facts(ctx) else { return Vec::new() };
     match d.token_length_percentiles {
         Some([p50, ..]) if p50 <= 4 => one(
-            format!("half of the texts have at most {} tokens of content", p50.saturating_sub(2)),
+            format!(
+                "half of the texts have at most {} tokens of content",
+                p50.saturating_sub(2)
+            ),
             ctx.location("data.text-column").or_else(|| ctx.location("data.path")),
         ),
         _ => Vec::new(),
@@ -585,15 +626,21 @@ lora_core::rule! {
     id: "data::short-texts", category: Data, severity: Warning,
     summary: "Half of the texts have two tokens or fewer.",
     doc: "Texts that short are usually a wrong column (labels, ids) or a broken export.",
-    trip: [Set("data.path=\"{fixtures}/data/imbalanced.csv\"")], check: short_texts,
+    trip: [Set("data.path=\"{fixtures}/data/short.csv\"")], check: short_texts,
 }
 
 fn cap_above(ctx: &RuleContext, key: &str, available: impl Fn(&DataFacts) -> usize, what: &str) -> Vec<Finding> {
-    let (Some(d), Some(cap)) = (rows(ctx), ctx.int(key)) else { return Vec::new() };
+    let (Some(d), Some(cap)) = (rows(ctx), ctx.int(key)) else {
+        return Vec::new();
+    };
     let n = available(d);
     if cap.value > 0 && cap.value as usize > n && n > 0 {
         return one(
-            format!("{} ({}) is above the {n} {what} rows available: the cap has no effect", key.trim_start_matches("data."), cap.value),
+            format!(
+                "{} ({}) is above the {n} {what} rows available: the cap has no effect",
+                key.trim_start_matches("data."),
+                cap.value
+            ),
             Some(cap.location),
         );
     }

@@ -100,7 +100,9 @@ pub(crate) fn classification_eval(ctx: &RuleContext) -> bool {
 
 /// The learning rate, when an optimizer sets one.
 pub(crate) fn learning_rate(ctx: &RuleContext) -> Option<f64> {
-    any_optimizer(ctx).then(|| ctx.float("train.optimizer.lr").map(|v| v.value)).flatten()
+    any_optimizer(ctx)
+        .then(|| ctx.float("train.optimizer.lr").map(|v| v.value))
+        .flatten()
 }
 
 /// Registers a range rule on one numeric field.

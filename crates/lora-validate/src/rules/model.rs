@@ -14,7 +14,9 @@ fn facts<'a>(ctx: &RuleContext<'a>) -> Option<&'a ModelFacts> {
 /// An `asset:NAME/...` reference whose NAME is not a pinned asset.
 pub(crate) fn unknown_asset(ctx: &RuleContext, key: &str) -> Vec<Finding> {
     let Some(p) = ctx.string(key) else { return Vec::new() };
-    let Some(rest) = p.value.strip_prefix("asset:") else { return Vec::new() };
+    let Some(rest) = p.value.strip_prefix("asset:") else {
+        return Vec::new();
+    };
     let name = rest.split('/').next().unwrap_or("");
     if ctx.facts.assets.is_empty() || ctx.facts.assets.iter().any(|(n, _)| n == name) {
         return Vec::new();
@@ -156,7 +158,10 @@ lora_core::rule! {
 fn activation(ctx: &RuleContext) -> Vec<Finding> {
     match facts(ctx) {
         Some(m) if bert(ctx) && m.activation != "gelu" => one(
-            format!("hidden_act `{}` is not supported; only `gelu` (the exact erf form)", m.activation),
+            format!(
+                "hidden_act `{}` is not supported; only `gelu` (the exact erf form)",
+                m.activation
+            ),
             ctx.location("model.path"),
         ),
         _ => Vec::new(),
@@ -199,7 +204,10 @@ const LLAMA_NAMES: [(&str, &str); 7] = [
 ];
 
 fn is_path_like(name: &str) -> bool {
-    name.contains("layer.") || name.starts_with("encoder.") || name.starts_with("bert.") || name.starts_with("attention.self.")
+    name.contains("layer.")
+        || name.starts_with("encoder.")
+        || name.starts_with("bert.")
+        || name.starts_with("attention.self.")
 }
 
 fn valid_targets() -> impl Iterator<Item = &'static str> + Clone {
@@ -207,14 +215,19 @@ fn valid_targets() -> impl Iterator<Item = &'static str> + Clone {
 }
 
 fn unknown_target(ctx: &RuleContext) -> Vec<Finding> {
-    let Some(t) = ctx.strings("lora.target-modules").filter(|_| bert(ctx)) else { return Vec::new() };
+    let Some(t) = ctx.strings("lora.target-modules").filter(|_| bert(ctx)) else {
+        return Vec::new();
+    };
     t.value
         .iter()
         .filter(|n| !valid_targets().any(|v| v == **n))
         .filter(|n| !LLAMA_NAMES.iter().any(|(l, _)| l == *n) && !is_path_like(n))
         .map(|n| {
-            Finding::new(format!("unknown target module `{n}` for a BERT encoder"), Some(t.location.clone()))
-                .help(suggest(n, valid_targets()))
+            Finding::new(
+                format!("unknown target module `{n}` for a BERT encoder"),
+                Some(t.location.clone()),
+            )
+            .help(suggest(n, valid_targets()))
         })
         .collect()
 }
@@ -226,7 +239,9 @@ lora_core::rule! {
 }
 
 fn llama_names(ctx: &RuleContext) -> Vec<Finding> {
-    let Some(t) = ctx.strings("lora.target-modules").filter(|_| bert(ctx)) else { return Vec::new() };
+    let Some(t) = ctx.strings("lora.target-modules").filter(|_| bert(ctx)) else {
+        return Vec::new();
+    };
     t.value
         .iter()
         .filter_map(|n| LLAMA_NAMES.iter().find(|(l, _)| l == n))
@@ -247,7 +262,9 @@ lora_core::rule! {
 }
 
 fn target_is_path(ctx: &RuleContext) -> Vec<Finding> {
-    let Some(t) = ctx.strings("lora.target-modules").filter(|_| bert(ctx)) else { return Vec::new() };
+    let Some(t) = ctx.strings("lora.target-modules").filter(|_| bert(ctx)) else {
+        return Vec::new();
+    };
     t.value
         .iter()
         .filter(|n| is_path_like(n))
@@ -272,7 +289,9 @@ lora_core::rule! {
 }
 
 fn rank_exceeds_hidden(ctx: &RuleContext) -> Vec<Finding> {
-    let (Some(m), Some(r)) = (facts(ctx), ctx.int("lora.r")) else { return Vec::new() };
+    let (Some(m), Some(r)) = (facts(ctx), ctx.int("lora.r")) else {
+        return Vec::new();
+    };
     if m.hidden_size > 0 && r.value as usize > m.hidden_size {
         return one(
             format!(
@@ -323,7 +342,9 @@ lora_core::rule! {
 }
 
 fn tensor_missing(ctx: &RuleContext) -> Vec<Finding> {
-    let (Some(m), Some(t)) = (facts(ctx), ctx.strings("lora.target-modules")) else { return Vec::new() };
+    let (Some(m), Some(t)) = (facts(ctx), ctx.strings("lora.target-modules")) else {
+        return Vec::new();
+    };
     t.value
         .iter()
         .filter(|n| m.targets.get(**n).is_some_and(Vec::is_empty))
@@ -376,7 +397,9 @@ lora_core::rule! {
 }
 
 fn max_length_positions(ctx: &RuleContext) -> Vec<Finding> {
-    let (Some(m), Some(l)) = (facts(ctx), ctx.int("data.max-length")) else { return Vec::new() };
+    let (Some(m), Some(l)) = (facts(ctx), ctx.int("data.max-length")) else {
+        return Vec::new();
+    };
     if text_data(ctx) && m.max_positions > 0 && l.value as usize > m.max_positions {
         return one(
             format!(
@@ -396,7 +419,9 @@ lora_core::rule! {
 }
 
 fn vocab_exceeds(ctx: &RuleContext) -> Vec<Finding> {
-    let (Some(m), Some(d)) = (facts(ctx), ctx.facts.data.as_ref()) else { return Vec::new() };
+    let (Some(m), Some(d)) = (facts(ctx), ctx.facts.data.as_ref()) else {
+        return Vec::new();
+    };
     match d.tokenizer_vocab {
         Some(v) if m.vocab_size > 0 && v > m.vocab_size => one(
             format!(
@@ -417,7 +442,9 @@ lora_core::rule! {
 }
 
 fn vocab_smaller(ctx: &RuleContext) -> Vec<Finding> {
-    let (Some(m), Some(d)) = (facts(ctx), ctx.facts.data.as_ref()) else { return Vec::new() };
+    let (Some(m), Some(d)) = (facts(ctx), ctx.facts.data.as_ref()) else {
+        return Vec::new();
+    };
     match d.tokenizer_vocab {
         Some(v) if v < m.vocab_size => one(
             format!(
@@ -437,15 +464,20 @@ lora_core::rule! {
 }
 
 fn no_tokenizer(ctx: &RuleContext) -> Vec<Finding> {
-    let Some(d) = ctx.facts.data.as_ref() else { return Vec::new() };
+    let Some(d) = ctx.facts.data.as_ref() else {
+        return Vec::new();
+    };
     if ctx.node("data.tokenizer").is_some() {
         return Vec::new();
     }
     match (&d.tokenizer_error, facts(ctx)) {
-        (Some(_), Some(m)) if !m.has_tokenizer => one("the model has no tokenizer.json and [data] names none", ctx.location("data"))
-            .into_iter()
-            .map(|f| f.help("set tokenizer = \"path/to/tokenizer.json\" in [data]"))
-            .collect(),
+        (Some(_), Some(m)) if !m.has_tokenizer => one(
+            "the model has no tokenizer.json and [data] names none",
+            ctx.location("data"),
+        )
+        .into_iter()
+        .map(|f| f.help("set tokenizer = \"path/to/tokenizer.json\" in [data]"))
+        .collect(),
         _ => Vec::new(),
     }
 }
@@ -457,7 +489,9 @@ lora_core::rule! {
 }
 
 fn num_labels_mismatch(ctx: &RuleContext) -> Vec<Finding> {
-    let (Some(n), Some(d)) = (ctx.int("model.num-labels"), ctx.facts.data.as_ref()) else { return Vec::new() };
+    let (Some(n), Some(d)) = (ctx.int("model.num-labels"), ctx.facts.data.as_ref()) else {
+        return Vec::new();
+    };
     let labels = d.label_names.len();
     if bert(ctx) && labels > 0 && n.value as usize != labels && n.value >= 2 {
         return one(
@@ -499,10 +533,20 @@ lora_core::rule! {
 
 fn base_name_unresolvable(ctx: &RuleContext) -> Vec<Finding> {
     match ctx.string("model.base-model-name") {
-        Some(n) if bert(ctx) && !n.value.trim().is_empty() && !n.value.contains('/') && !std::path::Path::new(n.value).exists() => one(
-            format!("base-model-name {:?} is neither a hub id (org/name) nor an existing path", n.value),
-            Some(n.location),
-        ),
+        Some(n)
+            if bert(ctx)
+                && !n.value.trim().is_empty()
+                && !n.value.contains('/')
+                && !std::path::Path::new(n.value).exists() =>
+        {
+            one(
+                format!(
+                    "base-model-name {:?} is neither a hub id (org/name) nor an existing path",
+                    n.value
+                ),
+                Some(n.location),
+            )
+        }
         _ => Vec::new(),
     }
 }

@@ -32,8 +32,12 @@ pub fn predicted_peak_bytes(ctx: &RuleContext) -> Option<(f64, usize, usize)> {
 }
 
 fn memory(ctx: &RuleContext) -> Vec<Finding> {
-    let Some(total) = ctx.facts.machine.total_memory_bytes else { return Vec::new() };
-    let Some((bytes, batch, length)) = predicted_peak_bytes(ctx).filter(|_| supervised(ctx)) else { return Vec::new() };
+    let Some(total) = ctx.facts.machine.total_memory_bytes else {
+        return Vec::new();
+    };
+    let Some((bytes, batch, length)) = predicted_peak_bytes(ctx).filter(|_| supervised(ctx)) else {
+        return Vec::new();
+    };
     if bytes > total as f64 {
         return one(
             format!(
@@ -44,7 +48,9 @@ fn memory(ctx: &RuleContext) -> Vec<Finding> {
             ctx.location("train.batch-size").or_else(|| ctx.location("train")),
         )
         .into_iter()
-        .map(|f| f.help("lower batch-size and raise gradient-accumulation-steps: the same effective batch in less memory"))
+        .map(|f| {
+            f.help("lower batch-size and raise gradient-accumulation-steps: the same effective batch in less memory")
+        })
         .collect();
     }
     Vec::new()
@@ -63,8 +69,11 @@ fn slow_run(ctx: &RuleContext) -> Vec<Finding> {
     let (Some(m), Some(plan), Some(d)) = (ctx.facts.model.as_ref(), ctx.plan(), ctx.facts.data.as_ref()) else {
         return Vec::new();
     };
-    let Some([p50, ..]) = d.token_length_percentiles else { return Vec::new() };
-    let tokens = (plan.total_steps * plan.batch_size * plan.accumulation).min(plan.total_steps * plan.samples.max(1)) as f64
+    let Some([p50, ..]) = d.token_length_percentiles else {
+        return Vec::new();
+    };
+    let tokens = (plan.total_steps * plan.batch_size * plan.accumulation).min(plan.total_steps * plan.samples.max(1))
+        as f64
         * p50 as f64;
     // Forward (2 FLOP per weight per token) and backward for activations only (2 more).
     let flops = 4.0 * m.parameters as f64 * tokens;
@@ -77,7 +86,9 @@ fn slow_run(ctx: &RuleContext) -> Vec<Finding> {
                 seconds / 3600.0,
                 ctx.facts.machine.cores
             ),
-            ctx.location("train.epochs").or_else(|| ctx.location("train.max-steps")).or_else(|| ctx.location("train")),
+            ctx.location("train.epochs")
+                .or_else(|| ctx.location("train.max-steps"))
+                .or_else(|| ctx.location("train")),
         );
     }
     Vec::new()
@@ -95,10 +106,15 @@ fn output_dir(ctx: &RuleContext) -> Option<(std::path::PathBuf, lora_core::diag:
 }
 
 fn output_not_empty(ctx: &RuleContext) -> Vec<Finding> {
-    let Some((dir, at)) = output_dir(ctx) else { return Vec::new() };
+    let Some((dir, at)) = output_dir(ctx) else {
+        return Vec::new();
+    };
     if dir.join("adapter_config.json").exists() || dir.join("adapter_model.safetensors").exists() {
         return one(
-            format!("{} holds the adapter of an earlier run; it will be overwritten", dir.display()),
+            format!(
+                "{} holds the adapter of an earlier run; it will be overwritten",
+                dir.display()
+            ),
             Some(at),
         );
     }
@@ -126,13 +142,19 @@ lora_core::rule! {
 
 fn output_unwritable(ctx: &RuleContext) -> Vec<Finding> {
     use std::os::unix::fs::PermissionsExt;
-    let Some((dir, at)) = output_dir(ctx) else { return Vec::new() };
+    let Some((dir, at)) = output_dir(ctx) else {
+        return Vec::new();
+    };
     // The nearest folder that exists is where the run will create its own.
     let existing = dir.ancestors().find(|p| !p.as_os_str().is_empty() && p.exists());
     let Some(existing) = existing else { return Vec::new() };
     match std::fs::metadata(existing) {
         Ok(meta) if meta.is_dir() && meta.permissions().mode() & 0o222 == 0 => one(
-            format!("{} cannot be created: {} is read-only", dir.display(), existing.display()),
+            format!(
+                "{} cannot be created: {} is read-only",
+                dir.display(),
+                existing.display()
+            ),
             Some(at),
         ),
         _ => Vec::new(),

@@ -133,13 +133,13 @@ pub fn check_source(source: Arc<SourceFile>, assets: &dyn AssetResolver) -> Chec
         ctx.tokenizer = model.tokenizer(&ctx).ok().flatten();
         match model.facts(&ctx) {
             Ok(f) => facts.model = f,
-            Err(e) => facts.model_error = Some(e.to_string()),
+            Err(e) => facts.model_error = Some(plain(&e)),
         }
     }
     if let Some(data) = &data {
         match data.facts(&ctx) {
             Ok(f) => facts.data = f,
-            Err(e) => facts.data_error = Some(e.to_string()),
+            Err(e) => facts.data_error = Some(plain(&e)),
         }
     }
 
@@ -176,4 +176,12 @@ fn complete(file: Arc<SourceFile>, p: PartialConfig) -> Option<PipelineConfig> {
         train: p.train?,
         eval: p.eval?,
     })
+}
+
+/// An error's message without the "data error: " kind prefix: a rule adds its own headline.
+fn plain(e: &lora_core::Error) -> String {
+    match e {
+        lora_core::Error::Data(m) => m.clone(),
+        other => other.to_string(),
+    }
 }

@@ -310,7 +310,7 @@ impl<'a> RuleContext<'a> {
     /// The training plan implied by the configuration and the data, when the data is known.
     pub fn plan(&self) -> Option<TrainPlan> {
         let data = self.facts.data.as_ref()?;
-        if self.type_of("train") != Some("supervised") {
+        if data.read_error.is_some() || data.train.rows == 0 || self.type_of("train") != Some("supervised") {
             return None;
         }
         let batch = self.count_or("train.batch-size", 32).max(1);

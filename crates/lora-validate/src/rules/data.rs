@@ -164,8 +164,11 @@ lora_core::rule! {
 
 fn unreadable_rows(ctx: &RuleContext) -> Vec<Finding> {
     let Some(d) = facts(ctx) else { return Vec::new() };
+    let missing = ["data.path", "data.validation-path"]
+        .iter()
+        .any(|k| ctx.facts.path(k).is_some_and(|p| !p.is_file()));
     match &d.read_error {
-        Some(e) if !e.contains("no column") => one(e.clone(), ctx.location("data.path")),
+        Some(e) if !e.contains("no column") && !missing => one(e.clone(), ctx.location("data.path")),
         _ => Vec::new(),
     }
 }

@@ -7,6 +7,7 @@
 pub mod alloc;
 pub mod bench;
 pub mod pipeline;
+pub mod plugins;
 pub mod show;
 pub mod validate;
 

@@ -57,7 +57,10 @@ pub fn check_source(source: Arc<SourceFile>, assets: &dyn AssetResolver) -> Chec
             };
         }
     };
-    let (partial, mut loader) = PartialConfig::parse(source.clone());
+    // Plugins first: what they register is then known to the registries and the rules.
+    let mut loader = crate::plugins::load_from(&doc);
+    let (partial, parse_diags) = PartialConfig::parse(source.clone());
+    loader.0.extend(parse_diags.0);
     let backend = partial
         .run
         .as_ref()

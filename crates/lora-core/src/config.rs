@@ -271,7 +271,8 @@ pub struct PipelineConfig {
     pub eval: Component,
 }
 
-const SECTIONS: [&str; 6] = ["run", "data", "model", "lora", "train", "eval"];
+/// Top-level tables; `plugins` is read by the plugin loader, not by a stage.
+const SECTIONS: [&str; 7] = ["run", "data", "model", "lora", "train", "eval", "plugins"];
 
 /// Every section that parsed, and the problems of those that did not: the
 /// validator checks what it can even when some sections are broken.

@@ -25,10 +25,12 @@ pub enum Category {
     Resource,
     /// Checks against the chosen backend.
     Backend,
+    /// Rules a dynamic plugin registered.
+    Plugin,
 }
 
 impl Category {
-    pub const ALL: [Category; 7] = [
+    pub const ALL: [Category; 8] = [
         Category::Structure,
         Category::Range,
         Category::Cross,
@@ -36,6 +38,7 @@ impl Category {
         Category::Data,
         Category::Resource,
         Category::Backend,
+        Category::Plugin,
     ];
 
     pub fn name(self) -> &'static str {
@@ -47,6 +50,7 @@ impl Category {
             Category::Data => "data",
             Category::Resource => "resource",
             Category::Backend => "backend",
+            Category::Plugin => "plugin",
         }
     }
 }
@@ -88,12 +92,15 @@ impl Finding {
     }
 }
 
-pub type Check = fn(&RuleContext) -> Vec<Finding>;
+/// A rule's check: a function for built-in rules, a closure for rules loaded from a plugin.
+pub type Check = &'static (dyn Fn(&RuleContext) -> Vec<Finding> + Send + Sync);
 
 /// A registered validation rule.
 pub struct RuleEntry {
     /// Stable id, `section::what`, shown in diagnostics and `lora rules`.
     pub id: &'static str,
+    /// Where the rule comes from: `built in`, or a plugin library's path.
+    pub origin: &'static str,
     pub category: Category,
     pub severity: Severity,
     /// One line, shown by `lora rules`.
@@ -108,9 +115,20 @@ pub struct RuleEntry {
 
 inventory::collect!(RuleEntry);
 
-/// Every registered rule, sorted by id.
+/// Rules registered at run time by dynamic plugins; never removed (libraries stay loaded).
+static DYNAMIC: std::sync::Mutex<Vec<&'static RuleEntry>> = std::sync::Mutex::new(Vec::new());
+
+/// Adds a rule at run time (a dynamic plugin's). The entry is leaked: it lives as long as its library.
+pub fn register_dynamic(entry: RuleEntry) -> &'static RuleEntry {
+    let entry: &'static RuleEntry = Box::leak(Box::new(entry));
+    DYNAMIC.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
+    entry
+}
+
+/// Every registered rule, built in and loaded, sorted by id.
 pub fn rules() -> Vec<&'static RuleEntry> {
     let mut v: Vec<&'static RuleEntry> = inventory::iter::<RuleEntry>.into_iter().collect();
+    v.extend(DYNAMIC.lock().unwrap_or_else(|e| e.into_inner()).iter().copied());
     v.sort_by_key(|r| r.id);
     v
 }
@@ -372,12 +390,13 @@ macro_rules! rule {
         summary: $summary:literal, doc: $doc:literal,
         trip: [$($trip:expr),* $(,)?], check: $check:path $(,)?
     ) => {
-        $crate::rule!(@submit $id, $cat, $sev, $summary, $doc, [$($trip),*], Some($check as $crate::rules::Check));
+        $crate::rule!(@submit $id, $cat, $sev, $summary, $doc, [$($trip),*], Some(&$check));
     };
     (@submit $id:literal, $cat:ident, $sev:ident, $summary:literal, $doc:literal, [$($trip:expr),*], $check:expr) => {
         $crate::inventory::submit! {
             $crate::rules::RuleEntry {
                 id: $id,
+                origin: "built in",
                 category: $crate::rules::Category::$cat,
                 severity: $crate::diag::Severity::$sev,
                 summary: $summary,

@@ -165,3 +165,35 @@ fn the_broken_pipeline_corpus_matches_its_snapshots() {
         stale.join("\n")
     );
 }
+
+#[test]
+fn config_show_names_the_origin_of_every_value() {
+    let out = tempfile::tempdir().unwrap();
+    let overrides = Overrides {
+        env: vec![
+            ("LORA__TRAIN__BATCH_SIZE".into(), "16".into()),
+            ("OVERRIDE_LR".into(), "1e-3".into()),
+            ("PATH".into(), "/usr/bin".into()),
+        ],
+        sets: vec![
+            "eval.every-steps=50".into(),
+            format!("run.output-dir={}", out.path().join("run").display()),
+        ],
+    };
+    let checked = lora_cli::validate::check_file(&reference(), &overrides, &ASSETS).unwrap();
+    let shown = lora_cli::show::render(checked.pipeline.as_ref().unwrap(), &checked.source);
+    let lines: Vec<String> = shown
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    for expected in [
+        "batch-size = 16 # env LORA__TRAIN__BATCH_SIZE=16",
+        "lr = 0.001 # env OVERRIDE_LR=1e-3",
+        "every-steps = 50 # --set eval.every-steps=50",
+        "use-rslora = false # default",
+    ] {
+        assert!(lines.iter().any(|l| l == expected), "missing `{expected}` in\n{shown}");
+    }
+    let r = lines.iter().find(|l| l.starts_with("r = 8")).unwrap();
+    assert!(r.ends_with("configs/sentiment-minilm.toml:38"), "{r}");
+}

@@ -94,3 +94,9 @@ lora_core::rule! {
     doc: "OVERRIDE_LR is applied last and wins; one of them is stale.",
     trip: [Env("OVERRIDE_LR", "1e-3"), Env("LORA__TRAIN__OPTIMIZER__LR", "2e-3")], check: loader,
 }
+lora_core::rule! {
+    id: "plugin::load-failed", category: Structure, severity: Error,
+    summary: "A plugin library named in [plugins] cannot be loaded.",
+    doc: "A missing file, a library without the plugin declaration, an interface version or compiler mismatch, or a panic while registering; every plugin's problem is reported together, and nothing of a failed plugin is used.",
+    trip: [Set("plugins.paths=[\"{fixtures}/no-such-plugin.so\"]")], check: loader,
+}

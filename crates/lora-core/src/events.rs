@@ -58,13 +58,22 @@ pub struct ModuleStats {
 pub enum Control {
     Continue,
     /// Something worth a line in the log and on the dashboard; training goes on.
-    Warn { message: String },
+    Warn {
+        message: String,
+    },
     /// Finish gracefully: final evaluation, adapter written.
-    Stop { reason: String },
+    Stop {
+        reason: String,
+    },
     /// Restore the last state that gave a finite loss, scale the learning rate, go on.
-    Rollback { lr_factor: f64, reason: String },
+    Rollback {
+        lr_factor: f64,
+        reason: String,
+    },
     /// End the run with an error; nothing is saved.
-    Fail { reason: String },
+    Fail {
+        reason: String,
+    },
 }
 
 impl Control {

@@ -347,7 +347,11 @@ fn finish<T>(diags: Diagnostics, cb: T) -> std::result::Result<Box<dyn Callback>
 where
     T: Callback + 'static,
 {
-    if diags.has_errors() { Err(diags) } else { Ok(Box::new(cb)) }
+    if diags.has_errors() {
+        Err(diags)
+    } else {
+        Ok(Box::new(cb))
+    }
 }
 
 fn build_early_stopping(c: &Component) -> std::result::Result<Box<dyn Callback>, Diagnostics> {
@@ -362,10 +366,13 @@ fn build_early_stopping(c: &Component) -> std::result::Result<Box<dyn Callback>,
             .at(c.value_location("patience")),
         );
     }
-    if !(cfg.min_delta >= 0.0) {
+    if cfg.min_delta.is_nan() || cfg.min_delta < 0.0 {
         diags.push(
-            Diagnostic::error("callbacks::invalid-value", format!("min-delta ({}) must be >= 0", cfg.min_delta))
-                .at(c.value_location("min-delta")),
+            Diagnostic::error(
+                "callbacks::invalid-value",
+                format!("min-delta ({}) must be >= 0", cfg.min_delta),
+            )
+            .at(c.value_location("min-delta")),
         );
     }
     finish(diags, EarlyStopping::new(cfg))
@@ -498,7 +505,10 @@ mod tests {
             count: 0,
         };
         cb.control(&step(1, 2.0)).unwrap();
-        assert_eq!(cb.control(&TrainEvent::EpochEnd { epoch: 0, step: 1 }).unwrap(), Control::Continue);
+        assert_eq!(
+            cb.control(&TrainEvent::EpochEnd { epoch: 0, step: 1 }).unwrap(),
+            Control::Continue
+        );
         cb.control(&step(2, 2.0)).unwrap();
         assert!(matches!(
             cb.control(&TrainEvent::EpochEnd { epoch: 1, step: 2 }).unwrap(),

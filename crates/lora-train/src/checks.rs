@@ -63,7 +63,12 @@ pub fn check_split(labels: &[u32], num_labels: usize, truncated: Option<usize>) 
             100.0 * MAJORITY_LIMIT
         )));
     }
-    let missing: Vec<usize> = counts.iter().enumerate().filter(|(_, c)| **c == 0).map(|(i, _)| i).collect();
+    let missing: Vec<usize> = counts
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c == 0)
+        .map(|(i, _)| i)
+        .collect();
     if !missing.is_empty() {
         out.push(Finding::warn(format!(
             "label imbalance: classes {missing:?} have no training example"
@@ -91,26 +96,23 @@ pub fn check_batch(batch: &Batch, index: usize, num_labels: usize) -> Vec<Findin
             "batch {index}: label {bad} is out of range for {num_labels} classes"
         )));
     }
-    match batch {
-        Batch::Text(t) => {
-            if t.batch_size > 1 && t.seq_len > 0 {
-                let rows: BTreeSet<&[u32]> = t.input_ids.chunks(t.seq_len).collect();
-                if rows.len() == 1 {
-                    out.push(Finding::warn(format!(
-                        "constant inputs: all {} examples of batch {index} have the same tokens",
-                        t.batch_size
-                    )));
-                }
-            }
-            let real = t.real_tokens();
-            if real == 0 {
-                out.push(Finding::error(format!("batch {index}: no real token (the attention mask is all zero)")));
+    // Other modalities add their checks here; non-finite values are caught
+    // below for every float-valued batch once such a variant exists.
+    if let Batch::Text(t) = batch {
+        if t.batch_size > 1 && t.seq_len > 0 {
+            let rows: BTreeSet<&[u32]> = t.input_ids.chunks(t.seq_len).collect();
+            if rows.len() == 1 {
+                out.push(Finding::warn(format!(
+                    "constant inputs: all {} examples of batch {index} have the same tokens",
+                    t.batch_size
+                )));
             }
         }
-        // Other modalities check their own inputs; non-finite values are caught
-        // below for every float-valued batch once such a variant exists.
-        #[allow(unreachable_patterns)]
-        _ => {}
+        if t.real_tokens() == 0 {
+            out.push(Finding::error(format!(
+                "batch {index}: no real token (the attention mask is all zero)"
+            )));
+        }
     }
     if let Some(values) = float_inputs(batch) {
         let bad = values.iter().filter(|v| !v.is_finite()).count();
@@ -120,7 +122,10 @@ pub fn check_batch(batch: &Batch, index: usize, num_labels: usize) -> Vec<Findin
             )));
         }
         if values.len() > 1 && values.iter().all(|v| *v == values[0]) {
-            out.push(Finding::warn(format!("constant inputs: every input value of batch {index} is {}", values[0])));
+            out.push(Finding::warn(format!(
+                "constant inputs: every input value of batch {index} is {}",
+                values[0]
+            )));
         }
     }
     out

@@ -17,7 +17,9 @@ impl ModuleIndex {
     pub fn new(info: &[ParamInfo]) -> Self {
         let mut modules = Vec::new();
         for (i, p) in info.iter().enumerate() {
-            let Some(base) = p.name.strip_suffix(".lora_A.weight") else { continue };
+            let Some(base) = p.name.strip_suffix(".lora_A.weight") else {
+                continue;
+            };
             let b_name = format!("{base}.lora_B.weight");
             if let Some(j) = info.iter().position(|q| q.name == b_name) {
                 let short = base.strip_prefix("base_model.model.").unwrap_or(base).to_string();
@@ -36,7 +38,13 @@ impl ModuleIndex {
     }
 
     /// Figures of every module. `before` are the parameters before the update.
-    pub fn stats(&self, info: &[ParamInfo], before: &[Vec<f32>], after: &[Vec<f32>], grads: &[Vec<f32>]) -> Vec<ModuleStats> {
+    pub fn stats(
+        &self,
+        info: &[ParamInfo],
+        before: &[Vec<f32>],
+        after: &[Vec<f32>],
+        grads: &[Vec<f32>],
+    ) -> Vec<ModuleStats> {
         self.modules
             .iter()
             .map(|(name, a, b)| {
@@ -82,7 +90,7 @@ fn ratio(num: f64, den: f64) -> f64 {
 /// The squared singular values of `B A` are the eigenvalues of `L^T (B^T B) L`,
 /// where `L L^T = A A^T` (Cholesky): both are r x r, so this never forms `B A`.
 pub fn effective_rank(a: &[f32], b: &[f32], r: usize) -> f64 {
-    if r == 0 || a.len() % r != 0 || b.len() % r != 0 {
+    if r == 0 || !a.len().is_multiple_of(r) || !b.len().is_multiple_of(r) {
         return 0.0;
     }
     let (inp, out) = (a.len() / r, b.len() / r);
@@ -113,9 +121,12 @@ pub fn effective_rank(a: &[f32], b: &[f32], r: usize) -> f64 {
             m[i * r + j] = (0..r).map(|k| l[k * r + i] * gl[k * r + j]).sum();
         }
     }
-    let singular: Vec<f64> = jacobi_eigenvalues(m, r).into_iter().map(|e| e.max(0.0).sqrt()).collect();
+    let singular: Vec<f64> = jacobi_eigenvalues(m, r)
+        .into_iter()
+        .map(|e| e.max(0.0).sqrt())
+        .collect();
     let total: f64 = singular.iter().sum();
-    if !(total > 1e-30) || !total.is_finite() {
+    if total <= 1e-30 || !total.is_finite() {
         return 0.0;
     }
     let entropy: f64 = singular
@@ -137,7 +148,7 @@ fn cholesky(h: &[f64], r: usize) -> Option<Vec<f64>> {
             let mut s = h[i * r + j] - (0..j).map(|k| l[i * r + k] * l[j * r + k]).sum::<f64>();
             if i == j {
                 s += ridge;
-                if !(s > 0.0) {
+                if s <= 0.0 || s.is_nan() {
                     return None;
                 }
                 l[i * r + i] = s.sqrt();
@@ -217,15 +228,31 @@ mod tests {
         let s = [(t / 2.0 + disc).sqrt(), (t / 2.0 - disc).sqrt()];
         let total = s[0] + s[1];
         let expected = (-s.iter().map(|x| x / total * (x / total).ln()).sum::<f64>()).exp();
-        assert!((effective_rank(&a, &b, 2) - expected).abs() < 1e-9, "{}", effective_rank(&a, &b, 2));
+        assert!(
+            (effective_rank(&a, &b, 2) - expected).abs() < 1e-9,
+            "{}",
+            effective_rank(&a, &b, 2)
+        );
     }
 
     #[test]
     fn modules_pair_a_with_b_and_ratios_are_relative() {
         let info = vec![
-            ParamInfo { name: "base_model.model.x.lora_A.weight".into(), shape: vec![1, 2], weight_decay: true },
-            ParamInfo { name: "base_model.model.x.lora_B.weight".into(), shape: vec![2, 1], weight_decay: true },
-            ParamInfo { name: "base_model.model.classifier.bias".into(), shape: vec![2], weight_decay: false },
+            ParamInfo {
+                name: "base_model.model.x.lora_A.weight".into(),
+                shape: vec![1, 2],
+                weight_decay: true,
+            },
+            ParamInfo {
+                name: "base_model.model.x.lora_B.weight".into(),
+                shape: vec![2, 1],
+                weight_decay: true,
+            },
+            ParamInfo {
+                name: "base_model.model.classifier.bias".into(),
+                shape: vec![2],
+                weight_decay: false,
+            },
         ];
         let index = ModuleIndex::new(&info);
         assert_eq!(index.len(), 1);

@@ -337,6 +337,7 @@ pub fn run_writes_outputs_that_predict_and_eval_read(backend: &str) {
             "metrics.json",
             "metrics.jsonl",
             "pipeline.toml",
+            "report",
             "resolved-config.toml"
         ]
     );

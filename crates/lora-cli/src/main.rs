@@ -35,6 +35,12 @@ enum Command {
         /// Override `[run] output-dir`.
         #[arg(long)]
         output_dir: Option<PathBuf>,
+        /// Serve the live dashboard and /metrics on 127.0.0.1 (`[monitor] dashboard = true`).
+        #[arg(long)]
+        dashboard: bool,
+        /// Port of the dashboard (`[monitor] port`; 0 picks a free one).
+        #[arg(long)]
+        port: Option<u16>,
     },
     /// Score an adapter on the pipeline's validation split (JSON on stdout).
     Eval {
@@ -94,6 +100,8 @@ fn run(command: Command) -> lora_core::Result<()> {
             quiet,
             backend,
             output_dir,
+            dashboard,
+            port,
         } => {
             let mut config = PipelineConfig::load(&file)?;
             if let Some(b) = backend {
@@ -101,6 +109,10 @@ fn run(command: Command) -> lora_core::Result<()> {
             }
             if let Some(o) = output_dir {
                 config.run.output_dir = o;
+            }
+            config.monitor.dashboard |= dashboard;
+            if let Some(p) = port {
+                config.monitor.port = p;
             }
             let out = lora_cli::pipeline::run(config, &assets, quiet)?;
             let metrics: Vec<String> = out
@@ -164,6 +176,7 @@ fn run(command: Command) -> lora_core::Result<()> {
             section::<registry::EvaluatorEntry>("evaluators", |_| String::new());
             section::<registry::OptimizerEntry>("optimizers", |_| String::new());
             section::<registry::SchedulerEntry>("schedulers", |_| String::new());
+            section::<registry::CallbackEntry>("callbacks", |_| String::new());
         }
     }
     Ok(())

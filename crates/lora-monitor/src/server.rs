@@ -121,6 +121,10 @@ fn stream(request: Request, hub: &Hub) {
             chunk.push_str(m);
             chunk.push_str("\n\n");
         }
+        if sent == 0 {
+            // Tells the page where the replay ends and live updates begin.
+            chunk.push_str("event: caught-up\ndata: {}\n\n");
+        }
         sent += messages.len();
         if finished && messages.is_empty() {
             chunk.push_str("event: end\ndata: {}\n\n");

@@ -322,9 +322,13 @@ impl TrainStage for SupervisedTrainer {
         'epochs: while step < total {
             let order_seed = derive_seed(seed, "epoch-order", epoch as u64);
             let mut batches = data.train.batches(self.cfg.batch_size, Some(order_seed)).peekable();
-            while batches.peek().is_some() {
+            loop {
                 let step_start = Instant::now();
-                let (mut data_s, mut fb_s) = (0.0, 0.0);
+                // The iterator makes a batch when it is peeked: that is data time too.
+                if batches.peek().is_none() {
+                    break;
+                }
+                let (mut data_s, mut fb_s) = (step_start.elapsed().as_secs_f64(), 0.0);
                 let mut acc = Accumulator::new(&sizes);
                 let mut bad = None;
                 for _ in 0..self.cfg.gradient_accumulation_steps {

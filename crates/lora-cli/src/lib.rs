@@ -6,6 +6,7 @@
 
 pub mod alloc;
 pub mod bench;
+pub mod bench_monitor;
 pub mod pipeline;
 
 // Link the crates whose `inventory` registrations the binary offers.

@@ -70,6 +70,9 @@ enum Command {
         warmup: usize,
         #[arg(long, default_value_t = 10)]
         steps: usize,
+        /// Compare a short training run with and without monitoring instead.
+        #[arg(long)]
+        monitoring: bool,
     },
 }
 
@@ -157,8 +160,17 @@ fn run(command: Command) -> lora_core::Result<()> {
             pipeline.prepare(&ctx)?;
             println!("{}: ok", file.display());
         }
-        Command::Bench { backend, warmup, steps } => {
-            lora_cli::bench::run(&backend, warmup, steps.max(1), &assets)?;
+        Command::Bench {
+            backend,
+            warmup,
+            steps,
+            monitoring,
+        } => {
+            if monitoring {
+                lora_cli::bench_monitor::run(&backend, steps, &assets)?;
+            } else {
+                lora_cli::bench::run(&backend, warmup, steps.max(1), &assets)?;
+            }
         }
         Command::List => {
             fn section<E: Entry>(title: &str, extra: impl Fn(&E) -> String)

@@ -39,7 +39,9 @@ fn tick(v: f64) -> String {
     } else if a >= 100.0 {
         format!("{v:.0}")
     } else {
-        let s = format!("{v:.3}");
+        // Three significant digits: 0.0015, not 0.002.
+        let decimals = (2 - a.log10().floor() as i32).max(0) as usize;
+        let s = format!("{v:.decimals$}");
         s.trim_end_matches('0').trim_end_matches('.').to_string()
     }
 }
@@ -162,5 +164,7 @@ mod tests {
         assert_eq!(tick(0.25), "0.25");
         assert_eq!(tick(2e-5), "2.0e-5");
         assert_eq!(tick(1200.0), "1200");
+        assert_eq!(tick(0.0015), "0.0015");
+        assert_eq!(tick(1.054), "1.05");
     }
 }

@@ -7,7 +7,8 @@ use std::process::{Command, ExitCode};
 
 use crate::cargo;
 
-pub const USAGE: &str = "build-plugins        build plugins/example-salt-pepper into target/plugins/ (and an incompatible build)";
+pub const USAGE: &str =
+    "build-plugins        build plugins/example-salt-pepper into target/plugins/ (and an incompatible build)";
 
 /// The example plugin's library file name on this platform.
 pub fn library_name() -> String {

@@ -16,7 +16,14 @@ mod run;
 mod test;
 
 /// Usage lines of every command, in the order `help` lists them.
-const COMMANDS: &[&str] = &[run::USAGE, fetch::USAGE, test::USAGE, bench::USAGE, rules_doc::USAGE, build_plugins::USAGE];
+const COMMANDS: &[&str] = &[
+    run::USAGE,
+    fetch::USAGE,
+    test::USAGE,
+    bench::USAGE,
+    rules_doc::USAGE,
+    build_plugins::USAGE,
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

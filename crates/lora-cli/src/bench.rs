@@ -13,7 +13,7 @@ use lora_core::stage::{AssetResolver, StageContext};
 use lora_core::{Batch, Result, TextBatch};
 use rand::Rng;
 
-const MODEL: &str = r#"
+pub(crate) const MODEL: &str = r#"
 [run]
 name = "bench"
 backend = "BACKEND"
@@ -62,7 +62,7 @@ fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-fn random_batch(case: &Case, vocab: u32, seed: u64) -> Batch {
+pub(crate) fn random_batch(case: &Case, vocab: u32, seed: u64) -> Batch {
     let mut r = lora_core::init::rng(seed);
     let n = case.batch * case.seq_len;
     // 101/102 are BERT's [CLS]/[SEP]; the rest are random ordinary tokens.

@@ -6,6 +6,7 @@
 
 pub mod alloc;
 pub mod bench;
+pub mod bench_monitor;
 pub mod pipeline;
 pub mod plugins;
 pub mod show;

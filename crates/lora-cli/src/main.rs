@@ -54,6 +54,12 @@ enum Command {
         /// Override `[run] output-dir`.
         #[arg(long)]
         output_dir: Option<PathBuf>,
+        /// Serve the live dashboard and /metrics on 127.0.0.1 (`[monitor] dashboard = true`).
+        #[arg(long)]
+        dashboard: bool,
+        /// Port of the dashboard (`[monitor] port`; 0 picks a free one).
+        #[arg(long)]
+        port: Option<u16>,
         #[command(flatten)]
         layers: Layers,
     },
@@ -103,6 +109,9 @@ enum Command {
         warmup: usize,
         #[arg(long, default_value_t = 10)]
         steps: usize,
+        /// Compare a short training run with and without monitoring instead.
+        #[arg(long)]
+        monitoring: bool,
     },
 }
 
@@ -142,15 +151,10 @@ fn validated(
     assets: &dyn AssetResolver,
 ) -> lora_core::Result<lora_cli::pipeline::Pipeline> {
     let checked = lora_cli::validate::check_file(file, &overrides, assets)?;
-    if checked.has_errors() {
-        return Err(lora_core::Error::Invalid(checked.diagnostics));
-    }
-    if !checked.diagnostics.is_empty() {
+    if !checked.has_errors() && !checked.diagnostics.is_empty() {
         eprintln!("{}\n", checked.diagnostics);
     }
-    checked
-        .pipeline
-        .ok_or_else(|| lora_core::Error::Other("validation passed but the pipeline is incomplete".into()))
+    checked.into_pipeline()
 }
 
 fn run(command: Command) -> lora_core::Result<()> {
@@ -161,6 +165,8 @@ fn run(command: Command) -> lora_core::Result<()> {
             quiet,
             backend,
             output_dir,
+            dashboard,
+            port,
             layers,
         } => {
             // The flags are overrides like any other, so diagnostics name them.
@@ -170,6 +176,12 @@ fn run(command: Command) -> lora_core::Result<()> {
             }
             if let Some(o) = output_dir {
                 extra.push(format!("run.output-dir={}", o.display()));
+            }
+            if dashboard {
+                extra.push("monitor.dashboard=true".into());
+            }
+            if let Some(p) = port {
+                extra.push(format!("monitor.port={p}"));
             }
             let pipeline = validated(&file, layers.overrides(extra), &assets)?;
             let out = lora_cli::pipeline::run(pipeline, &assets, quiet)?;
@@ -271,8 +283,17 @@ fn run(command: Command) -> lora_core::Result<()> {
                 }
             }
         }
-        Command::Bench { backend, warmup, steps } => {
-            lora_cli::bench::run(&backend, warmup, steps.max(1), &assets)?;
+        Command::Bench {
+            backend,
+            warmup,
+            steps,
+            monitoring,
+        } => {
+            if monitoring {
+                lora_cli::bench_monitor::run(&backend, steps, &assets)?;
+            } else {
+                lora_cli::bench::run(&backend, warmup, steps.max(1), &assets)?;
+            }
         }
         Command::List => {
             fn section<E: Entry>(title: &str, extra: impl Fn(&E) -> String)
@@ -290,6 +311,7 @@ fn run(command: Command) -> lora_core::Result<()> {
             section::<registry::EvaluatorEntry>("evaluators", |_| String::new());
             section::<registry::OptimizerEntry>("optimizers", |_| String::new());
             section::<registry::SchedulerEntry>("schedulers", |_| String::new());
+            section::<registry::CallbackEntry>("callbacks", |_| String::new());
         }
     }
     Ok(())

@@ -6,7 +6,7 @@ use lora_core::config::PipelineConfig;
 use lora_core::diag::{Diagnostic, Diagnostics};
 use lora_core::events::Callback;
 use lora_core::fsutil::write_atomic;
-use lora_core::registry::{DataSourceEntry, EvaluatorEntry, TrainerEntry, build_model, lookup};
+use lora_core::registry::{CallbackEntry, DataSourceEntry, EvaluatorEntry, TrainerEntry, build_model, lookup};
 use lora_core::stage::{
     AssetResolver, DataStage, EvalReport, EvalStage, ModelStage, PreparedData, StageContext, TrainStage,
 };
@@ -20,6 +20,8 @@ pub struct Pipeline {
     pub model: Box<dyn ModelStage>,
     pub train: Box<dyn TrainStage>,
     pub eval: Box<dyn EvalStage>,
+    /// `[callbacks.NAME]`: early stopping, anomaly guards, ... in document order.
+    pub callbacks: Vec<Box<dyn Callback>>,
 }
 
 impl Pipeline {
@@ -59,15 +61,26 @@ impl Pipeline {
             &mut diags,
             lookup::<EvaluatorEntry>(&config.eval, |_| true).and_then(|e| (e.build)(&config.eval)),
         );
+        let callbacks: Vec<Option<Box<dyn Callback>>> = config
+            .callbacks
+            .iter()
+            .map(|c| {
+                take(
+                    &mut diags,
+                    lookup::<CallbackEntry>(c, |_| true).and_then(|e| (e.build)(c)),
+                )
+            })
+            .collect();
         if diags.has_errors() {
             return Err(Error::Invalid(diags));
         }
         Ok(Self {
-            config,
             data: data.expect("no errors"),
             model: model.expect("no errors"),
             train: train.expect("no errors"),
             eval: eval.expect("no errors"),
+            callbacks: callbacks.into_iter().map(|c| c.expect("no errors")).collect(),
+            config,
         })
     }
 
@@ -106,6 +119,10 @@ impl Pipeline {
         );
         doc.insert("train".into(), self.train.resolved());
         doc.insert("eval".into(), self.eval.resolved());
+        doc.insert(
+            "monitor".into(),
+            serde_json::to_value(&self.config.monitor).expect("serialisable"),
+        );
         strip_nulls(serde_json::Value::Object(doc))
     }
 
@@ -168,11 +185,20 @@ pub fn run(mut pipeline: Pipeline, assets: &dyn AssetResolver, quiet: bool) -> R
             .as_bytes(),
     )?;
 
-    let mut callbacks: Vec<Box<dyn Callback>> =
-        vec![Box::new(lora_monitor::JsonlSink::create(&out.join("metrics.jsonl"))?)];
+    let monitor_cfg = pipeline.config.monitor.clone();
+    let mut callbacks: Vec<Box<dyn Callback>> = vec![
+        Box::new(lora_monitor::JsonlSink::create(&out.join("metrics.jsonl"))?),
+        Box::new(lora_monitor::Monitor::start(
+            &monitor_cfg,
+            monitor_cfg.dashboard,
+            &pipeline.config.run.name,
+            monitor_cfg.report.then(|| out.join("report")),
+        )?),
+    ];
     if !quiet {
         callbacks.push(Box::new(lora_monitor::Progress::new(10)));
     }
+    callbacks.append(&mut pipeline.callbacks);
     let seed = pipeline.config.run.seed;
     let train = pipeline
         .train

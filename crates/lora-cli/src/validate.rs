@@ -8,7 +8,9 @@ use std::sync::Arc;
 use lora_core::config::{PartialConfig, PipelineConfig};
 use lora_core::diag::{Diagnostics, SourceFile};
 use lora_core::doc::ConfigDoc;
-use lora_core::registry::{DataSourceEntry, EvaluatorEntry, ModelEntry, TrainerEntry, build_model, entries, lookup};
+use lora_core::registry::{
+    CallbackEntry, DataSourceEntry, EvaluatorEntry, ModelEntry, TrainerEntry, build_model, entries, lookup,
+};
 use lora_core::rules::Facts;
 use lora_core::stage::{AssetResolver, StageContext};
 use lora_validate::Overrides;
@@ -27,6 +29,15 @@ pub struct Checked {
 impl Checked {
     pub fn has_errors(&self) -> bool {
         self.diagnostics.has_errors()
+    }
+
+    /// The pipeline, or every diagnostic as an error (exit code 2) when any is an error.
+    pub fn into_pipeline(self) -> lora_core::Result<Pipeline> {
+        if self.has_errors() {
+            return Err(lora_core::Error::Invalid(self.diagnostics));
+        }
+        self.pipeline
+            .ok_or_else(|| lora_core::Error::Other("validation passed but the pipeline is incomplete".into()))
     }
 }
 
@@ -101,6 +112,16 @@ pub fn check_source(source: Arc<SourceFile>, assets: &dyn AssetResolver) -> Chec
             lookup::<EvaluatorEntry>(c, |_| true).and_then(|e| (e.build)(c)),
         )
     });
+    let callbacks: Option<Vec<_>> = partial.callbacks.as_ref().map(|cs| {
+        cs.iter()
+            .filter_map(|c| {
+                take(
+                    &mut loader,
+                    lookup::<CallbackEntry>(c, |_| true).and_then(|e| (e.build)(c)),
+                )
+            })
+            .collect()
+    });
 
     let mut facts = Facts {
         machine: lora_validate::machine::facts(),
@@ -158,6 +179,7 @@ pub fn check_source(source: Arc<SourceFile>, assets: &dyn AssetResolver) -> Chec
                 model: model?,
                 train: train?,
                 eval: eval?,
+                callbacks: callbacks?,
             })
         })
     };
@@ -178,6 +200,8 @@ fn complete(file: Arc<SourceFile>, p: PartialConfig) -> Option<PipelineConfig> {
         lora: p.lora?,
         train: p.train?,
         eval: p.eval?,
+        monitor: p.monitor?,
+        callbacks: p.callbacks?,
     })
 }
 

@@ -38,6 +38,53 @@ fn default_seed() -> u64 {
     42
 }
 
+/// `[monitor]`: the live dashboard, its Prometheus endpoint and the end-of-run report.
+/// The JSONL event log is always written.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MonitorConfig {
+    /// Serve the live dashboard and `/metrics` on 127.0.0.1 while training runs.
+    #[serde(default)]
+    pub dashboard: bool,
+    /// Port of the dashboard; 0 picks a free one (printed at start).
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Write `report/` (SVG plots and `report.html`) at the end of the run.
+    #[serde(default = "default_true")]
+    pub report: bool,
+    /// Milliseconds between samples of CPU, memory and GPU figures.
+    #[serde(default = "default_system_interval")]
+    pub system_interval_ms: u64,
+    /// Weight of the past in the smoothed training loss (exponential moving average).
+    #[serde(default = "default_smoothing")]
+    pub smoothing: f64,
+}
+
+fn default_port() -> u16 {
+    6006
+}
+fn default_true() -> bool {
+    true
+}
+fn default_system_interval() -> u64 {
+    1000
+}
+fn default_smoothing() -> f64 {
+    0.9
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self {
+            dashboard: false,
+            port: default_port(),
+            report: true,
+            system_interval_ms: default_system_interval(),
+            smoothing: default_smoothing(),
+        }
+    }
+}
+
 /// Serializes an `f32` as the shortest decimal that reads back to it (`0.1`, not
 /// `0.10000000149011612`), so that resolved configurations show what was written.
 pub fn f32_as_written<S: serde::Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
@@ -269,10 +316,55 @@ pub struct PipelineConfig {
     pub lora: LoraSpec,
     pub train: Component,
     pub eval: Component,
+    pub monitor: MonitorConfig,
+    /// `[callbacks.NAME]` tables in document order; `type` defaults to `NAME`.
+    pub callbacks: Vec<Component>,
 }
 
 /// Top-level tables; `plugins` is read by the plugin loader, not by a stage.
-const SECTIONS: [&str; 7] = ["run", "data", "model", "lora", "train", "eval", "plugins"];
+const SECTIONS: [&str; 9] = [
+    "run",
+    "data",
+    "model",
+    "lora",
+    "train",
+    "eval",
+    "monitor",
+    "callbacks",
+    "plugins",
+];
+
+/// The `[callbacks.NAME]` tables, each a component whose type defaults to its name.
+fn callback_components(file: &Arc<SourceFile>, root: &DeTable<'_>) -> Result<Vec<Component>, Diagnostics> {
+    let Some((_, value)) = root.iter().find(|(k, _)| k.get_ref().as_ref() == "callbacks") else {
+        return Ok(Vec::new());
+    };
+    let DeValue::Table(table) = value.get_ref() else {
+        return Err(Diagnostic::error(
+            "config::wrong-type",
+            format!(
+                "`callbacks` must be a table of tables ([callbacks.NAME]), found {}",
+                value.get_ref().type_str()
+            ),
+        )
+        .at(Some(Location {
+            file: file.clone(),
+            span: value.span(),
+        }))
+        .into());
+    };
+    let mut diags = Diagnostics::default();
+    let mut out = Vec::new();
+    for (k, _) in table.iter() {
+        let name: &str = k.get_ref().as_ref();
+        match component_in(file, table, vec!["callbacks".into(), name.into()], Some(name)) {
+            Ok(Some(c)) => out.push(c),
+            Ok(None) => {}
+            Err(e) => diags.0.extend(e.0),
+        }
+    }
+    if diags.has_errors() { Err(diags) } else { Ok(out) }
+}
 
 /// Every section that parsed, and the problems of those that did not: the
 /// validator checks what it can even when some sections are broken.
@@ -284,6 +376,8 @@ pub struct PartialConfig {
     pub lora: Option<LoraSpec>,
     pub train: Option<Component>,
     pub eval: Option<Component>,
+    pub monitor: Option<MonitorConfig>,
+    pub callbacks: Option<Vec<Component>>,
 }
 
 impl PartialConfig {
@@ -340,6 +434,34 @@ impl PartialConfig {
         let eval = required("eval", Some("classification"));
 
         let run = run.and_then(|c| c.deserialize::<RunConfig>().map_err(|e| diags.0.extend(e.0)).ok());
+        let monitor = match component_in(&file, root.get_ref(), vec!["monitor".into()], Some("monitor")) {
+            Ok(Some(c)) => c
+                .deserialize::<MonitorConfig>()
+                .map_err(|e| diags.0.extend(e.0))
+                .ok()
+                .inspect(|m| {
+                    if !(0.0..1.0).contains(&m.smoothing) {
+                        diags.push(
+                            Diagnostic::error(
+                                "config::invalid-value",
+                                format!(
+                                    "[monitor] smoothing ({}) must be in [0, 1). Valid range: 0 <= smoothing < 1",
+                                    m.smoothing
+                                ),
+                            )
+                            .at(c.value_location("smoothing")),
+                        );
+                    }
+                }),
+            Ok(None) => Some(MonitorConfig::default()),
+            Err(e) => {
+                diags.0.extend(e.0);
+                None
+            }
+        };
+        let callbacks = callback_components(&file, root.get_ref())
+            .map_err(|e| diags.0.extend(e.0))
+            .ok();
         let lora = lora.and_then(|c| {
             let loc = c.value_location("target-modules");
             c.deserialize::<LoraSpec>()
@@ -358,6 +480,8 @@ impl PartialConfig {
             lora,
             train: train.map(|t| t.with_nested(&["optimizer", "scheduler"])),
             eval,
+            monitor,
+            callbacks,
         };
         (partial, diags)
     }
@@ -388,6 +512,8 @@ impl PipelineConfig {
                 lora: Some(lora),
                 train: Some(train),
                 eval: Some(eval),
+                monitor: Some(monitor),
+                callbacks: Some(callbacks),
             } => Ok(Self {
                 file,
                 run,
@@ -396,6 +522,8 @@ impl PipelineConfig {
                 lora,
                 train,
                 eval,
+                monitor,
+                callbacks,
             }),
             _ => Err(diags),
         }
@@ -471,6 +599,25 @@ lr = 1e-3
         assert!(codes.contains(&"config::unknown-section"), "{codes:?}");
         assert!(codes.contains(&"config::missing-type"), "{codes:?}");
         assert!(codes.contains(&"config::missing-section"), "{codes:?}");
+    }
+
+    #[test]
+    fn monitor_and_callbacks_are_optional_and_checked() {
+        let p = PipelineConfig::parse(Path::new("p.toml"), GOOD.into()).unwrap();
+        assert!(!p.monitor.dashboard);
+        assert!(p.callbacks.is_empty());
+        let text = format!(
+            "{GOOD}\n[monitor]\ndashboard = true\nport = 0\n\n[callbacks.early-stopping]\nmetric = \"accuracy\"\n\n[callbacks.guard]\ntype = \"nan-rollback\"\n"
+        );
+        let p = PipelineConfig::parse(Path::new("p.toml"), text).unwrap();
+        assert!(p.monitor.dashboard);
+        assert_eq!(p.monitor.port, 0);
+        let types: Vec<&str> = p.callbacks.iter().map(|c| c.type_name.as_str()).collect();
+        assert_eq!(types, ["early-stopping", "nan-rollback"]);
+        assert_eq!(p.callbacks[0].path, ["callbacks", "early-stopping"]);
+        let bad = format!("{GOOD}\n[monitor]\ndashbord = true\n");
+        let err = PipelineConfig::parse(Path::new("p.toml"), bad).unwrap_err();
+        assert_eq!(err.0[0].code, "config::unknown-key");
     }
 
     #[test]

@@ -14,6 +14,12 @@ pub trait Optimizer: Send {
     fn resolved(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
+
+    /// A copy of the optimizer with its state (moments, step count), so that a
+    /// training run can roll back to it. `None`: rollback restores parameters only.
+    fn snapshot(&self) -> Option<Box<dyn Optimizer>> {
+        None
+    }
 }
 
 pub trait Scheduler: Send {

@@ -5,6 +5,7 @@
 
 use crate::config::Component;
 use crate::diag::{Diagnostic, Diagnostics, did_you_mean};
+use crate::events::Callback;
 use crate::optim::{Optimizer, Scheduler};
 use crate::stage::{DataStage, EvalStage, ModelStage, TrainStage};
 
@@ -48,12 +49,20 @@ pub struct SchedulerEntry {
     pub build: Build<Box<dyn Scheduler>>,
 }
 
+/// A training callback (`[callbacks.NAME]`): early stopping, anomaly guards, ...
+pub struct CallbackEntry {
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub build: Build<Box<dyn Callback>>,
+}
+
 inventory::collect!(DataSourceEntry);
 inventory::collect!(ModelEntry);
 inventory::collect!(TrainerEntry);
 inventory::collect!(EvaluatorEntry);
 inventory::collect!(OptimizerEntry);
 inventory::collect!(SchedulerEntry);
+inventory::collect!(CallbackEntry);
 
 /// What every registry entry exposes, for generic lookup and listing.
 pub trait Entry: 'static {
@@ -82,6 +91,7 @@ entry!(TrainerEntry, "trainer");
 entry!(EvaluatorEntry, "evaluator");
 entry!(OptimizerEntry, "optimizer");
 entry!(SchedulerEntry, "scheduler");
+entry!(CallbackEntry, "callback");
 
 /// Every registered entry of a kind, sorted by name.
 pub fn entries<E: Entry>() -> Vec<&'static E>

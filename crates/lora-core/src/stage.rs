@@ -53,6 +53,11 @@ pub trait Dataset: Send + Sync {
     /// Class index of every example, in storage order.
     fn labels(&self) -> Vec<u32>;
 
+    /// Examples cut to the maximum length, when the data stage counts them.
+    fn truncated(&self) -> Option<usize> {
+        None
+    }
+
     /// Batches of one pass. With `order_seed`, the order is a seeded shuffle
     /// (a new seed each epoch reshuffles); without, storage order.
     fn batches(

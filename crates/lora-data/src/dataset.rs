@@ -76,6 +76,10 @@ impl Dataset for TextDataset {
         self.labels.clone()
     }
 
+    fn truncated(&self) -> Option<usize> {
+        Some(self.truncated)
+    }
+
     fn batches(
         &self,
         batch_size: usize,

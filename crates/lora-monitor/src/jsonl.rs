@@ -15,6 +15,16 @@ pub struct JsonlSink {
     path: PathBuf,
     partial: PathBuf,
     out: Option<BufWriter<File>>,
+    /// The epoch of the last step, added to lines whose event has none (evaluations).
+    epoch: usize,
+}
+
+/// Seconds since the Unix epoch: every line's `wall_time`.
+fn wall_time() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 impl JsonlSink {
@@ -25,6 +35,7 @@ impl JsonlSink {
             path: path.to_path_buf(),
             partial,
             out: Some(BufWriter::new(file)),
+            epoch: 0,
         })
     }
 }
@@ -32,7 +43,15 @@ impl JsonlSink {
 impl Callback for JsonlSink {
     fn on_event(&mut self, event: &TrainEvent) -> Result<()> {
         let Some(out) = self.out.as_mut() else { return Ok(()) };
-        let line = serde_json::to_string(event).expect("events serialise");
+        if let TrainEvent::Step(m) = event {
+            self.epoch = m.epoch;
+        }
+        let mut value = serde_json::to_value(event).map_err(|e| Error::Other(format!("cannot log an event: {e}")))?;
+        if let Some(obj) = value.as_object_mut() {
+            obj.insert("wall_time".into(), wall_time().into());
+            obj.entry("epoch").or_insert(self.epoch.into());
+        }
+        let line = value.to_string();
         writeln!(out, "{line}").map_err(|e| Error::io("cannot write metrics log", &self.partial, e))?;
         if let TrainEvent::End { .. } = event {
             let mut out = self.out.take().expect("checked above");

@@ -85,6 +85,18 @@ impl Callback for Progress {
                 ));
             }
             TrainEvent::EpochEnd { .. } => {}
+            TrainEvent::NonFinite { step, what, .. } => {
+                self.say(format!(
+                    "step {step}: {what:?} became NaN or infinite; the update was not applied"
+                ));
+            }
+            TrainEvent::Intervention {
+                step,
+                source,
+                action,
+                message,
+                ..
+            } => self.say(format!("[{source}] {action} at step {step}: {message}")),
             TrainEvent::End { step, elapsed_s } => {
                 if let Some(bar) = self.bar.take() {
                     bar.finish_and_clear();

@@ -5,11 +5,14 @@
 //! learning-rate schedule, evaluation, events and adapter files) happens here
 //! on host vectors.
 
+pub mod callbacks;
+pub mod checks;
 pub mod eval;
 pub mod metrics;
 pub mod optim;
 pub mod peft;
 pub mod schedule;
+pub mod stats;
 pub mod trainer;
 
 pub use peft::{load_adapter, save_adapter};

@@ -28,6 +28,7 @@ fn default_eps() -> f64 {
     1e-8
 }
 
+#[derive(Clone)]
 pub struct AdamW {
     cfg: AdamWConfig,
     step: u64,
@@ -53,6 +54,10 @@ impl Optimizer for AdamW {
 
     fn resolved(&self) -> serde_json::Value {
         crate::with_type("adamw", &self.cfg)
+    }
+
+    fn snapshot(&self) -> Option<Box<dyn Optimizer>> {
+        Some(Box::new(self.clone()))
     }
 
     fn step(&mut self, params: &mut [Vec<f32>], grads: &[Vec<f32>], info: &[ParamInfo], lr: f64) {
@@ -101,6 +106,7 @@ pub struct SgdConfig {
     pub weight_decay: f64,
 }
 
+#[derive(Clone)]
 pub struct Sgd {
     cfg: SgdConfig,
     buf: Vec<Option<Vec<f32>>>,
@@ -119,6 +125,10 @@ impl Optimizer for Sgd {
 
     fn resolved(&self) -> serde_json::Value {
         crate::with_type("sgd", &self.cfg)
+    }
+
+    fn snapshot(&self) -> Option<Box<dyn Optimizer>> {
+        Some(Box::new(self.clone()))
     }
 
     fn step(&mut self, params: &mut [Vec<f32>], grads: &[Vec<f32>], info: &[ParamInfo], lr: f64) {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use lora_core::adapter::AdapterModel;
 use lora_core::config::Component;
 use lora_core::diag::{Diagnostic, Diagnostics};
-use lora_core::events::{Callback, StepMetrics, TrainEvent};
+use lora_core::events::{Callback, Control, NonFiniteKind, StepMetrics, TrainEvent};
 use lora_core::init::derive_seed;
 use lora_core::inventory;
 use lora_core::optim::{Optimizer, Scheduler};
@@ -15,6 +15,9 @@ use lora_core::registry::{OptimizerEntry, SchedulerEntry, TrainerEntry, lookup};
 use lora_core::stage::{EvalStage, PreparedData, TrainStage, TrainSummary};
 use lora_core::{Error, Result};
 use serde::{Deserialize, Serialize};
+
+use crate::checks::{self, Severity};
+use crate::stats::{self, ModuleIndex};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -32,6 +35,17 @@ pub struct SupervisedConfig {
     /// Clip the global gradient norm to this value; 0 disables clipping.
     #[serde(default = "default_clip")]
     pub max_grad_norm: f64,
+    /// Compute per-module norms, update ratios and effective ranks every this many steps (0: never).
+    #[serde(default = "one")]
+    pub module_stats_every: usize,
+    /// Check the split and this many first micro-batches for label imbalance,
+    /// constant or non-finite inputs, bad labels and heavy truncation (0: no checks).
+    #[serde(default = "default_check_batches")]
+    pub check_batches: usize,
+}
+
+fn default_check_batches() -> usize {
+    4
 }
 
 fn default_batch() -> usize {
@@ -136,6 +150,19 @@ pub fn clip_global_norm(grads: &mut [Vec<f32>], max_norm: f64) -> f64 {
     norm
 }
 
+/// Every callback sees the event; the gravest answer wins, with its callback's name.
+fn dispatch(callbacks: &mut [Box<dyn Callback>], event: &TrainEvent) -> Result<(Control, String)> {
+    let mut out = (Control::Continue, String::new());
+    for c in callbacks.iter_mut() {
+        let control = c.control(event)?;
+        if control.severity() > out.0.severity() {
+            out = (control, c.name().to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Announces an event whose answers cannot steer the loop (start, end, interventions).
 fn emit(callbacks: &mut [Box<dyn Callback>], event: &TrainEvent) -> Result<()> {
     callbacks.iter_mut().try_for_each(|c| c.on_event(event))
 }
@@ -147,16 +174,90 @@ fn evaluate(
     eval: &dyn EvalStage,
     callbacks: &mut [Box<dyn Callback>],
     step: usize,
-) -> Result<(usize, lora_core::stage::EvalReport)> {
+) -> Result<((usize, lora_core::stage::EvalReport), (Control, String))> {
     let report = eval.evaluate(model, data.validation.as_ref(), &data.label_names)?;
-    emit(
+    let control = dispatch(
         callbacks,
         &TrainEvent::Eval {
             step,
             report: report.clone(),
         },
     )?;
-    Ok((step, report))
+    Ok(((step, report), control))
+}
+
+/// The last parameters (and optimizer state) that gave a finite loss: where a rollback returns.
+struct GoodState {
+    params: Vec<Vec<f32>>,
+    optimizer: Option<Box<dyn Optimizer>>,
+}
+
+/// What the loop does after a callback answered.
+enum Flow {
+    Go,
+    /// Finish gracefully (final evaluation, adapter written).
+    Stop,
+}
+
+/// Everything the loop needs to act on a [`Control`].
+struct Actor<'a> {
+    start: Instant,
+    lr_scale: f64,
+    callbacks: &'a mut [Box<dyn Callback>],
+}
+
+impl Actor<'_> {
+    fn announce(&mut self, step: usize, source: &str, action: &str, message: &str) -> Result<()> {
+        emit(
+            self.callbacks,
+            &TrainEvent::Intervention {
+                step,
+                source: source.to_string(),
+                action: action.to_string(),
+                message: message.to_string(),
+                elapsed_s: self.start.elapsed().as_secs_f64(),
+            },
+        )
+    }
+
+    /// Acts on a callback's answer. `restore` puts the last good state back.
+    fn act(
+        &mut self,
+        step: usize,
+        (control, source): (Control, String),
+        restore: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Flow> {
+        match control {
+            Control::Continue => Ok(Flow::Go),
+            Control::Warn { message } => {
+                self.announce(step, &source, "warn", &message)?;
+                Ok(Flow::Go)
+            }
+            Control::Stop { reason } => {
+                self.announce(step, &source, "stop", &reason)?;
+                Ok(Flow::Stop)
+            }
+            Control::Rollback { lr_factor, reason } => {
+                restore()?;
+                self.lr_scale *= lr_factor;
+                self.announce(
+                    step,
+                    &source,
+                    "rollback",
+                    &format!("{reason} (learning-rate scale now {:.3e})", self.lr_scale),
+                )?;
+                Ok(Flow::Go)
+            }
+            Control::Fail { reason } => {
+                self.announce(step, &source, "fail", &reason)?;
+                Err(Error::Other(reason))
+            }
+        }
+    }
+}
+
+fn all_finite(vs: &[Vec<f32>]) -> bool {
+    vs.iter().flatten().all(|v| v.is_finite())
 }
 
 impl TrainStage for SupervisedTrainer {
@@ -184,6 +285,8 @@ impl TrainStage for SupervisedTrainer {
         let epochs = total.div_ceil(per_epoch);
         let sizes: Vec<usize> = model.params().iter().map(|p| p.numel()).collect();
         let info = model.params().to_vec();
+        let modules = ModuleIndex::new(&info);
+        let num_labels = data.label_names.len();
         let mut params = model.read_params()?;
         emit(
             callbacks,
@@ -196,6 +299,21 @@ impl TrainStage for SupervisedTrainer {
         )?;
 
         let start = Instant::now();
+        let mut actor = Actor {
+            start,
+            lr_scale: 1.0,
+            callbacks,
+        };
+        // Early checks, part one: the split as a whole.
+        if self.cfg.check_batches > 0 {
+            for f in checks::check_split(&data.train.labels(), num_labels, data.train.truncated()) {
+                actor.announce(0, "input-checks", "warn", &f.message)?;
+            }
+        }
+        let mut good = GoodState {
+            params: params.clone(),
+            optimizer: self.optimizer.snapshot(),
+        };
         let mut step = 0;
         let mut micro = 0u64;
         let mut losses = Vec::with_capacity(total);
@@ -204,29 +322,111 @@ impl TrainStage for SupervisedTrainer {
         'epochs: while step < total {
             let order_seed = derive_seed(seed, "epoch-order", epoch as u64);
             let mut batches = data.train.batches(self.cfg.batch_size, Some(order_seed)).peekable();
-            while batches.peek().is_some() {
+            loop {
                 let step_start = Instant::now();
+                // The iterator makes a batch when it is peeked: that is data time too.
+                if batches.peek().is_none() {
+                    break;
+                }
+                let (mut data_s, mut fb_s) = (step_start.elapsed().as_secs_f64(), 0.0);
                 let mut acc = Accumulator::new(&sizes);
+                let mut bad = None;
                 for _ in 0..self.cfg.gradient_accumulation_steps {
+                    let t = Instant::now();
                     let Some(batch) = batches.next() else { break };
                     let batch = batch?;
+                    data_s += t.elapsed().as_secs_f64();
+                    // Early checks, part two: the first micro-batches themselves.
+                    if (micro as usize) < self.cfg.check_batches {
+                        for f in checks::check_batch(&batch, micro as usize, num_labels) {
+                            match f.severity {
+                                Severity::Warning => actor.announce(step + 1, "input-checks", "warn", &f.message)?,
+                                Severity::Error => {
+                                    actor.announce(step + 1, "input-checks", "fail", &f.message)?;
+                                    return Err(Error::Data(f.message));
+                                }
+                            }
+                        }
+                    }
+                    let t = Instant::now();
                     let out = model.train_step(&batch, derive_seed(seed, "dropout", micro))?;
+                    fb_s += t.elapsed().as_secs_f64();
                     micro += 1;
                     if !out.loss.is_finite() {
-                        return Err(Error::Other(format!("loss became {} at step {}", out.loss, step + 1)));
+                        bad = Some(NonFiniteKind::Loss);
+                        break;
+                    }
+                    if !all_finite(&out.grads) {
+                        bad = Some(NonFiniteKind::Gradients);
+                        break;
                     }
                     acc.add(&out.grads, out.loss, batch.len(), batch.work_units());
                 }
-                let (mut grads, loss, samples, tokens) = acc.finish();
-                let grad_norm = clip_global_norm(&mut grads, self.cfg.max_grad_norm);
-                let lr = self.optimizer.base_lr() * self.scheduler.factor(step, total);
-                self.optimizer.step(&mut params, &grads, &info, lr);
+                let t_opt = Instant::now();
+                let mut update = None;
+                if bad.is_none() {
+                    let (mut grads, loss, samples, tokens) = acc.finish();
+                    let grad_norm = clip_global_norm(&mut grads, self.cfg.max_grad_norm);
+                    // These parameters just gave a finite loss: the state to return to.
+                    good.params.clone_from(&params);
+                    good.optimizer = self.optimizer.snapshot();
+                    let lr = self.optimizer.base_lr() * self.scheduler.factor(step, total) * actor.lr_scale;
+                    self.optimizer.step(&mut params, &grads, &info, lr);
+                    if all_finite(&params) {
+                        update = Some((grads, loss, samples, tokens, grad_norm, lr));
+                    } else {
+                        bad = Some(NonFiniteKind::Parameters);
+                    }
+                }
+                let optimizer = &mut self.optimizer;
+                let mut restore = || -> Result<()> {
+                    params.clone_from(&good.params);
+                    if let Some(o) = good.optimizer.as_ref().and_then(|o| o.snapshot()) {
+                        *optimizer = o;
+                    }
+                    model.write_params(&params)
+                };
+                if let Some(what) = bad {
+                    let event = TrainEvent::NonFinite {
+                        step: step + 1,
+                        epoch,
+                        what,
+                        elapsed_s: start.elapsed().as_secs_f64(),
+                    };
+                    let answer = dispatch(actor.callbacks, &event)?;
+                    if answer.0.severity() < (Control::Stop { reason: String::new() }).severity() {
+                        restore()?;
+                        return Err(Error::Other(format!(
+                            "{} became NaN or infinite at step {}; add [callbacks.nan-rollback] to roll back and go on",
+                            match what {
+                                NonFiniteKind::Loss => "the loss",
+                                NonFiniteKind::Gradients => "a gradient",
+                                NonFiniteKind::Parameters => "a parameter",
+                            },
+                            step + 1
+                        )));
+                    }
+                    if let Flow::Stop = actor.act(step + 1, answer, &mut restore)? {
+                        // Never finish on a broken state.
+                        restore()?;
+                        break 'epochs;
+                    }
+                    continue;
+                }
+                let (grads, loss, samples, tokens, grad_norm, lr) = update.expect("set when nothing was bad");
                 model.write_params(&params)?;
+                let optimizer_s = t_opt.elapsed().as_secs_f64();
                 step += 1;
                 losses.push(loss);
+                let update_ratio = stats::global_update_ratio(&good.params, &params);
+                let module_stats = if self.cfg.module_stats_every > 0 && step % self.cfg.module_stats_every == 0 {
+                    modules.stats(&info, &good.params, &params, &grads)
+                } else {
+                    Vec::new()
+                };
                 let dt = step_start.elapsed().as_secs_f64().max(1e-9);
-                emit(
-                    callbacks,
+                let answer = dispatch(
+                    actor.callbacks,
                     &TrainEvent::Step(StepMetrics {
                         step,
                         total_steps: total,
@@ -239,21 +439,45 @@ impl TrainStage for SupervisedTrainer {
                         elapsed_s: start.elapsed().as_secs_f64(),
                         samples_per_s: samples as f64 / dt,
                         tokens_per_s: tokens as f64 / dt,
+                        data_s,
+                        forward_backward_s: fb_s,
+                        optimizer_s,
+                        update_ratio,
+                        modules: module_stats,
                     }),
                 )?;
+                let optimizer = &mut self.optimizer;
+                let mut restore = || -> Result<()> {
+                    params.clone_from(&good.params);
+                    if let Some(o) = good.optimizer.as_ref().and_then(|o| o.snapshot()) {
+                        *optimizer = o;
+                    }
+                    model.write_params(&params)
+                };
+                if let Flow::Stop = actor.act(step, answer, &mut restore)? {
+                    break 'epochs;
+                }
                 if eval.interval() > 0 && step % eval.interval() == 0 && step < total {
-                    evals.push(evaluate(model, data, eval, callbacks, step)?);
+                    let (done, answer) = evaluate(model, data, eval, actor.callbacks, step)?;
+                    evals.push(done);
+                    if let Flow::Stop = actor.act(step, answer, &mut || Ok(()))? {
+                        break 'epochs;
+                    }
                 }
                 if step >= total {
                     break 'epochs;
                 }
             }
-            emit(callbacks, &TrainEvent::EpochEnd { epoch, step })?;
+            let answer = dispatch(actor.callbacks, &TrainEvent::EpochEnd { epoch, step })?;
             epoch += 1;
+            if let Flow::Stop = actor.act(step, answer, &mut || Ok(()))? {
+                break;
+            }
         }
-        evals.push(evaluate(model, data, eval, callbacks, step)?);
+        let (done, _) = evaluate(model, data, eval, actor.callbacks, step)?;
+        evals.push(done);
         let elapsed_s = start.elapsed().as_secs_f64();
-        emit(callbacks, &TrainEvent::End { step, elapsed_s })?;
+        emit(actor.callbacks, &TrainEvent::End { step, elapsed_s })?;
         Ok(TrainSummary {
             steps: step,
             epochs_completed: epoch,

@@ -42,7 +42,10 @@ fn codes(edits: &[Edit], out: &Path) -> BTreeSet<String> {
         env: Vec::new(),
         sets: vec![format!("run.output-dir={}", out.display())],
     };
-    let fill = |s: &str| s.replace("{fixtures}", &fixtures());
+    // A port that is taken for as long as this check runs.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port().to_string();
+    let fill = |s: &str| s.replace("{fixtures}", &fixtures()).replace("{busy_port}", &busy_port);
     for e in edits {
         match e {
             Edit::Set(s) => overrides.sets.push(fill(s)),

@@ -10,6 +10,7 @@ mod backend;
 mod cross;
 mod data;
 mod model;
+mod monitor;
 mod range;
 mod resource;
 mod structure;

@@ -9,6 +9,7 @@
 //! so every crate can depend on it without pulling a backend in.
 
 pub mod adapter;
+pub mod augment;
 pub mod batch;
 pub mod bert;
 pub mod config;
@@ -19,11 +20,12 @@ pub mod fsutil;
 pub mod init;
 pub mod lora;
 pub mod optim;
+pub mod vit;
 pub mod registry;
 pub mod stage;
 
 pub use adapter::{AdapterModel, ParamInfo, StepOutput};
-pub use batch::{Batch, HostTensor, TextBatch};
+pub use batch::{Batch, HostTensor, ImageBatch, TextBatch};
 pub use error::{Error, Result};
 pub use lora::{LoraSpec, TargetModule};
 

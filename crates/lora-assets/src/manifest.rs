@@ -120,10 +120,22 @@ const ASSETS: &[Asset] = &[
         sha256: "39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0",
         root: "usr/share/datasets/fashion-mnist",
         files: &[
-            ("train-images-idx3-ubyte.gz", None),
-            ("train-labels-idx1-ubyte.gz", None),
-            ("t10k-images-idx3-ubyte.gz", None),
-            ("t10k-labels-idx1-ubyte.gz", None),
+            (
+                "train-images-idx3-ubyte.gz",
+                Some("b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7"),
+            ),
+            (
+                "train-labels-idx1-ubyte.gz",
+                Some("0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056"),
+            ),
+            (
+                "t10k-images-idx3-ubyte.gz",
+                Some("cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa"),
+            ),
+            (
+                "t10k-labels-idx1-ubyte.gz",
+                Some("8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05"),
+            ),
         ],
         licence: "MIT",
     },

@@ -13,6 +13,7 @@ pub mod pipeline;
 use lora_backend_burn as _;
 #[cfg(feature = "candle")]
 use lora_backend_candle as _;
+use lora_augment as _;
 use lora_data as _;
 use lora_train as _;
 

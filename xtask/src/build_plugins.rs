@@ -1,6 +1,7 @@
 //! `cargo xtask build-plugins`: builds the example plugin as a shared library,
 //! twice: as it is (`target/plugins/`), and against a future plugin interface
-//! (`target/plugins/incompatible/`) for the test of the version handshake.
+//! (`target/plugins/incompatible/`) for the test of the version handshake, and
+//! a build whose registration panics (`target/plugins/panicking/`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -27,6 +28,11 @@ pub fn run(_args: &[String]) -> ExitCode {
             cargo::target_dir().join("plugins-incompatible-build"),
             vec!["--features", "lora-plugin-api/__test-future-major"],
             out.join("incompatible"),
+        ),
+        (
+            cargo::target_dir().join("plugins-panicking-build"),
+            vec!["--features", "example-salt-pepper/__test-panic"],
+            out.join("panicking"),
         ),
     ];
     for (target, features, destination) in builds {

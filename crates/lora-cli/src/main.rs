@@ -92,6 +92,13 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Every component (data sources, augmentations, models, ..., rules) with its origin;
+    /// with a pipeline, its `[plugins]` are loaded first.
+    Plugins {
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        layers: Layers,
+    },
     /// List every validation rule (`--markdown`: the docs/RULES.md page).
     Rules {
         /// Print one rule's documentation.
@@ -242,6 +249,17 @@ fn run(command: Command) -> lora_core::Result<()> {
                 Some(p) => print!("{}", lora_cli::show::render(p, &checked.source)),
                 None => return Err(lora_core::Error::Invalid(checked.diagnostics)),
             }
+        }
+        Command::Plugins { file, layers } => {
+            if let Some(file) = file {
+                let composed = lora_validate::compose(&file, &layers.overrides(Vec::new()))?;
+                let doc = lora_core::doc::ConfigDoc::parse(&composed.source)?;
+                let diags = lora_cli::plugins::load_from(&doc);
+                if diags.has_errors() {
+                    return Err(lora_core::Error::Invalid(diags));
+                }
+            }
+            print!("{}", lora_cli::plugins::listing());
         }
         Command::Rules { id, markdown } => {
             if markdown {

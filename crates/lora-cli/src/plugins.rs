@@ -53,3 +53,79 @@ pub fn load_from(doc: &ConfigDoc) -> Diagnostics {
     }
     diags
 }
+
+/// Names registered twice (by crates linked into this binary, or by plugins): errors at start.
+pub fn duplicate_names() -> Diagnostics {
+    let mut diags = Diagnostics::default();
+    let mut problems = lora_core::registry::all_duplicates();
+    let rules = lora_core::rules::rules();
+    for (i, a) in rules.iter().enumerate() {
+        if let Some(b) = rules[i + 1..].iter().find(|b| b.id == a.id) {
+            problems.push(format!(
+                "two rules named `{}`: from {} and {}",
+                a.id, a.origin, b.origin
+            ));
+        }
+    }
+    for p in problems {
+        diags.push(
+            Diagnostic::error("plugin::duplicate-name", p)
+                .help("component names are global; rename one of them (a plugin can prefix its names with its own)"),
+        );
+    }
+    diags
+}
+
+/// `lora plugins`: every component of every kind with its one-line summary and origin.
+pub fn listing() -> String {
+    use lora_core::registry::{self, Entry, origin};
+    use std::fmt::Write;
+
+    fn kind<E: Entry>(out: &mut String, extra: impl Fn(&E) -> String)
+    where
+        lora_core::inventory::iter<E>: IntoIterator<Item = &'static E>,
+    {
+        for e in registry::entries::<E>() {
+            writeln!(
+                out,
+                "{:<14} {:<28} {}{}  ({})",
+                E::KIND,
+                e.name(),
+                e.summary(),
+                extra(e),
+                origin(e)
+            )
+            .unwrap();
+        }
+    }
+    let mut out = String::new();
+    writeln!(out, "{:<14} {:<28} summary  (origin)", "kind", "name").unwrap();
+    kind::<registry::DataSourceEntry>(&mut out, |_| String::new());
+    kind::<registry::AugmentationEntry>(&mut out, |_| String::new());
+    kind::<registry::ModelEntry>(&mut out, |e| format!(" [{}]", e.backend));
+    kind::<registry::TrainerEntry>(&mut out, |_| String::new());
+    kind::<registry::OptimizerEntry>(&mut out, |_| String::new());
+    kind::<registry::SchedulerEntry>(&mut out, |_| String::new());
+    kind::<registry::EvaluatorEntry>(&mut out, |_| String::new());
+    kind::<registry::CallbackEntry>(&mut out, |_| String::new());
+    for r in lora_core::rules::rules() {
+        writeln!(out, "{:<14} {:<28} {}  ({})", "rule", r.id, r.summary, r.origin).unwrap();
+    }
+    let loaded = lora_plugin_host::loaded();
+    if !loaded.is_empty() {
+        writeln!(out).unwrap();
+        for p in loaded {
+            writeln!(
+                out,
+                "plugin {} {} from {}: {} component(s), loaded in {:.1} ms",
+                p.name,
+                p.version,
+                p.path.display(),
+                p.contributions.len(),
+                p.load_time.as_secs_f64() * 1000.0
+            )
+            .unwrap();
+        }
+    }
+    out
+}

@@ -70,6 +70,7 @@ pub fn check_source(source: Arc<SourceFile>, assets: &dyn AssetResolver) -> Chec
     };
     // Plugins first: what they register is then known to the registries and the rules.
     let mut loader = crate::plugins::load_from(&doc);
+    loader.0.extend(crate::plugins::duplicate_names().0);
     let (partial, parse_diags) = PartialConfig::parse(source.clone());
     loader.0.extend(parse_diags.0);
     let backend = partial

@@ -4,6 +4,8 @@
 //! spanned TOML table. A binary sees the entries of every crate it links.
 
 use crate::augment::Augmentation;
+use std::sync::Mutex;
+
 use crate::config::Component;
 use crate::diag::{Diagnostic, Diagnostics, did_you_mean};
 use crate::events::Callback;
@@ -73,15 +75,41 @@ inventory::collect!(OptimizerEntry);
 inventory::collect!(SchedulerEntry);
 inventory::collect!(CallbackEntry);
 
+/// Entries added at run time by dynamic plugins, each with its library's path.
+/// Never removed: plugin libraries stay loaded for the life of the process.
+pub struct DynamicEntries<E: 'static>(Mutex<Vec<(&'static E, &'static str)>>);
+
+impl<E> DynamicEntries<E> {
+    const fn new() -> Self {
+        Self(Mutex::new(Vec::new()))
+    }
+
+    fn list(&self) -> Vec<(&'static E, &'static str)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Where built-in entries come from.
+pub const BUILT_IN: &str = "built in";
+
 /// What every registry entry exposes, for generic lookup and listing.
-pub trait Entry: 'static {
+pub trait Entry: Sized + 'static {
     const KIND: &'static str;
     fn name(&self) -> &'static str;
     fn summary(&self) -> &'static str;
+    /// The entries plugins added to this kind.
+    fn dynamic() -> &'static DynamicEntries<Self>;
+    /// What must be unique within the kind: the name (models: backend and name).
+    fn key(&self) -> String {
+        self.name().to_string()
+    }
 }
 
 macro_rules! entry {
     ($t:ty, $kind:literal) => {
+        entry!($t, $kind, |e: &$t| e.name.to_string());
+    };
+    ($t:ty, $kind:literal, $key:expr) => {
         impl Entry for $t {
             const KIND: &'static str = $kind;
             fn name(&self) -> &'static str {
@@ -90,27 +118,115 @@ macro_rules! entry {
             fn summary(&self) -> &'static str {
                 self.summary
             }
+            fn dynamic() -> &'static DynamicEntries<Self> {
+                static DYNAMIC: DynamicEntries<$t> = DynamicEntries::new();
+                &DYNAMIC
+            }
+            fn key(&self) -> String {
+                ($key)(self)
+            }
         }
     };
 }
 
 entry!(DataSourceEntry, "data source");
 entry!(AugmentationEntry, "augmentation");
-entry!(ModelEntry, "model");
+entry!(ModelEntry, "model", |e: &ModelEntry| format!(
+    "{}/{}",
+    e.backend, e.name
+));
 entry!(TrainerEntry, "trainer");
 entry!(EvaluatorEntry, "evaluator");
 entry!(OptimizerEntry, "optimizer");
 entry!(SchedulerEntry, "scheduler");
 entry!(CallbackEntry, "callback");
 
-/// Every registered entry of a kind, sorted by name.
+/// Every registered entry of a kind, built in and loaded, sorted by name.
 pub fn entries<E: Entry>() -> Vec<&'static E>
 where
     inventory::iter<E>: IntoIterator<Item = &'static E>,
 {
     let mut v: Vec<&'static E> = inventory::iter::<E>.into_iter().collect();
+    v.extend(E::dynamic().list().into_iter().map(|(e, _)| e));
     v.sort_by_key(|e| e.name());
     v
+}
+
+/// Where an entry comes from: [`BUILT_IN`], or the path of the plugin library that added it.
+pub fn origin<E: Entry>(entry: &E) -> &'static str {
+    E::dynamic()
+        .list()
+        .into_iter()
+        .find(|(e, _)| std::ptr::eq(*e, entry))
+        .map_or(BUILT_IN, |(_, o)| o)
+}
+
+/// Adds an entry at run time. A key already taken is an error naming both origins.
+pub fn register_dynamic<E: Entry>(entry: E, origin: &'static str) -> Result<&'static E, String>
+where
+    inventory::iter<E>: IntoIterator<Item = &'static E>,
+{
+    if let Some(existing) = entries::<E>().into_iter().find(|e| e.key() == entry.key()) {
+        return Err(format!(
+            "two {}s named `{}`: one {}, one from {origin}",
+            E::KIND,
+            entry.key(),
+            describe(self::origin(existing))
+        ));
+    }
+    let entry: &'static E = Box::leak(Box::new(entry));
+    E::dynamic()
+        .0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((entry, origin));
+    Ok(entry)
+}
+
+fn describe(origin: &str) -> String {
+    if origin == BUILT_IN {
+        "built in".into()
+    } else {
+        format!("from {origin}")
+    }
+}
+
+/// Names used twice within a kind, among the entries linked into this binary.
+pub fn duplicates<E: Entry>() -> Vec<String>
+where
+    inventory::iter<E>: IntoIterator<Item = &'static E>,
+{
+    let all = entries::<E>();
+    let mut out = Vec::new();
+    for (i, a) in all.iter().enumerate() {
+        for b in &all[i + 1..] {
+            if a.key() == b.key() {
+                out.push(format!(
+                    "two {}s named `{}`: one {}, one {} (summaries: \"{}\" and \"{}\")",
+                    E::KIND,
+                    a.key(),
+                    describe(origin(*a)),
+                    describe(origin(*b)),
+                    a.summary(),
+                    b.summary()
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Every duplicate name of every kind: checked at start, an error before any work.
+pub fn all_duplicates() -> Vec<String> {
+    let mut out = duplicates::<DataSourceEntry>();
+    out.extend(duplicates::<AugmentationEntry>());
+    out.extend(duplicates::<ModelEntry>());
+    out.extend(duplicates::<TrainerEntry>());
+    out.extend(duplicates::<EvaluatorEntry>());
+    out.extend(duplicates::<OptimizerEntry>());
+    out.extend(duplicates::<SchedulerEntry>());
+    out.extend(duplicates::<CallbackEntry>());
+    out
 }
 
 /// Looks up the entry named by a component's `type`, or explains what exists.

@@ -18,6 +18,9 @@ use lora_plugin_api::{
 export_plugin!("example-salt-pepper", "0.1.0", register);
 
 fn register(r: &mut dyn Registrar) {
+    if cfg!(feature = "__test-panic") {
+        panic!("this build of example-salt-pepper panics on purpose (feature __test-panic)");
+    }
     r.augmentation(AugmentationEntry {
         name: "salt-pepper".into(),
         summary: "each pixel becomes black or white with probability `amount` (example plugin)".into(),

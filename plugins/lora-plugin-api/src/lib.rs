@@ -40,8 +40,8 @@ mod components;
 mod value;
 
 pub use components::{
-    Action, Augmentation, AugmentationEntry, Callback, CallbackEntry, Event, EventKind, Finding, Image, Registrar,
-    Rule, RuleEntry, Severity,
+    Action, Augmentation, AugmentationEntry, AugmentationFactory, Callback, CallbackEntry, CallbackFactory, Event,
+    EventKind, Finding, Image, Registrar, Rule, RuleEntry, Severity,
 };
 pub use value::{ConfigView, Params, Value};
 

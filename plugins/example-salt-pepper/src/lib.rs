@@ -111,34 +111,48 @@ impl Rule for AmountRange {
     }
 }
 
+/// The file is created when training starts, not when the pipeline is validated:
+/// nothing is written before validation has passed.
 pub struct CsvLossLog {
-    file: std::io::BufWriter<std::fs::File>,
+    path: String,
+    file: Option<std::io::BufWriter<std::fs::File>>,
 }
 
 impl CsvLossLog {
     pub fn from_params(p: &Params) -> Result<Self, String> {
+        let unknown = p.unknown_keys(&["path"]);
+        if !unknown.is_empty() {
+            return Err(format!("unknown key `{}` (csv-loss-log takes `path`)", unknown[0]));
+        }
         let path = p
             .get("path")
             .and_then(Value::as_str)
             .ok_or("csv-loss-log needs `path = \"...\"`")?;
-        let mut file = std::fs::File::create(path)
-            .map(std::io::BufWriter::new)
-            .map_err(|e| format!("cannot create {path}: {e}"))?;
-        writeln!(file, "step,loss").map_err(|e| e.to_string())?;
-        Ok(Self { file })
+        Ok(Self {
+            path: path.to_string(),
+            file: None,
+        })
+    }
+
+    fn open(&mut self) -> std::io::Result<()> {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&self.path)?);
+        writeln!(file, "step,loss")?;
+        self.file = Some(file);
+        Ok(())
     }
 }
 
 impl Callback for CsvLossLog {
     fn on_event(&mut self, event: &Event) -> Action {
-        let written = match (event.kind, event.loss) {
-            (EventKind::Step, Some(loss)) => writeln!(self.file, "{},{loss}", event.step),
-            (EventKind::End, _) => self.file.flush(),
+        let written = match (event.kind, event.loss, self.file.as_mut()) {
+            (EventKind::Start, _, _) => self.open(),
+            (EventKind::Step, Some(loss), Some(f)) => writeln!(f, "{},{loss}", event.step),
+            (EventKind::End, _, Some(f)) => f.flush(),
             _ => Ok(()),
         };
         match written {
             Ok(()) => Action::Continue,
-            Err(e) => Action::Stop(format!("csv-loss-log cannot write: {e}")),
+            Err(e) => Action::Stop(format!("csv-loss-log cannot write {}: {e}", self.path)),
         }
     }
 }

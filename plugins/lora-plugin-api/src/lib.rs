@@ -154,3 +154,8 @@ macro_rules! export_plugin {
         };
     };
 }
+
+/// `docs/PLUGINS.md`, compiled as doctests so that the guide's code keeps compiling.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/PLUGINS.md")]
+pub struct PluginsGuide;

@@ -330,6 +330,10 @@ lora_core::rule! {
 }
 
 fn targets_empty(ctx: &RuleContext) -> Vec<Finding> {
+    // A fully trained model (pretraining) has no adapter on purpose.
+    if ctx.string("model.mode").is_some_and(|m| m.value == "full") {
+        return Vec::new();
+    }
     match ctx.strings("lora.target-modules") {
         Some(t) if t.value.is_empty() => one(
             "target-modules is empty: no LoRA layer is inserted and only the head trains",

@@ -108,6 +108,7 @@ pub fn listing() -> String {
     kind::<registry::SchedulerEntry>(&mut out, |_| String::new());
     kind::<registry::EvaluatorEntry>(&mut out, |_| String::new());
     kind::<registry::CallbackEntry>(&mut out, |_| String::new());
+    kind::<registry::MetricEntry>(&mut out, |_| String::new());
     for r in lora_core::rules::rules() {
         writeln!(out, "{:<14} {:<28} {}  ({})", "rule", r.id, r.summary, r.origin).unwrap();
     }

@@ -66,6 +66,15 @@ pub struct AugmentationEntry {
     pub build: Build<Augmentation>,
 }
 
+/// A classification metric computed from the confusion matrix (`matrix[true][predicted]`),
+/// chosen by name in `[eval] metrics`.
+pub struct MetricEntry {
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub compute: fn(&[Vec<u64>]) -> f64,
+}
+
+inventory::collect!(MetricEntry);
 inventory::collect!(DataSourceEntry);
 inventory::collect!(AugmentationEntry);
 inventory::collect!(ModelEntry);
@@ -140,6 +149,7 @@ entry!(EvaluatorEntry, "evaluator");
 entry!(OptimizerEntry, "optimizer");
 entry!(SchedulerEntry, "scheduler");
 entry!(CallbackEntry, "callback");
+entry!(MetricEntry, "metric");
 
 /// Every registered entry of a kind, built in and loaded, sorted by name.
 pub fn entries<E: Entry>() -> Vec<&'static E>
@@ -226,6 +236,7 @@ pub fn all_duplicates() -> Vec<String> {
     out.extend(duplicates::<OptimizerEntry>());
     out.extend(duplicates::<SchedulerEntry>());
     out.extend(duplicates::<CallbackEntry>());
+    out.extend(duplicates::<MetricEntry>());
     out
 }
 

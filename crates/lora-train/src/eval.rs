@@ -6,7 +6,7 @@ use lora_core::adapter::AdapterModel;
 use lora_core::config::Component;
 use lora_core::diag::{Diagnostic, Diagnostics};
 use lora_core::inventory;
-use lora_core::registry::EvaluatorEntry;
+use lora_core::registry::{EvaluatorEntry, MetricEntry, entries};
 use lora_core::stage::{Dataset, EvalReport, EvalStage};
 use lora_core::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -21,14 +21,22 @@ pub struct ClassificationEvalConfig {
     pub every_steps: usize,
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// Metrics to report by name (`lora plugins` lists them); the loss is always reported.
+    #[serde(default = "default_metrics")]
+    pub metrics: Vec<String>,
 }
 
 fn default_batch() -> usize {
     64
 }
+fn default_metrics() -> Vec<String> {
+    vec!["accuracy".into(), "macro_f1".into()]
+}
 
 pub struct ClassificationEval {
     pub cfg: ClassificationEvalConfig,
+    /// The configured metrics, looked up once.
+    pub metrics: Vec<&'static MetricEntry>,
 }
 
 impl EvalStage for ClassificationEval {
@@ -62,8 +70,9 @@ impl EvalStage for ClassificationEval {
         }
         let samples = confusion.total() as usize;
         let mut metrics = BTreeMap::new();
-        metrics.insert("accuracy".to_string(), confusion.accuracy());
-        metrics.insert("macro_f1".to_string(), confusion.macro_f1());
+        for m in &self.metrics {
+            metrics.insert(m.name.to_string(), (m.compute)(&confusion.matrix));
+        }
         let per_class: BTreeMap<&str, Option<f64>> = label_names
             .iter()
             .map(String::as_str)
@@ -93,9 +102,25 @@ fn build(c: &Component) -> std::result::Result<Box<dyn EvalStage>, Diagnostics> 
         .at(c.value_location("batch-size"))
         .into());
     }
-    Ok(Box::new(ClassificationEval { cfg }))
+    let names: Vec<&str> = entries::<MetricEntry>().iter().map(|e| e.name).collect();
+    let mut metrics = Vec::new();
+    for name in &cfg.metrics {
+        match entries::<MetricEntry>().into_iter().find(|e| e.name == name.as_str()) {
+            Some(e) => metrics.push(e),
+            None => {
+                let d = Diagnostic::error("eval::unknown-metric", format!("unknown metric `{name}`"))
+                    .at(c.value_location("metrics"));
+                let help = match lora_core::diag::did_you_mean(name, names.iter().copied()) {
+                    Some(s) => format!("did you mean `{s}`? available: {}", names.join(", ")),
+                    None => format!("available: {}", names.join(", ")),
+                };
+                return Err(d.help(help).into());
+            }
+        }
+    }
+    Ok(Box::new(ClassificationEval { cfg, metrics }))
 }
 
 inventory::submit! {
-    EvaluatorEntry { name: "classification", summary: "loss, accuracy, macro-F1 and confusion matrix on the validation split", build }
+    EvaluatorEntry { name: "classification", summary: "loss, the configured metrics (accuracy and macro-F1 by default) and the confusion matrix on the validation split", build }
 }

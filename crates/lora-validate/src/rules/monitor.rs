@@ -106,30 +106,39 @@ fn each<'a>(
         .collect()
 }
 
-const EVAL_METRICS: [&str; 3] = ["loss", "accuracy", "macro_f1"];
+/// What the evaluator reports: the loss and its configured metrics.
+fn reported(ctx: &RuleContext) -> Vec<String> {
+    let mut out = vec!["loss".to_string()];
+    match ctx.strings("eval.metrics") {
+        Some(m) => out.extend(m.value.iter().map(|s| s.to_string())),
+        None => out.extend(["accuracy".to_string(), "macro_f1".to_string()]),
+    }
+    out
+}
 
 fn metric_unknown(ctx: &RuleContext) -> Vec<Finding> {
     if !classification_eval(ctx) {
         return Vec::new();
     }
+    let reported = reported(ctx);
     callbacks(ctx, "early-stopping")
         .into_iter()
         .filter_map(|(_, n)| n.get("metric"))
         .filter_map(|m| m.as_str().map(|s| (s, m)))
-        .filter(|(s, _)| !EVAL_METRICS.contains(s))
+        .filter(|(s, _)| !reported.iter().any(|r| r == s))
         .map(|(s, m)| {
             Finding::new(
                 format!("early-stopping metric `{s}` is not reported by the evaluator"),
                 Some(m.location.clone()),
             )
-            .help(suggest(s, EVAL_METRICS))
+            .help(suggest(s, reported.iter().map(String::as_str)))
         })
         .collect()
 }
 lora_core::rule! {
     id: "callbacks::early-stopping-metric-unknown", category: Cross, severity: Error,
     summary: "Early stopping watches a metric the evaluator does not report.",
-    doc: "The classification evaluator reports loss, accuracy and macro_f1; any other name never changes, so the run would stop after `patience` evaluations.",
+    doc: "The evaluator reports the loss and the metrics of `[eval] metrics` (accuracy and macro_f1 by default); any other name never changes, so the run would stop after `patience` evaluations.",
     trip: [Set("callbacks.early-stopping.metric=\"acc\"")], check: metric_unknown,
 }
 
@@ -140,7 +149,7 @@ fn mode_mismatch(ctx: &RuleContext) -> Vec<Finding> {
             let metric = n.get("metric").and_then(Node::as_str).unwrap_or("loss");
             let mode = n.get("mode")?;
             let expected = if metric == "loss" { "min" } else { "max" };
-            (mode.as_str() != Some(expected) && EVAL_METRICS.contains(&metric)).then(|| {
+            (mode.as_str() != Some(expected)).then(|| {
                 Finding::new(
                     format!(
                         "mode `{}` for `{metric}`: lower is better only for the loss",

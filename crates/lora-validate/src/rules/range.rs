@@ -605,3 +605,50 @@ bad |v| v < 0.0, "is negative", "0 <= every-steps (0: only at the end)",
 "every-steps is negative.",
 "The evaluation interval counts optimizer steps; 0 evaluates only at the end.",
 [Set("eval.every-steps=-1")] }
+
+fn metrics_duplicate(ctx: &RuleContext) -> Vec<Finding> {
+    let Some(m) = ctx.strings("eval.metrics").filter(|_| classification_eval(ctx)) else {
+        return Vec::new();
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    m.value
+        .iter()
+        .filter(|n| !seen.insert(**n))
+        .map(|n| Finding::new(format!("metric `{n}` is listed twice"), Some(m.location.clone())))
+        .collect()
+}
+lora_core::rule! {
+    id: "eval::metrics-duplicate", category: Range, severity: Warning,
+    summary: "A metric is listed twice in `[eval] metrics`.",
+    doc: "Each metric is reported once; a repeat is usually a typo for another metric.",
+    trip: [Set("eval.metrics=[\"accuracy\", \"accuracy\"]")], check: metrics_duplicate,
+}
+
+fn metrics_accuracy_only_imbalanced(ctx: &RuleContext) -> Vec<Finding> {
+    let Some(m) = ctx.strings("eval.metrics").filter(|_| classification_eval(ctx)) else {
+        return Vec::new();
+    };
+    let Some(d) = ctx.facts.data.as_ref() else {
+        return Vec::new();
+    };
+    let counts: Vec<usize> = d.train.label_counts.iter().copied().filter(|&n| n > 0).collect();
+    let (Some(&max), Some(&min)) = (counts.iter().max(), counts.iter().min()) else {
+        return Vec::new();
+    };
+    if m.value == ["accuracy"] && max >= 3 * min {
+        return one(
+            format!("only accuracy is reported on classes imbalanced {}:1", max / min.max(1)),
+            Some(m.location),
+        )
+        .into_iter()
+        .map(|f| f.help("add \"macro_f1\" or \"balanced_accuracy\": they show a model that ignores small classes"))
+        .collect();
+    }
+    Vec::new()
+}
+lora_core::rule! {
+    id: "eval::accuracy-only-imbalanced", category: Cross, severity: Warning,
+    summary: "Only accuracy is reported on imbalanced classes.",
+    doc: "On classes imbalanced 3:1 or worse, accuracy rewards predicting the majority class; macro-F1 or balanced accuracy do not.",
+    trip: [Set("eval.metrics=[\"accuracy\"]"), Set("data.path=\"{fixtures}/data/imbalanced.csv\"")], check: metrics_accuracy_only_imbalanced,
+}

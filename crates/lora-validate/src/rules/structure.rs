@@ -100,3 +100,9 @@ lora_core::rule! {
     doc: "A missing file, a library without the plugin declaration, an interface version or compiler mismatch, or a panic while registering; every plugin's problem is reported together, and nothing of a failed plugin is used.",
     trip: [Set("plugins.paths=[\"{fixtures}/no-such-plugin.so\"]")], check: loader,
 }
+lora_core::rule! {
+    id: "eval::unknown-metric", category: Structure, severity: Error,
+    summary: "`[eval] metrics` names a metric that is not registered.",
+    doc: "Metrics are registered by name (`lora plugins` lists them: accuracy, macro_f1, weighted_f1, balanced_accuracy, macro_precision, mcc); the closest name is suggested.",
+    trip: [Set("eval.metrics=[\"acuracy\"]")], check: loader,
+}

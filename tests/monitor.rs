@@ -307,6 +307,7 @@ fn chromium() -> Option<&'static str> {
 /// The page's `<body data-...>` attributes and each chart's point count, after
 /// the page has received `live` pushed training steps.
 struct Seen {
+    dom: String,
     body: String,
     charts: Vec<(String, usize)>,
 }
@@ -346,7 +347,7 @@ fn look(browser: &str, url: &str, live: usize) -> Seen {
             (name, attr(c, "data-points").unwrap_or(0))
         })
         .collect();
-    Seen { body, charts }
+    Seen { dom, body, charts }
 }
 
 #[test]
@@ -413,6 +414,19 @@ fn headless_chromium_sees_the_dashboard_grow_during_a_run() {
             seen.charts
         );
     }
+    // The early checks' warning (the fixture truncates many tweets at this max-length) is listed.
+    assert!(
+        second.dom.contains("input-checks · warn: heavy truncation"),
+        "no intervention shown: {}",
+        second
+            .dom
+            .split("<ul id=\"interventions\">")
+            .nth(1)
+            .unwrap_or("")
+            .chars()
+            .take(400)
+            .collect::<String>()
+    );
     let loss = |s: &Seen| {
         s.charts
             .iter()

@@ -229,6 +229,9 @@ fn nan_loss_gives_up_after_its_retries_without_saving() {
         .map(|i| i["action"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(actions, ["rollback", "rollback", "fail"]);
+    // The failed run's report shows why.
+    let report = std::fs::read_to_string(out.join("report/report.html")).unwrap();
+    assert!(report.contains("giving up"), "{report}");
 
     // Without the callback, the first NaN ends the run and says what to add.
     let out2 = dir.path().join("plain");

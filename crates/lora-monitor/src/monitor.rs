@@ -124,9 +124,19 @@ impl Callback for Monitor {
 
 impl Drop for Monitor {
     fn drop(&mut self) {
-        // A run that failed has no End: let viewers know the stream is over.
-        self.hub.update(|s| s.recorder.finished = true);
+        // A run that failed has no End: its report still helps to see why
+        // (best effort, the run's own error is what gets reported), and
+        // viewers must learn that the stream is over.
+        let failed_after_starting = {
+            let state = self.hub.lock();
+            let r = &state.recorder;
+            !r.finished && (r.step > 0 || !r.interventions.is_empty())
+        };
         self.sampler.take();
+        if failed_after_starting {
+            let _ = self.write_report();
+        }
+        self.hub.update(|s| s.recorder.finished = true);
         self.server.take();
     }
 }

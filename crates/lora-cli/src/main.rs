@@ -5,10 +5,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use lora_assets::CacheResolver;
 use lora_core::config::PipelineConfig;
+use lora_core::diag::Severity;
 use lora_core::registry::{self, Entry};
+use lora_core::stage::AssetResolver;
+use lora_validate::Overrides;
 
 #[derive(Parser)]
 #[command(
@@ -19,6 +22,22 @@ use lora_core::registry::{self, Entry};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Layering on top of the file: `--set`, after the `LORA__*` and `OVERRIDE_LR` variables.
+#[derive(Args, Clone, Default)]
+struct Layers {
+    /// Override a value: `--set train.batch-size=16` (repeatable; applied after the environment).
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    sets: Vec<String>,
+}
+
+impl Layers {
+    fn overrides(&self, extra: Vec<String>) -> Overrides {
+        let mut sets = self.sets.clone();
+        sets.extend(extra);
+        Overrides::from_process(sets)
+    }
 }
 
 #[derive(Subcommand)]
@@ -41,12 +60,16 @@ enum Command {
         /// Port of the dashboard (`[monitor] port`; 0 picks a free one).
         #[arg(long)]
         port: Option<u16>,
+        #[command(flatten)]
+        layers: Layers,
     },
     /// Score an adapter on the pipeline's validation split (JSON on stdout).
     Eval {
         #[arg(long)]
         adapter: PathBuf,
         file: PathBuf,
+        #[command(flatten)]
+        layers: Layers,
     },
     /// Class probabilities of texts under a run's adapter (JSON lines on stdout).
     Predict {
@@ -58,8 +81,24 @@ enum Command {
         #[arg(required = true)]
         texts: Vec<String>,
     },
-    /// Check a pipeline without running it.
-    Validate { file: PathBuf },
+    /// Check a pipeline against the model (header only), the data and the machine, without running it.
+    Validate {
+        file: PathBuf,
+        #[command(flatten)]
+        layers: Layers,
+    },
+    /// Layered configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// List every validation rule (`--markdown`: the docs/RULES.md page).
+    Rules {
+        /// Print one rule's documentation.
+        id: Option<String>,
+        #[arg(long)]
+        markdown: bool,
+    },
     /// List every registered component: data sources, models, trainers, ...
     List,
     /// Training-step speed and peak memory on MiniLM-L6 (JSON lines on stdout).
@@ -73,6 +112,16 @@ enum Command {
         /// Compare a short training run with and without monitoring instead.
         #[arg(long)]
         monitoring: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// The resolved configuration, every value with where it came from.
+    Show {
+        file: PathBuf,
+        #[command(flatten)]
+        layers: Layers,
     },
 }
 
@@ -95,6 +144,19 @@ fn render(e: &lora_core::Error) -> String {
     }
 }
 
+/// Validates a layered pipeline; warnings are printed, errors stop before any work.
+fn validated(
+    file: &std::path::Path,
+    overrides: Overrides,
+    assets: &dyn AssetResolver,
+) -> lora_core::Result<lora_cli::pipeline::Pipeline> {
+    let checked = lora_cli::validate::check_file(file, &overrides, assets)?;
+    if !checked.has_errors() && !checked.diagnostics.is_empty() {
+        eprintln!("{}\n", checked.diagnostics);
+    }
+    checked.into_pipeline()
+}
+
 fn run(command: Command) -> lora_core::Result<()> {
     let assets = CacheResolver;
     match command {
@@ -105,19 +167,24 @@ fn run(command: Command) -> lora_core::Result<()> {
             output_dir,
             dashboard,
             port,
+            layers,
         } => {
-            let mut config = PipelineConfig::load(&file)?;
+            // The flags are overrides like any other, so diagnostics name them.
+            let mut extra = Vec::new();
             if let Some(b) = backend {
-                config.run.backend = b;
+                extra.push(format!("run.backend={b}"));
             }
             if let Some(o) = output_dir {
-                config.run.output_dir = o;
+                extra.push(format!("run.output-dir={}", o.display()));
             }
-            config.monitor.dashboard |= dashboard;
+            if dashboard {
+                extra.push("monitor.dashboard=true".into());
+            }
             if let Some(p) = port {
-                config.monitor.port = p;
+                extra.push(format!("monitor.port={p}"));
             }
-            let out = lora_cli::pipeline::run(config, &assets, quiet)?;
+            let pipeline = validated(&file, layers.overrides(extra), &assets)?;
+            let out = lora_cli::pipeline::run(pipeline, &assets, quiet)?;
             let metrics: Vec<String> = out
                 .final_eval
                 .metrics
@@ -133,14 +200,15 @@ fn run(command: Command) -> lora_core::Result<()> {
                 out.output_dir.display()
             );
         }
-        Command::Eval { adapter, file } => {
-            let config = PipelineConfig::load(&file)?;
-            let report = lora_cli::pipeline::eval(config, &adapter, &assets)?;
+        Command::Eval { adapter, file, layers } => {
+            let pipeline = validated(&file, layers.overrides(Vec::new()), &assets)?;
+            let report = lora_cli::pipeline::eval(pipeline, &adapter, &assets)?;
             println!("{}", serde_json::to_string_pretty(&report).expect("json"));
         }
         Command::Predict { adapter, config, texts } => {
             let file = config.unwrap_or_else(|| adapter.join("pipeline.toml"));
-            let config = PipelineConfig::load(&file)?;
+            let composed = lora_validate::compose(&file, &Overrides::from_process(Vec::new()))?;
+            let config = PipelineConfig::from_source(composed.source)?;
             for p in lora_cli::pipeline::predict(config, &adapter, &texts, &assets)? {
                 let probs: serde_json::Map<String, serde_json::Value> = p
                     .probabilities
@@ -153,12 +221,67 @@ fn run(command: Command) -> lora_core::Result<()> {
                 );
             }
         }
-        Command::Validate { file } => {
-            let config = PipelineConfig::load(&file)?;
-            let pipeline = lora_cli::pipeline::Pipeline::build(config)?;
-            let ctx = pipeline.context(&assets)?;
-            pipeline.prepare(&ctx)?;
-            println!("{}: ok", file.display());
+        Command::Validate { file, layers } => {
+            let started = std::time::Instant::now();
+            let checked = lora_cli::validate::check_file(&file, &layers.overrides(Vec::new()), &assets)?;
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            if checked.has_errors() {
+                return Err(lora_core::Error::Invalid(checked.diagnostics));
+            }
+            let warnings = checked.diagnostics.0.len();
+            if warnings > 0 {
+                eprintln!("{}\n", checked.diagnostics);
+            }
+            println!("{}: ok, {warnings} warning(s), checked in {ms:.0} ms", file.display());
+        }
+        Command::Config {
+            command: ConfigCommand::Show { file, layers },
+        } => {
+            let checked = lora_cli::validate::check_file(&file, &layers.overrides(Vec::new()), &assets)?;
+            match &checked.pipeline {
+                Some(p) => print!("{}", lora_cli::show::render(p, &checked.source)),
+                None => return Err(lora_core::Error::Invalid(checked.diagnostics)),
+            }
+        }
+        Command::Rules { id, markdown } => {
+            if markdown {
+                print!("{}", lora_validate::docs::markdown());
+                return Ok(());
+            }
+            let rules = lora_core::rules::rules();
+            match id {
+                Some(id) => {
+                    let Some(r) = rules.iter().find(|r| r.id == id) else {
+                        let names = rules.iter().map(|r| r.id);
+                        let hint = lora_core::diag::did_you_mean(&id, names)
+                            .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
+                        return Err(lora_core::Error::Other(format!("no rule `{id}`{hint}")));
+                    };
+                    println!(
+                        "{} ({:?}, {})\n\n{}\n\n{}",
+                        r.id,
+                        r.severity,
+                        r.category.name(),
+                        r.summary,
+                        r.doc
+                    );
+                }
+                None => {
+                    for r in &rules {
+                        let sev = if r.severity == Severity::Error {
+                            "error"
+                        } else {
+                            "warning"
+                        };
+                        println!("{:<44} {:<8} {:<12} {}", r.id, sev, r.category.name(), r.summary);
+                    }
+                    let counts: Vec<String> = lora_validate::docs::counts()
+                        .iter()
+                        .map(|(c, n)| format!("{} {n}", c.name()))
+                        .collect();
+                    println!("\n{} rules: {}", rules.len(), counts.join(", "));
+                }
+            }
         }
         Command::Bench {
             backend,

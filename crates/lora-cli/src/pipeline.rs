@@ -30,16 +30,15 @@ impl Pipeline {
         let mut diags = Diagnostics::default();
         let backends = crate::backends();
         if !backends.contains(&config.run.backend.as_str()) {
-            let loc = lora_core::diag::Location {
-                file: config.file.clone(),
-                span: 0..0,
-            };
+            let loc = lora_core::doc::ConfigDoc::parse(&config.file)
+                .ok()
+                .and_then(|d| d.get("run.backend").map(|n| n.location.clone()));
             diags.push(
                 Diagnostic::error(
-                    "run::unknown-backend",
+                    "backend::not-compiled",
                     format!("backend `{}` is not compiled into this binary", config.run.backend),
                 )
-                .at(Some(loc))
+                .at(loc)
                 .help(format!(
                     "available: {} (enable others with cargo features, e.g. --features burn)",
                     backends.join(", ")
@@ -97,6 +96,16 @@ impl Pipeline {
 
     /// The whole configuration with every default filled in, as TOML.
     pub fn resolved_toml(&self) -> String {
+        let doc = self.resolved_value();
+        let body = toml::to_string_pretty(&doc).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
+        format!(
+            "# Resolved from {} with every default filled in.\n\n{body}",
+            self.config.file.path.display()
+        )
+    }
+
+    /// The whole configuration with every default filled in.
+    pub fn resolved_value(&self) -> serde_json::Value {
         let mut doc = serde_json::Map::new();
         doc.insert(
             "run".into(),
@@ -114,12 +123,7 @@ impl Pipeline {
             "monitor".into(),
             serde_json::to_value(&self.config.monitor).expect("serialisable"),
         );
-        let doc = strip_nulls(serde_json::Value::Object(doc));
-        let body = toml::to_string_pretty(&doc).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
-        format!(
-            "# Resolved from {} with every default filled in.\n\n{body}",
-            self.config.file.path.display()
-        )
+        strip_nulls(serde_json::Value::Object(doc))
     }
 
     /// Reads the data and builds the model: everything that can fail on input happens here.
@@ -151,10 +155,9 @@ pub struct RunOutcome {
     pub elapsed_s: f64,
 }
 
-/// `lora run`: validate, then train, evaluate and write the outputs.
-pub fn run(config: PipelineConfig, assets: &dyn AssetResolver, quiet: bool) -> Result<RunOutcome> {
+/// `lora run`: train, evaluate and write the outputs of a validated pipeline.
+pub fn run(mut pipeline: Pipeline, assets: &dyn AssetResolver, quiet: bool) -> Result<RunOutcome> {
     let started = std::time::Instant::now();
-    let mut pipeline = Pipeline::build(config)?;
     let ctx = pipeline.context(assets)?;
     let (data, mut model) = pipeline.prepare(&ctx)?;
     let summary = model.summary();
@@ -237,8 +240,7 @@ pub fn run(config: PipelineConfig, assets: &dyn AssetResolver, quiet: bool) -> R
 }
 
 /// `lora eval`: the pipeline's validation split, scored with an adapter.
-pub fn eval(config: PipelineConfig, adapter: &Path, assets: &dyn AssetResolver) -> Result<EvalReport> {
-    let pipeline = Pipeline::build(config)?;
+pub fn eval(pipeline: Pipeline, adapter: &Path, assets: &dyn AssetResolver) -> Result<EvalReport> {
     let ctx = pipeline.context(assets)?;
     let (data, mut model) = pipeline.prepare(&ctx)?;
     lora_train::load_adapter(adapter, model.as_mut())?;

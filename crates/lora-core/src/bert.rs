@@ -216,6 +216,11 @@ impl ClassifierSpec {
         Ok((dir, cfg))
     }
 
+    /// Header-only facts about the checkpoint, for validation.
+    pub fn facts(&self, ctx: &crate::stage::StageContext) -> Result<Option<crate::rules::ModelFacts>> {
+        read_facts(&ctx.assets.resolve(&self.path)?).map(Some)
+    }
+
     pub fn tokenizer(&self, ctx: &crate::stage::StageContext) -> Result<Option<std::path::PathBuf>> {
         let path = ctx.assets.resolve(&self.path)?.join("tokenizer.json");
         Ok(path.exists().then_some(path))
@@ -236,4 +241,129 @@ impl ClassifierSpec {
         }
         v
     }
+}
+
+/// Facts about a BERT checkpoint folder from `config.json` and the weight file's header,
+/// without reading a single weight (for the validation rules).
+pub fn read_facts(dir: &Path) -> Result<crate::rules::ModelFacts> {
+    use crate::rules::ModelFacts;
+    if !dir.is_dir() {
+        return Err(Error::Data(format!(
+            "{}: the model folder does not exist",
+            dir.display()
+        )));
+    }
+    let config_path = dir.join("config.json");
+    let text =
+        std::fs::read_to_string(&config_path).map_err(|e| Error::io("cannot read model config", &config_path, e))?;
+    let raw: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::Data(format!("{}: not JSON: {e}", config_path.display())))?;
+    let field = |k: &str| raw.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0) as usize;
+    let weights_path = dir.join("model.safetensors");
+    let (tensors, weight_bytes, data_len) = read_header(&weights_path)?;
+    let mut facts = ModelFacts {
+        architecture: raw
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("bert")
+            .to_string(),
+        hidden_size: field("hidden_size"),
+        num_layers: field("num_hidden_layers"),
+        num_heads: field("num_attention_heads"),
+        intermediate_size: field("intermediate_size"),
+        vocab_size: field("vocab_size"),
+        max_positions: field("max_position_embeddings"),
+        activation: raw
+            .get("hidden_act")
+            .and_then(|v| v.as_str())
+            .unwrap_or("gelu")
+            .to_string(),
+        has_tokenizer: dir.join("tokenizer.json").is_file(),
+        weight_bytes,
+        ..Default::default()
+    };
+    if weight_bytes < data_len {
+        return Err(Error::Data(format!(
+            "{}: the file is truncated ({weight_bytes} bytes, the header describes {data_len})",
+            weights_path.display()
+        )));
+    }
+    let prefix = if tensors.contains_key("bert.embeddings.word_embeddings.weight") {
+        "bert."
+    } else {
+        ""
+    };
+    let shape = |name: &str| tensors.get(&format!("{prefix}{name}")).map(|(_, s)| s.clone());
+    // What the header says, against what config.json says.
+    if let Some(s) = shape("embeddings.word_embeddings.weight") {
+        for (field, config, header) in [
+            ("vocab_size", facts.vocab_size, s[0]),
+            ("hidden_size", facts.hidden_size, s[1]),
+        ] {
+            if config != header {
+                facts.inconsistencies.push((field.into(), config, header));
+            }
+        }
+    }
+    if let Some(s) = shape("embeddings.position_embeddings.weight")
+        && s[0] != facts.max_positions
+    {
+        facts
+            .inconsistencies
+            .push(("max_position_embeddings".into(), facts.max_positions, s[0]));
+    }
+    let layers_in_header = (0..)
+        .take_while(|i| tensors.contains_key(&format!("{prefix}encoder.layer.{i}.attention.self.query.weight")))
+        .count();
+    if layers_in_header != facts.num_layers {
+        facts
+            .inconsistencies
+            .push(("num_hidden_layers".into(), facts.num_layers, layers_in_header));
+    }
+    for (name, module, _) in TARGETS {
+        let mut layers = Vec::new();
+        for i in 0..layers_in_header {
+            let tensor = format!("{prefix}encoder.layer.{i}.{module}.weight");
+            if let Some((_, s)) = tensors.get(&tensor)
+                && s.len() == 2
+            {
+                // A linear's weight is [out, in].
+                layers.push((tensor, s[1], s[0]));
+            }
+        }
+        facts.targets.insert(name.to_string(), layers);
+    }
+    facts.parameters = tensors.values().map(|(_, s)| s.iter().product::<usize>()).sum();
+    facts.tensors = tensors;
+    Ok(facts)
+}
+
+type Header = std::collections::BTreeMap<String, (String, Vec<usize>)>;
+
+/// The tensors of a safetensors file (name -> dtype, shape), its size and the data length
+/// its header describes; only the header is read.
+pub fn read_header(path: &Path) -> Result<(Header, u64, u64)> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io("cannot open weights", path, e))?;
+    let size = f
+        .metadata()
+        .map_err(|e| Error::io("cannot stat weights", path, e))?
+        .len();
+    let bad = |what: String| Error::Data(format!("{}: not a safetensors file: {what}", path.display()));
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|e| bad(e.to_string()))?;
+    let n = u64::from_le_bytes(len);
+    if n > 100_000_000 || n + 8 > size {
+        return Err(bad(format!("header length {n} does not fit a {size}-byte file")));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(|e| bad(e.to_string()))?;
+    let text = std::str::from_utf8(&header).map_err(|e| bad(e.to_string()))?;
+    let meta: safetensors::tensor::Metadata = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+    let tensors = meta
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| (name, (format!("{:?}", info.dtype), info.shape.clone())))
+        .collect();
+    Ok((tensors, size, 8 + n + meta.data_len() as u64))
 }

@@ -252,7 +252,18 @@ fn parse_document(file: &SourceFile) -> Result<Spanned<DeTable<'_>>, Diagnostics
 
 fn toml_error_in(file: &SourceFile, e: &toml::de::Error) -> Diagnostics {
     let arc = SourceFile::new(file.path.clone(), file.text.clone());
-    toml_error(&arc, e, "")
+    syntax_error(&arc, e)
+}
+
+/// A document that is not valid TOML: `config::syntax` (or `config::duplicate-key`).
+pub fn syntax_error(file: &Arc<SourceFile>, e: &toml::de::Error) -> Diagnostics {
+    let mut d = toml_error(file, e, "");
+    for diag in &mut d.0 {
+        if diag.code != "config::duplicate-key" {
+            diag.code = "config::syntax".into();
+        }
+    }
+    d
 }
 
 /// Turns toml's error (message plus byte span) into a diagnostic with a location.
@@ -264,6 +275,8 @@ pub fn toml_error(file: &Arc<SourceFile>, e: &toml::de::Error, table: &str) -> D
         "config::missing-key"
     } else if message.starts_with("invalid type") {
         "config::wrong-type"
+    } else if message.contains("duplicate key") {
+        "config::duplicate-key"
     } else if e.span().is_none() {
         "config::invalid"
     } else {
@@ -308,7 +321,18 @@ pub struct PipelineConfig {
     pub callbacks: Vec<Component>,
 }
 
-const SECTIONS: [&str; 8] = ["run", "data", "model", "lora", "train", "eval", "monitor", "callbacks"];
+/// Top-level tables; `plugins` is read by the plugin loader, not by a stage.
+const SECTIONS: [&str; 9] = [
+    "run",
+    "data",
+    "model",
+    "lora",
+    "train",
+    "eval",
+    "monitor",
+    "callbacks",
+    "plugins",
+];
 
 /// The `[callbacks.NAME]` tables, each a component whose type defaults to its name.
 fn callback_components(file: &Arc<SourceFile>, root: &DeTable<'_>) -> Result<Vec<Component>, Diagnostics> {
@@ -342,26 +366,38 @@ fn callback_components(file: &Arc<SourceFile>, root: &DeTable<'_>) -> Result<Vec
     if diags.has_errors() { Err(diags) } else { Ok(out) }
 }
 
-impl PipelineConfig {
-    pub fn load(path: &Path) -> Result<Self, crate::Error> {
-        let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io("cannot read configuration", path, e))?;
-        Ok(Self::parse(path, text)?)
-    }
+/// Every section that parsed, and the problems of those that did not: the
+/// validator checks what it can even when some sections are broken.
+#[derive(Debug, Clone, Default)]
+pub struct PartialConfig {
+    pub run: Option<RunConfig>,
+    pub data: Option<Component>,
+    pub model: Option<Component>,
+    pub lora: Option<LoraSpec>,
+    pub train: Option<Component>,
+    pub eval: Option<Component>,
+    pub monitor: Option<MonitorConfig>,
+    pub callbacks: Option<Vec<Component>>,
+}
 
-    /// Parses a pipeline, collecting every structural problem before giving up.
-    pub fn parse(path: &Path, text: String) -> Result<Self, Diagnostics> {
-        let file = SourceFile::new(path, text);
-        let root = parse_document(&file)?;
+impl PartialConfig {
+    /// Parses each section on its own, collecting every structural problem.
+    pub fn parse(file: Arc<SourceFile>) -> (Self, Diagnostics) {
+        let root = match parse_document(&file) {
+            Ok(r) => r,
+            Err(d) => return (PartialConfig::default(), d),
+        };
         let mut diags = Diagnostics::default();
 
         for (k, _) in root.get_ref().iter() {
             let key: &str = k.get_ref().as_ref();
             if !SECTIONS.contains(&key) {
-                let mut d =
-                    Diagnostic::error("config::unknown-key", format!("unknown section `{key}`")).at(Some(Location {
+                let mut d = Diagnostic::error("config::unknown-section", format!("unknown section `{key}`")).at(Some(
+                    Location {
                         file: file.clone(),
                         span: k.span(),
-                    }));
+                    },
+                ));
                 d = match did_you_mean(key, SECTIONS) {
                     Some(s) => d.help(format!("did you mean `{s}`?")),
                     None => d.help(format!("valid sections: {}", SECTIONS.join(", "))),
@@ -437,20 +473,60 @@ impl PipelineConfig {
                 .ok()
         });
 
+        let partial = PartialConfig {
+            run,
+            data,
+            model,
+            lora,
+            train: train.map(|t| t.with_nested(&["optimizer", "scheduler"])),
+            eval,
+            monitor,
+            callbacks,
+        };
+        (partial, diags)
+    }
+}
+
+impl PipelineConfig {
+    pub fn load(path: &Path) -> Result<Self, crate::Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io("cannot read configuration", path, e))?;
+        Ok(Self::parse(path, text)?)
+    }
+
+    /// Parses a pipeline, collecting every structural problem before giving up.
+    pub fn parse(path: &Path, text: String) -> Result<Self, Diagnostics> {
+        Self::from_source(SourceFile::new(path, text))
+    }
+
+    /// Parses an already composed document (see `lora-validate`'s layering).
+    pub fn from_source(file: Arc<SourceFile>) -> Result<Self, Diagnostics> {
+        let (partial, diags) = PartialConfig::parse(file.clone());
         if diags.has_errors() {
             return Err(diags);
         }
-        Ok(Self {
-            file,
-            run: run.expect("no errors"),
-            data: data.expect("no errors"),
-            model: model.expect("no errors"),
-            lora: lora.expect("no errors"),
-            train: train.expect("no errors").with_nested(&["optimizer", "scheduler"]),
-            eval: eval.expect("no errors"),
-            monitor: monitor.expect("no errors"),
-            callbacks: callbacks.expect("no errors"),
-        })
+        match partial {
+            PartialConfig {
+                run: Some(run),
+                data: Some(data),
+                model: Some(model),
+                lora: Some(lora),
+                train: Some(train),
+                eval: Some(eval),
+                monitor: Some(monitor),
+                callbacks: Some(callbacks),
+            } => Ok(Self {
+                file,
+                run,
+                data,
+                model,
+                lora,
+                train,
+                eval,
+                monitor,
+                callbacks,
+            }),
+            _ => Err(diags),
+        }
     }
 
     pub fn text(&self) -> &str {
@@ -520,7 +596,7 @@ lr = 1e-3
         let text = GOOD.replace("[eval]", "[evall]").replace("type = \"csv\"\n", "");
         let err = PipelineConfig::parse(Path::new("p.toml"), text).unwrap_err();
         let codes: Vec<&str> = err.0.iter().map(|d| d.code.as_str()).collect();
-        assert!(codes.contains(&"config::unknown-key"), "{codes:?}");
+        assert!(codes.contains(&"config::unknown-section"), "{codes:?}");
         assert!(codes.contains(&"config::missing-type"), "{codes:?}");
         assert!(codes.contains(&"config::missing-section"), "{codes:?}");
     }

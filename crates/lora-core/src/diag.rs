@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -15,10 +15,46 @@ pub enum Severity {
 }
 
 /// A configuration file kept in memory so that byte spans can be turned into lines and columns.
+///
+/// A layered configuration (`extends`, environment, `--set`) is a composed document
+/// whose `origins` say where each of its pieces was written; a plain file has none.
 #[derive(Debug)]
 pub struct SourceFile {
     pub path: PathBuf,
     pub text: String,
+    /// Byte ranges of `text` and where they came from, sorted by start; empty for a plain file.
+    pub origins: Vec<Segment>,
+}
+
+/// A piece of a composed document and its origin.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    pub range: Range<usize>,
+    pub origin: Origin,
+}
+
+/// Where a value of a composed configuration was written.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// In a file, starting at byte `start` of it.
+    File { file: Arc<SourceFile>, start: usize },
+    /// An environment variable (`LORA__TRAIN__BATCH_SIZE=16`, `OVERRIDE_LR=1e-4`).
+    Env { var: String, value: String },
+    /// A `--set section.key=value` argument.
+    Cli { arg: String },
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File { file, start } => {
+                let (line, col) = file.line_col(*start);
+                write!(f, "{}:{line}:{col}", file.path.display())
+            }
+            Origin::Env { var, value } => write!(f, "environment {var}={value}"),
+            Origin::Cli { arg } => write!(f, "command line --set {arg}"),
+        }
+    }
 }
 
 impl SourceFile {
@@ -26,6 +62,33 @@ impl SourceFile {
         Arc::new(Self {
             path: path.into(),
             text,
+            origins: Vec::new(),
+        })
+    }
+
+    /// A composed document; `origins` map its byte ranges back to where they were written.
+    pub fn composed(path: impl Into<PathBuf>, text: String, mut origins: Vec<Segment>) -> Arc<Self> {
+        origins.sort_by_key(|s| (s.range.start, std::cmp::Reverse(s.range.end)));
+        Arc::new(Self {
+            path: path.into(),
+            text,
+            origins,
+        })
+    }
+
+    /// Where byte `offset` of this document was written: the innermost segment holding it.
+    pub fn origin_of(&self, offset: usize) -> Option<Origin> {
+        let seg = self
+            .origins
+            .iter()
+            .filter(|s| s.range.contains(&offset) || (s.range.is_empty() && s.range.start == offset))
+            .min_by_key(|s| s.range.len())?;
+        Some(match &seg.origin {
+            Origin::File { file, start } => Origin::File {
+                file: file.clone(),
+                start: start + (offset - seg.range.start),
+            },
+            other => other.clone(),
         })
     }
 
@@ -52,11 +115,42 @@ pub struct Location {
 }
 
 impl Location {
-    pub fn path(&self) -> &Path {
-        &self.file.path
+    /// The file the location was written in (for a composed document, the layer's file).
+    pub fn path(&self) -> PathBuf {
+        match self.origin() {
+            Some(Origin::File { file, .. }) => file.path.clone(),
+            _ => self.file.path.clone(),
+        }
     }
+
+    /// Line and column where it was written; (0, 0) for an environment or command-line value.
     pub fn line_col(&self) -> (usize, usize) {
-        self.file.line_col(self.span.start)
+        match self.origin() {
+            Some(Origin::File { file, start }) => file.line_col(start),
+            Some(_) => (0, 0),
+            None => self.file.line_col(self.span.start),
+        }
+    }
+
+    /// The layer this location came from, for a composed document.
+    pub fn origin(&self) -> Option<Origin> {
+        if self.file.origins.is_empty() {
+            return None;
+        }
+        self.file.origin_of(self.span.start)
+    }
+
+    /// The file and span to show: the original file for a composed document's file layer.
+    fn shown(&self) -> Option<(Arc<SourceFile>, Range<usize>)> {
+        match self.origin() {
+            None => Some((self.file.clone(), self.span.clone())),
+            Some(Origin::File { file, start }) => {
+                // Keep the span's length, clipped to the original text.
+                let end = (start + self.span.len()).min(file.text.len());
+                Some((file, start..end))
+            }
+            Some(_) => None,
+        }
     }
 }
 
@@ -107,21 +201,32 @@ impl fmt::Display for Diagnostic {
         };
         write!(f, "{kind}[{}]: {}", self.code, self.message)?;
         if let Some(loc) = &self.location {
-            let (line, col) = loc.line_col();
-            let text = loc.file.line_text(line);
-            let gutter = " ".repeat(line.to_string().len());
-            let width = loc.file.text[loc.span.clone()]
-                .lines()
-                .next()
-                .map_or(1, |s| s.chars().count().max(1))
-                .min(text.chars().count().saturating_sub(col - 1).max(1));
-            write!(f, "\n{gutter}--> {}:{line}:{col}", loc.file.path.display())?;
-            write!(
-                f,
-                "\n{gutter} |\n{line} | {text}\n{gutter} | {}{}",
-                " ".repeat(col - 1),
-                "^".repeat(width)
-            )?;
+            match loc.shown() {
+                Some((file, span)) => {
+                    let (line, col) = file.line_col(span.start);
+                    let text = file.line_text(line);
+                    let gutter = " ".repeat(line.to_string().len());
+                    let width = file
+                        .text
+                        .get(span.clone())
+                        .unwrap_or("")
+                        .lines()
+                        .next()
+                        .map_or(1, |s| s.chars().count().max(1))
+                        .min(text.chars().count().saturating_sub(col - 1).max(1));
+                    write!(f, "\n{gutter}--> {}:{line}:{col}", file.path.display())?;
+                    write!(
+                        f,
+                        "\n{gutter} |\n{line} | {text}\n{gutter} | {}{}",
+                        " ".repeat(col - 1),
+                        "^".repeat(width)
+                    )?;
+                }
+                None => {
+                    let origin = loc.origin().expect("not shown means a non-file origin");
+                    write!(f, "\n  --> {origin}")?;
+                }
+            }
         }
         if let Some(help) = &self.help {
             write!(f, "\n  = help: {help}")?;

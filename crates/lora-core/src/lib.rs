@@ -13,6 +13,7 @@ pub mod batch;
 pub mod bert;
 pub mod config;
 pub mod diag;
+pub mod doc;
 pub mod error;
 pub mod events;
 pub mod fsutil;
@@ -20,6 +21,7 @@ pub mod init;
 pub mod lora;
 pub mod optim;
 pub mod registry;
+pub mod rules;
 pub mod stage;
 
 pub use adapter::{AdapterModel, ParamInfo, StepOutput};

@@ -86,6 +86,12 @@ pub trait DataStage: Send {
     /// The encoder alone, without reading the data (for prediction).
     fn encoder(&self, ctx: &StageContext) -> Result<Box<dyn InputEncoder>>;
 
+    /// Facts for the validation rules: rows, labels, token lengths of a sample.
+    /// Cheaper than [`Self::prepare`]: nothing is tokenized beyond the sample.
+    fn facts(&self, _ctx: &StageContext) -> Result<Option<crate::rules::DataFacts>> {
+        Ok(None)
+    }
+
     /// The component's configuration with every default filled in, `type` included.
     fn resolved(&self) -> serde_json::Value {
         serde_json::Value::Null
@@ -98,6 +104,11 @@ pub trait ModelStage: Send {
 
     /// `base_model_name_or_path` for PEFT's adapter config.
     fn base_model_name(&self, ctx: &StageContext) -> Result<String>;
+
+    /// Facts for the validation rules, from the model's config and weight-file header only.
+    fn facts(&self, _ctx: &StageContext) -> Result<Option<crate::rules::ModelFacts>> {
+        Ok(None)
+    }
 
     /// Loads the pretrained base and inserts LoRA layers.
     fn build(&self, ctx: &StageContext, lora: &LoraSpec, num_labels: usize) -> Result<Box<dyn AdapterModel>>;

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod dataset;
+pub mod facts;
 pub mod labels;
 pub mod read;
 pub mod split;

@@ -118,7 +118,7 @@ impl TextData {
         };
         let examples = labels.resolve(rows, cfg.on_unknown_label, &train_path)?;
 
-        let (train, validation) = match &cfg.validation_path {
+        let validation = match &cfg.validation_path {
             Some(validation_path) => {
                 let validation_path = ctx.assets.resolve(validation_path)?;
                 let validation = labels.resolve(read(&validation_path)?, cfg.on_unknown_label, &validation_path)?;
@@ -128,28 +128,11 @@ impl TextData {
                         validation_path.display()
                     )));
                 }
-                (
-                    split::sample(
-                        examples,
-                        cfg.max_train_samples,
-                        derive_seed(ctx.seed, "sample-train", 0),
-                    ),
-                    split::sample(
-                        validation,
-                        cfg.max_validation_samples,
-                        derive_seed(ctx.seed, "sample-validation", 0),
-                    ),
-                )
+                Some(validation)
             }
-            None => {
-                let (train, validation) =
-                    split::split_off_validation(examples, cfg.validation_fraction, derive_seed(ctx.seed, "split", 0));
-                (
-                    split::truncate(train, cfg.max_train_samples),
-                    split::truncate(validation, cfg.max_validation_samples),
-                )
-            }
+            None => None,
         };
+        let (train, validation) = self.split(ctx.seed, examples, validation);
         check_training_split(&train, labels.names(), &train_path)?;
 
         Ok(TextSplits {
@@ -158,6 +141,41 @@ impl TextData {
             label_names: labels.names().to_vec(),
             encoder,
         })
+    }
+}
+
+impl TextData {
+    /// The training and validation splits, capped: a separate validation file is
+    /// sampled, otherwise `validation-fraction` of the training rows is split off.
+    pub(crate) fn split<T>(&self, seed: u64, examples: Vec<T>, validation: Option<Vec<T>>) -> (Vec<T>, Vec<T>) {
+        let cfg = &self.config;
+        match validation {
+            Some(validation) => (
+                split::sample(examples, cfg.max_train_samples, derive_seed(seed, "sample-train", 0)),
+                split::sample(
+                    validation,
+                    cfg.max_validation_samples,
+                    derive_seed(seed, "sample-validation", 0),
+                ),
+            ),
+            None => {
+                let (train, validation) =
+                    split::split_off_validation(examples, cfg.validation_fraction, derive_seed(seed, "split", 0));
+                (
+                    split::truncate(train, cfg.max_train_samples),
+                    split::truncate(validation, cfg.max_validation_samples),
+                )
+            }
+        }
+    }
+
+    /// The data file's path, resolved.
+    pub(crate) fn resolve(&self, ctx: &StageContext, path: &str) -> Result<PathBuf> {
+        ctx.assets.resolve(path)
+    }
+
+    pub(crate) fn tokenizer_file(&self, ctx: &StageContext) -> Result<PathBuf> {
+        self.tokenizer_path(ctx)
     }
 }
 
@@ -198,6 +216,10 @@ impl DataStage for TextData {
 
     fn encoder(&self, ctx: &StageContext) -> Result<Box<dyn InputEncoder>> {
         Ok(Box::new(self.text_encoder(ctx)?))
+    }
+
+    fn facts(&self, ctx: &StageContext) -> Result<Option<lora_core::rules::DataFacts>> {
+        crate::facts::gather(self, ctx).map(Some)
     }
 
     fn resolved(&self) -> serde_json::Value {

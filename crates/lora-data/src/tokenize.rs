@@ -67,6 +67,11 @@ impl TextEncoder {
         self.max_length
     }
 
+    /// Vocabulary size, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+
     pub fn pad_id(&self) -> u32 {
         self.pad_id
     }

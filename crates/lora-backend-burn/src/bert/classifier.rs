@@ -475,6 +475,10 @@ impl ModelStage for BertClassifierConfig {
         self.spec.tokenizer(ctx)
     }
 
+    fn facts(&self, ctx: &StageContext) -> Result<Option<lora_core::rules::ModelFacts>> {
+        self.spec.facts(ctx)
+    }
+
     fn build(&self, ctx: &StageContext, lora: &LoraSpec, num_labels: usize) -> Result<Box<dyn AdapterModel>> {
         let (dir, cfg) = self.spec.files(ctx)?;
         Ok(Box::new(self.load(&dir, cfg, lora, num_labels, ctx.seed)?))

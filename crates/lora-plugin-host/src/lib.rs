@@ -1,0 +1,16 @@
+//! Loading dynamic plugins: `[plugins] paths = [...]`.
+//!
+//! For each library: open it (`libloading`), find the declaration symbol, read
+//! the declaration and check the handshake (magic, interface version, compiler)
+//! before calling anything, then call its registration through a
+//! [`lora_plugin_api::Registrar`] and adapt what it registers to the host's
+//! registries. Every failure is a message naming the plugin and what was
+//! expected and found; all of them are reported together. Libraries are never
+//! unloaded. Panics inside a plugin are caught at the boundary.
+
+mod adapt;
+mod handshake;
+mod load;
+
+pub use handshake::{Declared, check_handshake};
+pub use load::{LoadError, LoadedPlugin, Request, load_all, loaded};

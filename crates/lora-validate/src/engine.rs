@@ -1,0 +1,95 @@
+//! Runs every registered rule and merges what they find with the loader's diagnostics.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use lora_core::diag::{Diagnostic, Diagnostics, Location, Origin};
+use lora_core::doc::ConfigDoc;
+use lora_core::rules::{Facts, RuleContext, rules};
+
+/// Every rule's findings on a document, as diagnostics with the rule's id and severity.
+///
+/// A rule that panics (a plugin's, say) becomes an error naming the rule rather
+/// than taking the process down.
+pub fn check(doc: &ConfigDoc, facts: &Facts) -> Vec<Diagnostic> {
+    let ctx = RuleContext { doc, facts };
+    let mut out = Vec::new();
+    for rule in rules() {
+        let Some(check) = rule.check else { continue };
+        match catch_unwind(AssertUnwindSafe(|| check(&ctx))) {
+            Ok(findings) => out.extend(findings.into_iter().map(|f| Diagnostic {
+                severity: rule.severity,
+                code: rule.id.to_string(),
+                message: f.message,
+                location: f.location,
+                help: f.help,
+            })),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                out.push(Diagnostic::error(
+                    "validate::rule-panicked",
+                    format!("rule `{}` panicked: {what}", rule.id),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The loader's diagnostics and the rules', as one list in document order.
+///
+/// Stages repeat a few range checks (so that a stage built in code is safe too);
+/// where a loader diagnostic and a rule point at the same value, the rule's is kept.
+pub fn finish(loader: Diagnostics, rules: Vec<Diagnostic>) -> Diagnostics {
+    let mut all: Vec<(bool, Diagnostic)> = Vec::new();
+    for d in loader.0 {
+        let duplicate = rules.iter().any(|r| same_place(r, &d))
+            || all
+                .iter()
+                .any(|(_, e)| e.code == d.code && same_place(e, &d) && e.message == d.message);
+        if !duplicate {
+            all.push((false, d));
+        }
+    }
+    all.extend(rules.into_iter().map(|d| (true, d)));
+    all.sort_by_key(|(_, d)| sort_key(d));
+    Diagnostics(all.into_iter().map(|(_, d)| d).collect())
+}
+
+fn same_place(a: &Diagnostic, b: &Diagnostic) -> bool {
+    match (&a.location, &b.location) {
+        (Some(x), Some(y)) => std::sync::Arc::ptr_eq(&x.file, &y.file) && x.span.start == y.span.start,
+        _ => false,
+    }
+}
+
+/// Order: by where the value was written (file, line, column); overrides after
+/// the files, in the order given; problems without a place last.
+fn sort_key(d: &Diagnostic) -> (u8, String, usize, usize, String) {
+    match &d.location {
+        None => (3, String::new(), 0, 0, d.code.clone()),
+        Some(loc) => match loc.origin() {
+            None | Some(Origin::File { .. }) => {
+                let (line, col) = loc.line_col();
+                (0, loc.path().display().to_string(), line, col, d.code.clone())
+            }
+            Some(Origin::Env { var, .. }) => (1, var, 0, 0, d.code.clone()),
+            Some(Origin::Cli { .. }) => (2, String::new(), loc.span.start, 0, d.code.clone()),
+        },
+    }
+}
+
+/// Where a value came from, for `lora config show`: `file:line`, the variable, the argument.
+pub fn origin_label(loc: &Location) -> String {
+    match loc.origin() {
+        Some(Origin::Env { var, value }) => format!("env {var}={value}"),
+        Some(Origin::Cli { arg }) => format!("--set {arg}"),
+        _ => {
+            let (line, _) = loc.line_col();
+            format!("{}:{line}", loc.path().display())
+        }
+    }
+}

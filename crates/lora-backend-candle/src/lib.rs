@@ -10,6 +10,7 @@ pub mod bert;
 pub mod error;
 pub mod lora_linear;
 pub mod ops;
+pub mod vit;
 
 pub use bert::classifier::{BertClassifier, BertClassifierConfig};
 

@@ -13,6 +13,7 @@ pub mod show;
 pub mod validate;
 
 // Link the crates whose `inventory` registrations the binary offers.
+use lora_augment as _;
 #[cfg(feature = "burn")]
 use lora_backend_burn as _;
 #[cfg(feature = "candle")]

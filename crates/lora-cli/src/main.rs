@@ -192,7 +192,7 @@ fn run(command: Command) -> lora_core::Result<()> {
                 .map(|(k, v)| format!("{k} {v:.4}"))
                 .collect();
             println!(
-                "{}: validation loss {:.4} {} in {:.1}s; adapter written to {}",
+                "{}: validation loss {:.4} {} in {:.1}s; outputs written to {}",
                 file.display(),
                 out.final_eval.loss,
                 metrics.join(" "),

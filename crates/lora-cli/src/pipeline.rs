@@ -210,7 +210,11 @@ pub fn run(mut pipeline: Pipeline, assets: &dyn AssetResolver, quiet: bool) -> R
         .ok_or_else(|| Error::Other("no evaluation ran".into()))?;
 
     let base_name = pipeline.model.base_model_name(&ctx)?;
-    lora_train::save_adapter(&out, model.as_ref(), &pipeline.config.lora, &base_name)?;
+    // A model that trained its base (pretraining) writes the whole model as a
+    // base for later runs; an adapter model writes PEFT's adapter files.
+    if !model.save_base(&out)? {
+        lora_train::save_adapter(&out, model.as_ref(), &pipeline.config.lora, &base_name)?;
+    }
     let metrics = json!({
         "run": pipeline.config.run.name,
         "backend": model.backend(),

@@ -94,6 +94,13 @@ pub trait AdapterModel: Send {
     /// Restores the base weights exactly.
     fn unmerge(&mut self) -> Result<()>;
 
+    /// Writes the whole model (base weights included) as a base that a later
+    /// run can load, when the model trains its base (pretraining). Returns
+    /// whether anything was written; an adapter-only model writes nothing.
+    fn save_base(&self, _dir: &std::path::Path) -> Result<bool> {
+        Ok(false)
+    }
+
     /// Optional capability: bf16 compute.
     fn enable_bf16(&mut self) -> Result<()> {
         Err(Error::Unsupported {

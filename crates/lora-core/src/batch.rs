@@ -43,16 +43,48 @@ impl TextBatch {
     }
 }
 
+/// Images as `[batch, channels, height, width]` f32 pixels (normalised or not,
+/// as the data stage decided), with a class per image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageBatch {
+    pub batch_size: usize,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    /// `[batch_size * channels * height * width]`, row-major.
+    pub pixels: Vec<f32>,
+    /// One class index per image; empty at prediction time.
+    pub labels: Vec<u32>,
+    /// `[batch_size * num_classes]` target distributions when a batch-level
+    /// augmentation (mixup, cutmix) blended images; `None` means one-hot `labels`.
+    pub soft_labels: Option<Vec<f32>>,
+}
+
+impl ImageBatch {
+    /// Values in one image.
+    pub fn image_len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// The pixels of image `i`.
+    pub fn image(&self, i: usize) -> &[f32] {
+        let n = self.image_len();
+        &self.pixels[i * n..(i + 1) * n]
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Batch {
     Text(TextBatch),
+    Image(ImageBatch),
 }
 
 impl Batch {
     pub fn len(&self) -> usize {
         match self {
             Batch::Text(b) => b.batch_size,
+            Batch::Image(b) => b.batch_size,
         }
     }
 
@@ -63,13 +95,15 @@ impl Batch {
     pub fn labels(&self) -> &[u32] {
         match self {
             Batch::Text(b) => &b.labels,
+            Batch::Image(b) => &b.labels,
         }
     }
 
-    /// Units of work for throughput figures: real tokens for text.
+    /// Units of work for throughput figures: real tokens for text, images for images.
     pub fn work_units(&self) -> usize {
         match self {
             Batch::Text(b) => b.real_tokens(),
+            Batch::Image(b) => b.batch_size,
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use crate::adapter::PeftInfo;
-use crate::diag::{Diagnostic, Diagnostics, did_you_mean};
+use crate::diag::{Diagnostic, Diagnostics};
 use crate::{Error, LoraSpec, Result};
 use serde::Deserialize;
 
@@ -83,54 +83,7 @@ pub const TARGETS: [(&str, &str, &str); 6] = [
 /// The targeted module names, checked, in the model's module order.
 pub fn resolve_targets(lora: &LoraSpec) -> Result<Vec<&'static str>> {
     let valid: Vec<&'static str> = TARGETS.iter().map(|t| t.0).collect();
-    let mut diags = Diagnostics::default();
-    let mut out = Vec::new();
-    for name in &lora.target_modules {
-        match valid.iter().find(|v| **v == name.as_str()) {
-            Some(v) if !out.contains(v) => out.push(*v),
-            Some(_) => diags.push(
-                Diagnostic::error(
-                    "lora::duplicate-target",
-                    format!("target module `{name}` is listed twice"),
-                )
-                .at(lora.target_modules_location.clone()),
-            ),
-            None => {
-                let mut d = Diagnostic::error(
-                    "lora::unknown-target-module",
-                    format!("unknown target module `{name}` for a BERT encoder"),
-                )
-                .at(lora.target_modules_location.clone());
-                let list = valid.join(", ");
-                d = match did_you_mean(name, valid.iter().copied()) {
-                    Some(s) => d.help(format!("did you mean `{s}`? valid modules: {list}")),
-                    None => d.help(format!("valid modules: {list}")),
-                };
-                diags.push(d);
-            }
-        }
-    }
-    if lora.r == 0 && !out.is_empty() {
-        diags.push(Diagnostic::error(
-            "lora::rank-zero",
-            "rank r (0) must be at least 1. Valid range: 1 <= r",
-        ));
-    }
-    if !(0.0..1.0).contains(&lora.dropout) {
-        diags.push(Diagnostic::error(
-            "lora::invalid-dropout",
-            format!(
-                "dropout ({}) is out of range. Valid range: 0 <= dropout < 1",
-                lora.dropout
-            ),
-        ));
-    }
-    if diags.has_errors() {
-        return Err(Error::Invalid(diags));
-    }
-    // Parameters and masks follow the model's module order, not the configuration's.
-    out.sort_by_key(|n| valid.iter().position(|v| v == n));
-    Ok(out)
+    crate::lora::resolve_named_targets(lora, &valid, "a BERT encoder")
 }
 
 /// The rank must not exceed the smaller side of a targeted layer.

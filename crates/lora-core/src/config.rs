@@ -123,13 +123,22 @@ impl Component {
     fn table(&self) -> Result<Spanned<DeTable<'_>>, Diagnostics> {
         let root = parse_document(&self.file)?;
         let mut current = root;
-        for key in &self.path {
-            let (_, value) = current
+        let mut keys = self.path.iter().peekable();
+        while let Some(key) = keys.next() {
+            let (_, mut value) = current
                 .get_ref()
                 .iter()
                 .find(|(k, _)| k.get_ref().as_ref() == key.as_str())
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .expect("component path was checked when the component was made");
+            // An array of tables (`[[data.augment]]`): the next path element is the index.
+            if let DeValue::Array(items) = value.get_ref() {
+                let index: usize = keys
+                    .next()
+                    .and_then(|i| i.parse().ok())
+                    .expect("component path was checked when the component was made");
+                value = items[index].clone();
+            }
             let span = value.span();
             match value.into_inner() {
                 DeValue::Table(t) => current = Spanned::new(span, t),
@@ -168,6 +177,48 @@ impl Component {
         }
         let de = toml::de::Deserializer::from(Spanned::new(span, inner));
         T::deserialize(de).map_err(|e| toml_error(&self.file, &e, &self.path.join(".")))
+    }
+
+    /// The array of tables `key` (`[[data.augment]]`) as components, in file
+    /// order; empty when absent. Each element needs its own `type`.
+    pub fn array_components(&self, key: &str) -> Result<Vec<Component>, Diagnostics> {
+        let table = self.table()?;
+        let Some((_, value)) = table.get_ref().iter().find(|(k, _)| k.get_ref().as_ref() == key) else {
+            return Ok(Vec::new());
+        };
+        let mut path = self.path.clone();
+        path.push(key.to_string());
+        let DeValue::Array(items) = value.get_ref() else {
+            return Err(Diagnostic::error(
+                "config::wrong-type",
+                format!(
+                    "`{}` must be an array of tables ([[{}]]), found {}",
+                    path.join("."),
+                    path.join("."),
+                    value.get_ref().type_str()
+                ),
+            )
+            .at(Some(Location {
+                file: self.file.clone(),
+                span: value.span(),
+            }))
+            .into());
+        };
+        let mut out = Vec::with_capacity(items.len());
+        let mut diags = Diagnostics::default();
+        for (i, item) in items.iter().enumerate() {
+            // Wrap the element as a one-entry table so that `component_in` can read it.
+            let mut holder = DeTable::new();
+            holder.insert(Spanned::new(item.span(), i.to_string().into()), item.clone());
+            let mut element_path = path.clone();
+            element_path.push(i.to_string());
+            match component_in(&self.file, &holder, element_path, None) {
+                Ok(Some(c)) => out.push(c),
+                Ok(None) => unreachable!("the element was just inserted"),
+                Err(e) => diags.0.extend(e.0),
+            }
+        }
+        if diags.has_errors() { Err(diags) } else { Ok(out) }
     }
 
     /// The sub-table `key` as a component, or `None` when absent.
@@ -618,6 +669,37 @@ lr = 1e-3
         let bad = format!("{GOOD}\n[monitor]\ndashbord = true\n");
         let err = PipelineConfig::parse(Path::new("p.toml"), bad).unwrap_err();
         assert_eq!(err.0[0].code, "config::unknown-key");
+    }
+
+    #[test]
+    fn arrays_of_tables_become_located_components() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Op {
+            p: f32,
+        }
+        let text = GOOD.replace(
+            "path = \"x.csv\"\n",
+            "path = \"x.csv\"\n[[data.augment]]\ntype = \"flip\"\np = 0.5\n[[data.augment]]\ntype = \"crop\"\np = 1.0\nq = 2\n",
+        );
+        let p = PipelineConfig::parse(Path::new("p.toml"), text).unwrap();
+        let ops = p.data.array_components("augment").unwrap();
+        assert_eq!(
+            ops.iter().map(|c| c.type_name.as_str()).collect::<Vec<_>>(),
+            ["flip", "crop"]
+        );
+        assert_eq!(ops[1].path, ["data", "augment", "1"]);
+        assert_eq!(ops[0].deserialize::<Op>().unwrap().p, 0.5);
+        let err = ops[1].deserialize::<Op>().unwrap_err();
+        assert_eq!(err.0[0].code, "config::unknown-key");
+        assert_eq!(err.0[0].location.as_ref().unwrap().line_col().0, 15);
+        assert!(p.data.array_components("none").unwrap().is_empty());
+        let missing = GOOD.replace("path = \"x.csv\"\n", "path = \"x.csv\"\n[[data.augment]]\np = 0.5\n");
+        let p = PipelineConfig::parse(Path::new("p.toml"), missing).unwrap();
+        assert_eq!(
+            p.data.array_components("augment").unwrap_err().0[0].code,
+            "config::missing-type"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! so every crate can depend on it without pulling a backend in.
 
 pub mod adapter;
+pub mod augment;
 pub mod batch;
 pub mod bert;
 pub mod config;
@@ -23,9 +24,10 @@ pub mod optim;
 pub mod registry;
 pub mod rules;
 pub mod stage;
+pub mod vit;
 
 pub use adapter::{AdapterModel, ParamInfo, StepOutput};
-pub use batch::{Batch, HostTensor, TextBatch};
+pub use batch::{Batch, HostTensor, ImageBatch, TextBatch};
 pub use error::{Error, Result};
 pub use lora::{LoraSpec, TargetModule};
 

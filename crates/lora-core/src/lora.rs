@@ -5,7 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::diag::Location;
+use crate::diag::{Diagnostic, Diagnostics, Location, did_you_mean};
+use crate::{Error, Result};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -49,6 +50,59 @@ pub struct TargetModule {
     pub name: &'static str,
     /// What it is, for error messages and `lora models`.
     pub summary: &'static str,
+}
+
+/// Checks `lora.target_modules` against a model family's `valid` module names
+/// (and the rank and dropout ranges), reporting every problem at once. Returns
+/// the targets in the model's module order, not the configuration's.
+pub fn resolve_named_targets(lora: &LoraSpec, valid: &[&'static str], family: &str) -> Result<Vec<&'static str>> {
+    let mut diags = Diagnostics::default();
+    let mut out = Vec::new();
+    for name in &lora.target_modules {
+        match valid.iter().find(|v| **v == name.as_str()) {
+            Some(v) if !out.contains(v) => out.push(*v),
+            Some(_) => diags.push(
+                Diagnostic::error(
+                    "lora::duplicate-target",
+                    format!("target module `{name}` is listed twice"),
+                )
+                .at(lora.target_modules_location.clone()),
+            ),
+            None => {
+                let mut d = Diagnostic::error(
+                    "lora::unknown-target-module",
+                    format!("unknown target module `{name}` for {family}"),
+                )
+                .at(lora.target_modules_location.clone());
+                let list = valid.join(", ");
+                d = match did_you_mean(name, valid.iter().copied()) {
+                    Some(s) => d.help(format!("did you mean `{s}`? valid modules: {list}")),
+                    None => d.help(format!("valid modules: {list}")),
+                };
+                diags.push(d);
+            }
+        }
+    }
+    if lora.r == 0 && !out.is_empty() {
+        diags.push(Diagnostic::error(
+            "lora::rank-zero",
+            "rank r (0) must be at least 1. Valid range: 1 <= r",
+        ));
+    }
+    if !(0.0..1.0).contains(&lora.dropout) {
+        diags.push(Diagnostic::error(
+            "lora::invalid-dropout",
+            format!(
+                "dropout ({}) is out of range. Valid range: 0 <= dropout < 1",
+                lora.dropout
+            ),
+        ));
+    }
+    if diags.has_errors() {
+        return Err(Error::Invalid(diags));
+    }
+    out.sort_by_key(|n| valid.iter().position(|v| v == n));
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! An entry is a name, a one-line summary and a constructor that takes the
 //! spanned TOML table. A binary sees the entries of every crate it links.
 
+use crate::augment::Augmentation;
 use crate::config::Component;
 use crate::diag::{Diagnostic, Diagnostics, did_you_mean};
 use crate::events::Callback;
@@ -56,7 +57,15 @@ pub struct CallbackEntry {
     pub build: Build<Box<dyn Callback>>,
 }
 
+/// An augmentation (`[[data.augment]] type = "..."`), per sample or per batch.
+pub struct AugmentationEntry {
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub build: Build<Augmentation>,
+}
+
 inventory::collect!(DataSourceEntry);
+inventory::collect!(AugmentationEntry);
 inventory::collect!(ModelEntry);
 inventory::collect!(TrainerEntry);
 inventory::collect!(EvaluatorEntry);
@@ -86,6 +95,7 @@ macro_rules! entry {
 }
 
 entry!(DataSourceEntry, "data source");
+entry!(AugmentationEntry, "augmentation");
 entry!(ModelEntry, "model");
 entry!(TrainerEntry, "trainer");
 entry!(EvaluatorEntry, "evaluator");

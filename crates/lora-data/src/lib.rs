@@ -1,4 +1,5 @@
-//! The data stage of lora-scripts for text classification.
+//! The data stage of lora-scripts: text classification (`csv`, `jsonl`) and
+//! image classification (`idx`, `mnist-json`, in [`image`]).
 //!
 //! Two sources, `csv` and `jsonl`, share one schema ([`DataConfig`]): rows are
 //! read (tolerating mojibake), labels mapped to class ids, a seeded validation
@@ -9,6 +10,7 @@
 pub mod config;
 pub mod dataset;
 pub mod facts;
+pub mod image;
 pub mod labels;
 pub mod read;
 pub mod split;

@@ -37,7 +37,8 @@ pub fn adapter_config(model: &dyn AdapterModel, lora: &LoraSpec, base_model: &st
         "rank_pattern": {},
         "revision": null,
         "target_modules": info.target_modules,
-        "task_type": info.task_type,
+        // PEFT has no task type for some models (image classification): null there.
+        "task_type": (!info.task_type.is_empty()).then_some(info.task_type),
         "use_dora": false,
         "use_rslora": lora.use_rslora,
     })

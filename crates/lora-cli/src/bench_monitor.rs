@@ -58,10 +58,12 @@ impl EvalStage for NoEval {
     }
 }
 
-/// Wraps a callback and adds up the time spent in it.
+/// Wraps a callback and adds up the time spent in it: during training in
+/// `spent`, on the final event (the report is written then) in `at_end`.
 struct Timed {
     inner: Box<dyn Callback>,
     spent: Arc<Mutex<Duration>>,
+    at_end: Arc<Mutex<Duration>>,
 }
 
 impl Callback for Timed {
@@ -71,7 +73,12 @@ impl Callback for Timed {
     fn control(&mut self, event: &TrainEvent) -> Result<Control> {
         let t = Instant::now();
         let r = self.inner.control(event);
-        *self.spent.lock().unwrap_or_else(|e| e.into_inner()) += t.elapsed();
+        let into = if matches!(event, TrainEvent::End { .. }) {
+            &self.at_end
+        } else {
+            &self.spent
+        };
+        *into.lock().unwrap_or_else(|e| e.into_inner()) += t.elapsed();
         r
     }
 }
@@ -96,6 +103,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 struct Outcome {
     median_step_s: f64,
     monitor_s_per_step: f64,
+    end_s: f64,
     module_stats_s_per_step: f64,
 }
 
@@ -130,6 +138,7 @@ fn train_once(
     };
     let periods = Arc::new(Mutex::new(Vec::new()));
     let spent = Arc::new(Mutex::new(Duration::ZERO));
+    let at_end = Arc::new(Mutex::new(Duration::ZERO));
     let mut callbacks: Vec<Box<dyn Callback>> = Vec::new();
     if monitored {
         let monitor_cfg = MonitorConfig {
@@ -150,6 +159,7 @@ fn train_once(
             callbacks.push(Box::new(Timed {
                 inner: s,
                 spent: spent.clone(),
+                at_end: at_end.clone(),
             }));
         }
     }
@@ -175,9 +185,11 @@ fn train_once(
         module_stats_s_per_step = t.elapsed().as_secs_f64() / reps as f64;
     }
     let monitor_s = spent.lock().unwrap_or_else(|e| e.into_inner()).as_secs_f64();
+    let end_s = at_end.lock().unwrap_or_else(|e| e.into_inner()).as_secs_f64();
     Ok(Outcome {
         median_step_s: median(gaps),
         monitor_s_per_step: monitor_s / steps as f64,
+        end_s,
         module_stats_s_per_step,
     })
 }
@@ -206,6 +218,7 @@ pub fn run(backend: &str, steps: usize, assets: &dyn AssetResolver) -> Result<se
     let with = median(monitored.iter().map(|o| o.median_step_s).collect());
     let monitor_ms = 1e3 * monitored.iter().map(|o| o.monitor_s_per_step).sum::<f64>() / monitored.len() as f64;
     let stats_ms = 1e3 * monitored.iter().map(|o| o.module_stats_s_per_step).sum::<f64>() / monitored.len() as f64;
+    let end_ms = 1e3 * monitored.iter().map(|o| o.end_s).sum::<f64>() / monitored.len() as f64;
     let line = serde_json::json!({
         "backend": backend,
         "case": format!("monitoring overhead, batch {} x length {}", CASE.batch, CASE.seq_len),
@@ -216,6 +229,7 @@ pub fn run(backend: &str, steps: usize, assets: &dyn AssetResolver) -> Result<se
         "difference_pct": 100.0 * (with - without) / without,
         "monitor_callbacks_ms_per_step": monitor_ms,
         "module_stats_ms_per_step": stats_ms,
+        "report_at_end_ms": end_ms,
         "direct_overhead_pct": 100.0 * (monitor_ms + stats_ms) / 1e3 / without,
     });
     println!("{line}");

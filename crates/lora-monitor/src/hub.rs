@@ -14,8 +14,6 @@ pub struct Hub {
 
 pub struct State {
     pub recorder: Recorder,
-    /// Every update as the JSON line that the event stream sends, in order.
-    pub messages: Vec<String>,
 }
 
 impl Hub {
@@ -23,7 +21,6 @@ impl Hub {
         Self {
             state: Mutex::new(State {
                 recorder: Recorder::new(smoothing),
-                messages: Vec::new(),
             }),
             wake: Condvar::new(),
         }
@@ -41,15 +38,22 @@ impl Hub {
         r
     }
 
-    /// Messages from `from` on, waiting up to `timeout` for one to arrive.
-    /// Also says whether the run has finished.
+    /// Points from `from` on as the event stream's JSON messages, waiting up
+    /// to `timeout` for one to arrive. Also says whether the run has finished.
     pub fn wait_from(&self, from: usize, timeout: Duration) -> (Vec<String>, bool) {
         let guard = self.lock();
         let (guard, _) = self
             .wake
-            .wait_timeout_while(guard, timeout, |s| s.messages.len() <= from && !s.recorder.finished)
+            .wait_timeout_while(guard, timeout, |s| {
+                s.recorder.history.len() <= from && !s.recorder.finished
+            })
             .unwrap_or_else(|e| e.into_inner());
-        let new = guard.messages.get(from..).map(<[String]>::to_vec).unwrap_or_default();
-        (new, guard.recorder.finished)
+        let rec = &guard.recorder;
+        let new = rec
+            .history
+            .get(from..)
+            .map(|ps| ps.iter().map(|p| rec.to_json(p)).collect())
+            .unwrap_or_default();
+        (new, rec.finished)
     }
 }

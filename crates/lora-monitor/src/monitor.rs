@@ -9,10 +9,8 @@ use std::time::{Duration, Instant};
 use lora_core::Result;
 use lora_core::config::MonitorConfig;
 use lora_core::events::{Callback, TrainEvent};
-use serde_json::json;
 
-use crate::hub::{Hub, State};
-use crate::record::Point;
+use crate::hub::Hub;
 use crate::sampler::Sampler;
 use crate::server::Server;
 
@@ -23,14 +21,6 @@ pub struct Monitor {
     sampler: Option<Sampler>,
     report: Option<PathBuf>,
     title: String,
-}
-
-fn message(state: &mut State, p: &Point, intervention: bool) {
-    let mut m = json!({"t": p.t, "step": p.step, "values": p.values});
-    if intervention && let Some(i) = state.recorder.interventions.last() {
-        m["intervention"] = json!(i);
-    }
-    state.messages.push(m.to_string());
 }
 
 impl Monitor {
@@ -49,12 +39,7 @@ impl Monitor {
             Sampler::start(
                 Duration::from_millis(cfg.system_interval_ms.max(50)),
                 Instant::now(),
-                move |t, figures| {
-                    hub.update(|s| {
-                        let p = s.recorder.system(t, figures);
-                        message(s, &p, false);
-                    })
-                },
+                move |t, figures| hub.update(|s| s.recorder.system(t, figures)),
             )
         });
         Ok(Self {
@@ -103,12 +88,7 @@ impl Monitor {
 
 impl Callback for Monitor {
     fn on_event(&mut self, event: &TrainEvent) -> Result<()> {
-        let is_intervention = matches!(event, TrainEvent::Intervention { .. });
-        self.hub.update(|s| {
-            if let Some(p) = s.recorder.event(event) {
-                message(s, &p, is_intervention);
-            }
-        });
+        self.hub.update(|s| s.recorder.event(event));
         if let TrainEvent::End { .. } = event {
             // The sampler's last figures belong in the report.
             self.sampler.take();
@@ -124,9 +104,19 @@ impl Callback for Monitor {
 
 impl Drop for Monitor {
     fn drop(&mut self) {
-        // A run that failed has no End: let viewers know the stream is over.
-        self.hub.update(|s| s.recorder.finished = true);
+        // A run that failed has no End: its report still helps to see why
+        // (best effort, the run's own error is what gets reported), and
+        // viewers must learn that the stream is over.
+        let failed_after_starting = {
+            let state = self.hub.lock();
+            let r = &state.recorder;
+            !r.finished && (r.step > 0 || !r.interventions.is_empty())
+        };
         self.sampler.take();
+        if failed_after_starting {
+            let _ = self.write_report();
+        }
+        self.hub.update(|s| s.recorder.finished = true);
         self.server.take();
     }
 }

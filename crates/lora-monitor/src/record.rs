@@ -5,19 +5,23 @@
 //! endpoint prints keys as they are and the dashboard draws one chart per
 //! `name` with one line per label.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use lora_core::events::{StepMetrics, TrainEvent};
 use serde::Serialize;
 
-/// One update: the figures that changed at one moment of the run.
-#[derive(Debug, Clone, Serialize)]
+/// One update: the figures that changed at one moment of the run. Series
+/// are named by index into [`Recorder::names`], so that a long run's history
+/// costs about 12 bytes a figure instead of a map with a string per figure.
+#[derive(Debug, Clone)]
 pub struct Point {
     /// Seconds since the run started.
     pub t: f64,
     /// Optimizer step at that moment.
     pub step: usize,
-    pub values: BTreeMap<String, f64>,
+    pub values: Vec<(u32, f64)>,
+    /// Index into [`Recorder::interventions`] when this point announces one.
+    pub intervention: Option<usize>,
 }
 
 /// A callback's or check's action, as shown on the dashboard and in the report.
@@ -90,6 +94,9 @@ fn labelled(name: &str, label: &str, value: &str) -> String {
 pub struct Recorder {
     smoothing: f64,
     smoothed: Option<f64>,
+    /// Every series key seen, in order of first appearance, and its index.
+    names: Vec<String>,
+    ids: HashMap<String, u32>,
     pub step: usize,
     pub epoch: usize,
     pub total_steps: usize,
@@ -108,8 +115,8 @@ impl Recorder {
         }
     }
 
-    /// Records an event; returns the point it made, if any, for live viewers.
-    pub fn event(&mut self, event: &TrainEvent) -> Option<Point> {
+    /// Records an event; says whether it made a point.
+    pub fn event(&mut self, event: &TrainEvent) -> bool {
         let mut values = BTreeMap::new();
         let t;
         match event {
@@ -140,7 +147,7 @@ impl Recorder {
                 self.step = *step;
                 values.insert("epoch".into(), (*epoch + 1) as f64);
             }
-            TrainEvent::NonFinite { .. } => return None,
+            TrainEvent::NonFinite { .. } => return false,
             TrainEvent::Intervention {
                 step,
                 source,
@@ -166,7 +173,9 @@ impl Recorder {
             }
         }
         self.elapsed_s = self.elapsed_s.max(t);
-        Some(self.push(t, values))
+        let intervention = matches!(event, TrainEvent::Intervention { .. }).then(|| self.interventions.len() - 1);
+        self.push(t, values, intervention);
+        true
     }
 
     fn step_values(&mut self, m: &StepMetrics, v: &mut BTreeMap<String, f64>) {
@@ -209,28 +218,62 @@ impl Recorder {
     }
 
     /// Records system figures (CPU, memory, GPU) sampled at `t` seconds.
-    pub fn system(&mut self, t: f64, sample: Vec<(String, f64)>) -> Point {
-        self.push(t, sample.into_iter().collect())
+    pub fn system(&mut self, t: f64, sample: Vec<(String, f64)>) {
+        self.push(t, sample.into_iter().collect(), None);
     }
 
-    fn push(&mut self, t: f64, values: BTreeMap<String, f64>) -> Point {
-        for (k, v) in &values {
-            self.latest.insert(k.clone(), *v);
+    fn id(&mut self, key: &str) -> u32 {
+        if let Some(&i) = self.ids.get(key) {
+            return i;
         }
-        let p = Point {
+        let i = self.names.len() as u32;
+        self.names.push(key.to_string());
+        self.ids.insert(key.to_string(), i);
+        i
+    }
+
+    fn push(&mut self, t: f64, values: BTreeMap<String, f64>, intervention: Option<usize>) {
+        let mut compact = Vec::with_capacity(values.len());
+        for (k, v) in values {
+            compact.push((self.id(&k), v));
+            self.latest.insert(k, v);
+        }
+        self.history.push(Point {
             t,
             step: self.step,
-            values,
-        };
-        self.history.push(p.clone());
-        p
+            values: compact,
+            intervention,
+        });
+    }
+
+    /// The name of a series index.
+    pub fn name(&self, id: u32) -> &str {
+        self.names.get(id as usize).map_or("", String::as_str)
+    }
+
+    /// A point as the JSON object that the event stream sends:
+    /// `{"t", "step", "values": {key: value}, "intervention"?}`.
+    pub fn to_json(&self, p: &Point) -> String {
+        let values: serde_json::Map<String, serde_json::Value> = p
+            .values
+            .iter()
+            .map(|(k, v)| (self.name(*k).to_string(), (*v).into()))
+            .collect();
+        let mut m = serde_json::json!({"t": p.t, "step": p.step, "values": values});
+        if let Some(i) = p.intervention.and_then(|i| self.interventions.get(i)) {
+            m["intervention"] = serde_json::json!(i);
+        }
+        m.to_string()
     }
 
     /// Every value of one series, as (step, t, value).
     pub fn series(&self, key: &str) -> Vec<(usize, f64, f64)> {
+        let Some(&id) = self.ids.get(key) else {
+            return Vec::new();
+        };
         self.history
             .iter()
-            .filter_map(|p| p.values.get(key).map(|v| (p.step, p.t, *v)))
+            .filter_map(|p| p.values.iter().find(|(k, _)| *k == id).map(|(_, v)| (p.step, p.t, *v)))
             .collect()
     }
 
@@ -248,6 +291,22 @@ pub fn gpu_key(name: &str, index: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn points_share_their_series_names() {
+        let mut r = Recorder::new(0.5);
+        r.system(0.5, vec![("process_rss_bytes".into(), 1.0)]);
+        r.system(
+            1.5,
+            vec![("process_rss_bytes".into(), 2.0), ("system_cpu_percent".into(), 50.0)],
+        );
+        assert_eq!(r.names.len(), 2);
+        assert_eq!(r.series("process_rss_bytes"), vec![(0, 0.5, 1.0), (0, 1.5, 2.0)]);
+        assert!(r.series("nothing").is_empty());
+        let json: serde_json::Value = serde_json::from_str(&r.to_json(&r.history[1])).unwrap();
+        assert_eq!(json["values"]["system_cpu_percent"], 50.0);
+        assert_eq!(r.latest["process_rss_bytes"], 2.0);
+    }
 
     #[test]
     fn keys_are_prometheus_shaped() {

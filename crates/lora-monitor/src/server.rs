@@ -92,7 +92,11 @@ fn handle(request: Request, hub: &Hub) {
         }
         "/api/history" => {
             let state = hub.lock();
-            let body = format!("[{}]", state.messages.join(","));
+            let rec = &state.recorder;
+            let body = format!(
+                "[{}]",
+                rec.history.iter().map(|p| rec.to_json(p)).collect::<Vec<_>>().join(",")
+            );
             drop(state);
             Response::from_string(body).with_header(header("Content-Type", "application/json"))
         }

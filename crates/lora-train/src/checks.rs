@@ -96,8 +96,7 @@ pub fn check_batch(batch: &Batch, index: usize, num_labels: usize) -> Vec<Findin
             "batch {index}: label {bad} is out of range for {num_labels} classes"
         )));
     }
-    // Other modalities add their checks here; non-finite values are caught
-    // below for every float-valued batch once such a variant exists.
+    // Token ids: identical rows, an empty mask. Float inputs (images) are checked below.
     if let Batch::Text(t) = batch {
         if t.batch_size > 1 && t.seq_len > 0 {
             let rows: BTreeSet<&[u32]> = t.input_ids.chunks(t.seq_len).collect();
@@ -134,8 +133,7 @@ pub fn check_batch(batch: &Batch, index: usize, num_labels: usize) -> Vec<Findin
 /// The float-valued inputs of a batch, if it has any (text has token ids only).
 fn float_inputs(batch: &Batch) -> Option<&[f32]> {
     match batch {
-        Batch::Text(_) => None,
-        #[allow(unreachable_patterns)]
+        Batch::Image(b) => Some(&b.pixels),
         _ => None,
     }
 }
@@ -165,6 +163,28 @@ mod tests {
         assert!(f[1].message.contains("[2]"));
         assert!(f[2].message.starts_with("heavy truncation: 50 of 100"));
         assert!(check_split(&[0, 1, 2, 0, 1, 2], 3, Some(0)).is_empty());
+    }
+
+    #[test]
+    fn non_finite_and_constant_pixels_are_found() {
+        let image = |pixels: Vec<f32>| {
+            Batch::Image(lora_core::batch::ImageBatch {
+                batch_size: 2,
+                channels: 1,
+                height: 1,
+                width: 2,
+                pixels,
+                labels: vec![0, 1],
+                soft_labels: None,
+            })
+        };
+        let f = check_batch(&image(vec![0.1, f32::NAN, 0.3, f32::INFINITY]), 0, 2);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].severity, Severity::Error);
+        assert!(f[0].message.contains("2 input values are NaN or infinite"));
+        let f = check_batch(&image(vec![0.5; 4]), 0, 2);
+        assert!(f[0].message.starts_with("constant inputs"), "{f:?}");
+        assert!(check_batch(&image(vec![0.1, 0.2, 0.3, 0.4]), 0, 2).is_empty());
     }
 
     #[test]

@@ -34,25 +34,6 @@ bad |v| v >= 1.0 && v < 1024.0, "is a privileged port", "1024 <= port <= 65535, 
 "Ports below 1024 need root on most systems; 6006 is the default.",
 [Set("monitor.port=80")] }
 
-fn port_without_dashboard(ctx: &RuleContext) -> Vec<Finding> {
-    match (ctx.node("monitor.port"), ctx.bool("monitor.dashboard")) {
-        (Some(p), None | Some(false)) => one(
-            "port is set but the dashboard is off: nothing will listen",
-            Some(p.location.clone()),
-        )
-        .into_iter()
-        .map(|f| f.help("set dashboard = true, or pass `lora run --dashboard`"))
-        .collect(),
-        _ => Vec::new(),
-    }
-}
-lora_core::rule! {
-    id: "monitor::port-without-dashboard", category: Cross, severity: Warning,
-    summary: "A dashboard port is set but the dashboard is off.",
-    doc: "The port only matters when the dashboard is served.",
-    trip: [Set("monitor.port=7000")], check: port_without_dashboard,
-}
-
 fn port_in_use(ctx: &RuleContext) -> Vec<Finding> {
     if ctx.bool("monitor.dashboard") != Some(true) {
         return Vec::new();

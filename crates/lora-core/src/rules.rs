@@ -67,6 +67,8 @@ pub enum Edit {
     Replace(&'static str, &'static str),
     /// Set an environment variable while composing (`LORA__...`, `OVERRIDE_LR`).
     Env(&'static str, &'static str),
+    /// Start from this pipeline (relative to the repository root) instead of the reference.
+    Base(&'static str),
 }
 
 /// What a rule found: its own id and severity are added by the engine.

@@ -26,6 +26,7 @@ fn edit(e: &Edit) -> String {
         Edit::Set(s) => format!("`--set {s}`"),
         Edit::Replace(from, to) => format!("replace `{}` with `{}`", from.escape_debug(), to.escape_debug()),
         Edit::Env(k, v) => format!("`{k}={v}`"),
+        Edit::Base(path) => format!("start from `{path}`"),
     }
 }
 

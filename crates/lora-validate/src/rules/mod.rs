@@ -9,6 +9,7 @@ use lora_core::rules::{Finding, RuleContext};
 mod backend;
 mod cross;
 mod data;
+mod image;
 mod model;
 mod monitor;
 mod range;

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use lora_core::config::Component;
 use lora_core::diag::{Diagnostic, Diagnostics};
@@ -9,6 +10,7 @@ use lora_core::init::derive_seed;
 use lora_core::stage::{DataStage, InputEncoder, PreparedData, StageContext};
 use lora_core::{Error, Result};
 
+use crate::augment::AugmentPipeline;
 use crate::config::{DataConfig, SourceFormat};
 use crate::dataset::TextDataset;
 use crate::labels::LabelMap;
@@ -41,6 +43,8 @@ impl From<TextSplits> for PreparedData {
 pub struct TextData {
     config: DataConfig,
     format: SourceFormat,
+    /// `[[data.augment]]`: token-level augmentations of training passes.
+    augment: Arc<AugmentPipeline>,
     /// Where the table was written, so that errors found later can still point at it.
     component: Option<Component>,
 }
@@ -48,12 +52,26 @@ pub struct TextData {
 impl TextData {
     /// Deserializes and checks a `[data]` table; `format_name` is `csv` or `jsonl`.
     pub fn from_component(component: &Component, format_name: &str) -> Result<Self, Diagnostics> {
+        let component = component.clone().with_nested(&["augment"]);
         let config: DataConfig = component.deserialize()?;
-        let format = config.validate(format_name, Some(component))?;
+        let format = config.validate(format_name, Some(&component))?;
+        let augment = AugmentPipeline::from_components(&component.array_components("augment")?)?;
+        if augment.has_image_ops() {
+            return Err(Diagnostic::error(
+                "data::wrong-augmentation",
+                format!(
+                    "[[data.augment]] of text data lists image operations ({}); text takes token-dropout, token-mask, random-swap",
+                    augment.names().join(", ")
+                ),
+            )
+            .at(component.value_location("augment"))
+            .into());
+        }
         Ok(Self {
             config,
             format,
-            component: Some(component.clone()),
+            augment: Arc::new(augment),
+            component: Some(component),
         })
     }
 
@@ -63,6 +81,7 @@ impl TextData {
         Ok(Self {
             config,
             format,
+            augment: Arc::new(AugmentPipeline::default()),
             component: None,
         })
     }
@@ -93,7 +112,7 @@ impl TextData {
     /// The encoder alone: the tokenizer and max-length, no data file is read.
     pub fn text_encoder(&self, ctx: &StageContext) -> Result<TextEncoder> {
         let path = self.tokenizer_path(ctx)?;
-        TextEncoder::from_file(&path, self.config.max_length)
+        Ok(TextEncoder::from_file(&path, self.config.max_length)?.with_truncation(self.config.truncation)?)
     }
 
     /// Reads, splits, caps and tokenises the data.
@@ -152,8 +171,9 @@ impl TextData {
         };
         check_training_split(&train, labels.names(), &train_path)?;
 
+        let augmented = tokenize(&encoder, train)?.with_augment(self.augment.clone(), encoder.specials(), encoder.mask_id());
         Ok(TextSplits {
-            train: tokenize(&encoder, train)?,
+            train: augmented,
             validation: tokenize(&encoder, validation)?,
             label_names: labels.names().to_vec(),
             encoder,

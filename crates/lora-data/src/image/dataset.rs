@@ -16,7 +16,7 @@ use lora_core::{Batch, Error, ImageBatch, Result};
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
-use super::pipeline::AugmentPipeline;
+use crate::augment::AugmentPipeline;
 use super::store::ImageSet;
 
 pub struct ImageDataset {

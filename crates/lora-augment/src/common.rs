@@ -48,11 +48,19 @@ impl<'a> Checks<'a> {
 
     /// `size = [height, width]`, both at least 1.
     pub fn positive_size(&mut self, key: &str, [h, w]: [usize; 2]) {
-        self.require(h > 0 && w > 0, key, format!("{key} ([{h}, {w}]) must be at least [1, 1]"));
+        self.require(
+            h > 0 && w > 0,
+            key,
+            format!("{key} ([{h}, {w}]) must be at least [1, 1]"),
+        );
     }
 
     pub fn finish<T>(self, value: T) -> Result<T, Diagnostics> {
-        if self.diags.has_errors() { Err(self.diags) } else { Ok(value) }
+        if self.diags.has_errors() {
+            Err(self.diags)
+        } else {
+            Ok(value)
+        }
     }
 }
 

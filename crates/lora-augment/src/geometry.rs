@@ -21,7 +21,11 @@ pub fn crop(image: &Image, top: isize, left: isize, h: usize, w: usize, fill: f3
             for x in 0..w {
                 let (sy, sx) = (top + y as isize, left + x as isize);
                 let inside = sy >= 0 && sx >= 0 && (sy as usize) < image.height && (sx as usize) < image.width;
-                let v = if inside { image.get(c, sy as usize, sx as usize) } else { fill };
+                let v = if inside {
+                    image.get(c, sy as usize, sx as usize)
+                } else {
+                    fill
+                };
                 out.set(c, y, x, v);
             }
         }
@@ -84,7 +88,10 @@ pub fn affine(image: &Image, angle_deg: f32, translate: (f32, f32), scale: f32, 
     let (ty, tx) = translate;
     warp(image, fill, |y, x| {
         let (dx, dy) = (x - cx - tx, y - cy - ty);
-        (cy + inv[1][0] * dx + inv[1][1] * dy, cx + inv[0][0] * dx + inv[0][1] * dy)
+        (
+            cy + inv[1][0] * dx + inv[1][1] * dy,
+            cx + inv[0][0] * dx + inv[0][1] * dy,
+        )
     })
 }
 

@@ -190,24 +190,88 @@ macro_rules! register {
     };
 }
 
-register!("random-crop", geometry::RandomCrop, "crop `size` at a random place after padding every side by `padding`");
+register!(
+    "random-crop",
+    geometry::RandomCrop,
+    "crop `size` at a random place after padding every side by `padding`"
+);
 register!("center-crop", geometry::CenterCrop, "crop the central `size` window");
-register!("resize", geometry::Resize, "bilinear resize to `size` (half-pixel centres)");
-register!("horizontal-flip", geometry::HorizontalFlip, "mirror left-right with probability p");
-register!("vertical-flip", geometry::VerticalFlip, "flip upside down with probability p");
-register!("rotation", geometry::Rotation, "rotate by a uniform angle in [-degrees, degrees]");
-register!("random-affine", geometry::RandomAffine, "random rotation, translation, scale and shear");
-register!("color-jitter", color::ColorJitter, "random brightness, contrast, saturation and hue");
-register!("grayscale", color::Grayscale, "RGB to luma in every channel with probability p");
+register!(
+    "resize",
+    geometry::Resize,
+    "bilinear resize to `size` (half-pixel centres)"
+);
+register!(
+    "horizontal-flip",
+    geometry::HorizontalFlip,
+    "mirror left-right with probability p"
+);
+register!(
+    "vertical-flip",
+    geometry::VerticalFlip,
+    "flip upside down with probability p"
+);
+register!(
+    "rotation",
+    geometry::Rotation,
+    "rotate by a uniform angle in [-degrees, degrees]"
+);
+register!(
+    "random-affine",
+    geometry::RandomAffine,
+    "random rotation, translation, scale and shear"
+);
+register!(
+    "color-jitter",
+    color::ColorJitter,
+    "random brightness, contrast, saturation and hue"
+);
+register!(
+    "grayscale",
+    color::Grayscale,
+    "RGB to luma in every channel with probability p"
+);
 register!("normalize", color::Normalize, "(x - mean) / std per channel");
-register!("gaussian-blur", noise::GaussianBlur, "Gaussian blur with an odd kernel and a random sigma");
-register!("gaussian-noise", noise::GaussianNoise, "add N(mean, std) noise, clipped to [0, 1]");
-register!("random-erasing", noise::RandomErasing, "set a random rectangle to `value` (Zhong et al.)");
-register!("token-dropout", text::TokenDropout, "text: drop each token with probability `rate`");
-register!("token-mask", text::TokenMask, "text: replace each token by [MASK] with probability `rate`");
-register!("random-swap", text::RandomSwap, "text: swap two random tokens, `swaps` times");
-register!("mixup", mix::Mixup, "blend images and labels with a neighbour in the batch (batch level)");
-register!("cutmix", mix::Cutmix, "paste a neighbour's box and blend labels by area (batch level)");
+register!(
+    "gaussian-blur",
+    noise::GaussianBlur,
+    "Gaussian blur with an odd kernel and a random sigma"
+);
+register!(
+    "gaussian-noise",
+    noise::GaussianNoise,
+    "add N(mean, std) noise, clipped to [0, 1]"
+);
+register!(
+    "random-erasing",
+    noise::RandomErasing,
+    "set a random rectangle to `value` (Zhong et al.)"
+);
+register!(
+    "token-dropout",
+    text::TokenDropout,
+    "text: drop each token with probability `rate`"
+);
+register!(
+    "token-mask",
+    text::TokenMask,
+    "text: replace each token by [MASK] with probability `rate`"
+);
+register!(
+    "random-swap",
+    text::RandomSwap,
+    "text: swap two random tokens, `swaps` times"
+);
+register!(
+    "mixup",
+    mix::Mixup,
+    "blend images and labels with a neighbour in the batch (batch level)"
+);
+register!(
+    "cutmix",
+    mix::Cutmix,
+    "paste a neighbour's box and blend labels by area (batch level)"
+);
 
 #[cfg(test)]
 mod tests;

@@ -32,7 +32,14 @@ fn close(a: &[f32], b: &[f32]) {
 /// A random image in [0, 1].
 fn noise_image(c: usize, h: usize, w: usize, seed: u64) -> Image {
     let mut r = rng(seed);
-    img(c, h, w, &(0..c * h * w).map(|_| rand::Rng::random::<f32>(&mut r)).collect::<Vec<_>>())
+    img(
+        c,
+        h,
+        w,
+        &(0..c * h * w)
+            .map(|_| rand::Rng::random::<f32>(&mut r))
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// Builds the op named `ty` from a TOML body through the registry.
@@ -120,7 +127,11 @@ fn bad_parameters_are_located_diagnostics() {
 fn random_crop_pads_with_fill_and_keeps_the_declared_shape() {
     let image = grid(3, 3);
     // A 5x5 crop of the image padded by 1 has a single place: the whole padded image.
-    let padded = run(&*sample("random-crop", "size = [5, 5]\npadding = 1\nfill = -1.0"), &image, 1);
+    let padded = run(
+        &*sample("random-crop", "size = [5, 5]\npadding = 1\nfill = -1.0"),
+        &image,
+        1,
+    );
     #[rustfmt::skip]
     let expected = [
         -1., -1., -1., -1., -1.,
@@ -209,7 +220,10 @@ fn rotation_and_affine_move_pixels_where_hand_computation_says() {
     assert_eq!(zoom.pixels[4], 5.0);
     // Shear of 45 degrees: output (0, 0) reads input (0, 1); output (0, 2) falls outside.
     let sheared = affine(&image, 0.0, (0.0, 0.0), 1.0, 45.0, 0.0);
-    close(&[sheared.pixels[0], sheared.pixels[2], sheared.pixels[4]], &[2.0, 0.0, 5.0]);
+    close(
+        &[sheared.pixels[0], sheared.pixels[2], sheared.pixels[4]],
+        &[2.0, 0.0, 5.0],
+    );
     // The ops: zero ranges are the identity; random ones keep the shape and the value range.
     assert_eq!(run(&*sample("rotation", "degrees = 0.0"), &image, 4), image);
     let still = sample("random-affine", "degrees = 0.0");
@@ -253,7 +267,10 @@ fn colour_adjustments_match_hand_computation() {
     let n3 = sample("normalize", "mean = [0.0, 0.5, 1.0]\nstd = [1.0, 0.5, 2.0]");
     close(&run(&*n3, &img(3, 1, 1, &[1.0, 1.0, 1.0]), 0).pixels, &[1.0, 1.0, 0.0]);
 
-    let jitter = sample("color-jitter", "brightness = 0.5\ncontrast = 0.5\nsaturation = 0.5\nhue = 0.2");
+    let jitter = sample(
+        "color-jitter",
+        "brightness = 0.5\ncontrast = 0.5\nsaturation = 0.5\nhue = 0.2",
+    );
     let rgb = noise_image(3, 6, 6, 8);
     for seed in 0..20 {
         let out = run(&*jitter, &rgb, seed);
@@ -278,17 +295,27 @@ fn blur_noise_and_erasing_match_hand_computation() {
     col = run(&*op, &col, 0);
     close(&col.pixels, &[2.0, 2.0, 1.0, 0.0]);
     let flat = img(1, 3, 3, &[0.7; 9]);
-    close(&run(&*sample("gaussian-blur", "kernel-size = 5"), &flat, 3).pixels, &[0.7; 9]);
+    close(
+        &run(&*sample("gaussian-blur", "kernel-size = 5"), &flat, 3).pixels,
+        &[0.7; 9],
+    );
 
     let shift = sample("gaussian-noise", "mean = 0.1\nstd = 0.0");
     close(&run(&*shift, &img(1, 1, 2, &[0.5, 0.95]), 0).pixels, &[0.6, 1.0]);
-    let noisy = run(&*sample("gaussian-noise", "std = 0.1\nclip = false"), &img(1, 100, 100, &[0.5; 10_000]), 2);
+    let noisy = run(
+        &*sample("gaussian-noise", "std = 0.1\nclip = false"),
+        &img(1, 100, 100, &[0.5; 10_000]),
+        2,
+    );
     let mean = noisy.pixels.iter().sum::<f32>() / 10_000.0;
     let sd = (noisy.pixels.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / 10_000.0).sqrt();
     assert!((mean - 0.5).abs() < 0.005 && (sd - 0.1).abs() < 0.005, "{mean} {sd}");
 
     // A quarter of a 4x4 image with aspect 1 is a 2x2 square, at the place the stream picks.
-    let erase = sample("random-erasing", "p = 1.0\nscale = [0.25, 0.25]\nratio = [1.0, 1.0]\nvalue = 0.0");
+    let erase = sample(
+        "random-erasing",
+        "p = 1.0\nscale = [0.25, 0.25]\nratio = [1.0, 1.0]\nvalue = 0.0",
+    );
     let out = run(&*erase, &img(2, 4, 4, &[1.0; 32]), 6);
     let mut r: SeededRng = rng(6);
     assert!(fires(1.0, &mut r));

@@ -9,11 +9,11 @@ pub mod bench;
 pub mod pipeline;
 
 // Link the crates whose `inventory` registrations the binary offers.
+use lora_augment as _;
 #[cfg(feature = "burn")]
 use lora_backend_burn as _;
 #[cfg(feature = "candle")]
 use lora_backend_candle as _;
-use lora_augment as _;
 use lora_data as _;
 use lora_train as _;
 

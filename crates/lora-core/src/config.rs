@@ -477,7 +477,10 @@ lr = 1e-3
         );
         let p = PipelineConfig::parse(Path::new("p.toml"), text).unwrap();
         let ops = p.data.array_components("augment").unwrap();
-        assert_eq!(ops.iter().map(|c| c.type_name.as_str()).collect::<Vec<_>>(), ["flip", "crop"]);
+        assert_eq!(
+            ops.iter().map(|c| c.type_name.as_str()).collect::<Vec<_>>(),
+            ["flip", "crop"]
+        );
         assert_eq!(ops[1].path, ["data", "augment", "1"]);
         assert_eq!(ops[0].deserialize::<Op>().unwrap().p, 0.5);
         let err = ops[1].deserialize::<Op>().unwrap_err();
@@ -486,7 +489,10 @@ lr = 1e-3
         assert!(p.data.array_components("none").unwrap().is_empty());
         let missing = GOOD.replace("path = \"x.csv\"\n", "path = \"x.csv\"\n[[data.augment]]\np = 0.5\n");
         let p = PipelineConfig::parse(Path::new("p.toml"), missing).unwrap();
-        assert_eq!(p.data.array_components("augment").unwrap_err().0[0].code, "config::missing-type");
+        assert_eq!(
+            p.data.array_components("augment").unwrap_err().0[0].code,
+            "config::missing-type"
+        );
     }
 
     #[test]

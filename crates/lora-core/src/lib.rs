@@ -20,9 +20,9 @@ pub mod fsutil;
 pub mod init;
 pub mod lora;
 pub mod optim;
-pub mod vit;
 pub mod registry;
 pub mod stage;
+pub mod vit;
 
 pub use adapter::{AdapterModel, ParamInfo, StepOutput};
 pub use batch::{Batch, HostTensor, ImageBatch, TextBatch};

@@ -59,7 +59,8 @@ impl VitConfig {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io("cannot read model config", path, e))?;
         let cfg: Self = serde_json::from_str(&text)
             .map_err(|e| Error::Data(format!("{}: not a ViT config: {e}", path.display())))?;
-        cfg.check().map_err(|m| Error::Data(format!("{}: {m}", path.display())))?;
+        cfg.check()
+            .map_err(|m| Error::Data(format!("{}: {m}", path.display())))?;
         Ok(cfg)
     }
 
@@ -133,9 +134,20 @@ pub const TARGETS: [(&str, &str, &str); 6] = [
     ("output.dense", "output.dense", "MLP down projection"),
 ];
 
+/// The patch embedding may be targeted too: a `Conv2d` in Hugging Face's model,
+/// a linear over flattened patches here. Its adapter is saved with PEFT's Conv2d
+/// shapes (`lora_A` `[r, C, p, p]`, `lora_B` `[out, r, 1, 1]`).
+pub const PATCH_TARGET: (&str, &str, &str) = (
+    "patch_embeddings.projection",
+    "vit.embeddings.patch_embeddings.projection",
+    "patch embedding (the Conv2d over patches)",
+);
+
 /// The targeted module names, checked, in the model's module order.
 pub fn resolve_targets(lora: &LoraSpec) -> Result<Vec<&'static str>> {
-    let valid: Vec<&'static str> = TARGETS.iter().map(|t| t.0).collect();
+    let valid: Vec<&'static str> = std::iter::once(PATCH_TARGET.0)
+        .chain(TARGETS.iter().map(|t| t.0))
+        .collect();
     crate::lora::resolve_named_targets(lora, &valid, "a ViT encoder")
 }
 
@@ -145,8 +157,8 @@ pub fn resolve_targets(lora: &LoraSpec) -> Result<Vec<&'static str>> {
 pub fn peft_info(targets: &[&str]) -> PeftInfo {
     let ambiguous = targets.contains(&"output.dense") && !targets.contains(&"attention.output.dense");
     let target_modules = if ambiguous {
-        let alts: Vec<String> = TARGETS
-            .iter()
+        let alts: Vec<String> = std::iter::once(&PATCH_TARGET)
+            .chain(TARGETS.iter())
             .filter(|t| targets.contains(&t.0))
             .map(|t| t.1.replace('.', r"\."))
             .collect();
@@ -352,18 +364,24 @@ mod tests {
         PipelineConfig::parse(Path::new("p.toml"), text).unwrap().model
     }
 
-    const ARCH: &str =
-        "mode = \"full\"\nimage-size = 28\npatch-size = 7\nchannels = 1\nhidden-size = 64\nlayers = 2\nheads = 4\nmlp-size = 128";
+    const ARCH: &str = "mode = \"full\"\nimage-size = 28\npatch-size = 7\nchannels = 1\nhidden-size = 64\nlayers = 2\nheads = 4\nmlp-size = 128";
 
     #[test]
     fn a_new_model_needs_every_architecture_key_and_consistent_shapes() {
         let spec = VitClassifierSpec::from_component(&model(ARCH)).unwrap();
         let cfg = spec.new_config().unwrap();
-        assert_eq!((cfg.grid(), cfg.seq_len(), cfg.patch_dim(), cfg.head_dim()), (4, 17, 49, 16));
+        assert_eq!(
+            (cfg.grid(), cfg.seq_len(), cfg.patch_dim(), cfg.head_dim()),
+            (4, 17, 49, 16)
+        );
         let e = VitClassifierSpec::from_component(&model("mode = \"full\"\nimage-size = 28")).unwrap_err();
-        assert!(e.0[0].message.contains("missing: patch-size, channels"), "{}", e.0[0].message);
-        let e = VitClassifierSpec::from_component(&model(&ARCH.replace("patch-size = 7", "patch-size = 5")))
-            .unwrap_err();
+        assert!(
+            e.0[0].message.contains("missing: patch-size, channels"),
+            "{}",
+            e.0[0].message
+        );
+        let e =
+            VitClassifierSpec::from_component(&model(&ARCH.replace("patch-size = 7", "patch-size = 5"))).unwrap_err();
         assert_eq!(e.0[0].message, "image_size 28 is not a multiple of patch_size 5");
         let e = VitClassifierSpec::from_component(&model("path = \"base\"\nlayers = 3")).unwrap_err();
         assert_eq!(e.0[0].code, "model::conflicting-keys");
@@ -388,9 +406,14 @@ mod tests {
         assert!(spec.check_lora(&lora).is_err());
         assert_eq!(resolve_targets(&lora).unwrap(), ["query", "value"]);
         lora.target_modules = vec!["qkv".into()];
-        let Err(Error::Invalid(d)) = resolve_targets(&lora) else { panic!() };
+        let Err(Error::Invalid(d)) = resolve_targets(&lora) else {
+            panic!()
+        };
         assert!(d.0[0].message.contains("for a ViT encoder"));
-        assert_eq!(peft_info(&["query", "value"]).target_modules, serde_json::json!(["query", "value"]));
+        assert_eq!(
+            peft_info(&["query", "value"]).target_modules,
+            serde_json::json!(["query", "value"])
+        );
         assert_eq!(
             peft_info(&["output.dense"]).target_modules,
             serde_json::json!(r".*\.layer\.\d+\.(output\.dense)")

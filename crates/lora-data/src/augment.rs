@@ -95,7 +95,10 @@ impl AugmentPipeline {
         for op in &self.batch {
             op.apply(batch, num_classes, &mut r);
             if batch.pixels.len() != batch.batch_size * batch.image_len() {
-                return Err(Error::Other(format!("augmentation `{}` broke the batch shape", op.name())));
+                return Err(Error::Other(format!(
+                    "augmentation `{}` broke the batch shape",
+                    op.name()
+                )));
             }
         }
         Ok(())

@@ -136,7 +136,10 @@ impl Dataset for TextDataset {
                 .map(|(j, &i)| {
                     let ids = &self.ids[i];
                     let (lead, trail) = aug.specials;
-                    let cut = (lead.min(ids.len()), ids.len().saturating_sub(trail).max(lead.min(ids.len())));
+                    let cut = (
+                        lead.min(ids.len()),
+                        ids.len().saturating_sub(trail).max(lead.min(ids.len())),
+                    );
                     let mut body = ids[cut.0..cut.1].to_vec();
                     aug.ops.apply_text(&mut body, aug.mask_id, seed, (start + j) as u64);
                     let mut out = ids[..cut.0].to_vec();

@@ -171,7 +171,8 @@ impl TextData {
         };
         check_training_split(&train, labels.names(), &train_path)?;
 
-        let augmented = tokenize(&encoder, train)?.with_augment(self.augment.clone(), encoder.specials(), encoder.mask_id());
+        let augmented =
+            tokenize(&encoder, train)?.with_augment(self.augment.clone(), encoder.specials(), encoder.mask_id());
         Ok(TextSplits {
             train: augmented,
             validation: tokenize(&encoder, validation)?,
@@ -434,10 +435,14 @@ mod tests {
     fn truncation_strategies_keep_the_tail_or_head_and_tail_around_the_specials() {
         let dir = tempfile::tempdir().unwrap();
         let tok = write_tokenizer(dir.path());
-        let data = write(dir.path(), "d.csv", "text,label
+        let data = write(
+            dir.path(),
+            "d.csv",
+            "text,label
 a man is eating food,x
 the film,y
-");
+",
+        );
         let body = |t: &str| {
             format!(
                 "type = \"csv\"\npath = {}\nvalidation-path = {}\nmax-length = 6\ntruncation = \"{t}\"",
@@ -451,10 +456,18 @@ the film,y
         assert_eq!(head.train.example(0).unwrap().0, [CLS, 5, 6, 7, 8, SEP]);
         let tail = first("tail");
         assert_eq!(tail.train.example(0).unwrap().0, [CLS, 6, 7, 8, 9, SEP]);
-        assert_eq!(tail.train.example(1).unwrap().0, [CLS, 11, 12, SEP], "short texts are whole");
+        assert_eq!(
+            tail.train.example(1).unwrap().0,
+            [CLS, 11, 12, SEP],
+            "short texts are whole"
+        );
         assert_eq!(tail.train.truncated(), 1);
         let both = first("head-tail");
-        assert_eq!(both.train.example(0).unwrap().0, [CLS, 5, 7, 8, 9, SEP], "1 from the head, 3 from the tail");
+        assert_eq!(
+            both.train.example(0).unwrap().0,
+            [CLS, 5, 7, 8, 9, SEP],
+            "1 from the head, 3 from the tail"
+        );
     }
 
     #[test]

@@ -120,7 +120,8 @@ impl TextEncoder {
                     };
                 }
                 let ids = enc.get_ids();
-                let mut body = ids[lead.min(ids.len())..ids.len().saturating_sub(trail).max(lead.min(ids.len()))].to_vec();
+                let mut body =
+                    ids[lead.min(ids.len())..ids.len().saturating_sub(trail).max(lead.min(ids.len()))].to_vec();
                 let truncated = truncate(&mut body, self.max_length - self.added, self.truncation);
                 let mut out = ids[..lead.min(ids.len())].to_vec();
                 out.extend(body);

@@ -173,7 +173,10 @@ mod tests {
             model_type: "vit".into(),
         };
         // Channel 0 holds 0..16 row-major, channel 1 holds 100..116.
-        let px: Vec<f32> = (0..16).map(|v| v as f32).chain((0..16).map(|v| 100.0 + v as f32)).collect();
+        let px: Vec<f32> = (0..16)
+            .map(|v| v as f32)
+            .chain((0..16).map(|v| 100.0 + v as f32))
+            .collect();
         let rows = patchify(&px, 1, &cfg);
         assert_eq!(rows.len(), 32);
         // Patch (0, 0): channel 0 rows [0 1] [4 5], then channel 1 [100 101] [104 105].

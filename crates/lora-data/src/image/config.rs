@@ -83,11 +83,17 @@ impl ImageDataConfig {
             }
         }
         if self.prefetch == 0 {
-            invalid("prefetch", "prefetch (0) is outside the valid range prefetch >= 1".into());
+            invalid(
+                "prefetch",
+                "prefetch (0) is outside the valid range prefetch >= 1".into(),
+            );
         }
         let idx = source == "idx";
         if idx && self.labels_path.is_none() {
-            invalid("path", "an `idx` source needs `labels-path`, the labels file of `path`".into());
+            invalid(
+                "path",
+                "an `idx` source needs `labels-path`, the labels file of `path`".into(),
+            );
         }
         if idx && self.validation_path.is_some() != self.validation_labels_path.is_some() {
             invalid(
@@ -119,7 +125,10 @@ impl ImageDataConfig {
                 invalid("image-size", format!("image-size ([{h}, {w}]) must be at least [1, 1]"));
             }
         } else {
-            for (key, set) in [("channels", self.channels.is_some()), ("image-size", self.image_size.is_some())] {
+            for (key, set) in [
+                ("channels", self.channels.is_some()),
+                ("image-size", self.image_size.is_some()),
+            ] {
                 if set {
                     invalid(
                         key,

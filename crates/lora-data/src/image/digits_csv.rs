@@ -42,7 +42,11 @@ pub fn read_digits_csv(path: &Path, on_corrupt: OnCorrupt) -> Result<(ImageSet, 
 fn parse_row(line: &str) -> std::result::Result<(Vec<f32>, u32), String> {
     let fields: Vec<&str> = line.split(',').map(str::trim).collect();
     if fields.len() != SIDE * SIDE + 1 {
-        return Err(format!("{} fields, expected {} pixels and a label", fields.len(), SIDE * SIDE));
+        return Err(format!(
+            "{} fields, expected {} pixels and a label",
+            fields.len(),
+            SIDE * SIDE
+        ));
     }
     let mut pixels = Vec::with_capacity(SIDE * SIDE);
     for f in &fields[..SIDE * SIDE] {

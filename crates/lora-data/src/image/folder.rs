@@ -24,7 +24,10 @@ pub fn list_folder(root: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
     };
     let mut classes = Vec::new();
     for dir in read(root)?.into_iter().filter(|p| p.is_dir()) {
-        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let files: Vec<PathBuf> = read(&dir)?
             .into_iter()
             .filter(|p| {
@@ -44,7 +47,11 @@ pub fn list_folder(root: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
 }
 
 /// Decodes one file into `channels` x height x width values in [0, 1].
-fn decode(path: &Path, channels: usize, size: Option<[usize; 2]>) -> std::result::Result<(Vec<f32>, usize, usize), String> {
+fn decode(
+    path: &Path,
+    channels: usize,
+    size: Option<[usize; 2]>,
+) -> std::result::Result<(Vec<f32>, usize, usize), String> {
     let img = image::ImageReader::open(path)
         .map_err(|e| e.to_string())?
         .with_guessed_format()
@@ -59,7 +66,11 @@ fn decode(path: &Path, channels: usize, size: Option<[usize; 2]>) -> std::result
     };
     let (w, h) = (img.width() as usize, img.height() as usize);
     let pixels = if channels == 1 {
-        img.to_luma8().into_raw().into_iter().map(|v| f32::from(v) / 255.0).collect()
+        img.to_luma8()
+            .into_raw()
+            .into_iter()
+            .map(|v| f32::from(v) / 255.0)
+            .collect()
     } else {
         // Interleaved RGB to channels-first.
         let rgb = img.to_rgb8().into_raw();
@@ -96,7 +107,9 @@ pub fn read_folder(
                 _ => Ok((px, h, w)),
             });
             match decoded {
-                Ok((px, h, w)) => set.get_or_insert_with(|| ImageSet::new(channels, h, w)).push(&px, class as u32),
+                Ok((px, h, w)) => set
+                    .get_or_insert_with(|| ImageSet::new(channels, h, w))
+                    .push(&px, class as u32),
                 Err(m) if on_corrupt == OnCorrupt::Skip => {
                     eprintln!("warning: skipping {}: {m}", file.display());
                     skipped += 1;
@@ -131,10 +144,18 @@ mod tests {
         std::fs::write(dir.path().join("ant/notes.txt"), "not an image").unwrap();
         let (set, names, skipped) = read_folder(dir.path(), 3, None, OnCorrupt::Error).unwrap();
         assert_eq!(names, ["ant", "cat"]);
-        assert_eq!((set.len(), set.channels, set.height, set.width, skipped), (2, 3, 3, 2, 0));
+        assert_eq!(
+            (set.len(), set.channels, set.height, set.width, skipped),
+            (2, 3, 3, 2, 0)
+        );
         assert_eq!(set.labels, [0, 1]);
         // PNG is lossless: red plane all 1, green 0, blue 0.2.
-        assert_eq!(set.pixels_of(1), [1., 1., 1., 1., 1., 1., 0., 0., 0., 0., 0., 0., 0.2, 0.2, 0.2, 0.2, 0.2, 0.2]);
+        assert_eq!(
+            set.pixels_of(1),
+            [
+                1., 1., 1., 1., 1., 1., 0., 0., 0., 0., 0., 0., 0.2, 0.2, 0.2, 0.2, 0.2, 0.2
+            ]
+        );
         let (grey, _, _) = read_folder(dir.path(), 1, Some([4, 4]), OnCorrupt::Error).unwrap();
         assert_eq!((grey.channels, grey.height, grey.width), (1, 4, 4));
     }
@@ -145,7 +166,9 @@ mod tests {
         save(&dir.path().join("a/ok.png"), 2, 2, [9, 9, 9]);
         std::fs::write(dir.path().join("a/broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
         save(&dir.path().join("b/big.png"), 3, 3, [1, 2, 3]);
-        let e = read_folder(dir.path(), 1, None, OnCorrupt::Error).unwrap_err().to_string();
+        let e = read_folder(dir.path(), 1, None, OnCorrupt::Error)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("broken.png: cannot use this image"), "{e}");
         let (set, _, skipped) = read_folder(dir.path(), 1, None, OnCorrupt::Skip).unwrap();
         assert_eq!((set.len(), skipped), (1, 2), "the broken file and the odd-sized one");

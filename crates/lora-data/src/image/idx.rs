@@ -34,7 +34,10 @@ pub fn read_idx(path: &Path) -> Result<IdxArray> {
 
 pub fn parse_idx(bytes: &[u8]) -> std::result::Result<IdxArray, String> {
     if bytes.len() < 4 {
-        return Err(format!("not an IDX file: {} bytes, shorter than the header", bytes.len()));
+        return Err(format!(
+            "not an IDX file: {} bytes, shorter than the header",
+            bytes.len()
+        ));
     }
     if bytes[0] != 0 || bytes[1] != 0 {
         return Err("not an IDX file: the magic number does not start with two zero bytes".into());
@@ -122,7 +125,11 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let images = dir.path().join("img.gz");
         let labels = dir.path().join("lab");
-        std::fs::write(&images, gz(&idx_bytes(&[2, 2, 3], &[0, 255, 51, 0, 0, 0, 1, 2, 3, 4, 5, 6]))).unwrap();
+        std::fs::write(
+            &images,
+            gz(&idx_bytes(&[2, 2, 3], &[0, 255, 51, 0, 0, 0, 1, 2, 3, 4, 5, 6])),
+        )
+        .unwrap();
         std::fs::write(&labels, idx_bytes(&[2], &[7, 3])).unwrap();
         let set = read_idx_pair(&images, &labels).unwrap();
         assert_eq!((set.channels, set.height, set.width, set.len()), (1, 2, 3, 2));
@@ -137,14 +144,21 @@ pub(crate) mod tests {
         let truncated = dir.path().join("t.gz");
         std::fs::write(&truncated, gz(&idx_bytes(&[2, 2, 2], &[1, 2, 3]))).unwrap();
         let e = read_idx(&truncated).unwrap_err().to_string();
-        assert!(e.contains("t.gz") && e.contains("need 8 values but the file holds 3"), "{e}");
+        assert!(
+            e.contains("t.gz") && e.contains("need 8 values but the file holds 3"),
+            "{e}"
+        );
         let bad_gz = dir.path().join("b.gz");
         let mut bytes = gz(&idx_bytes(&[1], &[1]));
         bytes.truncate(12);
         std::fs::write(&bad_gz, bytes).unwrap();
         let e = read_idx(&bad_gz).unwrap_err().to_string();
         assert!(e.contains("b.gz: corrupt gzip stream"), "{e}");
-        assert!(parse_idx(&[0, 0, 0x0d, 1, 0, 0, 0, 1, 0, 0, 0, 0]).unwrap_err().contains("0x0d"));
+        assert!(
+            parse_idx(&[0, 0, 0x0d, 1, 0, 0, 0, 1, 0, 0, 0, 0])
+                .unwrap_err()
+                .contains("0x0d")
+        );
         assert!(parse_idx(b"PK\x03\x04").unwrap_err().contains("magic"));
         let images = dir.path().join("i");
         let labels = dir.path().join("l");

@@ -62,7 +62,11 @@ mod tests {
             if bad == Some(d) {
                 data[800] = 1.5;
             }
-            std::fs::write(dir.join(format!("{d}.json")), serde_json::json!({ "data": data }).to_string()).unwrap();
+            std::fs::write(
+                dir.join(format!("{d}.json")),
+                serde_json::json!({ "data": data }).to_string(),
+            )
+            .unwrap();
         }
     }
 

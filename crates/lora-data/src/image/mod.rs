@@ -13,9 +13,9 @@ pub mod mnist_json;
 pub mod stage;
 pub mod store;
 
+pub use crate::augment::AugmentPipeline;
 pub use config::{ImageDataConfig, OnCorrupt};
 pub use dataset::ImageDataset;
-pub use crate::augment::AugmentPipeline;
 pub use stage::{ImageData, ImageFormat};
 pub use store::ImageSet;
 

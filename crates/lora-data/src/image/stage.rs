@@ -12,12 +12,12 @@ use lora_core::{Batch, Error, Result};
 
 use super::config::ImageDataConfig;
 use super::dataset::ImageDataset;
-use super::idx::read_idx_pair;
 use super::digits_csv::read_digits_csv;
 use super::folder::read_folder;
+use super::idx::read_idx_pair;
 use super::mnist_json::read_mnist_json;
-use crate::augment::AugmentPipeline;
 use super::store::ImageSet;
+use crate::augment::AugmentPipeline;
 use crate::split;
 
 /// Which reader a source uses.
@@ -74,7 +74,10 @@ impl ImageData {
                 diags.push(
                     lora_core::diag::Diagnostic::error(
                         "data::wrong-augmentation",
-                        format!("[[data.{key}]] of image data lists text operations ({})", ops.names().join(", ")),
+                        format!(
+                            "[[data.{key}]] of image data lists text operations ({})",
+                            ops.names().join(", ")
+                        ),
                     )
                     .at(c.value_location(key)),
                 );

@@ -263,3 +263,14 @@ batch-size = 250
     assert_eq!(config["peft_type"], "LORA");
     assert_eq!(config["modules_to_save"], serde_json::json!(["classifier"]));
 }
+
+#[test]
+fn scikit_learn_digits_are_1797_scaled_8x8_images() {
+    let path = ASSETS.resolve("asset:sklearn-digits/digits.csv.gz").unwrap();
+    let (set, skipped) = lora_data::image::digits_csv::read_digits_csv(&path, OnCorrupt::Error).unwrap();
+    assert_eq!((set.len(), set.height, set.width, skipped), (1797, 8, 8, 0));
+    assert_eq!(counts(&set.labels), [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]);
+    // The first row of the file is a 0: 0,0,5,13,9,1,0,0, ...
+    assert_eq!(set.labels[0], 0);
+    assert_eq!(&set.pixels_of(0)[..4], [0.0, 0.0, 5.0 / 16.0, 13.0 / 16.0]);
+}

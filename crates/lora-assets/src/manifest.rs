@@ -191,6 +191,20 @@ const ASSETS: &[Asset] = &[
         ],
         licence: "MIT (package); MNIST digits by LeCun, Cortes and Burges",
     },
+    Asset {
+        name: "sklearn-digits",
+        source: Source::Debian {
+            package: "python3-sklearn",
+            version: "1.2.1+dfsg-1",
+        },
+        sha256: "ca0c6be401d14871c7e93cfdd8d1f561595dc65e6e2ad2501d568aee7f7efc58",
+        root: "usr/lib/python3/dist-packages/sklearn/datasets/data",
+        files: &[(
+            "digits.csv.gz",
+            Some("46abec6b12486ad9e51943373abcf22bbea1b5a51a1619b361570d8893f1464a"),
+        )],
+        licence: "BSD-3-Clause (scikit-learn); the digits are UCI's Optical Recognition of Handwritten Digits",
+    },
 ];
 
 /// Every pinned asset.

@@ -1,4 +1,4 @@
-//! Augmentations of lora-scripts, registered by name in
+//! Augmentations of lora-scripts (image, batch and text), registered by name in
 //! [`lora_core::registry::AugmentationEntry`] and configured as
 //! `[[data.augment]]` tables:
 //!
@@ -20,6 +20,7 @@ pub mod common;
 pub mod geometry;
 pub mod mix;
 pub mod noise;
+pub mod text;
 
 use lora_core::augment::Augmentation;
 use lora_core::config::Component;
@@ -146,6 +147,38 @@ sample_op!(noise::RandomErasing, |s, c| {
     c.range("scale", s.scale, 0.0, 1.0);
     c.range("ratio", s.ratio, 1e-3, 1e3);
 });
+macro_rules! text_op {
+    ($t:ty) => {
+        impl Op for $t {
+            fn check(&self, c: &mut Checks) {
+                c.probability(self.p);
+            }
+            fn into_augmentation(self) -> Augmentation {
+                Augmentation::Text(Box::new(self))
+            }
+        }
+    };
+}
+
+text_op!(text::RandomSwap);
+impl Op for text::TokenDropout {
+    fn check(&self, c: &mut Checks) {
+        c.probability(self.p);
+        c.range("rate", [0.0, self.rate], 0.0, 1.0);
+    }
+    fn into_augmentation(self) -> Augmentation {
+        Augmentation::Text(Box::new(self))
+    }
+}
+impl Op for text::TokenMask {
+    fn check(&self, c: &mut Checks) {
+        c.probability(self.p);
+        c.range("rate", [0.0, self.rate], 0.0, 1.0);
+    }
+    fn into_augmentation(self) -> Augmentation {
+        Augmentation::Text(Box::new(self))
+    }
+}
 batch_op!(mix::Mixup);
 batch_op!(mix::Cutmix);
 
@@ -213,6 +246,21 @@ register!(
     "random-erasing",
     noise::RandomErasing,
     "set a random rectangle to `value` (Zhong et al.)"
+);
+register!(
+    "token-dropout",
+    text::TokenDropout,
+    "text: drop each token with probability `rate`"
+);
+register!(
+    "token-mask",
+    text::TokenMask,
+    "text: replace each token by [MASK] with probability `rate`"
+);
+register!(
+    "random-swap",
+    text::RandomSwap,
+    "text: swap two random tokens, `swaps` times"
 );
 register!(
     "mixup",

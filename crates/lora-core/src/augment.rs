@@ -64,10 +64,19 @@ pub trait BatchAugment: Send + Sync {
     fn apply(&self, batch: &mut ImageBatch, num_classes: usize, rng: &mut SeededRng);
 }
 
+/// A token-level text augmentation. It sees the body of one tokenised text
+/// (special tokens such as `[CLS]` and `[SEP]` already removed, so they are never
+/// dropped or moved) and the tokenizer's mask id, when it has one.
+pub trait TextAugment: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn apply(&self, body: &mut Vec<u32>, mask_id: Option<u32>, rng: &mut SeededRng);
+}
+
 /// What an augmentation registry entry builds.
 pub enum Augmentation {
     Sample(Box<dyn ImageAugment>),
     Batch(Box<dyn BatchAugment>),
+    Text(Box<dyn TextAugment>),
 }
 
 impl Augmentation {
@@ -75,6 +84,7 @@ impl Augmentation {
         match self {
             Augmentation::Sample(a) => a.name(),
             Augmentation::Batch(a) => a.name(),
+            Augmentation::Text(a) => a.name(),
         }
     }
 }

@@ -134,9 +134,20 @@ pub const TARGETS: [(&str, &str, &str); 6] = [
     ("output.dense", "output.dense", "MLP down projection"),
 ];
 
+/// The patch embedding may be targeted too: a `Conv2d` in Hugging Face's model,
+/// a linear over flattened patches here. Its adapter is saved with PEFT's Conv2d
+/// shapes (`lora_A` `[r, C, p, p]`, `lora_B` `[out, r, 1, 1]`).
+pub const PATCH_TARGET: (&str, &str, &str) = (
+    "patch_embeddings.projection",
+    "vit.embeddings.patch_embeddings.projection",
+    "patch embedding (the Conv2d over patches)",
+);
+
 /// The targeted module names, checked, in the model's module order.
 pub fn resolve_targets(lora: &LoraSpec) -> Result<Vec<&'static str>> {
-    let valid: Vec<&'static str> = TARGETS.iter().map(|t| t.0).collect();
+    let valid: Vec<&'static str> = std::iter::once(PATCH_TARGET.0)
+        .chain(TARGETS.iter().map(|t| t.0))
+        .collect();
     crate::lora::resolve_named_targets(lora, &valid, "a ViT encoder")
 }
 
@@ -146,8 +157,8 @@ pub fn resolve_targets(lora: &LoraSpec) -> Result<Vec<&'static str>> {
 pub fn peft_info(targets: &[&str]) -> PeftInfo {
     let ambiguous = targets.contains(&"output.dense") && !targets.contains(&"attention.output.dense");
     let target_modules = if ambiguous {
-        let alts: Vec<String> = TARGETS
-            .iter()
+        let alts: Vec<String> = std::iter::once(&PATCH_TARGET)
+            .chain(TARGETS.iter())
             .filter(|t| targets.contains(&t.0))
             .map(|t| t.1.replace('.', r"\."))
             .collect();

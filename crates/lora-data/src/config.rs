@@ -8,6 +8,8 @@ use lora_core::config::Component;
 use lora_core::diag::{Diagnostic, Diagnostics};
 use serde::{Deserialize, Serialize};
 
+use crate::truncation::Truncation;
+
 /// The longest sequence a BERT-style position table takes.
 pub const MAX_LENGTH_LIMIT: usize = 512;
 
@@ -71,6 +73,9 @@ pub struct DataConfig {
     pub delimiter: Option<String>,
     #[serde(default)]
     pub on_unknown_label: OnUnknownLabel,
+    /// Which tokens of a text longer than `max-length` are kept: `head`, `tail`, `head-tail`.
+    #[serde(default)]
+    pub truncation: Truncation,
 }
 
 fn default_text_column() -> String {
@@ -102,6 +107,7 @@ impl DataConfig {
             tokenizer: None,
             delimiter: None,
             on_unknown_label: OnUnknownLabel::Error,
+            truncation: Truncation::Head,
         }
     }
 

@@ -1,9 +1,13 @@
 //! A tokenised split, and batching with dynamic padding.
 
+use std::sync::Arc;
+
 use lora_core::init;
 use lora_core::stage::Dataset;
 use lora_core::{Batch, Error, Result, TextBatch};
 use rand::seq::SliceRandom;
+
+use crate::augment::AugmentPipeline;
 
 /// Pads `sequences` on the right to the longest of them, so that a batch of short
 /// texts costs short-sequence compute instead of `max-length` compute.
@@ -33,6 +37,22 @@ pub struct TextDataset {
     labels: Vec<u32>,
     pad_id: u32,
     truncated: usize,
+    augment: Option<TextAugmentation>,
+}
+
+/// Token-level augmentation of shuffled (training) passes.
+#[derive(Debug, Clone)]
+struct TextAugmentation {
+    ops: Arc<AugmentPipeline>,
+    /// Special tokens before and after each body, left untouched.
+    specials: (usize, usize),
+    mask_id: Option<u32>,
+}
+
+impl PartialEq for TextAugmentation {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.ops, &other.ops) && self.specials == other.specials && self.mask_id == other.mask_id
+    }
 }
 
 impl TextDataset {
@@ -44,7 +64,17 @@ impl TextDataset {
             labels,
             pad_id,
             truncated,
+            augment: None,
         }
+    }
+
+    /// Applies `ops` (text augmentations) to each text of shuffled passes, its
+    /// stream seeded by the epoch and its position; special tokens stay put.
+    pub fn with_augment(mut self, ops: Arc<AugmentPipeline>, specials: (usize, usize), mask_id: Option<u32>) -> Self {
+        if ops.has_text_ops() {
+            self.augment = Some(TextAugmentation { ops, specials, mask_id });
+        }
+        self
     }
 
     /// How many examples were longer than max-length and cut, for a report; nothing is printed here.
@@ -95,10 +125,34 @@ impl Dataset for TextDataset {
             order.shuffle(&mut init::rng(seed));
         }
         let n_batches = order.len().div_ceil(batch_size);
+        let augment = order_seed.and_then(|seed| self.augment.as_ref().map(|a| (seed, a)));
         Box::new((0..n_batches).map(move |b| {
-            let chunk = &order[b * batch_size..((b + 1) * batch_size).min(order.len())];
-            let sequences: Vec<&[u32]> = chunk.iter().map(|&i| self.ids[i].as_slice()).collect();
+            let start = b * batch_size;
+            let chunk = &order[start..((b + 1) * batch_size).min(order.len())];
             let labels = chunk.iter().map(|&i| self.labels[i]).collect();
+            let Some((seed, aug)) = augment else {
+                let sequences: Vec<&[u32]> = chunk.iter().map(|&i| self.ids[i].as_slice()).collect();
+                return Ok(Batch::Text(collate(&sequences, labels, self.pad_id)));
+            };
+            let owned: Vec<Vec<u32>> = chunk
+                .iter()
+                .enumerate()
+                .map(|(j, &i)| {
+                    let ids = &self.ids[i];
+                    let (lead, trail) = aug.specials;
+                    let cut = (
+                        lead.min(ids.len()),
+                        ids.len().saturating_sub(trail).max(lead.min(ids.len())),
+                    );
+                    let mut body = ids[cut.0..cut.1].to_vec();
+                    aug.ops.apply_text(&mut body, aug.mask_id, seed, (start + j) as u64);
+                    let mut out = ids[..cut.0].to_vec();
+                    out.extend(body);
+                    out.extend_from_slice(&ids[cut.1..]);
+                    out
+                })
+                .collect();
+            let sequences: Vec<&[u32]> = owned.iter().map(Vec::as_slice).collect();
             Ok(Batch::Text(collate(&sequences, labels, self.pad_id)))
         }))
     }

@@ -7,6 +7,7 @@
 //! sequence of each batch. Both register in [`lora_core::registry`]; a binary
 //! sees them once it links this crate (`use lora_data as _;`).
 
+pub mod augment;
 pub mod config;
 pub mod dataset;
 pub mod facts;
@@ -16,6 +17,7 @@ pub mod read;
 pub mod split;
 pub mod stage;
 pub mod tokenize;
+pub mod truncation;
 
 pub use config::{DataConfig, OnUnknownLabel, SourceFormat};
 pub use dataset::{TextDataset, collate};

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use lora_core::config::Component;
 use lora_core::diag::{Diagnostic, Diagnostics};
@@ -9,6 +10,7 @@ use lora_core::init::derive_seed;
 use lora_core::stage::{DataStage, InputEncoder, PreparedData, StageContext};
 use lora_core::{Error, Result};
 
+use crate::augment::AugmentPipeline;
 use crate::config::{DataConfig, SourceFormat};
 use crate::dataset::TextDataset;
 use crate::labels::LabelMap;
@@ -41,6 +43,8 @@ impl From<TextSplits> for PreparedData {
 pub struct TextData {
     config: DataConfig,
     format: SourceFormat,
+    /// `[[data.augment]]`: token-level augmentations of training passes.
+    augment: Arc<AugmentPipeline>,
     /// Where the table was written, so that errors found later can still point at it.
     component: Option<Component>,
 }
@@ -48,12 +52,26 @@ pub struct TextData {
 impl TextData {
     /// Deserializes and checks a `[data]` table; `format_name` is `csv` or `jsonl`.
     pub fn from_component(component: &Component, format_name: &str) -> Result<Self, Diagnostics> {
+        let component = component.clone().with_nested(&["augment"]);
         let config: DataConfig = component.deserialize()?;
-        let format = config.validate(format_name, Some(component))?;
+        let format = config.validate(format_name, Some(&component))?;
+        let augment = AugmentPipeline::from_components(&component.array_components("augment")?)?;
+        if augment.has_image_ops() {
+            return Err(Diagnostic::error(
+                "data::wrong-augmentation",
+                format!(
+                    "[[data.augment]] of text data lists image operations ({}); text takes token-dropout, token-mask, random-swap",
+                    augment.names().join(", ")
+                ),
+            )
+            .at(component.value_location("augment"))
+            .into());
+        }
         Ok(Self {
             config,
             format,
-            component: Some(component.clone()),
+            augment: Arc::new(augment),
+            component: Some(component),
         })
     }
 
@@ -63,6 +81,7 @@ impl TextData {
         Ok(Self {
             config,
             format,
+            augment: Arc::new(AugmentPipeline::default()),
             component: None,
         })
     }
@@ -93,7 +112,7 @@ impl TextData {
     /// The encoder alone: the tokenizer and max-length, no data file is read.
     pub fn text_encoder(&self, ctx: &StageContext) -> Result<TextEncoder> {
         let path = self.tokenizer_path(ctx)?;
-        TextEncoder::from_file(&path, self.config.max_length)
+        Ok(TextEncoder::from_file(&path, self.config.max_length)?.with_truncation(self.config.truncation)?)
     }
 
     /// Reads, splits, caps and tokenises the data.
@@ -135,8 +154,10 @@ impl TextData {
         let (train, validation) = self.split(ctx.seed, examples, validation);
         check_training_split(&train, labels.names(), &train_path)?;
 
+        let augmented =
+            tokenize(&encoder, train)?.with_augment(self.augment.clone(), encoder.specials(), encoder.mask_id());
         Ok(TextSplits {
-            train: tokenize(&encoder, train)?,
+            train: augmented,
             validation: tokenize(&encoder, validation)?,
             label_names: labels.names().to_vec(),
             encoder,
@@ -238,7 +259,7 @@ impl DataStage for TextData {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{CLS, SEP, ctx, data_component, lit, text_batch, write, write_tokenizer};
+    use crate::testutil::{CLS, PAD, SEP, ctx, data_component, lit, text_batch, write, write_tokenizer};
     use lora_core::stage::Dataset;
 
     /// Whole words of the fixture vocabulary (digits would all be `[UNK]`).
@@ -430,6 +451,75 @@ mod tests {
         let asset = source("type = \"csv\"\npath = \"asset:corpus/d.csv\"");
         let e = asset.prepare(&ctx(1, Some(tok))).err().unwrap().to_string();
         assert!(e.contains("names an asset"), "{e}");
+    }
+
+    #[test]
+    fn truncation_strategies_keep_the_tail_or_head_and_tail_around_the_specials() {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = write_tokenizer(dir.path());
+        let data = write(
+            dir.path(),
+            "d.csv",
+            "text,label
+a man is eating food,x
+the film,y
+",
+        );
+        let body = |t: &str| {
+            format!(
+                "type = \"csv\"\npath = {}\nvalidation-path = {}\nmax-length = 6\ntruncation = \"{t}\"",
+                lit(&data),
+                lit(&data)
+            )
+        };
+        // a=5 man=6 is=7 eating=8 food=9; the film = 11 12. Four body tokens fit in 6.
+        let first = |t: &str| source(&body(t)).load(&ctx(1, Some(tok.clone()))).unwrap();
+        let head = first("head");
+        assert_eq!(head.train.example(0).unwrap().0, [CLS, 5, 6, 7, 8, SEP]);
+        let tail = first("tail");
+        assert_eq!(tail.train.example(0).unwrap().0, [CLS, 6, 7, 8, 9, SEP]);
+        assert_eq!(
+            tail.train.example(1).unwrap().0,
+            [CLS, 11, 12, SEP],
+            "short texts are whole"
+        );
+        assert_eq!(tail.train.truncated(), 1);
+        let both = first("head-tail");
+        assert_eq!(
+            both.train.example(0).unwrap().0,
+            [CLS, 5, 7, 8, 9, SEP],
+            "1 from the head, 3 from the tail"
+        );
+    }
+
+    #[test]
+    fn text_augmentations_touch_only_training_passes_and_never_the_specials() {
+        use lora_augment as _;
+        const MASK: u32 = 4;
+        let dir = tempfile::tempdir().unwrap();
+        let tok = write_tokenizer(dir.path());
+        let data = write(dir.path(), "d.csv", csv(12, &["a", "b"]));
+        let src = source(&format!(
+            "type = \"csv\"\npath = {}\nvalidation-path = {}\n[[data.augment]]\ntype = \"token-mask\"\nrate = 1.0",
+            lit(&data),
+            lit(&data)
+        ));
+        let s = src.load(&ctx(1, Some(tok))).unwrap();
+        let shuffled = text_batch(s.train.batches(12, Some(3)).next().unwrap().unwrap());
+        for row in shuffled.input_ids.chunks(shuffled.seq_len) {
+            let real: Vec<u32> = row.iter().copied().take_while(|&t| t != PAD).collect();
+            assert_eq!(real[0], CLS);
+            assert_eq!(*real.last().unwrap(), SEP);
+            assert!(real[1..real.len() - 1].iter().all(|&t| t == MASK), "{real:?}");
+        }
+        let ordered = text_batch(s.train.batches(12, None).next().unwrap().unwrap());
+        assert!(!ordered.input_ids.contains(&MASK), "ordered passes are not augmented");
+        let validation = text_batch(s.validation.batches(12, Some(3)).next().unwrap().unwrap());
+        assert!(!validation.input_ids.contains(&MASK));
+
+        let c = data_component("type = \"csv\"\npath = \"d\"\n[[data.augment]]\ntype = \"horizontal-flip\"");
+        let e = TextData::from_component(&c, "csv").unwrap_err();
+        assert_eq!(e.0[0].code, "data::wrong-augmentation");
     }
 
     #[test]

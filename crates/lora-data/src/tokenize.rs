@@ -7,6 +7,7 @@ use lora_core::{Batch, Error, Result};
 use tokenizers::{PostProcessor, Tokenizer, TruncationParams};
 
 use crate::dataset::collate;
+use crate::truncation::{Truncation, truncate};
 
 /// One tokenised text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +24,9 @@ pub struct TextEncoder {
     tokenizer: Tokenizer,
     max_length: usize,
     pad_id: u32,
+    /// Special tokens the post-processor adds (`[CLS]`, `[SEP]` for BERT).
+    added: usize,
+    truncation: Truncation,
 }
 
 impl TextEncoder {
@@ -60,7 +64,34 @@ impl TextEncoder {
             tokenizer,
             max_length,
             pad_id,
+            added: special,
+            truncation: Truncation::Head,
         })
+    }
+
+    /// Keeps the tail, or head and tail, of long texts instead of the head. The
+    /// tokenizer then encodes whole texts and the cut is made here, around the
+    /// special tokens.
+    pub fn with_truncation(mut self, truncation: Truncation) -> Result<Self> {
+        if truncation != Truncation::Head {
+            self.tokenizer
+                .with_truncation(None)
+                .map_err(|e| Error::Other(format!("cannot switch truncation off: {e}")))?;
+        }
+        self.truncation = truncation;
+        Ok(self)
+    }
+
+    /// Special tokens before and after a text's body: BERT's `[CLS]` and `[SEP]`
+    /// (a post-processor adding `n` tokens is taken to put one first, the rest last).
+    pub fn specials(&self) -> (usize, usize) {
+        let lead = self.added.min(1);
+        (lead, self.added - lead)
+    }
+
+    /// The `[MASK]` token, for token masking.
+    pub fn mask_id(&self) -> Option<u32> {
+        self.tokenizer.token_to_id("[MASK]")
     }
 
     pub fn max_length(&self) -> usize {
@@ -83,14 +114,24 @@ impl TextEncoder {
             .tokenizer
             .encode_batch_fast(inputs, true)
             .map_err(|e| Error::Data(format!("tokenisation failed: {e}")))?;
+        let (lead, trail) = self.specials();
         Ok(encodings
             .into_iter()
             .map(|enc| {
-                let truncated = !enc.get_overflowing().is_empty();
-                Encoded {
-                    ids: enc.get_ids().to_vec(),
-                    truncated,
+                if self.truncation == Truncation::Head {
+                    return Encoded {
+                        ids: enc.get_ids().to_vec(),
+                        truncated: !enc.get_overflowing().is_empty(),
+                    };
                 }
+                let ids = enc.get_ids();
+                let mut body =
+                    ids[lead.min(ids.len())..ids.len().saturating_sub(trail).max(lead.min(ids.len()))].to_vec();
+                let truncated = truncate(&mut body, self.max_length - self.added, self.truncation);
+                let mut out = ids[..lead.min(ids.len())].to_vec();
+                out.extend(body);
+                out.extend_from_slice(&ids[ids.len().saturating_sub(trail).max(lead.min(ids.len()))..]);
+                Encoded { ids: out, truncated }
             })
             .collect())
     }

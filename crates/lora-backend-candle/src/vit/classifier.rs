@@ -17,7 +17,7 @@ use lora_core::fsutil::write_atomic;
 use lora_core::init::{derive_seed, kaiming_uniform, normal, rng};
 use lora_core::registry::ModelEntry;
 use lora_core::stage::{ModelStage, StageContext};
-use lora_core::vit::{TARGETS, VitClassifierSpec, VitConfig, VitMode, peft_info};
+use lora_core::vit::{PATCH_TARGET, TARGETS, VitClassifierSpec, VitConfig, VitMode, peft_info};
 use lora_core::{Batch, Error, HostTensor, ImageBatch, LoraSpec, Result, inventory};
 
 use super::model::{Block, Linear, Norm, Vit};
@@ -135,7 +135,15 @@ impl VitClassifier {
         let patch = if trained {
             Linear::Trained { w: pw, b: pb }
         } else {
-            Linear::Frozen(LoraLinear::new(pw, Some(pb)))
+            let mut lin = LoraLinear::new(pw, Some(pb));
+            if let (true, Some(lora)) = (targets.contains(&PATCH_TARGET.0), lora) {
+                let (out, inp) = (h, cfg.patch_dim());
+                lora_core::bert::check_rank(lora, PATCH_TARGET.1, inp, out)?;
+                // PEFT's Conv2d LoRA shapes in the file; the variables stay matrices.
+                let file_shapes = [vec![lora.r, c, p, p], vec![out, lora.r, 1, 1]];
+                lin = lin.with_lora(bld.lora(PATCH_TARGET.1, lora, inp, out, &mut lora_rng, file_shapes)?);
+            }
+            Linear::Frozen(lin)
         };
         let cls_token = bld.tensor("vit.embeddings.cls_token", &[1, 1, h], Init::Normal, false)?;
         let position = bld.tensor(
@@ -165,23 +173,8 @@ impl VitClassifier {
                 let mut lin = LoraLinear::new(w, Some(b));
                 if let (true, Some(lora)) = (targets.contains(&name), lora) {
                     lora_core::bert::check_rank(lora, &full, inp, out)?;
-                    let a = kaiming_uniform(inp, lora.r * inp, &mut lora_rng);
-                    let a = Var::from_vec(a, (lora.r, inp), &Device::Cpu).core()?;
-                    let b = Var::zeros((out, lora.r), DType::F32, &Device::Cpu).core()?;
-                    for (suffix, var, shape) in [("lora_A", &a, vec![lora.r, inp]), ("lora_B", &b, vec![out, lora.r])] {
-                        bld.params.infos.push(ParamInfo {
-                            name: format!("{PEFT_PREFIX}{full}.{suffix}.weight"),
-                            shape,
-                            weight_decay: true,
-                        });
-                        bld.params.vars.push(var.clone());
-                    }
-                    lin = lin.with_lora(LoraWeights {
-                        a,
-                        b,
-                        scale: lora.scale(),
-                        dropout: lora.dropout,
-                    });
+                    let shapes = [vec![lora.r, inp], vec![out, lora.r]];
+                    lin = lin.with_lora(bld.lora(&full, lora, inp, out, &mut lora_rng, shapes)?);
                 }
                 linears.push(Linear::Frozen(lin));
             }
@@ -253,6 +246,9 @@ impl VitClassifier {
     }
 
     fn for_each_lora(&mut self, mut f: impl FnMut(&mut LoraLinear) -> candle_core::Result<()>) -> Result<()> {
+        if let Some(l) = self.vit.patch.frozen_mut() {
+            f(l).core()?;
+        }
         for block in &mut self.vit.blocks {
             for lin in &mut block.linears {
                 if let Some(l) = lin.frozen_mut() {
@@ -300,6 +296,37 @@ impl Builder<'_> {
                 Ok(t)
             }
         }
+    }
+
+    /// LoRA matrices for the module at `path`: `A` Kaiming-uniform `[r, in]`, `B`
+    /// zero `[out, r]`, registered under PEFT's keys with `shapes` as written to the file.
+    fn lora(
+        &mut self,
+        path: &str,
+        lora: &LoraSpec,
+        inp: usize,
+        out: usize,
+        rng: &mut lora_core::init::SeededRng,
+        shapes: [Vec<usize>; 2],
+    ) -> Result<LoraWeights> {
+        let a = kaiming_uniform(inp, lora.r * inp, rng);
+        let a = Var::from_vec(a, (lora.r, inp), &Device::Cpu).core()?;
+        let b = Var::zeros((out, lora.r), DType::F32, &Device::Cpu).core()?;
+        let [sa, sb] = shapes;
+        for (suffix, var, shape) in [("lora_A", &a, sa), ("lora_B", &b, sb)] {
+            self.params.infos.push(ParamInfo {
+                name: format!("{PEFT_PREFIX}{path}.{suffix}.weight"),
+                shape,
+                weight_decay: true,
+            });
+            self.params.vars.push(var.clone());
+        }
+        Ok(LoraWeights {
+            a,
+            b,
+            scale: lora.scale(),
+            dropout: lora.dropout,
+        })
     }
 
     fn linear(&mut self, name: &str, out: usize, inp: usize) -> Result<(Tensor, Tensor)> {
@@ -396,7 +423,9 @@ impl AdapterModel for VitClassifier {
                     v.len()
                 )));
             }
-            var.set(&Tensor::from_slice(v, info.shape.as_slice(), &Device::Cpu).core()?)
+            // The variable's own shape: a patch-embedding adapter is a matrix here
+            // but carries PEFT's Conv2d shape in `info`.
+            var.set(&Tensor::from_slice(v, var.shape(), &Device::Cpu).core()?)
                 .core()?;
         }
         Ok(())
@@ -663,6 +692,32 @@ mod tests {
             assert!((x - y).abs() < 1e-4);
         }
         assert_eq!(before, after);
+    }
+
+    #[test]
+    fn the_patch_embedding_takes_lora_with_peft_conv_shapes() {
+        let full = VitClassifier::new_full(tiny(), 3, 1).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        full.save_base(dir.path()).unwrap();
+        let weights = MmapWeights::open(&dir.path().join(WEIGHTS_FILE)).unwrap();
+        let mut m = VitClassifier::from_base(tiny(), &weights, &lora(&["patch_embeddings.projection"]), 3, 3).unwrap();
+        let p = m.params();
+        assert_eq!(
+            p[0].name,
+            "base_model.model.vit.embeddings.patch_embeddings.projection.lora_A.weight"
+        );
+        assert_eq!(
+            (p[0].shape.as_slice(), p[1].shape.as_slice()),
+            (&[2, 1, 4, 4][..], &[8, 2, 1, 1][..])
+        );
+        let b = batch(6, 4);
+        let (first, last) = sgd(&mut m, &b, 30, 0.5);
+        assert!(last < first, "{first} -> {last}");
+        let before = m.predict(&b).unwrap();
+        m.merge().unwrap();
+        for (x, y) in before.data.iter().zip(&m.predict(&b).unwrap().data) {
+            assert!((x - y).abs() < 1e-4);
+        }
     }
 
     #[test]

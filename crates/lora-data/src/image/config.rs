@@ -1,4 +1,5 @@
-//! The `[data]` table of the image sources (`idx`, `mnist-json`), and its range checks.
+//! The `[data]` table of the image sources (`idx`, `mnist-json`, `image-folder`,
+//! `digits-csv`), and its range checks.
 
 use lora_core::config::Component;
 use lora_core::diag::{Diagnostic, Diagnostics};
@@ -18,7 +19,8 @@ pub enum OnCorrupt {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ImageDataConfig {
-    /// `idx`: the images file; `mnist-json`: the folder of `0.json` .. `9.json`. May be `asset:NAME/...`.
+    /// `idx`: the images file; `mnist-json`: the folder of `0.json` .. `9.json`;
+    /// `image-folder`: the folder of class folders; `digits-csv`: the CSV. May be `asset:NAME/...`.
     pub path: String,
     /// `idx` only: the labels file that goes with `path`.
     #[serde(default)]
@@ -39,6 +41,12 @@ pub struct ImageDataConfig {
     pub label_names: Option<Vec<String>>,
     #[serde(default)]
     pub on_corrupt: OnCorrupt,
+    /// `image-folder` only: 1 (luma) or 3 (RGB, the default).
+    #[serde(default)]
+    pub channels: Option<usize>,
+    /// `image-folder` only: `[height, width]` every image is resized to; absent: all must match the first.
+    #[serde(default)]
+    pub image_size: Option<[usize; 2]>,
     /// Batches prepared ahead of the trainer by the loader thread.
     #[serde(default = "default_prefetch")]
     pub prefetch: usize,
@@ -101,6 +109,31 @@ impl ImageDataConfig {
                 };
                 if set {
                     invalid(key, format!("{key} only applies to `idx` data, not `{source}`"));
+                }
+            }
+        }
+        if source == "image-folder" {
+            if let Some(c) = self.channels
+                && c != 1
+                && c != 3
+            {
+                invalid("channels", format!("channels ({c}) must be 1 (luma) or 3 (RGB)"));
+            }
+            if let Some([h, w]) = self.image_size
+                && (h == 0 || w == 0)
+            {
+                invalid("image-size", format!("image-size ([{h}, {w}]) must be at least [1, 1]"));
+            }
+        } else {
+            for (key, set) in [
+                ("channels", self.channels.is_some()),
+                ("image-size", self.image_size.is_some()),
+            ] {
+                if set {
+                    invalid(
+                        key,
+                        format!("{key} only applies to `image-folder` data, not `{source}`; use a resize augmentation"),
+                    );
                 }
             }
         }

@@ -16,8 +16,8 @@ use lora_core::{Batch, Error, ImageBatch, Result};
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
-use super::pipeline::AugmentPipeline;
 use super::store::ImageSet;
+use crate::augment::AugmentPipeline;
 
 pub struct ImageDataset {
     set: Arc<ImageSet>,

@@ -12,10 +12,12 @@ use lora_core::{Batch, Error, Result};
 
 use super::config::ImageDataConfig;
 use super::dataset::ImageDataset;
+use super::digits_csv::read_digits_csv;
+use super::folder::read_folder;
 use super::idx::read_idx_pair;
 use super::mnist_json::read_mnist_json;
-use super::pipeline::AugmentPipeline;
 use super::store::ImageSet;
+use crate::augment::AugmentPipeline;
 use crate::split;
 
 /// Which reader a source uses.
@@ -23,6 +25,8 @@ use crate::split;
 pub enum ImageFormat {
     Idx,
     MnistJson,
+    ImageFolder,
+    DigitsCsv,
 }
 
 impl ImageFormat {
@@ -30,6 +34,8 @@ impl ImageFormat {
         match self {
             ImageFormat::Idx => "idx",
             ImageFormat::MnistJson => "mnist-json",
+            ImageFormat::ImageFolder => "image-folder",
+            ImageFormat::DigitsCsv => "digits-csv",
         }
     }
 }
@@ -61,6 +67,22 @@ impl ImageData {
         };
         let train_ops = pipeline("augment");
         let eval_ops = pipeline("eval-augment");
+        for (key, ops) in [("augment", &train_ops), ("eval-augment", &eval_ops)] {
+            if let Some(ops) = ops
+                && ops.has_text_ops()
+            {
+                diags.push(
+                    lora_core::diag::Diagnostic::error(
+                        "data::wrong-augmentation",
+                        format!(
+                            "[[data.{key}]] of image data lists text operations ({})",
+                            ops.names().join(", ")
+                        ),
+                    )
+                    .at(c.value_location(key)),
+                );
+            }
+        }
         if diags.has_errors() {
             return Err(diags);
         }
@@ -87,22 +109,38 @@ impl ImageData {
         }
     }
 
-    fn read(&self, ctx: &StageContext, path: &str, labels: Option<&String>) -> Result<ImageSet> {
+    /// One file or folder of the source, and the class names it carries (image folders).
+    fn read(&self, ctx: &StageContext, path: &str, labels: Option<&String>) -> Result<(ImageSet, Option<Vec<String>>)> {
         let path: PathBuf = ctx.assets.resolve(path)?;
+        let warn = |skipped: usize| {
+            if skipped > 0 {
+                eprintln!(
+                    "warning: {}: skipped {skipped} corrupt image(s) (on-corrupt = \"skip\")",
+                    path.display()
+                );
+            }
+        };
+        let on_corrupt = self.config.on_corrupt;
         match self.format {
             ImageFormat::Idx => {
                 let labels = labels.ok_or_else(|| Error::Other("an idx source needs a labels file".into()))?;
-                read_idx_pair(&path, &ctx.assets.resolve(labels)?)
+                Ok((read_idx_pair(&path, &ctx.assets.resolve(labels)?)?, None))
             }
             ImageFormat::MnistJson => {
-                let (set, skipped) = read_mnist_json(&path, self.config.on_corrupt)?;
-                if skipped > 0 {
-                    eprintln!(
-                        "warning: {}: skipped {skipped} corrupt image(s) (on-corrupt = \"skip\")",
-                        path.display()
-                    );
-                }
-                Ok(set)
+                let (set, skipped) = read_mnist_json(&path, on_corrupt)?;
+                warn(skipped);
+                Ok((set, None))
+            }
+            ImageFormat::DigitsCsv => {
+                let (set, skipped) = read_digits_csv(&path, on_corrupt)?;
+                warn(skipped);
+                Ok((set, None))
+            }
+            ImageFormat::ImageFolder => {
+                let channels = self.config.channels.unwrap_or(3);
+                let (set, names, skipped) = read_folder(&path, channels, self.config.image_size, on_corrupt)?;
+                warn(skipped);
+                Ok((set, Some(names)))
             }
         }
     }
@@ -110,7 +148,7 @@ impl ImageData {
     /// Reads, splits and caps; returns `(train, validation, label names)`.
     pub fn load_sets(&self, ctx: &StageContext) -> Result<(ImageSet, ImageSet, Vec<String>)> {
         let cfg = &self.config;
-        let all = self.read(ctx, &cfg.path, cfg.labels_path.as_ref())?;
+        let (all, folder_names) = self.read(ctx, &cfg.path, cfg.labels_path.as_ref())?;
         if all.is_empty() {
             return Err(Error::Data(format!("{}: no images", cfg.path)));
         }
@@ -124,11 +162,20 @@ impl ImageData {
                 )));
             }
             Some(n) => n.clone(),
-            None => (0..num_classes).map(|i| i.to_string()).collect(),
+            None => folder_names
+                .clone()
+                .unwrap_or_else(|| (0..num_classes).map(|i| i.to_string()).collect()),
         };
         let (train, validation) = match &cfg.validation_path {
             Some(v) => {
-                let validation = self.read(ctx, v, cfg.validation_labels_path.as_ref())?;
+                let (validation, validation_names) = self.read(ctx, v, cfg.validation_labels_path.as_ref())?;
+                if let (Some(a), Some(b)) = (&folder_names, &validation_names)
+                    && a != b
+                {
+                    return Err(Error::Data(format!(
+                        "{v}: class folders {b:?} differ from the training folders {a:?}"
+                    )));
+                }
                 if let Some(bad) = validation.labels.iter().find(|&&l| l as usize >= names.len()) {
                     return Err(Error::Data(format!("{v}: class id {bad} has no name")));
                 }

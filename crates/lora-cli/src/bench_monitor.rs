@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use lora_core::config::{MonitorConfig, PipelineConfig};
 use lora_core::events::{Callback, Control, TrainEvent};
-use lora_core::registry::{TrainerEntry, build_model, lookup};
+use lora_core::registry::{TrainerEntry, build, build_model};
 use lora_core::stage::{AssetResolver, Dataset, EvalReport, EvalStage, InputEncoder, PreparedData, StageContext};
 use lora_core::{AdapterModel, Batch, Error, Result};
 
@@ -127,7 +127,7 @@ fn train_once(
         if monitored { 1 } else { 0 }
     );
     let cfg = PipelineConfig::parse(Path::new("<bench>"), train_text)?;
-    let mut trainer = lookup::<TrainerEntry>(&cfg.train, |_| true).and_then(|e| (e.build)(&cfg.train))?;
+    let mut trainer = build::<TrainerEntry>(&cfg.train)?;
     let data = PreparedData {
         label_names: vec!["a".into(), "b".into(), "c".into()],
         train: Box::new(Batches(

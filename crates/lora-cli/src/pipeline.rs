@@ -6,7 +6,7 @@ use lora_core::config::PipelineConfig;
 use lora_core::diag::{Diagnostic, Diagnostics};
 use lora_core::events::Callback;
 use lora_core::fsutil::write_atomic;
-use lora_core::registry::{CallbackEntry, DataSourceEntry, EvaluatorEntry, TrainerEntry, build_model, lookup};
+use lora_core::registry::{CallbackEntry, DataSourceEntry, EvaluatorEntry, TrainerEntry, build, build_model};
 use lora_core::stage::{
     AssetResolver, DataStage, EvalReport, EvalStage, ModelStage, PreparedData, StageContext, TrainStage,
 };
@@ -45,31 +45,14 @@ impl Pipeline {
                 )),
             );
         }
-        fn take<T>(diags: &mut Diagnostics, r: std::result::Result<T, Diagnostics>) -> Option<T> {
-            r.map_err(|e| diags.0.extend(e.0)).ok()
-        }
-        let data = take(
-            &mut diags,
-            lookup::<DataSourceEntry>(&config.data, |_| true).and_then(|e| (e.build)(&config.data)),
-        );
+        let data = take(&mut diags, build::<DataSourceEntry>(&config.data));
         let model = take(&mut diags, build_model(&config.model, &config.run.backend));
-        let train = take(
-            &mut diags,
-            lookup::<TrainerEntry>(&config.train, |_| true).and_then(|e| (e.build)(&config.train)),
-        );
-        let eval = take(
-            &mut diags,
-            lookup::<EvaluatorEntry>(&config.eval, |_| true).and_then(|e| (e.build)(&config.eval)),
-        );
+        let train = take(&mut diags, build::<TrainerEntry>(&config.train));
+        let eval = take(&mut diags, build::<EvaluatorEntry>(&config.eval));
         let callbacks: Vec<Option<Box<dyn Callback>>> = config
             .callbacks
             .iter()
-            .map(|c| {
-                take(
-                    &mut diags,
-                    lookup::<CallbackEntry>(c, |_| true).and_then(|e| (e.build)(c)),
-                )
-            })
+            .map(|c| take(&mut diags, build::<CallbackEntry>(c)))
             .collect();
         if diags.has_errors() {
             return Err(Error::Invalid(diags));
@@ -132,6 +115,12 @@ impl Pipeline {
         let model = self.model.build(ctx, &self.config.lora, data.label_names.len())?;
         Ok((data, model))
     }
+}
+
+/// The value, or its diagnostics added to `diags`: stages are built one by one
+/// so that every problem is reported at once.
+pub(crate) fn take<T>(diags: &mut Diagnostics, r: std::result::Result<T, Diagnostics>) -> Option<T> {
+    r.map_err(|e| diags.0.extend(e.0)).ok()
 }
 
 /// TOML has no null: an unset optional value is left out.

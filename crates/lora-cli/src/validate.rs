@@ -9,13 +9,13 @@ use lora_core::config::{PartialConfig, PipelineConfig};
 use lora_core::diag::{Diagnostics, SourceFile};
 use lora_core::doc::ConfigDoc;
 use lora_core::registry::{
-    CallbackEntry, DataSourceEntry, EvaluatorEntry, ModelEntry, TrainerEntry, build_model, entries, lookup,
+    CallbackEntry, DataSourceEntry, EvaluatorEntry, ModelEntry, TrainerEntry, build, build_model, entries,
 };
 use lora_core::rules::Facts;
 use lora_core::stage::{AssetResolver, StageContext};
 use lora_validate::Overrides;
 
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, take};
 
 /// The outcome of validation: every diagnostic, and the pipeline when there is no error.
 pub struct Checked {
@@ -81,15 +81,10 @@ pub fn check_source(source: Arc<SourceFile>, assets: &dyn AssetResolver) -> Chec
     let compiled = crate::backends();
 
     // Each stage on its own, so that one broken table does not hide the others' problems.
-    fn take<T>(loader: &mut Diagnostics, r: Result<T, Diagnostics>) -> Option<T> {
-        r.map_err(|e| loader.0.extend(e.0)).ok()
-    }
-    let data = partial.data.as_ref().and_then(|c| {
-        take(
-            &mut loader,
-            lookup::<DataSourceEntry>(c, |_| true).and_then(|e| (e.build)(c)),
-        )
-    });
+    let data = partial
+        .data
+        .as_ref()
+        .and_then(|c| take(&mut loader, build::<DataSourceEntry>(c)));
     // Facts come from the model's files, whichever backend reads them: fall back to a
     // compiled one when the chosen backend is not (a rule says so).
     let model_backend = if compiled.contains(&backend.as_str()) {
@@ -101,26 +96,17 @@ pub fn check_source(source: Arc<SourceFile>, assets: &dyn AssetResolver) -> Chec
         .model
         .as_ref()
         .and_then(|c| take(&mut loader, build_model(c, &model_backend)));
-    let train = partial.train.as_ref().and_then(|c| {
-        take(
-            &mut loader,
-            lookup::<TrainerEntry>(c, |_| true).and_then(|e| (e.build)(c)),
-        )
-    });
-    let eval = partial.eval.as_ref().and_then(|c| {
-        take(
-            &mut loader,
-            lookup::<EvaluatorEntry>(c, |_| true).and_then(|e| (e.build)(c)),
-        )
-    });
+    let train = partial
+        .train
+        .as_ref()
+        .and_then(|c| take(&mut loader, build::<TrainerEntry>(c)));
+    let eval = partial
+        .eval
+        .as_ref()
+        .and_then(|c| take(&mut loader, build::<EvaluatorEntry>(c)));
     let callbacks: Option<Vec<_>> = partial.callbacks.as_ref().map(|cs| {
         cs.iter()
-            .filter_map(|c| {
-                take(
-                    &mut loader,
-                    lookup::<CallbackEntry>(c, |_| true).and_then(|e| (e.build)(c)),
-                )
-            })
+            .filter_map(|c| take(&mut loader, build::<CallbackEntry>(c)))
             .collect()
     });
 
@@ -158,13 +144,13 @@ pub fn check_source(source: Arc<SourceFile>, assets: &dyn AssetResolver) -> Chec
         ctx.tokenizer = model.tokenizer(&ctx).ok().flatten();
         match model.facts(&ctx) {
             Ok(f) => facts.model = f,
-            Err(e) => facts.model_error = Some(plain(&e)),
+            Err(e) => facts.model_error = Some(e.message()),
         }
     }
     if let Some(data) = &data {
         match data.facts(&ctx) {
             Ok(f) => facts.data = f,
-            Err(e) => facts.data_error = Some(plain(&e)),
+            Err(e) => facts.data_error = Some(e.message()),
         }
     }
 
@@ -204,12 +190,4 @@ fn complete(file: Arc<SourceFile>, p: PartialConfig) -> Option<PipelineConfig> {
         monitor: p.monitor?,
         callbacks: p.callbacks?,
     })
-}
-
-/// An error's message without the "data error: " kind prefix: a rule adds its own headline.
-fn plain(e: &lora_core::Error) -> String {
-    match e {
-        lora_core::Error::Data(m) => m.clone(),
-        other => other.to_string(),
-    }
 }

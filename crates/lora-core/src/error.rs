@@ -52,6 +52,15 @@ impl Error {
         }
     }
 
+    /// The message without the kind prefix that `Display` adds to data errors
+    /// ("data error: "), for callers that put their own headline in front.
+    pub fn message(&self) -> String {
+        match self {
+            Error::Data(m) => m.clone(),
+            other => other.to_string(),
+        }
+    }
+
     /// Exit code of the `lora` binary for this error: 2 for invalid configuration or input, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -59,6 +68,15 @@ impl Error {
             _ => 1,
         }
     }
+}
+
+/// The text of a caught panic's payload (`panic!` with a message gives a `String` or a `&str`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
 }
 
 impl From<Diagnostics> for Error {

@@ -193,7 +193,8 @@ where
     Ok(entry)
 }
 
-fn describe(origin: &str) -> String {
+/// An origin in a sentence: `built in`, or `from /path/lib.so`.
+pub fn describe(origin: &str) -> String {
     if origin == BUILT_IN {
         "built in".into()
     } else {
@@ -238,6 +239,42 @@ pub fn all_duplicates() -> Vec<String> {
     out.extend(duplicates::<CallbackEntry>());
     out.extend(duplicates::<MetricEntry>());
     out
+}
+
+/// Entries whose constructor builds a component from its table.
+pub trait Constructs: Entry {
+    type Output;
+    fn constructor(&self) -> Build<Self::Output>;
+}
+
+macro_rules! constructs {
+    ($($t:ty => $out:ty),* $(,)?) => {
+        $(impl Constructs for $t {
+            type Output = $out;
+            fn constructor(&self) -> Build<$out> {
+                self.build
+            }
+        })*
+    };
+}
+
+constructs! {
+    DataSourceEntry => Box<dyn DataStage>,
+    TrainerEntry => Box<dyn TrainStage>,
+    EvaluatorEntry => Box<dyn EvalStage>,
+    OptimizerEntry => Box<dyn Optimizer>,
+    SchedulerEntry => Box<dyn Scheduler>,
+    CallbackEntry => Box<dyn Callback>,
+    AugmentationEntry => Augmentation,
+}
+
+/// Builds a component with the entry its `type` names (models: see [`build_model`]).
+pub fn build<E: Constructs>(component: &Component) -> Result<E::Output, Diagnostics>
+where
+    inventory::iter<E>: IntoIterator<Item = &'static E>,
+{
+    let entry = lookup::<E>(component, |_| true)?;
+    (entry.constructor())(component)
 }
 
 /// Looks up the entry named by a component's `type`, or explains what exists.

@@ -6,7 +6,7 @@ use lora_core::augment::{Augmentation, BatchAugment, Image, ImageAugment, TextAu
 use lora_core::config::Component;
 use lora_core::diag::Diagnostics;
 use lora_core::init::{derive_seed, rng};
-use lora_core::registry::{AugmentationEntry, lookup};
+use lora_core::registry::{AugmentationEntry, build};
 use lora_core::{Error, ImageBatch, Result};
 
 impl std::fmt::Debug for AugmentPipeline {
@@ -30,7 +30,7 @@ impl AugmentPipeline {
         let mut diags = Diagnostics::default();
         let mut out = Self::default();
         for c in components {
-            match lookup::<AugmentationEntry>(c, |_| true).and_then(|e| (e.build)(c)) {
+            match build::<AugmentationEntry>(c) {
                 Ok(a) => out.push(a),
                 Err(d) => diags.0.extend(d.0),
             }

@@ -33,7 +33,7 @@ pub fn gather(src: &TextData, ctx: &StageContext) -> Result<DataFacts> {
     let rows = match read(&train_path) {
         Ok(rows) => rows,
         Err(e) => {
-            facts.read_error = Some(message(&e));
+            facts.read_error = Some(e.message());
             return Ok(facts);
         }
     };
@@ -41,7 +41,7 @@ pub fn gather(src: &TextData, ctx: &StageContext) -> Result<DataFacts> {
         Some(p) => match read(&src.resolve(ctx, p)?) {
             Ok(rows) => Some(rows),
             Err(e) => {
-                facts.read_error = Some(message(&e));
+                facts.read_error = Some(e.message());
                 return Ok(facts);
             }
         },
@@ -152,13 +152,5 @@ fn csv_header(path: &std::path::Path, delimiter: u8) -> Vec<String> {
             .map(|f| String::from_utf8_lossy(f).trim_start_matches('\u{FEFF}').to_string())
             .collect(),
         Err(_) => Vec::new(),
-    }
-}
-
-/// An error's message without its kind prefix: the rule that reports it adds its own.
-fn message(e: &lora_core::Error) -> String {
-    match e {
-        lora_core::Error::Data(m) => m.clone(),
-        other => other.to_string(),
     }
 }

@@ -10,7 +10,7 @@ use lora_core::diag::{Diagnostic, Diagnostics, Severity};
 use lora_core::doc::{Node, Value as DocValue};
 use lora_core::events::{Callback, Control, TrainEvent};
 use lora_core::init::SeededRng;
-use lora_core::registry::{AugmentationEntry, CallbackEntry, Entry, entries, register_dynamic};
+use lora_core::registry::{AugmentationEntry, CallbackEntry, Entry, describe, entries, register_dynamic};
 use lora_core::rules::{Category, Finding, RuleContext, rules};
 use lora_plugin_api as api;
 use rand::RngCore;
@@ -28,8 +28,9 @@ pub(crate) fn install(collected: Collect, origin: &'static str) -> Result<Vec<(&
     for e in &collected.rules {
         if let Some(existing) = rules().into_iter().find(|r| r.id == e.id) {
             problems.push(format!(
-                "two rules named `{}`: one from {}, one from {origin}",
-                e.id, existing.origin
+                "two rules named `{}`: one {}, one from {origin}",
+                e.id,
+                describe(existing.origin)
             ));
         }
     }
@@ -101,14 +102,6 @@ pub(crate) fn install(collected: Collect, origin: &'static str) -> Result<Vec<(&
         )?;
     }
     Ok(added)
-}
-
-fn describe(origin: &str) -> String {
-    if origin == lora_core::registry::BUILT_IN {
-        "built in".into()
-    } else {
-        format!("from {origin}")
-    }
 }
 
 type Factories<T> = Mutex<HashMap<&'static str, (&'static T, &'static str)>>;

@@ -176,12 +176,6 @@ impl Registrar for Collect {
 
 /// Runs a call into plugin code, turning a panic into an error message.
 pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
-        let detail = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default();
-        format!("{what} panicked: {detail}")
-    })
+    catch_unwind(AssertUnwindSafe(f))
+        .map_err(|panic| format!("{what} panicked: {}", lora_core::error::panic_message(panic.as_ref())))
 }

@@ -11,7 +11,7 @@ use lora_core::events::{Callback, Control, NonFiniteKind, StepMetrics, TrainEven
 use lora_core::init::derive_seed;
 use lora_core::inventory;
 use lora_core::optim::{Optimizer, Scheduler};
-use lora_core::registry::{OptimizerEntry, SchedulerEntry, TrainerEntry, lookup};
+use lora_core::registry::{self, OptimizerEntry, SchedulerEntry, TrainerEntry};
 use lora_core::stage::{EvalStage, PreparedData, TrainStage, TrainSummary};
 use lora_core::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -495,8 +495,7 @@ fn build(c: &Component) -> std::result::Result<Box<dyn TrainStage>, Diagnostics>
         .map_err(|e| diags.0.extend(e.0))
         .ok();
     let optimizer = match c.sub_component("optimizer", None) {
-        Ok(Some(o)) => lookup::<OptimizerEntry>(&o, |_| true)
-            .and_then(|e| (e.build)(&o))
+        Ok(Some(o)) => registry::build::<OptimizerEntry>(&o)
             .map_err(|e| diags.0.extend(e.0))
             .ok(),
         Ok(None) => {
@@ -513,8 +512,7 @@ fn build(c: &Component) -> std::result::Result<Box<dyn TrainStage>, Diagnostics>
         }
     };
     let scheduler = match c.sub_component("scheduler", Some("constant")) {
-        Ok(Some(s)) => lookup::<SchedulerEntry>(&s, |_| true)
-            .and_then(|e| (e.build)(&s))
+        Ok(Some(s)) => registry::build::<SchedulerEntry>(&s)
             .map_err(|e| diags.0.extend(e.0))
             .ok(),
         Ok(None) => Some(Box::new(crate::schedule::WarmupSchedule {

@@ -23,17 +23,14 @@ pub fn check(doc: &ConfigDoc, facts: &Facts) -> Vec<Diagnostic> {
                 location: f.location,
                 help: f.help,
             })),
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                out.push(Diagnostic::error(
-                    "validate::rule-panicked",
-                    format!("rule `{}` panicked: {what}", rule.id),
-                ));
-            }
+            Err(panic) => out.push(Diagnostic::error(
+                "validate::rule-panicked",
+                format!(
+                    "rule `{}` panicked: {}",
+                    rule.id,
+                    lora_core::error::panic_message(panic.as_ref())
+                ),
+            )),
         }
     }
     out

@@ -262,6 +262,47 @@ batch-size = 250
         serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
     assert_eq!(config["peft_type"], "LORA");
     assert_eq!(config["modules_to_save"], serde_json::json!(["classifier"]));
+
+    predict_reads_image_files_as_the_validation_split_is_read(&out);
+}
+
+/// `lora predict` on PNG files of held-out digits gives the probabilities the
+/// adapted model gives those digits in the validation split.
+fn predict_reads_image_files_as_the_validation_split_is_read(run: &Path) {
+    let config = PipelineConfig::load(&run.join("pipeline.toml")).unwrap();
+    let pipeline = lora_cli::pipeline::Pipeline::build(config.clone()).unwrap();
+    let ctx = pipeline.context(&ASSETS).unwrap();
+    let (data, mut model) = pipeline.prepare(&ctx).unwrap();
+    lora_train::load_adapter(run, model.as_mut()).unwrap();
+    let Batch::Image(batch) = data.validation.batches(4, None).next().unwrap().unwrap() else {
+        panic!("image batch")
+    };
+    let direct = model.predict(&Batch::Image(batch.clone())).unwrap();
+    let files: Vec<String> = (0..batch.batch_size)
+        .map(|i| {
+            let path = run.join(format!("digit-{i}.png"));
+            let pixels: Vec<u8> = batch.image(i).iter().map(|v| (v * 255.0).round() as u8).collect();
+            image::GrayImage::from_raw(28, 28, pixels).unwrap().save(&path).unwrap();
+            path.display().to_string()
+        })
+        .collect();
+    let predictions = lora_cli::pipeline::predict(config, run, &files, &ASSETS).unwrap();
+    assert_eq!(predictions.len(), files.len());
+    for (i, p) in predictions.iter().enumerate() {
+        assert_eq!((p.kind, p.input.as_str()), ("image", files[i].as_str()));
+        let expected = lora_train::metrics::softmax(direct.row(i));
+        for ((_, got), want) in p.probabilities.iter().zip(&expected) {
+            // The PNG holds 8-bit pixels: the digits' own values are multiples of 1/255 or close.
+            assert!((got - want).abs() < 1e-3, "image {i}: {got} vs {want}");
+        }
+    }
+    let missing = run.join("missing.png").display().to_string();
+    let config = PipelineConfig::load(&run.join("pipeline.toml")).unwrap();
+    let err = lora_cli::pipeline::predict(config, run, &[missing], &ASSETS)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("missing.png"), "{err}");
 }
 
 #[test]

@@ -20,7 +20,7 @@ pub fn golden_sentence_embeddings(backend: &str) {
     ]
     .map(String::from)
     .to_vec();
-    let batch = b.data.encoder.encode_texts(&texts).unwrap();
+    let batch = b.data.encoder.encode_inputs(&texts).unwrap();
     let Batch::Text(t) = &batch else {
         panic!("text batch expected")
     };

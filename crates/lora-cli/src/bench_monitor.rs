@@ -37,7 +37,10 @@ impl Dataset for Batches {
 
 struct NoEncoder;
 impl InputEncoder for NoEncoder {
-    fn encode_texts(&self, _: &[String]) -> Result<Batch> {
+    fn input_kind(&self) -> &'static str {
+        "text"
+    }
+    fn encode_inputs(&self, _: &[String]) -> Result<Batch> {
         Err(Error::Other("the benchmark encodes no text".into()))
     }
 }

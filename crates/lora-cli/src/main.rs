@@ -71,15 +71,17 @@ enum Command {
         #[command(flatten)]
         layers: Layers,
     },
-    /// Class probabilities of texts under a run's adapter (JSON lines on stdout).
+    /// Class probabilities of texts, or of image files for an image pipeline,
+    /// under a run's adapter (JSON lines on stdout).
     Predict {
         #[arg(long)]
         adapter: PathBuf,
         /// The pipeline; defaults to the copy the run saved beside the adapter.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Texts; for an image pipeline, paths of PNG or JPEG files.
         #[arg(required = true)]
-        texts: Vec<String>,
+        inputs: Vec<String>,
     },
     /// Check a pipeline against the model (header only), the data and the machine, without running it.
     Validate {
@@ -212,11 +214,15 @@ fn run(command: Command) -> lora_core::Result<()> {
             let report = lora_cli::pipeline::eval(pipeline, &adapter, &assets)?;
             println!("{}", serde_json::to_string_pretty(&report).expect("json"));
         }
-        Command::Predict { adapter, config, texts } => {
+        Command::Predict {
+            adapter,
+            config,
+            inputs,
+        } => {
             let file = config.unwrap_or_else(|| adapter.join("pipeline.toml"));
             let composed = lora_validate::compose(&file, &Overrides::from_process(Vec::new()))?;
             let config = PipelineConfig::from_source(composed.source)?;
-            for p in lora_cli::pipeline::predict(config, &adapter, &texts, &assets)? {
+            for p in lora_cli::pipeline::predict(config, &adapter, &inputs, &assets)? {
                 let probs: serde_json::Map<String, serde_json::Value> = p
                     .probabilities
                     .into_iter()
@@ -224,7 +230,11 @@ fn run(command: Command) -> lora_core::Result<()> {
                     .collect();
                 println!(
                     "{}",
-                    serde_json::json!({"text": p.text, "label": p.label, "probabilities": probs})
+                    serde_json::Value::Object(serde_json::Map::from_iter([
+                        (p.kind.to_string(), serde_json::json!(p.input)),
+                        ("label".to_string(), serde_json::json!(p.label)),
+                        ("probabilities".to_string(), serde_json::Value::Object(probs)),
+                    ]))
                 );
             }
         }

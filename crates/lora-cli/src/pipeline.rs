@@ -242,18 +242,22 @@ pub fn eval(pipeline: Pipeline, adapter: &Path, assets: &dyn AssetResolver) -> R
         .evaluate(model.as_ref(), data.validation.as_ref(), &data.label_names)
 }
 
-/// Class probabilities of each text.
+/// Class probabilities of one input.
 pub struct Prediction {
-    pub text: String,
+    /// `"text"` or `"image"`: what the input is.
+    pub kind: &'static str,
+    /// The text, or the image file's path.
+    pub input: String,
     pub label: String,
     pub probabilities: Vec<(String, f64)>,
 }
 
-/// `lora predict`: loads the adapter of a run and classifies texts.
+/// `lora predict`: loads the adapter of a run and classifies texts, or image
+/// files when the pipeline's data are images.
 pub fn predict(
     config: PipelineConfig,
     adapter: &Path,
-    texts: &[String],
+    inputs: &[String],
     assets: &dyn AssetResolver,
 ) -> Result<Vec<Prediction>> {
     let labels_path = adapter.join("labels.json");
@@ -266,16 +270,17 @@ pub fn predict(
     let encoder = pipeline.data.encoder(&ctx)?;
     let mut model = pipeline.model.build(&ctx, &pipeline.config.lora, labels.len())?;
     lora_train::load_adapter(adapter, model.as_mut())?;
-    let batch = encoder.encode_texts(texts)?;
+    let batch = encoder.encode_inputs(inputs)?;
     let logits = model.predict(&batch)?;
-    Ok(texts
+    Ok(inputs
         .iter()
         .enumerate()
-        .map(|(i, text)| {
+        .map(|(i, input)| {
             let p = lora_train::metrics::softmax(logits.row(i));
             let best = lora_train::metrics::argmax(logits.row(i));
             Prediction {
-                text: text.clone(),
+                kind: encoder.input_kind(),
+                input: input.clone(),
                 label: labels[best].clone(),
                 probabilities: labels.iter().cloned().zip(p).collect(),
             }

@@ -69,7 +69,10 @@ pub trait Dataset: Send + Sync {
 
 /// Encodes raw inputs the way the data stage does, for `lora predict`.
 pub trait InputEncoder: Send + Sync {
-    fn encode_texts(&self, texts: &[String]) -> Result<Batch>;
+    /// What an input is, for messages and output: `"text"` or `"image"`.
+    fn input_kind(&self) -> &'static str;
+    /// Texts for text data; paths of image files (PNG, JPEG) for image data.
+    fn encode_inputs(&self, inputs: &[String]) -> Result<Batch>;
 }
 
 pub struct PreparedData {

@@ -425,7 +425,7 @@ mod tests {
             .skip(1)
             .map(|l| l.split(',').next().unwrap().into())
             .collect();
-        let from_encoder = text_batch(encoder.encode_texts(&texts).unwrap());
+        let from_encoder = text_batch(encoder.encode_inputs(&texts).unwrap());
         let from_dataset = text_batch(prepared.train.batches(12, None).next().unwrap().unwrap());
         assert_eq!(from_encoder.input_ids, from_dataset.input_ids);
         assert_eq!(from_encoder.attention_mask, from_dataset.attention_mask);

@@ -138,7 +138,10 @@ impl TextEncoder {
 }
 
 impl InputEncoder for TextEncoder {
-    fn encode_texts(&self, texts: &[String]) -> Result<Batch> {
+    fn input_kind(&self) -> &'static str {
+        "text"
+    }
+    fn encode_inputs(&self, texts: &[String]) -> Result<Batch> {
         let encoded = self.encode(texts)?;
         let ids: Vec<&[u32]> = encoded.iter().map(|e| e.ids.as_slice()).collect();
         Ok(Batch::Text(collate(&ids, Vec::new(), self.pad_id)))
@@ -194,7 +197,7 @@ mod tests {
         let path = write(dir.path(), "tokenizer.json", tokenizer_json(7));
         let enc = TextEncoder::from_file(&path, 8).unwrap();
         assert_eq!(enc.pad_id(), 7);
-        let b = crate::testutil::text_batch(enc.encode_texts(&["a man".into(), "a".into()]).unwrap());
+        let b = crate::testutil::text_batch(enc.encode_inputs(&["a man".into(), "a".into()]).unwrap());
         assert_eq!(b.seq_len, 4);
         // With [PAD] at 7 the other ids shift: [CLS] = 1, `a` = 4, [SEP] = 2.
         assert_eq!(&b.input_ids[4..], [1, 4, 2, 7]);

@@ -52,7 +52,7 @@ impl ImageDataset {
 }
 
 /// Builds batch `index` of `order` with `ops`; `seed` is the epoch's seed.
-fn make_batch(
+pub(crate) fn make_batch(
     set: &ImageSet,
     chunk: &[usize],
     first_position: usize,

@@ -47,7 +47,7 @@ pub fn list_folder(root: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
 }
 
 /// Decodes one file into `channels` x height x width values in [0, 1].
-fn decode(
+pub(crate) fn decode(
     path: &Path,
     channels: usize,
     size: Option<[usize; 2]>,

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod dataset;
 pub mod digits_csv;
+pub mod encode;
 pub mod folder;
 pub mod idx;
 pub mod mnist_json;

@@ -8,11 +8,12 @@ use lora_core::config::Component;
 use lora_core::diag::Diagnostics;
 use lora_core::init::derive_seed;
 use lora_core::stage::{DataStage, InputEncoder, PreparedData, StageContext};
-use lora_core::{Batch, Error, Result};
+use lora_core::{Error, Result};
 
 use super::config::ImageDataConfig;
 use super::dataset::ImageDataset;
 use super::digits_csv::read_digits_csv;
+use super::encode::ImageFileEncoder;
 use super::folder::read_folder;
 use super::idx::read_idx_pair;
 use super::mnist_json::read_mnist_json;
@@ -207,20 +208,10 @@ impl ImageData {
     }
 }
 
-/// Image data has no text encoder; `lora predict` on texts says so.
-struct NoTextEncoder;
-
-impl InputEncoder for NoTextEncoder {
-    fn encode_texts(&self, _texts: &[String]) -> Result<Batch> {
-        Err(Error::Other(
-            "this pipeline's data are images; it cannot encode texts".into(),
-        ))
-    }
-}
-
 impl DataStage for ImageData {
     fn prepare(&self, ctx: &StageContext) -> Result<PreparedData> {
         let (train, validation, names) = self.load_sets(ctx)?;
+        let (channels, height, width) = (train.channels, train.height, train.width);
         let n = names.len();
         let p = self.config.prefetch;
         Ok(PreparedData {
@@ -239,12 +230,19 @@ impl DataStage for ImageData {
                 p,
             )),
             label_names: names,
-            encoder: Box::new(NoTextEncoder),
+            encoder: Box::new(ImageFileEncoder::new(channels, height, width, self.eval_ops.clone())),
         })
     }
 
-    fn encoder(&self, _ctx: &StageContext) -> Result<Box<dyn InputEncoder>> {
-        Ok(Box::new(NoTextEncoder))
+    fn encoder(&self, ctx: &StageContext) -> Result<Box<dyn InputEncoder>> {
+        // The training images fix the shape every predicted file is brought to.
+        let (set, _) = self.read(ctx, &self.config.path, self.config.labels_path.as_ref())?;
+        Ok(Box::new(ImageFileEncoder::new(
+            set.channels,
+            set.height,
+            set.width,
+            self.eval_ops.clone(),
+        )))
     }
 
     fn resolved(&self) -> serde_json::Value {

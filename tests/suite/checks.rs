@@ -147,6 +147,91 @@ pub fn saved_adapter_has_peft_layout_and_reloads_identically(backend: &str) {
     assert_eq!((saved.r, saved.alpha, saved.use_rslora), (8, 16.0, false));
 }
 
+/// PEFT's `rank_pattern` and `alpha_pattern`: per-module shapes, and an alpha
+/// that scales the update exactly as scaling `B` does.
+pub fn rank_and_alpha_patterns_set_per_module_shapes_and_scales(backend: &str) {
+    let dir = tmp();
+    let with = |extra: &str| {
+        pipeline_text(backend, dir.path(), &[]).replace(
+            "target-modules = [\"query\", \"value\"]",
+            &format!("target-modules = [\"query\", \"value\"]\n{extra}"),
+        )
+    };
+    let ranked = build(with("rank-pattern = { \"layer.0.attention.self.query\" = 2 }"));
+    let mut checked = 0;
+    for p in ranked.model.params().iter().filter(|p| p.name.contains(".lora_")) {
+        let r = if p.name.contains("layer.0.attention.self.query.") {
+            2
+        } else {
+            8
+        };
+        let want = if p.name.contains(".lora_A.") {
+            [r, 384]
+        } else {
+            [384, r]
+        };
+        assert_eq!(p.shape, want, "{}", p.name);
+        checked += 1;
+    }
+    assert_eq!(checked, 24);
+
+    let mut plain = build(pipeline_text(backend, dir.path(), &[]));
+    let mut doubled = build(with("alpha-pattern = { query = 32 }"));
+    let mut r = lora_core::init::rng(5);
+    let values: Vec<Vec<f32>> = plain
+        .model
+        .params()
+        .iter()
+        .map(|p| lora_core::init::normal(0.05, p.numel(), &mut r))
+        .collect();
+    doubled.model.write_params(&values).unwrap();
+    // alpha 32 over r 8 on the queries is twice their B at alpha 16.
+    let twice_query_b: Vec<Vec<f32>> = plain
+        .model
+        .params()
+        .iter()
+        .zip(&values)
+        .map(|(p, v)| {
+            let scale = if p.name.contains(".query.lora_B.") { 2.0 } else { 1.0 };
+            v.iter().map(|x| x * scale).collect()
+        })
+        .collect();
+    plain.model.write_params(&twice_query_b).unwrap();
+    let batch = first_validation_batch(&plain);
+    let (a, b) = (
+        plain.model.predict(&batch).unwrap(),
+        doubled.model.predict(&batch).unwrap(),
+    );
+    let diff = a
+        .data
+        .iter()
+        .zip(&b.data)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
+    assert!(diff < 1e-5, "max logit difference {diff}");
+    let unscaled = doubled.model.predict(&batch).unwrap();
+    plain.model.write_params(&values).unwrap();
+    assert_ne!(
+        plain.model.predict(&batch).unwrap().data,
+        unscaled.data,
+        "the pattern changes the output"
+    );
+
+    // adapter_config.json carries both patterns, as PEFT writes them.
+    let out = dir.path().join("patterned");
+    peft::save_adapter(&out, doubled.model.as_ref(), &doubled.pipeline.config.lora, "base").unwrap();
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join(peft::CONFIG_FILE)).unwrap()).unwrap();
+    assert_eq!(cfg["alpha_pattern"], serde_json::json!({"query": 32.0}));
+    assert_eq!(cfg["rank_pattern"], serde_json::json!({}));
+
+    // A key that names no adapted module stops the run before training.
+    let typo = with("rank-pattern = { querry = 4 }");
+    let pipeline = lora_cli::pipeline::Pipeline::build(super::fixtures::config(typo)).unwrap();
+    let ctx = super::fixtures::context(&pipeline);
+    let err = pipeline.prepare(&ctx).err().unwrap().to_string();
+    assert!(err.contains("rank-pattern key `querry` names no module"), "{err}");
+}
+
 fn train(b: &mut super::fixtures::Built) -> lora_core::stage::TrainSummary {
     let seed = b.pipeline.config.run.seed;
     b.pipeline

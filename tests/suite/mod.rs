@@ -17,6 +17,10 @@ macro_rules! conformance {
             suite::checks::saved_adapter_has_peft_layout_and_reloads_identically($backend);
         }
         #[test]
+        fn rank_and_alpha_patterns_set_per_module_shapes_and_scales() {
+            suite::checks::rank_and_alpha_patterns_set_per_module_shapes_and_scales($backend);
+        }
+        #[test]
         fn same_seed_gives_identical_losses() {
             suite::checks::same_seed_gives_identical_losses($backend);
         }

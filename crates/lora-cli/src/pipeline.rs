@@ -110,9 +110,18 @@ impl Pipeline {
     }
 
     /// Reads the data and builds the model: everything that can fail on input happens here.
+    /// The model stage's model, with the LoRA patterns checked against the
+    /// modules it actually adapted (whatever the backend).
+    pub fn build_model(&self, ctx: &StageContext, num_labels: usize) -> Result<Box<dyn AdapterModel>> {
+        let lora = &self.config.lora;
+        let model = self.model.build(ctx, lora, num_labels)?;
+        lora_core::lora::check_patterns(lora, model.params().iter().map(|p| p.name.as_str()))?;
+        Ok(model)
+    }
+
     pub fn prepare(&self, ctx: &StageContext) -> Result<(PreparedData, Box<dyn AdapterModel>)> {
         let data = self.data.prepare(ctx)?;
-        let model = self.model.build(ctx, &self.config.lora, data.label_names.len())?;
+        let model = self.build_model(ctx, data.label_names.len())?;
         Ok((data, model))
     }
 }
@@ -268,7 +277,7 @@ pub fn predict(
     let pipeline = Pipeline::build(config)?;
     let ctx = pipeline.context(assets)?;
     let encoder = pipeline.data.encoder(&ctx)?;
-    let mut model = pipeline.model.build(&ctx, &pipeline.config.lora, labels.len())?;
+    let mut model = pipeline.build_model(&ctx, labels.len())?;
     lora_train::load_adapter(adapter, model.as_mut())?;
     let batch = encoder.encode_inputs(inputs)?;
     let logits = model.predict(&batch)?;

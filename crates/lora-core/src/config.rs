@@ -515,9 +515,13 @@ impl PartialConfig {
             .ok();
         let lora = lora.and_then(|c| {
             let loc = c.value_location("target-modules");
+            let patterns = c
+                .value_location("rank-pattern")
+                .or_else(|| c.value_location("alpha-pattern"));
             c.deserialize::<LoraSpec>()
                 .map(|mut l| {
                     l.target_modules_location = loc;
+                    l.patterns_location = patterns;
                     l
                 })
                 .map_err(|e| diags.0.extend(e.0))

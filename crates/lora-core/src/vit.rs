@@ -399,7 +399,10 @@ mod tests {
             dropout: 0.0,
             target_modules: vec![],
             use_rslora: false,
+            rank_pattern: Default::default(),
+            alpha_pattern: Default::default(),
             target_modules_location: None,
+            patterns_location: None,
         };
         assert!(spec.check_lora(&lora).unwrap().is_empty());
         lora.target_modules = vec!["value".into(), "query".into()];

@@ -20,7 +20,7 @@ pub const CONFIG_FILE: &str = "adapter_config.json";
 pub fn adapter_config(model: &dyn AdapterModel, lora: &LoraSpec, base_model: &str) -> serde_json::Value {
     let info = model.peft_info();
     serde_json::json!({
-        "alpha_pattern": {},
+        "alpha_pattern": lora.alpha_pattern,
         "auto_mapping": null,
         "base_model_name_or_path": base_model,
         "bias": "none",
@@ -34,7 +34,7 @@ pub fn adapter_config(model: &dyn AdapterModel, lora: &LoraSpec, base_model: &st
         "modules_to_save": info.modules_to_save,
         "peft_type": "LORA",
         "r": lora.r,
-        "rank_pattern": {},
+        "rank_pattern": lora.rank_pattern,
         "revision": null,
         "target_modules": info.target_modules,
         // PEFT has no task type for some models (image classification): null there.

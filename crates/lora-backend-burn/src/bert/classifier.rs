@@ -134,6 +134,7 @@ impl BertClassifier {
                 let weight = w2(&format!("{full}.weight"), [out_dim, in_dim])?;
                 let mut lin = LoraLinear::new(weight, Some(w1(&format!("{full}.bias"), out_dim)?));
                 if targets.contains(&name) {
+                    let lora = &lora.for_module(&full);
                     check_rank(lora, &full, in_dim, out_dim)?;
                     let a = kaiming_uniform(in_dim, lora.r * in_dim, &mut init);
                     let a = Tensor::from_data(TensorData::new(a, [lora.r, in_dim]), dev);
@@ -571,7 +572,10 @@ mod tests {
             dropout: 0.0,
             target_modules: targets.iter().map(|s| s.to_string()).collect(),
             use_rslora: rs,
+            rank_pattern: Default::default(),
+            alpha_pattern: Default::default(),
             target_modules_location: None,
+            patterns_location: None,
         }
     }
 

@@ -125,6 +125,7 @@ impl BertClassifier {
                 let mut lin = LoraLinear::new(w(&format!("{full}.weight"))?, Some(w(&format!("{full}.bias"))?));
                 if targets.contains(&name) {
                     let (out_dim, in_dim) = (lin.out_dim(), lin.in_dim());
+                    let lora = &lora.for_module(&full);
                     check_rank(lora, &full, in_dim, out_dim)?;
                     let a = kaiming_uniform(in_dim, lora.r * in_dim, &mut init);
                     let a = Var::from_vec(a, (lora.r, in_dim), &Device::Cpu).core()?;
@@ -502,7 +503,10 @@ mod tests {
             dropout: 0.0,
             target_modules: targets.iter().map(|s| s.to_string()).collect(),
             use_rslora: rs,
+            rank_pattern: Default::default(),
+            alpha_pattern: Default::default(),
             target_modules_location: None,
+            patterns_location: None,
         }
     }
 

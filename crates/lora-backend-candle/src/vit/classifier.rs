@@ -138,6 +138,7 @@ impl VitClassifier {
             let mut lin = LoraLinear::new(pw, Some(pb));
             if let (true, Some(lora)) = (targets.contains(&PATCH_TARGET.0), lora) {
                 let (out, inp) = (h, cfg.patch_dim());
+                let lora = &lora.for_module(PATCH_TARGET.1);
                 lora_core::bert::check_rank(lora, PATCH_TARGET.1, inp, out)?;
                 // PEFT's Conv2d LoRA shapes in the file; the variables stay matrices.
                 let file_shapes = [vec![lora.r, c, p, p], vec![out, lora.r, 1, 1]];
@@ -172,6 +173,7 @@ impl VitClassifier {
                 }
                 let mut lin = LoraLinear::new(w, Some(b));
                 if let (true, Some(lora)) = (targets.contains(&name), lora) {
+                    let lora = &lora.for_module(&full);
                     lora_core::bert::check_rank(lora, &full, inp, out)?;
                     let shapes = [vec![lora.r, inp], vec![out, lora.r]];
                     lin = lin.with_lora(bld.lora(&full, lora, inp, out, &mut lora_rng, shapes)?);
@@ -598,7 +600,10 @@ mod tests {
             dropout: 0.0,
             target_modules: targets.iter().map(|s| s.to_string()).collect(),
             use_rslora: false,
+            rank_pattern: Default::default(),
+            alpha_pattern: Default::default(),
             target_modules_location: None,
+            patterns_location: None,
         }
     }
 

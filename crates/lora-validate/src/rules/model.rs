@@ -2,8 +2,11 @@
 //! header (names, dtypes, shapes), never the weights themselves.
 
 use lora_core::bert::TARGETS;
+use lora_core::diag::Location;
+use lora_core::doc::Node;
+use lora_core::lora::pattern_matches;
 use lora_core::rules::Edit::{Replace, Set};
-use lora_core::rules::{Finding, ModelFacts, RuleContext};
+use lora_core::rules::{At, Finding, ModelFacts, RuleContext};
 
 use super::{bert, one, suggest, text_data};
 
@@ -310,24 +313,60 @@ lora_core::rule! {
     trip: [Set("lora.r=512")], check: rank_exceeds_hidden,
 }
 
+/// The entries of a `[lora]` pattern table (`rank-pattern`, `alpha-pattern`).
+fn pattern_entries<'a>(ctx: &RuleContext<'a>, table: &str) -> Vec<(&'a str, &'a Node)> {
+    ctx.node(&format!("lora.{table}"))
+        .and_then(Node::as_table)
+        .map(|t| t.iter().map(|(k, n)| (k.as_str(), n)).collect())
+        .unwrap_or_default()
+}
+
+/// The module name PEFT matches patterns against, from a header tensor name.
+fn module_path(tensor: &str) -> String {
+    let m = tensor.strip_suffix(".weight").unwrap_or(tensor);
+    if m.starts_with("bert.") {
+        m.to_string()
+    } else {
+        format!("bert.{m}")
+    }
+}
+
+/// The rank of the module holding `tensor` and where it was written: the
+/// longest `rank-pattern` key that names it (as the model resolves it), else `r`.
+fn rank_of(ctx: &RuleContext, r: &At<i64>, tensor: &str) -> (i64, Location) {
+    let path = module_path(tensor);
+    pattern_entries(ctx, "rank-pattern")
+        .into_iter()
+        .filter_map(|(k, n)| Some((k, n.as_int()?, n)))
+        .filter(|(k, _, _)| pattern_matches(k, &path))
+        .max_by_key(|(k, _, _)| k.len())
+        .map_or((r.value, r.location.clone()), |(_, v, n)| (v, n.location.clone()))
+}
+
 fn rank_exceeds_layer(ctx: &RuleContext) -> Vec<Finding> {
     let (Some(m), Some(r), Some(t)) = (facts(ctx), ctx.int("lora.r"), ctx.strings("lora.target-modules")) else {
         return Vec::new();
     };
-    let r_value = r.value.max(0) as usize;
-    if r_value > m.hidden_size {
-        return Vec::new(); // rank-exceeds-hidden says it
-    }
+    // Above the hidden size, rank-exceeds-hidden already speaks for `r`.
+    let r_said = r.value.max(0) as usize > m.hidden_size;
     let mut out = Vec::new();
     for name in &t.value {
         let Some(layers) = m.targets.get(*name) else { continue };
-        if let Some((tensor, i, o)) = layers.iter().find(|(_, i, o)| r_value > (*i).min(*o)) {
+        // One finding per module name and place the rank was written.
+        let mut said: Vec<usize> = Vec::new();
+        for (tensor, i, o) in layers {
+            let (rank, at) = rank_of(ctx, &r, tensor);
             let limit = (*i).min(*o);
+            let from_r = at.span.start == r.location.span.start;
+            if rank.max(0) as usize <= limit || (from_r && r_said) || said.contains(&at.span.start) {
+                continue;
+            }
+            said.push(at.span.start);
             out.push(Finding::new(
                 format!(
-                    "Rank value ({r_value}) exceeds min(in, out) = {limit} of `{name}` ({tensor}: {i} -> {o}). Valid range: 1 <= rank <= {limit}"
+                    "Rank value ({rank}) exceeds min(in, out) = {limit} of `{name}` ({tensor}: {i} -> {o}). Valid range: 1 <= rank <= {limit}"
                 ),
-                Some(r.location.clone()),
+                Some(at),
             ));
         }
     }
@@ -368,13 +407,12 @@ fn trainable_share(ctx: &RuleContext) -> Vec<Finding> {
     let (Some(m), Some(r), Some(t)) = (facts(ctx), ctx.int("lora.r"), ctx.strings("lora.target-modules")) else {
         return Vec::new();
     };
-    let r = r.value.max(0) as usize;
     let lora: usize = t
         .value
         .iter()
         .filter_map(|n| m.targets.get(*n))
         .flatten()
-        .map(|(_, i, o)| r * (i + o))
+        .map(|(tensor, i, o)| rank_of(ctx, &r, tensor).0.max(0) as usize * (i + o))
         .sum();
     if m.parameters > 0 && lora * 2 > m.parameters {
         return one(
@@ -394,6 +432,43 @@ lora_core::rule! {
     doc: "LoRA's point is a small trainable set; at this size full fine-tuning costs the same.",
     trip: [Set("lora.r=384"), Set("lora.target-modules=[\"query\", \"key\", \"value\", \"attention.output.dense\", \"intermediate.dense\", \"output.dense\"]")],
     check: trainable_share,
+}
+
+fn pattern_unmatched(ctx: &RuleContext) -> Vec<Finding> {
+    let (Some(m), Some(t)) = (facts(ctx), ctx.strings("lora.target-modules")) else {
+        return Vec::new();
+    };
+    let modules: Vec<String> = t
+        .value
+        .iter()
+        .filter_map(|n| m.targets.get(*n))
+        .flatten()
+        .map(|(tensor, _, _)| module_path(tensor))
+        .collect();
+    let mut out = Vec::new();
+    for table in ["rank-pattern", "alpha-pattern"] {
+        for (key, node) in pattern_entries(ctx, table) {
+            if !modules.iter().any(|p| pattern_matches(key, p)) {
+                out.push(
+                    Finding::new(
+                        format!("{table} key `{key}` names no module LoRA is inserted in"),
+                        Some(node.location.clone()),
+                    )
+                    .help(format!(
+                        "a key is the end of a module's full name (`query`, `layer.0.attention.self.query`) among target-modules; {}",
+                        suggest(key.rsplit('.').next().unwrap_or(key), t.value.iter().copied())
+                    )),
+                );
+            }
+        }
+    }
+    out
+}
+lora_core::rule! {
+    id: "lora::pattern-unmatched", category: Model, severity: Error,
+    summary: "A rank-pattern or alpha-pattern key names no targeted module.",
+    doc: "Keys are the end of a module's full name after a dot, as PEFT matches them; a key that names nothing leaves every module at `r` and `alpha`, which is almost always a typo.",
+    trip: [Set("lora.rank-pattern={ querry = 4 }")], check: pattern_unmatched,
 }
 
 fn max_length_positions(ctx: &RuleContext) -> Vec<Finding> {

@@ -279,6 +279,53 @@ bad |v| v > 64.0, "is above 64", "1 <= r <= 64 is usual",
 "Ranks above 64 rarely improve classification and grow the adapter and step time linearly.",
 [Set("lora.r=128")] }
 
+/// Every value of a `[lora]` pattern table that `bad` rejects, as a finding at the value.
+fn pattern_values(ctx: &RuleContext, table: &str, bad: fn(f64) -> bool, what: &str, range: &str) -> Vec<Finding> {
+    let Some(entries) = ctx
+        .node(&format!("lora.{table}"))
+        .and_then(lora_core::doc::Node::as_table)
+    else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .filter_map(|(key, n)| Some((key, n.as_float()?, n)))
+        .filter(|(_, v, _)| bad(*v))
+        .map(|(key, v, n)| {
+            Finding::new(
+                format!("{table} gives `{key}` {what} {v}. Valid range: {range}"),
+                Some(n.location.clone()),
+            )
+        })
+        .collect()
+}
+
+fn pattern_rank_zero(ctx: &RuleContext) -> Vec<Finding> {
+    pattern_values(ctx, "rank-pattern", |v| v < 1.0, "rank", "1 <= rank")
+}
+lora_core::rule! {
+    id: "lora::pattern-rank-zero", category: Range, severity: Error,
+    summary: "A rank-pattern value is below 1.",
+    doc: "Each value is the rank of the modules its key names; 0 adds nothing. Leave a module out of target-modules instead.",
+    trip: [Set("lora.rank-pattern={ query = 0 }")], check: pattern_rank_zero,
+}
+
+fn pattern_alpha_nonpositive(ctx: &RuleContext) -> Vec<Finding> {
+    pattern_values(
+        ctx,
+        "alpha-pattern",
+        |v| !(v > 0.0 && v.is_finite()),
+        "alpha",
+        "0 < alpha",
+    )
+}
+lora_core::rule! {
+    id: "lora::pattern-alpha-nonpositive", category: Range, severity: Error,
+    summary: "An alpha-pattern value is not positive.",
+    doc: "As for alpha: the update of the modules the key names is scaled by this alpha over their rank; 0 disables it, a negative value flips it.",
+    trip: [Set("lora.alpha-pattern={ query = 0 }")], check: pattern_alpha_nonpositive,
+}
+
 field! { alpha_nonpositive: "lora::alpha-nonpositive", Error, "lora.alpha" if always,
 bad |v| !(v > 0.0 && v.is_finite()), "must be positive and finite", "0 < alpha",
 "LoRA alpha is not positive.",

@@ -583,3 +583,376 @@ inventory::submit! {
         build,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> VitConfig {
+        let mut cfg: VitConfig = serde_json::from_value(serde_json::json!({
+            "image_size": 8, "patch_size": 4, "num_channels": 1, "hidden_size": 8,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 16
+        }))
+        .unwrap();
+        cfg.layer_norm_eps = 1e-6;
+        cfg
+    }
+
+    fn image_batch(n: usize, seed: u64) -> ImageBatch {
+        let mut r = rng(seed);
+        ImageBatch {
+            batch_size: n,
+            channels: 1,
+            height: 8,
+            width: 8,
+            pixels: normal(1.0, n * 64, &mut r),
+            labels: (0..n).map(|i| (i % 3) as u32).collect(),
+            soft_labels: None,
+        }
+    }
+
+    fn batch(n: usize, seed: u64) -> Batch {
+        Batch::Image(image_batch(n, seed))
+    }
+
+    fn lora(targets: &[&str]) -> LoraSpec {
+        LoraSpec {
+            r: 2,
+            alpha: 4.0,
+            dropout: 0.0,
+            target_modules: targets.iter().map(|s| s.to_string()).collect(),
+            use_rslora: false,
+            target_modules_location: None,
+        }
+    }
+
+    /// Plain SGD on the host, enough to see the loss fall.
+    fn sgd(m: &mut dyn AdapterModel, b: &Batch, steps: usize, lr: f32) -> (f32, f32) {
+        let first = m.train_step(b, 0).unwrap().loss;
+        let mut last = first;
+        for s in 0..steps {
+            let out = m.train_step(b, s as u64).unwrap();
+            last = out.loss;
+            let mut p = m.read_params().unwrap();
+            for (v, g) in p.iter_mut().zip(&out.grads) {
+                v.iter_mut().zip(g).for_each(|(v, g)| *v -= lr * g);
+            }
+            m.write_params(&p).unwrap();
+        }
+        (first, last)
+    }
+
+    /// A saved base from a new (untrained) full model, and its weights.
+    fn saved_base() -> (VitClassifier, tempfile::TempDir, SafetensorsWeights) {
+        let full = VitClassifier::new_full(tiny(), 3, 1).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        assert!(full.save_base(dir.path()).unwrap());
+        let weights = SafetensorsWeights::open(&dir.path().join(WEIGHTS_FILE)).unwrap();
+        (full, dir, weights)
+    }
+
+    /// Random non-zero values for every trainable parameter, so that B != 0.
+    fn perturb(m: &mut VitClassifier, std: f32) {
+        let mut r = rng(5);
+        let v: Vec<Vec<f32>> = m
+            .read_params()
+            .unwrap()
+            .iter()
+            .map(|p| p.iter().zip(normal(std, p.len(), &mut r)).map(|(a, b)| a + b).collect())
+            .collect();
+        m.write_params(&v).unwrap();
+    }
+
+    #[test]
+    fn a_new_model_draws_hugging_face_names_shapes_and_values_from_the_seed() {
+        let m = VitClassifier::new_full(tiny(), 3, 1).unwrap();
+        let p = m.params();
+        let names: Vec<&str> = p.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names[..6],
+            [
+                "vit.embeddings.patch_embeddings.projection.weight",
+                "vit.embeddings.patch_embeddings.projection.bias",
+                "vit.embeddings.cls_token",
+                "vit.embeddings.position_embeddings",
+                "vit.encoder.layer.0.layernorm_before.weight",
+                "vit.encoder.layer.0.layernorm_before.bias",
+            ]
+        );
+        assert_eq!(names[6], "vit.encoder.layer.0.attention.attention.query.weight");
+        assert_eq!(names[names.len() - 4..], [
+            "vit.layernorm.weight",
+            "vit.layernorm.bias",
+            "classifier.weight",
+            "classifier.bias"
+        ]);
+        // 4 embedding tensors, 2 layers x (2 norms x 2 + 6 linears x 2), final norm, head.
+        assert_eq!(p.len(), 4 + 2 * 16 + 2 + 2);
+        assert_eq!(p[0].shape, [8, 1, 4, 4], "the patch projection is stored as a Conv2d kernel");
+        assert_eq!((p[2].shape.as_slice(), p[3].shape.as_slice()), (&[1, 1, 8][..], &[1, 5, 8][..]));
+        let decays: Vec<bool> = p[..8].iter().map(|p| p.weight_decay).collect();
+        assert_eq!(decays, [true, false, false, false, false, false, true, false]);
+        // One stream for the base in tensor order (zeros and ones draw nothing), another for the head.
+        let v = m.read_params().unwrap();
+        let mut r = rng(derive_seed(1, "vit-init", 0));
+        assert_eq!(v[0], Init::Normal.values(128, &mut r));
+        assert_eq!(v[1], vec![0.0; 8]);
+        assert_eq!(v[2], Init::Normal.values(8, &mut r));
+        assert_eq!(v[3], Init::Normal.values(40, &mut r));
+        assert_eq!(v[4], vec![1.0; 8]);
+        assert_eq!(v[6], Init::Normal.values(64, &mut r));
+        assert_eq!(v[v.len() - 2], normal(0.02, 24, &mut rng(derive_seed(1, "head-init", 0))));
+        let s = m.summary();
+        assert_eq!(s.trainable_parameters, s.total_parameters);
+        assert_eq!(s.max_positions, 5);
+    }
+
+    #[test]
+    fn full_training_learns_and_the_saved_base_reloads_frozen_to_the_same_outputs() {
+        let mut full = VitClassifier::new_full(tiny(), 3, 1).unwrap();
+        let b = batch(6, 2);
+        let (first, last) = sgd(&mut full, &b, 80, 1.0);
+        assert!(last < first * 0.7, "loss {first} -> {last}");
+        // Every base weight got a gradient.
+        let g = full.train_step(&b, 0).unwrap().grads;
+        assert!(g.iter().all(|g| g.iter().any(|v| *v != 0.0)));
+
+        let dir = tempfile::tempdir().unwrap();
+        assert!(full.save_base(dir.path()).unwrap());
+        let cfg = VitConfig::from_file(&dir.path().join(lora_core::vit::CONFIG_FILE)).unwrap();
+        assert_eq!(cfg, tiny());
+        let weights = SafetensorsWeights::open(&dir.path().join(WEIGHTS_FILE)).unwrap();
+        let adapted = VitClassifier::from_base(cfg, &weights, &lora(&["query", "value"]), 3, 1).unwrap();
+        assert!(!adapted.save_base(dir.path()).unwrap(), "a LoRA model writes no base");
+        let (a, f) = (adapted.hidden_states(&b).unwrap(), full.hidden_states(&b).unwrap());
+        assert_eq!(a.shape, [6, 5, 8]);
+        for (x, y) in a.data.iter().zip(&f.data) {
+            assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+        }
+        // The stored parameters stay untracked after a step.
+        assert!(!full.head_w.is_autodiff() && !full.vit.cls_token.is_autodiff());
+    }
+
+    #[test]
+    fn lora_mode_trains_only_the_adapter_and_the_head_and_merges_exactly() {
+        let (full, _dir, weights) = saved_base();
+        let mut m = VitClassifier::from_base(tiny(), &weights, &lora(&["value", "intermediate.dense"]), 4, 3).unwrap();
+        let names: Vec<&str> = m.params().iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names.len(), 2 * 2 * 2 + 2);
+        assert_eq!(
+            names[0],
+            "base_model.model.vit.encoder.layer.0.attention.attention.value.lora_A.weight"
+        );
+        assert_eq!(
+            names[2],
+            "base_model.model.vit.encoder.layer.0.intermediate.dense.lora_A.weight"
+        );
+        assert_eq!(*names.last().unwrap(), "base_model.model.classifier.bias");
+        // A from the LoRA stream in module order, B zero.
+        let v = m.read_params().unwrap();
+        let mut r = rng(derive_seed(3, "lora-init", 0));
+        assert_eq!(v[0], kaiming_uniform(8, 16, &mut r));
+        assert!(v[1].iter().all(|&x| x == 0.0));
+        assert_eq!(v[2], kaiming_uniform(8, 16, &mut r));
+        let s = m.summary();
+        // r=2: value 2*(8+8), intermediate 2*(8+16), per layer; head 4*8+4.
+        assert_eq!(s.trainable_parameters, 2 * (32 + 48) + 36);
+        assert_eq!(
+            s.total_parameters - s.trainable_parameters,
+            full.summary().total_parameters - 3 * 8 - 3
+        );
+
+        let b = batch(8, 5);
+        let (first, last) = sgd(&mut m, &b, 40, 0.5);
+        assert!(last < first, "loss {first} -> {last}");
+        let before = m.predict(&b).unwrap();
+        m.merge().unwrap();
+        let merged = m.predict(&b).unwrap();
+        m.unmerge().unwrap();
+        let after = m.predict(&b).unwrap();
+        for (x, y) in before.data.iter().zip(&merged.data) {
+            assert!((x - y).abs() < 1e-4);
+        }
+        assert_eq!(before, after);
+    }
+
+    #[test]
+    fn the_patch_embedding_takes_lora_with_peft_conv_shapes() {
+        let (_full, _dir, weights) = saved_base();
+        let mut m = VitClassifier::from_base(tiny(), &weights, &lora(&["query", "patch_embeddings.projection"]), 3, 3)
+            .unwrap();
+        let p = m.params();
+        assert_eq!(
+            p[0].name,
+            "base_model.model.vit.embeddings.patch_embeddings.projection.lora_A.weight"
+        );
+        assert_eq!(
+            (p[0].shape.as_slice(), p[1].shape.as_slice()),
+            (&[2, 1, 4, 4][..], &[8, 2, 1, 1][..])
+        );
+        let b = batch(6, 4);
+        let (first, last) = sgd(&mut m, &b, 30, 0.5);
+        assert!(last < first, "{first} -> {last}");
+        let before = m.predict(&b).unwrap();
+        m.merge().unwrap();
+        for (x, y) in before.data.iter().zip(&m.predict(&b).unwrap().data) {
+            assert!((x - y).abs() < 1e-4);
+        }
+    }
+
+    /// The analytic gradient against central differences of the loss, on entries of
+    /// every kind of tensor: patch, class token, positions, norms, linears, head.
+    #[test]
+    fn gradients_match_finite_differences_in_both_modes() {
+        let (_full, _dir, weights) = saved_base();
+        let mut adapted =
+            VitClassifier::from_base(tiny(), &weights, &lora(&["patch_embeddings.projection", "key", "output.dense"]), 3, 3)
+                .unwrap();
+        perturb(&mut adapted, 0.3);
+        let mut full = VitClassifier::new_full(tiny(), 3, 1).unwrap();
+        perturb(&mut full, 0.3);
+        let b = batch(4, 7);
+        for m in [&mut adapted, &mut full] {
+            let base = m.read_params().unwrap();
+            let grads = m.train_step(&b, 0).unwrap().grads;
+            let eps = 1e-2f32;
+            for p in 0..base.len() {
+                let k = (p * 7) % base[p].len();
+                let mut loss_at = |delta: f32| {
+                    let mut v = base.clone();
+                    v[p][k] += delta;
+                    m.write_params(&v).unwrap();
+                    f64::from(m.train_step(&b, 0).unwrap().loss)
+                };
+                let numeric = (loss_at(eps) - loss_at(-eps)) / (2.0 * f64::from(eps));
+                let analytic = f64::from(grads[p][k]);
+                assert!(
+                    (numeric - analytic).abs() <= 2e-3 + 2e-2 * analytic.abs(),
+                    "{}[{k}]: numeric {numeric} vs analytic {analytic}",
+                    m.params()[p].name
+                );
+            }
+            m.write_params(&base).unwrap();
+        }
+    }
+
+    /// Masks are drawn as the candle backend draws them: per block, per adapted linear
+    /// in module order, `[batch * tokens, in]`; none for the patch embedding.
+    #[test]
+    fn dropout_masks_follow_the_module_order() {
+        let (_full, _dir, weights) = saved_base();
+        let mut s = lora(&["output.dense", "query", "patch_embeddings.projection"]);
+        s.dropout = 0.5;
+        let m = VitClassifier::from_base(tiny(), &weights, &s, 3, 3).unwrap();
+        let mut src = MaskSource::new(21, &m.vit.device);
+        m.logits(&image_batch(2, 1), Some(&mut src));
+        assert_eq!(src.drawn, vec![[10, 8], [10, 16], [10, 8], [10, 16]]);
+        let mut m = m;
+        let b = batch(2, 1);
+        perturb(&mut m, 0.2);
+        let (x, y, z) = (
+            m.train_step(&b, 11).unwrap(),
+            m.train_step(&b, 11).unwrap(),
+            m.train_step(&b, 12).unwrap(),
+        );
+        assert_eq!((x.loss, &x.grads), (y.loss, &y.grads));
+        assert_ne!(x.loss, z.loss);
+    }
+
+    #[test]
+    fn soft_labels_equal_hard_labels_when_one_hot() {
+        let mut m = VitClassifier::new_full(tiny(), 3, 1).unwrap();
+        let mut b = image_batch(4, 9);
+        let hard = m.train_step(&Batch::Image(b.clone()), 0).unwrap();
+        let mut soft = vec![0.0; 12];
+        for (i, &l) in b.labels.iter().enumerate() {
+            soft[i * 3 + l as usize] = 1.0;
+        }
+        b.soft_labels = Some(soft);
+        let s = m.train_step(&Batch::Image(b), 0).unwrap();
+        assert!((hard.loss - s.loss).abs() < 1e-5, "{} vs {}", hard.loss, s.loss);
+    }
+
+    #[test]
+    fn bad_inputs_are_errors_not_panics() {
+        let mut m = VitClassifier::new_full(tiny(), 3, 1).unwrap();
+        let err = |m: &mut VitClassifier, b: ImageBatch| {
+            let p = m.predict(&Batch::Image(b.clone())).err().map(|e| e.to_string());
+            let t = m.train_step(&Batch::Image(b), 0).unwrap_err().to_string();
+            (p, t)
+        };
+        let mut b = image_batch(4, 9);
+        b.height = 4;
+        let (p, t) = err(&mut m, b);
+        assert!(t.contains("takes 1x8x8 images") && t.contains("gives 1x4x8"), "{t}");
+        assert_eq!(p.as_deref(), Some(t.as_str()));
+        let mut b = image_batch(4, 9);
+        b.pixels.pop();
+        assert!(err(&mut m, b).1.contains("has 255 pixel values, expected 256"));
+        let mut b = image_batch(4, 9);
+        b.labels[1] = 3;
+        let (p, t) = err(&mut m, b);
+        assert!(p.is_none(), "prediction needs no labels");
+        assert!(t.contains("label 3 is outside the 3 classes"), "{t}");
+        let mut b = image_batch(4, 9);
+        b.labels.pop();
+        assert!(err(&mut m, b).1.contains("4 images has 3 labels"));
+        let mut b = image_batch(4, 9);
+        b.soft_labels = Some(vec![0.5; 10]);
+        assert!(err(&mut m, b).1.contains("soft labels hold 10 values"));
+        let mut b = image_batch(0, 9);
+        b.labels.clear();
+        assert!(err(&mut m, b).1.contains("empty batch"));
+        let text = Batch::Text(lora_core::TextBatch {
+            batch_size: 1,
+            seq_len: 1,
+            input_ids: vec![1],
+            attention_mask: vec![1],
+            labels: vec![0],
+        });
+        assert!(m.predict(&text).unwrap_err().to_string().contains("takes image batches"));
+        assert!(m.write_params(&[]).is_err());
+        // Weights that do not fit the configuration.
+        let (_full, _dir, weights) = saved_base();
+        let mut wide = tiny();
+        wide.intermediate_size = 32;
+        let e = VitClassifier::from_base(wide, &weights, &lora(&["query"]), 3, 1).unwrap_err().to_string();
+        assert!(e.contains("intermediate.dense.weight` has shape [16, 8], the config says [32, 8]"), "{e}");
+        let mut s = lora(&["query"]);
+        s.r = 9;
+        let e = VitClassifier::from_base(tiny(), &weights, &s, 3, 1).unwrap_err().to_string();
+        assert!(e.contains("Valid range: 1 <= rank <= 8"), "{e}");
+    }
+
+    fn pipeline(model: &str, targets: &str) -> lora_core::config::PipelineConfig {
+        let text = format!(
+            "[run]\nname = \"t\"\noutput-dir = \"out\"\n[data]\ntype = \"idx\"\n\
+             [model]\n{model}\n[lora]\nr = 4\nalpha = 8\ntarget-modules = {targets}\n[train]\n[eval]\n"
+        );
+        lora_core::config::PipelineConfig::parse(Path::new("p.toml"), text).unwrap()
+    }
+
+    #[test]
+    fn the_model_is_registered_for_the_burn_backend_with_the_shared_schema() {
+        let p = pipeline("type = \"vit-classifier\"\npath = \"base\"", "[\"query\"]");
+        let stage = lora_core::registry::build_model(&p.model, "burn").unwrap();
+        assert_eq!(stage.resolved()["mode"], "lora");
+        let p = pipeline("type = \"vit-classifier\"\nmode = \"full\"\nimage-size = 28", "[]");
+        let err = lora_core::registry::build_model(&p.model, "burn").err().unwrap();
+        assert!(err.0[0].message.contains("missing: patch-size"), "{}", err.0[0].message);
+        // Full mode refuses LoRA targets when the model is built.
+        let p = pipeline(
+            "type = \"vit-classifier\"\nmode = \"full\"\nimage-size = 8\npatch-size = 4\nchannels = 1\n\
+             hidden-size = 8\nlayers = 1\nheads = 2\nmlp-size = 16",
+            "[\"query\"]",
+        );
+        let stage = lora_core::registry::build_model(&p.model, "burn").unwrap();
+        let ctx = StageContext {
+            seed: 1,
+            assets: &lora_core::stage::NoAssets,
+            tokenizer: None,
+        };
+        let e = stage.build(&ctx, &p.lora, 3).err().unwrap().to_string();
+        assert!(e.contains("target-modules must be empty"), "{e}");
+    }
+}

@@ -114,7 +114,12 @@ fn nudge(values: &[Vec<f32>], std: f32) -> Vec<Vec<f32>> {
     let mut r = lora_core::init::rng(3);
     values
         .iter()
-        .map(|v| v.iter().zip(lora_core::init::normal(std, v.len(), &mut r)).map(|(a, b)| a + b).collect())
+        .map(|v| {
+            v.iter()
+                .zip(lora_core::init::normal(std, v.len(), &mut r))
+                .map(|(a, b)| a + b)
+                .collect()
+        })
         .collect()
 }
 
@@ -138,10 +143,10 @@ fn vit_models_start_from_identical_parameters_from_the_same_seed() {
     for (mode, model, lora) in modes(&base) {
         let c = build(vit_pipeline_text("candle", dir.path(), &model, lora, &[]));
         let b = build(vit_pipeline_text("burn", dir.path(), &model, lora, &[]));
-        assert_eq!(c.model.params(), b.model.params(), "names, shapes, decay");
+        assert_eq!(c.model.params(), b.model.params(), "{mode} mode: names, shapes, decay");
         let (cv, bv) = (c.model.read_params().unwrap(), b.model.read_params().unwrap());
         // Bit for bit: the base (full mode), LoRA A and the head come from the core's streams.
-        assert_eq!(cv, bv);
+        assert!(cv == bv, "{mode} mode: initial values differ");
         assert_eq!(c.model.summary(), b.model.summary());
         assert_eq!(c.model.peft_info(), b.model.peft_info());
     }
@@ -154,10 +159,15 @@ fn vit_logits_agree_within_1e_4_on_the_same_weights() {
     for (mode, model, lora) in modes(&base) {
         let mut c = build(vit_pipeline_text("candle", dir.path(), &model, lora, &[]));
         let mut b = build(vit_pipeline_text("burn", dir.path(), &model, lora, &[]));
+        let x = batch(&c);
+        let initial = c.model.predict(&x).unwrap().data;
         let values = nudge(&c.model.read_params().unwrap(), 0.05);
         c.model.write_params(&values).unwrap();
         b.model.write_params(&values).unwrap();
-        let x = batch(&c);
+        assert!(
+            max_abs_diff(&initial, &c.model.predict(&x).unwrap().data) > 1e-2,
+            "{mode} mode: the new weights must count"
+        );
         let d = max_abs_diff(&c.model.predict(&x).unwrap().data, &b.model.predict(&x).unwrap().data);
         let h = max_abs_diff(
             &c.model.hidden_states(&x).unwrap().data,
@@ -204,11 +214,7 @@ fn vit_first_20_training_losses_agree_within_1e_3_relative() {
         };
         let ((c, tc), (b, tb)) = (run("candle"), run("burn"));
         assert_eq!(c.len(), 20);
-        let worst = c
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| ((x - y) / x).abs())
-            .fold(0f64, f64::max);
+        let worst = c.iter().zip(&b).map(|(x, y)| ((x - y) / x).abs()).fold(0f64, f64::max);
         eprintln!(
             "ViT {mode} mode: 20 losses, largest relative difference {worst:.2e}; \
              candle {:.1} ms/step, burn {:.1} ms/step (with the final evaluation)",
@@ -227,11 +233,23 @@ fn vit_bases_and_adapters_move_between_backends() {
     for (from, to) in [("candle", "burn"), ("burn", "candle")] {
         // A base saved by one backend loads frozen in the other and computes the same.
         let base = vit_base(from, dir.path());
-        let mut full = build(vit_pipeline_text(from, dir.path(), VIT_FULL, VIT_NO_LORA, &[("epochs", "max-steps = 4")]));
+        let mut full = build(vit_pipeline_text(
+            from,
+            dir.path(),
+            VIT_FULL,
+            VIT_NO_LORA,
+            &[("epochs", "max-steps = 4")],
+        ));
         let seed = full.pipeline.config.run.seed;
         full.pipeline
             .train
-            .train(full.model.as_mut(), &full.data, full.pipeline.eval.as_ref(), &mut [], seed)
+            .train(
+                full.model.as_mut(),
+                &full.data,
+                full.pipeline.eval.as_ref(),
+                &mut [],
+                seed,
+            )
             .unwrap();
         let x = batch(&full);
         let other = build(vit_pipeline_text(to, dir.path(), &vit_lora_model(&base), VIT_LORA, &[]));
@@ -243,7 +261,15 @@ fn vit_bases_and_adapters_move_between_backends() {
 
         // An adapter trained on one loads in the other and predicts the same.
         let out = dir.path().join(format!("{from}-to-{to}"));
-        let text = |backend, seed| vit_pipeline_text(backend, &out, &vit_lora_model(&base), VIT_LORA, &[("seed", seed), ("epochs", "max-steps = 5")]);
+        let text = |backend, seed| {
+            vit_pipeline_text(
+                backend,
+                &out,
+                &vit_lora_model(&base),
+                VIT_LORA,
+                &[("seed", seed), ("epochs", "max-steps = 5")],
+            )
+        };
         let mut src = build(text(from, "seed = 7"));
         src.pipeline
             .train

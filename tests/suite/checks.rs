@@ -538,7 +538,10 @@ pub fn vit_full_run_saves_a_base_that_a_lora_run_adapts(backend: &str) {
     run_text(full.clone()).unwrap_or_else(|e| panic!("{e}"));
     assert!(!base.join("adapter_model.safetensors").exists());
     let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(base.join("config.json")).unwrap()).unwrap();
-    assert_eq!((cfg["hidden_size"].as_u64(), cfg["num_labels"].as_u64()), (Some(16), Some(10)));
+    assert_eq!(
+        (cfg["hidden_size"].as_u64(), cfg["num_labels"].as_u64()),
+        (Some(16), Some(10))
+    );
     assert_eq!(cfg["architectures"], serde_json::json!(["ViTForImageClassification"]));
     let bytes = std::fs::read(base.join("model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -577,11 +580,22 @@ pub fn vit_full_run_saves_a_base_that_a_lora_run_adapts(backend: &str) {
     train(&mut b);
     let mine = dir.path().join("mine");
     b.model.save_base(&mine).unwrap();
-    let a = build(vit_pipeline_text(backend, dir.path(), &vit_lora_model(&mine), VIT_LORA, &[]));
+    let a = build(vit_pipeline_text(
+        backend,
+        dir.path(),
+        &vit_lora_model(&mine),
+        VIT_LORA,
+        &[],
+    ));
     let x = first_validation_batch(&b);
     let (h1, h2) = (b.model.hidden_states(&x).unwrap(), a.model.hidden_states(&x).unwrap());
     assert_eq!(h1.shape, [32, 17, 16]);
-    let d = h1.data.iter().zip(&h2.data).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+    let d = h1
+        .data
+        .iter()
+        .zip(&h2.data)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0f32, f32::max);
     assert!(d < 1e-4, "saved base reloaded frozen differs by {d}");
 
     // Bad pipelines fail before writing anything, with a configuration error.
@@ -601,7 +615,9 @@ pub fn vit_full_run_saves_a_base_that_a_lora_run_adapts(backend: &str) {
     assert!(err.to_string().contains("no-such-base"), "{err}");
     assert!(!never.exists(), "output folder written before validation passed");
     // A batch of the wrong image size is an error, not a panic.
-    let Batch::Image(mut wrong) = x else { panic!("image batch expected") };
+    let Batch::Image(mut wrong) = x else {
+        panic!("image batch expected")
+    };
     wrong.height = 14;
     wrong.width = 56;
     let e = a.model.predict(&Batch::Image(wrong)).unwrap_err().to_string();

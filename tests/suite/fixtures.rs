@@ -105,13 +105,7 @@ pub fn vit_lora_model(base: &Path) -> String {
 
 /// A ViT pipeline on real Fashion-MNIST images (a few dozen of the test set's):
 /// `model` and `lora` are the bodies of those tables.
-pub fn vit_pipeline_text(
-    backend: &str,
-    out: &Path,
-    model: &str,
-    lora: &str,
-    replacements: &[(&str, &str)],
-) -> String {
+pub fn vit_pipeline_text(backend: &str, out: &Path, model: &str, lora: &str, replacements: &[(&str, &str)]) -> String {
     let mut text = format!(
         r#"
 [run]

@@ -224,7 +224,13 @@ pub fn check_targets(b: &ImageBatch, num_labels: usize) -> Result<()> {
 /// Writes a full model as a base: `model.safetensors` (every tensor under its
 /// Hugging Face key and shape, f32) and `config.json` (`cfg` plus `num_labels`),
 /// each atomically. `infos` and `values` are a full-mode model's parameters.
-pub fn write_base(dir: &Path, cfg: &VitConfig, num_labels: usize, infos: &[ParamInfo], values: &[Vec<f32>]) -> Result<()> {
+pub fn write_base(
+    dir: &Path,
+    cfg: &VitConfig,
+    num_labels: usize,
+    infos: &[ParamInfo],
+    values: &[Vec<f32>],
+) -> Result<()> {
     if infos.len() != values.len() {
         return Err(Error::Other(format!(
             "{} parameter descriptions for {} tensors",

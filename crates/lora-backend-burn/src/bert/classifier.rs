@@ -17,8 +17,8 @@ use lora_core::{Batch, Error, HostTensor, LoraSpec, Result, TextBatch, inventory
 
 use super::config::BertConfig;
 use super::encoder::{Encoder, Layer, MaskSource, TARGETS, mean_pool_normalised};
-use crate::loss::cross_entropy;
 use crate::lora_linear::{LoraLinear, LoraWeights};
+use crate::loss::cross_entropy;
 use crate::ops::FrozenLayerNorm;
 use crate::weights::{SafetensorsWeights, WeightSource, host, tensor};
 use lora_core::bert::{ClassifierSpec, check_rank, resolve_targets};

@@ -11,8 +11,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use lora_core::{Error, Result};
 
 use super::config::BertConfig;
-pub use crate::lora_linear::MaskSource;
 use crate::lora_linear::LoraLinear;
+pub use crate::lora_linear::MaskSource;
 use crate::ops::{FrozenLayerNorm, attention_softmax, gelu};
 
 pub use lora_core::bert::TARGETS;

@@ -28,8 +28,8 @@ use lora_core::vit::{
 use lora_core::{Batch, Error, HostTensor, ImageBatch, LoraSpec, Result, inventory};
 
 use super::model::{Block, Norm, Vit};
-use crate::loss::{cross_entropy, soft_cross_entropy};
 use crate::lora_linear::{LoraLinear, LoraWeights, MaskSource};
+use crate::loss::{cross_entropy, soft_cross_entropy};
 use crate::ops::FrozenLayerNorm;
 use crate::weights::{SafetensorsWeights, WeightSource, host};
 
@@ -680,16 +680,26 @@ mod tests {
             ]
         );
         assert_eq!(names[6], "vit.encoder.layer.0.attention.attention.query.weight");
-        assert_eq!(names[names.len() - 4..], [
-            "vit.layernorm.weight",
-            "vit.layernorm.bias",
-            "classifier.weight",
-            "classifier.bias"
-        ]);
+        assert_eq!(
+            names[names.len() - 4..],
+            [
+                "vit.layernorm.weight",
+                "vit.layernorm.bias",
+                "classifier.weight",
+                "classifier.bias"
+            ]
+        );
         // 4 embedding tensors, 2 layers x (2 norms x 2 + 6 linears x 2), final norm, head.
         assert_eq!(p.len(), 4 + 2 * 16 + 2 + 2);
-        assert_eq!(p[0].shape, [8, 1, 4, 4], "the patch projection is stored as a Conv2d kernel");
-        assert_eq!((p[2].shape.as_slice(), p[3].shape.as_slice()), (&[1, 1, 8][..], &[1, 5, 8][..]));
+        assert_eq!(
+            p[0].shape,
+            [8, 1, 4, 4],
+            "the patch projection is stored as a Conv2d kernel"
+        );
+        assert_eq!(
+            (p[2].shape.as_slice(), p[3].shape.as_slice()),
+            (&[1, 1, 8][..], &[1, 5, 8][..])
+        );
         let decays: Vec<bool> = p[..8].iter().map(|p| p.weight_decay).collect();
         assert_eq!(decays, [true, false, false, false, false, false, true, false]);
         // One stream for the base in tensor order (zeros and ones draw nothing), another for the head.
@@ -701,7 +711,10 @@ mod tests {
         assert_eq!(v[3], Init::Normal.values(40, &mut r));
         assert_eq!(v[4], vec![1.0; 8]);
         assert_eq!(v[6], Init::Normal.values(64, &mut r));
-        assert_eq!(v[v.len() - 2], normal(0.02, 24, &mut rng(derive_seed(1, "head-init", 0))));
+        assert_eq!(
+            v[v.len() - 2],
+            normal(0.02, 24, &mut rng(derive_seed(1, "head-init", 0)))
+        );
         let s = m.summary();
         assert_eq!(s.trainable_parameters, s.total_parameters);
         assert_eq!(s.max_positions, 5);
@@ -779,8 +792,8 @@ mod tests {
     #[test]
     fn the_patch_embedding_takes_lora_with_peft_conv_shapes() {
         let (_full, _dir, weights) = saved_base();
-        let mut m = VitClassifier::from_base(tiny(), &weights, &lora(&["query", "patch_embeddings.projection"]), 3, 3)
-            .unwrap();
+        let mut m =
+            VitClassifier::from_base(tiny(), &weights, &lora(&["query", "patch_embeddings.projection"]), 3, 3).unwrap();
         let p = m.params();
         assert_eq!(
             p[0].name,
@@ -805,9 +818,14 @@ mod tests {
     #[test]
     fn gradients_match_finite_differences_in_both_modes() {
         let (_full, _dir, weights) = saved_base();
-        let mut adapted =
-            VitClassifier::from_base(tiny(), &weights, &lora(&["patch_embeddings.projection", "key", "output.dense"]), 3, 3)
-                .unwrap();
+        let mut adapted = VitClassifier::from_base(
+            tiny(),
+            &weights,
+            &lora(&["patch_embeddings.projection", "key", "output.dense"]),
+            3,
+            3,
+        )
+        .unwrap();
         perturb(&mut adapted, 0.3);
         let mut full = VitClassifier::new_full(tiny(), 3, 1).unwrap();
         perturb(&mut full, 0.3);
@@ -910,17 +928,29 @@ mod tests {
             attention_mask: vec![1],
             labels: vec![0],
         });
-        assert!(m.predict(&text).unwrap_err().to_string().contains("takes image batches"));
+        assert!(
+            m.predict(&text)
+                .unwrap_err()
+                .to_string()
+                .contains("takes image batches")
+        );
         assert!(m.write_params(&[]).is_err());
         // Weights that do not fit the configuration.
         let (_full, _dir, weights) = saved_base();
         let mut wide = tiny();
         wide.intermediate_size = 32;
-        let e = VitClassifier::from_base(wide, &weights, &lora(&["query"]), 3, 1).unwrap_err().to_string();
-        assert!(e.contains("intermediate.dense.weight` has shape [16, 8], the config says [32, 8]"), "{e}");
+        let e = VitClassifier::from_base(wide, &weights, &lora(&["query"]), 3, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("intermediate.dense.weight` has shape [16, 8], the config says [32, 8]"),
+            "{e}"
+        );
         let mut s = lora(&["query"]);
         s.r = 9;
-        let e = VitClassifier::from_base(tiny(), &weights, &s, 3, 1).unwrap_err().to_string();
+        let e = VitClassifier::from_base(tiny(), &weights, &s, 3, 1)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("Valid range: 1 <= rank <= 8"), "{e}");
     }
 

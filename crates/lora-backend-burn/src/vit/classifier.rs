@@ -271,7 +271,7 @@ impl VitClassifier {
             }
         };
         let norm = |n: &mut Norm, f: &mut dyn FnMut(Param)| {
-            if let Norm::Trained { gamma, beta, .. } = n {
+            if let Some((gamma, beta)) = &mut n.affine {
                 f(Param::One(gamma));
                 f(Param::One(beta));
             }
@@ -404,7 +404,7 @@ impl Builder<'_> {
             let t = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [h]), &self.device);
             Ok(Norm::trained(t(g), t(b), self.eps))
         } else {
-            Ok(Norm::Frozen(FrozenLayerNorm::new(g, b, self.eps)))
+            Ok(Norm::frozen(FrozenLayerNorm::new(g, b, self.eps)))
         }
     }
 }

@@ -14,36 +14,38 @@ use lora_core::vit::{VitConfig, patchify};
 use crate::lora_linear::{LoraLinear, MaskSource};
 use crate::ops::{FrozenLayerNorm, attention_softmax, gelu};
 
+/// Layer norm over the hidden size.
 #[derive(Debug, Clone)]
-pub enum Norm {
-    /// `gamma` and `beta` frozen, in the fused op.
-    Frozen(FrozenLayerNorm),
-    /// `gamma` and `beta` trained: the fused op with a unit affine normalises,
-    /// burn's differentiable ops scale and shift.
-    Trained {
-        gamma: Tensor<1>,
-        beta: Tensor<1>,
-        unit: FrozenLayerNorm,
-    },
+pub struct Norm {
+    /// The fused op: with the frozen `gamma` and `beta` (LoRA mode), or with a
+    /// unit affine when `affine` trains (full mode).
+    fused: FrozenLayerNorm,
+    /// Trained `gamma` and `beta`, applied with burn's differentiable ops.
+    pub affine: Option<(Tensor<1>, Tensor<1>)>,
 }
 
 impl Norm {
+    pub fn frozen(norm: FrozenLayerNorm) -> Self {
+        Self {
+            fused: norm,
+            affine: None,
+        }
+    }
+
     pub fn trained(gamma: Tensor<1>, beta: Tensor<1>, eps: f64) -> Self {
         let n = gamma.dims()[0];
-        Norm::Trained {
-            gamma,
-            beta,
-            unit: FrozenLayerNorm::new(vec![1.0; n], vec![0.0; n], eps),
+        Self {
+            fused: FrozenLayerNorm::new(vec![1.0; n], vec![0.0; n], eps),
+            affine: Some((gamma, beta)),
         }
     }
 
     /// `x` is `[rows, hidden]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        match self {
-            Norm::Frozen(n) => n.forward(x),
-            Norm::Trained { gamma, beta, unit } => {
-                unit.forward(x) * gamma.clone().unsqueeze::<2>() + beta.clone().unsqueeze::<2>()
-            }
+        let y = self.fused.forward(x);
+        match &self.affine {
+            None => y,
+            Some((gamma, beta)) => y * gamma.clone().unsqueeze::<2>() + beta.clone().unsqueeze::<2>(),
         }
     }
 }

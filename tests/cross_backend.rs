@@ -1,12 +1,13 @@
 //! candle and burn against each other: the same weights, inputs and seed must
-//! give the same numbers, and an adapter moves between them unchanged.
+//! give the same numbers, and an adapter (and a ViT base) moves between them
+//! unchanged. MiniLM on tweets, and a tiny ViT on Fashion-MNIST images.
 
 #[allow(dead_code, unused_macros, unused_imports)]
 mod suite;
 
 use lora_core::Batch;
 use lora_train::peft;
-use suite::fixtures::{build, pipeline_text};
+use suite::fixtures::{VIT_FULL, VIT_LORA, VIT_NO_LORA, build, pipeline_text, vit_lora_model, vit_pipeline_text};
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
@@ -105,8 +106,6 @@ fn an_adapter_trained_on_one_backend_predicts_the_same_on_the_other() {
 }
 
 // ---- The ViT: a tiny model on real Fashion-MNIST images, full mode and LoRA mode.
-
-use suite::fixtures::{VIT_FULL, VIT_LORA, VIT_NO_LORA, vit_lora_model, vit_pipeline_text};
 
 /// Each backend's trainable values plus the same small noise: weights that no
 /// longer sit at their initialisation (B non-zero), identical on both sides.

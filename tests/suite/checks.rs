@@ -1,9 +1,11 @@
 //! The checks themselves, each a function of the backend name.
 
+use std::path::{Path, PathBuf};
+
 use lora_core::{AdapterModel, Batch};
 use lora_train::peft;
 
-use super::fixtures::{build, pipeline_text};
+use super::fixtures::{VIT_FULL, VIT_LORA, VIT_NO_LORA, build, pipeline_text, vit_lora_model, vit_pipeline_text};
 
 fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
@@ -389,10 +391,6 @@ fn run_text(text: String) -> lora_core::Result<lora_cli::pipeline::RunOutcome> {
 }
 
 // ---- The ViT: a tiny model on real Fashion-MNIST images, full mode and LoRA mode.
-
-use std::path::{Path, PathBuf};
-
-use super::fixtures::{VIT_FULL, VIT_LORA, VIT_NO_LORA, vit_lora_model, vit_pipeline_text};
 
 /// A tiny ViT base: a full-mode model trained 4 steps, saved by `save_base` in `dir/base`.
 pub fn vit_base(backend: &str, dir: &Path) -> PathBuf {

@@ -1,9 +1,11 @@
 //! The checks themselves, each a function of the backend name.
 
+use std::path::{Path, PathBuf};
+
 use lora_core::{AdapterModel, Batch};
 use lora_train::peft;
 
-use super::fixtures::{build, pipeline_text};
+use super::fixtures::{VIT_FULL, VIT_LORA, VIT_NO_LORA, build, pipeline_text, vit_lora_model, vit_pipeline_text};
 
 fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
@@ -471,4 +473,236 @@ fn run_text(text: String) -> lora_core::Result<lora_cli::pipeline::RunOutcome> {
     let composed = lora_validate::compose_text(std::path::Path::new("pipeline.toml"), text, &Default::default())?;
     let pipeline = lora_cli::validate::check_composed(composed, &super::fixtures::ASSETS).into_pipeline()?;
     lora_cli::pipeline::run(pipeline, &super::fixtures::ASSETS, true)
+}
+
+// ---- The ViT: a tiny model on real Fashion-MNIST images, full mode and LoRA mode.
+
+/// A tiny ViT base: a full-mode model trained 4 steps, saved by `save_base` in `dir/base`.
+pub fn vit_base(backend: &str, dir: &Path) -> PathBuf {
+    let base = dir.join("base");
+    let text = vit_pipeline_text(backend, dir, VIT_FULL, VIT_NO_LORA, &[("epochs", "max-steps = 4")]);
+    let mut b = build(text);
+    train(&mut b);
+    assert!(b.model.save_base(&base).unwrap(), "a full-mode model writes a base");
+    base
+}
+
+fn bits(v: &[f64]) -> Vec<u64> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+pub fn vit_same_seed_gives_identical_losses(backend: &str) {
+    let dir = tmp();
+    let base = vit_base(backend, dir.path());
+    for (model, lora) in [(VIT_FULL.to_string(), VIT_NO_LORA), (vit_lora_model(&base), VIT_LORA)] {
+        let losses = |seed: &'static str| {
+            let text = vit_pipeline_text(
+                backend,
+                dir.path(),
+                &model,
+                lora,
+                &[("epochs", "max-steps = 4"), ("seed", seed)],
+            );
+            train(&mut build(text)).losses
+        };
+        let first = losses("seed = 7");
+        assert_eq!(first.len(), 4);
+        assert_eq!(bits(&first), bits(&losses("seed = 7")), "same seed, different losses");
+        assert_ne!(bits(&first), bits(&losses("seed = 8")), "the seed has no effect");
+    }
+}
+
+pub fn vit_full_training_then_lora_each_lower_validation_loss(backend: &str) {
+    let dir = tmp();
+    let base = dir.path().join("base");
+    // 320 images at batch 16: 20 optimizer steps each.
+    let more = [("max-train-samples", "max-train-samples = 320")];
+    for (i, (model, lora)) in [(VIT_FULL.to_string(), VIT_NO_LORA), (vit_lora_model(&base), VIT_LORA)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut b = build(vit_pipeline_text(backend, dir.path(), &model, lora, &more));
+        let before = b
+            .pipeline
+            .eval
+            .evaluate(b.model.as_ref(), b.data.validation.as_ref(), &b.data.label_names)
+            .unwrap();
+        let summary = train(&mut b);
+        assert_eq!(summary.steps, 20);
+        let after = &summary.evals.last().unwrap().1;
+        assert!(
+            after.loss < before.loss,
+            "{model}: validation loss {} -> {}",
+            before.loss,
+            after.loss
+        );
+        assert_eq!(after.samples, 64);
+        // The trained full model is the LoRA run's base (a LoRA model writes no base).
+        assert_eq!(b.model.save_base(&base).unwrap(), i == 0);
+    }
+}
+
+pub fn vit_saved_adapter_has_peft_layout_and_reloads_identically(backend: &str) {
+    let dir = tmp();
+    let base = vit_base(backend, dir.path());
+    let text = |seed: &str| vit_pipeline_text(backend, dir.path(), &vit_lora_model(&base), VIT_LORA, &[("seed", seed)]);
+    let mut b = build(text("seed = 7"));
+    perturb(b.model.as_mut(), 11);
+    let batch = first_validation_batch(&b);
+    let before = b.model.predict(&batch).unwrap();
+    let out = dir.path().join("adapter");
+    peft::save_adapter(&out, b.model.as_ref(), &b.pipeline.config.lora, "tiny-vit").unwrap();
+
+    let bytes = std::fs::read(out.join(peft::WEIGHTS_FILE)).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut expected = vec![
+        (
+            "base_model.model.vit.embeddings.patch_embeddings.projection.lora_A.weight".to_string(),
+            vec![4, 1, 7, 7],
+        ),
+        (
+            "base_model.model.vit.embeddings.patch_embeddings.projection.lora_B.weight".to_string(),
+            vec![16, 4, 1, 1],
+        ),
+    ];
+    for layer in 0..2 {
+        for (module, out_dim) in [
+            ("attention.attention.query", 16),
+            ("attention.attention.value", 16),
+            ("intermediate.dense", 32),
+        ] {
+            let prefix = format!("base_model.model.vit.encoder.layer.{layer}.{module}");
+            expected.push((format!("{prefix}.lora_A.weight"), vec![4, 16]));
+            expected.push((format!("{prefix}.lora_B.weight"), vec![out_dim, 4]));
+        }
+    }
+    expected.push(("base_model.model.classifier.weight".into(), vec![10, 16]));
+    expected.push(("base_model.model.classifier.bias".into(), vec![10]));
+    let names: Vec<&str> = b.model.params().iter().map(|p| p.name.as_str()).collect();
+    let want: Vec<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, want, "parameter order");
+    assert_eq!(st.names().len(), expected.len());
+    for (name, shape) in &expected {
+        let t = st.tensor(name).unwrap();
+        assert_eq!(t.shape(), shape.as_slice(), "{name}");
+        assert_eq!(t.dtype(), safetensors::Dtype::F32);
+    }
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join(peft::CONFIG_FILE)).unwrap()).unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["task_type"], serde_json::Value::Null);
+    assert_eq!(
+        cfg["target_modules"],
+        serde_json::json!(["patch_embeddings.projection", "query", "value", "intermediate.dense"])
+    );
+    assert_eq!(cfg["modules_to_save"], serde_json::json!(["classifier"]));
+    assert_eq!((cfg["r"].as_u64(), cfg["lora_alpha"].as_f64()), (Some(4), Some(8.0)));
+
+    // A fresh model (another seed, so another initial adapter) with the file loaded predicts the same.
+    let mut fresh = build(text("seed = 1234"));
+    assert_ne!(fresh.model.predict(&batch).unwrap().data, before.data);
+    peft::load_adapter(&out, fresh.model.as_mut()).unwrap();
+    assert_eq!(fresh.model.predict(&batch).unwrap().data, before.data);
+
+    // Merging (the patch embedding's adapter included) is exact to rounding; unmerging is exact.
+    b.model.merge().unwrap();
+    let merged = b.model.predict(&batch).unwrap();
+    for (x, y) in before.data.iter().zip(&merged.data) {
+        assert!((x - y).abs() < 1e-4, "merged {y} vs unmerged {x}");
+    }
+    b.model.unmerge().unwrap();
+    assert_eq!(b.model.predict(&batch).unwrap().data, before.data);
+}
+
+pub fn vit_full_run_saves_a_base_that_a_lora_run_adapts(backend: &str) {
+    let dir = tmp();
+    // Through `lora run`: the full run writes a base in Hugging Face's layout, no adapter.
+    let base = dir.path().join("base");
+    let full = vit_pipeline_text(backend, &base, VIT_FULL, VIT_NO_LORA, &[("epochs", "max-steps = 3")]);
+    run_text(full.clone()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!base.join("adapter_model.safetensors").exists());
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(base.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        (cfg["hidden_size"].as_u64(), cfg["num_labels"].as_u64()),
+        (Some(16), Some(10))
+    );
+    assert_eq!(cfg["architectures"], serde_json::json!(["ViTForImageClassification"]));
+    let bytes = std::fs::read(base.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    // 4 embedding tensors, 2 layers x 16, the final norm, the head.
+    assert_eq!(st.names().len(), 4 + 2 * 16 + 2 + 2);
+    for (name, shape) in [
+        ("vit.embeddings.patch_embeddings.projection.weight", vec![16, 1, 7, 7]),
+        ("vit.embeddings.position_embeddings", vec![1, 17, 16]),
+        ("vit.encoder.layer.1.output.dense.weight", vec![16, 32]),
+        ("classifier.weight", vec![10, 16]),
+    ] {
+        assert_eq!(st.tensor(name).unwrap().shape(), shape.as_slice(), "{name}");
+    }
+
+    // The LoRA run on it writes an adapter and leaves the base untouched.
+    let adapted = dir.path().join("adapted");
+    let lora = vit_pipeline_text(
+        backend,
+        &adapted,
+        &vit_lora_model(&base),
+        VIT_LORA,
+        &[("epochs", "max-steps = 2")],
+    );
+    run_text(lora).unwrap_or_else(|e| panic!("{e}"));
+    assert!(adapted.join("adapter_model.safetensors").is_file() && adapted.join("adapter_config.json").is_file());
+    assert_eq!(std::fs::read(base.join("model.safetensors")).unwrap(), bytes);
+
+    // At initialisation (B = 0) the adapted model computes what the saved full model did.
+    let mut b = build(vit_pipeline_text(
+        backend,
+        dir.path(),
+        VIT_FULL,
+        VIT_NO_LORA,
+        &[("epochs", "max-steps = 3")],
+    ));
+    train(&mut b);
+    let mine = dir.path().join("mine");
+    b.model.save_base(&mine).unwrap();
+    let a = build(vit_pipeline_text(
+        backend,
+        dir.path(),
+        &vit_lora_model(&mine),
+        VIT_LORA,
+        &[],
+    ));
+    let x = first_validation_batch(&b);
+    let (h1, h2) = (b.model.hidden_states(&x).unwrap(), a.model.hidden_states(&x).unwrap());
+    assert_eq!(h1.shape, [32, 17, 16]);
+    let d = h1
+        .data
+        .iter()
+        .zip(&h2.data)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0f32, f32::max);
+    assert!(d < 1e-4, "saved base reloaded frozen differs by {d}");
+
+    // Bad pipelines fail before writing anything, with a configuration error.
+    let never = dir.path().join("never");
+    let targets = vit_pipeline_text(backend, &never, VIT_FULL, VIT_LORA, &[]);
+    let err = run_text(targets).err().expect("full mode with LoRA targets must fail");
+    assert_eq!(err.exit_code(), 2, "{err}");
+    assert!(err.to_string().contains("target-modules"), "{err}");
+    let missing = vit_pipeline_text(
+        backend,
+        &never,
+        &vit_lora_model(&dir.path().join("no-such-base")),
+        VIT_LORA,
+        &[],
+    );
+    let err = run_text(missing).err().expect("a missing base must fail");
+    assert!(err.to_string().contains("no-such-base"), "{err}");
+    assert!(!never.exists(), "output folder written before validation passed");
+    // A batch of the wrong image size is an error, not a panic.
+    let Batch::Image(mut wrong) = x else {
+        panic!("image batch expected")
+    };
+    wrong.height = 14;
+    wrong.width = 56;
+    let e = a.model.predict(&Batch::Image(wrong)).unwrap_err().to_string();
+    assert!(e.contains("takes 1x28x28 images"), "{e}");
 }

@@ -1,6 +1,7 @@
 //! Checks that every backend must pass, written once against the backend-adapter
 //! trait and stamped out per backend by [`conformance!`]. They use the real
-//! assets of ASSETS.md (fetched into the cache on first use).
+//! assets of ASSETS.md (fetched into the cache on first use): MiniLM and tweets
+//! for BERT, Fashion-MNIST images for a tiny ViT.
 
 pub mod checks;
 pub mod fixtures;
@@ -43,6 +44,22 @@ macro_rules! conformance {
         #[test]
         fn bad_pipelines_fail_before_writing_anything() {
             suite::checks::bad_pipelines_fail_before_writing_anything($backend);
+        }
+        #[test]
+        fn vit_same_seed_gives_identical_losses() {
+            suite::checks::vit_same_seed_gives_identical_losses($backend);
+        }
+        #[test]
+        fn vit_full_training_then_lora_each_lower_validation_loss() {
+            suite::checks::vit_full_training_then_lora_each_lower_validation_loss($backend);
+        }
+        #[test]
+        fn vit_saved_adapter_has_peft_layout_and_reloads_identically() {
+            suite::checks::vit_saved_adapter_has_peft_layout_and_reloads_identically($backend);
+        }
+        #[test]
+        fn vit_full_run_saves_a_base_that_a_lora_run_adapts() {
+            suite::checks::vit_full_run_saves_a_base_that_a_lora_run_adapts($backend);
         }
     };
 }

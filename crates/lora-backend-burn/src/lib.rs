@@ -1,10 +1,11 @@
 //! The burn backend of lora-scripts.
 //!
-//! The same model as the candle backend, with the same numbers: a BERT encoder
+//! The same models as the candle backend, with the same numbers: a BERT encoder
 //! written against a LoRA-aware linear (PEFT semantics), the
-//! `BertForSequenceClassification` head, safetensors loading. Randomness
-//! (LoRA `A`, the head, dropout masks) comes from `lora_core::init`, so both
-//! backends draw the same numbers from the same seed.
+//! `BertForSequenceClassification` head, a ViT (`ViTForImageClassification`:
+//! full training from a seed, or LoRA on a saved base), safetensors loading.
+//! Randomness (a new ViT's weights, LoRA `A`, the head, dropout masks) comes
+//! from `lora_core::init`, so both backends draw the same numbers from the same seed.
 //!
 //! burn 0.22 picks its backend at run time through a [`Device`]; this crate
 //! computes on the pure-Rust `flex` CPU backend. Base weights are plain
@@ -20,10 +21,13 @@ use burn::tensor::Device;
 
 pub mod bert;
 pub mod lora_linear;
+pub mod loss;
 pub mod ops;
+pub mod vit;
 pub mod weights;
 
 pub use bert::classifier::{BertClassifier, BertClassifierConfig};
+pub use vit::{VitClassifier, VitClassifierConfig};
 pub use weights::{SafetensorsWeights, WeightSource};
 
 pub const BACKEND: &str = "burn";

@@ -10,8 +10,36 @@
 //! matrices, `A` as `[r, in]`); products use transposed views, which burn's
 //! flex backend multiplies through strided gemm without copying.
 
-use burn::tensor::Tensor;
 use burn::tensor::module::linear;
+use burn::tensor::{Device, Tensor, TensorData};
+use lora_core::init::{SeededRng, dropout_mask};
+
+/// Draws inverted-dropout masks in a fixed order from one seeded stream.
+pub struct MaskSource {
+    rng: SeededRng,
+    device: Device,
+    /// Shapes of the masks drawn so far, in order.
+    pub drawn: Vec<[usize; 2]>,
+}
+
+impl MaskSource {
+    pub fn new(seed: u64, device: &Device) -> Self {
+        Self {
+            rng: lora_core::init::rng(seed),
+            device: device.clone(),
+            drawn: Vec::new(),
+        }
+    }
+
+    pub fn mask(&mut self, p: f32, rows: usize, cols: usize) -> Option<Tensor<2>> {
+        if p <= 0.0 {
+            return None;
+        }
+        let m = dropout_mask(p, rows * cols, &mut self.rng);
+        self.drawn.push([rows, cols]);
+        Some(Tensor::from_data(TensorData::new(m, [rows, cols]), &self.device))
+    }
+}
 
 /// The trainable half of a LoRA layer.
 #[derive(Debug, Clone)]
@@ -38,7 +66,8 @@ impl LoraWeights {
 
 #[derive(Debug, Clone)]
 pub struct LoraLinear {
-    /// `[out, in]`, from the base model, never written and never tracked.
+    /// `[out, in]`, from the base model: never written nor tracked, except in a
+    /// model whose base trains (a ViT in full mode, which has no adapters).
     weight: Tensor<2>,
     bias: Option<Tensor<1>>,
     lora: Option<LoraWeights>,
@@ -77,6 +106,15 @@ impl LoraLinear {
         self.bias.as_ref()
     }
 
+    /// The base weight itself, for a model whose base trains (a ViT in full mode).
+    pub fn weight_mut(&mut self) -> &mut Tensor<2> {
+        &mut self.weight
+    }
+
+    pub fn bias_mut(&mut self) -> Option<&mut Tensor<1>> {
+        self.bias.as_mut()
+    }
+
     pub fn in_dim(&self) -> usize {
         self.weight.dims()[1]
     }
@@ -102,6 +140,20 @@ impl LoraLinear {
         let down = linear(input, lora.a.clone().transpose(), None);
         let update = linear(down, lora.b.clone().transpose(), None);
         base + update.mul_scalar(lora.scale)
+    }
+
+    /// [`forward`](Self::forward) with the adapter's dropout mask drawn from
+    /// `masks` (training) when the layer has an adapter; merged or not, so that
+    /// the stream does not depend on the merge state.
+    pub fn forward_masked(&self, x: Tensor<2>, masks: &mut Option<&mut MaskSource>) -> Tensor<2> {
+        let mask = match (masks.as_deref_mut(), &self.lora) {
+            (Some(src), Some(lora)) => {
+                let [rows, cols] = x.dims();
+                src.mask(lora.dropout, rows, cols)
+            }
+            _ => None,
+        };
+        self.forward(x, mask)
     }
 
     /// `scale * B A`, shaped like the base weight, without gradient tracking.

@@ -7,9 +7,28 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{bf16, f16};
+use burn::tensor::{Device, Tensor, TensorData, bf16, f16};
 use lora_core::{Error, HostTensor, Result};
 use safetensors::tensor::{Dtype, Metadata};
+
+/// A host tensor as a burn tensor, after checking its shape against the configuration.
+pub fn tensor<const D: usize>(t: HostTensor, name: &str, dims: [usize; D], device: &Device) -> Result<Tensor<D>> {
+    if t.shape != dims {
+        return Err(Error::Data(format!(
+            "weight `{name}` has shape {:?}, but the model configuration needs {dims:?}",
+            t.shape
+        )));
+    }
+    Ok(Tensor::from_data(TensorData::new(t.data, dims), device))
+}
+
+/// A burn tensor's values on the host, row-major.
+pub fn host<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    t.into_data().try_into_vec::<f32>().map_err(|e| Error::Backend {
+        backend: crate::BACKEND,
+        message: format!("{e:?}"),
+    })
+}
 
 /// Where the base weights come from: a name -> tensor lookup.
 pub trait WeightSource {

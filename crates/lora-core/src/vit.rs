@@ -9,11 +9,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::adapter::PeftInfo;
+use crate::adapter::{ParamInfo, PeftInfo};
 use crate::config::Component;
 use crate::diag::{Diagnostic, Diagnostics};
+use crate::fsutil::write_atomic;
+use crate::init::{SeededRng, normal};
 use crate::stage::StageContext;
-use crate::{Error, LoraSpec, Result};
+use crate::{Error, ImageBatch, LoraSpec, Result};
 
 /// The subset of Hugging Face's `ViTConfig` that shapes the model (`config.json`).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -117,6 +119,145 @@ impl VitConfig {
     pub fn patch_dim(&self) -> usize {
         self.num_channels * self.patch_size * self.patch_size
     }
+}
+
+/// The weights of a saved base (`ViTForImageClassification`'s keys).
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// The configuration of a saved base (`ViTConfig` plus `num_labels`).
+pub const CONFIG_FILE: &str = "config.json";
+
+/// How a base tensor of a new model starts, as Hugging Face's ViT initialises it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseInit {
+    /// Truncated N(0, 0.02), cut at 2 std here.
+    Normal,
+    Zeros,
+    Ones,
+}
+
+impl BaseInit {
+    /// `n` starting values; only `Normal` draws from `rng`, so every backend that
+    /// builds the tensors in the same order draws the same numbers.
+    pub fn values(self, n: usize, rng: &mut SeededRng) -> Vec<f32> {
+        match self {
+            BaseInit::Normal => normal(0.02, n, rng).into_iter().map(|v| v.clamp(-0.04, 0.04)).collect(),
+            BaseInit::Zeros => vec![0.0; n],
+            BaseInit::Ones => vec![1.0; n],
+        }
+    }
+}
+
+/// Cuts `[batch, channels, side, side]` pixels into `[batch * patches, channels * p * p]`
+/// rows, each patch flattened in (channel, row, column) order, the order of a
+/// `Conv2d` kernel `[hidden, channels, p, p]`; patches in row-major grid order.
+pub fn patchify(pixels: &[f32], batch: usize, cfg: &VitConfig) -> Vec<f32> {
+    let (c, side, p, g) = (cfg.num_channels, cfg.image_size, cfg.patch_size, cfg.grid());
+    let mut out = Vec::with_capacity(pixels.len());
+    for img in pixels.chunks_exact(c * side * side).take(batch) {
+        for gy in 0..g {
+            for gx in 0..g {
+                for ch in 0..c {
+                    for y in 0..p {
+                        let row = (ch * side + gy * p + y) * side + gx * p;
+                        out.extend_from_slice(&img[row..row + p]);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+impl VitConfig {
+    /// Checks that a batch holds images this model takes, before any tensor work
+    /// (a backend may panic on a bad shape).
+    pub fn check_images(&self, b: &ImageBatch) -> Result<()> {
+        if (b.channels, b.height, b.width) != (self.num_channels, self.image_size, self.image_size) {
+            return Err(Error::Data(format!(
+                "the model takes {}x{}x{} images (channels x height x width), the data gives {}x{}x{}; \
+                 add a resize or crop augmentation, or change the model",
+                self.num_channels, self.image_size, self.image_size, b.channels, b.height, b.width
+            )));
+        }
+        if b.batch_size == 0 {
+            return Err(Error::Data("empty batch (0 images)".into()));
+        }
+        let want = b.batch_size * b.image_len();
+        if b.pixels.len() != want {
+            return Err(Error::Data(format!(
+                "batch of {} images of {}x{}x{} has {} pixel values, expected {want}",
+                b.batch_size,
+                b.channels,
+                b.height,
+                b.width,
+                b.pixels.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a training batch's targets against the model's classes: one label per
+/// image, each in range, and soft labels (when present) of `[batch, classes]`.
+pub fn check_targets(b: &ImageBatch, num_labels: usize) -> Result<()> {
+    match &b.soft_labels {
+        Some(soft) if soft.len() != b.batch_size * num_labels => Err(Error::Data(format!(
+            "soft labels hold {} values, expected {} images x {num_labels} classes",
+            soft.len(),
+            b.batch_size
+        ))),
+        Some(_) => Ok(()),
+        None if b.labels.len() != b.batch_size => Err(Error::Data(format!(
+            "batch of {} images has {} labels",
+            b.batch_size,
+            b.labels.len()
+        ))),
+        None => match b.labels.iter().find(|&&l| l as usize >= num_labels) {
+            Some(bad) => Err(Error::Data(format!(
+                "label {bad} is outside the {num_labels} classes of the model"
+            ))),
+            None => Ok(()),
+        },
+    }
+}
+
+/// Writes a full model as a base: `model.safetensors` (every tensor under its
+/// Hugging Face key and shape, f32) and `config.json` (`cfg` plus `num_labels`),
+/// each atomically. `infos` and `values` are a full-mode model's parameters.
+pub fn write_base(
+    dir: &Path,
+    cfg: &VitConfig,
+    num_labels: usize,
+    infos: &[ParamInfo],
+    values: &[Vec<f32>],
+) -> Result<()> {
+    if infos.len() != values.len() {
+        return Err(Error::Other(format!(
+            "{} parameter descriptions for {} tensors",
+            infos.len(),
+            values.len()
+        )));
+    }
+    let bytes: Vec<Vec<u8>> = values
+        .iter()
+        .map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let mut views = Vec::with_capacity(values.len());
+    for (info, data) in infos.iter().zip(&bytes) {
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, info.shape.clone(), data)
+            .map_err(|e| Error::Other(format!("cannot serialise {}: {e}", info.name)))?;
+        views.push((info.name.clone(), view));
+    }
+    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    let file = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| Error::Other(format!("cannot serialise the base: {e}")))?;
+    write_atomic(&dir.join(WEIGHTS_FILE), &file)?;
+    let mut json = serde_json::to_value(cfg).expect("config serialises");
+    json["num_labels"] = serde_json::json!(num_labels);
+    write_atomic(
+        &dir.join(CONFIG_FILE),
+        serde_json::to_string_pretty(&json).expect("json").as_bytes(),
+    )
 }
 
 /// The modules of a layer that LoRA may target, in the order parameters follow:
@@ -421,5 +562,36 @@ mod tests {
             peft_info(&["output.dense"]).target_modules,
             serde_json::json!(r".*\.layer\.\d+\.(output\.dense)")
         );
+    }
+
+    #[test]
+    fn patches_follow_the_conv_kernel_order() {
+        let cfg = VitConfig {
+            image_size: 4,
+            patch_size: 2,
+            num_channels: 2,
+            hidden_size: 4,
+            num_hidden_layers: 1,
+            num_attention_heads: 1,
+            intermediate_size: 4,
+            hidden_act: "gelu".into(),
+            layer_norm_eps: 1e-12,
+            qkv_bias: true,
+            architectures: vec![],
+            model_type: "vit".into(),
+        };
+        // Channel 0 holds 0..16 row-major, channel 1 holds 100..116.
+        let px: Vec<f32> = (0..16)
+            .map(|v| v as f32)
+            .chain((0..16).map(|v| 100.0 + v as f32))
+            .collect();
+        let rows = patchify(&px, 1, &cfg);
+        assert_eq!(rows.len(), 32);
+        // Patch (0, 0): channel 0 rows [0 1] [4 5], then channel 1 [100 101] [104 105].
+        assert_eq!(&rows[..8], [0., 1., 4., 5., 100., 101., 104., 105.]);
+        // Patch (0, 1): columns 2..4.
+        assert_eq!(&rows[8..12], [2., 3., 6., 7.]);
+        // Patch (1, 0): rows 2..4.
+        assert_eq!(&rows[16..20], [8., 9., 12., 13.]);
     }
 }

@@ -5,9 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::module::linear;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use lora_core::adapter::{AdapterModel, ModelSummary, ParamInfo, PeftInfo, StepOutput};
 use lora_core::config::Component;
 use lora_core::diag::Diagnostics;
@@ -19,8 +18,9 @@ use lora_core::{Batch, Error, HostTensor, LoraSpec, Result, TextBatch, inventory
 use super::config::BertConfig;
 use super::encoder::{Encoder, Layer, MaskSource, TARGETS, mean_pool_normalised};
 use crate::lora_linear::{LoraLinear, LoraWeights};
+use crate::loss::cross_entropy;
 use crate::ops::FrozenLayerNorm;
-use crate::weights::{SafetensorsWeights, WeightSource};
+use crate::weights::{SafetensorsWeights, WeightSource, host, tensor};
 use lora_core::bert::{ClassifierSpec, check_rank, resolve_targets};
 
 /// Key prefix of every adapter tensor: PEFT wraps the model as `base_model.model`,
@@ -51,24 +51,6 @@ pub struct BertClassifier {
     params: Vec<ParamInfo>,
     targets: Vec<&'static str>,
     num_labels: usize,
-}
-
-/// A host tensor as a burn tensor, after checking its shape against the configuration.
-fn tensor<const D: usize>(t: HostTensor, name: &str, dims: [usize; D], device: &Device) -> Result<Tensor<D>> {
-    if t.shape != dims {
-        return Err(Error::Data(format!(
-            "weight `{name}` has shape {:?}, but the model configuration needs {dims:?}",
-            t.shape
-        )));
-    }
-    Ok(Tensor::from_data(TensorData::new(t.data, dims), device))
-}
-
-fn host<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
-    t.into_data().try_into_vec::<f32>().map_err(|e| Error::Backend {
-        backend: crate::BACKEND,
-        message: format!("{e:?}"),
-    })
 }
 
 impl BertClassifier {
@@ -319,14 +301,6 @@ impl BertClassifier {
             }
         }
     }
-}
-
-/// Mean cross-entropy of `logits [b, labels]` against class indices (as candle-nn's `cross_entropy`).
-fn cross_entropy(logits: Tensor<2>, labels: &[u32]) -> Tensor<1> {
-    let [b, _] = logits.dims();
-    let idx: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
-    let idx = Tensor::<2, Int>::from_data(TensorData::new(idx, [b, 1]), &logits.device());
-    log_softmax(logits, 1).gather(1, idx).sum().mul_scalar(-1.0 / b as f64)
 }
 
 impl AdapterModel for BertClassifier {

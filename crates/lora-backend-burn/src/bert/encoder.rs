@@ -8,41 +8,14 @@
 use std::sync::Arc;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use lora_core::init::{SeededRng, dropout_mask};
 use lora_core::{Error, Result};
 
 use super::config::BertConfig;
 use crate::lora_linear::LoraLinear;
+pub use crate::lora_linear::MaskSource;
 use crate::ops::{FrozenLayerNorm, attention_softmax, gelu};
 
 pub use lora_core::bert::TARGETS;
-
-/// Draws inverted-dropout masks in a fixed order from one seeded stream.
-pub struct MaskSource {
-    rng: SeededRng,
-    device: Device,
-    /// Shapes of the masks drawn so far, in order.
-    pub drawn: Vec<[usize; 2]>,
-}
-
-impl MaskSource {
-    pub fn new(seed: u64, device: &Device) -> Self {
-        Self {
-            rng: lora_core::init::rng(seed),
-            device: device.clone(),
-            drawn: Vec::new(),
-        }
-    }
-
-    pub fn mask(&mut self, p: f32, rows: usize, cols: usize) -> Option<Tensor<2>> {
-        if p <= 0.0 {
-            return None;
-        }
-        let m = dropout_mask(p, rows * cols, &mut self.rng);
-        self.drawn.push([rows, cols]);
-        Some(Tensor::from_data(TensorData::new(m, [rows, cols]), &self.device))
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct Layer {
@@ -54,15 +27,7 @@ pub struct Layer {
 
 impl Layer {
     fn linear(&self, i: usize, x: Tensor<2>, masks: &mut Option<&mut MaskSource>) -> Tensor<2> {
-        let l = &self.linears[i];
-        let mask = match (masks.as_deref_mut(), l.lora()) {
-            (Some(src), Some(lora)) => {
-                let [rows, cols] = x.dims();
-                src.mask(lora.dropout, rows, cols)
-            }
-            _ => None,
-        };
-        l.forward(x, mask)
+        self.linears[i].forward_masked(x, masks)
     }
 
     /// `x` is `[batch * seq, hidden]`; `key_bias` is the additive attention mask `[batch * seq]`.

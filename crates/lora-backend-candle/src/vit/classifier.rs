@@ -6,18 +6,18 @@
 //! LoRA mode: that base is memory-mapped and frozen; LoRA matrices (PEFT keys)
 //! and a new `classifier` head train.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
 use lora_core::adapter::{AdapterModel, ModelSummary, ParamInfo, PeftInfo, StepOutput};
 use lora_core::config::Component;
 use lora_core::diag::Diagnostics;
-use lora_core::fsutil::write_atomic;
 use lora_core::init::{derive_seed, kaiming_uniform, normal, rng};
 use lora_core::registry::ModelEntry;
 use lora_core::stage::{ModelStage, StageContext};
-use lora_core::vit::{PATCH_TARGET, TARGETS, VitClassifierSpec, VitConfig, VitMode, peft_info};
+use lora_core::vit::{
+    BaseInit as Init, PATCH_TARGET, TARGETS, VitClassifierSpec, VitConfig, VitMode, check_targets, peft_info,
+};
 use lora_core::{Batch, Error, HostTensor, ImageBatch, LoraSpec, Result, inventory};
 
 use super::model::{Block, Linear, Norm, Vit};
@@ -28,8 +28,7 @@ use crate::lora_linear::{LoraLinear, LoraWeights};
 use crate::ops::FrozenLayerNorm;
 
 const PEFT_PREFIX: &str = "base_model.model.";
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-pub const CONFIG_FILE: &str = "config.json";
+pub use lora_core::vit::{CONFIG_FILE, WEIGHTS_FILE};
 
 /// Registers trainable tensors in [`AdapterModel::params`] order.
 #[derive(Default)]
@@ -230,14 +229,7 @@ impl VitClassifier {
         let Batch::Image(b) = batch else {
             return Err(Error::Other("the ViT classifier takes image batches".into()));
         };
-        let cfg = &self.vit.cfg;
-        if (b.channels, b.height, b.width) != (cfg.num_channels, cfg.image_size, cfg.image_size) {
-            return Err(Error::Data(format!(
-                "the model takes {}x{}x{} images (channels x height x width), the data gives {}x{}x{}; \
-                 add a resize or crop augmentation, or change the model",
-                cfg.num_channels, cfg.image_size, cfg.image_size, b.channels, b.height, b.width
-            )));
-        }
+        self.vit.cfg.check_images(b)?;
         Ok(b)
     }
 
@@ -277,13 +269,7 @@ impl Builder<'_> {
     fn tensor(&mut self, name: &str, shape: &[usize], init: Init, decay: bool) -> Result<Tensor> {
         match &mut self.base {
             Base::New(r) => {
-                let n = shape.iter().product();
-                // Hugging Face's ViT init: truncated N(0, 0.02) (cut at 2 std here).
-                let values = match init {
-                    Init::Normal => normal(0.02, n, r).into_iter().map(|v| v.clamp(-0.04, 0.04)).collect(),
-                    Init::Zeros => vec![0.0; n],
-                    Init::Ones => vec![1.0; n],
-                };
+                let values = init.values(shape.iter().product(), r);
                 self.params.add(name.to_string(), values, shape, decay)
             }
             Base::Saved(w) => {
@@ -351,13 +337,6 @@ impl Builder<'_> {
             Ok(Norm::Frozen(FrozenLayerNorm::new(&g, &b, self.eps).core()?))
         }
     }
-}
-
-#[derive(Clone, Copy)]
-enum Init {
-    Normal,
-    Zeros,
-    Ones,
 }
 
 /// Cross-entropy against one-hot `labels`, or against `soft` target rows (mixup, cutmix).
@@ -435,6 +414,7 @@ impl AdapterModel for VitClassifier {
 
     fn train_step(&mut self, batch: &Batch, dropout_seed: u64) -> Result<StepOutput> {
         let b = self.images(batch)?;
+        check_targets(b, self.num_labels)?;
         let mut masks = MaskSource::new(dropout_seed);
         let logits = self.logits(b, Some(&mut masks)).core()?;
         let loss = loss(&logits, b, self.num_labels).core()?;
@@ -488,26 +468,7 @@ impl AdapterModel for VitClassifier {
             return Ok(false);
         }
         let values = self.read_params()?;
-        let bytes: Vec<Vec<u8>> = values
-            .iter()
-            .map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect())
-            .collect();
-        let mut views = Vec::with_capacity(values.len());
-        for (info, data) in self.params.infos.iter().zip(&bytes) {
-            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, info.shape.clone(), data)
-                .map_err(|e| Error::Other(format!("cannot serialise {}: {e}", info.name)))?;
-            views.push((info.name.clone(), view));
-        }
-        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-        let file = safetensors::serialize(views, Some(metadata))
-            .map_err(|e| Error::Other(format!("cannot serialise the base: {e}")))?;
-        write_atomic(&dir.join(WEIGHTS_FILE), &file)?;
-        let mut cfg = serde_json::to_value(&self.vit.cfg).expect("config serialises");
-        cfg["num_labels"] = serde_json::json!(self.num_labels);
-        write_atomic(
-            &dir.join(CONFIG_FILE),
-            serde_json::to_string_pretty(&cfg).expect("json").as_bytes(),
-        )?;
+        lora_core::vit::write_base(dir, &self.vit.cfg, self.num_labels, &self.params.infos, &values)?;
         Ok(true)
     }
 }

@@ -4,7 +4,7 @@
 //! pretraining run: a `Var`'s tensor through candle's differentiable ops).
 
 use candle_core::{D, Result, Tensor};
-use lora_core::vit::VitConfig;
+use lora_core::vit::{VitConfig, patchify};
 
 use crate::bert::encoder::MaskSource;
 use crate::lora_linear::LoraLinear;
@@ -109,27 +109,6 @@ pub struct Vit {
     pub final_norm: Norm,
 }
 
-/// Cuts `[batch, channels, side, side]` pixels into `[batch * patches, channels * p * p]`
-/// rows, each patch flattened in (channel, row, column) order, the order of a
-/// `Conv2d` kernel `[hidden, channels, p, p]`; patches in row-major grid order.
-pub fn patchify(pixels: &[f32], batch: usize, cfg: &VitConfig) -> Vec<f32> {
-    let (c, side, p, g) = (cfg.num_channels, cfg.image_size, cfg.patch_size, cfg.grid());
-    let mut out = Vec::with_capacity(pixels.len());
-    for img in pixels.chunks_exact(c * side * side).take(batch) {
-        for gy in 0..g {
-            for gx in 0..g {
-                for ch in 0..c {
-                    for y in 0..p {
-                        let row = (ch * side + gy * p + y) * side + gx * p;
-                        out.extend_from_slice(&img[row..row + p]);
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
 impl Vit {
     /// Final hidden states `[batch, tokens, hidden]` of images `[batch, C, H, W]`.
     pub fn forward(&self, pixels: &[f32], batch: usize, mut masks: Option<&mut MaskSource>) -> Result<Tensor> {
@@ -149,41 +128,5 @@ impl Vit {
             x = block.forward(&x, cfg, (batch, t), &mut masks)?;
         }
         self.final_norm.forward(&x)?.reshape((batch, t, h))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn patches_follow_the_conv_kernel_order() {
-        let cfg = VitConfig {
-            image_size: 4,
-            patch_size: 2,
-            num_channels: 2,
-            hidden_size: 4,
-            num_hidden_layers: 1,
-            num_attention_heads: 1,
-            intermediate_size: 4,
-            hidden_act: "gelu".into(),
-            layer_norm_eps: 1e-12,
-            qkv_bias: true,
-            architectures: vec![],
-            model_type: "vit".into(),
-        };
-        // Channel 0 holds 0..16 row-major, channel 1 holds 100..116.
-        let px: Vec<f32> = (0..16)
-            .map(|v| v as f32)
-            .chain((0..16).map(|v| 100.0 + v as f32))
-            .collect();
-        let rows = patchify(&px, 1, &cfg);
-        assert_eq!(rows.len(), 32);
-        // Patch (0, 0): channel 0 rows [0 1] [4 5], then channel 1 [100 101] [104 105].
-        assert_eq!(&rows[..8], [0., 1., 4., 5., 100., 101., 104., 105.]);
-        // Patch (0, 1): columns 2..4.
-        assert_eq!(&rows[8..12], [2., 3., 6., 7.]);
-        // Patch (1, 0): rows 2..4.
-        assert_eq!(&rows[16..20], [8., 9., 12., 13.]);
     }
 }

@@ -163,6 +163,7 @@ impl VitClassifier {
         let pb = bld.vector("vit.embeddings.patch_embeddings.projection.bias", h, Init::Zeros, false)?;
         let mut patch = LoraLinear::new(bld.matrix(pw, [h, pd]), Some(pb));
         if let (true, Some(lora)) = (targets.contains(&PATCH_TARGET.0), lora) {
+            let lora = &lora.for_module(PATCH_TARGET.1);
             lora_core::bert::check_rank(lora, PATCH_TARGET.1, pd, h)?;
             // PEFT's Conv2d LoRA shapes in the file; the tensors stay matrices.
             let file_shapes = [vec![lora.r, c, p, p], vec![h, lora.r, 1, 1]];
@@ -192,6 +193,7 @@ impl VitClassifier {
                 };
                 let mut lin = bld.linear(&full, out, inp)?;
                 if let (true, Some(lora)) = (targets.contains(&name), lora) {
+                    let lora = &lora.for_module(&full);
                     lora_core::bert::check_rank(lora, &full, inp, out)?;
                     let shapes = [vec![lora.r, inp], vec![out, lora.r]];
                     lin = lin.with_lora(bld.lora(&full, lora, inp, out, &mut lora_rng, shapes));
@@ -622,7 +624,10 @@ mod tests {
             dropout: 0.0,
             target_modules: targets.iter().map(|s| s.to_string()).collect(),
             use_rslora: false,
+            rank_pattern: Default::default(),
+            alpha_pattern: Default::default(),
             target_modules_location: None,
+            patterns_location: None,
         }
     }
 

@@ -241,10 +241,13 @@ fn convert(file: &Arc<SourceFile>, v: &Spanned<DeValue<'_>>) -> Layered {
     let span = v.span();
     match v.get_ref() {
         DeValue::Table(t) => convert_table(file, t, span, false),
+        // An array of tables written as `[[name]]` headers is kept as tables (so
+        // that the emitter writes headers again); an inline `[{...}]` stays text.
         DeValue::Array(items)
-            if !items.is_empty()
-                && items.iter().all(|i| i.get_ref().is_table())
-                && !file.text[span.clone()].trim_start().starts_with('[') =>
+            if !items.is_empty() && items.iter().all(|i| i.get_ref().is_table()) && {
+                let text = file.text[span.clone()].trim_start();
+                text.starts_with("[[") || !text.starts_with('[')
+            } =>
         {
             Layered {
                 kind: Kind::Tables(items.iter().map(|i| convert(file, i)).collect()),
@@ -490,6 +493,27 @@ mod tests {
         let f = compose(&p, &Overrides::default()).unwrap().source;
         assert!(f.origins.is_empty());
         assert!(f.text.starts_with("# comment"));
+    }
+
+    #[test]
+    fn arrays_of_tables_survive_an_override_of_a_sibling_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[data]\npath = \"a\"\n\n[[data.augment]]\ntype = \"random-crop\"\npadding = 2\n\n[[data.augment]]\ntype = \"horizontal-flip\"\n\n[model]\nlayers = 4\n";
+        let p = write(dir.path(), "p.toml", text);
+        let sets = Overrides {
+            sets: vec!["model.layers=2".into(), "data.path=\"b\"".into()],
+            ..Default::default()
+        };
+        let f = compose(&p, &sets).unwrap().source;
+        let doc = ConfigDoc::parse(&f).unwrap_or_else(|d| panic!("{d}\n{}", f.text));
+        assert_eq!(doc.get("model.layers").and_then(|n| n.as_int()), Some(2));
+        assert_eq!(doc.get("data.path").and_then(|n| n.as_str()), Some("b"));
+        let augment = doc.get("data.augment").and_then(|n| n.as_array()).unwrap();
+        let types: Vec<&str> = augment.iter().filter_map(|t| t.get("type")?.as_str()).collect();
+        assert_eq!(types, ["random-crop", "horizontal-flip"]);
+        // The header of each table still points into the file.
+        let line = f.text.lines().position(|l| l == "[[data.augment]]").unwrap();
+        assert!(line > 0);
     }
 
     #[test]

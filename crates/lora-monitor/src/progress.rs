@@ -63,9 +63,16 @@ impl Callback for Progress {
                     None => m.loss,
                 };
                 self.ema = Some(ema);
+                // An image counts as one unit of work, so tokens/s would only repeat
+                // samples/s; text always has more tokens than samples ([CLS], [SEP]).
+                let tokens = if m.tokens > m.samples {
+                    format!(" {:.0} tokens/s", m.tokens_per_s)
+                } else {
+                    String::new()
+                };
                 let msg = format!(
-                    "loss {ema:.4} lr {:.2e} |g| {:.3} {:.1} samples/s {:.0} tokens/s",
-                    m.lr, m.grad_norm, m.samples_per_s, m.tokens_per_s
+                    "loss {ema:.4} lr {:.2e} |g| {:.3} {:.1} samples/s{tokens}",
+                    m.lr, m.grad_norm, m.samples_per_s
                 );
                 if let Some(bar) = &self.bar {
                     bar.set_position(m.step as u64);

@@ -26,6 +26,29 @@ impl ParamInfo {
     }
 }
 
+/// Checks values for [`AdapterModel::write_params`] against the parameters,
+/// all of them before any is written, so that a bad call changes nothing.
+pub fn check_param_values(params: &[ParamInfo], values: &[Vec<f32>]) -> Result<()> {
+    if values.len() != params.len() {
+        return Err(Error::Other(format!(
+            "expected {} parameter tensors, got {}",
+            params.len(),
+            values.len()
+        )));
+    }
+    for (info, v) in params.iter().zip(values) {
+        if v.len() != info.numel() {
+            return Err(Error::Other(format!(
+                "{}: expected {} values, got {}",
+                info.name,
+                info.numel(),
+                v.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// What a training micro-step returns.
 #[derive(Debug, Clone)]
 pub struct StepOutput {

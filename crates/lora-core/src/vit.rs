@@ -326,6 +326,15 @@ pub enum VitMode {
     Full,
 }
 
+/// What [`VitClassifierSpec::start`] says a model starts from.
+#[derive(Debug, Clone)]
+pub enum VitStart {
+    /// A new model of this architecture, weights drawn from the seed.
+    New(VitConfig),
+    /// A saved base: its configuration and its `model.safetensors`.
+    Saved { cfg: VitConfig, weights: PathBuf },
+}
+
 /// `[model] type = "vit-classifier"`: the schema every backend shares.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -442,19 +451,27 @@ impl VitClassifierSpec {
         })
     }
 
-    /// The base folder (when `path` is set) and the configuration.
-    pub fn files(&self, ctx: &StageContext) -> Result<(Option<PathBuf>, VitConfig)> {
-        match &self.path {
-            Some(p) => {
-                let dir = ctx.assets.resolve(p)?;
-                let cfg = VitConfig::from_file(&dir.join("config.json"))?;
-                Ok((Some(dir), cfg))
+    /// What a backend's model starts from, once the LoRA spec is checked
+    /// against the mode: a new model (full mode) or a saved base (LoRA mode).
+    pub fn start(&self, ctx: &StageContext, lora: &LoraSpec) -> Result<VitStart> {
+        self.check_lora(lora)?;
+        match (self.mode, &self.path) {
+            (VitMode::Full, None) => {
+                Ok(VitStart::New(self.new_config().ok_or_else(|| {
+                    Error::Other("a new ViT needs its architecture keys".into())
+                })?))
             }
-            None => Ok((
-                None,
-                self.new_config()
-                    .ok_or_else(|| Error::Other("a new ViT needs its architecture keys".into()))?,
+            (VitMode::Lora, Some(p)) => {
+                let dir = ctx.assets.resolve(p)?;
+                Ok(VitStart::Saved {
+                    cfg: VitConfig::from_file(&dir.join(CONFIG_FILE))?,
+                    weights: dir.join(WEIGHTS_FILE),
+                })
+            }
+            (VitMode::Full, Some(_)) => Err(Error::Other(
+                "continuing full training from a saved base is not supported yet; use mode = \"lora\"".into(),
             )),
+            (VitMode::Lora, None) => Err(Error::Other("mode = \"lora\" needs `path`".into())),
         }
     }
 

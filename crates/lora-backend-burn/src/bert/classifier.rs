@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::module::linear;
 use burn::tensor::{Tensor, TensorData};
-use lora_core::adapter::{AdapterModel, ModelSummary, ParamInfo, PeftInfo, StepOutput};
+use lora_core::adapter::{AdapterModel, ModelSummary, ParamInfo, PeftInfo, StepOutput, check_param_values};
 use lora_core::config::Component;
 use lora_core::diag::Diagnostics;
 use lora_core::init::{derive_seed, kaiming_uniform, normal, rng};
@@ -334,23 +334,7 @@ impl AdapterModel for BertClassifier {
     }
 
     fn write_params(&mut self, values: &[Vec<f32>]) -> Result<()> {
-        if values.len() != self.slots.len() {
-            return Err(Error::Other(format!(
-                "expected {} parameter tensors, got {}",
-                self.slots.len(),
-                values.len()
-            )));
-        }
-        for (info, v) in self.params.iter().zip(values) {
-            if v.len() != info.numel() {
-                return Err(Error::Other(format!(
-                    "{}: expected {} values, got {}",
-                    info.name,
-                    info.numel(),
-                    v.len()
-                )));
-            }
-        }
+        check_param_values(&self.params, values)?;
         let dev = self.encoder.device.clone();
         for (i, v) in values.iter().enumerate() {
             let data = TensorData::new(v.clone(), self.params[i].shape.clone());

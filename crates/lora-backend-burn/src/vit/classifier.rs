@@ -15,15 +15,14 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor, TensorData};
-use lora_core::adapter::{AdapterModel, ModelSummary, ParamInfo, PeftInfo, StepOutput};
+use lora_core::adapter::{AdapterModel, ModelSummary, ParamInfo, PeftInfo, StepOutput, check_param_values};
 use lora_core::config::Component;
 use lora_core::diag::Diagnostics;
 use lora_core::init::{SeededRng, derive_seed, kaiming_uniform, normal, rng};
 use lora_core::registry::ModelEntry;
 use lora_core::stage::{ModelStage, StageContext};
 use lora_core::vit::{
-    BaseInit as Init, PATCH_TARGET, TARGETS, VitClassifierSpec, VitConfig, VitMode, WEIGHTS_FILE, check_targets,
-    peft_info,
+    BaseInit as Init, PATCH_TARGET, TARGETS, VitClassifierSpec, VitConfig, VitMode, VitStart, check_targets, peft_info,
 };
 use lora_core::{Batch, Error, HostTensor, ImageBatch, LoraSpec, Result, inventory};
 
@@ -443,23 +442,7 @@ impl AdapterModel for VitClassifier {
     }
 
     fn write_params(&mut self, values: &[Vec<f32>]) -> Result<()> {
-        if values.len() != self.params.len() {
-            return Err(Error::Other(format!(
-                "expected {} parameter tensors, got {}",
-                self.params.len(),
-                values.len()
-            )));
-        }
-        for (info, v) in self.params.iter().zip(values) {
-            if v.len() != info.numel() {
-                return Err(Error::Other(format!(
-                    "{}: expected {} values, got {}",
-                    info.name,
-                    info.numel(),
-                    v.len()
-                )));
-            }
-        }
+        check_param_values(&self.params, values)?;
         let device = self.vit.device.clone();
         let mut values = values.iter();
         self.visit(&mut |p| p.write(values.next().expect("counted above").clone(), &device));
@@ -548,20 +531,12 @@ impl ModelStage for VitClassifierConfig {
     }
 
     fn build(&self, ctx: &StageContext, lora: &LoraSpec, num_labels: usize) -> Result<Box<dyn AdapterModel>> {
-        self.spec.check_lora(lora)?;
-        let (dir, cfg) = self.spec.files(ctx)?;
-        let model = match (self.spec.mode, dir) {
-            (VitMode::Full, None) => VitClassifier::new_full(cfg, num_labels, ctx.seed)?,
-            (VitMode::Lora, Some(dir)) => {
-                let weights = SafetensorsWeights::open(&dir.join(WEIGHTS_FILE))?;
+        let model = match self.spec.start(ctx, lora)? {
+            VitStart::New(cfg) => VitClassifier::new_full(cfg, num_labels, ctx.seed)?,
+            VitStart::Saved { cfg, weights } => {
+                let weights = SafetensorsWeights::open(&weights)?;
                 VitClassifier::from_base(cfg, &weights, lora, num_labels, ctx.seed)?
             }
-            (VitMode::Full, Some(_)) => {
-                return Err(Error::Other(
-                    "continuing full training from a saved base is not supported yet; use mode = \"lora\"".into(),
-                ));
-            }
-            (VitMode::Lora, None) => return Err(Error::Other("mode = \"lora\" needs `path`".into())),
         };
         Ok(Box::new(model))
     }
@@ -589,6 +564,7 @@ inventory::submit! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lora_core::vit::WEIGHTS_FILE;
 
     fn tiny() -> VitConfig {
         let mut cfg: VitConfig = serde_json::from_value(serde_json::json!({

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
-use lora_core::adapter::{AdapterModel, ModelSummary, ParamInfo, PeftInfo, StepOutput};
+use lora_core::adapter::{AdapterModel, ModelSummary, ParamInfo, PeftInfo, StepOutput, check_param_values};
 use lora_core::config::Component;
 use lora_core::diag::Diagnostics;
 use lora_core::init::{derive_seed, kaiming_uniform, normal, rng};
@@ -294,22 +294,8 @@ impl AdapterModel for BertClassifier {
     }
 
     fn write_params(&mut self, values: &[Vec<f32>]) -> Result<()> {
-        if values.len() != self.vars.len() {
-            return Err(Error::Other(format!(
-                "expected {} parameter tensors, got {}",
-                self.vars.len(),
-                values.len()
-            )));
-        }
+        check_param_values(&self.params, values)?;
         for ((var, info), v) in self.vars.iter().zip(&self.params).zip(values) {
-            if v.len() != info.numel() {
-                return Err(Error::Other(format!(
-                    "{}: expected {} values, got {}",
-                    info.name,
-                    info.numel(),
-                    v.len()
-                )));
-            }
             let t = Tensor::from_slice(v, info.shape.as_slice(), &Device::Cpu).core()?;
             var.set(&t).core()?;
         }

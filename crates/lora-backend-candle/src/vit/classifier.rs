@@ -9,14 +9,14 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
-use lora_core::adapter::{AdapterModel, ModelSummary, ParamInfo, PeftInfo, StepOutput};
+use lora_core::adapter::{AdapterModel, ModelSummary, ParamInfo, PeftInfo, StepOutput, check_param_values};
 use lora_core::config::Component;
 use lora_core::diag::Diagnostics;
 use lora_core::init::{derive_seed, kaiming_uniform, normal, rng};
 use lora_core::registry::ModelEntry;
 use lora_core::stage::{ModelStage, StageContext};
 use lora_core::vit::{
-    BaseInit as Init, PATCH_TARGET, TARGETS, VitClassifierSpec, VitConfig, VitMode, check_targets, peft_info,
+    BaseInit as Init, PATCH_TARGET, TARGETS, VitClassifierSpec, VitConfig, VitMode, VitStart, check_targets, peft_info,
 };
 use lora_core::{Batch, Error, HostTensor, ImageBatch, LoraSpec, Result, inventory};
 
@@ -388,24 +388,10 @@ impl AdapterModel for VitClassifier {
     }
 
     fn write_params(&mut self, values: &[Vec<f32>]) -> Result<()> {
-        if values.len() != self.params.vars.len() {
-            return Err(Error::Other(format!(
-                "expected {} parameter tensors, got {}",
-                self.params.vars.len(),
-                values.len()
-            )));
-        }
-        for ((var, info), v) in self.params.vars.iter().zip(&self.params.infos).zip(values) {
-            if v.len() != info.numel() {
-                return Err(Error::Other(format!(
-                    "{}: expected {} values, got {}",
-                    info.name,
-                    info.numel(),
-                    v.len()
-                )));
-            }
+        check_param_values(&self.params.infos, values)?;
+        for (var, v) in self.params.vars.iter().zip(values) {
             // The variable's own shape: a patch-embedding adapter is a matrix here
-            // but carries PEFT's Conv2d shape in `info`.
+            // but carries PEFT's Conv2d shape in its `ParamInfo`.
             var.set(&Tensor::from_slice(v, var.shape(), &Device::Cpu).core()?)
                 .core()?;
         }
@@ -489,20 +475,12 @@ impl ModelStage for VitClassifierConfig {
     }
 
     fn build(&self, ctx: &StageContext, lora: &LoraSpec, num_labels: usize) -> Result<Box<dyn AdapterModel>> {
-        self.spec.check_lora(lora)?;
-        let (dir, cfg) = self.spec.files(ctx)?;
-        let model = match (self.spec.mode, dir) {
-            (VitMode::Full, None) => VitClassifier::new_full(cfg, num_labels, ctx.seed)?,
-            (VitMode::Lora, Some(dir)) => {
-                let weights = MmapWeights::open(&dir.join(WEIGHTS_FILE))?;
+        let model = match self.spec.start(ctx, lora)? {
+            VitStart::New(cfg) => VitClassifier::new_full(cfg, num_labels, ctx.seed)?,
+            VitStart::Saved { cfg, weights } => {
+                let weights = MmapWeights::open(&weights)?;
                 VitClassifier::from_base(cfg, &weights, lora, num_labels, ctx.seed)?
             }
-            (VitMode::Full, Some(_)) => {
-                return Err(Error::Other(
-                    "continuing full training from a saved base is not supported yet; use mode = \"lora\"".into(),
-                ));
-            }
-            (VitMode::Lora, None) => return Err(Error::Other("mode = \"lora\" needs `path`".into())),
         };
         Ok(Box::new(model))
     }

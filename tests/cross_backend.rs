@@ -7,11 +7,21 @@ mod suite;
 
 use lora_core::Batch;
 use lora_train::peft;
+use suite::checks::train;
 use suite::fixtures::{VIT_FULL, VIT_LORA, VIT_NO_LORA, build, pipeline_text, vit_lora_model, vit_pipeline_text};
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// The first 20 training losses of both backends, within 1e-3 relative.
+fn assert_losses_agree(candle: &[f64], burn: &[f64]) {
+    assert_eq!(candle.len(), 20);
+    assert_eq!(burn.len(), 20);
+    for (i, (x, y)) in candle.iter().zip(burn).enumerate() {
+        assert!(((x - y) / x).abs() < 1e-3, "step {}: candle {x} burn {y}", i + 1);
+    }
 }
 
 fn batch(b: &suite::fixtures::Built) -> Batch {
@@ -64,18 +74,10 @@ fn first_20_training_losses_agree_within_1e_3_relative() {
     };
     let run = |backend| {
         let mut b = build(text(backend));
-        let seed = b.pipeline.config.run.seed;
-        b.pipeline
-            .train
-            .train(b.model.as_mut(), &b.data, b.pipeline.eval.as_ref(), &mut [], seed)
-            .unwrap()
-            .losses
+        train(&mut b).losses
     };
     let (c, b) = (run("candle"), run("burn"));
-    assert_eq!(c.len(), 20);
-    for (i, (x, y)) in c.iter().zip(&b).enumerate() {
-        assert!(((x - y) / x).abs() < 1e-3, "step {}: candle {x} burn {y}", i + 1);
-    }
+    assert_losses_agree(&c, &b);
 }
 
 #[test]
@@ -84,11 +86,7 @@ fn an_adapter_trained_on_one_backend_predicts_the_same_on_the_other() {
     for (from, to) in [("candle", "burn"), ("burn", "candle")] {
         let out = dir.path().join(format!("{from}-to-{to}"));
         let mut src = build(pipeline_text(from, &out, &[("epochs", "max-steps = 5")]));
-        let seed = src.pipeline.config.run.seed;
-        src.pipeline
-            .train
-            .train(src.model.as_mut(), &src.data, src.pipeline.eval.as_ref(), &mut [], seed)
-            .unwrap();
+        train(&mut src);
         peft::save_adapter(&out, src.model.as_ref(), &src.pipeline.config.lora, "base").unwrap();
         let mut dst = build(pipeline_text(to, &out, &[("seed", "seed = 99")]));
         peft::load_adapter(&out, dst.model.as_mut()).unwrap();
@@ -201,18 +199,11 @@ fn vit_first_20_training_losses_agree_within_1e_3_relative() {
                     ("max-train-samples", "max-train-samples = 320"),
                 ],
             ));
-            let seed = b.pipeline.config.run.seed;
             let start = std::time::Instant::now();
-            let losses = b
-                .pipeline
-                .train
-                .train(b.model.as_mut(), &b.data, b.pipeline.eval.as_ref(), &mut [], seed)
-                .unwrap()
-                .losses;
+            let losses = train(&mut b).losses;
             (losses, start.elapsed())
         };
         let ((c, tc), (b, tb)) = (run("candle"), run("burn"));
-        assert_eq!(c.len(), 20);
         let worst = c.iter().zip(&b).map(|(x, y)| ((x - y) / x).abs()).fold(0f64, f64::max);
         eprintln!(
             "ViT {mode} mode: 20 losses, largest relative difference {worst:.2e}; \
@@ -220,9 +211,7 @@ fn vit_first_20_training_losses_agree_within_1e_3_relative() {
             tc.as_secs_f64() * 50.0,
             tb.as_secs_f64() * 50.0
         );
-        for (i, (x, y)) in c.iter().zip(&b).enumerate() {
-            assert!(((x - y) / x).abs() < 1e-3, "step {}: candle {x} burn {y}", i + 1);
-        }
+        assert_losses_agree(&c, &b);
     }
 }
 
@@ -239,17 +228,7 @@ fn vit_bases_and_adapters_move_between_backends() {
             VIT_NO_LORA,
             &[("epochs", "max-steps = 4")],
         ));
-        let seed = full.pipeline.config.run.seed;
-        full.pipeline
-            .train
-            .train(
-                full.model.as_mut(),
-                &full.data,
-                full.pipeline.eval.as_ref(),
-                &mut [],
-                seed,
-            )
-            .unwrap();
+        train(&mut full);
         let x = batch(&full);
         let other = build(vit_pipeline_text(to, dir.path(), &vit_lora_model(&base), VIT_LORA, &[]));
         let h = max_abs_diff(
@@ -270,10 +249,7 @@ fn vit_bases_and_adapters_move_between_backends() {
             )
         };
         let mut src = build(text(from, "seed = 7"));
-        src.pipeline
-            .train
-            .train(src.model.as_mut(), &src.data, src.pipeline.eval.as_ref(), &mut [], 7)
-            .unwrap();
+        train(&mut src);
         peft::save_adapter(&out, src.model.as_ref(), &src.pipeline.config.lora, "tiny-vit").unwrap();
         let mut dst = build(text(to, "seed = 99"));
         peft::load_adapter(&out, dst.model.as_mut()).unwrap();

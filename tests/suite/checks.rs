@@ -234,7 +234,8 @@ pub fn rank_and_alpha_patterns_set_per_module_shapes_and_scales(backend: &str) {
     assert!(err.contains("rank-pattern key `querry` names no module"), "{err}");
 }
 
-fn train(b: &mut super::fixtures::Built) -> lora_core::stage::TrainSummary {
+/// Trains with the pipeline's own trainer and seed, no callbacks.
+pub fn train(b: &mut super::fixtures::Built) -> lora_core::stage::TrainSummary {
     let seed = b.pipeline.config.run.seed;
     b.pipeline
         .train
@@ -258,6 +259,26 @@ pub fn same_seed_gives_identical_losses(backend: &str) {
     assert_ne!(bits(&first), bits(&other.losses), "the seed has no effect");
 }
 
+/// Trains `b` for `steps` optimizer steps and checks that the loss on its
+/// `validation_samples` validation examples fell.
+fn assert_training_lowers_validation_loss(b: &mut super::fixtures::Built, steps: usize, validation_samples: usize) {
+    let before = b
+        .pipeline
+        .eval
+        .evaluate(b.model.as_ref(), b.data.validation.as_ref(), &b.data.label_names)
+        .unwrap();
+    let summary = train(b);
+    assert_eq!(summary.steps, steps);
+    let after = &summary.evals.last().unwrap().1;
+    assert!(
+        after.loss < before.loss,
+        "validation loss {} -> {}",
+        before.loss,
+        after.loss
+    );
+    assert_eq!(after.samples, validation_samples);
+}
+
 pub fn short_run_lowers_validation_loss(backend: &str) {
     let dir = tmp();
     // 480 tweets at batch 16: 30 optimizer steps.
@@ -266,21 +287,7 @@ pub fn short_run_lowers_validation_loss(backend: &str) {
         dir.path(),
         &[("max-train-samples", "max-train-samples = 480")],
     ));
-    let before = b
-        .pipeline
-        .eval
-        .evaluate(b.model.as_ref(), b.data.validation.as_ref(), &b.data.label_names)
-        .unwrap();
-    let summary = train(&mut b);
-    assert_eq!(summary.steps, 30);
-    let after = &summary.evals.last().unwrap().1;
-    assert!(
-        after.loss < before.loss,
-        "validation loss {} -> {}",
-        before.loss,
-        after.loss
-    );
-    assert_eq!(after.samples, 64);
+    assert_training_lowers_validation_loss(&mut b, 30, 64);
 }
 
 pub fn accumulated_micro_batches_equal_one_batch(backend: &str) {
@@ -522,21 +529,7 @@ pub fn vit_full_training_then_lora_each_lower_validation_loss(backend: &str) {
         .enumerate()
     {
         let mut b = build(vit_pipeline_text(backend, dir.path(), &model, lora, &more));
-        let before = b
-            .pipeline
-            .eval
-            .evaluate(b.model.as_ref(), b.data.validation.as_ref(), &b.data.label_names)
-            .unwrap();
-        let summary = train(&mut b);
-        assert_eq!(summary.steps, 20);
-        let after = &summary.evals.last().unwrap().1;
-        assert!(
-            after.loss < before.loss,
-            "{model}: validation loss {} -> {}",
-            before.loss,
-            after.loss
-        );
-        assert_eq!(after.samples, 64);
+        assert_training_lowers_validation_loss(&mut b, 20, 64);
         // The trained full model is the LoRA run's base (a LoRA model writes no base).
         assert_eq!(b.model.save_base(&base).unwrap(), i == 0);
     }

@@ -110,6 +110,8 @@ pub enum TrainEvent {
     Step(StepMetrics),
     Eval {
         step: usize,
+        /// The epoch (0-based, like [`StepMetrics::epoch`]) the evaluation happened in.
+        epoch: usize,
         report: EvalReport,
     },
     EpochEnd {
@@ -137,6 +139,8 @@ pub enum TrainEvent {
     },
     End {
         step: usize,
+        /// The epoch (0-based) of the last step taken.
+        epoch: usize,
         elapsed_s: f64,
     },
 }

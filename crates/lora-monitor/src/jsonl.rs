@@ -78,6 +78,7 @@ mod tests {
         assert!(!path.exists());
         sink.on_event(&TrainEvent::End {
             step: 3,
+            epoch: 0,
             elapsed_s: 1.0,
         })
         .unwrap();

@@ -82,7 +82,7 @@ impl Callback for Progress {
                     }
                 }
             }
-            TrainEvent::Eval { step, report } => {
+            TrainEvent::Eval { step, report, .. } => {
                 let metrics: Vec<String> = report.metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
                 self.say(format!(
                     "eval @ step {step}: loss {:.4} {} ({} samples)",
@@ -104,7 +104,7 @@ impl Callback for Progress {
                 message,
                 ..
             } => self.say(format!("[{source}] {action} at step {step}: {message}")),
-            TrainEvent::End { step, elapsed_s } => {
+            TrainEvent::End { step, elapsed_s, .. } => {
                 if let Some(bar) = self.bar.take() {
                     bar.finish_and_clear();
                 }

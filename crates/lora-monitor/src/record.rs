@@ -134,7 +134,7 @@ impl Recorder {
                 self.epoch = m.epoch;
                 self.step_values(m, &mut values);
             }
-            TrainEvent::Eval { step, report } => {
+            TrainEvent::Eval { step, report, .. } => {
                 t = self.elapsed_s;
                 self.step = *step;
                 values.insert("eval_loss".into(), report.loss);
@@ -165,7 +165,7 @@ impl Recorder {
                 t = *elapsed_s;
                 values.insert("interventions_total".into(), self.interventions.len() as f64);
             }
-            TrainEvent::End { step, elapsed_s } => {
+            TrainEvent::End { step, elapsed_s, .. } => {
                 t = *elapsed_s;
                 self.step = *step;
                 self.finished = true;

@@ -192,6 +192,7 @@ fn dashboard_stream_metrics_and_report() {
     monitor
         .on_event(&TrainEvent::Eval {
             step: 2,
+            epoch: 0,
             report: EvalReport {
                 samples: 10,
                 loss: 0.7,
@@ -203,6 +204,7 @@ fn dashboard_stream_metrics_and_report() {
     monitor
         .on_event(&TrainEvent::End {
             step: 2,
+            epoch: 0,
             elapsed_s: 3.0,
         })
         .unwrap();

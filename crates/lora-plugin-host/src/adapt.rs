@@ -258,15 +258,15 @@ fn to_api_event(e: &TrainEvent) -> Option<api::Event> {
             Some(m.loss),
             vec![("lr".into(), m.lr), ("grad_norm".into(), m.grad_norm)],
         ),
-        TrainEvent::Eval { step, report } => event(
+        TrainEvent::Eval { step, epoch, report } => event(
             api::EventKind::Eval,
             *step,
-            0,
+            *epoch,
             Some(report.loss),
             report.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         ),
         TrainEvent::EpochEnd { epoch, step } => event(api::EventKind::EpochEnd, *step, *epoch, None, Vec::new()),
-        TrainEvent::End { step, .. } => event(api::EventKind::End, *step, 0, None, Vec::new()),
+        TrainEvent::End { step, epoch, .. } => event(api::EventKind::End, *step, *epoch, None, Vec::new()),
         _ => return None,
     })
 }

@@ -72,7 +72,7 @@ impl Callback for EarlyStopping {
     }
 
     fn control(&mut self, event: &TrainEvent) -> Result<Control> {
-        let TrainEvent::Eval { step, report } = event else {
+        let TrainEvent::Eval { step, report, .. } = event else {
             return Ok(Control::Continue);
         };
         let value = if self.cfg.metric == "loss" {
@@ -443,6 +443,7 @@ mod tests {
     fn eval(step: usize, loss: f64) -> TrainEvent {
         TrainEvent::Eval {
             step,
+            epoch: 0,
             report: EvalReport {
                 samples: 1,
                 loss,

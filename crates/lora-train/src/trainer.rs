@@ -174,12 +174,14 @@ fn evaluate(
     eval: &dyn EvalStage,
     callbacks: &mut [Box<dyn Callback>],
     step: usize,
+    epoch: usize,
 ) -> Result<((usize, lora_core::stage::EvalReport), (Control, String))> {
     let report = eval.evaluate(model, data.validation.as_ref(), &data.label_names)?;
     let control = dispatch(
         callbacks,
         &TrainEvent::Eval {
             step,
+            epoch,
             report: report.clone(),
         },
     )?;
@@ -458,7 +460,7 @@ impl TrainStage for SupervisedTrainer {
                     break 'epochs;
                 }
                 if eval.interval() > 0 && step % eval.interval() == 0 && step < total {
-                    let (done, answer) = evaluate(model, data, eval, actor.callbacks, step)?;
+                    let (done, answer) = evaluate(model, data, eval, actor.callbacks, step, epoch)?;
                     evals.push(done);
                     if let Flow::Stop = actor.act(step, answer, &mut || Ok(()))? {
                         break 'epochs;
@@ -474,10 +476,19 @@ impl TrainStage for SupervisedTrainer {
                 break;
             }
         }
-        let (done, _) = evaluate(model, data, eval, actor.callbacks, step)?;
+        // The epoch of the last step taken: the loop may have moved past it.
+        let last_epoch = if step == 0 { 0 } else { (step - 1) / per_epoch };
+        let (done, _) = evaluate(model, data, eval, actor.callbacks, step, last_epoch)?;
         evals.push(done);
         let elapsed_s = start.elapsed().as_secs_f64();
-        emit(actor.callbacks, &TrainEvent::End { step, elapsed_s })?;
+        emit(
+            actor.callbacks,
+            &TrainEvent::End {
+                step,
+                epoch: last_epoch,
+                elapsed_s,
+            },
+        )?;
         Ok(TrainSummary {
             steps: step,
             epochs_completed: epoch,

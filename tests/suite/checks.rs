@@ -239,7 +239,14 @@ pub fn train(b: &mut super::fixtures::Built) -> lora_core::stage::TrainSummary {
     let seed = b.pipeline.config.run.seed;
     b.pipeline
         .train
-        .train(b.model.as_mut(), &b.data, b.pipeline.eval.as_ref(), &mut [], seed)
+        .train(lora_core::stage::TrainContext {
+            model: b.model.as_mut(),
+            data: &b.data,
+            eval: b.pipeline.eval.as_ref(),
+            callbacks: &mut [],
+            strategy: &mut lora_train::strategy::SingleProcess,
+            seed,
+        })
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -265,7 +272,7 @@ fn assert_training_lowers_validation_loss(b: &mut super::fixtures::Built, steps:
     let before = b
         .pipeline
         .eval
-        .evaluate(b.model.as_ref(), b.data.validation.as_ref(), &b.data.label_names)
+        .evaluate(b.model.as_ref(), b.data.validation.as_ref(), &b.data.task())
         .unwrap();
     let summary = train(b);
     assert_eq!(summary.steps, steps);

@@ -10,7 +10,7 @@ use std::time::Instant;
 use lora_core::config::PipelineConfig;
 use lora_core::registry::build_model;
 use lora_core::stage::{AssetResolver, StageContext};
-use lora_core::{Batch, Result, TextBatch};
+use lora_core::{Batch, ModelOptions, Result, Task, TextBatch};
 use rand::Rng;
 
 pub(crate) const MODEL: &str = r#"
@@ -92,7 +92,8 @@ pub fn run(backend: &str, warmup: usize, steps: usize, assets: &dyn AssetResolve
     };
     let mut lines = Vec::new();
     for case in &CASES {
-        let mut model = stage.build(&ctx, &config.lora, 3)?;
+        let task = Task::classification(vec!["a".into(), "b".into(), "c".into()]);
+        let mut model = stage.build(&ctx, &config.lora, &task, &ModelOptions::default())?;
         reset_peak_rss();
         let mut times = Vec::with_capacity(steps);
         for i in 0..warmup + steps {

@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 use lora_core::config::{MonitorConfig, PipelineConfig};
 use lora_core::events::{Callback, Control, TrainEvent};
 use lora_core::registry::{TrainerEntry, build, build_model};
+use lora_core::stage::TrainContext;
 use lora_core::stage::{AssetResolver, Dataset, EvalReport, EvalStage, InputEncoder, PreparedData, StageContext};
-use lora_core::{AdapterModel, Batch, Error, Result};
+use lora_core::{AdapterModel, Batch, Error, ModelOptions, Result, Task};
+use lora_train::strategy::SingleProcess;
 
 use crate::bench::{Case, MODEL, random_batch};
 
@@ -48,7 +50,7 @@ impl InputEncoder for NoEncoder {
 /// An evaluator that costs nothing, so that only training steps are compared.
 struct NoEval;
 impl EvalStage for NoEval {
-    fn evaluate(&self, _: &dyn AdapterModel, _: &dyn Dataset, _: &[String]) -> Result<EvalReport> {
+    fn evaluate(&self, _: &dyn AdapterModel, _: &dyn Dataset, _: &Task) -> Result<EvalReport> {
         Ok(EvalReport {
             samples: 0,
             loss: 0.0,
@@ -119,7 +121,8 @@ fn train_once(
     out: &Path,
 ) -> Result<Outcome> {
     let stage = build_model(&config.model, backend)?;
-    let mut model = stage.build(ctx, &config.lora, 3)?;
+    let task = Task::classification(vec!["a".into(), "b".into(), "c".into()]);
+    let mut model = stage.build(ctx, &config.lora, &task, &ModelOptions::default())?;
     let train_text = format!(
         "{}\n[train]\nmax-steps = {}\nbatch-size = {}\nmodule-stats-every = {}\n[train.optimizer]\ntype = \"adamw\"\nlr = 1e-3\n",
         MODEL
@@ -167,7 +170,14 @@ fn train_once(
         }
     }
     callbacks.push(Box::new(Periods(periods.clone())));
-    trainer.train(model.as_mut(), &data, &NoEval, &mut callbacks, 0)?;
+    trainer.train(TrainContext {
+        model: model.as_mut(),
+        data: &data,
+        eval: &NoEval,
+        callbacks: &mut callbacks,
+        strategy: &mut SingleProcess,
+        seed: 0,
+    })?;
     drop(callbacks);
     let times = periods.lock().unwrap_or_else(|e| e.into_inner()).clone();
     // The first period includes warm-up; skip it.
@@ -176,13 +186,13 @@ fn train_once(
     // The per-module figures, timed alone on the real parameter shapes.
     let mut module_stats_s_per_step = 0.0;
     if monitored {
-        let info = model.params().to_vec();
-        let params = model.read_params()?;
-        let index = lora_train::stats::ModuleIndex::new(&info);
+        let layout = lora_core::ParamLayout::new(model.params());
+        let params = layout.flatten(&model.read_params()?)?;
+        let index = lora_train::stats::ModuleIndex::new(layout.params());
         let reps = 50;
         let t = Instant::now();
         for _ in 0..reps {
-            std::hint::black_box(index.stats(&info, &params, &params, &params));
+            std::hint::black_box(index.stats(&layout, &params, &params, &params));
             std::hint::black_box(lora_train::stats::global_update_ratio(&params, &params));
         }
         module_stats_s_per_step = t.elapsed().as_secs_f64() / reps as f64;

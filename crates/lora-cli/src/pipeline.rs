@@ -8,9 +8,10 @@ use lora_core::events::Callback;
 use lora_core::fsutil::write_atomic;
 use lora_core::registry::{CallbackEntry, DataSourceEntry, EvaluatorEntry, TrainerEntry, build, build_model};
 use lora_core::stage::{
-    AssetResolver, DataStage, EvalReport, EvalStage, ModelStage, PreparedData, StageContext, TrainStage,
+    AssetResolver, DataStage, EvalReport, EvalStage, ModelStage, PreparedData, StageContext, TrainContext, TrainStage,
 };
-use lora_core::{AdapterModel, Error, Result};
+use lora_core::{AdapterModel, Error, ModelOptions, Result, Task};
+use lora_train::strategy::SingleProcess;
 use serde_json::json;
 
 /// Every stage of a pipeline, built and checked, before any work.
@@ -109,19 +110,25 @@ impl Pipeline {
         strip_nulls(serde_json::Value::Object(doc))
     }
 
+    /// How the model is built. Every option is at its default until the
+    /// configuration names them (bf16 and checkpointing: the memory issue).
+    pub fn model_options(&self) -> ModelOptions {
+        ModelOptions::default()
+    }
+
     /// Reads the data and builds the model: everything that can fail on input happens here.
     /// The model stage's model, with the LoRA patterns checked against the
     /// modules it actually adapted (whatever the backend).
-    pub fn build_model(&self, ctx: &StageContext, num_labels: usize) -> Result<Box<dyn AdapterModel>> {
+    pub fn build_model(&self, ctx: &StageContext, task: &Task) -> Result<Box<dyn AdapterModel>> {
         let lora = &self.config.lora;
-        let model = self.model.build(ctx, lora, num_labels)?;
+        let model = self.model.build(ctx, lora, task, &self.model_options())?;
         lora_core::lora::check_patterns(lora, model.params().iter().map(|p| p.name.as_str()))?;
         Ok(model)
     }
 
     pub fn prepare(&self, ctx: &StageContext) -> Result<(PreparedData, Box<dyn AdapterModel>)> {
         let data = self.data.prepare(ctx)?;
-        let model = self.build_model(ctx, data.label_names.len())?;
+        let model = self.build_model(ctx, &data.task())?;
         Ok((data, model))
     }
 }
@@ -198,9 +205,14 @@ pub fn run(mut pipeline: Pipeline, assets: &dyn AssetResolver, quiet: bool) -> R
     }
     callbacks.append(&mut pipeline.callbacks);
     let seed = pipeline.config.run.seed;
-    let train = pipeline
-        .train
-        .train(model.as_mut(), &data, pipeline.eval.as_ref(), &mut callbacks, seed)?;
+    let train = pipeline.train.train(TrainContext {
+        model: model.as_mut(),
+        data: &data,
+        eval: pipeline.eval.as_ref(),
+        callbacks: &mut callbacks,
+        strategy: &mut SingleProcess,
+        seed,
+    })?;
     let final_eval = train
         .evals
         .last()
@@ -248,7 +260,7 @@ pub fn eval(pipeline: Pipeline, adapter: &Path, assets: &dyn AssetResolver) -> R
     lora_train::load_adapter(adapter, model.as_mut())?;
     pipeline
         .eval
-        .evaluate(model.as_ref(), data.validation.as_ref(), &data.label_names)
+        .evaluate(model.as_ref(), data.validation.as_ref(), &data.task())
 }
 
 /// Class probabilities of one input.
@@ -277,7 +289,8 @@ pub fn predict(
     let pipeline = Pipeline::build(config)?;
     let ctx = pipeline.context(assets)?;
     let encoder = pipeline.data.encoder(&ctx)?;
-    let mut model = pipeline.build_model(&ctx, labels.len())?;
+    let task = Task::classification(labels.clone());
+    let mut model = pipeline.build_model(&ctx, &task)?;
     lora_train::load_adapter(adapter, model.as_mut())?;
     let batch = encoder.encode_inputs(inputs)?;
     let logits = model.predict(&batch)?;

@@ -99,6 +99,22 @@ impl Batch {
         }
     }
 
+    /// What the batch's loss is computed against: class labels, or the soft
+    /// labels a batch-level augmentation left.
+    pub fn targets(&self) -> crate::task::Targets<'_> {
+        use crate::task::Targets;
+        match self {
+            Batch::Text(b) => Targets::Classes(&b.labels),
+            Batch::Image(b) => match &b.soft_labels {
+                Some(probs) => Targets::Soft {
+                    probs,
+                    classes: probs.len() / b.batch_size.max(1),
+                },
+                None => Targets::Classes(&b.labels),
+            },
+        }
+    }
+
     /// Units of work for throughput figures: real tokens for text, images for images.
     pub fn work_units(&self) -> usize {
         match self {

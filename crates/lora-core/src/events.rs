@@ -158,4 +158,21 @@ pub trait Callback: Send {
     fn name(&self) -> &str {
         "callback"
     }
+
+    /// Whether this callback may answer [`Control::Rollback`]: only then does
+    /// the loop keep the optimizer state of the last good step.
+    fn can_roll_back(&self) -> bool {
+        false
+    }
+
+    /// What the callback has learnt so far (best metric, patience used, ...),
+    /// as data; `Null` for a callback without state.
+    fn state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Restores a state from [`Self::state`].
+    fn load_state(&mut self, _state: &serde_json::Value) -> Result<()> {
+        Ok(())
+    }
 }

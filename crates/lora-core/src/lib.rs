@@ -19,17 +19,22 @@ pub mod error;
 pub mod events;
 pub mod fsutil;
 pub mod init;
+pub mod loop_state;
 pub mod lora;
 pub mod optim;
 pub mod registry;
 pub mod rules;
 pub mod stage;
+pub mod strategy;
+pub mod task;
 pub mod vit;
 
-pub use adapter::{AdapterModel, ParamInfo, StepOutput};
+pub use adapter::{AdapterModel, DType, EvalSums, ModelOptions, ParamInfo, ParamLayout, StepOutput};
 pub use batch::{Batch, HostTensor, ImageBatch, TextBatch};
 pub use error::{Error, Result};
+pub use loop_state::LoopState;
 pub use lora::{LoraSpec, TargetModule};
+pub use task::{Targets, Task};
 
 /// Re-exported so that registering crates use the same `inventory` as the registries.
 pub use inventory;

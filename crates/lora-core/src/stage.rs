@@ -9,11 +9,13 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::adapter::AdapterModel;
+use crate::adapter::{AdapterModel, ModelOptions};
 use crate::batch::Batch;
 use crate::error::Result;
 use crate::events::Callback;
 use crate::lora::LoraSpec;
+use crate::strategy::Strategy;
+use crate::task::Task;
 
 /// Turns `asset:NAME/path` references into local paths, fetching when missing.
 pub trait AssetResolver: Send + Sync {
@@ -76,10 +78,18 @@ pub trait InputEncoder: Send + Sync {
 }
 
 pub struct PreparedData {
+    /// Class names in index order, for a classification task.
     pub label_names: Vec<String>,
     pub train: Box<dyn Dataset>,
     pub validation: Box<dyn Dataset>,
     pub encoder: Box<dyn InputEncoder>,
+}
+
+impl PreparedData {
+    /// The task these examples train: classification over their labels.
+    pub fn task(&self) -> Task {
+        Task::classification(self.label_names.clone())
+    }
 }
 
 pub trait DataStage: Send {
@@ -113,8 +123,17 @@ pub trait ModelStage: Send {
         Ok(None)
     }
 
-    /// Loads the pretrained base and inserts LoRA layers.
-    fn build(&self, ctx: &StageContext, lora: &LoraSpec, num_labels: usize) -> Result<Box<dyn AdapterModel>>;
+    /// Loads the pretrained base, inserts LoRA layers and the head of `task`.
+    /// An option of `options` that the backend does not implement is an
+    /// [`crate::Error::Unsupported`] error; a task the architecture cannot
+    /// train is an error naming both.
+    fn build(
+        &self,
+        ctx: &StageContext,
+        lora: &LoraSpec,
+        task: &Task,
+        options: &ModelOptions,
+    ) -> Result<Box<dyn AdapterModel>>;
 
     /// The component's configuration with every default filled in, `type` included.
     fn resolved(&self) -> serde_json::Value {
@@ -134,7 +153,7 @@ pub struct EvalReport {
 }
 
 pub trait EvalStage: Send {
-    fn evaluate(&self, model: &dyn AdapterModel, data: &dyn Dataset, label_names: &[String]) -> Result<EvalReport>;
+    fn evaluate(&self, model: &dyn AdapterModel, data: &dyn Dataset, task: &Task) -> Result<EvalReport>;
 
     /// Evaluate every this many optimizer steps during training (0: only at the end).
     fn interval(&self) -> usize;
@@ -154,15 +173,19 @@ pub struct TrainSummary {
     pub evals: Vec<(usize, EvalReport)>,
 }
 
+/// What a training run works with, besides the trainer's own configuration.
+pub struct TrainContext<'a> {
+    pub model: &'a mut dyn AdapterModel,
+    pub data: &'a PreparedData,
+    pub eval: &'a dyn EvalStage,
+    pub callbacks: &'a mut [Box<dyn Callback>],
+    /// How gradients are combined and updates applied (one process, or many).
+    pub strategy: &'a mut dyn Strategy,
+    pub seed: u64,
+}
+
 pub trait TrainStage: Send {
-    fn train(
-        &mut self,
-        model: &mut dyn AdapterModel,
-        data: &PreparedData,
-        eval: &dyn EvalStage,
-        callbacks: &mut [Box<dyn Callback>],
-        seed: u64,
-    ) -> Result<TrainSummary>;
+    fn train(&mut self, ctx: TrainContext<'_>) -> Result<TrainSummary>;
 
     /// The component's configuration with every default filled in, `type` included.
     fn resolved(&self) -> serde_json::Value {

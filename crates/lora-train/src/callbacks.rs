@@ -10,6 +10,14 @@ use lora_core::events::{Callback, Control, NonFiniteKind, TrainEvent};
 use lora_core::inventory;
 use lora_core::registry::CallbackEntry;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+/// A callback's saved state read back, or an error naming the callback.
+fn load<T: DeserializeOwned>(name: &str, state: &Value) -> Result<T> {
+    serde_json::from_value(state.clone())
+        .map_err(|e| lora_core::Error::Other(format!("cannot restore the state of callback `{name}`: {e}")))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -69,6 +77,21 @@ impl Callback for EarlyStopping {
 
     fn name(&self) -> &str {
         "early-stopping"
+    }
+
+    fn state(&self) -> Value {
+        json!({ "best": self.best, "bad": self.bad })
+    }
+
+    fn load_state(&mut self, state: &Value) -> Result<()> {
+        #[derive(Deserialize)]
+        struct S {
+            best: Option<f64>,
+            bad: usize,
+        }
+        let S { best, bad } = load(self.name(), state)?;
+        (self.best, self.bad) = (best, bad);
+        Ok(())
     }
 
     fn control(&mut self, event: &TrainEvent) -> Result<Control> {
@@ -147,6 +170,21 @@ impl Callback for LossPlateau {
         "loss-plateau"
     }
 
+    fn state(&self) -> Value {
+        json!({ "sum": self.sum, "count": self.count })
+    }
+
+    fn load_state(&mut self, state: &Value) -> Result<()> {
+        #[derive(Deserialize)]
+        struct S {
+            sum: f64,
+            count: usize,
+        }
+        let S { sum, count } = load(self.name(), state)?;
+        (self.sum, self.count) = (sum, count);
+        Ok(())
+    }
+
     fn control(&mut self, event: &TrainEvent) -> Result<Control> {
         match event {
             TrainEvent::Step(m) => {
@@ -205,6 +243,23 @@ impl Callback for NanRollback {
 
     fn name(&self) -> &str {
         "nan-rollback"
+    }
+
+    fn can_roll_back(&self) -> bool {
+        true
+    }
+
+    fn state(&self) -> Value {
+        json!({ "retries": self.retries })
+    }
+
+    fn load_state(&mut self, state: &Value) -> Result<()> {
+        #[derive(Deserialize)]
+        struct S {
+            retries: usize,
+        }
+        self.retries = load::<S>(self.name(), state)?.retries;
+        Ok(())
     }
 
     fn control(&mut self, event: &TrainEvent) -> Result<Control> {
@@ -286,6 +341,26 @@ impl Callback for Divergence {
 
     fn name(&self) -> &str {
         "divergence"
+    }
+
+    fn can_roll_back(&self) -> bool {
+        self.cfg.action == DivergenceAction::Rollback
+    }
+
+    fn state(&self) -> Value {
+        json!({ "ema": self.ema, "best": self.best, "over": self.over })
+    }
+
+    fn load_state(&mut self, state: &Value) -> Result<()> {
+        #[derive(Deserialize)]
+        struct S {
+            ema: Option<f64>,
+            best: Option<f64>,
+            over: usize,
+        }
+        let S { ema, best, over } = load(self.name(), state)?;
+        (self.ema, self.best, self.over) = (ema, best, over);
+        Ok(())
     }
 
     fn control(&mut self, event: &TrainEvent) -> Result<Control> {
@@ -555,5 +630,26 @@ mod tests {
         assert_eq!(cb.control(&step(2, 1.0)).unwrap(), Control::Continue);
         assert_eq!(cb.control(&step(3, 5.0)).unwrap(), Control::Continue);
         assert!(matches!(cb.control(&step(4, 5.0)).unwrap(), Control::Stop { .. }));
+    }
+
+    #[test]
+    fn a_restored_callback_continues_where_its_state_was_taken() {
+        let cfg = || EarlyStoppingConfig {
+            metric: "accuracy".into(),
+            mode: None,
+            patience: 2,
+            min_delta: 0.0,
+        };
+        let mut first = EarlyStopping::new(cfg());
+        first.control(&eval(1, 0.5)).unwrap();
+        first.control(&eval(2, 0.6)).unwrap();
+        let mut resumed = EarlyStopping::new(cfg());
+        resumed.load_state(&first.state()).unwrap();
+        // The state holds one bad evaluation already: the second one stops.
+        // Without it, the first evaluation after the restore would set a new best.
+        assert!(matches!(resumed.control(&eval(3, 0.6)).unwrap(), Control::Stop { .. }));
+        let mut fresh = EarlyStopping::new(cfg());
+        assert_eq!(fresh.control(&eval(3, 0.6)).unwrap(), Control::Continue);
+        assert!(resumed.load_state(&json!({ "best": "x" })).is_err());
     }
 }

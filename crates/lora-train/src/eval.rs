@@ -8,10 +8,10 @@ use lora_core::diag::{Diagnostic, Diagnostics};
 use lora_core::inventory;
 use lora_core::registry::{EvaluatorEntry, MetricEntry, entries};
 use lora_core::stage::{Dataset, EvalReport, EvalStage};
-use lora_core::{Error, Result};
+use lora_core::{Error, Result, Task};
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::{Confusion, argmax, cross_entropy};
+use crate::metrics::Confusion;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -48,24 +48,34 @@ impl EvalStage for ClassificationEval {
         self.cfg.every_steps
     }
 
-    fn evaluate(&self, model: &dyn AdapterModel, data: &dyn Dataset, label_names: &[String]) -> Result<EvalReport> {
+    fn evaluate(&self, model: &dyn AdapterModel, data: &dyn Dataset, task: &Task) -> Result<EvalReport> {
+        let Task::Classification { labels: label_names } = task else {
+            return Err(Error::Other(format!(
+                "the `classification` evaluator cannot evaluate a {} task",
+                task.name()
+            )));
+        };
         let classes = label_names.len();
         let mut confusion = Confusion::new(classes);
         let mut loss_sum = 0.0;
         for batch in data.batches(self.cfg.batch_size, None) {
             let batch = batch?;
-            let logits = model.predict(&batch)?;
-            if logits.shape != [batch.len(), classes] {
+            let sums = model.eval_step(&batch)?;
+            if sums.predictions.len() != batch.len() {
                 return Err(Error::Other(format!(
-                    "model returned logits of shape {:?}, expected [{}, {classes}]",
-                    logits.shape,
+                    "model returned {} predictions for a batch of {}",
+                    sums.predictions.len(),
                     batch.len()
                 )));
             }
-            for (i, &label) in batch.labels().iter().enumerate() {
-                let row = logits.row(i);
-                loss_sum += cross_entropy(row, label as usize);
-                confusion.add(label as usize, argmax(row));
+            loss_sum += sums.loss_sum;
+            for (&label, &predicted) in batch.labels().iter().zip(&sums.predictions) {
+                if predicted as usize >= classes {
+                    return Err(Error::Other(format!(
+                        "model predicted class {predicted}, but there are {classes} classes"
+                    )));
+                }
+                confusion.add(label as usize, predicted as usize);
             }
         }
         let samples = confusion.total() as usize;

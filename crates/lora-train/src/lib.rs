@@ -13,6 +13,7 @@ pub mod optim;
 pub mod peft;
 pub mod schedule;
 pub mod stats;
+pub mod strategy;
 pub mod trainer;
 
 pub use peft::{load_adapter, save_adapter};

@@ -156,12 +156,6 @@ lora_core::inventory::submit! {
 }
 
 /// Cross-entropy of one row of logits against a class, computed stably in f64.
-pub fn cross_entropy(logits: &[f32], class: usize) -> f64 {
-    let max = logits.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
-    let lse = max + logits.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
-    lse - logits[class] as f64
-}
-
 pub fn softmax(logits: &[f32]) -> Vec<f64> {
     let max = logits.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
     let e: Vec<f64> = logits.iter().map(|&x| (x as f64 - max).exp()).collect();
@@ -169,15 +163,7 @@ pub fn softmax(logits: &[f32]) -> Vec<f64> {
     e.into_iter().map(|x| x / s).collect()
 }
 
-pub fn argmax(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) },
-        )
-        .0
-}
+pub use lora_core::adapter::{argmax, cross_entropy};
 
 #[cfg(test)]
 mod tests {

@@ -1,10 +1,12 @@
 //! Optimizers with PyTorch's update rules, on host vectors.
 
-use lora_core::ParamInfo;
+use std::collections::BTreeMap;
+
+use lora_core::ParamLayout;
 use lora_core::config::Component;
 use lora_core::diag::{Diagnostic, Diagnostics};
 use lora_core::inventory;
-use lora_core::optim::Optimizer;
+use lora_core::optim::{Optimizer, OptimizerState};
 use lora_core::registry::OptimizerEntry;
 use serde::{Deserialize, Serialize};
 
@@ -28,12 +30,12 @@ fn default_eps() -> f64 {
     1e-8
 }
 
-#[derive(Clone)]
 pub struct AdamW {
     cfg: AdamWConfig,
     step: u64,
-    m: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    /// First and second moments, flat in the parameter layout; empty before the first step.
+    m: Vec<f32>,
+    v: Vec<f32>,
 }
 
 impl AdamW {
@@ -47,6 +49,15 @@ impl AdamW {
     }
 }
 
+/// Named buffers of a state, leaving out those not created yet.
+fn buffers<const N: usize>(named: [(&str, &Vec<f32>); N]) -> BTreeMap<String, Vec<f32>> {
+    named
+        .into_iter()
+        .filter(|(_, b)| !b.is_empty())
+        .map(|(n, b)| (n.to_string(), b.clone()))
+        .collect()
+}
+
 impl Optimizer for AdamW {
     fn base_lr(&self) -> f64 {
         self.cfg.lr
@@ -56,14 +67,26 @@ impl Optimizer for AdamW {
         crate::with_type("adamw", &self.cfg)
     }
 
-    fn snapshot(&self) -> Option<Box<dyn Optimizer>> {
-        Some(Box::new(self.clone()))
+    fn state(&self) -> OptimizerState {
+        OptimizerState {
+            optimizer: "adamw".into(),
+            step: self.step,
+            buffers: buffers([("exp_avg", &self.m), ("exp_avg_sq", &self.v)]),
+        }
     }
 
-    fn step(&mut self, params: &mut [Vec<f32>], grads: &[Vec<f32>], info: &[ParamInfo], lr: f64) {
-        if self.m.is_empty() {
-            self.m = params.iter().map(|p| vec![0.0; p.len()]).collect();
-            self.v = params.iter().map(|p| vec![0.0; p.len()]).collect();
+    fn load_state(&mut self, state: &OptimizerState) -> lora_core::Result<()> {
+        let len = state.buffers.values().next().map_or(0, Vec::len);
+        state.check("adamw", len)?;
+        let get = |name: &str| state.buffers.get(name).cloned().unwrap_or_default();
+        (self.step, self.m, self.v) = (state.step, get("exp_avg"), get("exp_avg_sq"));
+        Ok(())
+    }
+
+    fn step(&mut self, params: &mut [f32], grads: &[f32], layout: &ParamLayout, lr: f64) {
+        if self.m.len() != params.len() {
+            self.m = vec![0.0; params.len()];
+            self.v = vec![0.0; params.len()];
         }
         self.step += 1;
         let [b1, b2] = self.cfg.betas;
@@ -72,19 +95,20 @@ impl Optimizer for AdamW {
         let step_size = (lr / bc1) as f32;
         let bc2_sqrt = bc2.sqrt() as f32;
         let (b1, b2, eps) = (b1 as f32, b2 as f32, self.cfg.eps as f32);
-        for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
-            let decay = if info[i].weight_decay {
+        for (info, range) in layout.segments() {
+            let decay = if info.weight_decay {
                 (lr * self.cfg.weight_decay) as f32
             } else {
                 0.0
             };
-            let (m, v) = (&mut self.m[i], &mut self.v[i]);
-            for j in 0..p.len() {
-                p[j] -= decay * p[j];
-                m[j] = b1 * m[j] + (1.0 - b1) * g[j];
-                v[j] = b2 * v[j] + (1.0 - b2) * g[j] * g[j];
-                let denom = v[j].sqrt() / bc2_sqrt + eps;
-                p[j] -= step_size * m[j] / denom;
+            for j in range {
+                let (p, g) = (&mut params[j], grads[j]);
+                let (m, v) = (&mut self.m[j], &mut self.v[j]);
+                *p -= decay * *p;
+                *m = b1 * *m + (1.0 - b1) * g;
+                *v = b2 * *v + (1.0 - b2) * g * g;
+                let denom = v.sqrt() / bc2_sqrt + eps;
+                *p -= step_size * *m / denom;
             }
         }
     }
@@ -106,10 +130,10 @@ pub struct SgdConfig {
     pub weight_decay: f64,
 }
 
-#[derive(Clone)]
 pub struct Sgd {
     cfg: SgdConfig,
-    buf: Vec<Option<Vec<f32>>>,
+    /// The momentum buffer, flat; empty before the first step (PyTorch sets it to the first update).
+    buf: Vec<f32>,
 }
 
 impl Sgd {
@@ -127,42 +151,45 @@ impl Optimizer for Sgd {
         crate::with_type("sgd", &self.cfg)
     }
 
-    fn snapshot(&self) -> Option<Box<dyn Optimizer>> {
-        Some(Box::new(self.clone()))
+    fn state(&self) -> OptimizerState {
+        OptimizerState {
+            optimizer: "sgd".into(),
+            step: 0,
+            buffers: buffers([("momentum_buffer", &self.buf)]),
+        }
     }
 
-    fn step(&mut self, params: &mut [Vec<f32>], grads: &[Vec<f32>], info: &[ParamInfo], lr: f64) {
-        if self.buf.is_empty() {
-            self.buf = vec![None; params.len()];
-        }
+    fn load_state(&mut self, state: &OptimizerState) -> lora_core::Result<()> {
+        let len = state.buffers.values().next().map_or(0, Vec::len);
+        state.check("sgd", len)?;
+        self.buf = state.buffers.get("momentum_buffer").cloned().unwrap_or_default();
+        Ok(())
+    }
+
+    fn step(&mut self, params: &mut [f32], grads: &[f32], layout: &ParamLayout, lr: f64) {
         let (mu, damp, lr) = (self.cfg.momentum as f32, self.cfg.dampening as f32, lr as f32);
-        for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
-            let wd = if info[i].weight_decay {
+        let first = self.buf.len() != params.len();
+        if mu != 0.0 && first {
+            self.buf = vec![0.0; params.len()];
+        }
+        for (info, range) in layout.segments() {
+            let wd = if info.weight_decay {
                 self.cfg.weight_decay as f32
             } else {
                 0.0
             };
-            let mut d: Vec<f32> = g.iter().zip(p.iter()).map(|(g, p)| g + wd * p).collect();
-            if mu != 0.0 {
-                let buf = match &mut self.buf[i] {
-                    Some(b) => {
-                        for (b, d) in b.iter_mut().zip(&d) {
-                            *b = mu * *b + (1.0 - damp) * d;
-                        }
-                        b
+            for j in range {
+                let mut d = grads[j] + wd * params[j];
+                if mu != 0.0 {
+                    let b = &mut self.buf[j];
+                    *b = if first { d } else { mu * *b + (1.0 - damp) * d };
+                    if self.cfg.nesterov {
+                        d += mu * *b;
+                    } else {
+                        d = *b;
                     }
-                    slot @ None => slot.insert(d.clone()),
-                };
-                if self.cfg.nesterov {
-                    for (d, b) in d.iter_mut().zip(buf.iter()) {
-                        *d += mu * b;
-                    }
-                } else {
-                    d.clone_from(buf);
                 }
-            }
-            for (p, d) in p.iter_mut().zip(&d) {
-                *p -= lr * d;
+                params[j] -= lr * d;
             }
         }
     }
@@ -219,12 +246,21 @@ inventory::submit! {
 mod tests {
     use super::*;
 
-    fn info(decay: bool) -> Vec<ParamInfo> {
-        vec![ParamInfo {
-            name: "p".into(),
-            shape: vec![2],
-            weight_decay: decay,
-        }]
+    fn info(decay: bool) -> ParamLayout {
+        ParamLayout::new(&[lora_core::ParamInfo::new("p", vec![2], decay)])
+    }
+
+    /// One step on per-parameter values, through the flat buffers.
+    trait StepNested {
+        fn step_nested(&mut self, p: &mut [Vec<f32>], g: &[Vec<f32>], layout: &ParamLayout, lr: f64);
+    }
+
+    impl<O: Optimizer> StepNested for O {
+        fn step_nested(&mut self, p: &mut [Vec<f32>], g: &[Vec<f32>], layout: &ParamLayout, lr: f64) {
+            let mut flat = layout.flatten(p).unwrap();
+            self.step(&mut flat, &layout.flatten(g).unwrap(), layout, lr);
+            p.clone_from_slice(&layout.split(&flat));
+        }
     }
 
     #[test]
@@ -237,7 +273,7 @@ mod tests {
             weight_decay: 0.0,
         });
         let mut p = vec![vec![1.0, -2.0]];
-        opt.step(&mut p, &[vec![0.5, -3.0]], &info(true), 0.1);
+        opt.step_nested(&mut p, &[vec![0.5, -3.0]], &info(true), 0.1);
         assert!((p[0][0] - 0.9).abs() < 1e-6);
         assert!((p[0][1] - (-1.9)).abs() < 1e-6);
     }
@@ -251,10 +287,10 @@ mod tests {
             weight_decay: 0.5,
         };
         let mut p = vec![vec![2.0, 2.0]];
-        AdamW::new(cfg.clone()).step(&mut p, &[vec![0.0, 0.0]], &info(true), 0.1);
+        AdamW::new(cfg.clone()).step_nested(&mut p, &[vec![0.0, 0.0]], &info(true), 0.1);
         assert!((p[0][0] - 2.0 * (1.0 - 0.05)).abs() < 1e-6);
         let mut q = vec![vec![2.0, 2.0]];
-        AdamW::new(cfg).step(&mut q, &[vec![0.0, 0.0]], &info(false), 0.1);
+        AdamW::new(cfg).step_nested(&mut q, &[vec![0.0, 0.0]], &info(false), 0.1);
         assert_eq!(q[0], vec![2.0, 2.0]);
     }
 
@@ -267,8 +303,8 @@ mod tests {
             weight_decay: 0.0,
         });
         let mut p = vec![vec![0.0, 0.0]];
-        opt.step(&mut p, &[vec![1.0, 1.0]], &info(false), 0.01);
-        opt.step(&mut p, &[vec![3.0, 3.0]], &info(false), 0.01);
+        opt.step_nested(&mut p, &[vec![1.0, 1.0]], &info(false), 0.01);
+        opt.step_nested(&mut p, &[vec![3.0, 3.0]], &info(false), 0.01);
         let m: f64 = 0.9 * 0.1 + 0.1 * 3.0; // 0.39
         let v: f64 = 0.99 * 0.01 + 0.01 * 9.0; // 0.0999
         let (mh, vh) = (m / (1.0 - 0.81), v / (1.0 - 0.9801));
@@ -286,9 +322,9 @@ mod tests {
             weight_decay: 0.0,
         });
         let mut p = vec![vec![1.0, 1.0]];
-        opt.step(&mut p, &[vec![1.0, 2.0]], &info(false), 0.1);
+        opt.step_nested(&mut p, &[vec![1.0, 2.0]], &info(false), 0.1);
         assert!((p[0][0] - 0.9).abs() < 1e-6);
-        opt.step(&mut p, &[vec![1.0, 2.0]], &info(false), 0.1);
+        opt.step_nested(&mut p, &[vec![1.0, 2.0]], &info(false), 0.1);
         // buf = 0.9 * 1 + 1 = 1.9
         assert!((p[0][0] - (0.9 - 0.19)).abs() < 1e-6);
         assert!((p[0][1] - (1.0 - 0.2 - 0.38)).abs() < 1e-6);
@@ -304,9 +340,39 @@ mod tests {
             weight_decay: 0.1,
         });
         let mut p = vec![vec![1.0, 0.0]];
-        opt.step(&mut p, &[vec![0.0, 1.0]], &info(true), 1.0);
+        opt.step_nested(&mut p, &[vec![0.0, 1.0]], &info(true), 1.0);
         // d = g + 0.1 p = [0.1, 1.0]; buf = d; nesterov: d + 0.5 buf = [0.15, 1.5]
         assert!((p[0][0] - 0.85).abs() < 1e-6);
         assert!((p[0][1] + 1.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_loaded_state_continues_exactly() {
+        let cfg = AdamWConfig {
+            lr: 0.01,
+            betas: [0.9, 0.99],
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
+        let layout = info(true);
+        let (mut a, mut b) = (AdamW::new(cfg.clone()), AdamW::new(cfg));
+        let mut p = vec![0.5f32, -0.25];
+        a.step(&mut p, &[1.0, -2.0], &layout, 0.01);
+        b.load_state(&a.state()).unwrap();
+        let mut q = p.clone();
+        a.step(&mut p, &[0.3, 0.7], &layout, 0.01);
+        b.step(&mut q, &[0.3, 0.7], &layout, 0.01);
+        assert_eq!(p, q);
+        assert!(
+            Sgd::new(SgdConfig {
+                lr: 0.1,
+                momentum: 0.9,
+                dampening: 0.0,
+                nesterov: false,
+                weight_decay: 0.0,
+            })
+            .load_state(&a.state())
+            .is_err()
+        );
     }
 }

@@ -4,8 +4,8 @@
 //! for r=8 on MiniLM this is about 75k numbers, so it costs well under a
 //! millisecond and can run every step.
 
-use lora_core::ParamInfo;
 use lora_core::events::ModuleStats;
+use lora_core::{ParamInfo, ParamLayout};
 
 /// Indices of the `A` and `B` matrices of each LoRA module, in parameter order.
 #[derive(Debug, Clone)]
@@ -37,28 +37,25 @@ impl ModuleIndex {
         self.modules.is_empty()
     }
 
-    /// Figures of every module. `before` are the parameters before the update.
-    pub fn stats(
-        &self,
-        info: &[ParamInfo],
-        before: &[Vec<f32>],
-        after: &[Vec<f32>],
-        grads: &[Vec<f32>],
-    ) -> Vec<ModuleStats> {
+    /// Figures of every module, from flat buffers in `layout`. `before` are
+    /// the parameters before the update.
+    pub fn stats(&self, layout: &ParamLayout, before: &[f32], after: &[f32], grads: &[f32]) -> Vec<ModuleStats> {
         self.modules
             .iter()
             .map(|(name, a, b)| {
-                let delta = (diff_sq(&before[*a], &after[*a]) + diff_sq(&before[*b], &after[*b])).sqrt();
-                let weight = (sum_sq(&after[*a]) + sum_sq(&after[*b])).sqrt();
-                let r = info[*a].shape[0];
+                let (ra, rb) = (layout.range(*a), layout.range(*b));
+                let (a_after, b_after) = (&after[ra.clone()], &after[rb.clone()]);
+                let delta = (diff_sq(&before[ra.clone()], a_after) + diff_sq(&before[rb.clone()], b_after)).sqrt();
+                let weight = (sum_sq(a_after) + sum_sq(b_after)).sqrt();
+                let r = layout.params()[*a].shape[0];
                 ModuleStats {
                     module: name.clone(),
-                    a_weight_norm: sum_sq(&after[*a]).sqrt(),
-                    b_weight_norm: sum_sq(&after[*b]).sqrt(),
-                    a_grad_norm: sum_sq(&grads[*a]).sqrt(),
-                    b_grad_norm: sum_sq(&grads[*b]).sqrt(),
+                    a_weight_norm: sum_sq(a_after).sqrt(),
+                    b_weight_norm: sum_sq(b_after).sqrt(),
+                    a_grad_norm: sum_sq(&grads[ra]).sqrt(),
+                    b_grad_norm: sum_sq(&grads[rb]).sqrt(),
                     update_ratio: ratio(delta, weight),
-                    effective_rank: effective_rank(&after[*a], &after[*b], r),
+                    effective_rank: effective_rank(a_after, b_after, r),
                 }
             })
             .collect()
@@ -74,10 +71,8 @@ fn diff_sq(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// `||before - after|| / ||after||` over all parameters: the global update-to-weight ratio.
-pub fn global_update_ratio(before: &[Vec<f32>], after: &[Vec<f32>]) -> f64 {
-    let delta: f64 = before.iter().zip(after).map(|(b, a)| diff_sq(b, a)).sum();
-    let weight: f64 = after.iter().map(|a| sum_sq(a)).sum();
-    ratio(delta.sqrt(), weight.sqrt())
+pub fn global_update_ratio(before: &[f32], after: &[f32]) -> f64 {
+    ratio(diff_sq(before, after).sqrt(), sum_sq(after).sqrt())
 }
 
 fn ratio(num: f64, den: f64) -> f64 {
@@ -238,33 +233,23 @@ mod tests {
     #[test]
     fn modules_pair_a_with_b_and_ratios_are_relative() {
         let info = vec![
-            ParamInfo {
-                name: "base_model.model.x.lora_A.weight".into(),
-                shape: vec![1, 2],
-                weight_decay: true,
-            },
-            ParamInfo {
-                name: "base_model.model.x.lora_B.weight".into(),
-                shape: vec![2, 1],
-                weight_decay: true,
-            },
-            ParamInfo {
-                name: "base_model.model.classifier.bias".into(),
-                shape: vec![2],
-                weight_decay: false,
-            },
+            ParamInfo::new("base_model.model.x.lora_A.weight", vec![1, 2], true),
+            ParamInfo::new("base_model.model.x.lora_B.weight", vec![2, 1], true),
+            ParamInfo::new("base_model.model.classifier.bias", vec![2], false),
         ];
         let index = ModuleIndex::new(&info);
         assert_eq!(index.len(), 1);
         let before = vec![vec![3.0, 4.0], vec![0.0, 0.0], vec![0.0, 0.0]];
         let after = vec![vec![3.0, 4.0], vec![0.0, 0.0], vec![0.0, 0.0]];
         let grads = vec![vec![0.0, 0.0], vec![1.0, 0.0], vec![0.0, 0.0]];
-        let s = &index.stats(&info, &before, &after, &grads)[0];
+        let layout = ParamLayout::new(&info);
+        let flat = |v: &[Vec<f32>]| layout.flatten(v).unwrap();
+        let s = &index.stats(&layout, &flat(&before), &flat(&after), &flat(&grads))[0];
         assert_eq!(s.module, "x");
         assert!((s.a_weight_norm - 5.0).abs() < 1e-12);
         assert!((s.b_grad_norm - 1.0).abs() < 1e-12);
         assert_eq!(s.update_ratio, 0.0);
         let moved = vec![vec![3.0, 4.0], vec![0.0, 0.5], vec![0.0, 0.0]];
-        assert!((global_update_ratio(&after, &moved) - 0.5 / (25.25f64).sqrt()).abs() < 1e-9);
+        assert!((global_update_ratio(&flat(&after), &flat(&moved)) - 0.5 / (25.25f64).sqrt()).abs() < 1e-9);
     }
 }

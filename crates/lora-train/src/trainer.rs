@@ -4,16 +4,15 @@
 
 use std::time::Instant;
 
-use lora_core::adapter::AdapterModel;
 use lora_core::config::Component;
 use lora_core::diag::{Diagnostic, Diagnostics};
 use lora_core::events::{Callback, Control, NonFiniteKind, StepMetrics, TrainEvent};
-use lora_core::init::derive_seed;
 use lora_core::inventory;
-use lora_core::optim::{Optimizer, Scheduler};
+use lora_core::optim::{Optimizer, OptimizerState, Scheduler};
 use lora_core::registry::{self, OptimizerEntry, SchedulerEntry, TrainerEntry};
-use lora_core::stage::{EvalStage, PreparedData, TrainStage, TrainSummary};
-use lora_core::{Error, Result};
+use lora_core::stage::{EvalReport, TrainContext, TrainStage, TrainSummary};
+use lora_core::strategy::StepSums;
+use lora_core::{Batch, Error, LoopState, ParamLayout, Result, Task};
 use serde::{Deserialize, Serialize};
 
 use crate::checks::{self, Severity};
@@ -84,65 +83,14 @@ impl SupervisedTrainer {
     }
 }
 
-/// Accumulated gradients of one optimizer step, weighted by micro-batch size so
-/// that k micro-batches of b give the gradient of one batch of k*b.
-struct Accumulator {
-    grads: Vec<Vec<f32>>,
-    loss_sum: f64,
-    samples: usize,
-    tokens: usize,
-}
-
-impl Accumulator {
-    fn new(shapes: &[usize]) -> Self {
-        Self {
-            grads: shapes.iter().map(|&n| vec![0.0; n]).collect(),
-            loss_sum: 0.0,
-            samples: 0,
-            tokens: 0,
-        }
-    }
-
-    fn add(&mut self, grads: &[Vec<f32>], loss: f32, n: usize, tokens: usize) {
-        let w = n as f32;
-        for (acc, g) in self.grads.iter_mut().zip(grads) {
-            for (a, g) in acc.iter_mut().zip(g) {
-                *a += w * g;
-            }
-        }
-        self.loss_sum += loss as f64 * n as f64;
-        self.samples += n;
-        self.tokens += tokens;
-    }
-
-    /// Mean gradients and mean loss over the step's samples.
-    fn finish(mut self) -> (Vec<Vec<f32>>, f64, usize, usize) {
-        let inv = 1.0 / self.samples.max(1) as f32;
-        for g in self.grads.iter_mut().flatten() {
-            *g *= inv;
-        }
-        (
-            self.grads,
-            self.loss_sum / self.samples.max(1) as f64,
-            self.samples,
-            self.tokens,
-        )
-    }
-}
-
 /// Scales gradients in place so that their global L2 norm is at most `max_norm`
 /// (PyTorch's `clip_grad_norm_`); returns the norm before clipping.
-pub fn clip_global_norm(grads: &mut [Vec<f32>], max_norm: f64) -> f64 {
-    let norm = grads
-        .iter()
-        .flatten()
-        .map(|&g| (g as f64) * (g as f64))
-        .sum::<f64>()
-        .sqrt();
+pub fn clip_global_norm(grads: &mut [f32], max_norm: f64) -> f64 {
+    let norm = grads.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>().sqrt();
     if max_norm > 0.0 {
         let coef = max_norm / (norm + 1e-6);
         if coef < 1.0 {
-            for g in grads.iter_mut().flatten() {
+            for g in grads.iter_mut() {
                 *g *= coef as f32;
             }
         }
@@ -167,68 +115,142 @@ fn emit(callbacks: &mut [Box<dyn Callback>], event: &TrainEvent) -> Result<()> {
     callbacks.iter_mut().try_for_each(|c| c.on_event(event))
 }
 
-/// One pass of the evaluator over the validation split, announced to the callbacks.
-fn evaluate(
-    model: &dyn AdapterModel,
-    data: &PreparedData,
-    eval: &dyn EvalStage,
-    callbacks: &mut [Box<dyn Callback>],
-    step: usize,
-    epoch: usize,
-) -> Result<((usize, lora_core::stage::EvalReport), (Control, String))> {
-    let report = eval.evaluate(model, data.validation.as_ref(), &data.label_names)?;
-    let control = dispatch(
-        callbacks,
-        &TrainEvent::Eval {
-            step,
-            epoch,
-            report: report.clone(),
-        },
-    )?;
-    Ok(((step, report), control))
+fn all_finite(vs: &[f32]) -> bool {
+    vs.iter().all(|v| v.is_finite())
 }
 
-/// The last parameters (and optimizer state) that gave a finite loss: where a rollback returns.
+/// Where a rollback returns: the parameters before the last update that gave
+/// a finite loss, and the optimizer's state then (kept only when a callback
+/// can answer `Rollback`; a stop or a failure needs the parameters alone).
 struct GoodState {
-    params: Vec<Vec<f32>>,
-    optimizer: Option<Box<dyn Optimizer>>,
+    params: Vec<f32>,
+    optimizer: Option<OptimizerState>,
 }
 
 /// What the loop does after a callback answered.
+#[derive(Debug, PartialEq, Eq)]
 enum Flow {
     Go,
     /// Finish gracefully (final evaluation, adapter written).
     Stop,
 }
 
-/// Everything the loop needs to act on a [`Control`].
-struct Actor<'a> {
-    start: Instant,
-    lr_scale: f64,
-    callbacks: &'a mut [Box<dyn Callback>],
+/// How an attempted optimizer step ended.
+enum Attempt {
+    /// The update was applied: its figures, for the step event.
+    Taken(Taken),
+    /// A loss, gradient or parameter was not finite; nothing was applied.
+    NonFinite(NonFiniteKind),
+    /// The epoch had no micro-batch left.
+    NoData,
 }
 
-impl Actor<'_> {
-    fn announce(&mut self, step: usize, source: &str, action: &str, message: &str) -> Result<()> {
-        emit(
-            self.callbacks,
-            &TrainEvent::Intervention {
-                step,
-                source: source.to_string(),
-                action: action.to_string(),
-                message: message.to_string(),
-                elapsed_s: self.start.elapsed().as_secs_f64(),
+struct Taken {
+    grads: Vec<f32>,
+    loss: f64,
+    examples: usize,
+    work: usize,
+    grad_norm: f64,
+    lr: f64,
+}
+
+/// Seconds spent in each part of a step.
+#[derive(Default)]
+struct StepTimes {
+    data_s: f64,
+    forward_backward_s: f64,
+}
+
+/// One training run: the loop's state ([`LoopState`]), the parameters as one
+/// flat buffer, and what the run works with. Each method is one part of the
+/// loop; [`Run::run`] strings them together.
+struct Run<'t, 'a> {
+    cfg: &'t SupervisedConfig,
+    optimizer: &'t mut dyn Optimizer,
+    scheduler: &'t dyn Scheduler,
+    ctx: TrainContext<'a>,
+    task: Task,
+    layout: ParamLayout,
+    modules: ModuleIndex,
+    state: LoopState,
+    /// Optimizer steps of the run, and micro-batches in one epoch.
+    total: usize,
+    micro_per_epoch: usize,
+    /// The epoch's batch iterator ran dry (a data stage may yield fewer batches than counted).
+    batches_done: bool,
+    start: Instant,
+    /// The trainable parameters, flat, as the model holds them.
+    params: Vec<f32>,
+    good: GoodState,
+    /// Whether a configured callback can answer `Rollback` (then `good` keeps the optimizer state).
+    keep_optimizer: bool,
+    losses: Vec<f64>,
+    evals: Vec<(usize, EvalReport)>,
+}
+
+impl<'t, 'a> Run<'t, 'a> {
+    fn new(trainer: &'t mut SupervisedTrainer, ctx: TrainContext<'a>) -> Result<Self> {
+        let n = ctx.data.train.len();
+        if n == 0 {
+            return Err(Error::Data("the training split is empty".into()));
+        }
+        let layout = ParamLayout::new(ctx.model.params());
+        let params = layout.flatten(&ctx.model.read_params()?)?;
+        let keep_optimizer = ctx.callbacks.iter().any(|c| c.can_roll_back());
+        Ok(Self {
+            total: trainer.total_steps(n),
+            micro_per_epoch: n.div_ceil(trainer.cfg.batch_size),
+            batches_done: false,
+            cfg: &trainer.cfg,
+            optimizer: trainer.optimizer.as_mut(),
+            scheduler: trainer.scheduler.as_ref(),
+            task: ctx.data.task(),
+            modules: ModuleIndex::new(layout.params()),
+            state: LoopState::new(ctx.seed),
+            start: Instant::now(),
+            good: GoodState {
+                params: params.clone(),
+                optimizer: None,
             },
-        )
+            params,
+            layout,
+            keep_optimizer,
+            losses: Vec::new(),
+            evals: Vec::new(),
+            ctx,
+        })
     }
 
-    /// Acts on a callback's answer. `restore` puts the last good state back.
-    fn act(
-        &mut self,
-        step: usize,
-        (control, source): (Control, String),
-        restore: &mut dyn FnMut() -> Result<()>,
-    ) -> Result<Flow> {
+    fn num_classes(&self) -> usize {
+        self.task.num_classes().unwrap_or(0)
+    }
+
+    fn elapsed_s(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    fn announce(&mut self, step: usize, source: &str, action: &str, message: &str) -> Result<()> {
+        let event = TrainEvent::Intervention {
+            step,
+            source: source.to_string(),
+            action: action.to_string(),
+            message: message.to_string(),
+            elapsed_s: self.elapsed_s(),
+        };
+        emit(self.ctx.callbacks, &event)
+    }
+
+    /// Puts the last good parameters (and, when kept, the optimizer state) back, in the model too.
+    fn restore(&mut self) -> Result<()> {
+        self.params.clone_from(&self.good.params);
+        if let Some(state) = &self.good.optimizer {
+            self.optimizer.load_state(state)?;
+        }
+        self.ctx.model.write_params(&self.layout.split(&self.params))
+    }
+
+    /// Acts on a callback's answer.
+    fn act(&mut self, step: usize, (control, source): (Control, String)) -> Result<Flow> {
         match control {
             Control::Continue => Ok(Flow::Go),
             Control::Warn { message } => {
@@ -240,14 +262,15 @@ impl Actor<'_> {
                 Ok(Flow::Stop)
             }
             Control::Rollback { lr_factor, reason } => {
-                restore()?;
-                self.lr_scale *= lr_factor;
-                self.announce(
-                    step,
-                    &source,
-                    "rollback",
-                    &format!("{reason} (learning-rate scale now {:.3e})", self.lr_scale),
-                )?;
+                if self.good.optimizer.is_none() {
+                    return Err(Error::Other(format!(
+                        "callback `{source}` answered a rollback but does not declare that it can roll back (Callback::can_roll_back)"
+                    )));
+                }
+                self.restore()?;
+                self.state.lr_scale *= lr_factor;
+                let message = format!("{reason} (learning-rate scale now {:.3e})", self.state.lr_scale);
+                self.announce(step, &source, "rollback", &message)?;
                 Ok(Flow::Go)
             }
             Control::Fail { reason } => {
@@ -256,10 +279,275 @@ impl Actor<'_> {
             }
         }
     }
-}
 
-fn all_finite(vs: &[Vec<f32>]) -> bool {
-    vs.iter().flatten().all(|v| v.is_finite())
+    /// Early checks, part one: the training split as a whole.
+    fn check_split(&mut self) -> Result<()> {
+        if self.cfg.check_batches == 0 || self.task.num_classes().is_none() {
+            return Ok(());
+        }
+        let data = self.ctx.data;
+        for f in checks::check_split(&data.train.labels(), self.num_classes(), data.train.truncated()) {
+            self.announce(0, "input-checks", "warn", &f.message)?;
+        }
+        Ok(())
+    }
+
+    /// Early checks, part two: the first micro-batches themselves.
+    fn check_batch(&mut self, batch: &Batch) -> Result<()> {
+        let index = self.state.micro_step as usize;
+        if index >= self.cfg.check_batches || self.task.num_classes().is_none() {
+            return Ok(());
+        }
+        for f in checks::check_batch(batch, index, self.num_classes()) {
+            match f.severity {
+                Severity::Warning => self.announce(self.state.step + 1, "input-checks", "warn", &f.message)?,
+                Severity::Error => {
+                    self.announce(self.state.step + 1, "input-checks", "fail", &f.message)?;
+                    return Err(Error::Data(f.message));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the current epoch's micro-batches are all consumed.
+    fn epoch_exhausted(&self) -> bool {
+        self.batches_done || self.state.batch_in_epoch >= self.micro_per_epoch
+    }
+
+    /// Runs up to `gradient-accumulation-steps` micro-batches of the epoch and,
+    /// when every loss and gradient was finite, reduces, clips and applies the update.
+    fn attempt_step(
+        &mut self,
+        batches: &mut dyn Iterator<Item = Result<Batch>>,
+        times: &mut StepTimes,
+    ) -> Result<Attempt> {
+        let mut sums = StepSums::new(self.layout.len());
+        for _ in 0..self.cfg.gradient_accumulation_steps {
+            if self.epoch_exhausted() {
+                break;
+            }
+            let t = Instant::now();
+            let Some(batch) = batches.next() else {
+                self.batches_done = true;
+                break;
+            };
+            let batch = batch?;
+            times.data_s += t.elapsed().as_secs_f64();
+            self.check_batch(&batch)?;
+            let t = Instant::now();
+            let out = self.ctx.model.train_step(&batch, self.state.dropout_seed())?;
+            times.forward_backward_s += t.elapsed().as_secs_f64();
+            self.state.micro();
+            if !out.loss.is_finite() {
+                return Ok(Attempt::NonFinite(NonFiniteKind::Loss));
+            }
+            if !all_finite(&out.grads) {
+                return Ok(Attempt::NonFinite(NonFiniteKind::Gradients));
+            }
+            sums.add(&out.grads, out.loss, out.weight, batch.len(), batch.work_units());
+        }
+        if sums.examples == 0 {
+            return Ok(Attempt::NoData);
+        }
+        self.ctx.strategy.reduce(&mut sums)?;
+        let loss = sums.normalise();
+        let grad_norm = clip_global_norm(&mut sums.grads, self.cfg.max_grad_norm);
+        // These parameters just gave a finite loss: the state to return to.
+        self.good.params.clone_from(&self.params);
+        if self.keep_optimizer {
+            self.good.optimizer = Some(self.optimizer.state());
+        }
+        let lr = self.optimizer.base_lr() * self.scheduler.factor(self.state.step, self.total) * self.state.lr_scale;
+        self.ctx
+            .strategy
+            .apply(self.optimizer, &mut self.params, &sums.grads, &self.layout, lr)?;
+        if !all_finite(&self.params) {
+            return Ok(Attempt::NonFinite(NonFiniteKind::Parameters));
+        }
+        Ok(Attempt::Taken(Taken {
+            grads: sums.grads,
+            loss,
+            examples: sums.examples,
+            work: sums.work,
+            grad_norm,
+            lr,
+        }))
+    }
+
+    /// A step whose loss, gradients or parameters were not finite: the update
+    /// is undone, and the callbacks decide whether the run rolls back, stops or fails.
+    fn non_finite(&mut self, what: NonFiniteKind) -> Result<Flow> {
+        let step = self.state.step + 1;
+        let event = TrainEvent::NonFinite {
+            step,
+            epoch: self.state.epoch,
+            what,
+            elapsed_s: self.elapsed_s(),
+        };
+        let answer = dispatch(self.ctx.callbacks, &event)?;
+        if answer.0.severity() < (Control::Stop { reason: String::new() }).severity() {
+            self.restore()?;
+            return Err(Error::Other(format!(
+                "{} became NaN or infinite at step {step}; add [callbacks.nan-rollback] to roll back and go on",
+                match what {
+                    NonFiniteKind::Loss => "the loss",
+                    NonFiniteKind::Gradients => "a gradient",
+                    NonFiniteKind::Parameters => "a parameter",
+                },
+            )));
+        }
+        let flow = self.act(step, answer)?;
+        if flow == Flow::Stop {
+            // Never finish on a broken state.
+            self.restore()?;
+        }
+        Ok(flow)
+    }
+
+    /// A step that was taken: written to the model, counted, announced.
+    fn taken(&mut self, taken: Taken, step_start: Instant, times: StepTimes, optimizer_start: Instant) -> Result<Flow> {
+        self.ctx.model.write_params(&self.layout.split(&self.params))?;
+        if self.ctx.strategy.after_step(&self.state, &mut self.params)? {
+            self.ctx.model.write_params(&self.layout.split(&self.params))?;
+        }
+        let optimizer_s = optimizer_start.elapsed().as_secs_f64();
+        self.state.step();
+        let step = self.state.step;
+        self.losses.push(taken.loss);
+        let update_ratio = stats::global_update_ratio(&self.good.params, &self.params);
+        let modules = if self.cfg.module_stats_every > 0 && step.is_multiple_of(self.cfg.module_stats_every) {
+            self.modules
+                .stats(&self.layout, &self.good.params, &self.params, &taken.grads)
+        } else {
+            Vec::new()
+        };
+        let dt = step_start.elapsed().as_secs_f64().max(1e-9);
+        let event = TrainEvent::Step(StepMetrics {
+            step,
+            total_steps: self.total,
+            epoch: self.state.epoch,
+            loss: taken.loss,
+            lr: taken.lr,
+            grad_norm: taken.grad_norm,
+            samples: taken.examples,
+            tokens: taken.work,
+            elapsed_s: self.elapsed_s(),
+            samples_per_s: taken.examples as f64 / dt,
+            tokens_per_s: taken.work as f64 / dt,
+            data_s: times.data_s,
+            forward_backward_s: times.forward_backward_s,
+            optimizer_s,
+            update_ratio,
+            modules,
+        });
+        let answer = dispatch(self.ctx.callbacks, &event)?;
+        if self.act(step, answer)? == Flow::Stop {
+            return Ok(Flow::Stop);
+        }
+        let interval = self.ctx.eval.interval();
+        if interval > 0 && step.is_multiple_of(interval) && step < self.total {
+            return self.evaluate();
+        }
+        Ok(Flow::Go)
+    }
+
+    /// One pass of the evaluator over the validation split, announced to the callbacks.
+    fn evaluate(&mut self) -> Result<Flow> {
+        let (step, epoch) = (self.state.step, self.state.last_step_epoch);
+        let data = self.ctx.data;
+        let report = self
+            .ctx
+            .eval
+            .evaluate(&*self.ctx.model, data.validation.as_ref(), &self.task)?;
+        let event = TrainEvent::Eval {
+            step,
+            epoch,
+            report: report.clone(),
+        };
+        self.evals.push((step, report));
+        let answer = dispatch(self.ctx.callbacks, &event)?;
+        self.act(step, answer)
+    }
+
+    /// The current epoch is complete: announced, and the next one begins.
+    fn end_epoch(&mut self) -> Result<Flow> {
+        let event = TrainEvent::EpochEnd {
+            epoch: self.state.epoch,
+            step: self.state.step,
+        };
+        self.state.end_epoch();
+        let answer = dispatch(self.ctx.callbacks, &event)?;
+        self.act(self.state.step, answer)
+    }
+
+    /// One epoch from its first micro-batch; returns `Stop` when a callback or
+    /// the step budget ends the run.
+    fn run_epoch(&mut self) -> Result<Flow> {
+        let data = self.ctx.data;
+        let mut batches = data.train.batches(self.cfg.batch_size, Some(self.state.order_seed()));
+        self.batches_done = false;
+        while !self.epoch_exhausted() {
+            let step_start = Instant::now();
+            let mut times = StepTimes::default();
+            let attempt = self.attempt_step(&mut batches, &mut times)?;
+            let optimizer_start = Instant::now();
+            let flow = match attempt {
+                Attempt::Taken(taken) => self.taken(taken, step_start, times, optimizer_start)?,
+                Attempt::NonFinite(what) => self.non_finite(what)?,
+                Attempt::NoData => break,
+            };
+            if flow == Flow::Stop {
+                return Ok(Flow::Stop);
+            }
+            if self.state.step >= self.total {
+                // An epoch that ends with the budget is still announced.
+                if self.epoch_exhausted() {
+                    self.end_epoch()?;
+                }
+                return Ok(Flow::Stop);
+            }
+        }
+        self.end_epoch()
+    }
+
+    fn run(mut self) -> Result<TrainSummary> {
+        let n = self.ctx.data.train.len();
+        let start = TrainEvent::Start {
+            total_steps: self.total,
+            epochs: self
+                .total
+                .div_ceil(self.micro_per_epoch.div_ceil(self.cfg.gradient_accumulation_steps)),
+            train_samples: n,
+            trainable_parameters: self.layout.len(),
+        };
+        emit(self.ctx.callbacks, &start)?;
+        self.start = Instant::now();
+        self.check_split()?;
+        while self.state.step < self.total {
+            if self.run_epoch()? == Flow::Stop {
+                break;
+            }
+        }
+        // An evaluation answered by a stop is the final one: it is not run twice.
+        if self.evals.last().map(|(s, _)| *s) != Some(self.state.step) {
+            self.evaluate()?;
+        }
+        let elapsed_s = self.elapsed_s();
+        let end = TrainEvent::End {
+            step: self.state.step,
+            epoch: self.state.last_step_epoch,
+            elapsed_s,
+        };
+        emit(self.ctx.callbacks, &end)?;
+        Ok(TrainSummary {
+            steps: self.state.step,
+            epochs_completed: self.state.epochs_completed,
+            losses: self.losses,
+            elapsed_s,
+            evals: self.evals,
+        })
+    }
 }
 
 impl TrainStage for SupervisedTrainer {
@@ -270,232 +558,8 @@ impl TrainStage for SupervisedTrainer {
         v
     }
 
-    fn train(
-        &mut self,
-        model: &mut dyn AdapterModel,
-        data: &PreparedData,
-        eval: &dyn EvalStage,
-        callbacks: &mut [Box<dyn Callback>],
-        seed: u64,
-    ) -> Result<TrainSummary> {
-        let n = data.train.len();
-        if n == 0 {
-            return Err(Error::Data("the training split is empty".into()));
-        }
-        let total = self.total_steps(n);
-        let per_epoch = self.steps_per_epoch(n);
-        let epochs = total.div_ceil(per_epoch);
-        let sizes: Vec<usize> = model.params().iter().map(|p| p.numel()).collect();
-        let info = model.params().to_vec();
-        let modules = ModuleIndex::new(&info);
-        let num_labels = data.label_names.len();
-        let mut params = model.read_params()?;
-        emit(
-            callbacks,
-            &TrainEvent::Start {
-                total_steps: total,
-                epochs,
-                train_samples: n,
-                trainable_parameters: sizes.iter().sum(),
-            },
-        )?;
-
-        let start = Instant::now();
-        let mut actor = Actor {
-            start,
-            lr_scale: 1.0,
-            callbacks,
-        };
-        // Early checks, part one: the split as a whole.
-        if self.cfg.check_batches > 0 {
-            for f in checks::check_split(&data.train.labels(), num_labels, data.train.truncated()) {
-                actor.announce(0, "input-checks", "warn", &f.message)?;
-            }
-        }
-        let mut good = GoodState {
-            params: params.clone(),
-            optimizer: self.optimizer.snapshot(),
-        };
-        let mut step = 0;
-        let mut micro = 0u64;
-        let mut losses = Vec::with_capacity(total);
-        let mut evals = Vec::new();
-        let mut epoch = 0;
-        'epochs: while step < total {
-            let order_seed = derive_seed(seed, "epoch-order", epoch as u64);
-            let mut batches = data.train.batches(self.cfg.batch_size, Some(order_seed)).peekable();
-            loop {
-                let step_start = Instant::now();
-                // The iterator makes a batch when it is peeked: that is data time too.
-                if batches.peek().is_none() {
-                    break;
-                }
-                let (mut data_s, mut fb_s) = (step_start.elapsed().as_secs_f64(), 0.0);
-                let mut acc = Accumulator::new(&sizes);
-                let mut bad = None;
-                for _ in 0..self.cfg.gradient_accumulation_steps {
-                    let t = Instant::now();
-                    let Some(batch) = batches.next() else { break };
-                    let batch = batch?;
-                    data_s += t.elapsed().as_secs_f64();
-                    // Early checks, part two: the first micro-batches themselves.
-                    if (micro as usize) < self.cfg.check_batches {
-                        for f in checks::check_batch(&batch, micro as usize, num_labels) {
-                            match f.severity {
-                                Severity::Warning => actor.announce(step + 1, "input-checks", "warn", &f.message)?,
-                                Severity::Error => {
-                                    actor.announce(step + 1, "input-checks", "fail", &f.message)?;
-                                    return Err(Error::Data(f.message));
-                                }
-                            }
-                        }
-                    }
-                    let t = Instant::now();
-                    let out = model.train_step(&batch, derive_seed(seed, "dropout", micro))?;
-                    fb_s += t.elapsed().as_secs_f64();
-                    micro += 1;
-                    if !out.loss.is_finite() {
-                        bad = Some(NonFiniteKind::Loss);
-                        break;
-                    }
-                    if !all_finite(&out.grads) {
-                        bad = Some(NonFiniteKind::Gradients);
-                        break;
-                    }
-                    acc.add(&out.grads, out.loss, batch.len(), batch.work_units());
-                }
-                let t_opt = Instant::now();
-                let mut update = None;
-                if bad.is_none() {
-                    let (mut grads, loss, samples, tokens) = acc.finish();
-                    let grad_norm = clip_global_norm(&mut grads, self.cfg.max_grad_norm);
-                    // These parameters just gave a finite loss: the state to return to.
-                    good.params.clone_from(&params);
-                    good.optimizer = self.optimizer.snapshot();
-                    let lr = self.optimizer.base_lr() * self.scheduler.factor(step, total) * actor.lr_scale;
-                    self.optimizer.step(&mut params, &grads, &info, lr);
-                    if all_finite(&params) {
-                        update = Some((grads, loss, samples, tokens, grad_norm, lr));
-                    } else {
-                        bad = Some(NonFiniteKind::Parameters);
-                    }
-                }
-                let optimizer = &mut self.optimizer;
-                let mut restore = || -> Result<()> {
-                    params.clone_from(&good.params);
-                    if let Some(o) = good.optimizer.as_ref().and_then(|o| o.snapshot()) {
-                        *optimizer = o;
-                    }
-                    model.write_params(&params)
-                };
-                if let Some(what) = bad {
-                    let event = TrainEvent::NonFinite {
-                        step: step + 1,
-                        epoch,
-                        what,
-                        elapsed_s: start.elapsed().as_secs_f64(),
-                    };
-                    let answer = dispatch(actor.callbacks, &event)?;
-                    if answer.0.severity() < (Control::Stop { reason: String::new() }).severity() {
-                        restore()?;
-                        return Err(Error::Other(format!(
-                            "{} became NaN or infinite at step {}; add [callbacks.nan-rollback] to roll back and go on",
-                            match what {
-                                NonFiniteKind::Loss => "the loss",
-                                NonFiniteKind::Gradients => "a gradient",
-                                NonFiniteKind::Parameters => "a parameter",
-                            },
-                            step + 1
-                        )));
-                    }
-                    if let Flow::Stop = actor.act(step + 1, answer, &mut restore)? {
-                        // Never finish on a broken state.
-                        restore()?;
-                        break 'epochs;
-                    }
-                    continue;
-                }
-                let (grads, loss, samples, tokens, grad_norm, lr) = update.expect("set when nothing was bad");
-                model.write_params(&params)?;
-                let optimizer_s = t_opt.elapsed().as_secs_f64();
-                step += 1;
-                losses.push(loss);
-                let update_ratio = stats::global_update_ratio(&good.params, &params);
-                let module_stats = if self.cfg.module_stats_every > 0 && step % self.cfg.module_stats_every == 0 {
-                    modules.stats(&info, &good.params, &params, &grads)
-                } else {
-                    Vec::new()
-                };
-                let dt = step_start.elapsed().as_secs_f64().max(1e-9);
-                let answer = dispatch(
-                    actor.callbacks,
-                    &TrainEvent::Step(StepMetrics {
-                        step,
-                        total_steps: total,
-                        epoch,
-                        loss,
-                        lr,
-                        grad_norm,
-                        samples,
-                        tokens,
-                        elapsed_s: start.elapsed().as_secs_f64(),
-                        samples_per_s: samples as f64 / dt,
-                        tokens_per_s: tokens as f64 / dt,
-                        data_s,
-                        forward_backward_s: fb_s,
-                        optimizer_s,
-                        update_ratio,
-                        modules: module_stats,
-                    }),
-                )?;
-                let optimizer = &mut self.optimizer;
-                let mut restore = || -> Result<()> {
-                    params.clone_from(&good.params);
-                    if let Some(o) = good.optimizer.as_ref().and_then(|o| o.snapshot()) {
-                        *optimizer = o;
-                    }
-                    model.write_params(&params)
-                };
-                if let Flow::Stop = actor.act(step, answer, &mut restore)? {
-                    break 'epochs;
-                }
-                if eval.interval() > 0 && step % eval.interval() == 0 && step < total {
-                    let (done, answer) = evaluate(model, data, eval, actor.callbacks, step, epoch)?;
-                    evals.push(done);
-                    if let Flow::Stop = actor.act(step, answer, &mut || Ok(()))? {
-                        break 'epochs;
-                    }
-                }
-                if step >= total {
-                    break 'epochs;
-                }
-            }
-            let answer = dispatch(actor.callbacks, &TrainEvent::EpochEnd { epoch, step })?;
-            epoch += 1;
-            if let Flow::Stop = actor.act(step, answer, &mut || Ok(()))? {
-                break;
-            }
-        }
-        // The epoch of the last step taken: the loop may have moved past it.
-        let last_epoch = if step == 0 { 0 } else { (step - 1) / per_epoch };
-        let (done, _) = evaluate(model, data, eval, actor.callbacks, step, last_epoch)?;
-        evals.push(done);
-        let elapsed_s = start.elapsed().as_secs_f64();
-        emit(
-            actor.callbacks,
-            &TrainEvent::End {
-                step,
-                epoch: last_epoch,
-                elapsed_s,
-            },
-        )?;
-        Ok(TrainSummary {
-            steps: step,
-            epochs_completed: epoch,
-            losses,
-            elapsed_s,
-            evals,
-        })
+    fn train(&mut self, ctx: TrainContext<'_>) -> Result<TrainSummary> {
+        Run::new(self, ctx)?.run()
     }
 }
 
@@ -591,28 +655,299 @@ inventory::submit! {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use lora_core::adapter::{AdapterModel, ModelSummary, ParamInfo, PeftInfo, StepOutput};
+    use lora_core::stage::{Dataset, EvalStage, InputEncoder, PreparedData};
+    use lora_core::{HostTensor, TextBatch};
+
     use super::*;
+    use crate::eval::{ClassificationEval, ClassificationEvalConfig};
+    use crate::optim::{Sgd, SgdConfig};
+    use crate::schedule::{Shape, WarmupSchedule};
+    use crate::strategy::SingleProcess;
 
     #[test]
     fn clipping_scales_to_the_max_norm() {
-        let mut g = vec![vec![3.0, 0.0], vec![4.0]];
+        let mut g = vec![3.0, 0.0, 4.0];
         let norm = clip_global_norm(&mut g, 1.0);
         assert!((norm - 5.0).abs() < 1e-9);
-        assert!((g[0][0] - 0.6).abs() < 1e-5 && (g[1][0] - 0.8).abs() < 1e-5);
-        let mut small = vec![vec![0.3, 0.4]];
+        assert!((g[0] - 0.6).abs() < 1e-5 && (g[2] - 0.8).abs() < 1e-5);
+        let mut small = vec![0.3, 0.4];
         clip_global_norm(&mut small, 1.0);
-        assert_eq!(small[0], vec![0.3, 0.4]);
+        assert_eq!(small, vec![0.3, 0.4]);
     }
 
     #[test]
     fn accumulation_weights_micro_batches_by_size() {
         // Mean gradients 1.0 over 3 samples and 4.0 over 1 sample: 7 / 4 overall.
-        let mut acc = Accumulator::new(&[1]);
-        acc.add(&[vec![1.0]], 2.0, 3, 0);
-        acc.add(&[vec![4.0]], 6.0, 1, 0);
-        let (g, loss, samples, _) = acc.finish();
-        assert_eq!(samples, 4);
-        assert!((g[0][0] - 1.75).abs() < 1e-6);
+        let mut acc = StepSums::new(1);
+        acc.add(&[1.0], 2.0, 3.0, 3, 0);
+        acc.add(&[4.0], 6.0, 1.0, 1, 0);
+        let loss = acc.normalise();
+        assert_eq!(acc.examples, 4);
+        assert!((acc.grads[0] - 1.75).abs() < 1e-6);
         assert!((loss - 3.0).abs() < 1e-9);
+    }
+
+    /// A real (tiny) classifier: one logit per class, shared by every example;
+    /// cross-entropy loss with its exact gradient `softmax - onehot`.
+    struct Prior {
+        info: Vec<ParamInfo>,
+        logits: Vec<f32>,
+    }
+
+    impl Prior {
+        fn new(classes: usize) -> Self {
+            Self {
+                info: vec![ParamInfo::new("base_model.model.classifier.bias", vec![classes], false)],
+                logits: vec![0.0; classes],
+            }
+        }
+    }
+
+    impl AdapterModel for Prior {
+        fn backend(&self) -> &'static str {
+            "host"
+        }
+        fn summary(&self) -> ModelSummary {
+            ModelSummary {
+                architecture: "prior".into(),
+                total_parameters: self.logits.len(),
+                trainable_parameters: self.logits.len(),
+                num_labels: self.logits.len(),
+                hidden_size: 0,
+                max_positions: 0,
+            }
+        }
+        fn peft_info(&self) -> PeftInfo {
+            PeftInfo {
+                task_type: "SEQ_CLS",
+                target_modules: serde_json::json!([]),
+                modules_to_save: vec!["classifier".into()],
+            }
+        }
+        fn params(&self) -> &[ParamInfo] {
+            &self.info
+        }
+        fn read_params(&self) -> Result<Vec<Vec<f32>>> {
+            Ok(vec![self.logits.clone()])
+        }
+        fn write_params(&mut self, values: &[Vec<f32>]) -> Result<()> {
+            self.logits.clone_from(&values[0]);
+            Ok(())
+        }
+        fn train_step(&mut self, batch: &Batch, _dropout_seed: u64) -> Result<StepOutput> {
+            let max = self.logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let exp: Vec<f32> = self.logits.iter().map(|l| (l - max).exp()).collect();
+            let total: f32 = exp.iter().sum();
+            let p: Vec<f32> = exp.iter().map(|e| e / total).collect();
+            let labels = batch.labels();
+            let mut grads = vec![0.0; p.len()];
+            let mut loss = 0.0;
+            for &y in labels {
+                loss -= p[y as usize].ln();
+                for (c, g) in grads.iter_mut().enumerate() {
+                    *g += p[c] - if c == y as usize { 1.0 } else { 0.0 };
+                }
+            }
+            let n = labels.len() as f32;
+            grads.iter_mut().for_each(|g| *g /= n);
+            Ok(StepOutput {
+                loss: loss / n,
+                weight: n as f64,
+                grads,
+            })
+        }
+        fn predict(&self, batch: &Batch) -> Result<HostTensor> {
+            let data = (0..batch.len()).flat_map(|_| self.logits.clone()).collect();
+            Ok(HostTensor::new(vec![batch.len(), self.logits.len()], data))
+        }
+        fn merge(&mut self) -> Result<()> {
+            Ok(())
+        }
+        fn unmerge(&mut self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    struct Labels(Vec<u32>);
+
+    impl Dataset for Labels {
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn labels(&self) -> Vec<u32> {
+            self.0.clone()
+        }
+        fn batches(
+            &self,
+            batch_size: usize,
+            _order_seed: Option<u64>,
+        ) -> Box<dyn Iterator<Item = Result<Batch>> + Send + '_> {
+            Box::new(self.0.chunks(batch_size).map(|c| {
+                Ok(Batch::Text(TextBatch {
+                    batch_size: c.len(),
+                    seq_len: 1,
+                    input_ids: vec![1; c.len()],
+                    attention_mask: vec![1; c.len()],
+                    labels: c.to_vec(),
+                }))
+            }))
+        }
+    }
+
+    struct NoEncoder;
+
+    impl InputEncoder for NoEncoder {
+        fn input_kind(&self) -> &'static str {
+            "text"
+        }
+        fn encode_inputs(&self, _inputs: &[String]) -> Result<Batch> {
+            Err(Error::Other("no encoder".into()))
+        }
+    }
+
+    /// Records every event; answers `Stop` to the evaluation at `stop_at_eval`.
+    struct Recorder {
+        events: Arc<Mutex<Vec<TrainEvent>>>,
+        stop_at_eval: Option<usize>,
+    }
+
+    impl Callback for Recorder {
+        fn on_event(&mut self, event: &TrainEvent) -> Result<()> {
+            self.events.lock().unwrap().push(event.clone());
+            Ok(())
+        }
+        fn control(&mut self, event: &TrainEvent) -> Result<Control> {
+            self.on_event(event)?;
+            match event {
+                TrainEvent::Eval { step, .. } if Some(*step) == self.stop_at_eval => Ok(Control::Stop {
+                    reason: "enough".into(),
+                }),
+                _ => Ok(Control::Continue),
+            }
+        }
+    }
+
+    /// Trains the prior on 10 examples (labels 0, 1, 1, 1, ...) and returns the summary and events.
+    fn train(
+        cfg: SupervisedConfig,
+        every_steps: usize,
+        stop_at_eval: Option<usize>,
+    ) -> (TrainSummary, Vec<TrainEvent>) {
+        let labels: Vec<u32> = (0..10).map(|i| u32::from(i % 4 != 0)).collect();
+        let data = PreparedData {
+            label_names: vec!["a".into(), "b".into()],
+            train: Box::new(Labels(labels.clone())),
+            validation: Box::new(Labels(labels)),
+            encoder: Box::new(NoEncoder),
+        };
+        let mut trainer = SupervisedTrainer {
+            cfg,
+            optimizer: Box::new(Sgd::new(SgdConfig {
+                lr: 0.5,
+                momentum: 0.0,
+                dampening: 0.0,
+                nesterov: false,
+                weight_decay: 0.0,
+            })),
+            scheduler: Box::new(WarmupSchedule {
+                shape: Shape::Constant,
+                cfg: Default::default(),
+            }),
+        };
+        let eval = ClassificationEval {
+            cfg: ClassificationEvalConfig {
+                every_steps,
+                batch_size: 4,
+                metrics: Vec::new(),
+            },
+            metrics: Vec::new(),
+        };
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let mut callbacks: Vec<Box<dyn Callback>> = vec![Box::new(Recorder {
+            events: events.clone(),
+            stop_at_eval,
+        })];
+        let mut model = Prior::new(2);
+        let summary = trainer
+            .train(TrainContext {
+                model: &mut model,
+                data: &data,
+                eval: &eval as &dyn EvalStage,
+                callbacks: &mut callbacks,
+                strategy: &mut SingleProcess,
+                seed: 7,
+            })
+            .unwrap();
+        let events = events.lock().unwrap().clone();
+        (summary, events)
+    }
+
+    fn config(epochs: Option<usize>, max_steps: Option<usize>, accumulation: usize) -> SupervisedConfig {
+        SupervisedConfig {
+            epochs,
+            max_steps,
+            batch_size: 4,
+            gradient_accumulation_steps: accumulation,
+            max_grad_norm: 0.0,
+            module_stats_every: 0,
+            check_batches: 0,
+        }
+    }
+
+    fn epoch_ends(events: &[TrainEvent]) -> Vec<usize> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                TrainEvent::EpochEnd { epoch, .. } => Some(*epoch),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_epochs_only_run_announces_its_last_epoch() {
+        // 10 examples in micro-batches of 4: 3 per epoch, so 3 steps (2 with accumulation 2).
+        for (accumulation, steps) in [(1, 6), (2, 4)] {
+            let (summary, events) = train(config(Some(2), None, accumulation), 0, None);
+            assert_eq!(summary.steps, steps);
+            assert_eq!(summary.epochs_completed, 2, "accumulation {accumulation}");
+            assert_eq!(epoch_ends(&events), [0, 1], "accumulation {accumulation}");
+        }
+        // A budget that ends mid-epoch completes no epoch there.
+        let (summary, events) = train(config(None, Some(4), 1), 0, None);
+        assert_eq!((summary.steps, summary.epochs_completed), (4, 1));
+        assert_eq!(epoch_ends(&events), [0]);
+    }
+
+    #[test]
+    fn a_stop_answered_to_an_evaluation_is_not_followed_by_another() {
+        let (summary, events) = train(config(Some(3), None, 1), 2, Some(4));
+        let evals: Vec<usize> = events
+            .iter()
+            .filter_map(|e| match e {
+                TrainEvent::Eval { step, .. } => Some(*step),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(evals, [2, 4]);
+        assert_eq!(summary.steps, 4);
+        assert_eq!(summary.evals.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [2, 4]);
+        assert!(matches!(events.last(), Some(TrainEvent::End { step: 4, epoch: 1, .. })));
+    }
+
+    #[test]
+    fn the_prior_learns_the_label_frequencies() {
+        // 7 of the 10 labels are 1: the trained prior must favour class 1.
+        let (summary, events) = train(config(Some(20), None, 1), 0, None);
+        let Some(TrainEvent::Eval { report, .. }) = events.iter().rev().find(|e| matches!(e, TrainEvent::Eval { .. }))
+        else {
+            panic!("no evaluation");
+        };
+        assert_eq!(summary.steps, 60);
+        // Accuracy of always predicting 1; loss near the entropy of (0.3, 0.7).
+        assert!((report.loss - 0.6109).abs() < 0.01, "{}", report.loss);
     }
 }

@@ -14,6 +14,7 @@ use lora_core::init::{derive_seed, kaiming_uniform, normal, rng};
 use lora_core::registry::ModelEntry;
 use lora_core::stage::{ModelStage, StageContext};
 use lora_core::{Batch, Error, HostTensor, LoraSpec, Result, TextBatch, inventory};
+use lora_core::{ModelOptions, Task};
 
 use super::config::BertConfig;
 use super::encoder::{Encoder, Layer, MaskSource, TARGETS, mean_pool_normalised};
@@ -125,11 +126,11 @@ impl BertClassifier {
                         ("lora_A", Slot::A(i, j), vec![lora.r, in_dim]),
                         ("lora_B", Slot::B(i, j), vec![out_dim, lora.r]),
                     ] {
-                        params.push(ParamInfo {
-                            name: format!("{PEFT_PREFIX}bert.{full}.{suffix}.weight"),
+                        params.push(ParamInfo::new(
+                            format!("{PEFT_PREFIX}bert.{full}.{suffix}.weight"),
                             shape,
-                            weight_decay: true,
-                        });
+                            true,
+                        ));
                         slots.push(slot);
                     }
                     lin = lin.with_lora(LoraWeights {
@@ -171,16 +172,16 @@ impl BertClassifier {
             dev,
         );
         let cb = Tensor::zeros([num_labels], dev);
-        params.push(ParamInfo {
-            name: format!("{PEFT_PREFIX}classifier.weight"),
-            shape: vec![num_labels, h],
-            weight_decay: true,
-        });
-        params.push(ParamInfo {
-            name: format!("{PEFT_PREFIX}classifier.bias"),
-            shape: vec![num_labels],
-            weight_decay: false,
-        });
+        params.push(ParamInfo::new(
+            format!("{PEFT_PREFIX}classifier.weight"),
+            vec![num_labels, h],
+            true,
+        ));
+        params.push(ParamInfo::new(
+            format!("{PEFT_PREFIX}classifier.bias"),
+            vec![num_labels],
+            false,
+        ));
         slots.push(Slot::HeadWeight);
         slots.push(Slot::HeadBias);
 
@@ -356,7 +357,7 @@ impl AdapterModel for BertClassifier {
         let logits = model.logits(b, Some(&mut masks))?;
         let loss = cross_entropy(logits, &b.labels);
         let grads = loss.backward();
-        let mut out = Vec::with_capacity(self.slots.len());
+        let mut out = Vec::with_capacity(self.params.iter().map(ParamInfo::numel).sum());
         for (&slot, info) in self.slots.iter().zip(&self.params) {
             let g = match slot {
                 Slot::A(l, i) => model.lora_at(l, i).a.grad(&grads).map(host),
@@ -364,14 +365,15 @@ impl AdapterModel for BertClassifier {
                 Slot::HeadWeight => model.classifier_weight.grad(&grads).map(host),
                 Slot::HeadBias => model.classifier_bias.grad(&grads).map(host),
             };
-            out.push(match g {
-                Some(g) => g?,
-                None => vec![0.0; info.numel()],
-            });
+            match g {
+                Some(g) => out.extend(g?),
+                None => out.resize(out.len() + info.numel(), 0.0),
+            }
         }
         let loss = host(loss.inner())?;
         Ok(StepOutput {
             loss: loss[0],
+            weight: batch.targets().weight(),
             grads: out,
         })
     }
@@ -438,7 +440,15 @@ impl ModelStage for BertClassifierConfig {
         self.spec.facts(ctx)
     }
 
-    fn build(&self, ctx: &StageContext, lora: &LoraSpec, num_labels: usize) -> Result<Box<dyn AdapterModel>> {
+    fn build(
+        &self,
+        ctx: &StageContext,
+        lora: &LoraSpec,
+        task: &Task,
+        options: &ModelOptions,
+    ) -> Result<Box<dyn AdapterModel>> {
+        options.check("burn", &[lora_core::DType::F32], false)?;
+        let num_labels = task.require_classes("bert-classifier")?;
         let (dir, cfg) = self.spec.files(ctx)?;
         Ok(Box::new(self.load(&dir, cfg, lora, num_labels, ctx.seed)?))
     }
@@ -652,10 +662,11 @@ mod tests {
         let mut m = model(&ALL);
         perturb(&mut m);
         let out = m.train_step(&batch(), 1).unwrap();
-        assert_eq!(out.grads.len(), m.params().len());
+        let out_grads = out.split_grads(m.params());
+        assert_eq!(out_grads.len(), m.params().len());
         // 2 layers x 6 modules x (A, B) + classifier weight and bias.
         assert_eq!(m.params().len(), 26);
-        for (g, info) in out.grads.iter().zip(m.params()) {
+        for (g, info) in out_grads.iter().zip(m.params()) {
             assert_eq!(g.len(), info.numel(), "{}", info.name);
             let norm: f32 = g.iter().map(|x| x * x).sum();
             assert!(
@@ -706,7 +717,7 @@ mod tests {
         let mut m = model(&["query", "output.dense"]);
         perturb(&mut m);
         let base = m.read_params().unwrap();
-        let grads = m.train_step(&batch(), 0).unwrap().grads;
+        let grads = m.train_step(&batch(), 0).unwrap().split_grads(m.params());
         let eps = 1e-2f32;
         for (p, k) in [(0, 3), (1, 5), (2, 7), (3, 1), (5, 2), (8, 11), (9, 1)] {
             let mut loss_at = |delta: f32| {

@@ -25,6 +25,7 @@ use lora_core::vit::{
     BaseInit as Init, PATCH_TARGET, TARGETS, VitClassifierSpec, VitConfig, VitMode, VitStart, check_targets, peft_info,
 };
 use lora_core::{Batch, Error, HostTensor, ImageBatch, LoraSpec, Result, inventory};
+use lora_core::{ModelOptions, Task};
 
 use super::model::{Block, Norm, Vit};
 use crate::lora_linear::{LoraLinear, LoraWeights, MaskSource};
@@ -324,11 +325,7 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     fn register(&mut self, name: String, shape: Vec<usize>, decay: bool) {
-        self.params.push(ParamInfo {
-            name,
-            shape,
-            weight_decay: decay,
-        });
+        self.params.push(ParamInfo::new(name, shape, decay));
     }
 
     fn trained(&self) -> bool {
@@ -380,8 +377,10 @@ impl Builder<'_> {
     ) -> LoraWeights {
         let a = kaiming_uniform(inp, lora.r * inp, rng);
         let [sa, sb] = shapes;
-        self.register(format!("{PEFT_PREFIX}{path}.lora_A.weight"), sa, true);
-        self.register(format!("{PEFT_PREFIX}{path}.lora_B.weight"), sb, true);
+        let a_info = ParamInfo::new(format!("{PEFT_PREFIX}{path}.lora_A.weight"), sa, true);
+        let b_info = ParamInfo::new(format!("{PEFT_PREFIX}{path}.lora_B.weight"), sb, true);
+        self.params.push(a_info.with_compute_shape(vec![lora.r, inp]));
+        self.params.push(b_info.with_compute_shape(vec![out, lora.r]));
         LoraWeights {
             a: self.matrix(a, [lora.r, inp]),
             b: Tensor::zeros([out, lora.r], &self.device),
@@ -468,9 +467,10 @@ impl AdapterModel for VitClassifier {
             let zero = zeros.next().expect("one per parameter");
             out.push(p.grad(&grads).unwrap_or(Ok(zero)));
         });
-        let grads = out.into_iter().collect::<Result<Vec<_>>>()?;
+        let grads = out.into_iter().collect::<Result<Vec<_>>>()?.concat();
         Ok(StepOutput {
             loss: host(loss.inner())?[0],
+            weight: batch.targets().weight(),
             grads,
         })
     }
@@ -530,7 +530,15 @@ impl ModelStage for VitClassifierConfig {
         Ok(None)
     }
 
-    fn build(&self, ctx: &StageContext, lora: &LoraSpec, num_labels: usize) -> Result<Box<dyn AdapterModel>> {
+    fn build(
+        &self,
+        ctx: &StageContext,
+        lora: &LoraSpec,
+        task: &Task,
+        options: &ModelOptions,
+    ) -> Result<Box<dyn AdapterModel>> {
+        options.check("burn", &[lora_core::DType::F32], false)?;
+        let num_labels = task.require_classes("vit-classifier")?;
         let model = match self.spec.start(ctx, lora)? {
             VitStart::New(cfg) => VitClassifier::new_full(cfg, num_labels, ctx.seed)?,
             VitStart::Saved { cfg, weights } => {
@@ -615,7 +623,7 @@ mod tests {
             let out = m.train_step(b, s as u64).unwrap();
             last = out.loss;
             let mut p = m.read_params().unwrap();
-            for (v, g) in p.iter_mut().zip(&out.grads) {
+            for (v, g) in p.iter_mut().zip(&out.split_grads(m.params())) {
                 v.iter_mut().zip(g).for_each(|(v, g)| *v -= lr * g);
             }
             m.write_params(&p).unwrap();
@@ -708,7 +716,7 @@ mod tests {
         let (first, last) = sgd(&mut full, &b, 80, 1.0);
         assert!(last < first * 0.7, "loss {first} -> {last}");
         // Every base weight got a gradient.
-        let g = full.train_step(&b, 0).unwrap().grads;
+        let g = full.train_step(&b, 0).unwrap().split_grads(full.params());
         assert!(g.iter().all(|g| g.iter().any(|v| *v != 0.0)));
 
         let dir = tempfile::tempdir().unwrap();
@@ -813,7 +821,7 @@ mod tests {
         let b = batch(4, 7);
         for m in [&mut adapted, &mut full] {
             let base = m.read_params().unwrap();
-            let grads = m.train_step(&b, 0).unwrap().grads;
+            let grads = m.train_step(&b, 0).unwrap().split_grads(m.params());
             let eps = 1e-2f32;
             for p in 0..base.len() {
                 let k = (p * 7) % base[p].len();

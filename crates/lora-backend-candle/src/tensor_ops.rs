@@ -1,0 +1,221 @@
+//! [`TensorOps`] on candle: frozen weights are plain tensors (never `Var`s, so
+//! they get no gradient), trainable parameters are `Var`s, and the coarse
+//! operations use the custom kernels of [`crate::ops`].
+
+use candle_core::backprop::GradStore;
+use candle_core::{D, DType, Device, Tensor, Var};
+use lora_core::task::Targets;
+use lora_core::{Error, Result};
+use lora_nn::ops::TensorOps;
+use lora_nn::weights::{WeightDType, WeightView};
+
+use crate::error::IntoCore;
+use crate::ops::{FrozenLayerNorm, frozen_linear, gelu, softmax_last_dim};
+
+/// candle on the CPU.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CandleOps;
+
+const CPU: Device = Device::Cpu;
+
+impl TensorOps for CandleOps {
+    type T = Tensor;
+    type W = Tensor;
+    type Leaf = Var;
+    type Grads = GradStore;
+
+    fn backend(&self) -> &'static str {
+        crate::BACKEND
+    }
+
+    fn tensor(&self, values: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
+        Tensor::from_vec(values, shape, &CPU).core()
+    }
+
+    fn to_host(&self, x: &Tensor) -> Result<Vec<f32>> {
+        x.flatten_all().and_then(|x| x.to_vec1()).core()
+    }
+
+    fn dims(&self, x: &Tensor) -> Vec<usize> {
+        x.dims().to_vec()
+    }
+
+    fn weight(&self, view: WeightView<'_>) -> Result<Tensor> {
+        let dtype = match view.dtype {
+            WeightDType::F32 => DType::F32,
+            WeightDType::F16 => DType::F16,
+            WeightDType::Bf16 => DType::BF16,
+        };
+        Tensor::from_raw_buffer(view.bytes, dtype, view.shape, &CPU)
+            .and_then(|t| t.to_dtype(DType::F32))
+            .core()
+    }
+
+    fn weight_from_host(&self, values: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
+        self.tensor(values, shape)
+    }
+
+    fn weight_to_host(&self, w: &Tensor) -> Result<Vec<f32>> {
+        self.to_host(w)
+    }
+
+    fn weight_dims(&self, w: &Tensor) -> Vec<usize> {
+        w.dims().to_vec()
+    }
+
+    fn constant(&self, w: &Tensor) -> Result<Tensor> {
+        Ok(w.clone())
+    }
+
+    fn weight_add(&self, w: &Tensor, delta: &Tensor) -> Result<Tensor> {
+        (w + delta.detach()).core()
+    }
+
+    fn leaf(&self, values: Vec<f32>, shape: &[usize]) -> Result<Var> {
+        Var::from_vec(values, shape, &CPU).core()
+    }
+
+    fn leaf_to_host(&self, leaf: &Var) -> Result<Vec<f32>> {
+        self.to_host(leaf.as_tensor())
+    }
+
+    fn set_leaf(&self, leaf: &Var, values: &[f32]) -> Result<()> {
+        let t = Tensor::from_slice(values, leaf.shape(), &CPU).core()?;
+        leaf.set(&t).core()
+    }
+
+    fn use_leaf(&self, leaf: &Var) -> Tensor {
+        leaf.as_tensor().clone()
+    }
+
+    fn backward(&self, loss: &Tensor) -> Result<GradStore> {
+        loss.backward().core()
+    }
+
+    fn grad(&self, grads: &GradStore, leaf: &Var) -> Result<Option<Vec<f32>>> {
+        grads.get(leaf.as_tensor()).map(|g| self.to_host(g)).transpose()
+    }
+
+    fn reshape(&self, x: &Tensor, shape: &[usize]) -> Result<Tensor> {
+        x.reshape(shape).core()
+    }
+
+    fn transpose(&self, x: &Tensor, a: usize, b: usize) -> Result<Tensor> {
+        x.transpose(a, b).and_then(|t| t.contiguous()).core()
+    }
+
+    fn narrow(&self, x: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor> {
+        x.narrow(dim, start, len).core()
+    }
+
+    fn cat(&self, xs: &[&Tensor], dim: usize) -> Result<Tensor> {
+        Tensor::cat(xs, dim).core()
+    }
+
+    fn broadcast_as(&self, x: &Tensor, shape: &[usize]) -> Result<Tensor> {
+        x.broadcast_as(shape).core()
+    }
+
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        (a + b).core()
+    }
+
+    fn broadcast_add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        a.broadcast_add(b).core()
+    }
+
+    fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        (a * b).core()
+    }
+
+    fn scale(&self, x: &Tensor, s: f64) -> Result<Tensor> {
+        (x * s).core()
+    }
+
+    fn matmul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        a.matmul(b).core()
+    }
+
+    fn tanh(&self, x: &Tensor) -> Result<Tensor> {
+        x.tanh().core()
+    }
+
+    fn gelu(&self, x: &Tensor) -> Result<Tensor> {
+        gelu(x).core()
+    }
+
+    fn silu(&self, x: &Tensor) -> Result<Tensor> {
+        x.silu().core()
+    }
+
+    fn softmax_last_dim(&self, x: &Tensor) -> Result<Tensor> {
+        softmax_last_dim(x).core()
+    }
+
+    fn frozen_linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        frozen_linear(x, w, b).core()
+    }
+
+    fn linear(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+        x.matmul(&w.t().core()?).and_then(|y| y.broadcast_add(b)).core()
+    }
+
+    fn embedding(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
+        let ids = Tensor::from_slice(ids, ids.len(), &CPU).core()?;
+        table.index_select(&ids, 0).core()
+    }
+
+    fn layer_norm(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+        FrozenLayerNorm::new(gamma, beta, eps).and_then(|n| n.forward(x)).core()
+    }
+
+    fn layer_norm_trained(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+        // Composed from differentiable ops so that gamma and beta get gradients.
+        let go = || -> candle_core::Result<Tensor> {
+            let mean = x.mean_keepdim(D::Minus1)?;
+            let centred = x.broadcast_sub(&mean)?;
+            let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+            let xhat = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
+            xhat.broadcast_mul(gamma)?.broadcast_add(beta)
+        };
+        go().core()
+    }
+
+    fn rms_norm(&self, x: &Tensor, gain: &Tensor, eps: f64) -> Result<Tensor> {
+        let go = || -> candle_core::Result<Tensor> {
+            let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+            x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(gain)
+        };
+        go().core()
+    }
+
+    fn cross_entropy(&self, logits: &Tensor, targets: Targets<'_>) -> Result<Tensor> {
+        let rows = logits.dim(0).core()?;
+        let go = || -> candle_core::Result<Tensor> {
+            match targets {
+                Targets::Classes(labels) => {
+                    candle_nn::loss::cross_entropy(logits, &Tensor::from_slice(labels, labels.len(), &CPU)?)
+                }
+                Targets::Soft { probs, classes } => {
+                    let targets = Tensor::from_slice(probs, (rows, classes), &CPU)?;
+                    let logp = candle_nn::ops::log_softmax(logits, 1)?;
+                    (targets * logp)?.sum_all()?.neg()? / rows as f64
+                }
+                Targets::Tokens { ids, weights } => {
+                    let logp = candle_nn::ops::log_softmax(logits, 1)?;
+                    let ids = Tensor::from_slice(ids, (ids.len(), 1), &CPU)?;
+                    let picked = logp.gather(&ids, 1)?.squeeze(1)?;
+                    let total: f32 = weights.iter().sum();
+                    let w = Tensor::from_slice(weights, weights.len(), &CPU)?;
+                    (picked * w)?.sum_all()?.neg()? / total.max(f32::MIN_POSITIVE) as f64
+                }
+            }
+        };
+        if let Targets::Classes(l) | Targets::Tokens { ids: l, .. } = targets
+            && l.len() != rows
+        {
+            return Err(Error::Data(format!("{} targets for {rows} rows of logits", l.len())));
+        }
+        go().core()
+    }
+}

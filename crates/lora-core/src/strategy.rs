@@ -1,0 +1,93 @@
+//! How one optimizer step's gradients are combined and its update applied.
+//!
+//! The loop accumulates a weighted gradient sum over its micro-batches, hands
+//! it to the strategy to combine with other workers' (nothing to do in one
+//! process), normalises it, clips it, and asks the strategy to apply the
+//! update. Distributed strategies (data-parallel all-reduce, sharded
+//! optimizer state, local SGD) implement the same three calls.
+
+use crate::adapter::ParamLayout;
+use crate::error::Result;
+use crate::loop_state::LoopState;
+use crate::optim::Optimizer;
+
+/// One optimizer step's accumulated sums, before normalisation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepSums {
+    /// `sum_i weight_i * grad_i` over the micro-batches, flat in the [`ParamLayout`].
+    pub grads: Vec<f32>,
+    /// `sum_i weight_i`: examples or target tokens.
+    pub weight: f64,
+    /// `sum_i weight_i * loss_i`.
+    pub loss_sum: f64,
+    /// Examples in the step.
+    pub examples: usize,
+    /// Units of work for throughput figures (real tokens, images).
+    pub work: usize,
+}
+
+impl StepSums {
+    pub fn new(len: usize) -> Self {
+        Self {
+            grads: vec![0.0; len],
+            weight: 0.0,
+            loss_sum: 0.0,
+            examples: 0,
+            work: 0,
+        }
+    }
+
+    /// Adds one micro-batch's mean gradients, weighted by its weight, so that k
+    /// micro-batches give the gradient of one batch of all their targets.
+    pub fn add(&mut self, grads: &[f32], loss: f32, weight: f64, examples: usize, work: usize) {
+        let w = weight as f32;
+        for (a, g) in self.grads.iter_mut().zip(grads) {
+            *a += w * g;
+        }
+        self.loss_sum += loss as f64 * weight;
+        self.weight += weight;
+        self.examples += examples;
+        self.work += work;
+    }
+
+    /// The mean gradients (in place) and the mean loss.
+    pub fn normalise(&mut self) -> f64 {
+        if self.weight <= 0.0 {
+            return 0.0;
+        }
+        let inv = 1.0 / self.weight as f32;
+        for g in self.grads.iter_mut() {
+            *g *= inv;
+        }
+        self.loss_sum / self.weight
+    }
+}
+
+pub trait Strategy: Send {
+    /// The name in `[strategy] type`, logs and events.
+    fn name(&self) -> &str;
+
+    /// This process's index and the number of processes.
+    fn rank(&self) -> (usize, usize) {
+        (0, 1)
+    }
+
+    /// Combines this process's sums with the other workers' (in place).
+    fn reduce(&mut self, sums: &mut StepSums) -> Result<()>;
+
+    /// Applies the update of the (normalised, clipped) gradients at learning rate `lr`.
+    fn apply(
+        &mut self,
+        optimizer: &mut dyn Optimizer,
+        params: &mut [f32],
+        grads: &[f32],
+        layout: &ParamLayout,
+        lr: f64,
+    ) -> Result<()>;
+
+    /// After a step was taken: a strategy that averages parameters now and
+    /// then changes `params` here and returns true.
+    fn after_step(&mut self, _state: &LoopState, _params: &mut [f32]) -> Result<bool> {
+        Ok(false)
+    }
+}

@@ -1,0 +1,258 @@
+//! `BertForSequenceClassification` with LoRA, written once: Hugging Face's
+//! `BertModel` (embeddings, post-layer-norm blocks), a frozen pooler on the
+//! first token, and a classifier trained in full and saved as a module to save.
+
+use lora_core::adapter::{ModelSummary, ParamInfo, PeftInfo};
+use lora_core::bert::{BertConfig, TARGETS, check_rank, peft_info, resolve_targets};
+use lora_core::init::{derive_seed, normal, rng};
+use lora_core::{Batch, Error, HostTensor, LoraSpec, Result, TextBatch};
+
+use crate::dropout::MaskSource;
+use crate::linear::{LoraLinear, LoraWeights};
+use crate::model::{Architecture, Model, check_labels};
+use crate::ops::{Mask, TensorOps};
+use crate::params::ParamStore;
+use crate::weights::WeightSource;
+
+/// Key prefix of every adapter tensor: PEFT wraps the model as `base_model.model`,
+/// and the sequence-classification model holds the encoder under `bert`.
+const PEFT_PREFIX: &str = "base_model.model.";
+
+pub struct LayerNorm<O: TensorOps> {
+    gamma: O::W,
+    beta: O::W,
+}
+
+pub struct Layer<O: TensorOps> {
+    /// In the order of [`TARGETS`].
+    linears: Vec<LoraLinear<O>>,
+    attention_norm: LayerNorm<O>,
+    output_norm: LayerNorm<O>,
+}
+
+pub struct Bert<O: TensorOps> {
+    cfg: BertConfig,
+    word_embeddings: O::W,
+    position_embeddings: O::W,
+    token_type_embeddings: O::W,
+    embedding_norm: LayerNorm<O>,
+    layers: Vec<Layer<O>>,
+    pooler: (O::W, O::W),
+    classifier: (O::Leaf, O::Leaf),
+    classifier_dropout: f32,
+    targets: Vec<&'static str>,
+}
+
+pub type BertClassifier<O> = Model<O, Bert<O>>;
+
+/// Builds the classifier from base weights (with or without the `bert.` prefix),
+/// inserts LoRA layers and initialises the adapter and the head from `seed`.
+pub fn build<O: TensorOps>(
+    ops: O,
+    cfg: BertConfig,
+    weights: &dyn WeightSource,
+    lora: &LoraSpec,
+    num_labels: usize,
+    classifier_dropout: f32,
+    seed: u64,
+) -> Result<BertClassifier<O>> {
+    let prefix = if weights.contains("bert.embeddings.word_embeddings.weight") {
+        "bert."
+    } else {
+        ""
+    };
+    let w = |name: &str| ops.weight(weights.view(&format!("{prefix}{name}"))?);
+    let ln = |name: &str| -> Result<LayerNorm<O>> {
+        Ok(LayerNorm {
+            gamma: w(&format!("{name}.weight"))?,
+            beta: w(&format!("{name}.bias"))?,
+        })
+    };
+    let targets = resolve_targets(lora)?;
+    let mut init = rng(derive_seed(seed, "lora-init", 0));
+    let mut store = ParamStore::default();
+    let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+    for i in 0..cfg.num_hidden_layers {
+        let mut linears = Vec::with_capacity(TARGETS.len());
+        for (name, path, _) in TARGETS {
+            let full = format!("encoder.layer.{i}.{path}");
+            let mut lin = LoraLinear::new(w(&format!("{full}.weight"))?, Some(w(&format!("{full}.bias"))?));
+            if targets.contains(&name) {
+                let (out, inp) = lin.dims(&ops);
+                let lora = &lora.for_module(&full);
+                check_rank(lora, &full, inp, out)?;
+                let key = format!("{PEFT_PREFIX}bert.{full}");
+                let shapes = [vec![lora.r, inp], vec![out, lora.r]];
+                let weights = LoraWeights::register(&ops, &mut store, &key, lora, (inp, out), shapes, &mut init)?;
+                lin = lin.with_lora(weights);
+            }
+            linears.push(lin);
+        }
+        layers.push(Layer {
+            linears,
+            attention_norm: ln(&format!("encoder.layer.{i}.attention.output.LayerNorm"))?,
+            output_norm: ln(&format!("encoder.layer.{i}.output.LayerNorm"))?,
+        });
+    }
+    // Hugging Face initialises a new head with N(0, 0.02) weights and zero bias.
+    let h = cfg.hidden_size;
+    let mut head_rng = rng(derive_seed(seed, "head-init", 0));
+    let head_w = ParamInfo::new(format!("{PEFT_PREFIX}classifier.weight"), vec![num_labels, h], true);
+    let head_b = ParamInfo::new(format!("{PEFT_PREFIX}classifier.bias"), vec![num_labels], false);
+    let classifier = (
+        store.add(&ops, head_w, normal(0.02, num_labels * h, &mut head_rng))?,
+        store.add(&ops, head_b, vec![0.0; num_labels])?,
+    );
+    let bert = Bert {
+        word_embeddings: w("embeddings.word_embeddings.weight")?,
+        position_embeddings: w("embeddings.position_embeddings.weight")?,
+        token_type_embeddings: w("embeddings.token_type_embeddings.weight")?,
+        embedding_norm: ln("embeddings.LayerNorm")?,
+        pooler: (w("pooler.dense.weight")?, w("pooler.dense.bias")?),
+        layers,
+        classifier,
+        classifier_dropout,
+        targets,
+        cfg,
+    };
+    Ok(Model::new(ops, bert, store, num_labels))
+}
+
+fn text(batch: &Batch) -> Result<&TextBatch> {
+    match batch {
+        Batch::Text(t) => Ok(t),
+        #[allow(unreachable_patterns)]
+        _ => Err(Error::Other("the BERT classifier takes text batches".into())),
+    }
+}
+
+impl<O: TensorOps> Bert<O> {
+    fn norm(&self, ops: &O, n: &LayerNorm<O>, x: &O::T) -> Result<O::T> {
+        ops.layer_norm(x, &n.gamma, &n.beta, self.cfg.layer_norm_eps)
+    }
+
+    /// `x` is `[batch * seq, hidden]`.
+    fn layer(
+        &self,
+        ops: &O,
+        l: &Layer<O>,
+        x: &O::T,
+        b: &TextBatch,
+        masks: &mut Option<&mut MaskSource>,
+    ) -> Result<O::T> {
+        let (bs, t) = (b.batch_size, b.seq_len);
+        let (heads, d) = (self.cfg.num_attention_heads, self.cfg.head_dim());
+        let mut linear = |i: usize, x: &O::T| l.linears[i].forward(ops, x, masks.as_deref_mut());
+        let split = |y: O::T| ops.transpose(&ops.reshape(&y, &[bs, t, heads, d])?, 1, 2);
+        let q = split(linear(0, x)?)?;
+        let k = split(linear(1, x)?)?;
+        let v = split(linear(2, x)?)?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let context = ops.attention(&q, &k, &v, Mask::Padding(&b.attention_mask), scale)?;
+        let context = ops.reshape(&ops.transpose(&context, 1, 2)?, &[bs * t, heads * d])?;
+        let attn = linear(3, &context)?;
+        let h = self.norm(ops, &l.attention_norm, &ops.add(&attn, x)?)?;
+        let up = ops.gelu(&linear(4, &h)?)?;
+        let down = linear(5, &up)?;
+        self.norm(ops, &l.output_norm, &ops.add(&down, &h)?)
+    }
+
+    /// Last hidden states `[batch * seq, hidden]`.
+    fn encode(&self, ops: &O, b: &TextBatch, mut masks: Option<&mut MaskSource>) -> Result<O::T> {
+        let (bs, t, h) = (b.batch_size, b.seq_len, self.cfg.hidden_size);
+        let words = ops.reshape(&ops.embedding(&self.word_embeddings, &b.input_ids)?, &[bs, t, h])?;
+        let positions: Vec<u32> = (0..t as u32).collect();
+        let positions = ops.embedding(&self.position_embeddings, &positions)?;
+        let token_type = ops.embedding(&self.token_type_embeddings, &[0])?;
+        let emb = ops.broadcast_add(&ops.broadcast_add(&words, &positions)?, &token_type)?;
+        let mut x = self.norm(ops, &self.embedding_norm, &ops.reshape(&emb, &[bs * t, h])?)?;
+        for layer in &self.layers {
+            x = self.layer(ops, layer, &x, b, &mut masks)?;
+        }
+        Ok(x)
+    }
+}
+
+impl<O: TensorOps> Architecture<O> for Bert<O> {
+    fn check_batch(&self, batch: &Batch, num_labels: usize) -> Result<()> {
+        let b = text(batch)?;
+        if b.seq_len > self.cfg.max_position_embeddings {
+            return Err(Error::Data(format!(
+                "sequence length {} exceeds the model's {} positions",
+                b.seq_len, self.cfg.max_position_embeddings
+            )));
+        }
+        let n = b.batch_size * b.seq_len;
+        if b.input_ids.len() != n || b.attention_mask.len() != n {
+            return Err(Error::Data(format!(
+                "a batch of {} x {} tokens has {} ids and {} mask values",
+                b.batch_size,
+                b.seq_len,
+                b.input_ids.len(),
+                b.attention_mask.len()
+            )));
+        }
+        if let Some(bad) = b.input_ids.iter().find(|&&i| i as usize >= self.cfg.vocab_size) {
+            return Err(Error::Data(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.cfg.vocab_size
+            )));
+        }
+        check_labels(&b.labels, num_labels)
+    }
+
+    fn logits(&self, ops: &O, batch: &Batch, mut masks: Option<&mut MaskSource>) -> Result<O::T> {
+        let b = text(batch)?;
+        let h = self.cfg.hidden_size;
+        let hidden = self.encode(ops, b, masks.as_deref_mut())?;
+        let first = ops.reshape(
+            &ops.narrow(&ops.reshape(&hidden, &[b.batch_size, b.seq_len, h])?, 1, 0, 1)?,
+            &[b.batch_size, h],
+        )?;
+        let pooled = ops.tanh(&ops.frozen_linear(&first, &self.pooler.0, Some(&self.pooler.1))?)?;
+        let pooled = match masks {
+            Some(src) => src.apply(ops, &pooled, self.classifier_dropout)?,
+            None => pooled,
+        };
+        let (w, bias) = &self.classifier;
+        ops.linear(&pooled, &ops.use_leaf(w), &ops.use_leaf(bias))
+    }
+
+    fn hidden_states(&self, ops: &O, batch: &Batch) -> Result<HostTensor> {
+        let b = text(batch)?;
+        let hidden = self.encode(ops, b, None)?;
+        Ok(HostTensor::new(
+            vec![b.batch_size, b.seq_len, self.cfg.hidden_size],
+            ops.to_host(&hidden)?,
+        ))
+    }
+
+    fn for_each_lora(&mut self, f: &mut dyn FnMut(&mut LoraLinear<O>) -> Result<()>) -> Result<()> {
+        self.layers
+            .iter_mut()
+            .flat_map(|l| l.linears.iter_mut())
+            .try_for_each(f)
+    }
+
+    fn summary(&self, ops: &O, trainable: usize, num_labels: usize) -> ModelSummary {
+        let h = self.cfg.hidden_size;
+        let n = |w: &O::W| ops.weight_dims(w).iter().product::<usize>();
+        let mut total =
+            n(&self.word_embeddings) + n(&self.position_embeddings) + n(&self.token_type_embeddings) + 2 * h;
+        for l in &self.layers {
+            total += l.linears.iter().map(|lin| lin.base_numel(ops)).sum::<usize>() + 4 * h;
+        }
+        ModelSummary {
+            architecture: "BertForSequenceClassification".into(),
+            total_parameters: total + h * (h + 1) + trainable,
+            trainable_parameters: trainable,
+            num_labels,
+            hidden_size: h,
+            max_positions: self.cfg.max_position_embeddings,
+        }
+    }
+
+    fn peft_info(&self) -> PeftInfo {
+        peft_info(&self.targets)
+    }
+}

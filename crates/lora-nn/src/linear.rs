@@ -1,0 +1,181 @@
+//! Linear layers: a frozen base that may carry a LoRA adapter, with PEFT's
+//! semantics `y = x W^T + b + scale * dropout(x) A^T B^T`, or a trained one.
+
+use lora_core::init::{SeededRng, kaiming_uniform};
+use lora_core::{LoraSpec, ParamInfo, Result};
+
+use crate::dropout::MaskSource;
+use crate::ops::TensorOps;
+use crate::params::ParamStore;
+
+/// The trainable half of a LoRA layer.
+#[derive(Clone)]
+pub struct LoraWeights<O: TensorOps> {
+    /// `[r, in]`, Kaiming-uniform at start.
+    pub a: O::Leaf,
+    /// `[out, r]`, zero at start, so the adapted layer starts equal to the base.
+    pub b: O::Leaf,
+    pub scale: f64,
+    pub dropout: f32,
+}
+
+impl<O: TensorOps> LoraWeights<O> {
+    /// Draws `A` from `rng` and registers `A` and `B` under `{key}.lora_A.weight`
+    /// and `{key}.lora_B.weight`, saved with `file_shapes` (PEFT's shapes).
+    pub fn register(
+        ops: &O,
+        store: &mut ParamStore<O>,
+        key: &str,
+        lora: &LoraSpec,
+        (inp, out): (usize, usize),
+        file_shapes: [Vec<usize>; 2],
+        rng: &mut SeededRng,
+    ) -> Result<Self> {
+        let r = lora.r;
+        let [sa, sb] = file_shapes;
+        let a_info = ParamInfo::new(format!("{key}.lora_A.weight"), sa, true).with_compute_shape(vec![r, inp]);
+        let b_info = ParamInfo::new(format!("{key}.lora_B.weight"), sb, true).with_compute_shape(vec![out, r]);
+        let a = store.add(ops, a_info, kaiming_uniform(inp, r * inp, rng))?;
+        let b = store.add(ops, b_info, vec![0.0; out * r])?;
+        Ok(Self {
+            a,
+            b,
+            scale: lora.scale(),
+            dropout: lora.dropout as f32,
+        })
+    }
+}
+
+#[derive(Clone)]
+pub struct LoraLinear<O: TensorOps> {
+    /// `[out, in]`, from the base model, never written.
+    weight: O::W,
+    bias: Option<O::W>,
+    lora: Option<LoraWeights<O>>,
+    /// `W + scale * B A` while merged; the base weight itself is kept untouched.
+    merged: Option<O::W>,
+}
+
+impl<O: TensorOps> LoraLinear<O> {
+    pub fn new(weight: O::W, bias: Option<O::W>) -> Self {
+        Self {
+            weight,
+            bias,
+            lora: None,
+            merged: None,
+        }
+    }
+
+    pub fn with_lora(mut self, lora: LoraWeights<O>) -> Self {
+        self.lora = Some(lora);
+        self
+    }
+
+    pub fn lora(&self) -> Option<&LoraWeights<O>> {
+        self.lora.as_ref()
+    }
+
+    pub fn weight(&self) -> &O::W {
+        &self.weight
+    }
+
+    /// `[out, in]` of the base weight.
+    pub fn dims(&self, ops: &O) -> (usize, usize) {
+        let d = ops.weight_dims(&self.weight);
+        (d[0], d[1])
+    }
+
+    /// Base weights and bias, in numbers.
+    pub fn base_numel(&self, ops: &O) -> usize {
+        let n = |w: &O::W| ops.weight_dims(w).iter().product::<usize>();
+        n(&self.weight) + self.bias.as_ref().map_or(0, n)
+    }
+
+    /// `x` is `[rows, in]`; with `masks`, the adapter's input gets an inverted-dropout mask.
+    pub fn forward(&self, ops: &O, x: &O::T, masks: Option<&mut MaskSource>) -> Result<O::T> {
+        if let Some(merged) = &self.merged {
+            return ops.frozen_linear(x, merged, self.bias.as_ref());
+        }
+        let base = ops.frozen_linear(x, &self.weight, self.bias.as_ref())?;
+        let Some(lora) = &self.lora else { return Ok(base) };
+        let input = match masks {
+            Some(src) => src.apply(ops, x, lora.dropout)?,
+            None => x.clone(),
+        };
+        let a_t = ops.transpose(&ops.use_leaf(&lora.a), 0, 1)?;
+        let b_t = ops.transpose(&ops.use_leaf(&lora.b), 0, 1)?;
+        let update = ops.matmul(&ops.matmul(&input, &a_t)?, &b_t)?;
+        ops.add(&base, &ops.scale(&update, lora.scale)?)
+    }
+
+    /// `scale * B A`, shaped like the base weight.
+    pub fn delta(&self, ops: &O) -> Result<Option<O::T>> {
+        match &self.lora {
+            Some(l) => Ok(Some(
+                ops.scale(&ops.matmul(&ops.use_leaf(&l.b), &ops.use_leaf(&l.a))?, l.scale)?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    pub fn merge(&mut self, ops: &O) -> Result<()> {
+        if self.merged.is_none()
+            && let Some(delta) = self.delta(ops)?
+        {
+            self.merged = Some(ops.weight_add(&self.weight, &delta)?);
+        }
+        Ok(())
+    }
+
+    pub fn unmerge(&mut self) {
+        self.merged = None;
+    }
+}
+
+/// A linear layer whose weight `[out, in]` and bias are trained (pretraining).
+#[derive(Clone)]
+pub struct TrainedLinear<O: TensorOps> {
+    pub w: O::Leaf,
+    pub b: O::Leaf,
+}
+
+/// A layer of a model that may be frozen (with LoRA) or trained in full.
+#[derive(Clone)]
+pub enum Linear<O: TensorOps> {
+    Frozen(LoraLinear<O>),
+    Trained(TrainedLinear<O>),
+}
+
+impl<O: TensorOps> Linear<O> {
+    pub fn forward(&self, ops: &O, x: &O::T, masks: Option<&mut MaskSource>) -> Result<O::T> {
+        match self {
+            Linear::Frozen(l) => l.forward(ops, x, masks),
+            Linear::Trained(t) => ops.linear(x, &ops.use_leaf(&t.w), &ops.use_leaf(&t.b)),
+        }
+    }
+
+    pub fn frozen_mut(&mut self) -> Option<&mut LoraLinear<O>> {
+        match self {
+            Linear::Frozen(l) => Some(l),
+            Linear::Trained(_) => None,
+        }
+    }
+}
+
+/// A layer norm with a frozen affine, or with a trained `gamma` and `beta`.
+#[derive(Clone)]
+pub enum Norm<O: TensorOps> {
+    Frozen { gamma: O::W, beta: O::W, eps: f64 },
+    Trained { gamma: O::Leaf, beta: O::Leaf, eps: f64 },
+}
+
+impl<O: TensorOps> Norm<O> {
+    pub fn forward(&self, ops: &O, x: &O::T) -> Result<O::T> {
+        match self {
+            Norm::Frozen { gamma, beta, eps } => ops.layer_norm(x, gamma, beta, *eps),
+            Norm::Trained { gamma, beta, eps } => {
+                ops.layer_norm_trained(x, &ops.use_leaf(gamma), &ops.use_leaf(beta), *eps)
+            }
+        }
+    }
+}

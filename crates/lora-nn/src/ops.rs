@@ -1,0 +1,170 @@
+//! The tensor operations the models are written against. A backend implements
+//! them once, with its fused kernels where it has them; the coarse operations
+//! (attention, norms, cross-entropy, frozen linears) keep those kernels, and
+//! the rest have default compositions.
+//!
+//! Tensors carry their shape at run time (`&[usize]`), so that one trait
+//! covers backends whose tensors are typed by rank.
+
+use lora_core::task::Targets;
+use lora_core::{Error, Result};
+
+use crate::weights::WeightView;
+
+/// Which keys each query may attend to.
+#[derive(Debug, Clone, Copy)]
+pub enum Mask<'a> {
+    /// Every key.
+    None,
+    /// `[batch * keys]`, 1 for a real token and 0 for padding (right-padded batches).
+    Padding(&'a [u32]),
+    /// Key `j` for query `i` when `j <= i` (and, with padding, when the key is real).
+    Causal,
+}
+
+pub trait TensorOps: Clone + Send + Sync + 'static {
+    /// An activation, or a parameter used inside a pass.
+    type T: Clone + Send + Sync;
+    /// A frozen weight (never a variable, so never given a gradient).
+    type W: Clone + Send + Sync;
+    /// A trainable parameter: keeps its value between passes.
+    type Leaf: Clone + Send + Sync;
+    /// The gradients of one backward pass.
+    type Grads;
+
+    /// The backend's name (`candle`, `burn`), for messages and reports.
+    fn backend(&self) -> &'static str;
+
+    // ----- host data in and out
+    fn tensor(&self, values: Vec<f32>, shape: &[usize]) -> Result<Self::T>;
+    fn to_host(&self, x: &Self::T) -> Result<Vec<f32>>;
+    fn dims(&self, x: &Self::T) -> Vec<usize>;
+
+    // ----- frozen weights
+    /// A frozen weight from its stored view (decoded or kept in its type, as the backend computes).
+    fn weight(&self, view: WeightView<'_>) -> Result<Self::W>;
+    fn weight_from_host(&self, values: Vec<f32>, shape: &[usize]) -> Result<Self::W>;
+    fn weight_to_host(&self, w: &Self::W) -> Result<Vec<f32>>;
+    fn weight_dims(&self, w: &Self::W) -> Vec<usize>;
+    /// A frozen weight used as a tensor of the pass (a constant: no gradient flows into it).
+    fn constant(&self, w: &Self::W) -> Result<Self::T>;
+    /// `w + delta` as a new frozen weight (merging an adapter); `w` is untouched.
+    fn weight_add(&self, w: &Self::W, delta: &Self::T) -> Result<Self::W>;
+
+    // ----- trainable parameters and autodiff
+    fn leaf(&self, values: Vec<f32>, shape: &[usize]) -> Result<Self::Leaf>;
+    fn leaf_to_host(&self, leaf: &Self::Leaf) -> Result<Vec<f32>>;
+    /// Replaces a parameter's values (same number of values, its own shape).
+    fn set_leaf(&self, leaf: &Self::Leaf, values: &[f32]) -> Result<()>;
+    /// Starts a training pass over `leaves`: from here on their uses are tracked.
+    fn track(&self, _leaves: &[Self::Leaf]) {}
+    /// The parameter as a tensor of the current pass.
+    fn use_leaf(&self, leaf: &Self::Leaf) -> Self::T;
+    fn backward(&self, loss: &Self::T) -> Result<Self::Grads>;
+    /// The gradient of a parameter after [`Self::backward`]; `None` when it took no part.
+    fn grad(&self, grads: &Self::Grads, leaf: &Self::Leaf) -> Result<Option<Vec<f32>>>;
+
+    // ----- shapes
+    fn reshape(&self, x: &Self::T, shape: &[usize]) -> Result<Self::T>;
+    /// Swaps two dimensions; the result is laid out contiguously.
+    fn transpose(&self, x: &Self::T, a: usize, b: usize) -> Result<Self::T>;
+    fn narrow(&self, x: &Self::T, dim: usize, start: usize, len: usize) -> Result<Self::T>;
+    fn cat(&self, xs: &[&Self::T], dim: usize) -> Result<Self::T>;
+    /// `x` repeated to `shape` along its dimensions of size 1.
+    fn broadcast_as(&self, x: &Self::T, shape: &[usize]) -> Result<Self::T>;
+
+    // ----- arithmetic
+    fn add(&self, a: &Self::T, b: &Self::T) -> Result<Self::T>;
+    /// `a + b` with `b` broadcast over `a`'s leading dimensions.
+    fn broadcast_add(&self, a: &Self::T, b: &Self::T) -> Result<Self::T>;
+    fn mul(&self, a: &Self::T, b: &Self::T) -> Result<Self::T>;
+    fn scale(&self, x: &Self::T, s: f64) -> Result<Self::T>;
+    /// Batched matrix product over the last two dimensions.
+    fn matmul(&self, a: &Self::T, b: &Self::T) -> Result<Self::T>;
+    fn tanh(&self, x: &Self::T) -> Result<Self::T>;
+    /// Exact (erf) GELU.
+    fn gelu(&self, x: &Self::T) -> Result<Self::T>;
+    /// `x * sigmoid(x)`.
+    fn silu(&self, x: &Self::T) -> Result<Self::T>;
+    fn softmax_last_dim(&self, x: &Self::T) -> Result<Self::T>;
+
+    // ----- layers
+    /// `x W^T + b` for a frozen `W [out, in]`: the backward pass yields the input's gradient only.
+    fn frozen_linear(&self, x: &Self::T, w: &Self::W, b: Option<&Self::W>) -> Result<Self::T>;
+    /// `x W^T + b` for a trained `W [out, in]` and `b`.
+    fn linear(&self, x: &Self::T, w: &Self::T, b: &Self::T) -> Result<Self::T>;
+    /// Rows `ids` of a frozen table `[vocab, dim]`: `[ids.len(), dim]`.
+    fn embedding(&self, table: &Self::W, ids: &[u32]) -> Result<Self::T>;
+    /// Layer norm over the last dimension with a frozen affine.
+    fn layer_norm(&self, x: &Self::T, gamma: &Self::W, beta: &Self::W, eps: f64) -> Result<Self::T>;
+    /// Layer norm over the last dimension whose `gamma` and `beta` are trained.
+    fn layer_norm_trained(&self, x: &Self::T, gamma: &Self::T, beta: &Self::T, eps: f64) -> Result<Self::T>;
+    /// RMS norm over the last dimension with a frozen gain.
+    fn rms_norm(&self, x: &Self::T, gain: &Self::W, eps: f64) -> Result<Self::T>;
+    /// Rotate-half rotary embedding of `x [batch, heads, seq, head_dim]` at `positions` (one per seq index).
+    fn rope(&self, x: &Self::T, positions: &[u32], theta: f64) -> Result<Self::T> {
+        let dims = self.dims(x);
+        let (seq, d) = (dims[2], dims[3]);
+        if positions.len() != seq || d % 2 != 0 {
+            return Err(Error::Other(format!(
+                "rope: {} positions for {seq} tokens of head size {d} (even)",
+                positions.len()
+            )));
+        }
+        let half = d / 2;
+        let (mut cos, mut sin) = (Vec::with_capacity(seq * d), Vec::with_capacity(seq * d));
+        for &p in positions {
+            for i in 0..d {
+                let freq = 1.0 / theta.powf((2 * (i % half)) as f64 / d as f64);
+                let angle = p as f64 * freq;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        let cos = self.tensor(cos, &[seq, d])?;
+        let sin = self.tensor(sin, &[seq, d])?;
+        let (x1, x2) = (self.narrow(x, 3, 0, half)?, self.narrow(x, 3, half, half)?);
+        let rotated = self.cat(&[&self.scale(&x2, -1.0)?, &x1], 3)?;
+        let a = self.mul(x, &self.broadcast_as(&cos, &dims)?)?;
+        let b = self.mul(&rotated, &self.broadcast_as(&sin, &dims)?)?;
+        self.add(&a, &b)
+    }
+
+    /// `softmax(q k^T * scale + mask) v` for `q [batch, heads, seq, d]` and
+    /// `k`, `v [batch, kv_heads, keys, d]`; with fewer key/value heads than
+    /// query heads (grouped-query attention) each is shared by a group.
+    fn attention(&self, q: &Self::T, k: &Self::T, v: &Self::T, mask: Mask<'_>, scale: f64) -> Result<Self::T> {
+        let (qd, kd) = (self.dims(q), self.dims(k));
+        let (b, heads, seq, keys) = (qd[0], qd[1], qd[2], kd[2]);
+        let (k, v) = if kd[1] == heads {
+            (k.clone(), v.clone())
+        } else {
+            let group = heads / kd[1];
+            let repeat = |x: &Self::T| -> Result<Self::T> {
+                let x = self.reshape(x, &[b, kd[1], 1, keys, kd[3]])?;
+                let x = self.broadcast_as(&x, &[b, kd[1], group, keys, kd[3]])?;
+                self.reshape(&x, &[b, heads, keys, kd[3]])
+            };
+            (repeat(k)?, repeat(v)?)
+        };
+        let scores = self.scale(&self.matmul(q, &self.transpose(&k, 2, 3)?)?, scale)?;
+        let scores = match mask {
+            Mask::None => scores,
+            Mask::Padding(m) => {
+                let bias: Vec<f32> = m.iter().map(|&m| if m != 0 { 0.0 } else { -1e9 }).collect();
+                self.broadcast_add(&scores, &self.tensor(bias, &[b, 1, 1, keys])?)?
+            }
+            Mask::Causal => {
+                let bias: Vec<f32> = (0..seq)
+                    .flat_map(|i| (0..keys).map(move |j| if j + seq <= i + keys { 0.0 } else { -1e9 }))
+                    .collect();
+                self.broadcast_add(&scores, &self.tensor(bias, &[seq, keys])?)?
+            }
+        };
+        self.matmul(&self.softmax_last_dim(&scores)?, &v)
+    }
+
+    /// Mean cross-entropy of `logits [rows, classes]` against class indices or
+    /// distributions; for tokens, the weighted mean over positions.
+    fn cross_entropy(&self, logits: &Self::T, targets: Targets<'_>) -> Result<Self::T>;
+}

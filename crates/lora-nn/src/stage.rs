@@ -1,0 +1,124 @@
+//! The model stages (`[model] type = ...`), generic over the backend's
+//! operations: a backend registers each with its own `TensorOps` value.
+
+use std::path::PathBuf;
+
+use lora_core::adapter::{AdapterModel, DType, ModelOptions};
+use lora_core::bert::ClassifierSpec;
+use lora_core::config::Component;
+use lora_core::diag::Diagnostics;
+use lora_core::stage::{ModelStage, StageContext};
+use lora_core::vit::{VitClassifierSpec, VitStart};
+use lora_core::{LoraSpec, Result, Task};
+
+use crate::ops::TensorOps;
+use crate::weights::SafetensorsFile;
+
+/// The build options the models implement today.
+fn check_options<O: TensorOps>(ops: &O, options: &ModelOptions) -> Result<()> {
+    options.check(ops.backend(), &[DType::F32], false)
+}
+
+/// `[model] type = "bert-classifier"`.
+pub struct BertStage<O: TensorOps> {
+    pub spec: ClassifierSpec,
+    pub ops: O,
+}
+
+impl<O: TensorOps> BertStage<O> {
+    pub fn from_component(c: &Component, ops: O) -> std::result::Result<Box<dyn ModelStage>, Diagnostics> {
+        Ok(Box::new(Self {
+            spec: ClassifierSpec::from_component(c)?,
+            ops,
+        }))
+    }
+}
+
+impl<O: TensorOps> ModelStage for BertStage<O> {
+    fn resolved(&self) -> serde_json::Value {
+        self.spec.resolved()
+    }
+
+    fn tokenizer(&self, ctx: &StageContext) -> Result<Option<PathBuf>> {
+        self.spec.tokenizer(ctx)
+    }
+
+    fn facts(&self, ctx: &StageContext) -> Result<Option<lora_core::rules::ModelFacts>> {
+        self.spec.facts(ctx)
+    }
+
+    fn build(
+        &self,
+        ctx: &StageContext,
+        lora: &LoraSpec,
+        task: &Task,
+        options: &ModelOptions,
+    ) -> Result<Box<dyn AdapterModel>> {
+        check_options(&self.ops, options)?;
+        let num_labels = task.require_classes("bert-classifier")?;
+        let (dir, cfg) = self.spec.files(ctx)?;
+        let weights = SafetensorsFile::open(&dir.join("model.safetensors"))?;
+        let model = crate::bert::build(
+            self.ops.clone(),
+            cfg,
+            &weights,
+            lora,
+            num_labels,
+            self.spec.classifier_dropout,
+            ctx.seed,
+        )?;
+        Ok(Box::new(model))
+    }
+
+    fn base_model_name(&self, ctx: &StageContext) -> Result<String> {
+        self.spec.base_model_name(ctx)
+    }
+}
+
+/// `[model] type = "vit-classifier"`.
+pub struct VitStage<O: TensorOps> {
+    pub spec: VitClassifierSpec,
+    pub ops: O,
+}
+
+impl<O: TensorOps> VitStage<O> {
+    pub fn from_component(c: &Component, ops: O) -> std::result::Result<Box<dyn ModelStage>, Diagnostics> {
+        Ok(Box::new(Self {
+            spec: VitClassifierSpec::from_component(c)?,
+            ops,
+        }))
+    }
+}
+
+impl<O: TensorOps> ModelStage for VitStage<O> {
+    fn resolved(&self) -> serde_json::Value {
+        self.spec.resolved()
+    }
+
+    fn tokenizer(&self, _ctx: &StageContext) -> Result<Option<PathBuf>> {
+        Ok(None)
+    }
+
+    fn build(
+        &self,
+        ctx: &StageContext,
+        lora: &LoraSpec,
+        task: &Task,
+        options: &ModelOptions,
+    ) -> Result<Box<dyn AdapterModel>> {
+        check_options(&self.ops, options)?;
+        let num_labels = task.require_classes("vit-classifier")?;
+        let ops = self.ops.clone();
+        Ok(match self.spec.start(ctx, lora)? {
+            VitStart::New(cfg) => Box::new(crate::vit::new_full(ops, cfg, num_labels, ctx.seed)?),
+            VitStart::Saved { cfg, weights } => {
+                let weights = SafetensorsFile::open(&weights)?;
+                Box::new(crate::vit::from_base(ops, cfg, &weights, lora, num_labels, ctx.seed)?)
+            }
+        })
+    }
+
+    fn base_model_name(&self, ctx: &StageContext) -> Result<String> {
+        self.spec.base_model_name(ctx)
+    }
+}

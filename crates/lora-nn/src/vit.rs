@@ -1,0 +1,388 @@
+//! `ViTForImageClassification`, written once: patch embedding, class token,
+//! pre-norm blocks, final layer norm and a classification head. In full mode
+//! (pretraining) every weight trains; in LoRA mode a saved base is frozen,
+//! LoRA goes on the targeted linears (the patch embedding included) and the
+//! head is new.
+
+use std::path::Path;
+
+use lora_core::adapter::{ModelSummary, ParamInfo, PeftInfo};
+use lora_core::init::{SeededRng, derive_seed, normal, rng};
+use lora_core::vit::{BaseInit, PATCH_TARGET, TARGETS, VitConfig, VitMode, patchify, peft_info, resolve_targets};
+use lora_core::{Batch, Error, HostTensor, ImageBatch, LoraSpec, Result};
+
+use crate::dropout::MaskSource;
+use crate::linear::{Linear, LoraLinear, LoraWeights, Norm, TrainedLinear};
+use crate::model::{Architecture, Model};
+use crate::ops::{Mask, TensorOps};
+use crate::params::ParamStore;
+use crate::weights::WeightSource;
+
+const PEFT_PREFIX: &str = "base_model.model.";
+
+/// A base tensor used whole (class token, position embeddings): frozen or trained.
+enum Tensor<O: TensorOps> {
+    Frozen(O::W),
+    Trained(O::Leaf),
+}
+
+impl<O: TensorOps> Tensor<O> {
+    fn get(&self, ops: &O) -> Result<O::T> {
+        match self {
+            Tensor::Frozen(w) => ops.constant(w),
+            Tensor::Trained(l) => Ok(ops.use_leaf(l)),
+        }
+    }
+}
+
+struct Block<O: TensorOps> {
+    norm_before: Norm<O>,
+    /// In the order of `lora_core::vit::TARGETS`.
+    linears: Vec<Linear<O>>,
+    norm_after: Norm<O>,
+}
+
+pub struct Vit<O: TensorOps> {
+    cfg: VitConfig,
+    /// `[hidden, channels * patch * patch]` (the conv kernel, flattened).
+    patch: Linear<O>,
+    /// `[1, 1, hidden]`.
+    cls_token: Tensor<O>,
+    /// `[1, tokens, hidden]`.
+    position: Tensor<O>,
+    blocks: Vec<Block<O>>,
+    final_norm: Norm<O>,
+    head: (O::Leaf, O::Leaf),
+    targets: Vec<&'static str>,
+    mode: VitMode,
+    /// Base (non-trainable) numbers, for the summary.
+    frozen: usize,
+}
+
+pub type VitClassifier<O> = Model<O, Vit<O>>;
+
+/// Where a network's base weights come from.
+enum Base<'a> {
+    /// A new model: weights drawn from the seed, all trainable.
+    New(SeededRng),
+    /// A saved base, frozen.
+    Saved(&'a dyn WeightSource),
+}
+
+/// Draws (full mode) or loads (LoRA mode) the base tensors, keeping count.
+struct Builder<'a, O: TensorOps> {
+    ops: O,
+    base: Base<'a>,
+    store: ParamStore<O>,
+    frozen: usize,
+    eps: f64,
+    hidden: usize,
+}
+
+impl<O: TensorOps> Builder<'_, O> {
+    /// A base tensor with file shape `shape` (computed as `compute`): drawn and
+    /// trained (full), or loaded and frozen (LoRA).
+    fn tensor(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        compute: &[usize],
+        init: BaseInit,
+        decay: bool,
+    ) -> Result<Tensor<O>> {
+        match &mut self.base {
+            Base::New(r) => {
+                let values = init.values(shape.iter().product(), r);
+                let info = ParamInfo::new(name, shape.to_vec(), decay).with_compute_shape(compute.to_vec());
+                Ok(Tensor::Trained(self.store.add(&self.ops, info, values)?))
+            }
+            Base::Saved(w) => {
+                let view = w.view(name)?;
+                if view.shape != shape {
+                    return Err(Error::Data(format!(
+                        "base weight `{name}` has shape {:?}, the config says {shape:?}",
+                        view.shape
+                    )));
+                }
+                self.frozen += view.numel();
+                let values = view.to_f32();
+                Ok(Tensor::Frozen(self.ops.weight_from_host(values, compute)?))
+            }
+        }
+    }
+
+    fn linear(&mut self, name: &str, out: usize, inp: usize, file_shape: &[usize]) -> Result<Linear<O>> {
+        let w = self.tensor(
+            &format!("{name}.weight"),
+            file_shape,
+            &[out, inp],
+            BaseInit::Normal,
+            true,
+        )?;
+        let b = self.tensor(&format!("{name}.bias"), &[out], &[out], BaseInit::Zeros, false)?;
+        Ok(match (w, b) {
+            (Tensor::Trained(w), Tensor::Trained(b)) => Linear::Trained(TrainedLinear { w, b }),
+            (Tensor::Frozen(w), Tensor::Frozen(b)) => Linear::Frozen(LoraLinear::new(w, Some(b))),
+            _ => unreachable!("one base gives one kind"),
+        })
+    }
+
+    fn norm(&mut self, name: &str) -> Result<Norm<O>> {
+        let h = self.hidden;
+        let g = self.tensor(&format!("{name}.weight"), &[h], &[h], BaseInit::Ones, false)?;
+        let b = self.tensor(&format!("{name}.bias"), &[h], &[h], BaseInit::Zeros, false)?;
+        let eps = self.eps;
+        Ok(match (g, b) {
+            (Tensor::Trained(gamma), Tensor::Trained(beta)) => Norm::Trained { gamma, beta, eps },
+            (Tensor::Frozen(gamma), Tensor::Frozen(beta)) => Norm::Frozen { gamma, beta, eps },
+            _ => unreachable!("one base gives one kind"),
+        })
+    }
+}
+
+/// A new model whose every weight trains (pretraining from scratch).
+pub fn new_full<O: TensorOps>(ops: O, cfg: VitConfig, num_labels: usize, seed: u64) -> Result<VitClassifier<O>> {
+    let r = rng(derive_seed(seed, "vit-init", 0));
+    build(ops, cfg, Base::New(r), &[], None, num_labels, seed)
+}
+
+/// A saved base, frozen, with LoRA on `lora`'s targets and a new head.
+pub fn from_base<O: TensorOps>(
+    ops: O,
+    cfg: VitConfig,
+    weights: &dyn WeightSource,
+    lora: &LoraSpec,
+    num_labels: usize,
+    seed: u64,
+) -> Result<VitClassifier<O>> {
+    let targets = resolve_targets(lora)?;
+    build(ops, cfg, Base::Saved(weights), &targets, Some(lora), num_labels, seed)
+}
+
+fn build<O: TensorOps>(
+    ops: O,
+    cfg: VitConfig,
+    base: Base,
+    targets: &[&'static str],
+    lora: Option<&LoraSpec>,
+    num_labels: usize,
+    seed: u64,
+) -> Result<VitClassifier<O>> {
+    cfg.check().map_err(Error::Data)?;
+    let mode = match base {
+        Base::New(_) => VitMode::Full,
+        Base::Saved(_) => VitMode::Lora,
+    };
+    let mut lora_rng = rng(derive_seed(seed, "lora-init", 0));
+    let h = cfg.hidden_size;
+    let mut bld = Builder {
+        ops: ops.clone(),
+        base,
+        store: ParamStore::default(),
+        frozen: 0,
+        eps: cfg.layer_norm_eps,
+        hidden: h,
+    };
+    // Adds LoRA to a frozen linear when its module is targeted.
+    let mut adapt = |bld: &mut Builder<O>,
+                     lin: Linear<O>,
+                     (name, path): (&str, &str),
+                     file_shapes: &dyn Fn(usize) -> [Vec<usize>; 2]|
+     -> Result<Linear<O>> {
+        let (Linear::Frozen(l), true, Some(lora)) = (&lin, targets.contains(&name), lora) else {
+            return Ok(lin);
+        };
+        let (out, inp) = l.dims(&ops);
+        let lora = &lora.for_module(path);
+        lora_core::bert::check_rank(lora, path, inp, out)?;
+        let key = format!("{PEFT_PREFIX}{path}");
+        let weights = LoraWeights::register(
+            &ops,
+            &mut bld.store,
+            &key,
+            lora,
+            (inp, out),
+            file_shapes(lora.r),
+            &mut lora_rng,
+        )?;
+        Ok(Linear::Frozen(l.clone().with_lora(weights)))
+    };
+
+    let (c, p) = (cfg.num_channels, cfg.patch_size);
+    let patch = bld.linear(PATCH_TARGET.1, h, cfg.patch_dim(), &[h, c, p, p])?;
+    // PEFT's Conv2d LoRA shapes in the file; the parameters compute as matrices.
+    let patch = adapt(&mut bld, patch, (PATCH_TARGET.0, PATCH_TARGET.1), &|r| {
+        [vec![r, c, p, p], vec![h, r, 1, 1]]
+    })?;
+    let cls_token = bld.tensor(
+        "vit.embeddings.cls_token",
+        &[1, 1, h],
+        &[1, 1, h],
+        BaseInit::Normal,
+        false,
+    )?;
+    let t = cfg.seq_len();
+    let position = bld.tensor(
+        "vit.embeddings.position_embeddings",
+        &[1, t, h],
+        &[1, t, h],
+        BaseInit::Normal,
+        false,
+    )?;
+
+    let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
+    for i in 0..cfg.num_hidden_layers {
+        let prefix = format!("vit.encoder.layer.{i}");
+        let norm_before = bld.norm(&format!("{prefix}.layernorm_before"))?;
+        let mut linears = Vec::with_capacity(TARGETS.len());
+        for (name, path, _) in TARGETS {
+            let full = format!("{prefix}.{path}");
+            let (out, inp) = match name {
+                "intermediate.dense" => (cfg.intermediate_size, h),
+                "output.dense" => (h, cfg.intermediate_size),
+                _ => (h, h),
+            };
+            let lin = bld.linear(&full, out, inp, &[out, inp])?;
+            linears.push(adapt(&mut bld, lin, (name, &full), &|r| [vec![r, inp], vec![out, r]])?);
+        }
+        let norm_after = bld.norm(&format!("{prefix}.layernorm_after"))?;
+        blocks.push(Block {
+            norm_before,
+            linears,
+            norm_after,
+        });
+    }
+    let final_norm = bld.norm("vit.layernorm")?;
+
+    // The head is always new and always trains: a LoRA run adapts to new classes.
+    let mut head_rng = rng(derive_seed(seed, "head-init", 0));
+    let head_name = |n: &str| match mode {
+        VitMode::Full => format!("classifier.{n}"),
+        VitMode::Lora => format!("{PEFT_PREFIX}classifier.{n}"),
+    };
+    let head_w = ParamInfo::new(head_name("weight"), vec![num_labels, h], true);
+    let head_b = ParamInfo::new(head_name("bias"), vec![num_labels], false);
+    let head = (
+        bld.store
+            .add(&ops, head_w, normal(0.02, num_labels * h, &mut head_rng))?,
+        bld.store.add(&ops, head_b, vec![0.0; num_labels])?,
+    );
+    let vit = Vit {
+        cfg,
+        patch,
+        cls_token,
+        position,
+        blocks,
+        final_norm,
+        head,
+        targets: targets.to_vec(),
+        mode,
+        frozen: bld.frozen,
+    };
+    Ok(Model::new(ops, vit, bld.store, num_labels))
+}
+
+fn images(batch: &Batch) -> Result<&ImageBatch> {
+    match batch {
+        Batch::Image(b) => Ok(b),
+        _ => Err(Error::Other("the ViT classifier takes image batches".into())),
+    }
+}
+
+impl<O: TensorOps> Vit<O> {
+    /// `x` is `[batch * tokens, hidden]`.
+    fn block(
+        &self,
+        ops: &O,
+        blk: &Block<O>,
+        x: &O::T,
+        (b, t): (usize, usize),
+        masks: &mut Option<&mut MaskSource>,
+    ) -> Result<O::T> {
+        let (heads, d) = (self.cfg.num_attention_heads, self.cfg.head_dim());
+        let mut linear = |i: usize, x: &O::T| blk.linears[i].forward(ops, x, masks.as_deref_mut());
+        let split = |y: O::T| ops.transpose(&ops.reshape(&y, &[b, t, heads, d])?, 1, 2);
+        let h = blk.norm_before.forward(ops, x)?;
+        let q = split(linear(0, &h)?)?;
+        let k = split(linear(1, &h)?)?;
+        let v = split(linear(2, &h)?)?;
+        let ctx = ops.attention(&q, &k, &v, Mask::None, 1.0 / (d as f64).sqrt())?;
+        let ctx = ops.reshape(&ops.transpose(&ctx, 1, 2)?, &[b * t, heads * d])?;
+        let x = ops.add(x, &linear(3, &ctx)?)?;
+        let h = blk.norm_after.forward(ops, &x)?;
+        let up = ops.gelu(&linear(4, &h)?)?;
+        ops.add(&x, &linear(5, &up)?)
+    }
+
+    /// Final hidden states `[batch, tokens, hidden]`.
+    fn encode(&self, ops: &O, b: &ImageBatch, mut masks: Option<&mut MaskSource>) -> Result<O::T> {
+        let cfg = &self.cfg;
+        let (n, h, batch) = (cfg.grid() * cfg.grid(), cfg.hidden_size, b.batch_size);
+        let t = n + 1;
+        let patches = ops.tensor(patchify(&b.pixels, batch, cfg), &[batch * n, cfg.patch_dim()])?;
+        let emb = ops.reshape(&self.patch.forward(ops, &patches, None)?, &[batch, n, h])?;
+        let cls = ops.broadcast_as(&self.cls_token.get(ops)?, &[batch, 1, h])?;
+        let x = ops.broadcast_add(&ops.cat(&[&cls, &emb], 1)?, &self.position.get(ops)?)?;
+        let mut x = ops.reshape(&x, &[batch * t, h])?;
+        for blk in &self.blocks {
+            x = self.block(ops, blk, &x, (batch, t), &mut masks)?;
+        }
+        ops.reshape(&self.final_norm.forward(ops, &x)?, &[batch, t, h])
+    }
+}
+
+impl<O: TensorOps> Architecture<O> for Vit<O> {
+    fn check_batch(&self, batch: &Batch, num_labels: usize) -> Result<()> {
+        let b = images(batch)?;
+        self.cfg.check_images(b)?;
+        if b.labels.is_empty() && b.soft_labels.is_none() {
+            return Ok(());
+        }
+        lora_core::vit::check_targets(b, num_labels)
+    }
+
+    fn logits(&self, ops: &O, batch: &Batch, masks: Option<&mut MaskSource>) -> Result<O::T> {
+        let b = images(batch)?;
+        let h = self.cfg.hidden_size;
+        let hidden = self.encode(ops, b, masks)?;
+        let cls = ops.reshape(&ops.narrow(&hidden, 1, 0, 1)?, &[b.batch_size, h])?;
+        ops.linear(&cls, &ops.use_leaf(&self.head.0), &ops.use_leaf(&self.head.1))
+    }
+
+    fn hidden_states(&self, ops: &O, batch: &Batch) -> Result<HostTensor> {
+        let b = images(batch)?;
+        let hidden = self.encode(ops, b, None)?;
+        Ok(HostTensor::new(ops.dims(&hidden), ops.to_host(&hidden)?))
+    }
+
+    fn for_each_lora(&mut self, f: &mut dyn FnMut(&mut LoraLinear<O>) -> Result<()>) -> Result<()> {
+        let linears = std::iter::once(&mut self.patch).chain(self.blocks.iter_mut().flat_map(|b| b.linears.iter_mut()));
+        linears.filter_map(Linear::frozen_mut).try_for_each(f)
+    }
+
+    fn summary(&self, _ops: &O, trainable: usize, num_labels: usize) -> ModelSummary {
+        ModelSummary {
+            architecture: "ViTForImageClassification".into(),
+            total_parameters: self.frozen + trainable,
+            trainable_parameters: trainable,
+            num_labels,
+            hidden_size: self.cfg.hidden_size,
+            max_positions: self.cfg.seq_len(),
+        }
+    }
+
+    fn peft_info(&self) -> PeftInfo {
+        peft_info(&self.targets)
+    }
+
+    /// Full mode: `config.json` and `model.safetensors` (every weight, head
+    /// included, under Hugging Face's keys), written atomically.
+    fn save_base(&self, ops: &O, store: &ParamStore<O>, num_labels: usize, dir: &Path) -> Result<bool> {
+        if self.mode != VitMode::Full {
+            return Ok(false);
+        }
+        let values = store.read(ops)?;
+        lora_core::vit::write_base(dir, &self.cfg, num_labels, store.infos(), &values)?;
+        Ok(true)
+    }
+}

@@ -414,7 +414,10 @@ fn install_rule(entry: GuardedRuleEntry, origin: &'static str, who: &'static str
                 .collect(),
             // Raised again on the host's side, where the validation engine catches it as
             // `validate::rule-panicked` (an error, whatever the rule's severity).
-            Err(message) => std::panic::resume_unwind(Box::new(format!("{message} ({who})"))),
+            Err(message) => {
+                let what = message.strip_prefix("panicked").unwrap_or(&message).trim_start_matches(':');
+                std::panic::resume_unwind(Box::new(format!("{who},{what}")))
+            }
         }
     };
     let check: &'static (dyn Fn(&RuleContext) -> Vec<Finding> + Send + Sync) = Box::leak(Box::new(check));

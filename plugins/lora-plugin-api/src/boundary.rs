@@ -12,7 +12,9 @@
 //!
 //! Plugin authors never use this module; the host does.
 
+use std::cell::{Cell, RefCell};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Once;
 
 use crate::components::{
     Action, Augmentation, AugmentationEntry, Callback, CallbackEntry, Event, Finding, Image, Registrar, Rule,
@@ -66,15 +68,45 @@ pub trait Host {
     fn callback(&mut self, entry: GuardedCallbackEntry);
 }
 
-/// Runs plugin code, turning a panic into `Err("panicked: MESSAGE")`.
+thread_local! {
+    /// Set while this thread runs plugin code under [`catch`]; the panic's location, once caught.
+    static GUARDED: Cell<bool> = const { Cell::new(false) };
+    static LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Installs (once) the plugin's panic hook: a panic inside [`catch`] is not
+/// printed, its location is kept for the message instead (the host prints the
+/// error); any other panic goes to the hook that was there before.
+pub fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if GUARDED.with(Cell::get) {
+                let at = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+                LOCATION.with(|l| *l.borrow_mut() = at);
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Runs plugin code, turning a panic into `Err("panicked at FILE:LINE:COLUMN: MESSAGE")`.
 pub fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
+    let outer = GUARDED.with(|g| g.replace(true));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(outer));
+    result.map_err(|panic| {
         let what = panic
             .downcast_ref::<String>()
             .cloned()
             .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "a panic without a message".into());
-        format!("panicked: {what}")
+        match LOCATION.with(|l| l.borrow_mut().take()) {
+            Some(at) => format!("panicked at {at}: {what}"),
+            None => format!("panicked: {what}"),
+        }
     })
 }
 
@@ -189,6 +221,7 @@ mod tests {
 
     #[test]
     fn every_wrapped_call_returns_a_panic_as_an_error() {
+        install_panic_hook();
         let mut got = Got::default();
         let mut wrapping = Wrapping { host: &mut got };
         let r: &mut dyn Registrar = &mut wrapping;
@@ -228,20 +261,19 @@ mod tests {
             width: 2,
             pixels: &mut pixels,
         };
-        assert_eq!(
-            augmentation.apply(&mut image, 1).unwrap_err(),
-            "panicked: augmentation boom"
+        let message = augmentation.apply(&mut image, 1).unwrap_err();
+        assert!(
+            message.starts_with("panicked at ") && message.ends_with(": augmentation boom"),
+            "{message}"
         );
 
         let lookup = |_: &str| None;
         let view = ConfigView::new(&lookup);
-        assert_eq!(got.rules[0].rule.check(&view).unwrap_err(), "panicked: rule boom 7");
+        assert!(got.rules[0].rule.check(&view).unwrap_err().ends_with(": rule boom 7"));
         assert_eq!(got.rules[0].severity, Severity::Warning);
 
-        assert_eq!(
-            (got.callbacks[0].build)(&Params::default()).err().unwrap(),
-            "panicked: factory boom"
-        );
+        let message = (got.callbacks[0].build)(&Params::default()).err().unwrap();
+        assert!(message.ends_with(": factory boom"), "{message}");
         let mut callback = (got.callbacks[1].build)(&Params::default()).unwrap();
         let run = RunInfo {
             name: "r".into(),
@@ -255,6 +287,10 @@ mod tests {
             loss: Some(1.0),
             metrics: Vec::new(),
         };
-        assert_eq!(callback.on_event(&event).unwrap_err(), "panicked: callback boom");
+        let message = callback.on_event(&event).unwrap_err();
+        assert!(
+            message.starts_with(&format!("panicked at {}:", file!())) && message.ends_with(": callback boom"),
+            "{message}"
+        );
     }
 }

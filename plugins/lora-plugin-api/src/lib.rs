@@ -158,6 +158,7 @@ unsafe impl Sync for PluginDeclaration {}
 pub fn __register_shim(host: *mut std::ffi::c_void, register: fn(&mut dyn Registrar)) -> *const c_char {
     // Safety: the host passes a `*mut &mut dyn boundary::Host` that outlives this call.
     let host: &mut &mut dyn boundary::Host = unsafe { &mut *(host as *mut &mut dyn boundary::Host) };
+    boundary::install_panic_hook();
     let mut wrapping = boundary::Wrapping { host: *host };
     match boundary::catch(|| register(&mut wrapping)) {
         Ok(()) => std::ptr::null(),

@@ -250,6 +250,12 @@ fn run(command: Command) -> lora_core::Result<()> {
         } => {
             let file = config.unwrap_or_else(|| adapter.join("pipeline.toml"));
             let composed = lora_validate::compose(&file, &Overrides::from_process(Vec::new()))?;
+            // The pipeline's plugins first: its augmentations and callbacks are theirs.
+            let doc = lora_core::doc::ConfigDoc::parse(&composed.source)?;
+            let diags = lora_cli::plugins::load_from(&doc);
+            if diags.has_errors() {
+                return Err(lora_core::Error::Invalid(diags));
+            }
             let config = PipelineConfig::from_source(composed.source)?;
             for p in lora_cli::pipeline::predict(config, &adapter, &inputs, &assets)? {
                 let probs: serde_json::Map<String, serde_json::Value> = p

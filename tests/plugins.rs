@@ -327,7 +327,10 @@ fn assert_failure_recorded(out: &Path, why: &str) {
     assert_eq!(lines.last().unwrap()["event"], "end");
     let report = std::fs::read_to_string(out.join("report/report.html")).expect("a report");
     assert!(report.contains(why), "the report says why");
-    assert!(!out.join("adapter_model.safetensors").exists(), "no adapter from a failed run");
+    assert!(
+        !out.join("adapter_model.safetensors").exists(),
+        "no adapter from a failed run"
+    );
 }
 
 #[test]
@@ -360,13 +363,22 @@ fn a_panicking_callback_fails_the_run_naming_the_plugin_and_the_callback() {
     assert_failure_recorded(&out, "event-log panics at step 2 on purpose");
     // The callback saw step 1 and step 2 (where it panicked), then nothing more.
     let seen = std::fs::read_to_string(out.join("plugin-events.jsonl")).unwrap();
-    assert_eq!(seen.lines().filter(|l| l.contains("\"kind\":\"Step\"")).count(), 2, "{seen}");
+    assert_eq!(
+        seen.lines().filter(|l| l.contains("\"kind\":\"Step\"")).count(),
+        2,
+        "{seen}"
+    );
 }
 
 #[test]
 fn a_panicking_rule_is_a_validation_error_naming_the_plugin_and_the_rule() {
     let dir = tempfile::tempdir().unwrap();
-    let checked = check(panicky_pipeline(&dir.path().join("run"), "panic-in-rule = true", "", ""));
+    let checked = check(panicky_pipeline(
+        &dir.path().join("run"),
+        "panic-in-rule = true",
+        "",
+        "",
+    ));
     let d = checked
         .diagnostics
         .0
@@ -429,7 +441,11 @@ fn finding_paths_address_an_array_element_and_a_key_inside_it_and_warn_when_they
     assert_eq!(unresolved.len(), 2, "{}", checked.diagnostics);
     for (d, p) in unresolved.iter().zip(["data.augment.7.levels", "data.augment.levels"]) {
         assert_eq!(d.severity, lora_core::diag::Severity::Warning);
-        assert!(d.message.contains(&format!("`{p}`")) && d.message.contains("test-panicky"), "{}", d.message);
+        assert!(
+            d.message.contains(&format!("`{p}`")) && d.message.contains("test-panicky"),
+            "{}",
+            d.message
+        );
     }
     assert_eq!(at(by_path("data.augment.7.levels")), None);
 }
@@ -465,7 +481,11 @@ fn the_callback_sees_the_epochs_and_steps_that_metrics_jsonl_records() {
         .filter(|e| e["event"] != "intervention")
         .map(|e| {
             let step = e["step"].as_u64().unwrap_or(0);
-            (e["event"].as_str().unwrap().to_string(), step, e["epoch"].as_u64().unwrap())
+            (
+                e["event"].as_str().unwrap().to_string(),
+                step,
+                e["epoch"].as_u64().unwrap(),
+            )
         })
         .collect();
     assert_eq!(seen, logged);
@@ -482,16 +502,18 @@ fn a_copy_of_the_api_crate_builds_on_its_own_and_declares_its_own_version() {
     let api = dir.path().join("lora-plugin-api");
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/lora-plugin-api");
     std::fs::create_dir_all(api.join("src")).unwrap();
-    for file in ["build.rs", "src/lib.rs", "src/components.rs", "src/value.rs", "src/boundary.rs"] {
+    for file in [
+        "build.rs",
+        "src/lib.rs",
+        "src/components.rs",
+        "src/value.rs",
+        "src/boundary.rs",
+    ] {
         std::fs::copy(source.join(file), api.join(file)).unwrap();
     }
     // The guide the doctests include is not part of a vendored copy.
     let lib = std::fs::read_to_string(api.join("src/lib.rs")).unwrap();
-    std::fs::write(
-        api.join("src/lib.rs"),
-        lib.replace("#[cfg(doctest)]", "#[cfg(any())]"),
-    )
-    .unwrap();
+    std::fs::write(api.join("src/lib.rs"), lib.replace("#[cfg(doctest)]", "#[cfg(any())]")).unwrap();
     let manifest = std::fs::read_to_string(source.join("Cargo.toml")).unwrap();
     let host = lora_plugin_host::API_VERSION;
     let bumped = format!("{}.{}.0", host.major, host.minor + 1);
@@ -532,7 +554,9 @@ fn a_copy_of_the_api_crate_builds_on_its_own_and_declares_its_own_version() {
     }]);
     let message = errors.first().expect("refused").to_string();
     assert!(
-        message.contains(&format!("built against lora-plugin-api {bumped}, this host provides {host}")),
+        message.contains(&format!(
+            "built against lora-plugin-api {bumped}, this host provides {host}"
+        )),
         "{message}"
     );
 }

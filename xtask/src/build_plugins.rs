@@ -9,8 +9,7 @@ use std::process::{Command, ExitCode};
 
 use crate::cargo;
 
-pub const USAGE: &str =
-    "build-plugins        build plugins/example-salt-pepper into target/plugins/ (and test builds)";
+pub const USAGE: &str = "build-plugins        build plugins/example-salt-pepper into target/plugins/ (and test builds)";
 
 /// A plugin crate's library file name on this platform.
 pub fn library_name(package: &str) -> String {
@@ -39,7 +38,12 @@ pub fn run(_args: &[String]) -> ExitCode {
             vec!["--features", "example-salt-pepper/__test-panic"],
             out.join("panicking"),
         ),
-        (cargo::target_dir(), "test-panicky", Vec::new(), out.join("test-panicky")),
+        (
+            cargo::target_dir(),
+            "test-panicky",
+            Vec::new(),
+            out.join("test-panicky"),
+        ),
     ];
     for (target, package, features, destination) in builds {
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));

@@ -8,9 +8,7 @@ use std::sync::Arc;
 use lora_core::config::{PartialConfig, PipelineConfig};
 use lora_core::diag::{Diagnostics, SourceFile};
 use lora_core::doc::ConfigDoc;
-use lora_core::registry::{
-    DataSourceEntry, EvaluatorEntry, ModelEntry, TrainerEntry, build, build_model, entries,
-};
+use lora_core::registry::{DataSourceEntry, EvaluatorEntry, ModelEntry, TrainerEntry, build, build_model, entries};
 use lora_core::rules::Facts;
 use lora_core::stage::{AssetResolver, StageContext};
 use lora_validate::Overrides;

@@ -112,7 +112,10 @@ fn version_shows_the_plugin_interface_and_the_compiler() {
     assert!(out.status.success());
     let stdout = text(&out.stdout);
     assert!(
-        stdout.contains(&format!("plugin interface: lora-plugin-api {}", lora_plugin_host::API_VERSION)),
+        stdout.contains(&format!(
+            "plugin interface: lora-plugin-api {}",
+            lora_plugin_host::API_VERSION
+        )),
         "{stdout}"
     );
     assert!(
@@ -127,14 +130,14 @@ fn rules_shows_a_plugins_rule_once_the_plugin_is_loaded() {
     let id = "test-panicky::find";
     let missing = lora().args(["rules", id]).output().unwrap();
     assert_eq!(missing.status.code(), Some(1));
-    assert!(text(&missing.stderr).contains("--pipeline FILE"), "{}", text(&missing.stderr));
+    assert!(
+        text(&missing.stderr).contains("--pipeline FILE"),
+        "{}",
+        text(&missing.stderr)
+    );
 
     let file = pipeline(dir.path(), "", "");
-    let by_pipeline = lora()
-        .args(["rules", id, "--pipeline"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let by_pipeline = lora().args(["rules", id, "--pipeline"]).arg(&file).output().unwrap();
     let by_library = lora()
         .args(["rules", id, "--plugin"])
         .arg(test_plugin())
@@ -144,8 +147,7 @@ fn rules_shows_a_plugins_rule_once_the_plugin_is_loaded() {
         assert!(out.status.success(), "{}", text(&out.stderr));
         let stdout = text(&out.stdout);
         assert!(
-            stdout.starts_with(&format!("{id} (Warning, plugin)"))
-                && stdout.contains("Reports each path it is given"),
+            stdout.starts_with(&format!("{id} (Warning, plugin)")) && stdout.contains("Reports each path it is given"),
             "{stdout}"
         );
     }
@@ -174,11 +176,7 @@ fn a_panicking_rule_ends_validate_with_exit_2_naming_the_plugin_and_the_rule() {
 #[test]
 fn a_panicking_augmentation_or_callback_ends_run_with_exit_1_and_a_finished_log() {
     for (augment, callback, expected) in [
-        (
-            "panic = true",
-            "",
-            "augmentation `panicky` of plugin `test-panicky`",
-        ),
+        ("panic = true", "", "augmentation `panicky` of plugin `test-panicky`"),
         ("", "panic-at-step = 1", "callback `event-log` of plugin `test-panicky`"),
     ] {
         let dir = tempfile::tempdir().unwrap();
@@ -190,10 +188,7 @@ fn a_panicking_augmentation_or_callback_ends_run_with_exit_1_and_a_finished_log(
         assert_no_crash(&out);
         assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
         let stderr = text(&out.stderr);
-        assert!(
-            stderr.contains(expected) && stderr.contains("on purpose"),
-            "{stderr}"
-        );
+        assert!(stderr.contains(expected) && stderr.contains("on purpose"), "{stderr}");
         let run = dir.path().join("run");
         let log = std::fs::read_to_string(run.join("metrics.jsonl")).expect("the log is finished");
         assert!(log.contains("on purpose") && !run.join("metrics.jsonl.partial").exists());
@@ -227,7 +222,10 @@ fn assert_quiet_end(status: std::process::ExitStatus, stderr: &str, what: &str) 
     {
         use std::os::unix::process::ExitStatusExt;
         // Ended by SIGPIPE like `cat`, or finished before writing.
-        assert!(status.signal() == Some(13) || status.success(), "{what}: {status:?} {stderr}");
+        assert!(
+            status.signal() == Some(13) || status.success(),
+            "{what}: {status:?} {stderr}"
+        );
     }
 }
 
@@ -263,7 +261,10 @@ fn a_closed_stdout_or_stderr_ends_every_command_quietly() {
         .output()
         .unwrap();
     assert!(run.status.success(), "{}", text(&run.stderr));
-    assert!(elsewhere.join("plugin-events.jsonl").is_file(), "the callback wrote into --output-dir");
+    assert!(
+        elsewhere.join("plugin-events.jsonl").is_file(),
+        "the callback wrote into --output-dir"
+    );
     assert!(!dir.path().join("run").exists());
     // That run trained a whole (tiny) model; LoRA on it gives an adapter to predict with.
     let full = std::fs::read_to_string(&file).unwrap();
@@ -289,7 +290,12 @@ fn a_closed_stdout_or_stderr_ends_every_command_quietly() {
     let digit = dir.path().join("digit.png");
     image_png(&digit);
     let (status, stderr) = with_closed_pipe(
-        &[os("predict"), os("--adapter"), adapted_dir.as_os_str(), digit.as_os_str()],
+        &[
+            os("predict"),
+            os("--adapter"),
+            adapted_dir.as_os_str(),
+            digit.as_os_str(),
+        ],
         false,
     );
     assert_quiet_end(status, &stderr, "predict");
@@ -325,7 +331,13 @@ fn image_png(path: &Path) {
     let mut raw = Vec::new();
     for y in 0..h {
         raw.push(0); // filter: none
-        raw.extend((0..w).map(|x| if (10..18).contains(&x) && (4..24).contains(&y) { 255 } else { 0 }));
+        raw.extend((0..w).map(|x| {
+            if (10..18).contains(&x) && (4..24).contains(&y) {
+                255
+            } else {
+                0
+            }
+        }));
     }
     let (mut a, mut b) = (1u32, 0u32);
     for &byte in &raw {

@@ -252,9 +252,8 @@ impl Callback for PluginCallback {
         let Some(event) = to_api_event(event) else {
             return Ok(Control::Continue);
         };
-        let fail = |message: String| {
-            lora_core::Error::Other(format!("callback `{}` of {}: {message}", self.name, self.who))
-        };
+        let fail =
+            |message: String| lora_core::Error::Other(format!("callback `{}` of {}: {message}", self.name, self.who));
         if event.kind == api::EventKind::Start {
             self.inner.on_start(&self.run).map_err(fail)?;
         }
@@ -317,11 +316,7 @@ pub(crate) fn to_api_event(e: &TrainEvent) -> Option<api::Event> {
             metrics: report.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         },
         TrainEvent::EpochEnd { epoch, step } => event(api::EventKind::EpochEnd, *step, *epoch, None, Vec::new()),
-        TrainEvent::End {
-            step,
-            epoch,
-            elapsed_s,
-        } => event(
+        TrainEvent::End { step, epoch, elapsed_s } => event(
             api::EventKind::End,
             *step,
             *epoch,
@@ -415,7 +410,10 @@ fn install_rule(entry: GuardedRuleEntry, origin: &'static str, who: &'static str
             // Raised again on the host's side, where the validation engine catches it as
             // `validate::rule-panicked` (an error, whatever the rule's severity).
             Err(message) => {
-                let what = message.strip_prefix("panicked").unwrap_or(&message).trim_start_matches(':');
+                let what = message
+                    .strip_prefix("panicked")
+                    .unwrap_or(&message)
+                    .trim_start_matches(':');
                 std::panic::resume_unwind(Box::new(format!("{who},{what}")))
             }
         }
@@ -468,7 +466,10 @@ mod tests {
             assert_eq!(node.location.line_col(), (9, 10), "{path}");
         }
         for path in ["data.augment.1", "data.augment[1]"] {
-            assert_eq!(resolve(&doc.root, path).unwrap().get("type").unwrap().as_str(), Some("b"));
+            assert_eq!(
+                resolve(&doc.root, path).unwrap().get("type").unwrap().as_str(),
+                Some("b")
+            );
         }
         assert_eq!(resolve(&doc.root, "train.betas[1][0]").unwrap().as_int(), Some(1));
         assert_eq!(resolve(&doc.root, "train.betas.1.1").unwrap().as_int(), Some(2));
@@ -500,7 +501,10 @@ mod tests {
             },
         };
         let e = to_api_event(&eval).unwrap();
-        assert_eq!((e.kind, e.step, e.epoch, e.loss), (api::EventKind::Eval, 6, 2, Some(0.5)));
+        assert_eq!(
+            (e.kind, e.step, e.epoch, e.loss),
+            (api::EventKind::Eval, 6, 2, Some(0.5))
+        );
         assert_eq!(e.metric("accuracy"), Some(0.75));
         let end = to_api_event(&TrainEvent::End {
             step: 6,

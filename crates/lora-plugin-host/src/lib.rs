@@ -14,8 +14,8 @@ mod adapt;
 mod handshake;
 mod load;
 
-pub use handshake::{Declared, check_handshake};
 pub use adapt::{build_callback_for_run, resolve, take_unresolved_paths};
+pub use handshake::{Declared, check_handshake};
 pub use load::{LoadError, LoadedPlugin, Request, load_all, loaded};
 /// The interface this host provides (`lora --version` shows it), and what a run tells a callback.
 pub use lora_plugin_api::{API_VERSION, RUSTC_VERSION, RunInfo};

@@ -83,7 +83,9 @@ pub fn install_panic_hook() {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             if GUARDED.with(Cell::get) {
-                let at = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+                let at = info
+                    .location()
+                    .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
                 LOCATION.with(|l| *l.borrow_mut() = at);
             } else {
                 previous(info);

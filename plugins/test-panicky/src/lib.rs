@@ -90,7 +90,9 @@ impl Rule for FindPaths {
     fn check(&self, config: &ConfigView<'_>) -> Vec<Finding> {
         let mut out = Vec::new();
         for table in panicky_tables(config) {
-            let Some(Value::Array(paths)) = table.get("find") else { continue };
+            let Some(Value::Array(paths)) = table.get("find") else {
+                continue;
+            };
             for path in paths.iter().filter_map(Value::as_str) {
                 // What the rule reads at the path, to test `ConfigView::get` with indices.
                 let seen = match config.get(path) {
@@ -137,9 +139,9 @@ impl EventLog {
         }
         let panic_at_step = match p.get("panic-at-step") {
             None => None,
-            Some(_) => Some(
-                usize::try_from(p.int_or("panic-at-step", 0)?).map_err(|_| "`panic-at-step` must be at least 0")?,
-            ),
+            Some(_) => {
+                Some(usize::try_from(p.int_or("panic-at-step", 0)?).map_err(|_| "`panic-at-step` must be at least 0")?)
+            }
         };
         Ok(Self {
             name: p.str_or("file", "plugin-events.jsonl")?.to_string(),

@@ -8,6 +8,7 @@ pub mod alloc;
 pub mod bench;
 pub mod bench_monitor;
 pub mod pipeline;
+pub mod pipes;
 pub mod plugins;
 pub mod show;
 pub mod validate;

@@ -2,10 +2,11 @@
 //!
 //! Exit codes: 0 success, 1 failure while running, 2 invalid configuration or input.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use lora_assets::CacheResolver;
 use lora_core::config::PipelineConfig;
 use lora_core::diag::Severity;
@@ -101,12 +102,21 @@ enum Command {
         #[command(flatten)]
         layers: Layers,
     },
-    /// List every validation rule (`--markdown`: the docs/RULES.md page).
+    /// List every validation rule (`--markdown`: the docs/RULES.md page); a plugin's
+    /// rules with `--pipeline FILE` (its `[plugins]`) or `--plugin LIB`.
     Rules {
         /// Print one rule's documentation.
         id: Option<String>,
         #[arg(long)]
         markdown: bool,
+        /// Load this pipeline's `[plugins] paths` first, so that their rules are listed.
+        #[arg(long, value_name = "FILE")]
+        pipeline: Option<PathBuf>,
+        /// Load this plugin library first (repeatable).
+        #[arg(long = "plugin", value_name = "LIB")]
+        plugins: Vec<PathBuf>,
+        #[command(flatten)]
+        layers: Layers,
     },
     /// List every registered component: data sources, models, trainers, ...
     List,
@@ -134,9 +144,23 @@ enum ConfigCommand {
     },
 }
 
+/// `lora --version`: the program's version, the plugin interface it loads and the
+/// compiler it was built with (a plugin must be built against both).
+fn long_version() -> &'static str {
+    let text = format!(
+        "{}\nplugin interface: lora-plugin-api {}\ncompiler: {}",
+        env!("CARGO_PKG_VERSION"),
+        lora_plugin_host::API_VERSION,
+        lora_plugin_host::RUSTC_VERSION
+    );
+    Box::leak(text.into_boxed_str())
+}
+
 fn main() -> ExitCode {
     lora_cli::alloc::keep_freed_memory();
-    let cli = Cli::parse();
+    lora_cli::pipes::end_quietly_on_closed_pipes();
+    let matches = Cli::command().long_version(long_version()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -193,6 +217,9 @@ fn run(command: Command) -> lora_core::Result<()> {
                 extra.push(format!("monitor.port={p}"));
             }
             let pipeline = validated(&file, layers.overrides(extra), &assets)?;
+            if pipeline.config.monitor.dashboard {
+                lora_cli::pipes::survive_closed_pipes();
+            }
             let out = lora_cli::pipeline::run(pipeline, &assets, quiet)?;
             let metrics: Vec<String> = out
                 .final_eval
@@ -200,7 +227,9 @@ fn run(command: Command) -> lora_core::Result<()> {
                 .iter()
                 .map(|(k, v)| format!("{k} {v:.4}"))
                 .collect();
-            println!(
+            // Not `println!`: with the dashboard, a closed stdout is an error, not the end.
+            let _ = writeln!(
+                std::io::stdout(),
                 "{}: validation loss {:.4} {} in {:.1}s; outputs written to {}",
                 file.display(),
                 out.final_eval.loss,
@@ -221,6 +250,12 @@ fn run(command: Command) -> lora_core::Result<()> {
         } => {
             let file = config.unwrap_or_else(|| adapter.join("pipeline.toml"));
             let composed = lora_validate::compose(&file, &Overrides::from_process(Vec::new()))?;
+            // The pipeline's plugins first: its augmentations and callbacks are theirs.
+            let doc = lora_core::doc::ConfigDoc::parse(&composed.source)?;
+            let diags = lora_cli::plugins::load_from(&doc);
+            if diags.has_errors() {
+                return Err(lora_core::Error::Invalid(diags));
+            }
             let config = PipelineConfig::from_source(composed.source)?;
             for p in lora_cli::pipeline::predict(config, &adapter, &inputs, &assets)? {
                 let probs: serde_json::Map<String, serde_json::Value> = p
@@ -271,7 +306,22 @@ fn run(command: Command) -> lora_core::Result<()> {
             }
             print!("{}", lora_cli::plugins::listing());
         }
-        Command::Rules { id, markdown } => {
+        Command::Rules {
+            id,
+            markdown,
+            pipeline,
+            plugins,
+            layers,
+        } => {
+            let mut diags = lora_cli::plugins::load_paths(&plugins);
+            if let Some(file) = pipeline {
+                let composed = lora_validate::compose(&file, &layers.overrides(Vec::new()))?;
+                let doc = lora_core::doc::ConfigDoc::parse(&composed.source)?;
+                diags.0.extend(lora_cli::plugins::load_from(&doc).0);
+            }
+            if diags.has_errors() {
+                return Err(lora_core::Error::Invalid(diags));
+            }
             if markdown {
                 print!("{}", lora_validate::docs::markdown());
                 return Ok(());
@@ -281,8 +331,14 @@ fn run(command: Command) -> lora_core::Result<()> {
                 Some(id) => {
                     let Some(r) = rules.iter().find(|r| r.id == id) else {
                         let names = rules.iter().map(|r| r.id);
-                        let hint = lora_core::diag::did_you_mean(&id, names)
+                        let mut hint = lora_core::diag::did_you_mean(&id, names)
                             .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
+                        if lora_plugin_host::loaded().is_empty() {
+                            hint.push_str(
+                                " (a plugin's rules are listed once it is loaded: \
+                                 `lora rules ID --pipeline FILE` or `--plugin LIB`)",
+                            );
+                        }
                         return Err(lora_core::Error::Other(format!("no rule `{id}`{hint}")));
                     };
                     println!(
@@ -317,6 +373,7 @@ fn run(command: Command) -> lora_core::Result<()> {
             steps,
             monitoring,
         } => {
+            lora_cli::pipes::survive_closed_pipes();
             if monitoring {
                 lora_cli::bench_monitor::run(&backend, steps, &assets)?;
             } else {

@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 
 use lora_core::config::PipelineConfig;
 use lora_core::diag::{Diagnostic, Diagnostics};
-use lora_core::events::Callback;
+use lora_core::events::{Callback, TrainEvent};
 use lora_core::fsutil::write_atomic;
-use lora_core::registry::{CallbackEntry, DataSourceEntry, EvaluatorEntry, TrainerEntry, build, build_model};
+use lora_core::registry::{DataSourceEntry, EvaluatorEntry, TrainerEntry, build, build_model};
 use lora_core::stage::{
     AssetResolver, DataStage, EvalReport, EvalStage, ModelStage, PreparedData, StageContext, TrainContext, TrainStage,
 };
@@ -53,7 +53,7 @@ impl Pipeline {
         let callbacks: Vec<Option<Box<dyn Callback>>> = config
             .callbacks
             .iter()
-            .map(|c| take(&mut diags, build::<CallbackEntry>(c)))
+            .map(|c| take(&mut diags, crate::plugins::build_callback(c, Some(&config.run))))
             .collect();
         if diags.has_errors() {
             return Err(Error::Invalid(diags));
@@ -191,7 +191,9 @@ pub fn run(mut pipeline: Pipeline, assets: &dyn AssetResolver, quiet: bool) -> R
     )?;
 
     let monitor_cfg = pipeline.config.monitor.clone();
+    let tracker = Tracker::default();
     let mut callbacks: Vec<Box<dyn Callback>> = vec![
+        Box::new(tracker.clone()),
         Box::new(lora_monitor::JsonlSink::create(&out.join("metrics.jsonl"))?),
         Box::new(lora_monitor::Monitor::start(
             &monitor_cfg,
@@ -205,14 +207,22 @@ pub fn run(mut pipeline: Pipeline, assets: &dyn AssetResolver, quiet: bool) -> R
     }
     callbacks.append(&mut pipeline.callbacks);
     let seed = pipeline.config.run.seed;
-    let train = pipeline.train.train(TrainContext {
+    let trained = pipeline.train.train(TrainContext {
         model: model.as_mut(),
         data: &data,
         eval: pipeline.eval.as_ref(),
         callbacks: &mut callbacks,
         strategy: &mut SingleProcess,
         seed,
-    })?;
+    });
+    let train = match trained {
+        Ok(t) => t,
+        Err(e) => {
+            // callbacks[1] is the metrics log, callbacks[2] the monitor.
+            tracker.close_failed_run(&mut callbacks[1..3], &e);
+            return Err(e);
+        }
+    };
     let final_eval = train
         .evals
         .last()
@@ -251,6 +261,67 @@ pub fn run(mut pipeline: Pipeline, assets: &dyn AssetResolver, quiet: bool) -> R
         final_eval,
         elapsed_s: started.elapsed().as_secs_f64(),
     })
+}
+
+/// What the run's own sinks need to close a failed run: the last step and epoch
+/// seen, and whether the loop already announced the failure.
+#[derive(Clone, Default)]
+struct Tracker(std::sync::Arc<std::sync::Mutex<Tracked>>);
+
+#[derive(Default)]
+struct Tracked {
+    step: usize,
+    epoch: usize,
+    elapsed_s: f64,
+    fail_announced: bool,
+}
+
+impl Callback for Tracker {
+    fn on_event(&mut self, event: &TrainEvent) -> Result<()> {
+        let mut t = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match event {
+            TrainEvent::Step(m) => (t.step, t.epoch, t.elapsed_s) = (m.step, m.epoch, m.elapsed_s),
+            TrainEvent::Intervention { action, elapsed_s, .. } => {
+                t.fail_announced |= action == "fail";
+                t.elapsed_s = *elapsed_s;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn name(&self) -> &str {
+        "run"
+    }
+}
+
+impl Tracker {
+    /// A run that failed while training (a callback's error, a plugin's panic, bad
+    /// data, ...): the metrics log and the report still say why. The failure is
+    /// announced as a `fail` intervention (unless the loop did), then the log gets
+    /// its `end` line and is renamed from `.partial`; the monitor writes its report
+    /// when it is dropped. Best effort: the run's own error is what gets reported.
+    fn close_failed_run(&self, sinks: &mut [Box<dyn Callback>], error: &Error) {
+        let t = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for sink in sinks.iter_mut() {
+            if !t.fail_announced {
+                let _ = sink.on_event(&TrainEvent::Intervention {
+                    step: t.step,
+                    source: "run".into(),
+                    action: "fail".into(),
+                    message: error.to_string(),
+                    elapsed_s: t.elapsed_s,
+                });
+            }
+        }
+        if let Some(log) = sinks.first_mut() {
+            let _ = log.on_event(&TrainEvent::End {
+                step: t.step,
+                epoch: t.epoch,
+                elapsed_s: t.elapsed_s,
+            });
+        }
+    }
 }
 
 /// `lora eval`: the pipeline's validation split, scored with an adapter.

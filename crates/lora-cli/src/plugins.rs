@@ -1,5 +1,7 @@
 //! `[plugins] paths = [...]`: loading the pipeline's dynamic plugins, and `lora plugins`.
 
+use std::path::PathBuf;
+
 use lora_core::diag::{Diagnostic, Diagnostics};
 use lora_core::doc::ConfigDoc;
 use lora_plugin_host::{Request, load_all};
@@ -39,19 +41,60 @@ pub fn load_from(doc: &ConfigDoc) -> Diagnostics {
             }
         }
     }
+    diags.0.extend(load(&requests).0);
+    diags
+}
+
+/// Loads libraries by path (`lora rules --plugin LIB`), relative to the working directory.
+pub fn load_paths(paths: &[PathBuf]) -> Diagnostics {
+    let requests: Vec<Request> = paths
+        .iter()
+        .map(|p| Request {
+            path: p.clone(),
+            location: None,
+        })
+        .collect();
+    load(&requests)
+}
+
+fn load(requests: &[Request]) -> Diagnostics {
+    let mut diags = Diagnostics::default();
     if requests.is_empty() {
         return diags;
     }
     crate::alloc::share_with_plugins();
-    let (_, errors) = load_all(&requests);
+    let (_, errors) = load_all(requests);
+    let api = lora_plugin_host::API_VERSION;
     for e in errors {
         diags.push(
             Diagnostic::error("plugin::load-failed", e.to_string())
                 .at(e.location.clone())
-                .help("build plugins with `cargo xtask build-plugins`; see docs/PLUGINS.md"),
+                .help(format!(
+                    "this lora loads plugins built against lora-plugin-api {}.{} with `{}` \
+                     (`lora --version` says so too): rebuild the plugin with them; see docs/PLUGINS.md",
+                    api.major,
+                    api.minor,
+                    lora_plugin_host::RUSTC_VERSION
+                )),
         );
     }
     diags
+}
+
+/// Builds a `[callbacks.NAME]` table for a run: a plugin's callback learns the run
+/// (its output folder) through `on_start`; a built-in one comes from the registry.
+pub fn build_callback(
+    c: &lora_core::config::Component,
+    run: Option<&lora_core::config::RunConfig>,
+) -> Result<Box<dyn lora_core::events::Callback>, Diagnostics> {
+    let info = run
+        .map(|r| lora_plugin_host::RunInfo {
+            name: r.name.clone(),
+            output_dir: r.output_dir.clone(),
+        })
+        .unwrap_or_default();
+    lora_plugin_host::build_callback_for_run(c, &info)
+        .unwrap_or_else(|| lora_core::registry::build::<lora_core::registry::CallbackEntry>(c))
 }
 
 /// Names registered twice (by crates linked into this binary, or by plugins): errors at start.

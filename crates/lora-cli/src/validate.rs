@@ -8,9 +8,7 @@ use std::sync::Arc;
 use lora_core::config::{PartialConfig, PipelineConfig};
 use lora_core::diag::{Diagnostics, SourceFile};
 use lora_core::doc::ConfigDoc;
-use lora_core::registry::{
-    CallbackEntry, DataSourceEntry, EvaluatorEntry, ModelEntry, TrainerEntry, build, build_model, entries,
-};
+use lora_core::registry::{DataSourceEntry, EvaluatorEntry, ModelEntry, TrainerEntry, build, build_model, entries};
 use lora_core::rules::Facts;
 use lora_core::stage::{AssetResolver, StageContext};
 use lora_validate::Overrides;
@@ -106,7 +104,7 @@ pub fn check_source(source: Arc<SourceFile>, assets: &dyn AssetResolver) -> Chec
         .and_then(|c| take(&mut loader, build::<EvaluatorEntry>(c)));
     let callbacks: Option<Vec<_>> = partial.callbacks.as_ref().map(|cs| {
         cs.iter()
-            .filter_map(|c| take(&mut loader, build::<CallbackEntry>(c)))
+            .filter_map(|c| take(&mut loader, crate::plugins::build_callback(c, partial.run.as_ref())))
             .collect()
     });
 
@@ -154,7 +152,9 @@ pub fn check_source(source: Arc<SourceFile>, assets: &dyn AssetResolver) -> Chec
         }
     }
 
-    let found = lora_validate::check(&doc, &facts);
+    lora_plugin_host::take_unresolved_paths();
+    let mut found = lora_validate::check(&doc, &facts);
+    found.extend(lora_plugin_host::take_unresolved_paths());
     let diagnostics = lora_validate::finish(loader, found);
     let pipeline = if diagnostics.has_errors() {
         None

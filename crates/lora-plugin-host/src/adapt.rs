@@ -1,6 +1,9 @@
-//! Turns what a plugin registered into the host's registry entries, with
-//! panics caught at every call into the plugin.
+//! Turns what a plugin registered into the host's registries. Every call into
+//! the plugin goes through the wrappers of `lora_plugin_api::boundary`, which
+//! catch panics on the plugin's side and return them as errors; here they
+//! become errors of the run that name the plugin and the component.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -13,9 +16,10 @@ use lora_core::init::SeededRng;
 use lora_core::registry::{AugmentationEntry, CallbackEntry, Entry, describe, entries, register_dynamic};
 use lora_core::rules::{Category, Finding, RuleContext, rules};
 use lora_plugin_api as api;
+use lora_plugin_api::boundary::{GuardedAugmentation, GuardedCallback, GuardedFactory, GuardedRuleEntry};
 use rand::RngCore;
 
-use crate::load::{Collect, guarded};
+use crate::load::Collect;
 
 fn leak(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())
@@ -23,7 +27,14 @@ fn leak(s: String) -> &'static str {
 
 /// Installs every contribution, or none: a name already taken (by a built-in
 /// component or another plugin) is an error naming both origins.
-pub(crate) fn install(collected: Collect, origin: &'static str) -> Result<Vec<(&'static str, String)>, String> {
+///
+/// `origin` is the library's path (the registries' origin); `who` names the
+/// plugin in messages: "plugin `NAME` (PATH)".
+pub(crate) fn install(
+    collected: Collect,
+    origin: &'static str,
+    who: &'static str,
+) -> Result<Vec<(&'static str, String)>, String> {
     let mut problems = Vec::new();
     for e in &collected.rules {
         if let Some(existing) = rules().into_iter().find(|r| r.id == e.id) {
@@ -67,7 +78,7 @@ pub(crate) fn install(collected: Collect, origin: &'static str) -> Result<Vec<(&
     let mut added = Vec::new();
     for entry in collected.rules {
         added.push(("rule", entry.id.clone()));
-        install_rule(entry, origin);
+        install_rule(entry, origin, who);
     }
     for entry in collected.augmentations {
         added.push((AugmentationEntry::KIND, entry.name.clone()));
@@ -75,7 +86,7 @@ pub(crate) fn install(collected: Collect, origin: &'static str) -> Result<Vec<(&
         AUGMENTATIONS
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(name, (&*Box::leak(Box::new(entry.build)), origin));
+            .insert(name, (&*Box::leak(Box::new(entry.build)), who));
         register_dynamic(
             AugmentationEntry {
                 name,
@@ -91,7 +102,7 @@ pub(crate) fn install(collected: Collect, origin: &'static str) -> Result<Vec<(&
         CALLBACKS
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(name, (&*Box::leak(Box::new(entry.build)), origin));
+            .insert(name, (&*Box::leak(Box::new(entry.build)), who));
         register_dynamic(
             CallbackEntry {
                 name,
@@ -106,11 +117,13 @@ pub(crate) fn install(collected: Collect, origin: &'static str) -> Result<Vec<(&
 
 type Factories<T> = Mutex<HashMap<&'static str, (&'static T, &'static str)>>;
 
-/// Plugin factories by component name; registry entries point here through
-/// [`build_augmentation`] and [`build_callback`] (registry constructors are plain functions).
-static AUGMENTATIONS: std::sync::LazyLock<Factories<api::AugmentationFactory>> =
+/// Plugin factories by component name, with the plugin's name for messages;
+/// registry entries point here through [`build_augmentation`] and
+/// [`build_callback`] (registry constructors are plain functions).
+static AUGMENTATIONS: std::sync::LazyLock<Factories<GuardedFactory<dyn GuardedAugmentation>>> =
     std::sync::LazyLock::new(Default::default);
-static CALLBACKS: std::sync::LazyLock<Factories<api::CallbackFactory>> = std::sync::LazyLock::new(Default::default);
+static CALLBACKS: std::sync::LazyLock<Factories<GuardedFactory<dyn GuardedCallback>>> =
+    std::sync::LazyLock::new(Default::default);
 
 /// The component's table (without `type`) as plugin parameters.
 fn params(c: &Component) -> Result<api::Params, Diagnostics> {
@@ -132,39 +145,33 @@ fn toml_to_api(v: toml::Value) -> api::Value {
     }
 }
 
-fn plugin_error(c: &Component, origin: &str, message: String) -> Diagnostics {
+fn plugin_error(c: &Component, who: &str, message: String) -> Diagnostics {
     Diagnostic::error(
         "plugin::component-failed",
-        format!("`{}` from plugin {origin}: {message}", c.type_name),
+        format!("`{}` of {who}: {message}", c.type_name),
     )
     .at(c.type_location())
     .into()
 }
 
 fn build_augmentation(c: &Component) -> Result<Augmentation, Diagnostics> {
-    let (factory, origin) = *AUGMENTATIONS
+    let (name, (factory, who)) = AUGMENTATIONS
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .get(c.type_name.as_str())
-        .ok_or_else(|| plugin_error(c, "?", "not registered".into()))?;
+        .iter()
+        .find(|(k, _)| **k == c.type_name)
+        .map(|(k, v)| (*k, *v))
+        .ok_or_else(|| plugin_error(c, "a plugin", "not registered".into()))?;
     let p = params(c)?;
-    let built = guarded("building the augmentation", || factory(&p)).map_err(|m| plugin_error(c, origin, m))?;
-    let inner = built.map_err(|m| plugin_error(c, origin, m))?;
-    let name = AUGMENTATIONS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .keys()
-        .find(|k| **k == c.type_name)
-        .copied()
-        .unwrap_or("plugin-augmentation");
-    Ok(Augmentation::Sample(Box::new(PluginAugment { name, origin, inner })))
+    let inner = factory(&p).map_err(|m| plugin_error(c, who, m))?;
+    Ok(Augmentation::Sample(Box::new(PluginAugment { name, who, inner })))
 }
 
 /// A plugin's augmentation as the data pipeline sees it.
 struct PluginAugment {
     name: &'static str,
-    origin: &'static str,
-    inner: Box<dyn api::Augmentation>,
+    who: &'static str,
+    inner: Box<dyn GuardedAugmentation>,
 }
 
 impl ImageAugment for PluginAugment {
@@ -181,39 +188,59 @@ impl ImageAugment for PluginAugment {
             width,
             pixels: &mut image.pixels,
         };
-        if let Err(message) = guarded("applying the augmentation", || self.inner.apply(&mut view, seed)) {
-            // Re-raised with the plugin named, on the loader thread, which turns it into an error of the run.
-            panic!("augmentation `{}` from plugin {}: {message}", self.name, self.origin);
-        }
-        // A plugin that resized the pixel buffer would break every later step.
-        if image.pixels.len() != channels * height * width {
-            panic!(
-                "augmentation `{}` from plugin {} changed the image's pixel count",
-                self.name, self.origin
-            );
+        let failed = match self.inner.apply(&mut view, seed) {
+            Err(message) => Some(message),
+            // A plugin that resized the pixel buffer would break every later step.
+            Ok(()) if image.pixels.len() != channels * height * width => {
+                Some("changed the image's pixel count".to_string())
+            }
+            Ok(()) => None,
+        };
+        if let Some(message) = failed {
+            // The plugin's panic was caught on its side; this one is the host's own,
+            // raised without the panic hook's noise and caught where batches are made
+            // (`lora_data`), which turns it into an error of the run.
+            std::panic::resume_unwind(Box::new(format!(
+                "augmentation `{}` of {}: {message}",
+                self.name, self.who
+            )));
         }
     }
 }
 
-fn build_callback(c: &Component) -> Result<Box<dyn Callback>, Diagnostics> {
-    let (name, (factory, origin)) = CALLBACKS
+/// Builds a plugin callback for a run: `None` when `c` is not a plugin's callback.
+/// `run` is what the callback's `on_start` receives (its output folder, ...).
+pub fn build_callback_for_run(c: &Component, run: &api::RunInfo) -> Option<Result<Box<dyn Callback>, Diagnostics>> {
+    let found = CALLBACKS
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .iter()
         .find(|(k, _)| **k == c.type_name)
-        .map(|(k, v)| (*k, *v))
-        .ok_or_else(|| plugin_error(c, "?", "not registered".into()))?;
-    let p = params(c)?;
-    let built = guarded("building the callback", || factory(&p)).map_err(|m| plugin_error(c, origin, m))?;
-    let inner = built.map_err(|m| plugin_error(c, origin, m))?;
-    Ok(Box::new(PluginCallback { name, origin, inner }))
+        .map(|(k, v)| (*k, *v));
+    let (name, (factory, who)) = found?;
+    Some((|| {
+        let p = params(c)?;
+        let inner = factory(&p).map_err(|m| plugin_error(c, who, m))?;
+        Ok(Box::new(PluginCallback {
+            name,
+            who,
+            inner,
+            run: run.clone(),
+        }) as Box<dyn Callback>)
+    })())
+}
+
+fn build_callback(c: &Component) -> Result<Box<dyn Callback>, Diagnostics> {
+    build_callback_for_run(c, &api::RunInfo::default())
+        .unwrap_or_else(|| Err(plugin_error(c, "a plugin", "not registered".into())))
 }
 
 /// A plugin's callback as the training loop sees it.
 struct PluginCallback {
     name: &'static str,
-    origin: &'static str,
-    inner: Box<dyn api::Callback>,
+    who: &'static str,
+    inner: Box<dyn GuardedCallback>,
+    run: api::RunInfo,
 }
 
 impl Callback for PluginCallback {
@@ -225,14 +252,14 @@ impl Callback for PluginCallback {
         let Some(event) = to_api_event(event) else {
             return Ok(Control::Continue);
         };
-        let inner = &mut self.inner;
-        match guarded("the callback", || inner.on_event(&event)) {
-            Ok(api::Action::Continue) => Ok(Control::Continue),
-            Ok(api::Action::Stop(reason)) => Ok(Control::Stop { reason }),
-            Err(message) => Err(lora_core::Error::Other(format!(
-                "callback `{}` from plugin {}: {message}",
-                self.name, self.origin
-            ))),
+        let fail =
+            |message: String| lora_core::Error::Other(format!("callback `{}` of {}: {message}", self.name, self.who));
+        if event.kind == api::EventKind::Start {
+            self.inner.on_start(&self.run).map_err(fail)?;
+        }
+        match self.inner.on_event(&event).map_err(fail)? {
+            api::Action::Continue => Ok(Control::Continue),
+            api::Action::Stop(reason) => Ok(Control::Stop { reason }),
         }
     }
 
@@ -241,47 +268,138 @@ impl Callback for PluginCallback {
     }
 }
 
-fn to_api_event(e: &TrainEvent) -> Option<api::Event> {
-    let event = |kind, step, epoch, loss, metrics| api::Event {
+/// An event as plugins see it; the figures of each kind are documented on [`api::Event`].
+pub(crate) fn to_api_event(e: &TrainEvent) -> Option<api::Event> {
+    let event = |kind, step, epoch, loss, metrics: Vec<(&str, f64)>| api::Event {
         kind,
         step,
         epoch,
         loss,
-        metrics,
+        metrics: metrics.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
     };
     Some(match e {
-        TrainEvent::Start { .. } => event(api::EventKind::Start, 0, 0, None, Vec::new()),
+        TrainEvent::Start {
+            total_steps,
+            epochs,
+            train_samples,
+            trainable_parameters,
+        } => event(
+            api::EventKind::Start,
+            0,
+            0,
+            None,
+            vec![
+                ("total_steps", *total_steps as f64),
+                ("epochs", *epochs as f64),
+                ("train_samples", *train_samples as f64),
+                ("trainable_parameters", *trainable_parameters as f64),
+            ],
+        ),
         TrainEvent::Step(m) => event(
             api::EventKind::Step,
             m.step,
             m.epoch,
             Some(m.loss),
-            vec![("lr".into(), m.lr), ("grad_norm".into(), m.grad_norm)],
+            vec![
+                ("lr", m.lr),
+                ("grad_norm", m.grad_norm),
+                ("update_ratio", m.update_ratio),
+                ("samples_per_s", m.samples_per_s),
+                ("elapsed_s", m.elapsed_s),
+            ],
         ),
-        TrainEvent::Eval { step, epoch, report } => event(
-            api::EventKind::Eval,
+        TrainEvent::Eval { step, epoch, report } => api::Event {
+            kind: api::EventKind::Eval,
+            step: *step,
+            epoch: *epoch,
+            loss: Some(report.loss),
+            metrics: report.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        },
+        TrainEvent::EpochEnd { epoch, step } => event(api::EventKind::EpochEnd, *step, *epoch, None, Vec::new()),
+        TrainEvent::End { step, epoch, elapsed_s } => event(
+            api::EventKind::End,
             *step,
             *epoch,
-            Some(report.loss),
-            report.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            None,
+            vec![("elapsed_s", *elapsed_s)],
         ),
-        TrainEvent::EpochEnd { epoch, step } => event(api::EventKind::EpochEnd, *step, *epoch, None, Vec::new()),
-        TrainEvent::End { step, epoch, .. } => event(api::EventKind::End, *step, *epoch, None, Vec::new()),
         _ => return None,
     })
 }
 
-fn install_rule(entry: api::RuleEntry, origin: &'static str) {
+thread_local! {
+    /// Paths of plugin findings that named nothing, during the current validation on
+    /// this thread (rules run one after another on the validating thread).
+    static UNRESOLVED: RefCell<Vec<Diagnostic>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Warnings for plugin findings whose `path` named nothing in the document, since the
+/// last call (on this thread): `plugin::finding-path`.
+pub fn take_unresolved_paths() -> Vec<Diagnostic> {
+    UNRESOLVED.with(|u| std::mem::take(&mut *u.borrow_mut()))
+}
+
+/// The node at a plugin path: dotted keys, and array elements by 0-based index,
+/// written `a.b.1.c` or `a.b[1].c`.
+pub fn resolve<'a>(root: &'a Node, path: &str) -> Option<&'a Node> {
+    let mut node = root;
+    for segment in path.split('.') {
+        let (key, indices) = match segment.find('[') {
+            Some(i) => (&segment[..i], &segment[i..]),
+            None => (segment, ""),
+        };
+        if !key.is_empty() {
+            node = match (&node.value, key.parse::<usize>()) {
+                (DocValue::Array(items), Ok(i)) => items.get(i)?,
+                _ => node.get(key)?,
+            };
+        } else if indices.is_empty() {
+            return None;
+        }
+        let mut rest = indices;
+        while !rest.is_empty() {
+            let inner = rest.strip_prefix('[')?;
+            let close = inner.find(']')?;
+            let i: usize = inner[..close].trim().parse().ok()?;
+            node = node.as_array()?.get(i)?;
+            rest = &inner[close + 1..];
+        }
+    }
+    Some(node)
+}
+
+fn install_rule(entry: GuardedRuleEntry, origin: &'static str, who: &'static str) {
     let id = leak(entry.id);
-    let rule: &'static dyn api::Rule = Box::leak(entry.rule);
+    let rule: &'static dyn api::boundary::GuardedRule = Box::leak(entry.rule);
     let check = move |ctx: &RuleContext| -> Vec<Finding> {
-        let lookup = |path: &str| ctx.node(path).map(to_api);
+        let root = &ctx.doc.root;
+        let lookup = |path: &str| resolve(root, path).map(to_api);
         let view = api::ConfigView::new(&lookup);
-        match guarded(&format!("rule `{id}` of plugin {origin}"), || rule.check(&view)) {
+        match rule.check(&view) {
             Ok(found) => found
                 .into_iter()
                 .map(|f| {
-                    let location = f.path.as_deref().and_then(|p| ctx.location(p));
+                    let location = f.path.as_deref().and_then(|p| {
+                        let at = resolve(root, p).map(|n| n.location.clone());
+                        if at.is_none() {
+                            UNRESOLVED.with(|u| {
+                                u.borrow_mut().push(
+                                    Diagnostic::warning(
+                                        "plugin::finding-path",
+                                        format!(
+                                            "rule `{id}` of {who} points at `{p}`, which names nothing in the \
+                                             configuration; its finding is shown without a location"
+                                        ),
+                                    )
+                                    .help(
+                                        "a finding's path is dotted keys, with an array element by its 0-based \
+                                         index: `data.augment.1.p` or `data.augment[1].p` (docs/PLUGINS.md)",
+                                    ),
+                                )
+                            });
+                        }
+                        at
+                    });
                     Finding {
                         message: f.message,
                         location,
@@ -289,7 +407,15 @@ fn install_rule(entry: api::RuleEntry, origin: &'static str) {
                     }
                 })
                 .collect(),
-            Err(message) => vec![Finding::new(message, None)],
+            // Raised again on the host's side, where the validation engine catches it as
+            // `validate::rule-panicked` (an error, whatever the rule's severity).
+            Err(message) => {
+                let what = message
+                    .strip_prefix("panicked")
+                    .unwrap_or(&message)
+                    .trim_start_matches(':');
+                std::panic::resume_unwind(Box::new(format!("{who},{what}")))
+            }
         }
     };
     let check: &'static (dyn Fn(&RuleContext) -> Vec<Finding> + Send + Sync) = Box::leak(Box::new(check));
@@ -317,5 +443,84 @@ pub(crate) fn to_api(node: &Node) -> api::Value {
         DocValue::Boolean(b) => api::Value::Boolean(*b),
         DocValue::Array(a) => api::Value::Array(a.iter().map(to_api).collect()),
         DocValue::Table(t) => api::Value::Table(t.iter().map(|(k, n)| (k.clone(), to_api(n))).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lora_core::diag::SourceFile;
+    use lora_core::doc::ConfigDoc;
+
+    #[test]
+    fn paths_address_array_elements_by_index_in_both_spellings() {
+        let file = SourceFile::new(
+            "p.toml",
+            "[data]\ntype = \"x\"\n\n[[data.augment]]\ntype = \"a\"\n\n[[data.augment]]\ntype = \"b\"\nlevels = 4\n\n[train]\nbetas = [0.9, [1, 2]]\n"
+                .into(),
+        );
+        let doc = ConfigDoc::parse(&file).unwrap();
+        for path in ["data.augment.1.levels", "data.augment[1].levels"] {
+            let node = resolve(&doc.root, path).unwrap_or_else(|| panic!("{path}"));
+            assert_eq!(node.as_int(), Some(4));
+            assert_eq!(node.location.line_col(), (9, 10), "{path}");
+        }
+        for path in ["data.augment.1", "data.augment[1]"] {
+            assert_eq!(
+                resolve(&doc.root, path).unwrap().get("type").unwrap().as_str(),
+                Some("b")
+            );
+        }
+        assert_eq!(resolve(&doc.root, "train.betas[1][0]").unwrap().as_int(), Some(1));
+        assert_eq!(resolve(&doc.root, "train.betas.1.1").unwrap().as_int(), Some(2));
+        assert_eq!(resolve(&doc.root, "data.type").unwrap().as_str(), Some("x"));
+        for nothing in [
+            "data.augment.2",
+            "data.augment[2].type",
+            "data.augment.0.levels",
+            "data.augment[x]",
+            "data.augment[1",
+            "data..type",
+            "data.type[0]",
+            "",
+        ] {
+            assert!(resolve(&doc.root, nothing).is_none(), "{nothing}");
+        }
+    }
+
+    #[test]
+    fn events_carry_the_epoch_and_the_documented_figures() {
+        let eval = TrainEvent::Eval {
+            step: 6,
+            epoch: 2,
+            report: lora_core::stage::EvalReport {
+                samples: 32,
+                loss: 0.5,
+                metrics: [("accuracy".to_string(), 0.75)].into(),
+                details: serde_json::Value::Null,
+            },
+        };
+        let e = to_api_event(&eval).unwrap();
+        assert_eq!(
+            (e.kind, e.step, e.epoch, e.loss),
+            (api::EventKind::Eval, 6, 2, Some(0.5))
+        );
+        assert_eq!(e.metric("accuracy"), Some(0.75));
+        let end = to_api_event(&TrainEvent::End {
+            step: 6,
+            epoch: 2,
+            elapsed_s: 1.5,
+        })
+        .unwrap();
+        assert_eq!((end.step, end.epoch, end.metric("elapsed_s")), (6, 2, Some(1.5)));
+        let start = to_api_event(&TrainEvent::Start {
+            total_steps: 6,
+            epochs: 3,
+            train_samples: 64,
+            trainable_parameters: 10,
+        })
+        .unwrap();
+        assert_eq!(start.metric("total_steps"), Some(6.0));
+        assert_eq!(start.metric("epochs"), Some(3.0));
     }
 }

@@ -1,13 +1,13 @@
 //! Opening libraries, the handshake, and registration.
 
 use std::ffi::{CStr, c_char};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use lora_core::diag::Location;
-use lora_plugin_api::{AugmentationEntry, CallbackEntry, DECLARATION_SYMBOL, PluginDeclaration, Registrar, RuleEntry};
+use lora_plugin_api::boundary::{GuardedAugmentationEntry, GuardedCallbackEntry, GuardedRuleEntry, Host};
+use lora_plugin_api::{DECLARATION_SYMBOL, PluginDeclaration};
 
 use crate::handshake::{Declared, check_handshake};
 
@@ -113,10 +113,11 @@ fn load_one(path: &Path) -> Result<LoadedPlugin, Failure> {
 
     let mut registrar = Collect::default();
     let message = {
-        let mut dynamic: &mut dyn Registrar = &mut registrar;
-        let arg = &mut dynamic as *mut &mut dyn Registrar as *mut std::ffi::c_void;
+        let mut dynamic: &mut dyn Host = &mut registrar;
+        let arg = &mut dynamic as *mut &mut dyn Host as *mut std::ffi::c_void;
         // Safety: the handshake passed, so `register` has the signature we call it with;
-        // it catches the plugin's own panics and returns a message instead.
+        // it catches the plugin's own panics and returns a message instead, and wraps
+        // every component so that later calls catch their panics in the plugin too.
         unsafe { (declaration.register)(arg) }
     };
     if !message.is_null() {
@@ -125,7 +126,8 @@ fn load_one(path: &Path) -> Result<LoadedPlugin, Failure> {
         return Err((Some(declared.name), text));
     }
     let origin: &'static str = Box::leak(path.display().to_string().into_boxed_str());
-    let contributions = crate::adapt::install(registrar, origin).map_err(|m| (Some(declared.name.clone()), m))?;
+    let who: &'static str = Box::leak(format!("plugin `{}` ({origin})", declared.name).into_boxed_str());
+    let contributions = crate::adapt::install(registrar, origin, who).map_err(|m| (Some(declared.name.clone()), m))?;
     Ok(LoadedPlugin {
         name: declared.name,
         version: declared.version,
@@ -154,28 +156,23 @@ fn read_declaration(d: &PluginDeclaration) -> Declared {
     }
 }
 
-/// What a plugin registers, before it is adapted to the host's registries.
+/// What a plugin registers (wrapped by the plugin's side of the boundary), before
+/// it is adapted to the host's registries.
 #[derive(Default)]
 pub(crate) struct Collect {
-    pub augmentations: Vec<AugmentationEntry>,
-    pub rules: Vec<RuleEntry>,
-    pub callbacks: Vec<CallbackEntry>,
+    pub augmentations: Vec<GuardedAugmentationEntry>,
+    pub rules: Vec<GuardedRuleEntry>,
+    pub callbacks: Vec<GuardedCallbackEntry>,
 }
 
-impl Registrar for Collect {
-    fn augmentation(&mut self, entry: AugmentationEntry) {
+impl Host for Collect {
+    fn augmentation(&mut self, entry: GuardedAugmentationEntry) {
         self.augmentations.push(entry);
     }
-    fn rule(&mut self, entry: RuleEntry) {
+    fn rule(&mut self, entry: GuardedRuleEntry) {
         self.rules.push(entry);
     }
-    fn callback(&mut self, entry: CallbackEntry) {
+    fn callback(&mut self, entry: GuardedCallbackEntry) {
         self.callbacks.push(entry);
     }
-}
-
-/// Runs a call into plugin code, turning a panic into an error message.
-pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
-    catch_unwind(AssertUnwindSafe(f))
-        .map_err(|panic| format!("{what} panicked: {}", lora_core::error::panic_message(panic.as_ref())))
 }

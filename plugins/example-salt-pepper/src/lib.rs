@@ -6,13 +6,14 @@
 //!   `amount`, becomes black (0) or white (1) in every channel;
 //! - the `salt-pepper::amount-range` validation rule: an `amount` above 0.5
 //!   destroys most of the image;
-//! - the `csv-loss-log` callback: writes `step,loss` of every training step to a file.
+//! - the `csv-loss-log` callback: writes `step,loss` of every training step to a
+//!   file (`path`, default `loss.csv`, relative to the run's output folder).
 
 use std::io::Write;
 
 use lora_plugin_api::{
     Action, Augmentation, AugmentationEntry, Callback, CallbackEntry, ConfigView, Event, EventKind, Finding, Image,
-    Params, Registrar, Rule, RuleEntry, Severity, Value, export_plugin,
+    Params, Registrar, Rule, RuleEntry, RunInfo, Severity, Value, export_plugin,
 };
 
 export_plugin!("example-salt-pepper", "0.1.0", register);
@@ -35,7 +36,7 @@ fn register(r: &mut dyn Registrar) {
     });
     r.callback(CallbackEntry {
         name: "csv-loss-log".into(),
-        summary: "writes `step,loss` of every training step to `path` (example plugin)".into(),
+        summary: "writes `step,loss` of every training step to `path` in the run's folder (example plugin)".into(),
         build: Box::new(|p| CsvLossLog::from_params(p).map(|c| Box::new(c) as Box<dyn Callback>)),
     });
 }
@@ -89,7 +90,8 @@ impl Augmentation for SaltPepper {
     }
 }
 
-/// Checks every `salt-pepper` table under `data.augment`.
+/// Checks every `salt-pepper` table under `data.augment`, pointing at the
+/// `amount` of the offending element (`data.augment.N.amount`).
 struct AmountRange;
 
 impl Rule for AmountRange {
@@ -99,22 +101,24 @@ impl Rule for AmountRange {
         };
         tables
             .iter()
-            .filter(|t| t.get("type").and_then(Value::as_str) == Some("salt-pepper"))
-            .filter_map(|t| t.get("amount").and_then(Value::as_float))
-            .filter(|a| !(0.0..=0.5).contains(a))
-            .map(|a| Finding {
+            .enumerate()
+            .filter(|(_, t)| t.get("type").and_then(Value::as_str) == Some("salt-pepper"))
+            .filter_map(|(i, t)| Some((i, t.get("amount").and_then(Value::as_float)?)))
+            .filter(|(_, a)| !(0.0..=0.5).contains(a))
+            .map(|(i, a)| Finding {
                 message: format!("salt-pepper amount ({a}) is out of range. Valid range: 0 <= amount <= 0.5"),
-                path: Some("data.augment".into()),
+                path: Some(format!("data.augment.{i}.amount")),
                 help: Some("0.02-0.1 is a usual amount".into()),
             })
             .collect()
     }
 }
 
-/// The file is created when training starts, not when the pipeline is validated:
-/// nothing is written before validation has passed.
+/// The file is created when training starts, in the run's output folder (unless
+/// `path` is absolute), not when the pipeline is validated: nothing is written
+/// before validation has passed, and `lora run --output-dir` moves it.
 pub struct CsvLossLog {
-    path: String,
+    path: std::path::PathBuf,
     file: Option<std::io::BufWriter<std::fs::File>>,
 }
 
@@ -124,35 +128,34 @@ impl CsvLossLog {
         if !unknown.is_empty() {
             return Err(format!("unknown key `{}` (csv-loss-log takes `path`)", unknown[0]));
         }
-        let path = p
-            .get("path")
-            .and_then(Value::as_str)
-            .ok_or("csv-loss-log needs `path = \"...\"`")?;
         Ok(Self {
-            path: path.to_string(),
+            path: p.str_or("path", "loss.csv")?.into(),
             file: None,
         })
-    }
-
-    fn open(&mut self) -> std::io::Result<()> {
-        let mut file = std::io::BufWriter::new(std::fs::File::create(&self.path)?);
-        writeln!(file, "step,loss")?;
-        self.file = Some(file);
-        Ok(())
     }
 }
 
 impl Callback for CsvLossLog {
+    fn on_start(&mut self, run: &RunInfo) -> Result<(), String> {
+        self.path = run.output_dir.join(&self.path);
+        let open = || -> std::io::Result<_> {
+            let mut file = std::io::BufWriter::new(std::fs::File::create(&self.path)?);
+            writeln!(file, "step,loss")?;
+            Ok(file)
+        };
+        self.file = Some(open().map_err(|e| format!("csv-loss-log cannot create {}: {e}", self.path.display()))?);
+        Ok(())
+    }
+
     fn on_event(&mut self, event: &Event) -> Action {
         let written = match (event.kind, event.loss, self.file.as_mut()) {
-            (EventKind::Start, _, _) => self.open(),
             (EventKind::Step, Some(loss), Some(f)) => writeln!(f, "{},{loss}", event.step),
             (EventKind::End, _, Some(f)) => f.flush(),
             _ => Ok(()),
         };
         match written {
             Ok(()) => Action::Continue,
-            Err(e) => Action::Stop(format!("csv-loss-log cannot write {}: {e}", self.path)),
+            Err(e) => Action::Stop(format!("csv-loss-log cannot write {}: {e}", self.path.display())),
         }
     }
 }

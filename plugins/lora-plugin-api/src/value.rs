@@ -51,20 +51,55 @@ impl Value {
     }
 }
 
-/// The parameters of a component's table (`type` removed).
+/// The parameters of a component's table (`type` removed), in the order they were written.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Params(pub Vec<(String, Value)>);
 
 impl Params {
+    pub fn new(entries: Vec<(String, Value)>) -> Self {
+        Self(entries)
+    }
+
+    /// The value of `key`, if written.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
-    /// A float parameter with a default; an error names the key when it has the wrong type.
+    /// Every key and value, in the order they were written.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// A float parameter with a default (an integer is read as a float); an error names
+    /// the key when it has the wrong type.
     pub fn float_or(&self, key: &str, default: f64) -> Result<f64, String> {
         match self.get(key) {
             None => Ok(default),
             Some(v) => v.as_float().ok_or_else(|| format!("`{key}` must be a number")),
+        }
+    }
+
+    /// An integer parameter with a default; a float (even `2.0`) is an error naming the key.
+    pub fn int_or(&self, key: &str, default: i64) -> Result<i64, String> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v.as_int().ok_or_else(|| format!("`{key}` must be an integer")),
+        }
+    }
+
+    /// A string parameter with a default.
+    pub fn str_or<'a>(&'a self, key: &str, default: &'a str) -> Result<&'a str, String> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v.as_str().ok_or_else(|| format!("`{key}` must be a string")),
+        }
+    }
+
+    /// A boolean parameter with a default.
+    pub fn bool_or(&self, key: &str, default: bool) -> Result<bool, String> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v.as_bool().ok_or_else(|| format!("`{key}` must be true or false")),
         }
     }
 
@@ -89,7 +124,10 @@ impl<'a> ConfigView<'a> {
         Self { lookup }
     }
 
-    /// The value at a dotted path (`train.optimizer.lr`), if written.
+    /// The value at a path, if written: dotted keys (`train.optimizer.lr`), and an
+    /// element of an array (of tables) by its 0-based index, as `data.augment.1` or
+    /// `data.augment[1]` (then `data.augment[1].p`). The same spelling in a
+    /// [`Finding::path`](crate::Finding::path) points the diagnostic at that value.
     pub fn get(&self, path: &str) -> Option<Value> {
         (self.lookup)(path)
     }

@@ -62,15 +62,20 @@ pub(crate) fn make_batch(
     num_classes: usize,
 ) -> Result<ImageBatch> {
     let (c, h, w) = ops.output_shape((set.channels, set.height, set.width));
-    let images: Vec<Image> = chunk
-        .par_iter()
-        .enumerate()
-        .map(|(j, &i)| {
-            let mut image = set.image(i);
-            ops.apply_sample(&mut image, seed, (first_position + j) as u64);
-            image
-        })
-        .collect();
+    // An augmentation that panics (a plugin's reports its failure this way) is an
+    // error of the run, not a loader thread that dies and looks like the end of the data.
+    let images: Vec<Image> = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        chunk
+            .par_iter()
+            .enumerate()
+            .map(|(j, &i)| {
+                let mut image = set.image(i);
+                ops.apply_sample(&mut image, seed, (first_position + j) as u64);
+                image
+            })
+            .collect()
+    }))
+    .map_err(|panic| Error::Other(lora_core::error::panic_message(panic.as_ref())))?;
     let mut pixels = Vec::with_capacity(chunk.len() * c * h * w);
     for image in &images {
         if (image.channels, image.height, image.width) != (c, h, w) {
@@ -186,6 +191,27 @@ mod tests {
             Batch::Image(i) => i,
             _ => panic!("not an image batch"),
         }
+    }
+
+    struct Panics;
+    impl ImageAugment for Panics {
+        fn name(&self) -> &'static str {
+            "panics"
+        }
+        fn apply(&self, _: &mut Image, _: &mut SeededRng) {
+            std::panic::resume_unwind(Box::new("augmentation `panics` failed".to_string()));
+        }
+    }
+
+    #[test]
+    fn a_panicking_augmentation_is_an_error_of_the_pass_not_an_early_end() {
+        let mut ops = AugmentPipeline::default();
+        ops.push(Augmentation::Sample(Box::new(Panics)));
+        let d = dataset(ops);
+        let mut batches = d.batches(4, Some(1));
+        let first = batches.next().expect("an item, not the end of the data");
+        assert_eq!(first.err().unwrap().to_string(), "augmentation `panics` failed");
+        assert!(batches.next().is_none(), "the pass ends after the error");
     }
 
     #[test]

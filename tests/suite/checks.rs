@@ -272,7 +272,7 @@ fn assert_training_lowers_validation_loss(b: &mut super::fixtures::Built, steps:
     let before = b
         .pipeline
         .eval
-        .evaluate(b.model.as_ref(), b.data.validation.as_ref(), &b.data.task())
+        .evaluate(b.model.as_ref(), b.data.validation.as_ref(), &b.data.task)
         .unwrap();
     let summary = train(b);
     assert_eq!(summary.steps, steps);

@@ -219,3 +219,8 @@ impl TensorOps for CandleOps {
         go().core()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    lora_nn::model_tests!(super::CandleOps);
+}

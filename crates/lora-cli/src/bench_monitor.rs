@@ -135,7 +135,7 @@ fn train_once(
     let cfg = PipelineConfig::parse(Path::new("<bench>"), train_text)?;
     let mut trainer = build::<TrainerEntry>(&cfg.train)?;
     let data = PreparedData {
-        label_names: vec!["a".into(), "b".into(), "c".into()],
+        task: task.clone(),
         train: Box::new(Batches(
             (0..steps as u64).map(|i| random_batch(&CASE, 30522, i)).collect(),
         )),

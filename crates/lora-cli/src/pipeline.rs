@@ -110,10 +110,12 @@ impl Pipeline {
         strip_nulls(serde_json::Value::Object(doc))
     }
 
-    /// How the model is built. Every option is at its default until the
-    /// configuration names them (bf16 and checkpointing: the memory issue).
+    /// How the model is built: `[model] dtype` and `[train] gradient-checkpointing`.
     pub fn model_options(&self) -> ModelOptions {
-        ModelOptions::default()
+        ModelOptions {
+            dtype: self.model.options().dtype,
+            gradient_checkpointing: self.train.gradient_checkpointing(),
+        }
     }
 
     /// Reads the data and builds the model: everything that can fail on input happens here.
@@ -128,7 +130,7 @@ impl Pipeline {
 
     pub fn prepare(&self, ctx: &StageContext) -> Result<(PreparedData, Box<dyn AdapterModel>)> {
         let data = self.data.prepare(ctx)?;
-        let model = self.build_model(ctx, &data.task())?;
+        let model = self.build_model(ctx, &data.task)?;
         Ok((data, model))
     }
 }
@@ -175,7 +177,7 @@ pub fn run(mut pipeline: Pipeline, assets: &dyn AssetResolver, quiet: bool) -> R
         100.0 * summary.trainable_parameters as f64 / summary.total_parameters as f64,
         data.train.len(),
         data.validation.len(),
-        data.label_names
+        data.label_names()
     );
 
     // Validation has passed: only now does anything reach the output folder.
@@ -185,7 +187,7 @@ pub fn run(mut pipeline: Pipeline, assets: &dyn AssetResolver, quiet: bool) -> R
     write_atomic(&out.join("resolved-config.toml"), pipeline.resolved_toml().as_bytes())?;
     write_atomic(
         &out.join("labels.json"),
-        serde_json::to_string_pretty(&data.label_names)
+        serde_json::to_string_pretty(&data.label_names())
             .expect("json")
             .as_bytes(),
     )?;
@@ -244,7 +246,7 @@ pub fn run(mut pipeline: Pipeline, assets: &dyn AssetResolver, quiet: bool) -> R
             "total_parameters": summary.total_parameters,
             "trainable_parameters": summary.trainable_parameters,
         },
-        "data": { "train": data.train.len(), "validation": data.validation.len(), "labels": data.label_names },
+        "data": { "train": data.train.len(), "validation": data.validation.len(), "labels": data.label_names() },
         "train": { "steps": train.steps, "elapsed_s": train.elapsed_s, "losses": train.losses },
         "evaluations": train.evals.iter().map(|(s, r)| json!({"step": s, "report": r})).collect::<Vec<_>>(),
         "final": final_eval,
@@ -331,7 +333,7 @@ pub fn eval(pipeline: Pipeline, adapter: &Path, assets: &dyn AssetResolver) -> R
     lora_train::load_adapter(adapter, model.as_mut())?;
     pipeline
         .eval
-        .evaluate(model.as_ref(), data.validation.as_ref(), &data.task())
+        .evaluate(model.as_ref(), data.validation.as_ref(), &data.task)
 }
 
 /// Class probabilities of one input.

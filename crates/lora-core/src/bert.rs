@@ -138,6 +138,9 @@ pub struct ClassifierSpec {
     pub classifier_dropout: f32,
     /// `base_model_name_or_path` written into `adapter_config.json`; defaults to the resolved path.
     pub base_model_name: Option<String>,
+    /// The type of the frozen base weights and of the compute (`f32`; `bf16` and `f16` to come).
+    #[serde(default)]
+    pub dtype: crate::adapter::DType,
 }
 
 fn default_head_dropout() -> f32 {

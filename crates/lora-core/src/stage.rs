@@ -78,17 +78,17 @@ pub trait InputEncoder: Send + Sync {
 }
 
 pub struct PreparedData {
-    /// Class names in index order, for a classification task.
-    pub label_names: Vec<String>,
+    /// What the examples train: for labelled data, classification over their class names.
+    pub task: Task,
     pub train: Box<dyn Dataset>,
     pub validation: Box<dyn Dataset>,
     pub encoder: Box<dyn InputEncoder>,
 }
 
 impl PreparedData {
-    /// The task these examples train: classification over their labels.
-    pub fn task(&self) -> Task {
-        Task::classification(self.label_names.clone())
+    /// Class names in index order (empty for a task without classes).
+    pub fn label_names(&self) -> &[String] {
+        self.task.labels()
     }
 }
 
@@ -121,6 +121,11 @@ pub trait ModelStage: Send {
     /// Facts for the validation rules, from the model's config and weight-file header only.
     fn facts(&self, _ctx: &StageContext) -> Result<Option<crate::rules::ModelFacts>> {
         Ok(None)
+    }
+
+    /// The build options the configuration asks of the model (its `dtype`).
+    fn options(&self) -> ModelOptions {
+        ModelOptions::default()
     }
 
     /// Loads the pretrained base, inserts LoRA layers and the head of `task`.
@@ -186,6 +191,11 @@ pub struct TrainContext<'a> {
 
 pub trait TrainStage: Send {
     fn train(&mut self, ctx: TrainContext<'_>) -> Result<TrainSummary>;
+
+    /// Whether the configuration asks the model to recompute activations in the backward pass.
+    fn gradient_checkpointing(&self) -> bool {
+        false
+    }
 
     /// The component's configuration with every default filled in, `type` included.
     fn resolved(&self) -> serde_json::Value {

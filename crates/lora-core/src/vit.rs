@@ -354,6 +354,9 @@ pub struct VitClassifierSpec {
     pub mlp_size: Option<usize>,
     /// `base_model_name_or_path` in `adapter_config.json`; defaults to the resolved path.
     pub base_model_name: Option<String>,
+    /// The type of the frozen base weights and of the compute (`f32`; `bf16` and `f16` to come).
+    #[serde(default)]
+    pub dtype: crate::adapter::DType,
 }
 
 const ARCH_KEYS: [&str; 7] = [

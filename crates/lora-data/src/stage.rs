@@ -30,7 +30,7 @@ pub struct TextSplits {
 impl From<TextSplits> for PreparedData {
     fn from(s: TextSplits) -> Self {
         PreparedData {
-            label_names: s.label_names,
+            task: lora_core::Task::classification(s.label_names),
             train: Box::new(s.train),
             validation: Box::new(s.validation),
             encoder: Box::new(s.encoder),

@@ -19,6 +19,7 @@ pub mod model;
 pub mod ops;
 pub mod params;
 pub mod stage;
+pub mod testing;
 pub mod vit;
 pub mod weights;
 

@@ -39,6 +39,13 @@ impl<O: TensorOps> ModelStage for BertStage<O> {
         self.spec.resolved()
     }
 
+    fn options(&self) -> ModelOptions {
+        ModelOptions {
+            dtype: self.spec.dtype,
+            ..Default::default()
+        }
+    }
+
     fn tokenizer(&self, ctx: &StageContext) -> Result<Option<PathBuf>> {
         self.spec.tokenizer(ctx)
     }
@@ -93,6 +100,13 @@ impl<O: TensorOps> VitStage<O> {
 impl<O: TensorOps> ModelStage for VitStage<O> {
     fn resolved(&self) -> serde_json::Value {
         self.spec.resolved()
+    }
+
+    fn options(&self) -> ModelOptions {
+        ModelOptions {
+            dtype: self.spec.dtype,
+            ..Default::default()
+        }
     }
 
     fn tokenizer(&self, _ctx: &StageContext) -> Result<Option<PathBuf>> {

@@ -41,6 +41,9 @@ pub struct SupervisedConfig {
     /// constant or non-finite inputs, bad labels and heavy truncation (0: no checks).
     #[serde(default = "default_check_batches")]
     pub check_batches: usize,
+    /// Recompute each layer's activations in the backward pass (not implemented by a backend yet).
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
 }
 
 fn default_check_batches() -> usize {
@@ -204,7 +207,7 @@ impl<'t, 'a> Run<'t, 'a> {
             cfg: &trainer.cfg,
             optimizer: trainer.optimizer.as_mut(),
             scheduler: trainer.scheduler.as_ref(),
-            task: ctx.data.task(),
+            task: ctx.data.task.clone(),
             modules: ModuleIndex::new(layout.params()),
             state: LoopState::new(ctx.seed),
             start: Instant::now(),
@@ -561,6 +564,10 @@ impl TrainStage for SupervisedTrainer {
     fn train(&mut self, ctx: TrainContext<'_>) -> Result<TrainSummary> {
         Run::new(self, ctx)?.run()
     }
+
+    fn gradient_checkpointing(&self) -> bool {
+        self.cfg.gradient_checkpointing
+    }
 }
 
 fn build(c: &Component) -> std::result::Result<Box<dyn TrainStage>, Diagnostics> {
@@ -838,7 +845,7 @@ mod tests {
     ) -> (TrainSummary, Vec<TrainEvent>) {
         let labels: Vec<u32> = (0..10).map(|i| u32::from(i % 4 != 0)).collect();
         let data = PreparedData {
-            label_names: vec!["a".into(), "b".into()],
+            task: Task::classification(vec!["a".into(), "b".into()]),
             train: Box::new(Labels(labels.clone())),
             validation: Box::new(Labels(labels)),
             encoder: Box::new(NoEncoder),
@@ -894,6 +901,7 @@ mod tests {
             max_grad_norm: 0.0,
             module_stats_every: 0,
             check_batches: 0,
+            gradient_checkpointing: false,
         }
     }
 

@@ -229,7 +229,7 @@ impl DataStage for ImageData {
                 n,
                 p,
             )),
-            label_names: names,
+            task: lora_core::Task::classification(names),
             encoder: Box::new(ImageFileEncoder::new(channels, height, width, self.eval_ops.clone())),
         })
     }

@@ -52,6 +52,50 @@ lora_core::rule! {
     trip: [Set("run.backend=\"burn\"")], check: not_compiled,
 }
 
+/// The build options every backend implements today; `lora_nn`'s stages
+/// answer the others with an `Unsupported` error when the model is built.
+fn dtype_unsupported(ctx: &RuleContext) -> Vec<Finding> {
+    match ctx.string("model.dtype") {
+        Some(d) if d.value != "f32" => one(
+            format!(
+                "dtype `{}` is not implemented by the {} backend yet: base weights and compute are f32",
+                d.value,
+                ctx.string("run.backend").map_or("chosen", |b| b.value)
+            ),
+            Some(d.location),
+        )
+        .into_iter()
+        .map(|f| f.help("remove `dtype` or set it to \"f32\""))
+        .collect(),
+        _ => Vec::new(),
+    }
+}
+lora_core::rule! {
+    id: "backend::dtype-unsupported", category: Backend, severity: Error,
+    summary: "The model's dtype is one no backend implements yet.",
+    doc: "`[model] dtype` chooses the type of the frozen base weights and of the compute. Only `f32` is implemented; `bf16` and `f16` come with mixed precision.",
+    trip: [Set("model.dtype=\"bf16\"")], check: dtype_unsupported,
+}
+
+fn checkpointing_unsupported(ctx: &RuleContext) -> Vec<Finding> {
+    match ctx.node("train.gradient-checkpointing") {
+        Some(n) if ctx.bool("train.gradient-checkpointing") == Some(true) => one(
+            "gradient checkpointing is not implemented by a backend yet",
+            Some(n.location.clone()),
+        )
+        .into_iter()
+        .map(|f| f.help("remove `gradient-checkpointing` or set it to false"))
+        .collect(),
+        _ => Vec::new(),
+    }
+}
+lora_core::rule! {
+    id: "backend::checkpointing-unsupported", category: Backend, severity: Error,
+    summary: "Gradient checkpointing is asked for, and no backend implements it yet.",
+    doc: "`[train] gradient-checkpointing = true` recomputes each layer's activations in the backward pass to save memory; it comes with the memory-and-precision work.",
+    trip: [Set("train.gradient-checkpointing=true")], check: checkpointing_unsupported,
+}
+
 fn model_unavailable(ctx: &RuleContext) -> Vec<Finding> {
     let (Some(b), Some(ty)) = (ctx.string("run.backend"), ctx.type_of("model")) else {
         return Vec::new();

@@ -1,0 +1,480 @@
+//! Model tests written once, run by every backend on its own operations:
+//! `lora_nn::model_tests!(MyOps)` in a backend's test module stamps out one
+//! `#[test]` per check. Reference values are hand computations or the
+//! model's own unmerged outputs; the real-asset checks live in `tests/suite`.
+
+use std::path::PathBuf;
+
+use lora_core::adapter::AdapterModel;
+use lora_core::bert::{BertConfig, TARGETS};
+use lora_core::init::{normal, rng};
+use lora_core::vit::{CONFIG_FILE, VitConfig, WEIGHTS_FILE};
+use lora_core::{Batch, ImageBatch, LoraSpec, TextBatch};
+
+use crate::dropout::MaskSource;
+use crate::linear::{LoraLinear, LoraWeights};
+use crate::ops::TensorOps;
+use crate::params::ParamStore;
+use crate::weights::{HostWeights, SafetensorsFile};
+
+/// Generates one `#[test]` per model check for a backend's operations value.
+#[macro_export]
+macro_rules! model_tests {
+    ($ops:expr) => {
+        $crate::model_tests!(@each $ops;
+            lora_linear_matches_hand_computation,
+            lora_gradients_reach_a_and_b,
+            bert_with_lora_equals_the_base_at_initialisation,
+            bert_merged_equals_unmerged_and_unmerge_is_exact,
+            bert_gradients_reach_every_parameter,
+            bert_targets_and_ranks_are_checked,
+            vit_full_training_learns_and_its_saved_base_reloads,
+            vit_lora_trains_the_adapter_and_the_head_and_merges,
+            vit_patch_embedding_takes_lora_with_conv_shapes,
+            vit_soft_labels_equal_one_hot_labels);
+    };
+    (@each $ops:expr; $($name:ident),*) => {
+        $(#[test] fn $name() { $crate::testing::$name($ops) })*
+    };
+}
+
+fn spec(targets: &[&str], r: usize, rslora: bool) -> LoraSpec {
+    LoraSpec {
+        r,
+        alpha: 4.0,
+        dropout: 0.0,
+        target_modules: targets.iter().map(|s| s.to_string()).collect(),
+        use_rslora: rslora,
+        rank_pattern: Default::default(),
+        alpha_pattern: Default::default(),
+        target_modules_location: None,
+        patterns_location: None,
+    }
+}
+
+fn close(a: &[f32], b: &[f32], tol: f32) {
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        assert!((x - y).abs() <= tol, "{x} vs {y}");
+    }
+}
+
+/// A temporary folder removed on drop (std only: this module ships with the crate).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("lora-nn-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temporary folder");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `W = [[1, 2], [3, 4], [5, 6]]`, `b = [0.5, -0.5, 1]`, `A = [[1, -1]]`, `B = 0`.
+fn layer<O: TensorOps>(ops: &O, store: &mut ParamStore<O>, scale_alpha: f64) -> LoraLinear<O> {
+    let w = ops.weight_from_host(vec![1., 2., 3., 4., 5., 6.], &[3, 2]).unwrap();
+    let b = ops.weight_from_host(vec![0.5, -0.5, 1.0], &[3]).unwrap();
+    let a = store
+        .add(
+            ops,
+            lora_core::ParamInfo::new("x.lora_A.weight", vec![1, 2], true),
+            vec![1., -1.],
+        )
+        .unwrap();
+    let bb = store
+        .add(
+            ops,
+            lora_core::ParamInfo::new("x.lora_B.weight", vec![3, 1], true),
+            vec![0.; 3],
+        )
+        .unwrap();
+    LoraLinear::new(w, Some(b)).with_lora(LoraWeights {
+        a,
+        b: bb,
+        scale: scale_alpha,
+        dropout: 0.0,
+    })
+}
+
+pub fn lora_linear_matches_hand_computation<O: TensorOps>(ops: O) {
+    let mut store = ParamStore::default();
+    let mut l = layer(&ops, &mut store, 2.0);
+    let x = ops.tensor(vec![1., 1., 2., -1.], &[2, 2]).unwrap();
+    // At initialisation the output is the base's: x W^T + b.
+    let y = ops.to_host(&l.forward(&ops, &x, None).unwrap()).unwrap();
+    assert_eq!(y, [3.5, 6.5, 12.0, 0.5, 1.5, 5.0]);
+    // With B = [1, 0, -2]: A x = [2, 3] rows; scale 2 * B A x added.
+    store.write(&ops, &[vec![1., -1.], vec![1., 0., -2.]]).unwrap();
+    let y = ops.to_host(&l.forward(&ops, &x, None).unwrap()).unwrap();
+    assert_eq!(
+        y,
+        [3.5, 6.5, 12.0, 0.5, 1.5, 5.0]
+            .iter()
+            .zip([0., 0., 0., 6., 0., -12.])
+            .map(|(a, b)| a + b)
+            .collect::<Vec<f32>>()
+    );
+    // Merging folds scale * B A into a copy of W; unmerging restores the base exactly.
+    let before = y;
+    let w_before = ops.weight_to_host(l.weight()).unwrap();
+    l.merge(&ops).unwrap();
+    close(
+        &ops.to_host(&l.forward(&ops, &x, None).unwrap()).unwrap(),
+        &before,
+        1e-5,
+    );
+    l.unmerge();
+    assert_eq!(ops.to_host(&l.forward(&ops, &x, None).unwrap()).unwrap(), before);
+    assert_eq!(ops.weight_to_host(l.weight()).unwrap(), w_before);
+    // Dropout touches the adapter's input only: with p = 0 it is the identity.
+    let mut masks = MaskSource::new(1);
+    assert_eq!(
+        ops.to_host(&l.forward(&ops, &x, Some(&mut masks)).unwrap()).unwrap(),
+        before
+    );
+}
+
+pub fn lora_gradients_reach_a_and_b<O: TensorOps>(ops: O) {
+    let mut store = ParamStore::default();
+    let l = layer(&ops, &mut store, 1.0);
+    store.write(&ops, &[vec![1., -1.], vec![1., 1., 1.]]).unwrap();
+    ops.track(store.leaves());
+    let x = ops.tensor(vec![1., 2.], &[1, 2]).unwrap();
+    let y = l.forward(&ops, &x, None).unwrap();
+    // sum(y) as y [1, 3] times ones [3, 1].
+    let sum = ops.matmul(&y, &ops.tensor(vec![1.; 3], &[3, 1]).unwrap()).unwrap();
+    let grads = ops.backward(&sum).unwrap();
+    // d/dA sum(B A x) = (sum B) x^T = 3 * [1, 2]; d/dB = A x = -1 for each row.
+    assert_eq!(store.grads(&ops, &grads).unwrap(), [3., 6., -1., -1., -1.]);
+}
+
+fn bert_config() -> BertConfig {
+    serde_json::from_value(serde_json::json!({
+        "vocab_size": 20, "hidden_size": 8, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "intermediate_size": 16, "hidden_act": "gelu", "max_position_embeddings": 16,
+        "type_vocab_size": 2, "layer_norm_eps": 1e-12, "pad_token_id": 0
+    }))
+    .expect("a valid config")
+}
+
+/// Random base weights with Hugging Face's names (no `bert.` prefix, like MiniLM).
+fn bert_weights(cfg: &BertConfig) -> HostWeights {
+    let mut r = rng(99);
+    let mut m = HostWeights::default();
+    let mut put = |name: String, shape: Vec<usize>, std: f32| {
+        let v = normal(std, shape.iter().product(), &mut r);
+        m.insert(name, shape, &v);
+    };
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    put("embeddings.word_embeddings.weight".into(), vec![cfg.vocab_size, h], 1.0);
+    put(
+        "embeddings.position_embeddings.weight".into(),
+        vec![cfg.max_position_embeddings, h],
+        0.1,
+    );
+    put("embeddings.token_type_embeddings.weight".into(), vec![2, h], 0.1);
+    put("pooler.dense.weight".into(), vec![h, h], 0.3);
+    put("pooler.dense.bias".into(), vec![h], 0.1);
+    let mut norms = vec!["embeddings.LayerNorm".to_string()];
+    for l in 0..cfg.num_hidden_layers {
+        for (_, path, _) in TARGETS {
+            let (o, inp) = match path {
+                "intermediate.dense" => (i, h),
+                "output.dense" => (h, i),
+                _ => (h, h),
+            };
+            put(format!("encoder.layer.{l}.{path}.weight"), vec![o, inp], 0.3);
+            put(format!("encoder.layer.{l}.{path}.bias"), vec![o], 0.1);
+        }
+        norms.push(format!("encoder.layer.{l}.attention.output.LayerNorm"));
+        norms.push(format!("encoder.layer.{l}.output.LayerNorm"));
+    }
+    for n in norms {
+        m.insert(format!("{n}.weight"), vec![h], &vec![1.1; h]);
+        m.insert(format!("{n}.bias"), vec![h], &vec![0.05; h]);
+    }
+    m
+}
+
+fn text_batch() -> Batch {
+    Batch::Text(TextBatch {
+        batch_size: 2,
+        seq_len: 5,
+        input_ids: vec![1, 5, 7, 9, 2, 1, 4, 2, 0, 0],
+        attention_mask: vec![1, 1, 1, 1, 1, 1, 1, 1, 0, 0],
+        labels: vec![0, 2],
+    })
+}
+
+fn bert<O: TensorOps>(ops: &O, targets: &[&str]) -> crate::bert::BertClassifier<O> {
+    let cfg = bert_config();
+    crate::bert::build(
+        ops.clone(),
+        cfg.clone(),
+        &bert_weights(&cfg),
+        &spec(targets, 2, false),
+        3,
+        0.0,
+        7,
+    )
+    .unwrap()
+}
+
+/// Random non-zero values for every trainable parameter, so that B != 0.
+fn perturb(m: &mut dyn AdapterModel, seed: u64) {
+    let mut r = rng(seed);
+    let v: Vec<Vec<f32>> = m.params().iter().map(|p| normal(0.2, p.numel(), &mut r)).collect();
+    m.write_params(&v).unwrap();
+}
+
+const ALL: [&str; 6] = [
+    "query",
+    "key",
+    "value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+];
+
+pub fn bert_with_lora_equals_the_base_at_initialisation<O: TensorOps>(ops: O) {
+    let with = bert(&ops, &["query", "value", "intermediate.dense", "output.dense"]);
+    let without = bert(&ops, &[]);
+    let (a, b) = (
+        with.hidden_states(&text_batch()).unwrap(),
+        without.hidden_states(&text_batch()).unwrap(),
+    );
+    assert_eq!(a.shape, [2, 5, 8]);
+    assert_eq!(a.data, b.data);
+}
+
+pub fn bert_merged_equals_unmerged_and_unmerge_is_exact<O: TensorOps>(ops: O) {
+    let mut m = bert(&ops, &ALL);
+    perturb(&mut m, 5);
+    let before = m.predict(&text_batch()).unwrap();
+    m.merge().unwrap();
+    close(&m.predict(&text_batch()).unwrap().data, &before.data, 1e-5);
+    m.unmerge().unwrap();
+    assert_eq!(m.predict(&text_batch()).unwrap().data, before.data);
+}
+
+pub fn bert_gradients_reach_every_parameter<O: TensorOps>(ops: O) {
+    let mut m = bert(&ops, &["query", "value"]);
+    perturb(&mut m, 5);
+    // 2 layers x 2 modules x (A, B) + classifier weight and bias.
+    assert_eq!(m.params().len(), 10);
+    let out = m.train_step(&text_batch(), 0).unwrap();
+    assert_eq!(out.weight, 2.0);
+    for (g, info) in out.split_grads(m.params()).iter().zip(m.params()) {
+        let norm: f32 = g.iter().map(|x| x * x).sum();
+        assert!(norm > 0.0 && norm.is_finite(), "gradient of {}: {norm}", info.name);
+    }
+    // The same loss and gradients again: a training step changes nothing it reads.
+    let again = m.train_step(&text_batch(), 0).unwrap();
+    assert_eq!((out.loss, &out.grads), (again.loss, &again.grads));
+}
+
+pub fn bert_targets_and_ranks_are_checked<O: TensorOps>(ops: O) {
+    let cfg = bert_config();
+    let w = bert_weights(&cfg);
+    let build = |s: LoraSpec| crate::bert::build(ops.clone(), cfg.clone(), &w, &s, 3, 0.0, 7);
+    let text = build(spec(&["quary"], 2, false)).err().unwrap().to_string();
+    assert!(
+        text.contains("did you mean `query`") && text.contains("intermediate.dense"),
+        "{text}"
+    );
+    let text = build(spec(&["query"], 9, false)).err().unwrap().to_string();
+    assert!(text.contains("Valid range: 1 <= rank <= 8"), "{text}");
+    let (plain, rs) = (
+        build(spec(&["query"], 2, false)).unwrap(),
+        build(spec(&["query"], 2, true)).unwrap(),
+    );
+    let first = |m: &crate::bert::BertClassifier<O>| m.params()[0].name.clone();
+    assert_eq!(
+        first(&plain),
+        "base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight"
+    );
+    assert_eq!(
+        bert(&ops, &["value", "output.dense"]).peft_info().target_modules,
+        serde_json::json!(r".*\.layer\.\d+\.(attention\.self\.value|output\.dense)")
+    );
+    assert_eq!(
+        bert(&ops, &["value", "query"]).peft_info().target_modules,
+        serde_json::json!(["query", "value"])
+    );
+    // The same B moves the outputs further under rsLoRA: alpha / sqrt(r) = 2.83 against alpha / r = 2.
+    let mut outs = Vec::new();
+    for mut m in [plain, rs] {
+        let mut v = m.read_params().unwrap();
+        v[1] = vec![0.1; v[1].len()];
+        m.write_params(&v).unwrap();
+        let base = bert(&ops, &[]).hidden_states(&text_batch()).unwrap();
+        let h = m.hidden_states(&text_batch()).unwrap();
+        outs.push(
+            h.data
+                .iter()
+                .zip(&base.data)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max),
+        );
+    }
+    assert!(outs[1] > outs[0] * 1.2, "rsLoRA should scale more: {outs:?}");
+}
+
+fn vit_config() -> VitConfig {
+    let mut cfg: VitConfig = serde_json::from_value(serde_json::json!({
+        "image_size": 8, "patch_size": 4, "num_channels": 1, "hidden_size": 8,
+        "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 16
+    }))
+    .expect("a valid config");
+    cfg.layer_norm_eps = 1e-6;
+    cfg
+}
+
+fn image_batch(n: usize, seed: u64) -> ImageBatch {
+    let mut r = rng(seed);
+    ImageBatch {
+        batch_size: n,
+        channels: 1,
+        height: 8,
+        width: 8,
+        pixels: normal(1.0, n * 64, &mut r),
+        labels: (0..n).map(|i| (i % 3) as u32).collect(),
+        soft_labels: None,
+    }
+}
+
+/// Plain SGD on the host, enough to see the loss fall.
+fn sgd(m: &mut dyn AdapterModel, b: &Batch, steps: usize, lr: f32) -> (f32, f32) {
+    let first = m.train_step(b, 0).unwrap().loss;
+    let mut last = first;
+    for s in 0..steps {
+        let out = m.train_step(b, s as u64).unwrap();
+        last = out.loss;
+        let mut p = m.read_params().unwrap();
+        for (v, g) in p.iter_mut().zip(&out.split_grads(m.params())) {
+            v.iter_mut().zip(g).for_each(|(v, g)| *v -= lr * g);
+        }
+        m.write_params(&p).unwrap();
+    }
+    (first, last)
+}
+
+/// A new ViT saved as a base in a temporary folder.
+fn saved_base<O: TensorOps>(ops: &O) -> (crate::vit::VitClassifier<O>, TempDir) {
+    let full = crate::vit::new_full(ops.clone(), vit_config(), 3, 1).unwrap();
+    let dir = TempDir::new("vit");
+    assert!(full.save_base(&dir.0).unwrap());
+    (full, dir)
+}
+
+fn from_base<O: TensorOps>(ops: &O, dir: &TempDir, targets: &[&str], classes: usize) -> crate::vit::VitClassifier<O> {
+    let cfg = VitConfig::from_file(&dir.0.join(CONFIG_FILE)).unwrap();
+    let weights = SafetensorsFile::open(&dir.0.join(WEIGHTS_FILE)).unwrap();
+    crate::vit::from_base(ops.clone(), cfg, &weights, &spec(targets, 2, false), classes, 3).unwrap()
+}
+
+pub fn vit_full_training_learns_and_its_saved_base_reloads<O: TensorOps>(ops: O) {
+    let mut full = crate::vit::new_full(ops.clone(), vit_config(), 3, 1).unwrap();
+    let s = full.summary();
+    assert_eq!(s.trainable_parameters, s.total_parameters);
+    assert_eq!(
+        full.params()[0].shape,
+        [8, 1, 4, 4],
+        "the patch projection is stored as a Conv2d kernel"
+    );
+    assert_eq!(full.params()[0].compute_shape, [8, 16]);
+    let b = Batch::Image(image_batch(6, 2));
+    let (first, last) = sgd(&mut full, &b, 80, 1.0);
+    assert!(last < first * 0.7, "loss {first} -> {last}");
+    // Every base weight got a gradient.
+    let g = full.train_step(&b, 0).unwrap().split_grads(full.params());
+    assert!(g.iter().all(|g| g.iter().any(|v| *v != 0.0)));
+    let dir = TempDir::new("vit-full");
+    assert!(full.save_base(&dir.0).unwrap());
+    assert_eq!(VitConfig::from_file(&dir.0.join(CONFIG_FILE)).unwrap(), vit_config());
+    let adapted = from_base(&ops, &dir, &["query", "value"], 3);
+    assert!(!adapted.save_base(&dir.0).unwrap(), "a LoRA model writes no base");
+    let (a, f) = (adapted.hidden_states(&b).unwrap(), full.hidden_states(&b).unwrap());
+    assert_eq!(a.shape, [6, 5, 8]);
+    close(&a.data, &f.data, 1e-4);
+}
+
+pub fn vit_lora_trains_the_adapter_and_the_head_and_merges<O: TensorOps>(ops: O) {
+    let (full, dir) = saved_base(&ops);
+    let mut m = from_base(&ops, &dir, &["value", "intermediate.dense"], 4);
+    let names: Vec<&str> = m.params().iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names.len(), 2 * 2 * 2 + 2);
+    assert_eq!(
+        names[0],
+        "base_model.model.vit.encoder.layer.0.attention.attention.value.lora_A.weight"
+    );
+    assert_eq!(
+        names[2],
+        "base_model.model.vit.encoder.layer.0.intermediate.dense.lora_A.weight"
+    );
+    assert_eq!(*names.last().unwrap(), "base_model.model.classifier.bias");
+    let s = m.summary();
+    // r=2: value 2*(8+8), intermediate 2*(8+16), per layer; head 4*8+4.
+    assert_eq!(s.trainable_parameters, 2 * (32 + 48) + 36);
+    assert_eq!(
+        s.total_parameters - s.trainable_parameters,
+        full.summary().total_parameters - 3 * 8 - 3
+    );
+    let b = Batch::Image(image_batch(8, 5));
+    let (first, last) = sgd(&mut m, &b, 40, 0.5);
+    assert!(last < first, "loss {first} -> {last}");
+    let before = m.predict(&b).unwrap();
+    m.merge().unwrap();
+    close(&m.predict(&b).unwrap().data, &before.data, 1e-4);
+    m.unmerge().unwrap();
+    assert_eq!(m.predict(&b).unwrap(), before);
+}
+
+pub fn vit_patch_embedding_takes_lora_with_conv_shapes<O: TensorOps>(ops: O) {
+    let (_, dir) = saved_base(&ops);
+    let mut m = from_base(&ops, &dir, &["patch_embeddings.projection"], 3);
+    let p = m.params();
+    assert_eq!(
+        p[0].name,
+        "base_model.model.vit.embeddings.patch_embeddings.projection.lora_A.weight"
+    );
+    assert_eq!(
+        (p[0].shape.as_slice(), p[1].shape.as_slice()),
+        (&[2, 1, 4, 4][..], &[8, 2, 1, 1][..])
+    );
+    assert_eq!(
+        (p[0].compute_shape.as_slice(), p[1].compute_shape.as_slice()),
+        (&[2, 16][..], &[8, 2][..])
+    );
+    let b = Batch::Image(image_batch(6, 4));
+    let (first, last) = sgd(&mut m, &b, 30, 0.5);
+    assert!(last < first, "{first} -> {last}");
+    let before = m.predict(&b).unwrap();
+    m.merge().unwrap();
+    close(&m.predict(&b).unwrap().data, &before.data, 1e-4);
+}
+
+pub fn vit_soft_labels_equal_one_hot_labels<O: TensorOps>(ops: O) {
+    let mut m = crate::vit::new_full(ops, vit_config(), 3, 1).unwrap();
+    let mut b = image_batch(4, 9);
+    let hard = m.train_step(&Batch::Image(b.clone()), 0).unwrap();
+    let mut soft = vec![0.0; 12];
+    for (i, &l) in b.labels.iter().enumerate() {
+        soft[i * 3 + l as usize] = 1.0;
+    }
+    b.soft_labels = Some(soft);
+    let s = m.train_step(&Batch::Image(b.clone()), 0).unwrap();
+    assert!((hard.loss - s.loss).abs() < 1e-5, "{} vs {}", hard.loss, s.loss);
+    close(&hard.grads, &s.grads, 1e-5);
+    b.height = 4;
+    let e = m.predict(&Batch::Image(b)).unwrap_err().to_string();
+    assert!(e.contains("takes 1x8x8 images") && e.contains("gives 1x4x8"), "{e}");
+}

@@ -134,37 +134,50 @@ pub trait TensorOps: Clone + Send + Sync + 'static {
     /// `k`, `v [batch, kv_heads, keys, d]`; with fewer key/value heads than
     /// query heads (grouped-query attention) each is shared by a group.
     fn attention(&self, q: &Self::T, k: &Self::T, v: &Self::T, mask: Mask<'_>, scale: f64) -> Result<Self::T> {
-        let (qd, kd) = (self.dims(q), self.dims(k));
-        let (b, heads, seq, keys) = (qd[0], qd[1], qd[2], kd[2]);
-        let (k, v) = if kd[1] == heads {
-            (k.clone(), v.clone())
-        } else {
-            let group = heads / kd[1];
-            let repeat = |x: &Self::T| -> Result<Self::T> {
-                let x = self.reshape(x, &[b, kd[1], 1, keys, kd[3]])?;
-                let x = self.broadcast_as(&x, &[b, kd[1], group, keys, kd[3]])?;
-                self.reshape(&x, &[b, heads, keys, kd[3]])
-            };
-            (repeat(k)?, repeat(v)?)
-        };
-        let scores = self.scale(&self.matmul(q, &self.transpose(&k, 2, 3)?)?, scale)?;
-        let scores = match mask {
-            Mask::None => scores,
-            Mask::Padding(m) => {
-                let bias: Vec<f32> = m.iter().map(|&m| if m != 0 { 0.0 } else { -1e9 }).collect();
-                self.broadcast_add(&scores, &self.tensor(bias, &[b, 1, 1, keys])?)?
-            }
-            Mask::Causal => {
-                let bias: Vec<f32> = (0..seq)
-                    .flat_map(|i| (0..keys).map(move |j| if j + seq <= i + keys { 0.0 } else { -1e9 }))
-                    .collect();
-                self.broadcast_add(&scores, &self.tensor(bias, &[seq, keys])?)?
-            }
-        };
-        self.matmul(&self.softmax_last_dim(&scores)?, &v)
+        default_attention(self, q, k, v, mask, scale)
     }
 
     /// Mean cross-entropy of `logits [rows, classes]` against class indices or
     /// distributions; for tokens, the weighted mean over positions.
     fn cross_entropy(&self, logits: &Self::T, targets: Targets<'_>) -> Result<Self::T>;
+}
+
+/// [`TensorOps::attention`] composed from the other operations (a backend
+/// that overrides it can fall back to this for the cases it does not fuse).
+pub fn default_attention<O: TensorOps>(
+    ops: &O,
+    q: &O::T,
+    k: &O::T,
+    v: &O::T,
+    mask: Mask<'_>,
+    scale: f64,
+) -> Result<O::T> {
+    let (qd, kd) = (ops.dims(q), ops.dims(k));
+    let (b, heads, seq, keys) = (qd[0], qd[1], qd[2], kd[2]);
+    let (k, v) = if kd[1] == heads {
+        (k.clone(), v.clone())
+    } else {
+        let group = heads / kd[1];
+        let repeat = |x: &O::T| -> Result<O::T> {
+            let x = ops.reshape(x, &[b, kd[1], 1, keys, kd[3]])?;
+            let x = ops.broadcast_as(&x, &[b, kd[1], group, keys, kd[3]])?;
+            ops.reshape(&x, &[b, heads, keys, kd[3]])
+        };
+        (repeat(k)?, repeat(v)?)
+    };
+    let scores = ops.scale(&ops.matmul(q, &ops.transpose(&k, 2, 3)?)?, scale)?;
+    let scores = match mask {
+        Mask::None => scores,
+        Mask::Padding(m) => {
+            let bias: Vec<f32> = m.iter().map(|&m| if m != 0 { 0.0 } else { -1e9 }).collect();
+            ops.broadcast_add(&scores, &ops.tensor(bias, &[b, 1, 1, keys])?)?
+        }
+        Mask::Causal => {
+            let bias: Vec<f32> = (0..seq)
+                .flat_map(|i| (0..keys).map(move |j| if j + seq <= i + keys { 0.0 } else { -1e9 }))
+                .collect();
+            ops.broadcast_add(&scores, &ops.tensor(bias, &[seq, keys])?)?
+        }
+    };
+    ops.matmul(&ops.softmax_last_dim(&scores)?, &v)
 }

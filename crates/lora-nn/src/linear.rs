@@ -41,7 +41,7 @@ impl<O: TensorOps> LoraWeights<O> {
             a,
             b,
             scale: lora.scale(),
-            dropout: lora.dropout as f32,
+            dropout: lora.dropout,
         })
     }
 }

@@ -64,7 +64,7 @@ pub type VitClassifier<O> = Model<O, Vit<O>>;
 /// Where a network's base weights come from.
 enum Base<'a> {
     /// A new model: weights drawn from the seed, all trainable.
-    New(SeededRng),
+    New(Box<SeededRng>),
     /// A saved base, frozen.
     Saved(&'a dyn WeightSource),
 }
@@ -143,7 +143,7 @@ impl<O: TensorOps> Builder<'_, O> {
 /// A new model whose every weight trains (pretraining from scratch).
 pub fn new_full<O: TensorOps>(ops: O, cfg: VitConfig, num_labels: usize, seed: u64) -> Result<VitClassifier<O>> {
     let r = rng(derive_seed(seed, "vit-init", 0));
-    build(ops, cfg, Base::New(r), &[], None, num_labels, seed)
+    build(ops, cfg, Base::New(Box::new(r)), &[], None, num_labels, seed)
 }
 
 /// A saved base, frozen, with LoRA on `lora`'s targets and a new head.

@@ -65,13 +65,16 @@ pub trait WeightSource {
     fn contains(&self, name: &str) -> bool;
 }
 
+/// Where a tensor lies in the map: its type (or the name of one models cannot read), shape and bytes.
+type Entry = (Result<WeightDType, String>, Vec<usize>, std::ops::Range<usize>);
+
 /// A safetensors file, memory-mapped; its header is checked when opened.
 pub struct SafetensorsFile {
     path: PathBuf,
     map: memmap2::Mmap,
     /// Name -> (dtype, shape, byte range in the map); a type models cannot
     /// read (the integer `position_ids` of some checkpoints) is an error only when asked for.
-    index: HashMap<String, (Result<WeightDType, String>, Vec<usize>, std::ops::Range<usize>)>,
+    index: HashMap<String, Entry>,
 }
 
 impl SafetensorsFile {

@@ -196,6 +196,16 @@ impl ClassifierSpec {
     }
 }
 
+/// The `config.json` fields without a default in [`BertConfig`].
+const REQUIRED_FIELDS: [&str; 6] = [
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+];
+
 /// Facts about a BERT checkpoint folder from `config.json` and the weight file's header,
 /// without reading a single weight (for the validation rules).
 pub fn read_facts(dir: &Path) -> Result<crate::rules::ModelFacts> {
@@ -211,6 +221,29 @@ pub fn read_facts(dir: &Path) -> Result<crate::rules::ModelFacts> {
         std::fs::read_to_string(&config_path).map_err(|e| Error::io("cannot read model config", &config_path, e))?;
     let raw: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::Data(format!("{}: not JSON: {e}", config_path.display())))?;
+    if !raw.is_object() {
+        return Err(Error::Data(format!(
+            "{}: not a BERT config: expected a JSON object",
+            config_path.display()
+        )));
+    }
+    // The fields `BertConfig` needs (it has no default for them): a missing one is
+    // named here rather than read as 0 and reported as a mismatch with the header.
+    let problems: Vec<String> = REQUIRED_FIELDS
+        .iter()
+        .filter_map(|&k| match raw.get(k) {
+            None | Some(serde_json::Value::Null) => Some(format!("`{k}` is missing")),
+            Some(v) if v.as_u64().is_none() => Some(format!("`{k}` is {v}, not a non-negative integer")),
+            Some(_) => None,
+        })
+        .collect();
+    if !problems.is_empty() {
+        return Err(Error::Data(format!(
+            "{}: not a BERT config: {}",
+            config_path.display(),
+            problems.join(", ")
+        )));
+    }
     let field = |k: &str| raw.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0) as usize;
     let weights_path = dir.join("model.safetensors");
     let (tensors, weight_bytes, data_len) = read_header(&weights_path)?;
@@ -303,6 +336,12 @@ pub fn read_header(path: &Path) -> Result<(Header, u64, u64)> {
         .map_err(|e| Error::io("cannot stat weights", path, e))?
         .len();
     let bad = |what: String| Error::Data(format!("{}: not a safetensors file: {what}", path.display()));
+    if size < 8 {
+        return Err(Error::Data(format!(
+            "{}: empty or truncated safetensors header ({size} bytes; the file starts with an 8-byte header length)",
+            path.display()
+        )));
+    }
     let mut len = [0u8; 8];
     f.read_exact(&mut len).map_err(|e| bad(e.to_string()))?;
     let n = u64::from_le_bytes(len);

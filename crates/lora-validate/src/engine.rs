@@ -2,7 +2,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use lora_core::diag::{Diagnostic, Diagnostics, Location, Origin};
+use lora_core::diag::{Diagnostic, Diagnostics, Location, Origin, Severity};
 use lora_core::doc::ConfigDoc;
 use lora_core::rules::{Facts, RuleContext, rules};
 
@@ -40,9 +40,21 @@ pub fn check(doc: &ConfigDoc, facts: &Facts) -> Vec<Diagnostic> {
 ///
 /// Stages repeat a few range checks (so that a stage built in code is safe too);
 /// where a loader diagnostic and a rule point at the same value, the rule's is kept.
+/// A warning about a value that already has an error is dropped: it was computed
+/// from a value that is wrong anyway (`batch-size (-3) exceeds the training split`).
 pub fn finish(loader: Diagnostics, rules: Vec<Diagnostic>) -> Diagnostics {
+    let errors: Vec<Diagnostic> = loader
+        .0
+        .iter()
+        .chain(&rules)
+        .filter(|d| d.severity == Severity::Error && d.location.is_some())
+        .cloned()
+        .collect();
+    let keep = |d: &Diagnostic| d.severity == Severity::Error || !errors.iter().any(|e| same_place(e, d));
+    let loader: Vec<Diagnostic> = loader.0.into_iter().filter(|d| keep(d)).collect();
+    let rules: Vec<Diagnostic> = rules.into_iter().filter(|d| keep(d)).collect();
     let mut all: Vec<(bool, Diagnostic)> = Vec::new();
-    for d in loader.0 {
+    for d in loader {
         let duplicate = rules.iter().any(|r| same_place(r, &d))
             || all
                 .iter()

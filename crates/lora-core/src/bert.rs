@@ -229,19 +229,25 @@ pub fn read_facts(dir: &Path) -> Result<crate::rules::ModelFacts> {
     }
     // The fields `BertConfig` needs (it has no default for them): a missing one is
     // named here rather than read as 0 and reported as a mismatch with the header.
-    let problems: Vec<String> = REQUIRED_FIELDS
+    let missing: Vec<String> = REQUIRED_FIELDS
         .iter()
-        .filter_map(|&k| match raw.get(k) {
-            None | Some(serde_json::Value::Null) => Some(format!("`{k}` is missing")),
-            Some(v) if v.as_u64().is_none() => Some(format!("`{k}` is {v}, not a non-negative integer")),
-            Some(_) => None,
-        })
+        .filter(|&&k| raw.get(k).is_none_or(serde_json::Value::is_null))
+        .map(|k| format!("`{k}`"))
         .collect();
+    let mut problems: Vec<String> = Vec::new();
+    if !missing.is_empty() {
+        problems.push(format!("missing {}", missing.join(", ")));
+    }
+    for k in REQUIRED_FIELDS {
+        if let Some(v) = raw.get(k).filter(|v| !v.is_null() && v.as_u64().is_none()) {
+            problems.push(format!("`{k}` is {v}, not a non-negative integer"));
+        }
+    }
     if !problems.is_empty() {
         return Err(Error::Data(format!(
             "{}: not a BERT config: {}",
             config_path.display(),
-            problems.join(", ")
+            problems.join("; ")
         )));
     }
     let field = |k: &str| raw.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0) as usize;
@@ -281,10 +287,11 @@ pub fn read_facts(dir: &Path) -> Result<crate::rules::ModelFacts> {
     };
     let shape = |name: &str| tensors.get(&format!("{prefix}{name}")).map(|(_, s)| s.clone());
     // What the header says, against what config.json says.
+    // A header's shapes may have any rank: index them with `get`.
     if let Some(s) = shape("embeddings.word_embeddings.weight") {
         for (field, config, header) in [
-            ("vocab_size", facts.vocab_size, s[0]),
-            ("hidden_size", facts.hidden_size, s[1]),
+            ("vocab_size", facts.vocab_size, s.first().copied().unwrap_or(0)),
+            ("hidden_size", facts.hidden_size, s.get(1).copied().unwrap_or(0)),
         ] {
             if config != header {
                 facts.inconsistencies.push((field.into(), config, header));
@@ -292,11 +299,11 @@ pub fn read_facts(dir: &Path) -> Result<crate::rules::ModelFacts> {
         }
     }
     if let Some(s) = shape("embeddings.position_embeddings.weight")
-        && s[0] != facts.max_positions
+        && s.first() != Some(&facts.max_positions)
     {
         facts
             .inconsistencies
-            .push(("max_position_embeddings".into(), facts.max_positions, s[0]));
+            .push(("max_position_embeddings".into(), facts.max_positions, s.first().copied().unwrap_or(0)));
     }
     let layers_in_header = (0..)
         .take_while(|i| tensors.contains_key(&format!("{prefix}encoder.layer.{i}.attention.self.query.weight")))
@@ -319,7 +326,10 @@ pub fn read_facts(dir: &Path) -> Result<crate::rules::ModelFacts> {
         }
         facts.targets.insert(name.to_string(), layers);
     }
-    facts.parameters = tensors.values().map(|(_, s)| s.iter().product::<usize>()).sum();
+    facts.parameters = tensors
+        .values()
+        .map(|(_, s)| s.iter().fold(1usize, |n, &d| n.saturating_mul(d)))
+        .fold(0usize, usize::saturating_add);
     facts.tensors = tensors;
     Ok(facts)
 }

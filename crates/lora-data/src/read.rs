@@ -57,6 +57,8 @@ pub fn read_csv(path: &Path, delimiter: u8, text_column: &str, label_column: &st
 /// counts the `\n` of `\r\n` only once the next record has begun), so lines are
 /// counted here from the record's byte offset: the record starts on the line of
 /// its first byte that is not a line ending.
+///
+/// A region never ends inside a `\r\n`: it ends before a byte that is not a line ending.
 struct LineCounter<'a> {
     bytes: &'a [u8],
     at: usize,
@@ -78,7 +80,13 @@ impl<'a> LineCounter<'a> {
             self.at = 0;
             self.line = 1;
         }
-        self.line += self.bytes[self.at..start].iter().filter(|&&b| b == b'\n').count();
+        // A line ends with `\n`, `\r\n` or a lone `\r` (as the csv crate reads them).
+        let region = &self.bytes[self.at..start];
+        self.line += region
+            .iter()
+            .enumerate()
+            .filter(|&(i, &b)| b == b'\n' || (b == b'\r' && region.get(i + 1) != Some(&b'\n')))
+            .count();
         self.at = start;
         self.line
     }
@@ -159,7 +167,11 @@ pub fn parse_csv(
 /// Reads a JSON-lines file: one object per line, blank lines skipped.
 /// The label may be a string or a non-negative integer.
 pub fn read_jsonl(path: &Path, text_column: &str, label_column: &str) -> Result<Vec<RawRow>> {
-    let mut reader = BufReader::new(open(path)?);
+    parse_jsonl(path, BufReader::new(open(path)?), text_column, label_column)
+}
+
+/// [`read_jsonl`] on any reader (`path` names it in messages).
+pub fn parse_jsonl(path: &Path, mut reader: impl BufRead, text_column: &str, label_column: &str) -> Result<Vec<RawRow>> {
     let mut rows = Vec::new();
     let mut buf = Vec::new();
     let mut line = 0;
@@ -335,6 +347,10 @@ mod tests {
         let lf = write(dir.path(), "lf.csv", "text,label\nfirst,pos\n\n\"two\nlines\",neg\nlast,pos\n");
         let lines: Vec<usize> = read_csv(&lf, b',', "text", "label").unwrap().iter().map(|r| r.line).collect();
         assert_eq!(lines, [2, 4, 6]);
+        // Old Mac line endings: a lone CR.
+        let cr = write(dir.path(), "cr.csv", "text,label\rfirst,pos\r\rsecond,neg\r");
+        let lines: Vec<usize> = read_csv(&cr, b',', "text", "label").unwrap().iter().map(|r| r.line).collect();
+        assert_eq!(lines, [2, 4]);
     }
 
     #[test]

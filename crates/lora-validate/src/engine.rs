@@ -4,7 +4,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use lora_core::diag::{Diagnostic, Diagnostics, Location, Origin, Severity};
 use lora_core::doc::ConfigDoc;
-use lora_core::rules::{Facts, RuleContext, rules};
+use lora_core::rules::{Category, Facts, RuleContext, rules};
 
 /// Every rule's findings on a document, as diagnostics with the rule's id and severity.
 ///
@@ -42,12 +42,26 @@ pub fn check(doc: &ConfigDoc, facts: &Facts) -> Vec<Diagnostic> {
 /// where a loader diagnostic and a rule point at the same value, the rule's is kept.
 /// A warning about a value that already has an error is dropped: it was computed
 /// from a value that is wrong anyway (`batch-size (-3) exceeds the training split`).
+/// The value is wrong when the loader rejects it or a structure, range or
+/// cross-field rule does; an error about the model or the data found at the place
+/// of their path (an unreadable row, say) keeps the warnings there.
 pub fn finish(loader: Diagnostics, rules: Vec<Diagnostic>) -> Diagnostics {
+    let registered = lora_core::rules::rules();
+    let value_rule = |code: &str| {
+        registered
+            .iter()
+            .find(|r| r.id == code)
+            .is_some_and(|r| matches!(r.category, Category::Structure | Category::Range | Category::Cross))
+    };
     let errors: Vec<Diagnostic> = loader
         .0
         .iter()
-        .chain(&rules)
         .filter(|d| d.severity == Severity::Error && d.location.is_some())
+        .chain(
+            rules
+                .iter()
+                .filter(|d| d.severity == Severity::Error && d.location.is_some() && value_rule(&d.code)),
+        )
         .cloned()
         .collect();
     let keep = |d: &Diagnostic| d.severity == Severity::Error || !errors.iter().any(|e| same_place(e, d));

@@ -48,6 +48,12 @@ static CURRENT_LEN: AtomicUsize = AtomicUsize::new(0);
 static CURRENT_TARGET: AtomicUsize = AtomicUsize::new(usize::MAX);
 /// When the current input started, in milliseconds since `epoch()`, plus one (0: none).
 static STARTED: AtomicU64 = AtomicU64::new(0);
+/// Inputs that got past parsing (a document the rules ran on, rows, model facts).
+static DEEP: AtomicU64 = AtomicU64::new(0);
+
+fn deep() {
+    DEEP.fetch_add(1, Ordering::Relaxed);
+}
 
 struct Guard;
 
@@ -404,7 +410,10 @@ fn config() -> Box<dyn Fn(&mut Unstructured) -> Result<()>> {
                 let (_, diagnostics) = lora_core::config::PartialConfig::parse(composed.source.clone());
                 let _ = diagnostics.to_string();
                 match ConfigDoc::parse(&composed.source) {
-                    Ok(doc) => run_rules(&doc, &Facts::default()),
+                    Ok(doc) => {
+                        deep();
+                        run_rules(&doc, &Facts::default());
+                    }
                     Err(d) => {
                         let _ = d.to_string();
                     }
@@ -481,6 +490,7 @@ fn csv() -> Box<dyn Fn(&mut Unstructured) -> Result<()>> {
             ("", ""),
         ])?;
         if let Ok(rows) = lora_data::read::parse_csv(&path, &bytes, delimiter, text, label) {
+            deep();
             check_lines(&rows, &bytes, 2);
         }
         Ok(())
@@ -501,6 +511,7 @@ fn jsonl() -> Box<dyn Fn(&mut Unstructured) -> Result<()>> {
     Box::new(move |u| {
         let bytes = corpus.input(u)?;
         if let Ok(rows) = lora_data::read::parse_jsonl(&path, &bytes[..], "text", "label") {
+            deep();
             check_lines(&rows, &bytes, 1);
         }
         Ok(())
@@ -564,6 +575,7 @@ fn safetensors() -> Box<dyn Fn(&mut Unstructured) -> Result<()>> {
         std::fs::write(path.join("config.json"), configs.input(u)?).unwrap();
         let _ = lora_core::bert::read_header(&path.join("model.safetensors"));
         if let Ok(model) = lora_core::bert::read_facts(path) {
+            deep();
             let mut facts = Facts {
                 model: Some(model),
                 ..Facts::default()
@@ -609,6 +621,9 @@ fn handshake() -> Box<dyn Fn(&mut Unstructured) -> Result<()>> {
             version: u.arbitrary()?,
         };
         let result = lora_plugin_host::check_handshake(&declared);
+        if result.is_ok() {
+            deep();
+        }
         let expected = magic == MAGIC
             && api.major == API_VERSION.major
             && api.minor == API_VERSION.minor
@@ -686,6 +701,7 @@ fn fuzz_every_target() {
         let mut stream = Stream(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let start = Instant::now();
         let mut tried: u64 = 0;
+        DEEP.store(0, Ordering::Relaxed);
         while start.elapsed().as_secs_f64() < seconds {
             let n = (stream.next() % 8192) as usize + 16;
             let bytes = stream.fill(n);
@@ -704,9 +720,10 @@ fn fuzz_every_target() {
             }
         }
         println!(
-            "fuzz {}: {tried} inputs in {:.1} s",
+            "fuzz {}: {tried} inputs in {:.1} s ({} got past parsing)",
             target.name,
-            start.elapsed().as_secs_f64()
+            start.elapsed().as_secs_f64(),
+            DEEP.load(Ordering::Relaxed)
         );
     }
     let _ = std::panic::take_hook();

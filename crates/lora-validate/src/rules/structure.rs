@@ -13,7 +13,7 @@ lora_core::rule! {
 lora_core::rule! {
     id: "config::duplicate-key", category: Structure, severity: Error,
     summary: "A key is written twice in one table.",
-    doc: "TOML forbids it; with layering, override the value in an upper layer instead.",
+    doc: "TOML forbids it; with layering, override the value in an upper layer instead. The message names the key by its full dotted path and the line where it was first set.",
     trip: [Replace("seed = 42", "seed = 42\nseed = 43")], check: loader,
 }
 lora_core::rule! {

@@ -1,7 +1,8 @@
 //! Fuzzing on stable Rust, driven by `arbitrary`: the configuration loader and its
 //! layering (with every rule run on the result), the CSV and JSONL readers, the
-//! safetensors header reader (with the model rules run on what it reads) and the
-//! plugin handshake.
+//! safetensors header reader (with the model rules run on what it reads), the
+//! plugin handshake and the IDX reader of the image sources. (The project reads
+//! no GGUF file, so there is no GGUF target.)
 //!
 //! Each input is a buffer of seeded random bytes that `arbitrary::Unstructured`
 //! turns into a target's input: raw bytes, or one of the fixtures' real inputs
@@ -20,8 +21,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arbitrary::{Result, Unstructured};
@@ -171,14 +172,15 @@ struct Corpus {
 }
 
 impl Corpus {
-    /// Raw bytes (a quarter of the time) or a seed with up to eight mutations.
+    /// Raw bytes (one time in eight) or a seed with a few mutations: mostly one or
+    /// two, so that most inputs still get past the parser to the code behind it.
     fn input(&self, u: &mut Unstructured) -> Result<Vec<u8>> {
-        if self.seeds.is_empty() || u.ratio(1, 4)? {
+        if self.seeds.is_empty() || u.ratio(1, 8)? {
             let n = u.int_in_range(0..=u.len().min(4096))?;
             return Ok(u.bytes(n)?.to_vec());
         }
         let mut data = u.choose(&self.seeds)?.clone();
-        for _ in 0..u.int_in_range(1..=8)? {
+        for _ in 0..*u.choose(&[0, 1, 1, 1, 1, 2, 2, 3, 4, 8])? {
             self.mutate(u, &mut data)?;
         }
         data.truncate(MAX_INPUT);
@@ -240,7 +242,10 @@ impl Corpus {
                         .position(|b| b.is_ascii_digit())
                         .map_or(first, |p| first + skip + p)
                 }) {
-                    let end = data[i..].iter().position(|b| !b.is_ascii_digit()).map_or(data.len(), |p| i + p);
+                    let end = data[i..]
+                        .iter()
+                        .position(|b| !b.is_ascii_digit())
+                        .map_or(data.len(), |p| i + p);
                     let number: &[u8] = u.choose(&[
                         b"0".as_slice(),
                         b"-1",
@@ -281,17 +286,23 @@ fn files_with(dir: &Path, ext: &str) -> Vec<Vec<u8>> {
 // ---------------------------------------------------------------------------
 // The targets.
 
+/// A target ready to run: its seeds read, its temporary files made.
+type Runner = Box<dyn Fn(&mut Unstructured) -> Result<()>>;
+
 struct Target {
     name: &'static str,
-    setup: fn() -> Box<dyn Fn(&mut Unstructured) -> Result<()>>,
+    setup: fn() -> Runner,
 }
 
-static TARGETS: [Target; 5] = [
+static TARGETS: [Target; 6] = [
     Target {
         name: "config",
         setup: config,
     },
-    Target { name: "csv", setup: csv },
+    Target {
+        name: "csv",
+        setup: csv,
+    },
     Target {
         name: "jsonl",
         setup: jsonl,
@@ -303,6 +314,10 @@ static TARGETS: [Target; 5] = [
     Target {
         name: "handshake",
         setup: handshake,
+    },
+    Target {
+        name: "idx",
+        setup: idx,
     },
 ];
 
@@ -318,7 +333,7 @@ fn run_rules(doc: &ConfigDoc, facts: &Facts) {
 /// The configuration loader: layering (`extends`, environment, `--set`), the
 /// structural parse, the spanned document, every rule, and the rendering of
 /// every diagnostic (which maps spans back through the layers).
-fn config() -> Box<dyn Fn(&mut Unstructured) -> Result<()>> {
+fn config() -> Runner {
     let mut seeds = files_with(&tests_dir().join("validate/broken"), "toml");
     seeds.extend(files_with(&tests_dir().join("validate"), "toml"));
     seeds.extend(files_with(&tests_dir().join("../configs"), "toml"));
@@ -471,7 +486,7 @@ fn data_tokens() -> &'static [&'static [u8]] {
 }
 
 /// The CSV reader, on every delimiter.
-fn csv() -> Box<dyn Fn(&mut Unstructured) -> Result<()>> {
+fn csv() -> Runner {
     let mut seeds = files_with(&tests_dir().join("validate/data"), "csv");
     seeds.push(b"text,label\r\nok,pos\r\n\"two\r\nlines\",neg\r\n".to_vec());
     let corpus = Corpus {
@@ -481,15 +496,26 @@ fn csv() -> Box<dyn Fn(&mut Unstructured) -> Result<()>> {
     let path = PathBuf::from("fuzz.csv");
     Box::new(move |u| {
         let bytes = corpus.input(u)?;
-        let delimiter = *u.choose(&b",;\t|"[..])?;
-        let (text, label) = *u.choose(&[
-            ("text", "sentiment"),
-            ("text", "label"),
-            ("sentiment", "text"),
-            ("text", "text"),
-            ("", ""),
-        ])?;
-        if let Ok(rows) = lora_data::read::parse_csv(&path, &bytes, delimiter, text, label) {
+        let delimiter = if u.ratio(3, 4)? {
+            b','
+        } else {
+            *u.choose(&b",;\t|"[..])?
+        };
+        // Mostly two columns of the header as written, so that rows get read.
+        let header: Vec<String> = bytes
+            .split(|&b| b == b'\n')
+            .next()
+            .unwrap_or_default()
+            .split(|&b| b == delimiter)
+            .map(|f| String::from_utf8_lossy(f).trim_end_matches('\r').to_string())
+            .collect();
+        let (text, label) = if u.ratio(3, 4)? {
+            (u.choose(&header)?.clone(), u.choose(&header)?.clone())
+        } else {
+            let (t, l) = *u.choose(&[("text", "sentiment"), ("text", "label"), ("", "")])?;
+            (t.to_string(), l.to_string())
+        };
+        if let Ok(rows) = lora_data::read::parse_csv(&path, &bytes, delimiter, &text, &label) {
             deep();
             check_lines(&rows, &bytes, 2);
         }
@@ -498,12 +524,13 @@ fn csv() -> Box<dyn Fn(&mut Unstructured) -> Result<()>> {
 }
 
 /// The JSONL reader.
-fn jsonl() -> Box<dyn Fn(&mut Unstructured) -> Result<()>> {
+fn jsonl() -> Runner {
     let corpus = Corpus {
         seeds: vec![
             b"{\"text\": \"good film\", \"label\": \"pos\"}\n\n{\"text\": \"bad\", \"label\": 1}\r\n".to_vec(),
             b"\xef\xbb\xbf{\"text\": \"caf\xe9\", \"label\": 0, \"id\": [1, {\"a\": null}]}".to_vec(),
-            b"{\"text\": \"a\\u00e9\\n\", \"label\": \"x\"}\n{\"text\": \"b\", \"label\": 18446744073709551615}\n".to_vec(),
+            b"{\"text\": \"a\\u00e9\\n\", \"label\": \"x\"}\n{\"text\": \"b\", \"label\": 18446744073709551615}\n"
+                .to_vec(),
         ],
         tokens: data_tokens(),
     };
@@ -520,7 +547,7 @@ fn jsonl() -> Box<dyn Fn(&mut Unstructured) -> Result<()>> {
 
 /// The safetensors header reader and the model facts (config.json plus the header),
 /// then every rule on the reference pipeline with the facts that were read.
-fn safetensors() -> Box<dyn Fn(&mut Unstructured) -> Result<()>> {
+fn safetensors() -> Runner {
     let models = tests_dir().join("validate/models");
     let mut weights = Vec::new();
     let mut configs = Vec::new();
@@ -563,9 +590,22 @@ fn safetensors() -> Box<dyn Fn(&mut Unstructured) -> Result<()>> {
     };
     let configs = Corpus {
         seeds: configs,
-        tokens: &[b"{}", b"null", b"\"vocab_size\": -1", b"\"hidden_size\": 0", b"[]", b"1e400"],
+        tokens: &[
+            b"{}",
+            b"null",
+            b"\"vocab_size\": -1",
+            b"\"hidden_size\": 0",
+            b"[]",
+            b"1e400",
+        ],
     };
-    let dir = tempfile::tempdir().unwrap();
+    // Two small files written per input: in memory where the machine has a tmpfs.
+    let shm = Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm).or_else(|_| tempfile::tempdir()).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    };
     let reference = tests_dir().join("../configs/sentiment-minilm.toml");
     let source = SourceFile::new(&reference, std::fs::read_to_string(&reference).unwrap());
     let doc = ConfigDoc::parse(&source).unwrap();
@@ -587,9 +627,33 @@ fn safetensors() -> Box<dyn Fn(&mut Unstructured) -> Result<()>> {
     })
 }
 
+/// The IDX reader (MNIST's format): a header of dimensions, then the values.
+fn idx() -> Runner {
+    let header = |dims: &[u32]| -> Vec<u8> {
+        let mut v = vec![0, 0, 8, dims.len() as u8];
+        for d in dims {
+            v.extend_from_slice(&d.to_be_bytes());
+        }
+        v.extend(std::iter::repeat_n(7u8, dims.iter().product::<u32>() as usize));
+        v
+    };
+    let corpus = Corpus {
+        seeds: vec![header(&[3, 4, 5]), header(&[10]), header(&[2, 28, 28])],
+        tokens: &[b"\xff\xff\xff\xff", b"\0\0\0\0", b"\0\0\x08\xff", b"\x80\0\0\0"],
+    };
+    Box::new(move |u| {
+        let bytes = corpus.input(u)?;
+        if let Ok(array) = lora_data::image::idx::parse_idx(&bytes) {
+            deep();
+            assert_eq!(array.dims.iter().product::<usize>(), array.data.len());
+        }
+        Ok(())
+    })
+}
+
 /// The plugin handshake: a declaration passes exactly when its magic number, the
 /// interface's major and minor version and the compiler match the host's.
-fn handshake() -> Box<dyn Fn(&mut Unstructured) -> Result<()>> {
+fn handshake() -> Runner {
     use lora_plugin_api::{API_VERSION, MAGIC, RUSTC_VERSION, Version};
     Box::new(|u| {
         let near = |u: &mut Unstructured, v: u32| -> Result<u32> {
@@ -640,7 +704,11 @@ fn handshake() -> Box<dyn Fn(&mut Unstructured) -> Result<()>> {
 // The driver.
 
 /// Runs one input (the raw bytes `Unstructured` reads); `Err` holds the panic message.
-fn run_one(target: usize, run: &dyn Fn(&mut Unstructured) -> Result<()>, bytes: &[u8]) -> std::result::Result<(), String> {
+fn run_one(
+    target: usize,
+    run: &dyn Fn(&mut Unstructured) -> Result<()>,
+    bytes: &[u8],
+) -> std::result::Result<(), String> {
     CURRENT.store(bytes.as_ptr() as *mut u8, Ordering::Relaxed);
     CURRENT_LEN.store(bytes.len(), Ordering::Relaxed);
     CURRENT_TARGET.store(target, Ordering::Relaxed);
@@ -660,7 +728,10 @@ fn findings_dir() -> PathBuf {
 #[test]
 fn fuzz_every_target() {
     // rules() must see the built-in rules: the crate is linked for them.
-    assert!(lora_core::rules::rules().len() >= 150, "the built-in rules are not linked");
+    assert!(
+        lora_core::rules::rules().len() >= 150,
+        "the built-in rules are not linked"
+    );
     let seconds: f64 = std::env::var("LORA_FUZZ_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -676,7 +747,11 @@ fn fuzz_every_target() {
     let seed: u64 = std::env::var("LORA_FUZZ_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(19, |d| d.as_nanos() as u64));
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(19, |d| d.as_nanos() as u64)
+        });
     // Panics are caught and reported once each, not printed for every input.
     std::panic::set_hook(Box::new(|_| {}));
     start_watchdog();
@@ -728,4 +803,30 @@ fn fuzz_every_target() {
     }
     let _ = std::panic::take_hook();
     assert!(findings.is_empty(), "fuzz findings:\n{}", findings.join("\n"));
+}
+
+/// The harness itself: a panicking input is caught and reported, and a target's
+/// input depends only on its bytes.
+#[test]
+fn the_harness_catches_panics_and_replays_inputs() {
+    let panics: Runner = Box::new(|u| {
+        if u.arbitrary::<u8>()? == 7 {
+            panic!("seven");
+        }
+        Ok(())
+    });
+    assert_eq!(run_one(0, panics.as_ref(), &[7]).unwrap_err(), "seven");
+    assert!(run_one(0, panics.as_ref(), &[8]).is_ok());
+    let corpus = Corpus {
+        seeds: vec![b"[train]\nepochs = 1\n".to_vec()],
+        tokens: &[b"inf"],
+    };
+    let mut stream = Stream(5);
+    for _ in 0..100 {
+        let bytes = stream.fill(64);
+        let a = corpus.input(&mut Unstructured::new(&bytes)).unwrap();
+        let b = corpus.input(&mut Unstructured::new(&bytes)).unwrap();
+        assert_eq!(a, b);
+        assert!(a.len() <= MAX_INPUT);
+    }
 }

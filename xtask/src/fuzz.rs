@@ -11,10 +11,10 @@ use std::process::{Command, ExitCode};
 use crate::cargo;
 
 pub const USAGE: &str =
-    "fuzz [--seconds N] [TARGET]  fuzz each target (config, csv, jsonl, safetensors, handshake) N seconds";
+    "fuzz [--seconds N] [TARGET]  fuzz each target (config, csv, jsonl, safetensors, handshake, idx) N seconds";
 
 /// The targets of `tests/fuzz.rs`, for the usage message and an early typo check.
-const TARGETS: [&str; 5] = ["config", "csv", "jsonl", "safetensors", "handshake"];
+const TARGETS: [&str; 6] = ["config", "csv", "jsonl", "safetensors", "handshake", "idx"];
 
 pub fn run(args: &[String]) -> ExitCode {
     let mut seconds = 60.0_f64;
@@ -28,17 +28,23 @@ pub fn run(args: &[String]) -> ExitCode {
             },
             t if TARGETS.contains(&t) && target.is_none() => target = Some(t.to_string()),
             other => {
-                return usage_error(&format!(
-                    "unexpected `{other}`; targets: {}",
-                    TARGETS.join(", ")
-                ));
+                return usage_error(&format!("unexpected `{other}`; targets: {}", TARGETS.join(", ")));
             }
         }
     }
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(["test", "--release", "--package", "lora-tests", "--test", "fuzz", "--", "--nocapture"])
-        .env("LORA_FUZZ_SECONDS", seconds.to_string())
-        .env("LORA_FUZZ_TARGET", target.unwrap_or_default());
+    cmd.args([
+        "test",
+        "--release",
+        "--package",
+        "lora-tests",
+        "--test",
+        "fuzz",
+        "--",
+        "--nocapture",
+    ])
+    .env("LORA_FUZZ_SECONDS", seconds.to_string())
+    .env("LORA_FUZZ_TARGET", target.unwrap_or_default());
     cargo::status(cmd)
 }
 

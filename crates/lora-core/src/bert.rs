@@ -301,9 +301,11 @@ pub fn read_facts(dir: &Path) -> Result<crate::rules::ModelFacts> {
     if let Some(s) = shape("embeddings.position_embeddings.weight")
         && s.first() != Some(&facts.max_positions)
     {
-        facts
-            .inconsistencies
-            .push(("max_position_embeddings".into(), facts.max_positions, s.first().copied().unwrap_or(0)));
+        facts.inconsistencies.push((
+            "max_position_embeddings".into(),
+            facts.max_positions,
+            s.first().copied().unwrap_or(0),
+        ));
     }
     let layers_in_header = (0..)
         .take_while(|i| tensors.contains_key(&format!("{prefix}encoder.layer.{i}.attention.self.query.weight")))

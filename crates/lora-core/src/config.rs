@@ -739,7 +739,10 @@ lr = 1e-3
         // Keys repeat from one element of an array of tables to the next, not within one.
         let text = "[[data.augment]]\ntype = \"a\"\n\n[[data.augment]]\ntype = \"b\"\np = 1\np = 2\n";
         let d = parse(text.to_string());
-        assert_eq!(d.message, "duplicate key `data.augment.p`: it is already set on line 6", "{d}");
+        assert_eq!(
+            d.message, "duplicate key `data.augment.p`: it is already set on line 6",
+            "{d}"
+        );
         // Inside an inline table: the key, without a line.
         let d = parse("x = { a = 1, a = 2 }\n".to_string());
         assert_eq!(d.message, "duplicate key `a`", "{d}");

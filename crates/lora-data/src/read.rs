@@ -171,7 +171,12 @@ pub fn read_jsonl(path: &Path, text_column: &str, label_column: &str) -> Result<
 }
 
 /// [`read_jsonl`] on any reader (`path` names it in messages).
-pub fn parse_jsonl(path: &Path, mut reader: impl BufRead, text_column: &str, label_column: &str) -> Result<Vec<RawRow>> {
+pub fn parse_jsonl(
+    path: &Path,
+    mut reader: impl BufRead,
+    text_column: &str,
+    label_column: &str,
+) -> Result<Vec<RawRow>> {
     let mut rows = Vec::new();
     let mut buf = Vec::new();
     let mut line = 0;
@@ -331,7 +336,10 @@ mod tests {
         text.push_str("x,y,z\r\n");
         let ragged = write(dir.path(), "ragged.csv", text);
         let e = err(read_csv(&ragged, b',', "text", "label"));
-        assert!(e.contains("ragged.csv:17: the row has 3 field(s), the rows before it 2"), "{e}");
+        assert!(
+            e.contains("ragged.csv:17: the row has 3 field(s), the rows before it 2"),
+            "{e}"
+        );
         // A blank line and a quoted field over two lines, with CRLF and LF mixed.
         let mixed = write(
             dir.path(),
@@ -344,12 +352,24 @@ mod tests {
             .map(|r| r.line)
             .collect();
         assert_eq!(lines, [2, 4, 6, 7]);
-        let lf = write(dir.path(), "lf.csv", "text,label\nfirst,pos\n\n\"two\nlines\",neg\nlast,pos\n");
-        let lines: Vec<usize> = read_csv(&lf, b',', "text", "label").unwrap().iter().map(|r| r.line).collect();
+        let lf = write(
+            dir.path(),
+            "lf.csv",
+            "text,label\nfirst,pos\n\n\"two\nlines\",neg\nlast,pos\n",
+        );
+        let lines: Vec<usize> = read_csv(&lf, b',', "text", "label")
+            .unwrap()
+            .iter()
+            .map(|r| r.line)
+            .collect();
         assert_eq!(lines, [2, 4, 6]);
         // Old Mac line endings: a lone CR.
         let cr = write(dir.path(), "cr.csv", "text,label\rfirst,pos\r\rsecond,neg\r");
-        let lines: Vec<usize> = read_csv(&cr, b',', "text", "label").unwrap().iter().map(|r| r.line).collect();
+        let lines: Vec<usize> = read_csv(&cr, b',', "text", "label")
+            .unwrap()
+            .iter()
+            .map(|r| r.line)
+            .collect();
         assert_eq!(lines, [2, 4]);
     }
 

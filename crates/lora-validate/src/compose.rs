@@ -96,7 +96,11 @@ pub fn compose_text(path: &Path, text: String, overrides: &Overrides) -> Result<
     let has_extends = root.get_ref().iter().any(|(k, _)| k.get_ref().as_ref() == "extends");
     if !has_extends && overrides.is_empty() {
         let mut tables = Vec::new();
-        table_paths(&convert_table(&file, root.get_ref(), root.span(), true), &mut Vec::new(), &mut tables);
+        table_paths(
+            &convert_table(&file, root.get_ref(), root.span(), true),
+            &mut Vec::new(),
+            &mut tables,
+        );
         return Ok(Composed {
             source: file,
             warnings: Diagnostics(near_misses(&overrides.env, &tables)),
@@ -141,7 +145,10 @@ fn table_paths(node: &Layered, path: &mut Vec<String>, out: &mut Vec<Vec<String>
 /// `override_lr`. A variable is only taken for an override when its words start
 /// with a section of the pipeline (so `LORA_CACHE_DIR` is left alone).
 fn near_misses(env: &[(String, String)], tables: &[Vec<String>]) -> Vec<Diagnostic> {
-    let mut candidates: Vec<Vec<String>> = lora_core::config::SECTIONS.iter().map(|s| vec![s.to_string()]).collect();
+    let mut candidates: Vec<Vec<String>> = lora_core::config::SECTIONS
+        .iter()
+        .map(|s| vec![s.to_string()])
+        .collect();
     candidates.extend(tables.iter().cloned());
     // The longest table first: `train.optimizer` before `train`.
     candidates.sort_by_key(|t| std::cmp::Reverse(t.iter().map(|s| s.split('-').count()).sum::<usize>()));
@@ -158,7 +165,9 @@ fn near_misses(env: &[(String, String)], tables: &[Vec<String>]) -> Vec<Diagnost
             out.push(near_miss(var, ENV_LR_ALIAS, LR_PATH));
             continue;
         }
-        let Some(rest) = upper.strip_prefix("LORA_") else { continue };
+        let Some(rest) = upper.strip_prefix("LORA_") else {
+            continue;
+        };
         let words: Vec<String> = rest
             .split('_')
             .filter(|w| !w.is_empty())
@@ -238,7 +247,13 @@ fn load_layers(file: &Arc<SourceFile>, stack: &mut Vec<PathBuf>, diags: &mut Dia
                 );
                 continue;
             }
-            let text = match std::fs::read_to_string(&base_path) {
+            // Only a regular file: a FIFO or a device (`/dev/zero`) would never end.
+            let read = if base_path.is_dir() || base_path.is_file() || !base_path.exists() {
+                std::fs::read_to_string(&base_path)
+            } else {
+                Err(std::io::Error::other("not a regular file"))
+            };
+            let text = match read {
                 Ok(t) => t,
                 Err(e) => {
                     diags.push(
@@ -704,7 +719,10 @@ mod tests {
         // With a real override too (the composing path), and a section the file lacks.
         let mut o = env(&["LORA_MONITOR_PORT", "LORA__TRAIN__EPOCHS"]);
         o.sets.push("run.name=x".into());
-        assert_eq!(helps(&o), ["did you mean LORA__MONITOR__PORT? (it sets `monitor.port`)"]);
+        assert_eq!(
+            helps(&o),
+            ["did you mean LORA__MONITOR__PORT? (it sets `monitor.port`)"]
+        );
         // The right spelling is silent.
         assert!(helps(&env(&["LORA__TRAIN__BATCH_SIZE", "OVERRIDE_LR"])).is_empty());
     }

@@ -143,7 +143,11 @@ fn column_missing(ctx: &RuleContext, key: &str, default: &str) -> Vec<Finding> {
     let Some(d) = facts(ctx) else { return Vec::new() };
     // A header that splits on another delimiter is `data::wrong-delimiter`'s; a header of
     // one field (`text`, no label column) is still checked here.
-    if d.header.is_empty() || d.single_column_header.as_deref().is_some_and(|h| delimiter_guess(h).is_some()) {
+    if d.header.is_empty()
+        || d.single_column_header
+            .as_deref()
+            .is_some_and(|h| delimiter_guess(h).is_some())
+    {
         return Vec::new();
     }
     let name = ctx.string(key).map_or(default, |s| s.value);

@@ -244,7 +244,11 @@ fn rotation_large(ctx: &RuleContext) -> Vec<Finding> {
         &["rotation", "random-affine"],
         "degrees",
         |d| d > 180.0,
-        |t, v| format!("{t} degrees ({v}) is above 180: the range already covers every angle. Valid range: 0 <= degrees <= 180"),
+        |t, v| {
+            format!(
+                "{t} degrees ({v}) is above 180: the range already covers every angle. Valid range: 0 <= degrees <= 180"
+            )
+        },
     )
 }
 lora_core::rule! {

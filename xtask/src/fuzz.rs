@@ -11,10 +11,10 @@ use std::process::{Command, ExitCode};
 use crate::cargo;
 
 pub const USAGE: &str =
-    "fuzz [--seconds N] [TARGET]  fuzz each target (config, csv, jsonl, safetensors, handshake, idx) N seconds";
+    "fuzz [--seconds N] [TARGET]  fuzz each target (config, csv, jsonl, safetensors, handshake, idx, data) N seconds";
 
 /// The targets of `tests/fuzz.rs`, for the usage message and an early typo check.
-const TARGETS: [&str; 6] = ["config", "csv", "jsonl", "safetensors", "handshake", "idx"];
+const TARGETS: [&str; 7] = ["config", "csv", "jsonl", "safetensors", "handshake", "idx", "data"];
 
 pub fn run(args: &[String]) -> ExitCode {
     let mut seconds = 60.0_f64;

@@ -116,3 +116,42 @@ pub fn origin_label(loc: &Location) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lora_core::diag::SourceFile;
+
+    #[test]
+    fn a_warning_about_a_rejected_value_is_dropped_and_others_are_kept() {
+        let file = SourceFile::new(std::path::Path::new("p.toml"), "[train]\nbatch-size = -3\n".into());
+        let at = |start: usize| {
+            Some(Location {
+                file: file.clone(),
+                span: start..start + 2,
+            })
+        };
+        let batch = 21;
+        let codes = |loader: Vec<Diagnostic>, rules: Vec<Diagnostic>| -> Vec<String> {
+            finish(Diagnostics(loader), rules)
+                .0
+                .into_iter()
+                .map(|d| d.code)
+                .collect()
+        };
+        let warning = || Diagnostic::warning("train::batch-exceeds-train", "batch-size (-3) exceeds").at(at(batch));
+        // A range rule's error, or the loader's, drops the warning at the same value.
+        let range = Diagnostic::error("train::batch-size-zero", "must be at least 1").at(at(batch));
+        assert_eq!(
+            codes(Vec::new(), vec![range.clone(), warning()]),
+            ["train::batch-size-zero"]
+        );
+        let loader = Diagnostic::error("config::invalid-value", "invalid value").at(at(batch));
+        assert_eq!(codes(vec![loader], vec![warning()]), ["config::invalid-value"]);
+        // Elsewhere, or under an error about the data found there, the warning stays.
+        let other = Diagnostic::warning("train::batch-exceeds-train", "x").at(at(0));
+        assert_eq!(codes(Vec::new(), vec![range, other]).len(), 2);
+        let data = Diagnostic::error("data::unreadable-rows", "line 3").at(at(batch));
+        assert_eq!(codes(Vec::new(), vec![data, warning()]).len(), 2);
+    }
+}

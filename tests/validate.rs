@@ -1,6 +1,7 @@
 //! Every validation rule trips on its example edit of the reference pipeline
 //! and stays silent without it; the broken pipelines of `validate/broken`
-//! produce exactly the diagnostics of their snapshots (`BLESS=1` rewrites them).
+//! produce exactly the diagnostics of their snapshots (`BLESS=1` rewrites them;
+//! a `# env: NAME=value` line in a broken pipeline sets an environment variable).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -165,7 +166,15 @@ fn the_broken_pipeline_corpus_matches_its_snapshots() {
     for file in &files {
         // Paths as a user types them, relative to the folder `cargo test` runs in.
         let relative = file.strip_prefix(tests_dir()).unwrap();
-        let diagnostics = match lora_cli::validate::check_file(relative, &Overrides::default(), &ASSETS) {
+        // `# env: NAME=value` lines stand for the environment the pipeline is validated in.
+        let env = std::fs::read_to_string(file)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# env: ")?.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let overrides = Overrides { env, sets: Vec::new() };
+        let diagnostics = match lora_cli::validate::check_file(relative, &overrides, &ASSETS) {
             Ok(checked) => checked.diagnostics,
             Err(d) => d,
         };

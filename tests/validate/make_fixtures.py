@@ -115,3 +115,26 @@ write("data/clean.csv", csv([(["negative", "neutral", "positive"][i % 3], t) for
 # Texts that are numbers (a wrong text column), and one-word texts.
 write("data/numeric.csv", csv([(["negative", "neutral", "positive"][i % 3], str(1000 + 7 * i)) for i in range(60)]))
 write("data/short.csv", csv([(["negative", "neutral", "positive"][i % 3], WORDS[i % 10]) for i in range(60)]))
+
+# Issue 19's validation holes.
+# A header of one field: a text column and no label column.
+write("data/text-only.csv", "text\n" + "".join(f"{t}\n" for t in sentences(60)))
+# CRLF line endings (the tweets corpus has them): a clean file, and one whose line 17 has a field too many.
+crlf_rows = csv([(["negative", "neutral", "positive"][i % 3], t) for i, t in enumerate(sentences(60, 3))])
+write("data/crlf.csv", crlf_rows.replace("\n", "\r\n").encode(), "wb")
+ragged = crlf_rows.split("\n")
+ragged[16] = "negative,0.9,an extra,field"
+write("data/crlf-ragged.csv", "\r\n".join(ragged).encode(), "wb")
+# A file of one row: the validation split takes it.
+write("data/one-row.csv", csv([("positive", sentences(1)[0])]))
+# Model folders: a 0-byte weight file, a config.json of `{}`, and damaged tokenizer.json files.
+FULL = NARROW + [("encoder.layer.0.attention.self.value.weight", "F32", [8, 8])]
+write("models/empty-weights/config.json", config())
+write("models/empty-weights/model.safetensors", b"", "wb")
+write("models/empty-config/config.json", "{}\n")
+write("models/empty-config/model.safetensors", safetensors(FULL), "wb")
+rng = __import__("random").Random(19)
+for name, tokenizer in [("bytes", bytes(rng.randrange(256) for _ in range(512))), ("braces", b"{}\n"), ("empty", b"")]:
+    write(f"models/bad-tokenizer-{name}/config.json", config())
+    write(f"models/bad-tokenizer-{name}/model.safetensors", safetensors(FULL), "wb")
+    write(f"models/bad-tokenizer-{name}/tokenizer.json", tokenizer, "wb")

@@ -11,6 +11,7 @@ mod bench;
 mod build_plugins;
 mod cargo;
 mod fetch;
+mod fuzz;
 mod rules_doc;
 mod run;
 mod test;
@@ -20,6 +21,7 @@ const COMMANDS: &[&str] = &[
     run::USAGE,
     fetch::USAGE,
     test::USAGE,
+    fuzz::USAGE,
     bench::USAGE,
     rules_doc::USAGE,
     build_plugins::USAGE,
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
         "fetch" => fetch::run(rest),
         "run" => run::run(rest),
         "test" => test::run(rest),
+        "fuzz" => fuzz::run(rest),
         "bench" => bench::run(rest),
         "rules-doc" => rules_doc::run(rest),
         "build-plugins" => build_plugins::run(rest),

@@ -199,6 +199,16 @@ impl ClassifierSpec {
     }
 }
 
+/// The `config.json` fields without a default in [`BertConfig`].
+const REQUIRED_FIELDS: [&str; 6] = [
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+];
+
 /// Facts about a BERT checkpoint folder from `config.json` and the weight file's header,
 /// without reading a single weight (for the validation rules).
 pub fn read_facts(dir: &Path) -> Result<crate::rules::ModelFacts> {
@@ -214,6 +224,35 @@ pub fn read_facts(dir: &Path) -> Result<crate::rules::ModelFacts> {
         std::fs::read_to_string(&config_path).map_err(|e| Error::io("cannot read model config", &config_path, e))?;
     let raw: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::Data(format!("{}: not JSON: {e}", config_path.display())))?;
+    if !raw.is_object() {
+        return Err(Error::Data(format!(
+            "{}: not a BERT config: expected a JSON object",
+            config_path.display()
+        )));
+    }
+    // The fields `BertConfig` needs (it has no default for them): a missing one is
+    // named here rather than read as 0 and reported as a mismatch with the header.
+    let missing: Vec<String> = REQUIRED_FIELDS
+        .iter()
+        .filter(|&&k| raw.get(k).is_none_or(serde_json::Value::is_null))
+        .map(|k| format!("`{k}`"))
+        .collect();
+    let mut problems: Vec<String> = Vec::new();
+    if !missing.is_empty() {
+        problems.push(format!("missing {}", missing.join(", ")));
+    }
+    for k in REQUIRED_FIELDS {
+        if let Some(v) = raw.get(k).filter(|v| !v.is_null() && v.as_u64().is_none()) {
+            problems.push(format!("`{k}` is {v}, not a non-negative integer"));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::Data(format!(
+            "{}: not a BERT config: {}",
+            config_path.display(),
+            problems.join("; ")
+        )));
+    }
     let field = |k: &str| raw.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0) as usize;
     let weights_path = dir.join("model.safetensors");
     let (tensors, weight_bytes, data_len) = read_header(&weights_path)?;
@@ -251,10 +290,11 @@ pub fn read_facts(dir: &Path) -> Result<crate::rules::ModelFacts> {
     };
     let shape = |name: &str| tensors.get(&format!("{prefix}{name}")).map(|(_, s)| s.clone());
     // What the header says, against what config.json says.
+    // A header's shapes may have any rank: index them with `get`.
     if let Some(s) = shape("embeddings.word_embeddings.weight") {
         for (field, config, header) in [
-            ("vocab_size", facts.vocab_size, s[0]),
-            ("hidden_size", facts.hidden_size, s[1]),
+            ("vocab_size", facts.vocab_size, s.first().copied().unwrap_or(0)),
+            ("hidden_size", facts.hidden_size, s.get(1).copied().unwrap_or(0)),
         ] {
             if config != header {
                 facts.inconsistencies.push((field.into(), config, header));
@@ -262,11 +302,13 @@ pub fn read_facts(dir: &Path) -> Result<crate::rules::ModelFacts> {
         }
     }
     if let Some(s) = shape("embeddings.position_embeddings.weight")
-        && s[0] != facts.max_positions
+        && s.first() != Some(&facts.max_positions)
     {
-        facts
-            .inconsistencies
-            .push(("max_position_embeddings".into(), facts.max_positions, s[0]));
+        facts.inconsistencies.push((
+            "max_position_embeddings".into(),
+            facts.max_positions,
+            s.first().copied().unwrap_or(0),
+        ));
     }
     let layers_in_header = (0..)
         .take_while(|i| tensors.contains_key(&format!("{prefix}encoder.layer.{i}.attention.self.query.weight")))
@@ -289,7 +331,10 @@ pub fn read_facts(dir: &Path) -> Result<crate::rules::ModelFacts> {
         }
         facts.targets.insert(name.to_string(), layers);
     }
-    facts.parameters = tensors.values().map(|(_, s)| s.iter().product::<usize>()).sum();
+    facts.parameters = tensors
+        .values()
+        .map(|(_, s)| s.iter().fold(1usize, |n, &d| n.saturating_mul(d)))
+        .fold(0usize, usize::saturating_add);
     facts.tensors = tensors;
     Ok(facts)
 }
@@ -306,6 +351,12 @@ pub fn read_header(path: &Path) -> Result<(Header, u64, u64)> {
         .map_err(|e| Error::io("cannot stat weights", path, e))?
         .len();
     let bad = |what: String| Error::Data(format!("{}: not a safetensors file: {what}", path.display()));
+    if size < 8 {
+        return Err(Error::Data(format!(
+            "{}: empty or truncated safetensors header ({size} bytes; the file starts with an 8-byte header length)",
+            path.display()
+        )));
+    }
     let mut len = [0u8; 8];
     f.read_exact(&mut len).map_err(|e| bad(e.to_string()))?;
     let n = u64::from_le_bytes(len);

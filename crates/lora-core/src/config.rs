@@ -345,6 +345,18 @@ pub fn toml_error(file: &Arc<SourceFile>, e: &toml::de::Error, table: &str) -> D
         file: file.clone(),
         span,
     }));
+    if code == "config::duplicate-key"
+        && let Some(span) = e.span()
+    {
+        // toml names neither the key nor its first definition: find both in the text.
+        let (key, first) = duplicate_key(&file.text, span.start);
+        d.message = match (key, first) {
+            (Some(key), Some(line)) => format!("duplicate key `{key}`: it is already set on line {line}"),
+            (Some(key), None) => format!("duplicate key `{key}`"),
+            _ => message.clone(),
+        };
+        d = d.help("TOML allows a key once per table: delete one of them (to change a base file's value, set it in an upper layer)");
+    }
     if code == "config::unknown-key" {
         // serde lists the expected fields; offer the closest one.
         if let (Some(found), Some(expected)) = (message.split('`').nth(1), message.split("expected").nth(1)) {
@@ -355,6 +367,76 @@ pub fn toml_error(file: &Arc<SourceFile>, e: &toml::de::Error, table: &str) -> D
         }
     }
     d.into()
+}
+
+/// A table header line (`[a.b]`, `[[a.b]]`), as its dotted path without spaces or quotes.
+fn header_path(line: &str) -> Option<String> {
+    let line = line.split('#').next().unwrap_or("").trim();
+    let inner = line
+        .strip_prefix("[[")
+        .and_then(|l| l.strip_suffix("]]"))
+        .or_else(|| line.strip_prefix('[').and_then(|l| l.strip_suffix(']')))?;
+    let ok = |c: char| c.is_ascii_alphanumeric() || "-_.\"' ".contains(c);
+    (!inner.is_empty() && inner.chars().all(ok)).then(|| key_path(inner))
+}
+
+/// A key as written (`a . "b"`) as a dotted path (`a.b`).
+fn key_path(key: &str) -> String {
+    key.split('.')
+        .map(|k| k.trim().trim_matches(|c| c == '"' || c == '\''))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The full dotted path of the key written at byte `at`, and the 1-based line where
+/// that key (or table) was first set, by reading the text line by line.
+///
+/// A best effort for the message: multi-line strings and arrays are not parsed, so
+/// the first definition may not be found (`None`).
+fn duplicate_key(text: &str, at: usize) -> (Option<String>, Option<usize>) {
+    let mut table = String::new();
+    let mut seen: Vec<(String, usize)> = Vec::new();
+    let mut offset = 0;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let start = offset;
+        offset += line.len();
+        let here = at >= start && at < offset;
+        let (path, array) = if let Some(h) = header_path(line) {
+            let array = line.trim_start().starts_with("[[");
+            table = h.clone();
+            (h, array)
+        } else if let Some((k, _)) = line.split_once('=')
+            && !k.trim().is_empty()
+            && !k.trim_start().starts_with('#')
+        {
+            if here && at >= start + k.len() {
+                // Inside the value: a key of an inline table.
+                let key: String = text
+                    .get(at..)
+                    .unwrap_or("")
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                    .collect();
+                return ((!key.is_empty()).then_some(key), None);
+            }
+            let k = key_path(k);
+            (if table.is_empty() { k } else { format!("{table}.{k}") }, false)
+        } else {
+            continue;
+        };
+        if here {
+            let first = seen.iter().find(|(p, _)| *p == path).map(|(_, l)| *l);
+            return (Some(path), first);
+        }
+        if array {
+            // A new element of an array of tables: its keys start afresh.
+            let prefix = format!("{path}.");
+            seen.retain(|(p, _)| !p.starts_with(&prefix));
+        } else {
+            seen.push((path, i + 1));
+        }
+    }
+    (None, None)
 }
 
 /// A whole pipeline file.
@@ -373,7 +455,7 @@ pub struct PipelineConfig {
 }
 
 /// Top-level tables; `plugins` is read by the plugin loader, not by a stage.
-const SECTIONS: [&str; 9] = [
+pub const SECTIONS: [&str; 9] = [
     "run",
     "data",
     "model",
@@ -633,6 +715,37 @@ lr = 1e-3
         let opt = p.train.sub_component("optimizer", None).unwrap().unwrap();
         assert_eq!(opt.type_name, "adamw");
         assert_eq!(opt.path, vec!["train", "optimizer"]);
+    }
+
+    #[test]
+    fn a_duplicate_key_names_the_key_and_its_first_line() {
+        let parse = |text: String| {
+            let file = SourceFile::new(Path::new("p.toml"), text);
+            let e = DeTable::parse(&file.text).unwrap_err();
+            syntax_error(&file, &e).0.remove(0)
+        };
+        let d = parse(GOOD.replace("lr = 1e-3", "lr = 1e-3\n# again\nlr = 2e-3"));
+        assert_eq!(d.code, "config::duplicate-key");
+        assert_eq!(
+            d.message, "duplicate key `train.optimizer.lr`: it is already set on line 24",
+            "{d}"
+        );
+        assert_eq!(d.location.as_ref().unwrap().line_col().0, 26);
+        // A table written twice, and a key at the top.
+        let d = parse(format!("seed = 1\n{GOOD}\n[lora]\nr = 4\n"));
+        assert_eq!(d.message, "duplicate key `lora`: it is already set on line 15", "{d}");
+        let d = parse(format!("seed = 1\nseed = 2\n{GOOD}"));
+        assert_eq!(d.message, "duplicate key `seed`: it is already set on line 1", "{d}");
+        // Keys repeat from one element of an array of tables to the next, not within one.
+        let text = "[[data.augment]]\ntype = \"a\"\n\n[[data.augment]]\ntype = \"b\"\np = 1\np = 2\n";
+        let d = parse(text.to_string());
+        assert_eq!(
+            d.message, "duplicate key `data.augment.p`: it is already set on line 6",
+            "{d}"
+        );
+        // Inside an inline table: the key, without a line.
+        let d = parse("x = { a = 1, a = 2 }\n".to_string());
+        assert_eq!(d.message, "duplicate key `a`", "{d}");
     }
 
     #[test]

@@ -47,10 +47,64 @@ fn decode(field: &[u8]) -> String {
 /// Reads a CSV file with a header row. Raw bytes (`ByteRecord`) rather than
 /// `StringRecord`, because the latter rejects any row that is not valid UTF-8.
 pub fn read_csv(path: &Path, delimiter: u8, text_column: &str, label_column: &str) -> Result<Vec<RawRow>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io("cannot open data file", path, e))?;
+    parse_csv(path, &bytes, delimiter, text_column, label_column)
+}
+
+/// Counts lines up to a byte offset, forward only (records come in file order).
+///
+/// The csv crate's own line numbers are one short after a CRLF line ending (it
+/// counts the `\n` of `\r\n` only once the next record has begun), so lines are
+/// counted here from the record's byte offset: the record starts on the line of
+/// its first byte that is not a line ending.
+///
+/// A region never ends inside a `\r\n`: it ends before a byte that is not a line ending.
+struct LineCounter<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    line: usize,
+}
+
+impl<'a> LineCounter<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes, at: 0, line: 1 }
+    }
+
+    fn line_of(&mut self, offset: u64) -> usize {
+        let mut start = usize::try_from(offset).unwrap_or(usize::MAX).min(self.bytes.len());
+        while start < self.bytes.len() && matches!(self.bytes[start], b'\r' | b'\n') {
+            start += 1;
+        }
+        if start < self.at {
+            // Never expected (records are read in order); count again from the top.
+            self.at = 0;
+            self.line = 1;
+        }
+        // A line ends with `\n`, `\r\n` or a lone `\r` (as the csv crate reads them).
+        let region = &self.bytes[self.at..start];
+        self.line += region
+            .iter()
+            .enumerate()
+            .filter(|&(i, &b)| b == b'\n' || (b == b'\r' && region.get(i + 1) != Some(&b'\n')))
+            .count();
+        self.at = start;
+        self.line
+    }
+}
+
+/// [`read_csv`] on bytes already in memory (`path` names them in messages).
+pub fn parse_csv(
+    path: &Path,
+    bytes: &[u8],
+    delimiter: u8,
+    text_column: &str,
+    label_column: &str,
+) -> Result<Vec<RawRow>> {
+    let mut lines = LineCounter::new(bytes);
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .has_headers(true)
-        .from_reader(open(path)?);
+        .from_reader(bytes);
     let header: Vec<String> = reader
         .byte_headers()
         .map_err(|e| row_error(path, 1, format!("cannot read the header row: {e}")))?
@@ -92,11 +146,18 @@ pub fn read_csv(path: &Path, delimiter: u8, text_column: &str, label_column: &st
             Ok(false) => break,
             Ok(true) => {}
             Err(e) => {
-                let line = e.position().map_or(0, |p| p.line() as usize);
-                return Err(row_error(path, line, e));
+                let line = e.position().map_or(0, |p| lines.line_of(p.byte()));
+                // csv's own message repeats its (CRLF-miscounted) line number: say it plainly.
+                let message = match e.kind() {
+                    csv::ErrorKind::UnequalLengths { expected_len, len, .. } => format!(
+                        "the row has {len} field(s), the rows before it {expected_len}: an unquoted delimiter in the text, or a missing field"
+                    ),
+                    _ => e.to_string(),
+                };
+                return Err(row_error(path, line, message));
             }
         }
-        let line = record.position().map_or(0, |p| p.line() as usize);
+        let line = record.position().map_or(0, |p| lines.line_of(p.byte()));
         let field = |i: usize| record.get(i).map(decode).unwrap_or_default();
         rows.push(checked(path, line, field(text_at), Some(field(label_at)))?);
     }
@@ -106,7 +167,16 @@ pub fn read_csv(path: &Path, delimiter: u8, text_column: &str, label_column: &st
 /// Reads a JSON-lines file: one object per line, blank lines skipped.
 /// The label may be a string or a non-negative integer.
 pub fn read_jsonl(path: &Path, text_column: &str, label_column: &str) -> Result<Vec<RawRow>> {
-    let mut reader = BufReader::new(open(path)?);
+    parse_jsonl(path, BufReader::new(open(path)?), text_column, label_column)
+}
+
+/// [`read_jsonl`] on any reader (`path` names it in messages).
+pub fn parse_jsonl(
+    path: &Path,
+    mut reader: impl BufRead,
+    text_column: &str,
+    label_column: &str,
+) -> Result<Vec<RawRow>> {
     let mut rows = Vec::new();
     let mut buf = Vec::new();
     let mut line = 0;
@@ -253,6 +323,54 @@ mod tests {
         assert!(err(read_csv(&ragged, b',', "text", "label")).contains("c.csv:3:"));
         let empty = write(dir.path(), "d.csv", "");
         assert!(err(read_csv(&empty, b',', "text", "label")).contains("no header row"));
+    }
+
+    #[test]
+    fn csv_line_numbers_count_crlf_line_endings() {
+        let dir = tempfile::tempdir().unwrap();
+        // Lines 2 to 16 are rows, line 17 has a field too many.
+        let mut text = String::from("text,label\r\n");
+        for i in 2..17 {
+            text.push_str(&format!("row {i},pos\r\n"));
+        }
+        text.push_str("x,y,z\r\n");
+        let ragged = write(dir.path(), "ragged.csv", text);
+        let e = err(read_csv(&ragged, b',', "text", "label"));
+        assert!(
+            e.contains("ragged.csv:17: the row has 3 field(s), the rows before it 2"),
+            "{e}"
+        );
+        // A blank line and a quoted field over two lines, with CRLF and LF mixed.
+        let mixed = write(
+            dir.path(),
+            "mixed.csv",
+            "text,label\r\nfirst,pos\r\n\r\n\"two\r\nlines\",neg\r\nlast,pos\nend,neg",
+        );
+        let lines: Vec<usize> = read_csv(&mixed, b',', "text", "label")
+            .unwrap()
+            .iter()
+            .map(|r| r.line)
+            .collect();
+        assert_eq!(lines, [2, 4, 6, 7]);
+        let lf = write(
+            dir.path(),
+            "lf.csv",
+            "text,label\nfirst,pos\n\n\"two\nlines\",neg\nlast,pos\n",
+        );
+        let lines: Vec<usize> = read_csv(&lf, b',', "text", "label")
+            .unwrap()
+            .iter()
+            .map(|r| r.line)
+            .collect();
+        assert_eq!(lines, [2, 4, 6]);
+        // Old Mac line endings: a lone CR.
+        let cr = write(dir.path(), "cr.csv", "text,label\rfirst,pos\r\rsecond,neg\r");
+        let lines: Vec<usize> = read_csv(&cr, b',', "text", "label")
+            .unwrap()
+            .iter()
+            .map(|r| r.line)
+            .collect();
+        assert_eq!(lines, [2, 4]);
     }
 
     #[test]

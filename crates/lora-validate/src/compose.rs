@@ -30,10 +30,15 @@ pub struct Overrides {
 }
 
 impl Overrides {
-    /// The relevant variables of this process's environment.
+    /// The relevant variables of this process's environment, and those that look
+    /// like them (`LORA_TRAIN_BATCH_SIZE`, `lora__train__lr`), to warn about.
     pub fn from_process(sets: Vec<String>) -> Self {
-        let env = std::env::vars()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX) || k == ENV_LR_ALIAS)
+        let env = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .filter(|(k, _)| {
+                let upper = k.to_ascii_uppercase();
+                upper.starts_with("LORA_") || upper == ENV_LR_ALIAS
+            })
             .collect();
         Self { env, sets }
     }
@@ -90,14 +95,23 @@ pub fn compose_text(path: &Path, text: String, overrides: &Overrides) -> Result<
     let root = DeTable::parse(&file.text).map_err(|e| lora_core::config::syntax_error(&file, &e))?;
     let has_extends = root.get_ref().iter().any(|(k, _)| k.get_ref().as_ref() == "extends");
     if !has_extends && overrides.is_empty() {
+        let mut tables = Vec::new();
+        table_paths(
+            &convert_table(&file, root.get_ref(), root.span(), true),
+            &mut Vec::new(),
+            &mut tables,
+        );
         return Ok(Composed {
             source: file,
-            warnings: Diagnostics::default(),
+            warnings: Diagnostics(near_misses(&overrides.env, &tables)),
         });
     }
     let mut diags = Diagnostics::default();
     let mut stack = Vec::new();
     let mut merged = load_layers(&file, &mut stack, &mut diags);
+    let mut tables = Vec::new();
+    table_paths(&merged, &mut Vec::new(), &mut tables);
+    diags.0.extend(near_misses(&overrides.env, &tables));
     apply_overrides(&mut merged, overrides, &mut diags);
     if diags.has_errors() {
         return Err(diags);
@@ -108,6 +122,84 @@ pub fn compose_text(path: &Path, text: String, overrides: &Overrides) -> Result<
         source: SourceFile::composed(path, out.text, out.segments),
         warnings: diags,
     })
+}
+
+/// Every table path of a merged document (`train`, `train.optimizer`, ...).
+fn table_paths(node: &Layered, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    let Kind::Table(entries) = &node.kind else { return };
+    for (key, _, value) in entries {
+        if matches!(value.kind, Kind::Table(_) | Kind::Tables(_)) {
+            path.push(key.clone());
+            out.push(path.clone());
+            match &value.kind {
+                Kind::Tables(items) => items.iter().for_each(|t| table_paths(t, path, out)),
+                _ => table_paths(value, path, out),
+            }
+            path.pop();
+        }
+    }
+}
+
+/// Warnings for environment variables that look like overrides but are not read:
+/// single underscores (`LORA_TRAIN_BATCH_SIZE`), other cases (`lora__train__lr`),
+/// `override_lr`. A variable is only taken for an override when its words start
+/// with a section of the pipeline (so `LORA_CACHE_DIR` is left alone).
+fn near_misses(env: &[(String, String)], tables: &[Vec<String>]) -> Vec<Diagnostic> {
+    let mut candidates: Vec<Vec<String>> = lora_core::config::SECTIONS
+        .iter()
+        .map(|s| vec![s.to_string()])
+        .collect();
+    candidates.extend(tables.iter().cloned());
+    // The longest table first: `train.optimizer` before `train`.
+    candidates.sort_by_key(|t| std::cmp::Reverse(t.iter().map(|s| s.split('-').count()).sum::<usize>()));
+    let mut out = Vec::new();
+    let mut vars: Vec<&String> = env.iter().map(|(k, _)| k).collect();
+    vars.sort();
+    vars.dedup();
+    for var in vars {
+        if var.starts_with(ENV_PREFIX) || var == ENV_LR_ALIAS {
+            continue;
+        }
+        let upper = var.to_ascii_uppercase();
+        if upper == ENV_LR_ALIAS {
+            out.push(near_miss(var, ENV_LR_ALIAS, LR_PATH));
+            continue;
+        }
+        let Some(rest) = upper.strip_prefix("LORA_") else {
+            continue;
+        };
+        let words: Vec<String> = rest
+            .split('_')
+            .filter(|w| !w.is_empty())
+            .map(str::to_ascii_lowercase)
+            .collect();
+        for table in &candidates {
+            let table_words: Vec<&str> = table.iter().flat_map(|s| s.split('-')).collect();
+            if words.len() > table_words.len() && words.iter().zip(&table_words).all(|(w, t)| w == t) {
+                let key = words[table_words.len()..].join("-");
+                let right = format!(
+                    "{ENV_PREFIX}{}__{}",
+                    table
+                        .iter()
+                        .map(|s| s.to_ascii_uppercase().replace('-', "_"))
+                        .collect::<Vec<_>>()
+                        .join("__"),
+                    key.to_ascii_uppercase().replace('-', "_")
+                );
+                out.push(near_miss(var, &right, &format!("{}.{key}", table.join("."))));
+                break;
+            }
+        }
+    }
+    out
+}
+
+fn near_miss(var: &str, right: &str, path: &str) -> Diagnostic {
+    Diagnostic::warning(
+        "config::env-near-miss",
+        format!("environment variable {var} is ignored: overrides are spelt {ENV_PREFIX}SECTION__KEY, in capitals"),
+    )
+    .help(format!("did you mean {right}? (it sets `{path}`)"))
 }
 
 fn file_origin(file: &Arc<SourceFile>, start: usize) -> Origin {
@@ -155,7 +247,13 @@ fn load_layers(file: &Arc<SourceFile>, stack: &mut Vec<PathBuf>, diags: &mut Dia
                 );
                 continue;
             }
-            let text = match std::fs::read_to_string(&base_path) {
+            // Only a regular file: a FIFO or a device (`/dev/zero`) would never end.
+            let read = if base_path.is_dir() || base_path.is_file() || !base_path.exists() {
+                std::fs::read_to_string(&base_path)
+            } else {
+                Err(std::io::Error::other("not a regular file"))
+            };
+            let text = match read {
                 Ok(t) => t,
                 Err(e) => {
                     diags.push(
@@ -580,6 +678,53 @@ mod tests {
         // The rendered diagnostic shows the base file's own line.
         let d = Diagnostic::error("x", "y").at(Some(alpha.clone())).to_string();
         assert!(d.contains("3 | alpha = 16"), "{d}");
+    }
+
+    #[test]
+    fn near_miss_environment_variables_are_warned_about_with_the_right_spelling() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "p.toml",
+            "[train]\nbatch-size = 8\n\n[train.optimizer]\ntype = \"adamw\"\n\n[callbacks.early-stopping]\npatience = 3\n",
+        );
+        let env = |vars: &[&str]| Overrides {
+            env: vars.iter().map(|v| (v.to_string(), "1".to_string())).collect(),
+            sets: Vec::new(),
+        };
+        let helps = |o: &Overrides| -> Vec<String> {
+            let composed = compose(&p, o).unwrap();
+            assert!(composed.warnings.0.iter().all(|d| d.code == "config::env-near-miss"));
+            composed.warnings.0.iter().map(|d| d.help.clone().unwrap()).collect()
+        };
+        let o = env(&[
+            "LORA_TRAIN_BATCH_SIZE",
+            "lora__train__batch_size",
+            "LORA_TRAIN_OPTIMIZER_WEIGHT_DECAY",
+            "Lora_Callbacks_Early_Stopping_Patience",
+            "override_lr",
+            "LORA_CACHE_DIR",
+            "LORA_",
+        ]);
+        assert_eq!(
+            helps(&o),
+            [
+                "did you mean LORA__TRAIN__BATCH_SIZE? (it sets `train.batch-size`)",
+                "did you mean LORA__TRAIN__OPTIMIZER__WEIGHT_DECAY? (it sets `train.optimizer.weight-decay`)",
+                "did you mean LORA__CALLBACKS__EARLY_STOPPING__PATIENCE? (it sets `callbacks.early-stopping.patience`)",
+                "did you mean LORA__TRAIN__BATCH_SIZE? (it sets `train.batch-size`)",
+                "did you mean OVERRIDE_LR? (it sets `train.optimizer.lr`)",
+            ]
+        );
+        // With a real override too (the composing path), and a section the file lacks.
+        let mut o = env(&["LORA_MONITOR_PORT", "LORA__TRAIN__EPOCHS"]);
+        o.sets.push("run.name=x".into());
+        assert_eq!(
+            helps(&o),
+            ["did you mean LORA__MONITOR__PORT? (it sets `monitor.port`)"]
+        );
+        // The right spelling is silent.
+        assert!(helps(&env(&["LORA__TRAIN__BATCH_SIZE", "OVERRIDE_LR"])).is_empty());
     }
 
     #[test]

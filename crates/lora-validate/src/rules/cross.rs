@@ -157,7 +157,7 @@ fn batch_exceeds_train(ctx: &RuleContext) -> Vec<Finding> {
     let (Some(plan), Some(b)) = (ctx.plan(), ctx.int("train.batch-size")) else {
         return Vec::new();
     };
-    if plan.samples > 0 && b.value as usize > plan.samples {
+    if plan.samples > 0 && b.value > 0 && b.value as usize > plan.samples {
         return one(
             format!(
                 "batch-size ({}) exceeds the training split ({} rows). Valid range: 1 <= batch-size <= {}",

@@ -71,15 +71,26 @@ lora_core::rule! {
 
 fn tokenizer_unreadable(ctx: &RuleContext) -> Vec<Finding> {
     let Some(d) = facts(ctx) else { return Vec::new() };
-    match (&d.tokenizer_error, ctx.facts.path("data.tokenizer")) {
-        (Some(e), Some(p)) if p.is_file() => one(e.clone(), ctx.location("data.tokenizer")),
+    let Some(e) = &d.tokenizer_error else { return Vec::new() };
+    if ctx.node("data.tokenizer").is_some() {
+        return match ctx.facts.path("data.tokenizer") {
+            Some(p) if p.is_file() => one(e.clone(), ctx.location("data.tokenizer")),
+            _ => Vec::new(),
+        };
+    }
+    // No tokenizer in [data]: the model folder's own tokenizer.json is used.
+    match ctx.facts.path("model.path") {
+        Some(dir) if dir.join("tokenizer.json").is_file() => one(e.clone(), ctx.location("model.path"))
+            .into_iter()
+            .map(|f| f.help("the model folder's tokenizer.json is damaged: fetch it again, or name another with tokenizer = \"...\" in [data]"))
+            .collect(),
         _ => Vec::new(),
     }
 }
 lora_core::rule! {
     id: "data::tokenizer-unreadable", category: Data, severity: Error,
     summary: "The tokenizer file cannot be loaded.",
-    doc: "The file exists but is not a tokenizer.json that the `tokenizers` library reads.",
+    doc: "The file exists but is not a tokenizer.json that the `tokenizers` library reads: the one `tokenizer` in [data] names, or else the model folder's own.",
     trip: [Set("data.tokenizer=\"{fixtures}/data/single-class.csv\"")], check: tokenizer_unreadable,
 }
 
@@ -130,7 +141,13 @@ lora_core::rule! {
 
 fn column_missing(ctx: &RuleContext, key: &str, default: &str) -> Vec<Finding> {
     let Some(d) = facts(ctx) else { return Vec::new() };
-    if d.header.is_empty() || d.single_column_header.is_some() {
+    // A header that splits on another delimiter is `data::wrong-delimiter`'s; a header of
+    // one field (`text`, no label column) is still checked here.
+    if d.header.is_empty()
+        || d.single_column_header
+            .as_deref()
+            .is_some_and(|h| delimiter_guess(h).is_some())
+    {
         return Vec::new();
     }
     let name = ctx.string(key).map_or(default, |s| s.value);
@@ -179,15 +196,20 @@ lora_core::rule! {
     trip: [Set("data.path=\"{fixtures}/data/bad-row.csv\"")], check: unreadable_rows,
 }
 
+/// The delimiter a header that did not split was written with, as a TOML literal.
+fn delimiter_guess(header: &str) -> Option<&'static str> {
+    [(';', "\";\""), ('\t', "\"\\t\""), ('|', "\"|\"")]
+        .into_iter()
+        .find(|(c, _)| header.contains(*c))
+        .map(|(_, lit)| lit)
+}
+
 fn wrong_delimiter(ctx: &RuleContext) -> Vec<Finding> {
     let Some(h) = facts(ctx).and_then(|d| d.single_column_header.as_ref()) else {
         return Vec::new();
     };
-    let guess = [(';', "\";\""), ('\t', "\"\\t\""), ('|', "\"|\"")]
-        .into_iter()
-        .find(|(c, _)| h.contains(*c));
-    match guess {
-        Some((_, lit)) => one(
+    match delimiter_guess(h) {
+        Some(lit) => one(
             format!("the csv header {h:?} does not split on the delimiter"),
             ctx.location("data.delimiter").or_else(|| ctx.location("data.path")),
         )
@@ -224,6 +246,38 @@ lora_core::rule! {
     summary: "A data file has no rows.",
     doc: "Only a header, or nothing at all.",
     trip: [Set("data.path=\"{fixtures}/data/empty.csv\"")], check: file_empty,
+}
+
+fn train_split_empty(ctx: &RuleContext) -> Vec<Finding> {
+    let Some(d) = rows(ctx).filter(|d| d.file_rows > 0 && d.train.rows == 0) else {
+        return Vec::new();
+    };
+    // Rows dropped for unknown labels are `data::unknown-labels`' (unless they are skipped).
+    if d.unknown_labels.is_some() && !on_unknown_skip(ctx) {
+        return Vec::new();
+    }
+    // max-train-samples below 1 is `data::max-train-samples-zero`'s.
+    if ctx.int("data.max-train-samples").is_some_and(|m| m.value < 1) {
+        return Vec::new();
+    }
+    let why = if d.validation_file_rows.is_none() && d.validation.rows > 0 {
+        format!(
+            "the data file has {} row(s) and the validation split takes {} (it takes at least one)",
+            d.file_rows, d.validation.rows
+        )
+    } else {
+        format!("every one of the data file's {} row(s) was dropped", d.file_rows)
+    };
+    one(format!("the training split is empty: {why}"), ctx.location("data.path"))
+        .into_iter()
+        .map(|f| f.help("add rows to the data file (a classifier needs a few per class), or lower validation-fraction"))
+        .collect()
+}
+lora_core::rule! {
+    id: "data::train-split-empty", category: Data, severity: Error,
+    summary: "No row is left for training.",
+    doc: "The validation split always takes at least one row, so a file of one row leaves none for training; so does skipping every row's label.",
+    trip: [Set("data.path=\"{fixtures}/data/one-row.csv\"")], check: train_split_empty,
 }
 
 fn label_name(d: &DataFacts, class: usize) -> &str {
@@ -281,7 +335,10 @@ lora_core::rule! {
 }
 
 fn unseen_in_train(ctx: &RuleContext) -> Vec<Finding> {
-    let Some(d) = rows(ctx) else { return Vec::new() };
+    // An empty training split is `data::train-split-empty`'s.
+    let Some(d) = rows(ctx).filter(|d| d.train.rows > 0) else {
+        return Vec::new();
+    };
     (0..d.label_names.len())
         .filter(|&c| {
             d.train.label_counts.get(c) == Some(&0) && d.validation.label_counts.get(c).is_some_and(|&n| n > 0)

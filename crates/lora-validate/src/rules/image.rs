@@ -244,13 +244,17 @@ fn rotation_large(ctx: &RuleContext) -> Vec<Finding> {
         &["rotation", "random-affine"],
         "degrees",
         |d| d > 180.0,
-        |t, v| format!("{t} degrees ({v}) is above 180: the range already covers every angle"),
+        |t, v| {
+            format!(
+                "{t} degrees ({v}) is above 180: the range already covers every angle. Valid range: 0 <= degrees <= 180"
+            )
+        },
     )
 }
 lora_core::rule! {
-    id: "augment::rotation-degrees-large", category: Range, severity: Warning,
+    id: "augment::rotation-degrees-large", category: Range, severity: Error,
     summary: "A rotation range above 180 degrees.",
-    doc: "Angles above 180 repeat smaller ones; perhaps radians were meant as degrees, or the reverse.",
+    doc: "Angles above 180 repeat smaller ones, and the augmentation rejects them; perhaps radians were meant as degrees, or the reverse.",
     trip: [FASHION, Set("data.augment=[{type = \"rotation\", degrees = 360.0}]")], check: rotation_large,
 }
 

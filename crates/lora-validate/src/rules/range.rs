@@ -578,28 +578,69 @@ lora_core::rule! {
 }
 
 field! { eps_nonpositive: "optim::eps-nonpositive", Error, "train.optimizer.eps" if adamw,
-bad |v| !(v > 0.0), "must be positive", "0 < eps (1e-8 is usual)",
+bad |v| v <= 0.0 && v.is_finite(), "must be positive", "0 < eps (1e-8 is usual)",
 "AdamW eps is not positive.",
 "eps keeps the division by the second moment finite; 0 gives inf or NaN for weights with zero gradient.",
 [Set("train.optimizer.eps=0.0")] }
 
 field! { eps_large: "optim::eps-large", Warning, "train.optimizer.eps" if adamw,
-bad |v| v > 1e-3, "is large and damps every update", "1e-10 <= eps <= 1e-6 is usual",
+bad |v| v > 1e-3 && v.is_finite(), "is large and damps every update", "1e-10 <= eps <= 1e-6 is usual",
 "AdamW eps above 1e-3.",
 "A large eps turns Adam into a slow SGD; perhaps 1e-8 was meant.",
 [Set("train.optimizer.eps=0.1")] }
 
 field! { wd_negative: "optim::weight-decay-negative", Error, "train.optimizer.weight-decay" if any_optimizer,
-bad |v| !(v >= 0.0), "is negative", "0 <= weight-decay",
+bad |v| v < 0.0 && v.is_finite(), "is negative", "0 <= weight-decay",
 "weight-decay is negative.",
 "Negative decay grows every weight each step.",
 [Set("train.optimizer.weight-decay=-0.1")] }
 
 field! { wd_large: "optim::weight-decay-large", Warning, "train.optimizer.weight-decay" if any_optimizer,
-bad |v| v > 0.5, "is large", "0 <= weight-decay <= 0.1 is usual",
+bad |v| v > 0.5 && v.is_finite(), "is large", "0 <= weight-decay <= 0.1 is usual",
 "weight-decay above 0.5.",
 "Decoupled decay of 0.5 or more pulls the adapter to zero faster than it learns.",
 [Set("train.optimizer.weight-decay=2.0")] }
+
+/// Optimizer fields whose own range rule already rejects a value that is not finite.
+fn finite_checked_elsewhere(ctx: &RuleContext, key: &str) -> bool {
+    match key {
+        "lr" => any_optimizer(ctx),
+        "betas" => adamw(ctx),
+        "momentum" | "dampening" => sgd(ctx),
+        _ => false,
+    }
+}
+
+fn optimizer_non_finite(ctx: &RuleContext) -> Vec<Finding> {
+    let Some(fields) = ctx.node("train.optimizer").and_then(|n| n.as_table()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (key, node) in fields {
+        if finite_checked_elsewhere(ctx, key) {
+            continue;
+        }
+        let values: Vec<&lora_core::doc::Node> = match node.as_array() {
+            Some(items) => items.iter().collect(),
+            None => vec![node],
+        };
+        for v in values {
+            if let Some(x) = v.as_float().filter(|x| !x.is_finite()) {
+                out.push(Finding::new(
+                    format!("{key} ({x}) is not a finite number: every update would turn the weights into inf or NaN"),
+                    Some(v.location.clone()),
+                ));
+            }
+        }
+    }
+    out
+}
+lora_core::rule! {
+    id: "optim::non-finite", category: Range, severity: Error,
+    summary: "An optimizer value is inf or nan.",
+    doc: "TOML accepts `inf` and `nan`, but no optimizer hyper-parameter (weight-decay, eps, ...) means anything there: the first step would make the adapter inf or NaN.",
+    trip: [Set("train.optimizer.weight-decay=inf")], check: optimizer_non_finite,
+}
 
 field! { momentum_range: "optim::momentum-range", Error, "train.optimizer.momentum" if sgd,
 bad |v| !(0.0..1.0).contains(&v), "is out of range", "0 <= momentum < 1",

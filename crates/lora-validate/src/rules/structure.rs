@@ -13,7 +13,7 @@ lora_core::rule! {
 lora_core::rule! {
     id: "config::duplicate-key", category: Structure, severity: Error,
     summary: "A key is written twice in one table.",
-    doc: "TOML forbids it; with layering, override the value in an upper layer instead.",
+    doc: "TOML forbids it; with layering, override the value in an upper layer instead. The message names the key by its full dotted path and the line where it was first set.",
     trip: [Replace("seed = 42", "seed = 42\nseed = 43")], check: loader,
 }
 lora_core::rule! {
@@ -105,4 +105,10 @@ lora_core::rule! {
     summary: "`[eval] metrics` names a metric that is not registered.",
     doc: "Metrics are registered by name (`lora plugins` lists them: accuracy, macro_f1, weighted_f1, balanced_accuracy, macro_precision, mcc); the closest name is suggested.",
     trip: [Set("eval.metrics=[\"acuracy\"]")], check: loader,
+}
+lora_core::rule! {
+    id: "config::env-near-miss", category: Structure, severity: Warning,
+    summary: "An environment variable looks like an override but is not read.",
+    doc: "Overrides are `LORA__SECTION__KEY` in capitals, with double underscores between levels (and `OVERRIDE_LR`); `LORA_TRAIN_BATCH_SIZE` or `lora__train__batch_size` would otherwise be ignored without a word. The right spelling is suggested.",
+    trip: [Env("LORA_TRAIN_BATCH_SIZE", "16")], check: loader,
 }

@@ -19,6 +19,8 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 fn assert_losses_agree(candle: &[f64], burn: &[f64]) {
     assert_eq!(candle.len(), 20);
     assert_eq!(burn.len(), 20);
+    let worst = candle.iter().zip(burn).map(|(x, y)| ((x - y) / x).abs()).fold(0f64, f64::max);
+    eprintln!("20 losses: largest relative difference {worst:.2e}");
     for (i, (x, y)) in candle.iter().zip(burn).enumerate() {
         assert!(((x - y) / x).abs() < 1e-3, "step {}: candle {x} burn {y}", i + 1);
     }
@@ -50,11 +52,12 @@ fn logits_agree_within_1e_4_on_the_same_weights() {
         &candle.model.predict(&x).unwrap().data,
         &burn.model.predict(&x).unwrap().data,
     );
-    assert!(d < 1e-4, "logits differ by {d}");
     let h = max_abs_diff(
         &candle.model.hidden_states(&x).unwrap().data,
         &burn.model.hidden_states(&x).unwrap().data,
     );
+    eprintln!("MiniLM: logits differ by {d:.2e}, hidden states by {h:.2e}");
+    assert!(d < 1e-4, "logits differ by {d}");
     assert!(h < 1e-4, "hidden states differ by {h}");
 }
 
@@ -93,6 +96,7 @@ fn an_adapter_trained_on_one_backend_predicts_the_same_on_the_other() {
         let x = batch(&src);
         let a = src.model.predict(&x).unwrap();
         let b = dst.model.predict(&x).unwrap();
+        eprintln!("MiniLM adapter {from} -> {to}: logits differ by {:.2e}", max_abs_diff(&a.data, &b.data));
         assert!(max_abs_diff(&a.data, &b.data) < 1e-4, "{from} -> {to}");
         let argmax = |t: &lora_core::HostTensor| {
             (0..t.shape[0])
@@ -177,6 +181,7 @@ fn vit_logits_agree_within_1e_4_on_the_same_weights() {
             c.model.merge().unwrap();
             b.model.merge().unwrap();
             let d = max_abs_diff(&c.model.predict(&x).unwrap().data, &b.model.predict(&x).unwrap().data);
+            eprintln!("ViT lora mode merged: logits differ by {d:.2e}");
             assert!(d < 1e-4, "merged logits differ by {d}");
         }
     }
@@ -235,6 +240,7 @@ fn vit_bases_and_adapters_move_between_backends() {
             &full.model.hidden_states(&x).unwrap().data,
             &other.model.hidden_states(&x).unwrap().data,
         );
+        eprintln!("ViT {from} base in {to}: hidden states differ by {h:.2e}");
         assert!(h < 1e-4, "{from} base in {to}: hidden states differ by {h}");
 
         // An adapter trained on one loads in the other and predicts the same.

@@ -222,7 +222,7 @@ impl Fused for Softmax {
             Bias::Keys(b) => {
                 let batches = b.len() / k.max(1);
                 assert!(
-                    b.len() == batches * k && batches > 0 && rows % batches == 0,
+                    b.len() == batches * k && batches > 0 && rows.is_multiple_of(batches),
                     "attention bias must be [batch * keys]"
                 );
                 rows / batches

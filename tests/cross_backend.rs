@@ -15,12 +15,19 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
-/// The first 20 training losses of both backends, within 1e-3 relative.
+/// The first 20 training losses of both backends, within 1e-5 relative (both run
+/// the same operations in the same order since lora-nn: measured at most 4.6e-7).
 fn assert_losses_agree(candle: &[f64], burn: &[f64]) {
     assert_eq!(candle.len(), 20);
     assert_eq!(burn.len(), 20);
+    let worst = candle
+        .iter()
+        .zip(burn)
+        .map(|(x, y)| ((x - y) / x).abs())
+        .fold(0f64, f64::max);
+    eprintln!("20 losses: largest relative difference {worst:.2e}");
     for (i, (x, y)) in candle.iter().zip(burn).enumerate() {
-        assert!(((x - y) / x).abs() < 1e-3, "step {}: candle {x} burn {y}", i + 1);
+        assert!(((x - y) / x).abs() < 1e-5, "step {}: candle {x} burn {y}", i + 1);
     }
 }
 
@@ -29,7 +36,7 @@ fn batch(b: &suite::fixtures::Built) -> Batch {
 }
 
 #[test]
-fn logits_agree_within_1e_4_on_the_same_weights() {
+fn logits_agree_within_1e_5_on_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
     let mut candle = build(pipeline_text("candle", dir.path(), &[]));
     let mut burn = build(pipeline_text("burn", dir.path(), &[]));
@@ -50,16 +57,17 @@ fn logits_agree_within_1e_4_on_the_same_weights() {
         &candle.model.predict(&x).unwrap().data,
         &burn.model.predict(&x).unwrap().data,
     );
-    assert!(d < 1e-4, "logits differ by {d}");
     let h = max_abs_diff(
         &candle.model.hidden_states(&x).unwrap().data,
         &burn.model.hidden_states(&x).unwrap().data,
     );
-    assert!(h < 1e-4, "hidden states differ by {h}");
+    eprintln!("MiniLM: logits differ by {d:.2e}, hidden states by {h:.2e}");
+    assert!(d < 1e-5, "logits differ by {d}");
+    assert!(h < 1e-5, "hidden states differ by {h}");
 }
 
 #[test]
-fn first_20_training_losses_agree_within_1e_3_relative() {
+fn first_20_training_losses_agree_within_1e_5_relative() {
     let dir = tempfile::tempdir().unwrap();
     // 20 steps of 16 with dropout on: the masks come from the core's streams too.
     let text = |backend| {
@@ -93,7 +101,11 @@ fn an_adapter_trained_on_one_backend_predicts_the_same_on_the_other() {
         let x = batch(&src);
         let a = src.model.predict(&x).unwrap();
         let b = dst.model.predict(&x).unwrap();
-        assert!(max_abs_diff(&a.data, &b.data) < 1e-4, "{from} -> {to}");
+        eprintln!(
+            "MiniLM adapter {from} -> {to}: logits differ by {:.2e}",
+            max_abs_diff(&a.data, &b.data)
+        );
+        assert!(max_abs_diff(&a.data, &b.data) < 1e-5, "{from} -> {to}");
         let argmax = |t: &lora_core::HostTensor| {
             (0..t.shape[0])
                 .map(|i| lora_train::metrics::argmax(t.row(i)))
@@ -150,7 +162,7 @@ fn vit_models_start_from_identical_parameters_from_the_same_seed() {
 }
 
 #[test]
-fn vit_logits_agree_within_1e_4_on_the_same_weights() {
+fn vit_logits_agree_within_1e_5_on_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
     let base = vit_base("candle", dir.path());
     for (mode, model, lora) in modes(&base) {
@@ -171,19 +183,20 @@ fn vit_logits_agree_within_1e_4_on_the_same_weights() {
             &b.model.hidden_states(&x).unwrap().data,
         );
         eprintln!("ViT {mode} mode: logits differ by {d:.2e}, hidden states by {h:.2e}");
-        assert!(d < 1e-4, "logits differ by {d}");
-        assert!(h < 1e-4, "hidden states differ by {h}");
+        assert!(d < 1e-5, "logits differ by {d}");
+        assert!(h < 1e-5, "hidden states differ by {h}");
         if mode == "lora" {
             c.model.merge().unwrap();
             b.model.merge().unwrap();
             let d = max_abs_diff(&c.model.predict(&x).unwrap().data, &b.model.predict(&x).unwrap().data);
-            assert!(d < 1e-4, "merged logits differ by {d}");
+            eprintln!("ViT lora mode merged: logits differ by {d:.2e}");
+            assert!(d < 1e-5, "merged logits differ by {d}");
         }
     }
 }
 
 #[test]
-fn vit_first_20_training_losses_agree_within_1e_3_relative() {
+fn vit_first_20_training_losses_agree_within_1e_5_relative() {
     let dir = tempfile::tempdir().unwrap();
     let base = vit_base("candle", dir.path());
     // 20 steps of 16; the LoRA run with dropout on (masks from the core's streams).
@@ -235,7 +248,8 @@ fn vit_bases_and_adapters_move_between_backends() {
             &full.model.hidden_states(&x).unwrap().data,
             &other.model.hidden_states(&x).unwrap().data,
         );
-        assert!(h < 1e-4, "{from} base in {to}: hidden states differ by {h}");
+        eprintln!("ViT {from} base in {to}: hidden states differ by {h:.2e}");
+        assert!(h < 1e-5, "{from} base in {to}: hidden states differ by {h}");
 
         // An adapter trained on one loads in the other and predicts the same.
         let out = dir.path().join(format!("{from}-to-{to}"));
@@ -257,7 +271,7 @@ fn vit_bases_and_adapters_move_between_backends() {
         let b = dst.model.predict(&x).unwrap();
         let d = max_abs_diff(&a.data, &b.data);
         eprintln!("ViT adapter {from} -> {to}: logits differ by {d:.2e}");
-        assert!(d < 1e-4, "{from} -> {to}: logits differ by {d}");
+        assert!(d < 1e-5, "{from} -> {to}: logits differ by {d}");
         let argmax = |t: &lora_core::HostTensor| {
             (0..t.shape[0])
                 .map(|i| lora_train::metrics::argmax(t.row(i)))

@@ -11,8 +11,9 @@
 //! - [`gelu`]: erf GELU with the candle backend's `erf` (Abramowitz and Stegun 7.1.26,
 //!   within 5e-7 of libm's and several times cheaper); the forward pass keeps
 //!   `Phi(x)` for the backward pass.
-//! - [`attention_softmax`]: `softmax(scores * scale + bias)` over the keys, with the
-//!   additive padding bias of each sequence; only the scores get a gradient.
+//! - [`softmax`]: `softmax(scores * scale + bias)` over the last dimension, with
+//!   attention's padding or causal bias computed in the same pass; only the scores
+//!   get a gradient.
 //! - [`FrozenLayerNorm`]: layer norm over the last dimension with frozen `gamma`, `beta`.
 //!
 //! They are written against burn's backend-extension API: a tensor is unwrapped
@@ -181,32 +182,53 @@ impl Fused for Gelu {
     }
 }
 
-/// `softmax(scores * scale + bias)` over the last dimension of `scores` `[batch, heads, q, k]`,
-/// where `key_bias` `[batch * k]` is the additive mask of each sequence (0 or -1e9).
-pub fn attention_softmax(scores: Tensor<4>, key_bias: Arc<Vec<f32>>, scale: f32) -> Tensor<4> {
-    apply(scores, AttentionSoftmax { key_bias, scale })
+/// The additive bias of [`softmax`]'s scores.
+#[derive(Debug, Clone)]
+pub enum Bias {
+    None,
+    /// `[batch * keys]`, one row of keys per sequence (0, or -1e9 for padding); the
+    /// scores' rows are grouped by sequence (`[.., batch, heads, queries, keys]`).
+    Keys(Arc<Vec<f32>>),
+    /// -1e9 where key `j` lies after query `i` (`j + queries > i + keys`: last query
+    /// sees every key), computed on the fly instead of stored.
+    Causal,
+}
+
+/// `softmax(x * scale + bias)` over the last dimension: attention's scores with
+/// their mask in one pass (and plain softmax with no bias and unit scale).
+pub fn softmax<const D: usize>(x: Tensor<D>, bias: Bias, scale: f32) -> Tensor<D> {
+    apply(x, Softmax { bias, scale })
 }
 
 #[derive(Debug, Clone)]
-struct AttentionSoftmax {
-    key_bias: Arc<Vec<f32>>,
+struct Softmax {
+    bias: Bias,
     scale: f32,
 }
 
-impl Fused for AttentionSoftmax {
+impl Fused for Softmax {
     /// The output probabilities.
     type State = FlexTensor;
 
     fn forward(&self, x: &FlexTensor, keep: bool) -> (FlexTensor, Option<Self::State>) {
         let x = contiguous(x);
         let shape = x.layout().shape().clone();
-        let (k, rows_per_batch) = (shape[3], shape[1] * shape[2]);
-        assert_eq!(
-            self.key_bias.len(),
-            shape[0] * k,
-            "attention bias must be [batch * keys]"
-        );
+        let rank = shape.num_dims();
+        let k = shape[rank - 1];
+        let queries = if rank > 1 { shape[rank - 2] } else { 1 };
         let xs = slice(&x);
+        let rows = xs.len() / k.max(1);
+        let rows_per_batch = match &self.bias {
+            Bias::Keys(b) => {
+                let batches = b.len() / k.max(1);
+                assert!(
+                    b.len() == batches * k && batches > 0 && rows.is_multiple_of(batches),
+                    "attention bias must be [batch * keys]"
+                );
+                rows / batches
+            }
+            _ => 1,
+        };
         let mut y = vec![0f32; xs.len()];
         let task = rows_per_task(k);
         y.par_chunks_mut(task * k)
@@ -214,13 +236,23 @@ impl Fused for AttentionSoftmax {
             .enumerate()
             .for_each(|(chunk, (y, x))| {
                 for (r, (dst, src)) in y.chunks_exact_mut(k).zip(x.chunks_exact(k)).enumerate() {
-                    let batch = (chunk * task + r) / rows_per_batch;
-                    let bias = &self.key_bias[batch * k..(batch + 1) * k];
-                    let mut max = f32::NEG_INFINITY;
-                    for ((d, &s), &b) in dst.iter_mut().zip(src).zip(bias) {
-                        *d = s * self.scale + b;
-                        max = max.max(*d);
+                    let row = chunk * task + r;
+                    match &self.bias {
+                        Bias::None => dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s * self.scale),
+                        Bias::Keys(bias) => {
+                            let bias = &bias[row / rows_per_batch * k..][..k];
+                            for ((d, &s), &b) in dst.iter_mut().zip(src).zip(bias) {
+                                *d = s * self.scale + b;
+                            }
+                        }
+                        Bias::Causal => {
+                            let i = row % queries;
+                            for (j, (d, &s)) in dst.iter_mut().zip(src).enumerate() {
+                                *d = s * self.scale + if j + queries <= i + k { 0.0 } else { -1e9 };
+                            }
+                        }
                     }
+                    let max = dst.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let mut sum = 0f32;
                     for d in dst.iter_mut() {
                         *d = (*d - max).exp();
@@ -237,7 +269,8 @@ impl Fused for AttentionSoftmax {
 
     fn backward(&self, y: Self::State, grad: FlexTensor) -> FlexTensor {
         // dx = scale * y * (g - sum(g * y))
-        let k = y.layout().shape()[3];
+        let shape = y.layout().shape().clone();
+        let k = shape[shape.num_dims() - 1];
         let g = contiguous(&grad);
         let (ys, gs) = (slice(&y), slice(&g));
         let mut dx = vec![0f32; ys.len()];
@@ -253,7 +286,7 @@ impl Fused for AttentionSoftmax {
                     }
                 }
             });
-        flex(dx, y.layout().shape().clone())
+        flex(dx, shape)
     }
 }
 
@@ -357,7 +390,6 @@ impl Fused for FrozenLayerNorm {
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::activation::softmax;
     use burn::tensor::module::layer_norm;
 
     use super::*;
@@ -409,21 +441,48 @@ mod tests {
     }
 
     #[test]
-    fn attention_softmax_matches_composed_ops() {
-        // The second shape spans several parallel tasks, each starting inside a sequence.
+    fn softmax_with_padding_bias_matches_composed_ops() {
+        // The second shape spans several parallel tasks, each starting inside a sequence;
+        // the leading 1 is the rank-5 padding of `BurnOps`' tensors.
         for (b, h, q, k) in [(3, 2, 4, 5), (5, 3, 40, 64)] {
             let bias: Vec<f32> = (0..b * k)
                 .map(|i| if i % k >= k - 1 - i / k % 3 { -1e9 } else { 0.0 })
                 .collect();
-            let bias = Arc::new(bias);
-            let bias_t = Tensor::<4>::from_data(TensorData::new(bias.to_vec(), [b, 1, 1, k]), &crate::device());
+            let bias_t = Tensor::<5>::from_data(TensorData::new(bias.clone(), [1, b, 1, 1, k]), &crate::device());
+            let bias = Bias::Keys(Arc::new(bias));
             check(
-                [b, h, q, k],
-                |x| attention_softmax(x, bias.clone(), 0.3),
-                |x| softmax(x.mul_scalar(0.3) + bias_t.clone(), 3),
+                [1, b, h, q, k],
+                |x| softmax(x, bias.clone(), 0.3),
+                |x| burn::tensor::activation::softmax(x.mul_scalar(0.3) + bias_t.clone(), 4),
                 1e-5,
             );
         }
+    }
+
+    #[test]
+    fn causal_softmax_matches_composed_ops() {
+        // Fewer queries than keys (a continuation): the last query sees every key.
+        let (q, k) = (3, 5);
+        let mask: Vec<f32> = (0..q)
+            .flat_map(|i| (0..k).map(move |j| if j + q <= i + k { 0.0 } else { -1e9 }))
+            .collect();
+        let mask = Tensor::<4>::from_data(TensorData::new(mask, [1, 1, q, k]), &crate::device());
+        check(
+            [2, 3, q, k],
+            |x| softmax(x, Bias::Causal, 0.5),
+            |x| burn::tensor::activation::softmax(x.mul_scalar(0.5) + mask.clone(), 3),
+            1e-5,
+        );
+    }
+
+    #[test]
+    fn plain_softmax_matches_burns_softmax() {
+        check(
+            [7, 300],
+            |x| softmax(x, Bias::None, 1.0),
+            |x| burn::tensor::activation::softmax(x, 1),
+            1e-5,
+        );
     }
 
     #[test]

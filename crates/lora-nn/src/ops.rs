@@ -66,7 +66,7 @@ pub trait TensorOps: Clone + Send + Sync + 'static {
 
     // ----- shapes
     fn reshape(&self, x: &Self::T, shape: &[usize]) -> Result<Self::T>;
-    /// Swaps two dimensions; the result is laid out contiguously.
+    /// Swaps two dimensions (a copy or a strided view, as the backend's operations accept).
     fn transpose(&self, x: &Self::T, a: usize, b: usize) -> Result<Self::T>;
     fn narrow(&self, x: &Self::T, dim: usize, start: usize, len: usize) -> Result<Self::T>;
     fn cat(&self, xs: &[&Self::T], dim: usize) -> Result<Self::T>;

@@ -209,31 +209,15 @@ impl CustomOp1 for LayerNorm {
     }
 }
 
-/// Layer norm whose `gamma` and `beta` are frozen host copies.
-#[derive(Debug, Clone)]
-pub struct FrozenLayerNorm {
-    gamma: Vec<f32>,
-    beta: Vec<f32>,
-    eps: f32,
-}
-
-impl FrozenLayerNorm {
-    pub fn new(gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Self> {
-        Ok(Self {
-            gamma: gamma.to_vec1()?,
-            beta: beta.to_vec1()?,
-            eps: eps as f32,
-        })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let op = LayerNorm {
-            gamma: self.gamma.clone(),
-            beta: self.beta.clone(),
-            eps: self.eps,
-        };
-        x.contiguous()?.apply_op1(op)
-    }
+/// Layer norm over the last dimension with frozen `gamma` and `beta` (copied to
+/// the host once per call: the op's backward needs them as slices).
+pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+    let op = LayerNorm {
+        gamma: gamma.to_vec1()?,
+        beta: beta.to_vec1()?,
+        eps: eps as f32,
+    };
+    x.contiguous()?.apply_op1(op)
 }
 
 #[cfg(test)]
@@ -339,10 +323,7 @@ mod tests {
         let gamma = var(&[6], 7).as_tensor().detach();
         let beta = var(&[6], 8).as_tensor().detach();
         let weights = var(&[4, 6], 9).as_tensor().detach();
-        let fast = FrozenLayerNorm::new(&gamma, &beta, 1e-12)
-            .unwrap()
-            .forward(x.as_tensor())
-            .unwrap();
+        let fast = layer_norm(x.as_tensor(), &gamma, &beta, 1e-12).unwrap();
         let xs = x.as_tensor();
         let mean = xs.mean_keepdim(D::Minus1).unwrap();
         let xc = xs.broadcast_sub(&mean).unwrap();

@@ -10,7 +10,7 @@ use lora_nn::ops::{Mask, TensorOps, default_attention};
 use lora_nn::weights::{WeightDType, WeightView};
 
 use crate::error::IntoCore;
-use crate::ops::{FrozenLayerNorm, frozen_linear, gelu, softmax_last_dim};
+use crate::ops::{frozen_linear, gelu, layer_norm, softmax_last_dim};
 
 /// candle on the CPU.
 #[derive(Debug, Clone, Copy, Default)]
@@ -185,7 +185,7 @@ impl TensorOps for CandleOps {
     }
 
     fn layer_norm(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
-        FrozenLayerNorm::new(gamma, beta, eps).and_then(|n| n.forward(x)).core()
+        layer_norm(x, gamma, beta, eps).core()
     }
 
     fn layer_norm_trained(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {

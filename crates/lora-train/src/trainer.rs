@@ -176,8 +176,9 @@ struct Run<'t, 'a> {
     layout: ParamLayout,
     modules: ModuleIndex,
     state: LoopState,
-    /// Optimizer steps of the run, and micro-batches in one epoch.
+    /// Optimizer steps of the run, the epochs they span, and micro-batches in one epoch.
     total: usize,
+    epochs: usize,
     micro_per_epoch: usize,
     /// The epoch's batch iterator ran dry (a data stage may yield fewer batches than counted).
     batches_done: bool,
@@ -202,6 +203,7 @@ impl<'t, 'a> Run<'t, 'a> {
         let keep_optimizer = ctx.callbacks.iter().any(|c| c.can_roll_back());
         Ok(Self {
             total: trainer.total_steps(n),
+            epochs: trainer.total_steps(n).div_ceil(trainer.steps_per_epoch(n)),
             micro_per_epoch: n.div_ceil(trainer.cfg.batch_size),
             batches_done: false,
             cfg: &trainer.cfg,
@@ -518,9 +520,7 @@ impl<'t, 'a> Run<'t, 'a> {
         let n = self.ctx.data.train.len();
         let start = TrainEvent::Start {
             total_steps: self.total,
-            epochs: self
-                .total
-                .div_ceil(self.micro_per_epoch.div_ceil(self.cfg.gradient_accumulation_steps)),
+            epochs: self.epochs,
             train_samples: n,
             trainable_parameters: self.layout.len(),
         };

@@ -6,11 +6,10 @@
 //! differentiable element-wise operations each. On the training step of
 //! MiniLM those took more time than the matrix products. These three
 //! operations each make one parallel pass forward and one backward, with the
-//! same arithmetic as the candle backend's `ops`:
+//! arithmetic of `lora_nn::kernels`, which the candle backend shares:
 //!
-//! - [`gelu`]: erf GELU with the candle backend's `erf` (Abramowitz and Stegun 7.1.26,
-//!   within 5e-7 of libm's and several times cheaper); the forward pass keeps
-//!   `Phi(x)` for the backward pass.
+//! - [`gelu`]: erf GELU (Abramowitz and Stegun's `erf`, within 5e-7 of libm's
+//!   and several times cheaper); the forward pass keeps `Phi(x)` for the backward pass.
 //! - [`softmax`]: `softmax(scores * scale + bias)` over the last dimension, with
 //!   attention's padding or causal bias computed in the same pass; only the scores
 //!   get a gradient.
@@ -30,18 +29,10 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Shape, Tensor, TensorData};
-use rayon::prelude::*;
+use lora_nn::kernels::{self, ScoreBias};
 
 /// The autodiff backend that `Device::flex().autodiff()` dispatches to.
 type Ad = Autodiff<Flex, NoCheckpointing>;
-
-/// Elements per parallel task: large enough to amortise scheduling, small enough to balance.
-const CHUNK: usize = 1 << 15;
-
-/// Rows per parallel task for rows of `n` elements.
-fn rows_per_task(n: usize) -> usize {
-    (CHUNK / n.max(1)).max(1)
-}
 
 /// A contiguous f32 copy (or view) of a flex tensor's elements, row-major.
 fn contiguous(t: &FlexTensor) -> FlexTensor {
@@ -111,17 +102,6 @@ fn apply<const D: usize, F: Fused>(x: Tensor<D>, op: F) -> Tensor<D> {
     }
 }
 
-/// `erf` by Abramowitz and Stegun 7.1.26 (absolute error below 1.5e-7, 5e-7 after f32
-/// rounding): one `exp` and a polynomial. The very expression of the candle backend's,
-/// so that both backends compute the same GELU bit for bit.
-fn erf(x: f32) -> f32 {
-    let a = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
-    let y = 1.0 - poly * (-a * a).exp();
-    if x < 0.0 { -y } else { y }
-}
-
 /// Exact (erf) GELU, `x * Phi(x)` with `Phi(x) = (1 + erf(x / sqrt 2)) / 2`, Hugging Face's `"gelu"`.
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     apply(x, Gelu)
@@ -139,58 +119,27 @@ impl Fused for Gelu {
         let xs = slice(&x);
         let mut y = vec![0f32; xs.len()];
         let mut cdf = if keep { vec![0f32; xs.len()] } else { Vec::new() };
-        let e = |v: f32| erf(v * std::f32::consts::FRAC_1_SQRT_2);
-        if keep {
-            y.par_chunks_mut(CHUNK)
-                .zip(cdf.par_chunks_mut(CHUNK))
-                .zip(xs.par_chunks(CHUNK))
-                .for_each(|((y, c), x)| {
-                    for ((y, c), &v) in y.iter_mut().zip(c.iter_mut()).zip(x) {
-                        let e = e(v);
-                        *c = 0.5 * (1.0 + e);
-                        *y = 0.5 * v * (1.0 + e);
-                    }
-                });
-        } else {
-            y.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).for_each(|(y, x)| {
-                for (y, &v) in y.iter_mut().zip(x) {
-                    *y = 0.5 * v * (1.0 + e(v));
-                }
-            });
-        }
+        kernels::gelu_forward(xs, &mut y, keep.then_some(cdf.as_mut_slice()));
         let shape = x.layout().shape().clone();
         let state = keep.then(|| (x, Arc::new(cdf)));
         (flex(y, shape), state)
     }
 
     fn backward(&self, (x, cdf): Self::State, grad: FlexTensor) -> FlexTensor {
-        // d/dx x Phi(x) = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
-        let inv_sqrt_2pi = 0.398_942_3_f32;
         let g = contiguous(&grad);
-        let (xs, gs) = (slice(&x), slice(&g));
-        let mut dx = vec![0f32; xs.len()];
-        dx.par_chunks_mut(CHUNK)
-            .zip(xs.par_chunks(CHUNK))
-            .zip(gs.par_chunks(CHUNK))
-            .zip(cdf.par_chunks(CHUNK))
-            .for_each(|(((d, x), g), c)| {
-                for (((d, &v), &g), &c) in d.iter_mut().zip(x).zip(g).zip(c) {
-                    *d = g * (c + v * (inv_sqrt_2pi * (-0.5 * v * v).exp()));
-                }
-            });
+        let mut dx = vec![0f32; slice(&x).len()];
+        kernels::gelu_backward(slice(&x), Some(&cdf), slice(&g), &mut dx);
         flex(dx, x.layout().shape().clone())
     }
 }
 
-/// The additive bias of [`softmax`]'s scores.
+/// The additive bias of [`softmax`]'s scores (see `lora_nn::kernels::ScoreBias`).
 #[derive(Debug, Clone)]
 pub enum Bias {
     None,
-    /// `[batch * keys]`, one row of keys per sequence (0, or -1e9 for padding); the
-    /// scores' rows are grouped by sequence (`[.., batch, heads, queries, keys]`).
+    /// `[batch * keys]`, one row of keys per sequence (0, or -1e9 for padding).
     Keys(Arc<Vec<f32>>),
-    /// -1e9 where key `j` lies after query `i` (`j + queries > i + keys`: last query
-    /// sees every key), computed on the fly instead of stored.
+    /// -1e9 where a key lies after its query.
     Causal,
 }
 
@@ -215,77 +164,25 @@ impl Fused for Softmax {
         let shape = x.layout().shape().clone();
         let rank = shape.num_dims();
         let k = shape[rank - 1];
-        let queries = if rank > 1 { shape[rank - 2] } else { 1 };
-        let xs = slice(&x);
-        let rows = xs.len() / k.max(1);
-        let rows_per_batch = match &self.bias {
-            Bias::Keys(b) => {
-                let batches = b.len() / k.max(1);
-                assert!(
-                    b.len() == batches * k && batches > 0 && rows.is_multiple_of(batches),
-                    "attention bias must be [batch * keys]"
-                );
-                rows / batches
-            }
-            _ => 1,
+        let bias = match &self.bias {
+            Bias::None => ScoreBias::None,
+            Bias::Keys(b) => ScoreBias::Keys(b),
+            Bias::Causal => ScoreBias::Causal {
+                queries: if rank > 1 { shape[rank - 2] } else { 1 },
+            },
         };
-        let mut y = vec![0f32; xs.len()];
-        let task = rows_per_task(k);
-        y.par_chunks_mut(task * k)
-            .zip(xs.par_chunks(task * k))
-            .enumerate()
-            .for_each(|(chunk, (y, x))| {
-                for (r, (dst, src)) in y.chunks_exact_mut(k).zip(x.chunks_exact(k)).enumerate() {
-                    let row = chunk * task + r;
-                    match &self.bias {
-                        Bias::None => dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s * self.scale),
-                        Bias::Keys(bias) => {
-                            let bias = &bias[row / rows_per_batch * k..][..k];
-                            for ((d, &s), &b) in dst.iter_mut().zip(src).zip(bias) {
-                                *d = s * self.scale + b;
-                            }
-                        }
-                        Bias::Causal => {
-                            let i = row % queries;
-                            for (j, (d, &s)) in dst.iter_mut().zip(src).enumerate() {
-                                *d = s * self.scale + if j + queries <= i + k { 0.0 } else { -1e9 };
-                            }
-                        }
-                    }
-                    let max = dst.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f32;
-                    for d in dst.iter_mut() {
-                        *d = (*d - max).exp();
-                        sum += *d;
-                    }
-                    let inv = 1.0 / sum;
-                    dst.iter_mut().for_each(|d| *d *= inv);
-                }
-            });
+        let mut y = vec![0f32; slice(&x).len()];
+        kernels::softmax_forward(slice(&x), k, self.scale, bias, &mut y);
         let y = flex(y, shape);
         let state = keep.then(|| y.clone());
         (y, state)
     }
 
     fn backward(&self, y: Self::State, grad: FlexTensor) -> FlexTensor {
-        // dx = scale * y * (g - sum(g * y))
         let shape = y.layout().shape().clone();
-        let k = shape[shape.num_dims() - 1];
         let g = contiguous(&grad);
-        let (ys, gs) = (slice(&y), slice(&g));
-        let mut dx = vec![0f32; ys.len()];
-        let task = rows_per_task(k) * k;
-        dx.par_chunks_mut(task)
-            .zip(ys.par_chunks(task))
-            .zip(gs.par_chunks(task))
-            .for_each(|((d, y), g)| {
-                for ((d, y), g) in d.chunks_exact_mut(k).zip(y.chunks_exact(k)).zip(g.chunks_exact(k)) {
-                    let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
-                    for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
-                        *d = self.scale * y * (g - dot);
-                    }
-                }
-            });
+        let mut dx = vec![0f32; slice(&y).len()];
+        kernels::softmax_backward(slice(&y), slice(&g), shape[shape.num_dims() - 1], self.scale, &mut dx);
         flex(dx, shape)
     }
 }
@@ -319,14 +216,6 @@ impl FrozenLayerNorm {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         apply(x, self.clone())
     }
-
-    /// Mean and `1 / sqrt(var + eps)` of one row.
-    fn stats(&self, row: &[f32]) -> (f32, f32) {
-        let n = row.len() as f32;
-        let mean = row.iter().sum::<f32>() / n;
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-        (mean, 1.0 / (var + self.eps).sqrt())
-    }
 }
 
 impl Fused for FrozenLayerNorm {
@@ -335,55 +224,17 @@ impl Fused for FrozenLayerNorm {
 
     fn forward(&self, x: &FlexTensor, keep: bool) -> (FlexTensor, Option<Self::State>) {
         let x = contiguous(x);
-        let n = self.gamma.len();
-        assert_eq!(
-            x.layout().shape()[x.layout().shape().num_dims() - 1],
-            n,
-            "layer norm width"
-        );
-        let xs = slice(&x);
-        let mut y = vec![0f32; xs.len()];
-        let task = rows_per_task(n) * n;
-        y.par_chunks_mut(task).zip(xs.par_chunks(task)).for_each(|(y, x)| {
-            for (dst, src) in y.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
-                let (mean, rstd) = self.stats(src);
-                for i in 0..n {
-                    dst[i] = (src[i] - mean) * rstd * self.gamma[i] + self.beta[i];
-                }
-            }
-        });
         let shape = x.layout().shape().clone();
-        let state = keep.then_some(x);
-        (flex(y, shape), state)
+        assert_eq!(shape[shape.num_dims() - 1], self.gamma.len(), "layer norm width");
+        let mut y = vec![0f32; slice(&x).len()];
+        kernels::layer_norm_forward(slice(&x), &self.gamma, &self.beta, self.eps, &mut y);
+        (flex(y, shape), keep.then_some(x))
     }
 
     fn backward(&self, x: Self::State, grad: FlexTensor) -> FlexTensor {
-        // dx = rstd * (dyg - mean(dyg) - xhat * mean(dyg * xhat)), dyg = dy * gamma
-        let n = self.gamma.len();
         let g = contiguous(&grad);
-        let (xs, gs) = (slice(&x), slice(&g));
-        let mut dx = vec![0f32; xs.len()];
-        let task = rows_per_task(n) * n;
-        dx.par_chunks_mut(task)
-            .zip(xs.par_chunks(task))
-            .zip(gs.par_chunks(task))
-            .for_each(|((d, x), g)| {
-                let mut dyg = vec![0f32; n];
-                for ((dst, src), gr) in d.chunks_exact_mut(n).zip(x.chunks_exact(n)).zip(g.chunks_exact(n)) {
-                    let (mean, rstd) = self.stats(src);
-                    let (mut m1, mut m2) = (0f32, 0f32);
-                    for i in 0..n {
-                        dyg[i] = gr[i] * self.gamma[i];
-                        m1 += dyg[i];
-                        m2 += dyg[i] * (src[i] - mean) * rstd;
-                    }
-                    let (m1, m2) = (m1 / n as f32, m2 / n as f32);
-                    for i in 0..n {
-                        let xhat = (src[i] - mean) * rstd;
-                        dst[i] = rstd * (dyg[i] - m1 - xhat * m2);
-                    }
-                }
-            });
+        let mut dx = vec![0f32; slice(&x).len()];
+        kernels::layer_norm_backward(slice(&x), &self.gamma, self.eps, slice(&g), &mut dx);
         flex(dx, x.layout().shape().clone())
     }
 }
@@ -436,7 +287,11 @@ mod tests {
         let libm = Tensor::<1>::from_data(TensorData::new(xs.clone(), [xs.len()]), &crate::device()).erf();
         let libm: Vec<f32> = libm.into_data().try_into_vec().unwrap();
         for (x, want) in xs.iter().zip(libm) {
-            assert!((erf(*x) - want).abs() < 5e-7, "erf({x}): {} vs {want}", erf(*x));
+            assert!(
+                (kernels::erf(*x) - want).abs() < 5e-7,
+                "erf({x}): {} vs {want}",
+                kernels::erf(*x)
+            );
         }
     }
 

@@ -4,8 +4,10 @@
 //! the frozen base weight, which LoRA never needs: [`frozen_linear`] skips it
 //! and saves a third of the training step. candle-nn's fast softmax and layer
 //! norm have no backward; these do, and treat the affine parameters as frozen.
+//! Their arithmetic is `lora_nn::kernels`', shared with the burn backend.
 
-use candle_core::{CpuStorage, CustomOp1, D, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use lora_nn::kernels::{self, ScoreBias};
 
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
     let data = storage.as_slice::<f32>()?;
@@ -64,18 +66,32 @@ pub fn frozen_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Resu
     })
 }
 
-/// `erf` by Abramowitz and Stegun 7.1.26 (absolute error below 1.5e-7, 5e-7 after f32 rounding): one
-/// `exp` and a polynomial, several times cheaper than libm's `erff`, which a
-/// profile showed at 9% of a training step.
-fn erf(x: f32) -> f32 {
-    let a = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
-    let y = 1.0 - poly * (-a * a).exp();
-    if x < 0.0 { -y } else { y }
+/// Runs a host kernel of `lora_nn::kernels` on a contiguous f32 input.
+fn host_kernel(
+    storage: &CpuStorage,
+    layout: &Layout,
+    kernel: impl FnOnce(&[f32], &mut [f32]),
+) -> Result<(CpuStorage, Shape)> {
+    let x = contiguous_f32(storage, layout)?;
+    let mut y = vec![0f32; x.len()];
+    kernel(x, &mut y);
+    Ok((CpuStorage::F32(y), layout.shape().clone()))
 }
 
-/// Exact (erf) GELU, `x * Phi(x)`, Hugging Face's `"gelu"`, with a backward pass.
+/// The input gradient of a host kernel from its input (or output) `saved` and the output's gradient.
+fn host_gradient(
+    saved: &Tensor,
+    grad: &Tensor,
+    kernel: impl FnOnce(&[f32], &[f32], &mut [f32]),
+) -> Result<Option<Tensor>> {
+    let x = saved.flatten_all()?.to_vec1::<f32>()?;
+    let g = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let mut dx = vec![0f32; x.len()];
+    kernel(&x, &g, &mut dx);
+    Ok(Some(Tensor::from_vec(dx, saved.shape(), saved.device())?))
+}
+
+/// Exact (erf) GELU, Hugging Face's `"gelu"`, with a backward pass.
 struct Gelu;
 
 impl CustomOp1 for Gelu {
@@ -84,29 +100,11 @@ impl CustomOp1 for Gelu {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(storage, layout)?;
-        let out = x
-            .iter()
-            .map(|&v| 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2)))
-            .collect();
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
+        host_kernel(storage, layout, |x, y| kernels::gelu_forward(x, y, None))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        // d/dx x Phi(x) = Phi(x) + x phi(x)
-        let x = arg.flatten_all()?.to_vec1::<f32>()?;
-        let g = grad_res.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let inv_sqrt_2pi = 0.398_942_3_f32;
-        let dx = x
-            .iter()
-            .zip(&g)
-            .map(|(&v, &g)| {
-                let cdf = 0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
-                let pdf = inv_sqrt_2pi * (-0.5 * v * v).exp();
-                g * (cdf + v * pdf)
-            })
-            .collect();
-        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+        host_gradient(arg, grad_res, |x, g, dx| kernels::gelu_backward(x, None, g, dx))
     }
 }
 
@@ -123,26 +121,15 @@ impl CustomOp1 for Softmax {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(storage, layout)?;
-        let n = layout.shape().dims().last().copied().unwrap_or(1);
-        let mut out = vec![0f32; x.len()];
-        for (src, dst) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-            let max = src.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for (d, s) in dst.iter_mut().zip(src) {
-                *d = (s - max).exp();
-                sum += *d;
-            }
-            let inv = 1.0 / sum;
-            dst.iter_mut().for_each(|d| *d *= inv);
-        }
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
+        let k = layout.shape().dims().last().copied().unwrap_or(1);
+        host_kernel(storage, layout, |x, y| {
+            kernels::softmax_forward(x, k, 1.0, ScoreBias::None, y)
+        })
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        // dx = y * (g - sum(g * y))
-        let dot = (grad_res * res)?.sum_keepdim(D::Minus1)?;
-        Ok(Some((res * grad_res.broadcast_sub(&dot)?)?))
+        let k = res.dims().last().copied().unwrap_or(1);
+        host_gradient(res, grad_res, |y, g, dx| kernels::softmax_backward(y, g, k, 1.0, dx))
     }
 }
 
@@ -157,55 +144,24 @@ struct LayerNorm {
     eps: f32,
 }
 
-impl LayerNorm {
-    fn normalise(&self, row: &[f32]) -> (f32, f32) {
-        let n = row.len() as f32;
-        let mean = row.iter().sum::<f32>() / n;
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-        (mean, 1.0 / (var + self.eps).sqrt())
-    }
-}
-
 impl CustomOp1 for LayerNorm {
     fn name(&self) -> &'static str {
         "layer-norm-frozen-affine"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(storage, layout)?;
-        let n = self.gamma.len();
-        let mut out = vec![0f32; x.len()];
-        for (src, dst) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-            let (mean, rstd) = self.normalise(src);
-            for i in 0..n {
-                dst[i] = (src[i] - mean) * rstd * self.gamma[i] + self.beta[i];
-            }
+        if layout.shape().dims().last() != Some(&self.gamma.len()) {
+            candle_core::bail!("layer norm over {:?} with {} weights", layout.shape(), self.gamma.len());
         }
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
+        host_kernel(storage, layout, |x, y| {
+            kernels::layer_norm_forward(x, &self.gamma, &self.beta, self.eps, y)
+        })
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        // dx = rstd * (dyg - mean(dyg) - xhat * mean(dyg * xhat)), dyg = dy * gamma
-        let x = arg.flatten_all()?.to_vec1::<f32>()?;
-        let g = grad_res.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let n = self.gamma.len();
-        let mut dx = vec![0f32; x.len()];
-        let mut dyg = vec![0f32; n];
-        for ((src, gr), dst) in x.chunks_exact(n).zip(g.chunks_exact(n)).zip(dx.chunks_exact_mut(n)) {
-            let (mean, rstd) = self.normalise(src);
-            let (mut m1, mut m2) = (0f32, 0f32);
-            for i in 0..n {
-                dyg[i] = gr[i] * self.gamma[i];
-                m1 += dyg[i];
-                m2 += dyg[i] * (src[i] - mean) * rstd;
-            }
-            let (m1, m2) = (m1 / n as f32, m2 / n as f32);
-            for i in 0..n {
-                let xhat = (src[i] - mean) * rstd;
-                dst[i] = rstd * (dyg[i] - m1 - xhat * m2);
-            }
-        }
-        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+        host_gradient(arg, grad_res, |x, g, dx| {
+            kernels::layer_norm_backward(x, &self.gamma, self.eps, g, dx)
+        })
     }
 }
 
@@ -223,7 +179,7 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::{D, Device, Var};
 
     fn close(a: &Tensor, b: &Tensor, tol: f32) {
         let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -256,41 +212,6 @@ mod tests {
         let gf = fast.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         let gs = slow.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         close(gf.get(&x).unwrap(), gs.get(&x).unwrap(), 1e-4);
-    }
-
-    #[test]
-    fn fast_erf_is_within_5e_7_of_the_series() {
-        for i in -6000..=6000 {
-            let x = i as f32 / 1000.0;
-            let exact = libm_erf(x);
-            assert!(
-                (super::erf(x) - exact).abs() < 5e-7,
-                "erf({x}): {} vs {exact}",
-                super::erf(x)
-            );
-        }
-    }
-
-    /// Reference erf in f64: Maclaurin series up to |x| = 3, erfc's continued fraction beyond.
-    fn libm_erf(x: f32) -> f32 {
-        let x = f64::from(x);
-        if x.abs() > 3.0 {
-            // Continued fraction for erfc, x > 0.
-            let a = x.abs();
-            let mut f = 0.0;
-            for k in (1..=60).rev() {
-                f = (k as f64 / 2.0) / (a + f);
-            }
-            let erfc = (-a * a).exp() / std::f64::consts::PI.sqrt() / (a + f);
-            return (x.signum() * (1.0 - erfc)) as f32;
-        }
-        let mut sum = 0.0;
-        let mut term = x;
-        for n in 0..200 {
-            sum += term / (2 * n + 1) as f64;
-            term *= -x * x / (n + 1) as f64;
-        }
-        (sum * 2.0 / std::f64::consts::PI.sqrt()) as f32
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 pub mod bert;
 pub mod dropout;
+pub mod kernels;
 pub mod linear;
 pub mod model;
 pub mod ops;
@@ -26,3 +27,13 @@ pub mod weights;
 pub use model::{Architecture, Model};
 pub use ops::{Mask, TensorOps};
 pub use weights::{SafetensorsFile, WeightSource, WeightView};
+
+/// What [`register_models!`] names in the registering crate.
+#[doc(hidden)]
+pub mod __registration {
+    pub use lora_core::config::Component;
+    pub use lora_core::diag::Diagnostics;
+    pub use lora_core::inventory;
+    pub use lora_core::registry::ModelEntry;
+    pub use lora_core::stage::ModelStage;
+}

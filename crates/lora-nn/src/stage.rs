@@ -136,3 +136,40 @@ impl<O: TensorOps> ModelStage for VitStage<O> {
         self.spec.base_model_name(ctx)
     }
 }
+
+/// Registers every model of this crate for one backend, so that a backend
+/// crate names its operations once: `lora_nn::register_models!("candle", CandleOps);`.
+#[macro_export]
+macro_rules! register_models {
+    ($backend:expr, $ops:expr) => {
+        const _: () = {
+            use $crate::__registration::{Component, Diagnostics, ModelEntry, ModelStage, inventory};
+
+            fn bert(c: &Component) -> Result<Box<dyn ModelStage>, Diagnostics> {
+                $crate::stage::BertStage::from_component(c, $ops)
+            }
+
+            fn vit(c: &Component) -> Result<Box<dyn ModelStage>, Diagnostics> {
+                $crate::stage::VitStage::from_component(c, $ops)
+            }
+
+            inventory::submit! {
+                ModelEntry {
+                    backend: $backend,
+                    name: "bert-classifier",
+                    summary: "BERT-family encoder with LoRA and a sequence-classification head (BertForSequenceClassification layout)",
+                    build: bert,
+                }
+            }
+
+            inventory::submit! {
+                ModelEntry {
+                    backend: $backend,
+                    name: "vit-classifier",
+                    summary: "Vision Transformer with a classification head (ViTForImageClassification layout): full training or LoRA",
+                    build: vit,
+                }
+            }
+        };
+    };
+}

@@ -10,6 +10,7 @@ pub mod bench_monitor;
 pub mod pipeline;
 pub mod pipes;
 pub mod plugins;
+pub mod search;
 pub mod show;
 pub mod validate;
 

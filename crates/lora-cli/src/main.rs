@@ -61,6 +61,20 @@ enum Command {
         /// Port of the dashboard (`[monitor] port`; 0 picks a free one).
         #[arg(long)]
         port: Option<u16>,
+        /// Run as trial TRIAL of the study whose journal is JOURNAL (set by `lora search`).
+        #[arg(long, value_name = "JOURNAL:TRIAL", hide = true)]
+        trial: Option<String>,
+        #[command(flatten)]
+        layers: Layers,
+    },
+    /// Search hyperparameters: trials of the pipeline drawn from its `[search]`
+    /// table (TPE or random), pruned when behind; the study is a journal in
+    /// `OUTPUT-DIR/search/`, and the best trial is written there as a pipeline.
+    Search {
+        file: PathBuf,
+        /// Continue the study in the output folder, keeping its finished trials.
+        #[arg(long)]
+        resume: bool,
         #[command(flatten)]
         layers: Layers,
     },
@@ -200,6 +214,7 @@ fn run(command: Command) -> lora_core::Result<()> {
             output_dir,
             dashboard,
             port,
+            trial,
             layers,
         } => {
             // The flags are overrides like any other, so diagnostics name them.
@@ -216,7 +231,12 @@ fn run(command: Command) -> lora_core::Result<()> {
             if let Some(p) = port {
                 extra.push(format!("monitor.port={p}"));
             }
-            let pipeline = validated(&file, layers.overrides(extra), &assets)?;
+            let mut pipeline = validated(&file, layers.overrides(extra), &assets)?;
+            if let Some(trial) = trial {
+                pipeline
+                    .callbacks
+                    .push(Box::new(lora_search::TrialReporter::from_arg(&trial)?));
+            }
             if pipeline.config.monitor.dashboard {
                 lora_cli::pipes::survive_closed_pipes();
             }
@@ -237,6 +257,14 @@ fn run(command: Command) -> lora_core::Result<()> {
                 out.elapsed_s,
                 out.output_dir.display()
             );
+        }
+        Command::Search { file, resume, layers } => {
+            let opts = lora_cli::search::SearchOptions {
+                file,
+                sets: layers.sets,
+                resume,
+            };
+            lora_cli::search::search(&opts, &assets)?;
         }
         Command::Eval { adapter, file, layers } => {
             let pipeline = validated(&file, layers.overrides(Vec::new()), &assets)?;

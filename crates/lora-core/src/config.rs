@@ -454,8 +454,9 @@ pub struct PipelineConfig {
     pub callbacks: Vec<Component>,
 }
 
-/// Top-level tables; `plugins` is read by the plugin loader, not by a stage.
-pub const SECTIONS: [&str; 9] = [
+/// Top-level tables; `plugins` is read by the plugin loader and `search` by
+/// `lora search`, not by a stage.
+pub const SECTIONS: [&str; 10] = [
     "run",
     "data",
     "model",
@@ -465,6 +466,7 @@ pub const SECTIONS: [&str; 9] = [
     "monitor",
     "callbacks",
     "plugins",
+    "search",
 ];
 
 /// The `[callbacks.NAME]` tables, each a component whose type defaults to its name.

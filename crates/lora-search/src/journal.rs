@@ -37,6 +37,11 @@ pub enum Record {
         point: Point,
         values: BTreeMap<String, toml::Value>,
     },
+    /// The trial's process started (so that a resumed study can stop one left behind).
+    Launched {
+        trial: usize,
+        pid: u32,
+    },
     /// An intermediate value: the objective at the trial's `eval`-th evaluation (1-based).
     Report {
         trial: usize,
@@ -67,6 +72,8 @@ pub struct Trial {
     pub steps: usize,
     pub seconds: f64,
     pub message: Option<String>,
+    /// The process of the trial's last launch.
+    pub pid: Option<u32>,
 }
 
 /// A study replayed from its journal.
@@ -98,7 +105,8 @@ impl Journal {
             .append(true)
             .open(&self.path)
             .map_err(|e| SearchError::io(&self.path, e))?;
-        f.write_all(line.as_bytes()).map_err(|e| SearchError::io(&self.path, e))?;
+        f.write_all(line.as_bytes())
+            .map_err(|e| SearchError::io(&self.path, e))?;
         f.sync_data().map_err(|e| SearchError::io(&self.path, e))
     }
 
@@ -142,16 +150,22 @@ impl Journal {
                     // A trial started again (a resumed study re-runs one that was cut short) starts afresh.
                     s.trials.retain(|t| t.id != trial);
                     s.trials.push(Trial {
-                    id: trial,
-                    point,
-                    values,
-                    reports: BTreeMap::new(),
-                    state: TrialState::Running,
-                    value: None,
-                    steps: 0,
-                    seconds: 0.0,
-                    message: None,
+                        id: trial,
+                        point,
+                        values,
+                        reports: BTreeMap::new(),
+                        state: TrialState::Running,
+                        value: None,
+                        steps: 0,
+                        seconds: 0.0,
+                        message: None,
+                        pid: None,
                     })
+                }
+                (Record::Launched { trial, pid }, Some(s)) => {
+                    if let Some(t) = s.trials.iter_mut().find(|t| t.id == trial) {
+                        t.pid = Some(pid);
+                    }
                 }
                 (Record::Report { trial, eval, value, .. }, Some(s)) => {
                     if let Some(t) = s.trials.iter_mut().find(|t| t.id == trial) {
@@ -199,24 +213,60 @@ mod tests {
     use super::*;
 
     fn spec() -> SearchSpec {
-        SearchSpec::from_document(&"[search]\ntrials = 2\n[search.space]\n\"lora.r\" = { choice = [4, 8] }\n".parse().unwrap()).unwrap()
+        SearchSpec::from_document(
+            &"[search]\ntrials = 2\n[search.space]\n\"lora.r\" = { choice = [4, 8] }\n"
+                .parse()
+                .unwrap(),
+        )
+        .unwrap()
     }
 
     #[test]
     fn a_journal_cut_mid_line_replays_up_to_the_cut() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::new(dir.path().join("journal.jsonl"));
-        j.append(&Record::Study { pipeline: "p.toml".into(), spec: spec() }).unwrap();
-        j.append(&Record::Start { trial: 0, point: vec![1.0], values: BTreeMap::new() }).unwrap();
-        j.append(&Record::Report { trial: 0, eval: 1, step: 10, value: 0.5 }).unwrap();
-        j.append(&Record::End { trial: 0, state: TrialState::Complete, value: Some(0.25), steps: 20, seconds: 1.0, message: None }).unwrap();
-        j.append(&Record::Start { trial: 1, point: vec![0.0], values: BTreeMap::new() }).unwrap();
+        j.append(&Record::Study {
+            pipeline: "p.toml".into(),
+            spec: spec(),
+        })
+        .unwrap();
+        j.append(&Record::Start {
+            trial: 0,
+            point: vec![1.0],
+            values: BTreeMap::new(),
+        })
+        .unwrap();
+        j.append(&Record::Report {
+            trial: 0,
+            eval: 1,
+            step: 10,
+            value: 0.5,
+        })
+        .unwrap();
+        j.append(&Record::End {
+            trial: 0,
+            state: TrialState::Complete,
+            value: Some(0.25),
+            steps: 20,
+            seconds: 1.0,
+            message: None,
+        })
+        .unwrap();
+        j.append(&Record::Start {
+            trial: 1,
+            point: vec![0.0],
+            values: BTreeMap::new(),
+        })
+        .unwrap();
         let mut text = std::fs::read_to_string(j.path()).unwrap();
         text.push_str("{\"kind\":\"end\",\"tri");
         std::fs::write(j.path(), &text).unwrap();
         let s = j.read().unwrap();
         assert_eq!(s.trials.len(), 2);
-        assert_eq!((s.trials[0].state, s.trials[0].value, s.trials[0].reports[&1]), (TrialState::Complete, Some(0.25), 0.5));
+        assert_eq!(
+            (s.trials[0].state, s.trials[0].value, s.trials[0].reports[&1]),
+            (TrialState::Complete, Some(0.25), 0.5)
+        );
         assert_eq!(s.trials[1].state, TrialState::Running, "its end was never written");
         assert_eq!(s.best().unwrap().id, 0);
         // A damaged line that is not the last is an error.

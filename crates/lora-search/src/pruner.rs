@@ -30,7 +30,11 @@ pub fn should_prune(study: &Study, id: usize, eval: usize, value: f64) -> Option
                     "pruned at evaluation {eval}: {} = {value:.6} is behind the median {:.6} of {} finished trial(s)",
                     study.spec.objective,
                     dir.as_loss(median),
-                    study.trials.iter().filter(|t| t.id != id && t.state == TrialState::Complete).count()
+                    study
+                        .trials
+                        .iter()
+                        .filter(|t| t.id != id && t.state == TrialState::Complete)
+                        .count()
                 )
             })
         }
@@ -67,7 +71,11 @@ pub fn should_prune(study: &Study, id: usize, eval: usize, value: f64) -> Option
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 #[cfg(test)]
@@ -96,16 +104,24 @@ mod tests {
                 steps: 0,
                 seconds: 0.0,
                 message: None,
+                pid: None,
             })
             .collect();
-        Study { pipeline: "p.toml".into(), spec, trials }
+        Study {
+            pipeline: "p.toml".into(),
+            spec,
+            trials,
+        }
     }
 
     #[test]
     fn median_prunes_below_the_median_of_finished_trials_once_enough_finished() {
         use TrialState::*;
         // Accuracy: higher is better. Finished trials at evaluation 1: 0.6, 0.8 (median 0.7).
-        let s = study("median", &[(Complete, &[0.6, 0.7]), (Complete, &[0.8, 0.9]), (Running, &[])]);
+        let s = study(
+            "median",
+            &[(Complete, &[0.6, 0.7]), (Complete, &[0.8, 0.9]), (Running, &[])],
+        );
         assert!(should_prune(&s, 2, 1, 0.65).unwrap().contains("median 0.700000"));
         assert_eq!(should_prune(&s, 2, 1, 0.75), None);
         // A running trial does not count: with one finished trial, nothing is pruned.
@@ -117,7 +133,15 @@ mod tests {
     fn asha_keeps_the_top_half_at_each_rung() {
         use TrialState::*;
         // eta 2, rungs at evaluations 1, 2, 4. Three others reached rung 1 with 0.5, 0.7, 0.9.
-        let s = study("asha", &[(Pruned, &[0.5]), (Complete, &[0.7, 0.8]), (Complete, &[0.9, 0.95]), (Running, &[])]);
+        let s = study(
+            "asha",
+            &[
+                (Pruned, &[0.5]),
+                (Complete, &[0.7, 0.8]),
+                (Complete, &[0.9, 0.95]),
+                (Running, &[]),
+            ],
+        );
         // Four at the rung: the best two go on (0.9 and 0.8 here).
         assert!(should_prune(&s, 3, 1, 0.6).is_some());
         assert_eq!(should_prune(&s, 3, 1, 0.8), None);

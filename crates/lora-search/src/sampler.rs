@@ -76,7 +76,10 @@ mod tests {
     fn objective(spec: &SearchSpec, p: &Point) -> f64 {
         let v = spec.values(p);
         let f = |k: &str| v[k].as_float().or(v[k].as_integer().map(|i| i as f64)).unwrap();
-        (f("a.x") - 1.0).powi(2) + (f("a.y") + 2.0).powi(2) + (f("a.lr").log10() + 3.0).powi(2) + if f("a.c") == 2.0 { 0.0 } else { 2.0 }
+        (f("a.x") - 1.0).powi(2)
+            + (f("a.y") + 2.0).powi(2)
+            + (f("a.lr").log10() + 3.0).powi(2)
+            + if f("a.c") == 2.0 { 0.0 } else { 2.0 }
     }
 
     fn best_of_30(sampler: &str, seed: u64) -> f64 {
@@ -111,7 +114,11 @@ mod tests {
                 let (lo, hi) = param.domain.bounds();
                 assert!(*x >= lo && *x < hi, "{} = {x} outside [{lo}, {hi})", param.path);
             }
-            let loss = if i % 4 == 3 { f64::INFINITY } else { objective(&spec, &p) };
+            let loss = if i % 4 == 3 {
+                f64::INFINITY
+            } else {
+                objective(&spec, &p)
+            };
             history.push(Observation { point: p, loss });
         }
     }

@@ -87,10 +87,16 @@ pub enum PrunerKind {
     None,
     /// Stops a trial whose value at an evaluation is worse than the median of
     /// the finished trials' values at the same evaluation.
-    Median { startup_trials: usize, warmup_evals: usize },
+    Median {
+        startup_trials: usize,
+        warmup_evals: usize,
+    },
     /// Asynchronous successive halving: at rungs of `min_evals * eta^k`
     /// evaluations, only the best `1 / eta` of the trials seen there go on.
-    Asha { min_evals: usize, eta: usize },
+    Asha {
+        min_evals: usize,
+        eta: usize,
+    },
 }
 
 /// A whole `[search]` table, checked.
@@ -214,7 +220,9 @@ impl SearchSpec {
             .get("search")
             .ok_or_else(|| invalid("the pipeline has no [search] table"))?
             .clone();
-        let raw: RawSearch = table.try_into().map_err(|e: toml::de::Error| invalid(e.message().to_string()))?;
+        let raw: RawSearch = table
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid(e.message().to_string()))?;
         Self::from_raw(raw)
     }
 
@@ -237,10 +245,16 @@ impl SearchSpec {
         for p in &params {
             if let Domain::Choice { times: Some(of), .. } = &p.domain {
                 let Some(base) = params.iter().find(|q| &q.path == of) else {
-                    return Err(invalid(format!("`{}` is a multiple of `{of}`, which the space does not name", p.path)));
+                    return Err(invalid(format!(
+                        "`{}` is a multiple of `{of}`, which the space does not name",
+                        p.path
+                    )));
                 };
                 if matches!(&base.domain, Domain::Choice { times: Some(_), .. }) {
-                    return Err(invalid(format!("`{}` is a multiple of `{of}`, itself a multiple", p.path)));
+                    return Err(invalid(format!(
+                        "`{}` is a multiple of `{of}`, itself a multiple",
+                        p.path
+                    )));
                 }
             }
         }
@@ -340,7 +354,10 @@ fn domain(path: &str, p: &RawParam) -> Result<Domain, SearchError> {
             if p.times.is_some() {
                 return Err(invalid(format!("`{path}`: times goes with choice")));
             }
-            let (lo, hi) = (number(low, &format!("`{path}`: low"))?, number(high, &format!("`{path}`: high"))?);
+            let (lo, hi) = (
+                number(low, &format!("`{path}`: low"))?,
+                number(high, &format!("`{path}`: high"))?,
+            );
             if !(lo.is_finite() && hi.is_finite() && lo < hi) {
                 return Err(invalid(format!("`{path}`: low ({lo}) must be below high ({hi})")));
             }
@@ -376,7 +393,10 @@ impl Domain {
             Domain::Int { low, high, log } => {
                 // Half a step either side, so that rounding gives each integer its share.
                 if *log {
-                    ((*low as f64 - 0.5).max(*low as f64 * 0.5).ln(), (*high as f64 + 0.5).ln())
+                    (
+                        (*low as f64 - 0.5).max(*low as f64 * 0.5).ln(),
+                        (*high as f64 + 0.5).ln(),
+                    )
                 } else {
                     (*low as f64 - 0.5, *high as f64 + 0.5)
                 }
@@ -433,12 +453,30 @@ mod tests {
         let cases = [
             ("[search]\ntrials = 3\n[search.space]\n", "names no parameter"),
             ("[search]\n[search.space]\n\"lora.r\" = { choice = [4] }\n", "budget"),
-            ("[search]\ntrials = 3\n[search.space]\n\"lora.dropout\" = { low = 0.3, high = 0.1 }\n", "below high"),
-            ("[search]\ntrials = 3\n[search.space]\n\"train.optimizer.lr\" = { low = 0.0, high = 1.0, log = true }\n", "log scale"),
-            ("[search]\ntrials = 3\n[search.space]\n\"lora.alpha\" = { choice = [1], times = \"lora.r\" }\n", "does not name"),
-            ("[search]\ntrials = 3\npruner = \"hyperband\"\n[search.space]\n\"lora.r\" = { choice = [4] }\n", "unknown pruner"),
-            ("[search]\ntrials = 3\n[search.space]\nr = { choice = [4] }\n", "inside a section"),
-            ("[search]\ntrials = 3\nwall-time = \"soon\"\n[search.space]\n\"lora.r\" = { choice = [4] }\n", "wall-time"),
+            (
+                "[search]\ntrials = 3\n[search.space]\n\"lora.dropout\" = { low = 0.3, high = 0.1 }\n",
+                "below high",
+            ),
+            (
+                "[search]\ntrials = 3\n[search.space]\n\"train.optimizer.lr\" = { low = 0.0, high = 1.0, log = true }\n",
+                "log scale",
+            ),
+            (
+                "[search]\ntrials = 3\n[search.space]\n\"lora.alpha\" = { choice = [1], times = \"lora.r\" }\n",
+                "does not name",
+            ),
+            (
+                "[search]\ntrials = 3\npruner = \"hyperband\"\n[search.space]\n\"lora.r\" = { choice = [4] }\n",
+                "unknown pruner",
+            ),
+            (
+                "[search]\ntrials = 3\n[search.space]\nr = { choice = [4] }\n",
+                "inside a section",
+            ),
+            (
+                "[search]\ntrials = 3\nwall-time = \"soon\"\n[search.space]\n\"lora.r\" = { choice = [4] }\n",
+                "wall-time",
+            ),
         ];
         for (text, want) in cases {
             let err = spec(text).unwrap_err().to_string();
@@ -448,7 +486,8 @@ mod tests {
 
     #[test]
     fn integers_round_and_durations_parse() {
-        let s = spec("[search]\nwall-time = \"45m\"\n[search.space]\n\"train.epochs\" = { low = 1, high = 4 }\n").unwrap();
+        let s =
+            spec("[search]\nwall-time = \"45m\"\n[search.space]\n\"train.epochs\" = { low = 1, high = 4 }\n").unwrap();
         assert_eq!(s.wall_time, Some(Duration::from_secs(2700)));
         let (lo, hi) = s.params[0].domain.bounds();
         assert_eq!((lo, hi), (0.5, 4.5));

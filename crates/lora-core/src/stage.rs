@@ -157,6 +157,22 @@ pub struct EvalReport {
     pub details: serde_json::Value,
 }
 
+impl EvalReport {
+    /// `loss` or a named metric; the error lists the names this report has.
+    pub fn value(&self, name: &str) -> std::result::Result<f64, String> {
+        if name == "loss" {
+            return Ok(self.loss);
+        }
+        self.metrics.get(name).copied().ok_or_else(|| {
+            let known: Vec<&str> = self.metrics.keys().map(String::as_str).collect();
+            format!(
+                "the evaluator reports no metric `{name}`; known: loss, {}",
+                known.join(", ")
+            )
+        })
+    }
+}
+
 pub trait EvalStage: Send {
     fn evaluate(&self, model: &dyn AdapterModel, data: &dyn Dataset, task: &Task) -> Result<EvalReport>;
 

@@ -53,21 +53,12 @@ impl Callback for TrialReporter {
     fn control(&mut self, event: &TrainEvent) -> Result<Control> {
         match event {
             TrainEvent::Eval { step, report, .. } => {
-                let value = if self.objective == "loss" {
-                    report.loss
-                } else {
-                    match report.metrics.get(&self.objective) {
-                        Some(v) => *v,
-                        None => {
-                            let known: Vec<&str> = report.metrics.keys().map(String::as_str).collect();
-                            return Ok(Control::Fail {
-                                reason: format!(
-                                    "search: the evaluator reports no metric `{}`; known: loss, {}",
-                                    self.objective,
-                                    known.join(", ")
-                                ),
-                            });
-                        }
+                let value = match report.value(&self.objective) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        return Ok(Control::Fail {
+                            reason: format!("search: {e}"),
+                        });
                     }
                 };
                 self.evals += 1;

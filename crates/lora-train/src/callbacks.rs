@@ -98,21 +98,12 @@ impl Callback for EarlyStopping {
         let TrainEvent::Eval { step, report, .. } = event else {
             return Ok(Control::Continue);
         };
-        let value = if self.cfg.metric == "loss" {
-            report.loss
-        } else {
-            match report.metrics.get(&self.cfg.metric) {
-                Some(v) => *v,
-                None => {
-                    let known: Vec<&str> = report.metrics.keys().map(String::as_str).collect();
-                    return Ok(Control::Fail {
-                        reason: format!(
-                            "early-stopping: the evaluator reports no metric `{}`; known: loss, {}",
-                            self.cfg.metric,
-                            known.join(", ")
-                        ),
-                    });
-                }
+        let value = match report.value(&self.cfg.metric) {
+            Ok(v) => v,
+            Err(e) => {
+                return Ok(Control::Fail {
+                    reason: format!("early-stopping: {e}"),
+                });
             }
         };
         let improved = match (self.best, self.mode) {

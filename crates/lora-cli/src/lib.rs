@@ -10,7 +10,9 @@ pub mod bench_monitor;
 pub mod pipeline;
 pub mod pipes;
 pub mod plugins;
+pub mod resume;
 pub mod show;
+pub mod signals;
 pub mod validate;
 
 // Link the crates whose `inventory` registrations the binary offers.

@@ -9,7 +9,7 @@
 //! | `optimizer.safetensors` | the optimizer's buffers; its kind and step count in the metadata |
 //! | `rollback.safetensors` | the parameters (and, when a callback can roll back, the optimizer buffers) a rollback returns to |
 //! | `trainer.json` | the loop state (epoch, position in the epoch, micro-step and step counters that seed the data order, augmentation and dropout streams; learning-rate scale), losses and evaluations so far, elapsed time, the callbacks' states (the metrics log's byte offset among them) |
-//! | `config.json` | the resolved configuration, to list what changed on resume |
+//! | `resolved-config.json` | the resolved configuration, to list what changed on resume |
 //! | `manifest.json` | format, step, the run's identity (config hash, data fingerprint, base-model hash, backend) and the size and sha256 of every other file |
 //!
 //! The folder is written under a temporary name (`.tmp-step-...`), every file
@@ -37,7 +37,7 @@ pub const MANIFEST: &str = "manifest.json";
 const OPTIMIZER: &str = "optimizer.safetensors";
 const ROLLBACK: &str = "rollback.safetensors";
 const TRAINER: &str = "trainer.json";
-pub const CONFIG: &str = "config.json";
+pub const CONFIG: &str = "resolved-config.json";
 const PREFIX: &str = "step-";
 const TMP_PREFIX: &str = ".tmp-step-";
 

@@ -181,14 +181,24 @@ pub struct RunOptions {
 /// write of the process fails with "no space left on device" half-way through.
 pub const FAIL_CHECKPOINT_ENV: &str = "LORA_TEST_FAIL_CHECKPOINT";
 
-/// The checkpoint to continue from, checked against this run.
+/// The checkpoint to continue from, checked against this run; `None` when the
+/// run's own checkpoint folder has none yet (a run stopped before its first
+/// checkpoint starts again from the beginning, so that `--resume` is always safe
+/// to pass).
 fn find_resume(
-    dir: &Path,
+    dir: Option<&Path>,
+    default_dir: &Path,
     model: &dyn AdapterModel,
     identity: &Identity,
     config: &serde_json::Value,
     force: bool,
-) -> Result<ResumeFrom> {
+) -> Result<Option<ResumeFrom>> {
+    let given = dir.is_some();
+    let dir = dir.unwrap_or(default_dir);
+    if !given && !dir.exists() {
+        eprintln!("no checkpoint in {} yet: starting from the beginning", dir.display());
+        return Ok(None);
+    }
     let found = checkpoint::find_latest(dir).map_err(|e| {
         Error::Invalid(
             Diagnostic::error("resume::no-checkpoint", format!("nothing to resume from: {e}"))
@@ -199,12 +209,18 @@ fn find_resume(
     for (path, why) in &found.skipped {
         eprintln!("warning: skipping checkpoint {}: {why}", path.display());
     }
+    let damaged = found.skipped.iter().any(|(p, _)| checkpoint::is_checkpoint_name(p));
+    if found.latest.is_none() && !given && !damaged {
+        eprintln!("no checkpoint in {} yet: starting from the beginning", dir.display());
+        return Ok(None);
+    }
     let Some((path, manifest)) = found.latest else {
         return Err(Error::Invalid(
             Diagnostic::error(
                 "resume::no-checkpoint",
                 format!("no valid checkpoint in {}", dir.display()),
             )
+            .help("every checkpoint there is damaged (see the warnings above); delete the folder to start afresh")
             .into(),
         ));
     };
@@ -221,7 +237,7 @@ fn find_resume(
         manifest.epoch,
         manifest.batch_in_epoch
     );
-    Ok(from)
+    Ok(Some(from))
 }
 
 /// The metrics log: new, or the interrupted run's cut back to the checkpoint,
@@ -284,10 +300,14 @@ pub fn run_with(mut pipeline: Pipeline, assets: &dyn AssetResolver, options: Run
     let identity = crate::resume::identity(&pipeline, &ctx, &data, &config)?;
     let checkpoints_dir = out.join("checkpoints");
     let resume = match &options.resume {
-        Some(dir) => {
-            let dir = dir.clone().unwrap_or_else(|| checkpoints_dir.clone());
-            Some(find_resume(&dir, model.as_ref(), &identity, &config, options.force)?)
-        }
+        Some(dir) => find_resume(
+            dir.as_deref(),
+            &checkpoints_dir,
+            model.as_ref(),
+            &identity,
+            &config,
+            options.force,
+        )?,
         None => {
             // A fresh run would mix its checkpoints with an earlier run's.
             let earlier = std::fs::read_dir(&checkpoints_dir).is_ok_and(|mut d| d.next().is_some());

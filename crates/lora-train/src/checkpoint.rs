@@ -105,6 +105,11 @@ fn step_of(name: &str) -> Option<usize> {
     name.strip_prefix(PREFIX)?.parse().ok()
 }
 
+/// Whether a path names a published checkpoint folder (`step-N`), not a temporary one.
+pub fn is_checkpoint_name(path: &Path) -> bool {
+    path.file_name().and_then(|n| step_of(&n.to_string_lossy())).is_some()
+}
+
 /// JSON whose floats survive a round trip bit for bit: serde_json's default
 /// parser may be one unit in the last place off, so floats are written as
 /// strings (`"f64:0.1"`, Rust's shortest exact form) and parsed by `str::parse`.

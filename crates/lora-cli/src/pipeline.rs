@@ -103,7 +103,13 @@ impl Pipeline {
             "lora".into(),
             serde_json::to_value(&self.config.lora).expect("serialisable"),
         );
-        doc.insert("train".into(), self.train.resolved());
+        let mut train = self.train.resolved();
+        if let (Some(t), Ok(serde_json::Value::Object(cp))) =
+            (train.as_object_mut(), serde_json::to_value(&self.config.checkpoint))
+        {
+            t.extend(cp);
+        }
+        doc.insert("train".into(), train);
         doc.insert("eval".into(), self.eval.resolved());
         doc.insert(
             "monitor".into(),

@@ -46,15 +46,9 @@ fn safe(key: &str) -> Option<&'static str> {
 }
 
 /// The resolved configuration as a checkpoint records it: every value with its
-/// default, the checkpoint keys and the callbacks included.
+/// default, the augmentations' parameters and the callbacks included.
 pub fn resolved_config(pipeline: &Pipeline) -> Value {
     let mut v = pipeline.resolved_value();
-    if let Some(train) = v.get_mut("train").and_then(Value::as_object_mut) {
-        let cp = serde_json::to_value(&pipeline.config.checkpoint).expect("plain data");
-        if let Value::Object(cp) = cp {
-            train.extend(cp);
-        }
-    }
     // The resolved data table names its augmentations only; their parameters count too.
     for key in ["augment", "eval-augment"] {
         if let Ok(ops) = pipeline.config.data.array_components(key)

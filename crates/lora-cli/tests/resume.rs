@@ -7,9 +7,12 @@
 //! checkpoint write that fails (disk full, by fault injection) leaves the
 //! previous checkpoint usable.
 //!
-//! The backend is the build's: `cargo test --release -p lora-cli --test resume`
-//! (candle), `... --no-default-features --features burn` (burn). The kill steps
-//! are drawn from a seed printed on failure; `RESUME_TEST_SEED` replays one.
+//! The kill-and-resume tests run on each backend compiled in:
+//! `cargo test --release -p lora-cli --test resume` (candle), `... --features
+//! burn` (both; `cargo xtask test` runs the burn ones, named `burn_*`). The
+//! other checks are backend-independent and run on candle (burn when it is the
+//! only backend). The kill steps are drawn from a seed printed on failure;
+//! `RESUME_TEST_SEED` replays one.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -24,9 +27,8 @@ fn lora() -> Command {
     c
 }
 
-fn backend() -> &'static str {
-    if cfg!(feature = "candle") { "candle" } else { "burn" }
-}
+/// The backend of the backend-independent checks.
+const DEFAULT: &str = if cfg!(feature = "candle") { "candle" } else { "burn" };
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -35,7 +37,7 @@ fn text(bytes: &[u8]) -> String {
 /// MiniLM with LoRA (dropout 0.1 on the adapters, so the dropout streams
 /// matter), 96 real tweets, micro-batches of 8 accumulated in twos: 6 steps an
 /// epoch, 12 in all, an evaluation every 5 and a checkpoint every 3 steps.
-fn text_pipeline(out: &Path) -> String {
+fn text_pipeline(backend: &str, out: &Path) -> String {
     format!(
         r#"[run]
 name = "resume-text"
@@ -82,14 +84,13 @@ warmup-steps = 2
 batch-size = 32
 every-steps = 5
 "#,
-        backend = backend(),
         out = out.display()
     )
 }
 
 /// A tiny ViT trained from scratch on 96 real digits with random crops and
 /// mixup, micro-batches of 8 accumulated in twos: 6 steps an epoch, 24 in all.
-fn image_pipeline(out: &Path) -> String {
+fn image_pipeline(backend: &str, out: &Path) -> String {
     format!(
         r#"[run]
 name = "resume-image"
@@ -144,12 +145,12 @@ lr = 3e-3
 batch-size = 32
 every-steps = 7
 "#,
-        backend = backend(),
         out = out.display()
     )
 }
 
 struct Case {
+    backend: &'static str,
     dir: tempfile::TempDir,
     file: PathBuf,
     out: PathBuf,
@@ -158,12 +159,18 @@ struct Case {
     total_steps: usize,
 }
 
-fn case(pipeline: fn(&Path) -> String, weights: &'static str, total_steps: usize) -> Case {
+fn case(
+    backend: &'static str,
+    pipeline: fn(&str, &Path) -> String,
+    weights: &'static str,
+    total_steps: usize,
+) -> Case {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let file = dir.path().join("pipeline.toml");
-    std::fs::write(&file, pipeline(&out)).unwrap();
+    std::fs::write(&file, pipeline(backend, &out)).unwrap();
     Case {
+        backend,
         dir,
         file,
         out,
@@ -342,7 +349,7 @@ fn checkpoints(out: &Path) -> Vec<PathBuf> {
 /// one), resumes it each time, and compares the result.
 fn kill_and_resume(c: &Case, stops: &[Stop]) {
     let seed = seed();
-    let context = format!("{} seed {seed} (RESUME_TEST_SEED={seed} replays it)", backend());
+    let context = format!("{} seed {seed} (RESUME_TEST_SEED={seed} replays it)", c.backend);
     let reference = reference(c);
     let mut rng = StdRng::seed_from_u64(seed);
     let mut interrupted = 0;
@@ -363,21 +370,43 @@ fn kill_and_resume(c: &Case, stops: &[Stop]) {
     assert_same_outputs(c, &reference, &format!("{context}, stopped {interrupted} time(s) by {stops:?}"));
 }
 
-#[test]
-fn text_run_killed_at_random_steps_resumes_to_identical_outputs() {
-    let c = case(text_pipeline, "adapter_model.safetensors", 12);
+fn text_run_killed_at_random_steps_resumes_to_identical_outputs(backend: &'static str) {
+    let c = case(backend, text_pipeline, "adapter_model.safetensors", 12);
     kill_and_resume(&c, &[Stop::Kill, Stop::Signal("INT"), Stop::Kill]);
 }
 
-#[test]
-fn image_run_killed_at_random_steps_resumes_to_identical_outputs() {
-    let c = case(image_pipeline, "model.safetensors", 24);
+fn image_run_killed_at_random_steps_resumes_to_identical_outputs(backend: &'static str) {
+    let c = case(backend, image_pipeline, "model.safetensors", 24);
     kill_and_resume(&c, &[Stop::Signal("TERM"), Stop::Kill, Stop::Kill, Stop::Kill]);
+}
+
+#[cfg(feature = "candle")]
+#[test]
+fn candle_text_run_killed_at_random_steps_resumes_to_identical_outputs() {
+    text_run_killed_at_random_steps_resumes_to_identical_outputs("candle");
+}
+
+#[cfg(feature = "candle")]
+#[test]
+fn candle_image_run_killed_at_random_steps_resumes_to_identical_outputs() {
+    image_run_killed_at_random_steps_resumes_to_identical_outputs("candle");
+}
+
+#[cfg(feature = "burn")]
+#[test]
+fn burn_text_run_killed_at_random_steps_resumes_to_identical_outputs() {
+    text_run_killed_at_random_steps_resumes_to_identical_outputs("burn");
+}
+
+#[cfg(feature = "burn")]
+#[test]
+fn burn_image_run_killed_at_random_steps_resumes_to_identical_outputs() {
+    image_run_killed_at_random_steps_resumes_to_identical_outputs("burn");
 }
 
 #[test]
 fn a_damaged_checkpoint_is_skipped_for_the_one_before() {
-    let c = case(image_pipeline, "model.safetensors", 24);
+    let c = case(DEFAULT, image_pipeline, "model.safetensors", 24);
     let reference = reference(&c);
     ok(run(&c, &[]));
     // The newest checkpoint (step 20) is damaged: one flipped bit.
@@ -403,7 +432,7 @@ fn a_damaged_checkpoint_is_skipped_for_the_one_before() {
 /// without a manifest are skipped with a warning naming them.
 #[test]
 fn partial_checkpoints_are_skipped_and_changed_inputs_refused() {
-    let c = case(image_pipeline, "model.safetensors", 24);
+    let c = case(DEFAULT, image_pipeline, "model.safetensors", 24);
     ok(run(&c, &[]));
     let found = checkpoints(&c.out);
     assert_eq!(found.len(), 2, "keep-last = 2: {found:?}");
@@ -469,7 +498,7 @@ fn partial_checkpoints_are_skipped_and_changed_inputs_refused() {
 /// a clear error; the checkpoint before it is intact and the run resumes from it.
 #[test]
 fn a_failed_checkpoint_write_leaves_the_previous_one_intact() {
-    let c = case(image_pipeline, "model.safetensors", 24);
+    let c = case(DEFAULT, image_pipeline, "model.safetensors", 24);
     let reference = reference(&c);
     let out = lora()
         .args(["run", "--quiet"])

@@ -248,6 +248,24 @@ mod tests {
     }
 
     #[test]
+    fn a_pass_started_at_any_batch_is_the_rest_of_the_whole_pass() {
+        let d = dataset();
+        for seed in [None, Some(3)] {
+            let whole: Vec<TextBatch> = d.batches(2, seed).map(text).collect();
+            for first in 0..=whole.len() + 1 {
+                let rest: Vec<TextBatch> = d.batches_from(2, seed, first).map(text).collect();
+                assert_eq!(rest, whole[first.min(whole.len())..], "first {first}");
+            }
+        }
+        let mut a = Vec::new();
+        assert!(d.fingerprint(&mut |b| a.extend_from_slice(b)));
+        let other = TextDataset::new(vec![(vec![100, 101, 102], 0)], 9, 0);
+        let mut b = Vec::new();
+        other.fingerprint(&mut |x| b.extend_from_slice(x));
+        assert_ne!(a, b);
+    }
+
+    #[test]
     fn a_zero_batch_size_is_an_error_not_a_panic() {
         assert!(dataset().batches(0, None).next().unwrap().is_err());
         let empty = TextDataset::new(vec![], 0, 0);

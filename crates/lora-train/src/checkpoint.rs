@@ -40,6 +40,8 @@ const TRAINER: &str = "trainer.json";
 pub const CONFIG: &str = "resolved-config.json";
 const PREFIX: &str = "step-";
 const TMP_PREFIX: &str = ".tmp-step-";
+/// A replaced checkpoint, moved aside until its successor is in place.
+const OLD_PREFIX: &str = ".old-step-";
 
 /// What a run is: a checkpoint of another run is refused (or, for the safe
 /// differences, accepted with `--force`).
@@ -297,11 +299,12 @@ impl CheckpointWriter {
         &self.dir
     }
 
-    /// Removes temporary folders that a killed run left behind.
+    /// Removes the temporary and moved-aside folders that a killed run left behind.
     pub fn clean_partial(&self) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(TMP_PREFIX) || name.starts_with(OLD_PREFIX) {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
@@ -425,7 +428,7 @@ impl Checkpoints for CheckpointWriter {
         let target = self.dir.join(&name);
         // A folder of the same step (a stale or damaged one from before a
         // resume) is moved aside first: rename cannot replace a folder.
-        let aside = self.dir.join(format!(".old-{name}-{}", std::process::id()));
+        let aside = self.dir.join(format!("{OLD_PREFIX}{step:08}-{}", std::process::id()));
         if target.exists() {
             std::fs::rename(&target, &aside).map_err(|e| fail(Error::io("cannot move aside", &target, e)))?;
         }

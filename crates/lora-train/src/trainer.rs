@@ -1081,6 +1081,132 @@ mod tests {
         assert!(matches!(events.last(), Some(TrainEvent::End { step: 4, epoch: 1, .. })));
     }
 
+    /// Keeps every checkpoint in memory: the snapshot and the model's parameters.
+    struct Memory {
+        every: usize,
+        saved: Vec<(TrainSnapshot, Vec<Vec<f32>>)>,
+        /// Answer that the process was asked to stop.
+        stop: bool,
+    }
+
+    impl lora_core::checkpoint::Checkpoints for Memory {
+        fn due(&self, step: usize) -> bool {
+            step.is_multiple_of(self.every)
+        }
+        fn interrupted(&self) -> Option<String> {
+            self.stop.then(|| "SIGTEST".to_string())
+        }
+        fn save(&mut self, model: &dyn AdapterModel, snapshot: &TrainSnapshot) -> Result<std::path::PathBuf> {
+            self.saved.push((snapshot.clone(), model.read_params()?));
+            Ok(std::path::PathBuf::from(format!("memory/{}", self.saved.len())))
+        }
+    }
+
+    /// Trains the prior with momentum (so the optimizer state matters), from a
+    /// checkpoint when given; returns the summary, the final logits and the checkpoints.
+    fn train_resumable(
+        cfg: SupervisedConfig,
+        memory: &mut Memory,
+        resume: Option<(TrainSnapshot, Vec<Vec<f32>>)>,
+    ) -> Result<(TrainSummary, Vec<f32>)> {
+        let labels: Vec<u32> = (0..10).map(|i| u32::from(i % 3 != 0)).collect();
+        let data = PreparedData {
+            task: Task::classification(vec!["a".into(), "b".into()]),
+            train: Box::new(Labels(labels.clone())),
+            validation: Box::new(Labels(labels)),
+            encoder: Box::new(NoEncoder),
+        };
+        let mut trainer = SupervisedTrainer {
+            cfg,
+            optimizer: Box::new(Sgd::new(SgdConfig {
+                lr: 0.3,
+                momentum: 0.9,
+                dampening: 0.0,
+                nesterov: false,
+                weight_decay: 0.0,
+            })),
+            scheduler: Box::new(WarmupSchedule {
+                shape: Shape::Linear,
+                cfg: Default::default(),
+            }),
+        };
+        let eval = ClassificationEval {
+            cfg: ClassificationEvalConfig {
+                every_steps: 3,
+                batch_size: 4,
+                metrics: Vec::new(),
+            },
+            metrics: Vec::new(),
+        };
+        let mut callbacks: Vec<Box<dyn Callback>> = Vec::new();
+        let mut model = Prior::new(2);
+        let summary = trainer.train(TrainContext {
+            model: &mut model,
+            data: &data,
+            eval: &eval as &dyn EvalStage,
+            callbacks: &mut callbacks,
+            strategy: &mut SingleProcess,
+            seed: 7,
+            checkpoints: Some(memory),
+            resume: resume.map(|(snapshot, params)| ResumeFrom {
+                snapshot,
+                params,
+                path: "memory".into(),
+            }),
+        })?;
+        Ok((summary, model.logits))
+    }
+
+    #[test]
+    fn a_run_resumed_from_any_checkpoint_ends_exactly_like_the_whole_run() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        // 10 examples in micro-batches of 4, two per step: 2 steps an epoch, 5 epochs.
+        let cfg = || config(Some(5), None, 2);
+        let mut whole = Memory {
+            every: 1,
+            saved: Vec::new(),
+            stop: false,
+        };
+        let (summary, logits) = train_resumable(cfg(), &mut whole, None).unwrap();
+        assert_eq!(summary.steps, 10);
+        // Every step but the last is checkpointed.
+        assert_eq!(whole.saved.len(), 9);
+        for (snapshot, params) in whole.saved.clone() {
+            let step = snapshot.loop_state.state.step;
+            let mut again = Memory {
+                every: 1,
+                saved: Vec::new(),
+                stop: false,
+            };
+            let (s, l) = train_resumable(cfg(), &mut again, Some((snapshot, params))).unwrap();
+            assert_eq!(bits(&l), bits(&logits), "resumed after step {step}");
+            assert_eq!(s.losses, summary.losses, "resumed after step {step}");
+            assert_eq!(s.evals, summary.evals, "resumed after step {step}");
+            assert_eq!(s.epochs_completed, summary.epochs_completed);
+        }
+        // Without the optimizer's momentum the same resume ends elsewhere.
+        let (mut snapshot, params) = whole.saved[4].clone();
+        snapshot.optimizer.buffers.clear();
+        let (_, l) = train_resumable(cfg(), &mut Memory { every: 1, saved: Vec::new(), stop: false }, Some((snapshot, params))).unwrap();
+        assert_ne!(bits(&l), bits(&logits));
+    }
+
+    #[test]
+    fn an_interrupted_run_checkpoints_the_step_it_finished_and_stops() {
+        let mut memory = Memory {
+            every: 100,
+            saved: Vec::new(),
+            stop: true,
+        };
+        let err = train_resumable(config(Some(5), None, 1), &mut memory, None).unwrap_err();
+        let Error::Interrupted { signal, step, checkpoint } = err else {
+            panic!("{err}");
+        };
+        assert_eq!((signal.as_str(), step, checkpoint.to_str()), ("SIGTEST", 1, Some("memory/1")));
+        assert_eq!(memory.saved.len(), 1);
+        assert_eq!(memory.saved[0].0.loop_state.state.step, 1);
+    }
+
     #[test]
     fn the_prior_learns_the_label_frequencies() {
         // 7 of the 10 labels are 1: the trained prior must favour class 1.

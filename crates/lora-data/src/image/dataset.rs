@@ -273,6 +273,19 @@ mod tests {
     }
 
     #[test]
+    fn a_pass_started_at_any_batch_keeps_each_batchs_augmentation() {
+        let mut ops = AugmentPipeline::default();
+        ops.push(Augmentation::Sample(Box::new(Jitter)));
+        let d = dataset(ops);
+        let whole: Vec<ImageBatch> = d.batches(3, Some(9)).map(images).collect();
+        assert_eq!(whole.len(), 4);
+        for first in 0..=5 {
+            let rest: Vec<ImageBatch> = d.batches_from(3, Some(9), first).map(images).collect();
+            assert_eq!(rest, whole[first.min(4)..], "first {first}");
+        }
+    }
+
+    #[test]
     fn the_thread_count_does_not_change_the_result() {
         let mut ops = AugmentPipeline::default();
         ops.push(Augmentation::Sample(Box::new(Jitter)));

@@ -58,7 +58,16 @@ pub fn run(args: &[String]) -> ExitCode {
     // Kill-and-resume on burn: the `lora` binary with both backends, its burn tests only.
     let mut resume = Command::new(&cargo_bin);
     resume
-        .args(["test", "--release", "--package", "lora-cli", "--features", "burn", "--test", "resume"])
+        .args([
+            "test",
+            "--release",
+            "--package",
+            "lora-cli",
+            "--features",
+            "burn",
+            "--test",
+            "resume",
+        ])
         .args(args);
     if !args.iter().any(|a| a == "--") {
         resume.arg("--");

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use lora_core::checkpoint::ResumeFrom;
 use lora_core::config::PipelineConfig;
 use lora_core::diag::{Diagnostic, Diagnostics};
 use lora_core::events::{Callback, TrainEvent};
@@ -10,7 +11,6 @@ use lora_core::registry::{DataSourceEntry, EvaluatorEntry, TrainerEntry, build, 
 use lora_core::stage::{
     AssetResolver, DataStage, EvalReport, EvalStage, ModelStage, PreparedData, StageContext, TrainContext, TrainStage,
 };
-use lora_core::checkpoint::ResumeFrom;
 use lora_core::{AdapterModel, Error, ModelOptions, Result, Task};
 use lora_train::checkpoint::{self, CheckpointWriter, Identity};
 use lora_train::strategy::SingleProcess;

@@ -26,8 +26,14 @@ pub const SAFE: [(&str, &str); 14] = [
         "run.backend",
         "both backends compute the same numbers within 1e-5, not bit for bit",
     ),
-    ("train.epochs", "the run goes on longer or ends sooner; a schedule follows the new total"),
-    ("train.max-steps", "the run goes on longer or ends sooner; a schedule follows the new total"),
+    (
+        "train.epochs",
+        "the run goes on longer or ends sooner; a schedule follows the new total",
+    ),
+    (
+        "train.max-steps",
+        "the run goes on longer or ends sooner; a schedule follows the new total",
+    ),
     ("train.checkpoint-every-steps", "when checkpoints are written"),
     ("train.keep-last", "how many checkpoints are kept"),
     ("train.module-stats-every", "what is logged"),
@@ -111,7 +117,11 @@ pub fn identity(pipeline: &Pipeline, ctx: &StageContext, data: &PreparedData, co
         let mut h = Sha256::new();
         for f in &files {
             let sum = file_sum(f).map_err(|e| Error::io("cannot hash the base model", f, e))?;
-            h.update(f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+            h.update(
+                f.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            );
             h.update(sum.sha256.as_bytes());
         }
         hex(&h.finalize())
@@ -129,7 +139,11 @@ fn flatten(prefix: &str, v: &Value, out: &mut std::collections::BTreeMap<String,
     match v {
         Value::Object(m) => {
             for (k, v) in m {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(&key, v, out);
             }
         }
@@ -186,15 +200,24 @@ pub fn changes(saved: &Identity, saved_config: &Value, now: &Identity, config: &
     if saved.data_fingerprint != now.data_fingerprint {
         out.push(Change {
             what: "data (the prepared examples)".into(),
-            from: format!("fingerprint {}", &saved.data_fingerprint[..12.min(saved.data_fingerprint.len())]),
-            to: format!("fingerprint {}", &now.data_fingerprint[..12.min(now.data_fingerprint.len())]),
+            from: format!(
+                "fingerprint {}",
+                &saved.data_fingerprint[..12.min(saved.data_fingerprint.len())]
+            ),
+            to: format!(
+                "fingerprint {}",
+                &now.data_fingerprint[..12.min(now.data_fingerprint.len())]
+            ),
             safe: None,
         });
     }
     if saved.base_model_hash != now.base_model_hash {
         out.push(Change {
             what: "base model (its files)".into(),
-            from: format!("sha256 {}", &saved.base_model_hash[..12.min(saved.base_model_hash.len())]),
+            from: format!(
+                "sha256 {}",
+                &saved.base_model_hash[..12.min(saved.base_model_hash.len())]
+            ),
             to: format!("sha256 {}", &now.base_model_hash[..12.min(now.base_model_hash.len())]),
             safe: None,
         });
@@ -237,7 +260,9 @@ pub fn check(checkpoint: &Path, manifest: &Manifest, changes: &[Change], force: 
         let d = Diagnostic::error("resume::changed", message);
         diags.push(match c.safe {
             Some(why) => d.help(format!("safe to change ({why}): accepted with --force")),
-            None => d.help("this cannot change within a run: undo the change, or start a new run in another output-dir"),
+            None => {
+                d.help("this cannot change within a run: undo the change, or start a new run in another output-dir")
+            }
         });
     }
     diags.push(
@@ -276,7 +301,9 @@ mod tests {
         let more = serde_json::json!({"train": {"epochs": 3, "batch-size": 16}, "eval": {"every-steps": 5}});
         let c = changes(&id(&a), &a, &id(&more), &more);
         assert_eq!(
-            c.iter().map(|c| (c.what.as_str(), c.safe.is_some())).collect::<Vec<_>>(),
+            c.iter()
+                .map(|c| (c.what.as_str(), c.safe.is_some()))
+                .collect::<Vec<_>>(),
             [("eval.every-steps", true), ("train.epochs", true)]
         );
         let m = Manifest {
@@ -296,7 +323,10 @@ mod tests {
         now.data_fingerprint = "e".repeat(64);
         let c = changes(&id(&a), &a, &now, &bigger);
         let text = check(p, &m, &c, true).unwrap_err().to_string();
-        assert!(text.contains("`train.batch-size` changed since the checkpoint: 16 -> 32"), "{text}");
+        assert!(
+            text.contains("`train.batch-size` changed since the checkpoint: 16 -> 32"),
+            "{text}"
+        );
         assert!(text.contains("`data (the prepared examples)` changed"), "{text}");
         assert!(text.contains("`train.epochs` changed"), "{text}");
         assert!(changes(&id(&a), &a, &id(&a), &a).is_empty());

@@ -23,7 +23,8 @@ use rand::{Rng, SeedableRng};
 
 fn lora() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_lora"));
-    c.env("RAYON_NUM_THREADS", "1").env_remove(lora_cli::pipeline::FAIL_CHECKPOINT_ENV);
+    c.env("RAYON_NUM_THREADS", "1")
+        .env_remove(lora_cli::pipeline::FAIL_CHECKPOINT_ENV);
     c
 }
 
@@ -159,12 +160,7 @@ struct Case {
     total_steps: usize,
 }
 
-fn case(
-    backend: &'static str,
-    pipeline: fn(&str, &Path) -> String,
-    weights: &'static str,
-    total_steps: usize,
-) -> Case {
+fn case(backend: &'static str, pipeline: fn(&str, &Path) -> String, weights: &'static str, total_steps: usize) -> Case {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let file = dir.path().join("pipeline.toml");
@@ -180,7 +176,12 @@ fn case(
 }
 
 fn run(case: &Case, args: &[&str]) -> Output {
-    let out = lora().args(["run", "--quiet"]).arg(&case.file).args(args).output().unwrap();
+    let out = lora()
+        .args(["run", "--quiet"])
+        .arg(&case.file)
+        .args(args)
+        .output()
+        .unwrap();
     assert!(
         !matches!(out.status.code(), Some(101) | Some(134)),
         "crashed: {}",
@@ -249,7 +250,13 @@ fn interrupt(c: &Case, resume: bool, step: usize, how: Stop) -> bool {
         }
         Stop::Signal(name) => {
             let pid = child.id().to_string();
-            assert!(Command::new("kill").args(["-s", name, &pid]).status().unwrap().success());
+            assert!(
+                Command::new("kill")
+                    .args(["-s", name, &pid])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
             let out = child.wait_with_output().unwrap();
             let stderr = text(&out.stderr);
             if out.status.success() {
@@ -311,7 +318,12 @@ fn log_lines(path: &Path) -> Vec<serde_json::Value> {
 fn assert_same_outputs(c: &Case, reference: &Path, context: &str) {
     let a = std::fs::read(reference.join(c.weights)).unwrap();
     let b = std::fs::read(c.out.join(c.weights)).unwrap();
-    assert!(a == b, "{}: {} differs from the uninterrupted run's", context, c.weights);
+    assert!(
+        a == b,
+        "{}: {} differs from the uninterrupted run's",
+        context,
+        c.weights
+    );
     let (a, b) = (
         log_lines(&reference.join("metrics.jsonl")),
         log_lines(&c.out.join("metrics.jsonl")),
@@ -320,7 +332,8 @@ fn assert_same_outputs(c: &Case, reference: &Path, context: &str) {
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
         assert_eq!(x, y, "{context}: metrics.jsonl line {}", i + 1);
     }
-    let json = |p: &Path| without_times(serde_json::from_slice(&std::fs::read(p.join("metrics.json")).unwrap()).unwrap());
+    let json =
+        |p: &Path| without_times(serde_json::from_slice(&std::fs::read(p.join("metrics.json")).unwrap()).unwrap());
     assert_eq!(json(reference), json(&c.out), "{context}: metrics.json");
 }
 
@@ -367,7 +380,11 @@ fn kill_and_resume(c: &Case, stops: &[Stop]) {
     assert!(interrupted > 0, "{context}: every run finished before its stop");
     let out = ok(run(c, &["--resume"]));
     assert!(text(&out.stderr).contains("resuming from"), "{}", text(&out.stderr));
-    assert_same_outputs(c, &reference, &format!("{context}, stopped {interrupted} time(s) by {stops:?}"));
+    assert_same_outputs(
+        c,
+        &reference,
+        &format!("{context}, stopped {interrupted} time(s) by {stops:?}"),
+    );
 }
 
 fn text_run_killed_at_random_steps_resumes_to_identical_outputs(backend: &'static str) {
@@ -451,7 +468,15 @@ fn partial_checkpoints_are_skipped_and_changed_inputs_refused() {
     // Unsafe and safe changes, listed; refused (exit 2) without --force.
     let out = run(
         &c,
-        &["--resume", "--set", "train.batch-size=4", "--set", "train.epochs=5", "--set", "data.max-train-samples=90"],
+        &[
+            "--resume",
+            "--set",
+            "train.batch-size=4",
+            "--set",
+            "train.epochs=5",
+            "--set",
+            "data.max-train-samples=90",
+        ],
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let stderr = text(&out.stderr);
@@ -469,7 +494,17 @@ fn partial_checkpoints_are_skipped_and_changed_inputs_refused() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 
     // More epochs with --force: resumes from step 16 (20 has no manifest) and goes on to 30.
-    let out = ok(run(&c, &["--resume", "--force", "--set", "train.epochs=5", "--set", "eval.every-steps=10"]));
+    let out = ok(run(
+        &c,
+        &[
+            "--resume",
+            "--force",
+            "--set",
+            "train.epochs=5",
+            "--set",
+            "eval.every-steps=10",
+        ],
+    ));
     let stderr = text(&out.stderr);
     assert!(
         stderr.contains(&format!("skipping checkpoint {}", found[1].display()))

@@ -109,7 +109,7 @@ impl JsonlSink {
                 lost: Some(why),
             });
         }
-        if existing != &partial {
+        if *existing != partial {
             std::fs::rename(existing, &partial).map_err(|e| Error::io("cannot reopen metrics log", existing, e))?;
         }
         let file = OpenOptions::new()
@@ -240,7 +240,11 @@ mod tests {
         let steps: Vec<u64> = std::fs::read_to_string(&path)
             .unwrap()
             .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                    .as_u64()
+                    .unwrap()
+            })
             .collect();
         assert_eq!(steps, [3, 7, 7]);
 

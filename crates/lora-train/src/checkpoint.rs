@@ -171,7 +171,10 @@ fn flat_file(buffers: &BTreeMap<String, Vec<f32>>, metadata: BTreeMap<String, St
         .map_err(|e| Error::Other(format!("cannot serialise a checkpoint file: {e}")))
 }
 
-fn read_flat(path: &Path) -> Result<(BTreeMap<String, Vec<f32>>, BTreeMap<String, String>)> {
+/// Named flat buffers and string metadata.
+type Flat = (BTreeMap<String, Vec<f32>>, BTreeMap<String, String>);
+
+fn read_flat(path: &Path) -> Result<Flat> {
     let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read checkpoint file", path, e))?;
     let bad = |m: String| Error::Data(format!("{}: {m}", path.display()));
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
@@ -192,7 +195,11 @@ fn read_flat(path: &Path) -> Result<(BTreeMap<String, Vec<f32>>, BTreeMap<String
     Ok((out, metadata))
 }
 
-fn optimizer_file(state: &OptimizerState, prefix: &str, buffers: &mut BTreeMap<String, Vec<f32>>) -> BTreeMap<String, String> {
+fn optimizer_file(
+    state: &OptimizerState,
+    prefix: &str,
+    buffers: &mut BTreeMap<String, Vec<f32>>,
+) -> BTreeMap<String, String> {
     for (k, v) in &state.buffers {
         buffers.insert(format!("{prefix}{k}"), v.clone());
     }
@@ -301,7 +308,9 @@ impl CheckpointWriter {
 
     /// Removes the temporary and moved-aside folders that a killed run left behind.
     pub fn clean_partial(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with(TMP_PREFIX) || name.starts_with(OLD_PREFIX) {
@@ -353,7 +362,10 @@ impl CheckpointWriter {
         ] {
             let path = tmp.join(name);
             // save_adapter's files are synced by its atomic writes.
-            files.insert(name.to_string(), file_sum(&path).map_err(io("cannot read back", &path))?);
+            files.insert(
+                name.to_string(),
+                file_sum(&path).map_err(io("cannot read back", &path))?,
+            );
         }
         let s = &snapshot.loop_state.state;
         Ok(Manifest {
@@ -368,13 +380,15 @@ impl CheckpointWriter {
 
     /// Deletes the oldest checkpoints before `step` beyond `keep-last`.
     fn prune(&self, step: usize) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
         let mut older: Vec<(usize, PathBuf)> = entries
             .flatten()
             .filter_map(|e| Some((step_of(&e.file_name().to_string_lossy())?, e.path())))
             .filter(|(s, _)| *s < step)
             .collect();
-        older.sort_by(|a, b| b.0.cmp(&a.0));
+        older.sort_by_key(|o| std::cmp::Reverse(o.0));
         for (_, path) in older.into_iter().skip(self.cfg.keep_last.saturating_sub(1)) {
             if let Err(e) = std::fs::remove_dir_all(&path) {
                 eprintln!("warning: cannot delete old checkpoint {}: {e}", path.display());
@@ -402,8 +416,7 @@ impl Checkpoints for CheckpointWriter {
                 self.dir.display()
             ))
         };
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| fail(Error::io("cannot create folder", &self.dir, e)))?;
+        std::fs::create_dir_all(&self.dir).map_err(|e| fail(Error::io("cannot create folder", &self.dir, e)))?;
         for path in &self.sync_first {
             if let Ok(f) = File::open(path) {
                 f.sync_all().map_err(|e| fail(Error::io("cannot sync", path, e)))?;
@@ -514,7 +527,7 @@ pub fn find_latest(dir: &Path) -> Result<Found> {
             skipped.push((e.path(), "partial: its write never finished".to_string()));
         }
     }
-    steps.sort_by(|a, b| b.0.cmp(&a.0));
+    steps.sort_by_key(|s| std::cmp::Reverse(s.0));
     for (_, path) in steps {
         match verify(&path) {
             Ok(manifest) => {
@@ -609,7 +622,10 @@ mod tests {
         let state = OptimizerState {
             optimizer: "adamw".into(),
             step: 7,
-            buffers: BTreeMap::from([("exp_avg".into(), vec![1.5, -2.0]), ("exp_avg_sq".into(), vec![0.25, 4.0])]),
+            buffers: BTreeMap::from([
+                ("exp_avg".into(), vec![1.5, -2.0]),
+                ("exp_avg_sq".into(), vec![0.25, 4.0]),
+            ]),
         };
         let mut buffers = BTreeMap::new();
         let meta = optimizer_file(&state, "optimizer.", &mut buffers);

@@ -1187,7 +1187,16 @@ mod tests {
         // Without the optimizer's momentum the same resume ends elsewhere.
         let (mut snapshot, params) = whole.saved[4].clone();
         snapshot.optimizer.buffers.clear();
-        let (_, l) = train_resumable(cfg(), &mut Memory { every: 1, saved: Vec::new(), stop: false }, Some((snapshot, params))).unwrap();
+        let (_, l) = train_resumable(
+            cfg(),
+            &mut Memory {
+                every: 1,
+                saved: Vec::new(),
+                stop: false,
+            },
+            Some((snapshot, params)),
+        )
+        .unwrap();
         assert_ne!(bits(&l), bits(&logits));
     }
 
@@ -1199,10 +1208,18 @@ mod tests {
             stop: true,
         };
         let err = train_resumable(config(Some(5), None, 1), &mut memory, None).unwrap_err();
-        let Error::Interrupted { signal, step, checkpoint } = err else {
+        let Error::Interrupted {
+            signal,
+            step,
+            checkpoint,
+        } = err
+        else {
             panic!("{err}");
         };
-        assert_eq!((signal.as_str(), step, checkpoint.to_str()), ("SIGTEST", 1, Some("memory/1")));
+        assert_eq!(
+            (signal.as_str(), step, checkpoint.to_str()),
+            ("SIGTEST", 1, Some("memory/1"))
+        );
         assert_eq!(memory.saved.len(), 1);
         assert_eq!(memory.saved[0].0.loop_state.state.step, 1);
     }

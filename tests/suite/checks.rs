@@ -246,6 +246,8 @@ pub fn train(b: &mut super::fixtures::Built) -> lora_core::stage::TrainSummary {
             callbacks: &mut [],
             strategy: &mut lora_train::strategy::SingleProcess,
             seed,
+            checkpoints: None,
+            resume: None,
         })
         .unwrap_or_else(|e| panic!("{e}"))
 }

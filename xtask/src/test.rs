@@ -1,7 +1,8 @@
 //! `cargo xtask test [ARGS...]`: fetches the assets the integration tests use,
 //! then runs every test in release mode (the real model is far too slow in
 //! debug), one backend per build: first the workspace with candle, then burn's
-//! crate, its suite and the cross-backend checks (which reuse candle's build).
+//! crate, its suite and the cross-backend checks (which reuse candle's build),
+//! and the kill-and-resume tests of `lora` on burn.
 //! The example plugin is built first (`build-plugins`): the plugin tests load it.
 
 use std::process::{Command, ExitCode};
@@ -50,5 +51,27 @@ pub fn run(args: &[String]) -> ExitCode {
         "--lib",
     ])
     .args(args);
-    cargo::status(burn)
+    let code = cargo::status(burn);
+    if code != ExitCode::SUCCESS {
+        return code;
+    }
+    // Kill-and-resume on burn: the `lora` binary with both backends, its burn tests only.
+    let mut resume = Command::new(&cargo_bin);
+    resume
+        .args([
+            "test",
+            "--release",
+            "--package",
+            "lora-cli",
+            "--features",
+            "burn",
+            "--test",
+            "resume",
+        ])
+        .args(args);
+    if !args.iter().any(|a| a == "--") {
+        resume.arg("--");
+    }
+    resume.arg("burn_");
+    cargo::status(resume)
 }

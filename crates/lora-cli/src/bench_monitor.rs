@@ -177,6 +177,8 @@ fn train_once(
         callbacks: &mut callbacks,
         strategy: &mut SingleProcess,
         seed: 0,
+        checkpoints: None,
+        resume: None,
     })?;
     drop(callbacks);
     let times = periods.lock().unwrap_or_else(|e| e.into_inner()).clone();

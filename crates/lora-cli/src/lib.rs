@@ -11,7 +11,9 @@ pub mod pipeline;
 pub mod pipes;
 pub mod plugins;
 pub mod search;
+pub mod resume;
 pub mod show;
+pub mod signals;
 pub mod validate;
 
 // Link the crates whose `inventory` registrations the binary offers.

@@ -61,6 +61,14 @@ enum Command {
         /// Port of the dashboard (`[monitor] port`; 0 picks a free one).
         #[arg(long)]
         port: Option<u16>,
+        /// Continue from the latest valid checkpoint in <output-dir>/checkpoints,
+        /// or in DIR (`--resume=DIR`: a checkpoints folder or one checkpoint).
+        #[arg(long, value_name = "DIR", num_args = 0..=1, require_equals = true)]
+        resume: Option<Option<PathBuf>>,
+        /// With --resume: accept the safe changes since the checkpoint (more epochs, another
+        /// evaluation cadence, ...); other changes are refused all the same.
+        #[arg(long, requires = "resume")]
+        force: bool,
         /// Run as trial TRIAL of the study whose journal is JOURNAL (set by `lora search`).
         #[arg(long, value_name = "JOURNAL:TRIAL", hide = true)]
         trial: Option<String>,
@@ -214,6 +222,8 @@ fn run(command: Command) -> lora_core::Result<()> {
             output_dir,
             dashboard,
             port,
+            resume,
+            force,
             trial,
             layers,
         } => {
@@ -240,7 +250,34 @@ fn run(command: Command) -> lora_core::Result<()> {
             if pipeline.config.monitor.dashboard {
                 lora_cli::pipes::survive_closed_pipes();
             }
-            let out = lora_cli::pipeline::run(pipeline, &assets, quiet)?;
+            let options = lora_cli::pipeline::RunOptions {
+                quiet,
+                resume,
+                force,
+                handle_signals: true,
+            };
+            let out = match lora_cli::pipeline::run_with(pipeline, &assets, options) {
+                Err(lora_core::Error::Interrupted {
+                    signal,
+                    step,
+                    checkpoint,
+                }) => {
+                    eprintln!(
+                        "{signal}: stopped after step {step}; checkpoint written to {}\n\
+                         continue with: lora run {} --resume",
+                        checkpoint.display(),
+                        file.display()
+                    );
+                    let code = lora_core::Error::Interrupted {
+                        signal,
+                        step,
+                        checkpoint,
+                    }
+                    .exit_code();
+                    std::process::exit(code);
+                }
+                other => other?,
+            };
             let metrics: Vec<String> = out
                 .final_eval
                 .metrics

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use lora_core::checkpoint::ResumeFrom;
 use lora_core::config::PipelineConfig;
 use lora_core::diag::{Diagnostic, Diagnostics};
 use lora_core::events::{Callback, TrainEvent};
@@ -11,6 +12,7 @@ use lora_core::stage::{
     AssetResolver, DataStage, EvalReport, EvalStage, ModelStage, PreparedData, StageContext, TrainContext, TrainStage,
 };
 use lora_core::{AdapterModel, Error, ModelOptions, Result, Task};
+use lora_train::checkpoint::{self, CheckpointWriter, Identity};
 use lora_train::strategy::SingleProcess;
 use serde_json::json;
 
@@ -101,7 +103,13 @@ impl Pipeline {
             "lora".into(),
             serde_json::to_value(&self.config.lora).expect("serialisable"),
         );
-        doc.insert("train".into(), self.train.resolved());
+        let mut train = self.train.resolved();
+        if let (Some(t), Ok(serde_json::Value::Object(cp))) =
+            (train.as_object_mut(), serde_json::to_value(&self.config.checkpoint))
+        {
+            t.extend(cp);
+        }
+        doc.insert("train".into(), train);
         doc.insert("eval".into(), self.eval.resolved());
         doc.insert(
             "monitor".into(),
@@ -162,8 +170,121 @@ pub struct RunOutcome {
     pub elapsed_s: f64,
 }
 
+/// How `lora run` runs a pipeline.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// No progress bar.
+    pub quiet: bool,
+    /// Continue from a checkpoint: `Some(None)` looks in `<output-dir>/checkpoints`.
+    pub resume: Option<Option<PathBuf>>,
+    /// Accept the safe differences between the checkpoint's run and this one.
+    pub force: bool,
+    /// Stop on SIGINT and SIGTERM with a checkpoint (the CLI; tests leave it off).
+    pub handle_signals: bool,
+}
+
+/// Test hook (fault injection, used by the tests only): the n-th checkpoint
+/// write of the process fails with "no space left on device" half-way through.
+pub const FAIL_CHECKPOINT_ENV: &str = "LORA_TEST_FAIL_CHECKPOINT";
+
+/// The checkpoint to continue from, checked against this run; `None` when the
+/// run's own checkpoint folder has none yet (a run stopped before its first
+/// checkpoint starts again from the beginning, so that `--resume` is always safe
+/// to pass).
+fn find_resume(
+    dir: Option<&Path>,
+    default_dir: &Path,
+    model: &dyn AdapterModel,
+    identity: &Identity,
+    config: &serde_json::Value,
+    force: bool,
+) -> Result<Option<ResumeFrom>> {
+    let given = dir.is_some();
+    let dir = dir.unwrap_or(default_dir);
+    if !given && !dir.exists() {
+        eprintln!("no checkpoint in {} yet: starting from the beginning", dir.display());
+        return Ok(None);
+    }
+    let found = checkpoint::find_latest(dir).map_err(|e| {
+        Error::Invalid(
+            Diagnostic::error("resume::no-checkpoint", format!("nothing to resume from: {e}"))
+                .help("`--resume` reads <output-dir>/checkpoints, or the folder given as --resume=DIR")
+                .into(),
+        )
+    })?;
+    for (path, why) in &found.skipped {
+        eprintln!("warning: skipping checkpoint {}: {why}", path.display());
+    }
+    let damaged = found.skipped.iter().any(|(p, _)| checkpoint::is_checkpoint_name(p));
+    if found.latest.is_none() && !given && !damaged {
+        eprintln!("no checkpoint in {} yet: starting from the beginning", dir.display());
+        return Ok(None);
+    }
+    let Some((path, manifest)) = found.latest else {
+        return Err(Error::Invalid(
+            Diagnostic::error(
+                "resume::no-checkpoint",
+                format!("no valid checkpoint in {}", dir.display()),
+            )
+            .help("every checkpoint there is damaged (see the warnings above); delete the folder to start afresh")
+            .into(),
+        ));
+    };
+    let saved_config = checkpoint::read_config(&path)?;
+    let changes = crate::resume::changes(&manifest.identity, &saved_config, identity, config);
+    for line in crate::resume::check(&path, &manifest, &changes, force)? {
+        eprintln!("warning: {line}");
+    }
+    let from = checkpoint::load(&path, model.params())?;
+    eprintln!(
+        "resuming from {} (step {}, epoch {}, micro-batch {} of the epoch)",
+        path.display(),
+        manifest.step,
+        manifest.epoch,
+        manifest.batch_in_epoch
+    );
+    Ok(Some(from))
+}
+
+/// The metrics log: new, or the interrupted run's cut back to the checkpoint,
+/// whose earlier lines are replayed into the other sinks.
+fn metrics_log(path: &Path, resume: Option<&ResumeFrom>) -> Result<(lora_monitor::JsonlSink, Vec<TrainEvent>)> {
+    let state = resume.and_then(|r| {
+        r.snapshot
+            .loop_state
+            .callbacks
+            .iter()
+            .find(|c| c.name == lora_monitor::jsonl::NAME)
+    });
+    let Some(state) = state else {
+        return Ok((lora_monitor::JsonlSink::create(path)?, Vec::new()));
+    };
+    let r = lora_monitor::JsonlSink::resume(path, &state.state)?;
+    if let Some(why) = &r.lost {
+        eprintln!("warning: the metrics log before the checkpoint is lost ({why}); it starts again here");
+    }
+    let events = r
+        .prefix
+        .iter()
+        .filter_map(|l| serde_json::from_str::<TrainEvent>(l).ok())
+        .collect();
+    Ok((r.sink, events))
+}
+
 /// `lora run`: train, evaluate and write the outputs of a validated pipeline.
-pub fn run(mut pipeline: Pipeline, assets: &dyn AssetResolver, quiet: bool) -> Result<RunOutcome> {
+pub fn run(pipeline: Pipeline, assets: &dyn AssetResolver, quiet: bool) -> Result<RunOutcome> {
+    run_with(
+        pipeline,
+        assets,
+        RunOptions {
+            quiet,
+            ..RunOptions::default()
+        },
+    )
+}
+
+/// `lora run` with its options: resuming, signals.
+pub fn run_with(mut pipeline: Pipeline, assets: &dyn AssetResolver, options: RunOptions) -> Result<RunOutcome> {
     let started = std::time::Instant::now();
     let ctx = pipeline.context(assets)?;
     let (data, mut model) = pipeline.prepare(&ctx)?;
@@ -180,8 +301,37 @@ pub fn run(mut pipeline: Pipeline, assets: &dyn AssetResolver, quiet: bool) -> R
         data.label_names()
     );
 
-    // Validation has passed: only now does anything reach the output folder.
     let out = pipeline.config.run.output_dir.clone();
+    let config = crate::resume::resolved_config(&pipeline);
+    let identity = crate::resume::identity(&pipeline, &ctx, &data, &config)?;
+    let checkpoints_dir = out.join("checkpoints");
+    let resume = match &options.resume {
+        Some(dir) => find_resume(
+            dir.as_deref(),
+            &checkpoints_dir,
+            model.as_ref(),
+            &identity,
+            &config,
+            options.force,
+        )?,
+        None => {
+            // A fresh run would mix its checkpoints with an earlier run's.
+            let earlier = std::fs::read_dir(&checkpoints_dir).is_ok_and(|mut d| d.next().is_some());
+            if earlier {
+                return Err(Error::Invalid(
+                    Diagnostic::error(
+                        "resume::earlier-checkpoints",
+                        format!("{} holds checkpoints of an earlier run", checkpoints_dir.display()),
+                    )
+                    .help("add --resume to continue that run, or delete the folder to start afresh")
+                    .into(),
+                ));
+            }
+            None
+        }
+    };
+
+    // Validation has passed: only now does anything reach the output folder.
     std::fs::create_dir_all(&out).map_err(|e| Error::io("cannot create output folder", &out, e))?;
     write_atomic(&out.join("pipeline.toml"), pipeline.config.text().as_bytes())?;
     write_atomic(&out.join("resolved-config.toml"), pipeline.resolved_toml().as_bytes())?;
@@ -194,9 +344,11 @@ pub fn run(mut pipeline: Pipeline, assets: &dyn AssetResolver, quiet: bool) -> R
 
     let monitor_cfg = pipeline.config.monitor.clone();
     let tracker = Tracker::default();
+    let (log, earlier_events) = metrics_log(&out.join("metrics.jsonl"), resume.as_ref())?;
+    let log_path = log.partial_path().to_path_buf();
     let mut callbacks: Vec<Box<dyn Callback>> = vec![
         Box::new(tracker.clone()),
-        Box::new(lora_monitor::JsonlSink::create(&out.join("metrics.jsonl"))?),
+        Box::new(log),
         Box::new(lora_monitor::Monitor::start(
             &monitor_cfg,
             monitor_cfg.dashboard,
@@ -204,10 +356,40 @@ pub fn run(mut pipeline: Pipeline, assets: &dyn AssetResolver, quiet: bool) -> R
             monitor_cfg.report.then(|| out.join("report")),
         )?),
     ];
-    if !quiet {
+    if !options.quiet {
         callbacks.push(Box::new(lora_monitor::Progress::new(10)));
     }
+    // A resumed run's dashboard and report show the whole run: the log's
+    // earlier events go to every sink but the log itself (the progress bar
+    // needs only the start).
+    for event in &earlier_events {
+        for (i, c) in callbacks.iter_mut().enumerate() {
+            let progress = i == 3;
+            if i != 1 && (!progress || matches!(event, TrainEvent::Start { .. })) {
+                c.on_event(event)?;
+            }
+        }
+    }
     callbacks.append(&mut pipeline.callbacks);
+
+    let base_name = pipeline.model.base_model_name(&ctx)?;
+    let fail_save = std::env::var(FAIL_CHECKPOINT_ENV).ok().and_then(|v| v.parse().ok());
+    let mut writer = CheckpointWriter::new(
+        &out,
+        pipeline.config.checkpoint.clone(),
+        identity,
+        config,
+        pipeline.config.lora.clone(),
+        base_name.clone(),
+    )
+    .sync_before(log_path)
+    .fail_save(fail_save);
+    writer.clean_partial();
+    if options.handle_signals {
+        let stop = crate::signals::StopRequest::install()
+            .map_err(|e| Error::Other(format!("cannot install signal handlers: {e}")))?;
+        writer = writer.with_interrupt(move || stop.requested());
+    }
     let seed = pipeline.config.run.seed;
     let trained = pipeline.train.train(TrainContext {
         model: model.as_mut(),
@@ -216,8 +398,12 @@ pub fn run(mut pipeline: Pipeline, assets: &dyn AssetResolver, quiet: bool) -> R
         callbacks: &mut callbacks,
         strategy: &mut SingleProcess,
         seed,
+        checkpoints: Some(&mut writer),
+        resume,
     });
     let train = match trained {
+        // The checkpoint is written; the log stays open (`.partial`) for the resume.
+        Err(e @ Error::Interrupted { .. }) => return Err(e),
         Ok(t) => t,
         Err(e) => {
             // callbacks[1] is the metrics log, callbacks[2] the monitor.
@@ -231,7 +417,6 @@ pub fn run(mut pipeline: Pipeline, assets: &dyn AssetResolver, quiet: bool) -> R
         .map(|(_, r)| r.clone())
         .ok_or_else(|| Error::Other("no evaluation ran".into()))?;
 
-    let base_name = pipeline.model.base_model_name(&ctx)?;
     // A model that trained its base (pretraining) writes the whole model as a
     // base for later runs; an adapter model writes PEFT's adapter files.
     if !model.save_base(&out)? {

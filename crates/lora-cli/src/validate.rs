@@ -189,5 +189,6 @@ fn complete(file: Arc<SourceFile>, p: PartialConfig) -> Option<PipelineConfig> {
         eval: p.eval?,
         monitor: p.monitor?,
         callbacks: p.callbacks?,
+        checkpoint: p.checkpoint?,
     })
 }

@@ -182,6 +182,12 @@ impl ClassifierSpec {
         Ok(path.exists().then_some(path))
     }
 
+    /// The base's configuration and weights, for a checkpoint's base-model hash.
+    pub fn base_files(&self, ctx: &crate::stage::StageContext) -> Result<Vec<std::path::PathBuf>> {
+        let dir = ctx.assets.resolve(&self.path)?;
+        Ok(vec![dir.join("config.json"), dir.join("model.safetensors")])
+    }
+
     pub fn base_model_name(&self, ctx: &crate::stage::StageContext) -> Result<String> {
         match &self.base_model_name {
             Some(n) => Ok(n.clone()),

@@ -452,6 +452,8 @@ pub struct PipelineConfig {
     pub monitor: MonitorConfig,
     /// `[callbacks.NAME]` tables in document order; `type` defaults to `NAME`.
     pub callbacks: Vec<Component>,
+    /// `[train] checkpoint-every-steps` and `keep-last`.
+    pub checkpoint: crate::checkpoint::CheckpointConfig,
 }
 
 /// Top-level tables; `plugins` is read by the plugin loader and `search` by
@@ -513,6 +515,7 @@ pub struct PartialConfig {
     pub eval: Option<Component>,
     pub monitor: Option<MonitorConfig>,
     pub callbacks: Option<Vec<Component>>,
+    pub checkpoint: Option<crate::checkpoint::CheckpointConfig>,
 }
 
 impl PartialConfig {
@@ -612,12 +615,22 @@ impl PartialConfig {
                 .ok()
         });
 
+        // Every trainer has the checkpoint keys: the core reads them, the
+        // trainer's own schema skips them.
+        let checkpoint = train.as_ref().and_then(|t| {
+            t.deserialize::<crate::checkpoint::CheckpointConfig>()
+                .map_err(|e| diags.0.extend(e.0))
+                .ok()
+        });
+        let mut train_keys = vec!["optimizer", "scheduler"];
+        train_keys.extend(crate::checkpoint::TRAIN_KEYS);
         let partial = PartialConfig {
             run,
             data,
             model,
             lora,
-            train: train.map(|t| t.with_nested(&["optimizer", "scheduler"])),
+            train: train.map(|t| t.with_nested(&train_keys)),
+            checkpoint,
             eval,
             monitor,
             callbacks,
@@ -653,6 +666,7 @@ impl PipelineConfig {
                 eval: Some(eval),
                 monitor: Some(monitor),
                 callbacks: Some(callbacks),
+                checkpoint: Some(checkpoint),
             } => Ok(Self {
                 file,
                 run,
@@ -663,6 +677,7 @@ impl PipelineConfig {
                 eval,
                 monitor,
                 callbacks,
+                checkpoint,
             }),
             _ => Err(diags),
         }

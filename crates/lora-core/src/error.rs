@@ -39,6 +39,14 @@ pub enum Error {
     #[error("asset `{name}`: {message}")]
     Asset { name: String, message: String },
 
+    /// The run was asked to stop (SIGINT, SIGTERM) and wrote a checkpoint to resume from.
+    #[error("{signal}: stopped after step {step}; checkpoint written to {}", checkpoint.display())]
+    Interrupted {
+        signal: String,
+        step: usize,
+        checkpoint: PathBuf,
+    },
+
     #[error("{0}")]
     Other(String),
 }
@@ -65,6 +73,9 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Invalid(_) => 2,
+            // 128 + the signal's number, as shells report a process ended by it.
+            Error::Interrupted { signal, .. } if signal == "SIGTERM" => 143,
+            Error::Interrupted { .. } => 130,
             _ => 1,
         }
     }

@@ -2,12 +2,12 @@
 //! them; progress bars, metric sinks and anomaly callbacks consume them, and
 //! callbacks may answer with a [`Control`] that stops the run or rolls it back.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::stage::EvalReport;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepMetrics {
     /// Optimizer step, 1-based.
     pub step: usize,
@@ -33,12 +33,12 @@ pub struct StepMetrics {
     /// Global `||update|| / ||weights||` of this step's update.
     pub update_ratio: f64,
     /// Per-LoRA-module figures; empty on steps where they are not computed.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub modules: Vec<ModuleStats>,
 }
 
 /// Figures of one LoRA module (one adapted linear layer) after a step.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ModuleStats {
     /// The module's PEFT key without prefix and suffix, e.g. `bert.encoder.layer.0.attention.self.query`.
     pub module: String,
@@ -90,7 +90,7 @@ impl Control {
 }
 
 /// Which figure was not finite.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NonFiniteKind {
     Loss,
@@ -98,7 +98,9 @@ pub enum NonFiniteKind {
     Parameters,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Serialized as the lines of `metrics.jsonl`; read back when a resumed run
+/// replays its log into the dashboard and the report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum TrainEvent {
     Start {

@@ -7,10 +7,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::adapter::{AdapterModel, ModelOptions};
 use crate::batch::Batch;
+use crate::checkpoint::{Checkpoints, ResumeFrom};
 use crate::error::Result;
 use crate::events::Callback;
 use crate::lora::LoraSpec;
@@ -67,6 +68,27 @@ pub trait Dataset: Send + Sync {
         batch_size: usize,
         order_seed: Option<u64>,
     ) -> Box<dyn Iterator<Item = Result<Batch>> + Send + '_>;
+
+    /// The same pass from batch `first` on, exactly as [`Self::batches`] yields
+    /// it there (same order, same augmentation streams): where a resumed run
+    /// picks up an epoch. The default skips the first batches, building them;
+    /// a dataset that can start anywhere overrides it.
+    fn batches_from(
+        &self,
+        batch_size: usize,
+        order_seed: Option<u64>,
+        first: usize,
+    ) -> Box<dyn Iterator<Item = Result<Batch>> + Send + '_> {
+        Box::new(self.batches(batch_size, order_seed).skip(first))
+    }
+
+    /// Feeds the examples' contents (inputs and labels, in storage order) to
+    /// `feed`, for the data fingerprint that a checkpoint records. Returns
+    /// false when the dataset does not know its contents; the labels then
+    /// stand for them.
+    fn fingerprint(&self, _feed: &mut dyn FnMut(&[u8])) -> bool {
+        false
+    }
 }
 
 /// Encodes raw inputs the way the data stage does, for `lora predict`.
@@ -123,6 +145,12 @@ pub trait ModelStage: Send {
         Ok(None)
     }
 
+    /// The files of the pretrained base (configuration, weights), hashed into a
+    /// checkpoint's manifest; empty for a model built from scratch.
+    fn base_files(&self, _ctx: &StageContext) -> Result<Vec<PathBuf>> {
+        Ok(Vec::new())
+    }
+
     /// The build options the configuration asks of the model (its `dtype`).
     fn options(&self) -> ModelOptions {
         ModelOptions::default()
@@ -147,7 +175,7 @@ pub trait ModelStage: Send {
 }
 
 /// Result of one evaluation pass.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EvalReport {
     pub samples: usize,
     pub loss: f64,
@@ -203,6 +231,10 @@ pub struct TrainContext<'a> {
     /// How gradients are combined and updates applied (one process, or many).
     pub strategy: &'a mut dyn Strategy,
     pub seed: u64,
+    /// Where checkpoints go and whether the run was asked to stop; `None`: no checkpoints.
+    pub checkpoints: Option<&'a mut dyn Checkpoints>,
+    /// A checkpoint to continue from instead of starting afresh.
+    pub resume: Option<ResumeFrom>,
 }
 
 pub trait TrainStage: Send {

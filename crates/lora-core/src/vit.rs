@@ -495,6 +495,17 @@ impl VitClassifierSpec {
         Ok(targets)
     }
 
+    /// The saved base's configuration and weights (none for a model trained from scratch).
+    pub fn base_files(&self, ctx: &StageContext) -> Result<Vec<std::path::PathBuf>> {
+        match &self.path {
+            Some(p) => {
+                let dir = ctx.assets.resolve(p)?;
+                Ok(vec![dir.join(CONFIG_FILE), dir.join(WEIGHTS_FILE)])
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
     pub fn base_model_name(&self, ctx: &StageContext) -> Result<String> {
         match (&self.base_model_name, &self.path) {
             (Some(n), _) => Ok(n.clone()),

@@ -115,6 +115,27 @@ impl Dataset for TextDataset {
         batch_size: usize,
         order_seed: Option<u64>,
     ) -> Box<dyn Iterator<Item = Result<Batch>> + Send + '_> {
+        self.batches_from(batch_size, order_seed, 0)
+    }
+
+    fn fingerprint(&self, feed: &mut dyn FnMut(&[u8])) -> bool {
+        let mut bytes = Vec::new();
+        for (ids, label) in self.ids.iter().zip(&self.labels) {
+            bytes.clear();
+            bytes.extend((ids.len() as u64).to_le_bytes());
+            bytes.extend(ids.iter().flat_map(|id| id.to_le_bytes()));
+            bytes.extend(label.to_le_bytes());
+            feed(&bytes);
+        }
+        true
+    }
+
+    fn batches_from(
+        &self,
+        batch_size: usize,
+        order_seed: Option<u64>,
+        first: usize,
+    ) -> Box<dyn Iterator<Item = Result<Batch>> + Send + '_> {
         if batch_size == 0 {
             return Box::new(std::iter::once(Err(Error::Other(
                 "batch size must be at least 1".into(),
@@ -126,7 +147,7 @@ impl Dataset for TextDataset {
         }
         let n_batches = order.len().div_ceil(batch_size);
         let augment = order_seed.and_then(|seed| self.augment.as_ref().map(|a| (seed, a)));
-        Box::new((0..n_batches).map(move |b| {
+        Box::new((first.min(n_batches)..n_batches).map(move |b| {
             let start = b * batch_size;
             let chunk = &order[start..((b + 1) * batch_size).min(order.len())];
             let labels = chunk.iter().map(|&i| self.labels[i]).collect();
@@ -224,6 +245,24 @@ mod tests {
                 assert_eq!(real, d.example(*label as usize).unwrap().0.len());
             }
         }
+    }
+
+    #[test]
+    fn a_pass_started_at_any_batch_is_the_rest_of_the_whole_pass() {
+        let d = dataset();
+        for seed in [None, Some(3)] {
+            let whole: Vec<TextBatch> = d.batches(2, seed).map(text).collect();
+            for first in 0..=whole.len() + 1 {
+                let rest: Vec<TextBatch> = d.batches_from(2, seed, first).map(text).collect();
+                assert_eq!(rest, whole[first.min(whole.len())..], "first {first}");
+            }
+        }
+        let mut a = Vec::new();
+        assert!(d.fingerprint(&mut |b| a.extend_from_slice(b)));
+        let other = TextDataset::new(vec![(vec![100, 101, 102], 0)], 9, 0);
+        let mut b = Vec::new();
+        other.fingerprint(&mut |x| b.extend_from_slice(x));
+        assert_ne!(a, b);
     }
 
     #[test]

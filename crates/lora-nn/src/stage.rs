@@ -80,6 +80,10 @@ impl<O: TensorOps> ModelStage for BertStage<O> {
     fn base_model_name(&self, ctx: &StageContext) -> Result<String> {
         self.spec.base_model_name(ctx)
     }
+
+    fn base_files(&self, ctx: &StageContext) -> Result<Vec<PathBuf>> {
+        self.spec.base_files(ctx)
+    }
 }
 
 /// `[model] type = "vit-classifier"`.
@@ -134,6 +138,10 @@ impl<O: TensorOps> ModelStage for VitStage<O> {
 
     fn base_model_name(&self, ctx: &StageContext) -> Result<String> {
         self.spec.base_model_name(ctx)
+    }
+
+    fn base_files(&self, ctx: &StageContext) -> Result<Vec<PathBuf>> {
+        self.spec.base_files(ctx)
     }
 }
 

@@ -6,6 +6,7 @@
 //! on host vectors.
 
 pub mod callbacks;
+pub mod checkpoint;
 pub mod checks;
 pub mod eval;
 pub mod metrics;

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use lora_core::adapter::AdapterModel;
+use lora_core::adapter::{AdapterModel, ParamInfo};
 use lora_core::fsutil::write_atomic;
 use lora_core::{Error, LoraSpec, Result};
 use safetensors::tensor::{Dtype, TensorView};
@@ -100,12 +100,19 @@ pub fn read_adapter_config(dir: &Path) -> Result<SavedLoraConfig> {
 /// Loads adapter tensors into a model built with the same LoRA targets. Every
 /// trainable parameter must be present with its shape; extra keys are errors.
 pub fn load_adapter(dir: &Path, model: &mut dyn AdapterModel) -> Result<()> {
+    let values = read_adapter_values(dir, model.params())?;
+    model.write_params(&values)
+}
+
+/// The values of an adapter file, one vector per entry of `params` (names and
+/// file shapes checked; a key that `params` does not have is an error).
+pub fn read_adapter_values(dir: &Path, params: &[ParamInfo]) -> Result<Vec<Vec<f32>>> {
     let path = dir.join(WEIGHTS_FILE);
     let bytes = std::fs::read(&path).map_err(|e| Error::io("cannot read adapter", &path, e))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::Data(format!("{}: not a safetensors file: {e}", path.display())))?;
-    let mut values = Vec::with_capacity(model.params().len());
-    for info in model.params() {
+    let mut values = Vec::with_capacity(params.len());
+    for info in params {
         let t = st.tensor(&info.name).map_err(|_| {
             Error::Data(format!(
                 "{}: missing tensor `{}` (was the adapter trained with other target modules?)",
@@ -130,12 +137,12 @@ pub fn load_adapter(dir: &Path, model: &mut dyn AdapterModel) -> Result<()> {
                 .collect(),
         );
     }
-    let known: std::collections::HashSet<&str> = model.params().iter().map(|p| p.name.as_str()).collect();
+    let known: std::collections::HashSet<&str> = params.iter().map(|p| p.name.as_str()).collect();
     if let Some(extra) = st.names().into_iter().find(|n| !known.contains(&n[..])) {
         return Err(Error::Data(format!(
             "{}: tensor `{extra}` has no place in this model (other target modules or another architecture?)",
             path.display()
         )));
     }
-    model.write_params(&values)
+    Ok(values)
 }

@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use lora_core::checkpoint::{CallbackState, LoopSnapshot, ResumeFrom, TrainSnapshot};
 use lora_core::config::Component;
 use lora_core::diag::{Diagnostic, Diagnostics};
 use lora_core::events::{Callback, Control, NonFiniteKind, StepMetrics, TrainEvent};
@@ -118,6 +119,23 @@ fn emit(callbacks: &mut [Box<dyn Callback>], event: &TrainEvent) -> Result<()> {
     callbacks.iter_mut().try_for_each(|c| c.on_event(event))
 }
 
+/// Gives each saved state to the callback of its name (the n-th state of a name
+/// to the n-th callback of that name).
+fn load_callback_states(callbacks: &mut [Box<dyn Callback>], states: &[CallbackState]) -> Result<()> {
+    let mut used = vec![false; callbacks.len()];
+    for saved in states {
+        let Some(i) = (0..callbacks.len()).find(|&i| !used[i] && callbacks[i].name() == saved.name) else {
+            return Err(Error::Other(format!(
+                "the checkpoint has the state of callback `{}`, which this run does not have",
+                saved.name
+            )));
+        };
+        used[i] = true;
+        callbacks[i].load_state(&saved.state)?;
+    }
+    Ok(())
+}
+
 fn all_finite(vs: &[f32]) -> bool {
     vs.iter().all(|v| v.is_finite())
 }
@@ -183,6 +201,10 @@ struct Run<'t, 'a> {
     /// The epoch's batch iterator ran dry (a data stage may yield fewer batches than counted).
     batches_done: bool,
     start: Instant,
+    /// Seconds of training before this process (a resumed run continues the count).
+    elapsed_before: f64,
+    /// Whether the run continues from a checkpoint (its start is already in the log).
+    resumed: bool,
     /// The trainable parameters, flat, as the model holds them.
     params: Vec<f32>,
     good: GoodState,
@@ -199,9 +221,14 @@ impl<'t, 'a> Run<'t, 'a> {
             return Err(Error::Data("the training split is empty".into()));
         }
         let layout = ParamLayout::new(ctx.model.params());
+        let mut ctx = ctx;
+        let resume = ctx.resume.take();
+        if let Some(r) = &resume {
+            ctx.model.write_params(&r.params)?;
+        }
         let params = layout.flatten(&ctx.model.read_params()?)?;
         let keep_optimizer = ctx.callbacks.iter().any(|c| c.can_roll_back());
-        Ok(Self {
+        let mut run = Self {
             total: trainer.total_steps(n),
             epochs: trainer.total_steps(n).div_ceil(trainer.steps_per_epoch(n)),
             micro_per_epoch: n.div_ceil(trainer.cfg.batch_size),
@@ -213,6 +240,8 @@ impl<'t, 'a> Run<'t, 'a> {
             modules: ModuleIndex::new(layout.params()),
             state: LoopState::new(ctx.seed),
             start: Instant::now(),
+            elapsed_before: 0.0,
+            resumed: false,
             good: GoodState {
                 params: params.clone(),
                 optimizer: None,
@@ -223,7 +252,98 @@ impl<'t, 'a> Run<'t, 'a> {
             losses: Vec::new(),
             evals: Vec::new(),
             ctx,
-        })
+        };
+        if let Some(r) = resume {
+            run.resume(r)?;
+        }
+        Ok(run)
+    }
+
+    /// Continues from a checkpoint: the loop's, the optimizer's and the callbacks' states.
+    fn resume(&mut self, from: ResumeFrom) -> Result<()> {
+        let ResumeFrom { snapshot, path, .. } = from;
+        let TrainSnapshot {
+            loop_state,
+            optimizer,
+            good_params,
+            good_optimizer,
+        } = snapshot;
+        let context = |e: Error| Error::Other(format!("cannot resume from {}: {e}", path.display()));
+        if loop_state.state.seed != self.state.seed {
+            return Err(context(Error::Other(format!(
+                "the checkpoint's seed is {}, the run's {}",
+                loop_state.state.seed, self.state.seed
+            ))));
+        }
+        if good_params.len() != self.layout.len() {
+            return Err(context(Error::Other(format!(
+                "the checkpoint holds {} parameter values, the model {}",
+                good_params.len(),
+                self.layout.len()
+            ))));
+        }
+        self.optimizer.load_state(&optimizer).map_err(context)?;
+        load_callback_states(self.ctx.callbacks, &loop_state.callbacks).map_err(context)?;
+        self.good = GoodState {
+            params: good_params,
+            optimizer: good_optimizer.filter(|_| self.keep_optimizer),
+        };
+        self.state = loop_state.state;
+        self.elapsed_before = loop_state.elapsed_s;
+        self.losses = loop_state.losses;
+        self.evals = loop_state.evals;
+        self.resumed = true;
+        Ok(())
+    }
+
+    /// The run at this step boundary, as data.
+    fn snapshot(&self) -> TrainSnapshot {
+        let callbacks = self
+            .ctx
+            .callbacks
+            .iter()
+            .map(|c| CallbackState {
+                name: c.name().to_string(),
+                state: c.state(),
+            })
+            .filter(|c| !c.state.is_null())
+            .collect();
+        TrainSnapshot {
+            loop_state: LoopSnapshot {
+                state: self.state.clone(),
+                elapsed_s: self.elapsed_s(),
+                losses: self.losses.clone(),
+                evals: self.evals.clone(),
+                callbacks,
+            },
+            optimizer: self.optimizer.state(),
+            good_params: self.good.params.clone(),
+            good_optimizer: self.good.optimizer.clone(),
+        }
+    }
+
+    /// After an attempted step whose flow goes on: a checkpoint when one is
+    /// due, and when the process was asked to stop, a checkpoint and the end.
+    fn checkpoint(&mut self, step_taken: bool) -> Result<()> {
+        let step = self.state.step;
+        let Some(cp) = self.ctx.checkpoints.as_deref() else {
+            return Ok(());
+        };
+        let interrupted = cp.interrupted();
+        if interrupted.is_none() && !(step_taken && step < self.total && cp.due(step)) {
+            return Ok(());
+        }
+        let snapshot = self.snapshot();
+        let cp = self.ctx.checkpoints.as_deref_mut().expect("checked above");
+        let path = cp.save(&*self.ctx.model, &snapshot)?;
+        match interrupted {
+            Some(signal) => Err(Error::Interrupted {
+                signal,
+                step,
+                checkpoint: path,
+            }),
+            None => Ok(()),
+        }
     }
 
     fn num_classes(&self) -> usize {
@@ -231,7 +351,7 @@ impl<'t, 'a> Run<'t, 'a> {
     }
 
     fn elapsed_s(&self) -> f64 {
-        self.start.elapsed().as_secs_f64()
+        self.elapsed_before + self.start.elapsed().as_secs_f64()
     }
 
     fn announce(&mut self, step: usize, source: &str, action: &str, message: &str) -> Result<()> {
@@ -488,23 +608,19 @@ impl<'t, 'a> Run<'t, 'a> {
 
     /// One epoch from its first micro-batch; returns `Stop` when a callback or
     /// the step budget ends the run.
+    /// The epoch continues from its position (`batch_in_epoch`): 0 in a fresh
+    /// epoch, anywhere in a resumed one. The budget is checked at the top of
+    /// each pass, so that a run resumed at any step boundary, even the last,
+    /// takes the same path as the uninterrupted one.
     fn run_epoch(&mut self) -> Result<Flow> {
         let data = self.ctx.data;
-        let mut batches = data.train.batches(self.cfg.batch_size, Some(self.state.order_seed()));
+        let mut batches = data.train.batches_from(
+            self.cfg.batch_size,
+            Some(self.state.order_seed()),
+            self.state.batch_in_epoch,
+        );
         self.batches_done = false;
-        while !self.epoch_exhausted() {
-            let step_start = Instant::now();
-            let mut times = StepTimes::default();
-            let attempt = self.attempt_step(&mut batches, &mut times)?;
-            let optimizer_start = Instant::now();
-            let flow = match attempt {
-                Attempt::Taken(taken) => self.taken(taken, step_start, times, optimizer_start)?,
-                Attempt::NonFinite(what) => self.non_finite(what)?,
-                Attempt::NoData => break,
-            };
-            if flow == Flow::Stop {
-                return Ok(Flow::Stop);
-            }
+        loop {
             if self.state.step >= self.total {
                 // An epoch that ends with the budget is still announced.
                 if self.epoch_exhausted() {
@@ -512,6 +628,22 @@ impl<'t, 'a> Run<'t, 'a> {
                 }
                 return Ok(Flow::Stop);
             }
+            if self.epoch_exhausted() {
+                break;
+            }
+            let step_start = Instant::now();
+            let mut times = StepTimes::default();
+            let attempt = self.attempt_step(&mut batches, &mut times)?;
+            let optimizer_start = Instant::now();
+            let (flow, taken) = match attempt {
+                Attempt::Taken(taken) => (self.taken(taken, step_start, times, optimizer_start)?, true),
+                Attempt::NonFinite(what) => (self.non_finite(what)?, false),
+                Attempt::NoData => break,
+            };
+            if flow == Flow::Stop {
+                return Ok(Flow::Stop);
+            }
+            self.checkpoint(taken)?;
         }
         self.end_epoch()
     }
@@ -524,14 +656,15 @@ impl<'t, 'a> Run<'t, 'a> {
             train_samples: n,
             trainable_parameters: self.layout.len(),
         };
-        emit(self.ctx.callbacks, &start)?;
-        self.start = Instant::now();
-        self.check_split()?;
-        while self.state.step < self.total {
-            if self.run_epoch()? == Flow::Stop {
-                break;
-            }
+        if !self.resumed {
+            // A resumed run's start and early checks are already in its log.
+            emit(self.ctx.callbacks, &start)?;
         }
+        self.start = Instant::now();
+        if !self.resumed {
+            self.check_split()?;
+        }
+        while self.run_epoch()? != Flow::Stop {}
         // An evaluation answered by a stop is the final one: it is not run twice.
         if self.evals.last().map(|(s, _)| *s) != Some(self.state.step) {
             self.evaluate()?;
@@ -886,6 +1019,8 @@ mod tests {
                 callbacks: &mut callbacks,
                 strategy: &mut SingleProcess,
                 seed: 7,
+                checkpoints: None,
+                resume: None,
             })
             .unwrap();
         let events = events.lock().unwrap().clone();
@@ -944,6 +1079,149 @@ mod tests {
         assert_eq!(summary.steps, 4);
         assert_eq!(summary.evals.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [2, 4]);
         assert!(matches!(events.last(), Some(TrainEvent::End { step: 4, epoch: 1, .. })));
+    }
+
+    /// Keeps every checkpoint in memory: the snapshot and the model's parameters.
+    struct Memory {
+        every: usize,
+        saved: Vec<(TrainSnapshot, Vec<Vec<f32>>)>,
+        /// Answer that the process was asked to stop.
+        stop: bool,
+    }
+
+    impl lora_core::checkpoint::Checkpoints for Memory {
+        fn due(&self, step: usize) -> bool {
+            step.is_multiple_of(self.every)
+        }
+        fn interrupted(&self) -> Option<String> {
+            self.stop.then(|| "SIGTEST".to_string())
+        }
+        fn save(&mut self, model: &dyn AdapterModel, snapshot: &TrainSnapshot) -> Result<std::path::PathBuf> {
+            self.saved.push((snapshot.clone(), model.read_params()?));
+            Ok(std::path::PathBuf::from(format!("memory/{}", self.saved.len())))
+        }
+    }
+
+    /// Trains the prior with momentum (so the optimizer state matters), from a
+    /// checkpoint when given; returns the summary, the final logits and the checkpoints.
+    fn train_resumable(
+        cfg: SupervisedConfig,
+        memory: &mut Memory,
+        resume: Option<(TrainSnapshot, Vec<Vec<f32>>)>,
+    ) -> Result<(TrainSummary, Vec<f32>)> {
+        let labels: Vec<u32> = (0..10).map(|i| u32::from(i % 3 != 0)).collect();
+        let data = PreparedData {
+            task: Task::classification(vec!["a".into(), "b".into()]),
+            train: Box::new(Labels(labels.clone())),
+            validation: Box::new(Labels(labels)),
+            encoder: Box::new(NoEncoder),
+        };
+        let mut trainer = SupervisedTrainer {
+            cfg,
+            optimizer: Box::new(Sgd::new(SgdConfig {
+                lr: 0.3,
+                momentum: 0.9,
+                dampening: 0.0,
+                nesterov: false,
+                weight_decay: 0.0,
+            })),
+            scheduler: Box::new(WarmupSchedule {
+                shape: Shape::Linear,
+                cfg: Default::default(),
+            }),
+        };
+        let eval = ClassificationEval {
+            cfg: ClassificationEvalConfig {
+                every_steps: 3,
+                batch_size: 4,
+                metrics: Vec::new(),
+            },
+            metrics: Vec::new(),
+        };
+        let mut callbacks: Vec<Box<dyn Callback>> = Vec::new();
+        let mut model = Prior::new(2);
+        let summary = trainer.train(TrainContext {
+            model: &mut model,
+            data: &data,
+            eval: &eval as &dyn EvalStage,
+            callbacks: &mut callbacks,
+            strategy: &mut SingleProcess,
+            seed: 7,
+            checkpoints: Some(memory),
+            resume: resume.map(|(snapshot, params)| ResumeFrom {
+                snapshot,
+                params,
+                path: "memory".into(),
+            }),
+        })?;
+        Ok((summary, model.logits))
+    }
+
+    #[test]
+    fn a_run_resumed_from_any_checkpoint_ends_exactly_like_the_whole_run() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        // 10 examples in micro-batches of 4, two per step: 2 steps an epoch, 5 epochs.
+        let cfg = || config(Some(5), None, 2);
+        let mut whole = Memory {
+            every: 1,
+            saved: Vec::new(),
+            stop: false,
+        };
+        let (summary, logits) = train_resumable(cfg(), &mut whole, None).unwrap();
+        assert_eq!(summary.steps, 10);
+        // Every step but the last is checkpointed.
+        assert_eq!(whole.saved.len(), 9);
+        for (snapshot, params) in whole.saved.clone() {
+            let step = snapshot.loop_state.state.step;
+            let mut again = Memory {
+                every: 1,
+                saved: Vec::new(),
+                stop: false,
+            };
+            let (s, l) = train_resumable(cfg(), &mut again, Some((snapshot, params))).unwrap();
+            assert_eq!(bits(&l), bits(&logits), "resumed after step {step}");
+            assert_eq!(s.losses, summary.losses, "resumed after step {step}");
+            assert_eq!(s.evals, summary.evals, "resumed after step {step}");
+            assert_eq!(s.epochs_completed, summary.epochs_completed);
+        }
+        // Without the optimizer's momentum the same resume ends elsewhere.
+        let (mut snapshot, params) = whole.saved[4].clone();
+        snapshot.optimizer.buffers.clear();
+        let (_, l) = train_resumable(
+            cfg(),
+            &mut Memory {
+                every: 1,
+                saved: Vec::new(),
+                stop: false,
+            },
+            Some((snapshot, params)),
+        )
+        .unwrap();
+        assert_ne!(bits(&l), bits(&logits));
+    }
+
+    #[test]
+    fn an_interrupted_run_checkpoints_the_step_it_finished_and_stops() {
+        let mut memory = Memory {
+            every: 100,
+            saved: Vec::new(),
+            stop: true,
+        };
+        let err = train_resumable(config(Some(5), None, 1), &mut memory, None).unwrap_err();
+        let Error::Interrupted {
+            signal,
+            step,
+            checkpoint,
+        } = err
+        else {
+            panic!("{err}");
+        };
+        assert_eq!(
+            (signal.as_str(), step, checkpoint.to_str()),
+            ("SIGTEST", 1, Some("memory/1"))
+        );
+        assert_eq!(memory.saved.len(), 1);
+        assert_eq!(memory.saved[0].0.loop_state.state.step, 1);
     }
 
     #[test]

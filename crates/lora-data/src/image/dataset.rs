@@ -127,6 +127,33 @@ impl Dataset for ImageDataset {
         batch_size: usize,
         order_seed: Option<u64>,
     ) -> Box<dyn Iterator<Item = Result<Batch>> + Send + '_> {
+        self.batches_from(batch_size, order_seed, 0)
+    }
+
+    fn fingerprint(&self, feed: &mut dyn FnMut(&[u8])) -> bool {
+        let set = &self.set;
+        for dim in [set.channels, set.height, set.width, set.len()] {
+            feed(&(dim as u64).to_le_bytes());
+        }
+        // In chunks: one call per value would cost more than the hashing.
+        let mut bytes = Vec::with_capacity(4 * 16_384);
+        for chunk in set.pixels.chunks(16_384) {
+            bytes.clear();
+            bytes.extend(chunk.iter().flat_map(|p| p.to_le_bytes()));
+            feed(&bytes);
+        }
+        bytes.clear();
+        bytes.extend(set.labels.iter().flat_map(|l| l.to_le_bytes()));
+        feed(&bytes);
+        true
+    }
+
+    fn batches_from(
+        &self,
+        batch_size: usize,
+        order_seed: Option<u64>,
+        first: usize,
+    ) -> Box<dyn Iterator<Item = Result<Batch>> + Send + '_> {
         if batch_size == 0 {
             return Box::new(std::iter::once(Err(Error::Other(
                 "batch size must be at least 1".into(),
@@ -146,7 +173,8 @@ impl Dataset for ImageDataset {
         let (tx, rx) = sync_channel(self.prefetch);
         // The producer stops when the consumer drops the iterator (send fails).
         std::thread::spawn(move || {
-            for (b, chunk) in order.chunks(batch_size).enumerate() {
+            // Batch `b` keeps its own position and streams whatever `first` is.
+            for (b, chunk) in order.chunks(batch_size).enumerate().skip(first) {
                 let batch = make_batch(&set, chunk, b * batch_size, &ops, seed, b as u64, num_classes);
                 let failed = batch.is_err();
                 if tx.send(batch.map(Batch::Image)).is_err() || failed {
@@ -242,6 +270,19 @@ mod tests {
         assert_eq!(flat(a.clone()), flat(by_three));
         let other: Vec<ImageBatch> = d.batches(4, Some(8)).map(images).collect();
         assert_ne!(flat(a), flat(other));
+    }
+
+    #[test]
+    fn a_pass_started_at_any_batch_keeps_each_batchs_augmentation() {
+        let mut ops = AugmentPipeline::default();
+        ops.push(Augmentation::Sample(Box::new(Jitter)));
+        let d = dataset(ops);
+        let whole: Vec<ImageBatch> = d.batches(3, Some(9)).map(images).collect();
+        assert_eq!(whole.len(), 4);
+        for first in 0..=5 {
+            let rest: Vec<ImageBatch> = d.batches_from(3, Some(9), first).map(images).collect();
+            assert_eq!(rest, whole[first.min(4)..], "first {first}");
+        }
     }
 
     #[test]

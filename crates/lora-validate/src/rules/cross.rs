@@ -291,6 +291,28 @@ lora_core::rule! {
     trip: [Set("eval.every-steps=1000")], check: every_beyond_run,
 }
 
+fn checkpoint_beyond_run(ctx: &RuleContext) -> Vec<Finding> {
+    let (Some(plan), Some(e)) = (ctx.plan(), ctx.int("train.checkpoint-every-steps")) else {
+        return Vec::new();
+    };
+    if e.value > 0 && e.value as usize >= plan.total_steps {
+        return one(
+            format!(
+                "checkpoint-every-steps ({}) is not shorter than the run ({} steps): no checkpoint is written unless the run is interrupted. Valid range: 0 <= checkpoint-every-steps < {}",
+                e.value, plan.total_steps, plan.total_steps
+            ),
+            Some(e.location),
+        );
+    }
+    Vec::new()
+}
+lora_core::rule! {
+    id: "train::checkpoint-every-beyond-run", category: Cross, severity: Warning,
+    summary: "The checkpoint interval is not shorter than the run.",
+    doc: "A checkpoint is written after every this many steps, except after the last one (the run's outputs follow it); an interval as long as the run writes none, and a killed run starts over. SIGINT and SIGTERM still write one.",
+    trip: [Set("train.checkpoint-every-steps=1000")], check: checkpoint_beyond_run,
+}
+
 fn every_too_frequent(ctx: &RuleContext) -> Vec<Finding> {
     let (Some(plan), Some(e), Some(data)) = (ctx.plan(), ctx.int("eval.every-steps"), ctx.facts.data.as_ref()) else {
         return Vec::new();

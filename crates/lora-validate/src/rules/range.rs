@@ -680,6 +680,20 @@ bad |v| v > 0.5 && v <= 1.0, "leaves little decay", "0 <= min-lr-ratio <= 0.1 is
 "The cosine schedule then barely decays; a constant schedule says so more plainly.",
 [Set("train.scheduler.type=\"cosine\""), Set("train.scheduler.min-lr-ratio=0.8")] }
 
+// [train] checkpoints
+
+field! { checkpoint_every_negative: "train::checkpoint-every-negative", Error, "train.checkpoint-every-steps" if always,
+bad |v| v < 0.0, "is negative", "0 <= checkpoint-every-steps (0: only when interrupted)",
+"checkpoint-every-steps is negative.",
+"The checkpoint interval counts optimizer steps; 0 writes a checkpoint only when the run is interrupted (SIGINT, SIGTERM).",
+[Set("train.checkpoint-every-steps=-1")] }
+
+field! { keep_last_zero: "train::keep-last-zero", Error, "train.keep-last" if always,
+bad |v| v < 1.0, "must be at least 1", "1 <= keep-last",
+"keep-last keeps no checkpoint.",
+"How many checkpoints are kept; older ones are deleted once a newer one is complete. Below 1 there would be nothing to resume from.",
+[Set("train.keep-last=0")] }
+
 // [eval]
 
 field! { eval_batch_zero: "eval::batch-size-zero", Error, "eval.batch-size" if classification_eval,

@@ -244,7 +244,9 @@ fn launch(
         .try_clone()
         .map_err(|e| Error::io("creating a trial log", &log, e))?;
     let mut cmd = Command::new(exe);
-    cmd.arg("run").arg(file).arg("--quiet");
+    // `--resume`: a trial interrupted with its study (Ctrl-C checkpoints it) goes on from its
+    // checkpoint when the study resumes; a trial without one starts from the beginning.
+    cmd.arg("run").arg(file).arg("--quiet").arg("--resume");
     for s in sets {
         cmd.arg("--set").arg(s);
     }

@@ -147,13 +147,19 @@ impl Journal {
                     )));
                 }
                 (Record::Start { trial, point, values }, Some(s)) => {
-                    // A trial started again (a resumed study re-runs one that was cut short) starts afresh.
-                    s.trials.retain(|t| t.id != trial);
+                    // A trial started again (a resumed study re-runs one that was cut short, from
+                    // its own checkpoint when it has one) keeps the evaluations it reported.
+                    let reports = s
+                        .trials
+                        .iter()
+                        .position(|t| t.id == trial)
+                        .map(|i| s.trials.remove(i).reports)
+                        .unwrap_or_default();
                     s.trials.push(Trial {
                         id: trial,
                         point,
                         values,
-                        reports: BTreeMap::new(),
+                        reports,
                         state: TrialState::Running,
                         value: None,
                         steps: 0,

@@ -50,6 +50,24 @@ impl Callback for TrialReporter {
         self.control(event).map(|_| ())
     }
 
+    /// A trial resumed from its checkpoint goes on counting its evaluations.
+    fn state(&self) -> serde_json::Value {
+        serde_json::json!({ "evals": self.evals, "last": self.last, "pruned": self.pruned })
+    }
+
+    fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
+        #[derive(serde::Deserialize)]
+        struct S {
+            evals: usize,
+            last: Option<f64>,
+            pruned: Option<String>,
+        }
+        let s: S = serde_json::from_value(state.clone())
+            .map_err(|e| Error::Other(format!("search-pruner: bad checkpoint state: {e}")))?;
+        (self.evals, self.last, self.pruned) = (s.evals, s.last, s.pruned);
+        Ok(())
+    }
+
     fn control(&mut self, event: &TrainEvent) -> Result<Control> {
         match event {
             TrainEvent::Eval { step, report, .. } => {

@@ -47,6 +47,8 @@ pub fn run(args: &[String]) -> ExitCode {
         "burn",
         "--test",
         "cross_backend",
+        "--test",
+        "causal",
         "--lib",
     ])
     .args(args);

@@ -37,6 +37,10 @@ fn bert(c: &Component) -> Result<Box<dyn ModelStage>, Diagnostics> {
     BertStage::from_component(c, BurnOps)
 }
 
+fn llama(c: &Component) -> Result<Box<dyn ModelStage>, Diagnostics> {
+    lora_nn::llama::CausalLmStage::from_component(c, BurnOps)
+}
+
 fn vit(c: &Component) -> Result<Box<dyn ModelStage>, Diagnostics> {
     VitStage::from_component(c, BurnOps)
 }
@@ -56,5 +60,14 @@ inventory::submit! {
         name: "vit-classifier",
         summary: "Vision Transformer with a classification head (ViTForImageClassification layout): full training or LoRA",
         build: vit,
+    }
+}
+
+inventory::submit! {
+    ModelEntry {
+        backend: BACKEND,
+        name: "llama-causal-lm",
+        summary: "Llama decoder (LlamaForCausalLM) from a GGUF file, its base kept quantized, with LoRA; chat and text data",
+        build: llama,
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod ops;
+pub mod quant;
 pub mod tensor_ops;
 
 use lora_core::config::Component;
@@ -20,6 +21,10 @@ pub const BACKEND: &str = "candle";
 
 fn bert(c: &Component) -> Result<Box<dyn ModelStage>, Diagnostics> {
     BertStage::from_component(c, CandleOps)
+}
+
+fn llama(c: &Component) -> Result<Box<dyn ModelStage>, Diagnostics> {
+    lora_nn::llama::CausalLmStage::from_component(c, CandleOps)
 }
 
 fn vit(c: &Component) -> Result<Box<dyn ModelStage>, Diagnostics> {
@@ -41,5 +46,14 @@ inventory::submit! {
         name: "vit-classifier",
         summary: "Vision Transformer with a classification head (ViTForImageClassification layout): full training or LoRA",
         build: vit,
+    }
+}
+
+inventory::submit! {
+    ModelEntry {
+        backend: BACKEND,
+        name: "llama-causal-lm",
+        summary: "Llama decoder (LlamaForCausalLM) from a GGUF file, its base kept quantized, with LoRA; chat and text data",
+        build: llama,
     }
 }

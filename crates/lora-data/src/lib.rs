@@ -8,6 +8,7 @@
 //! sees them once it links this crate (`use lora_data as _;`).
 
 pub mod augment;
+pub mod chat_template;
 pub mod config;
 pub mod dataset;
 pub mod facts;

@@ -14,7 +14,9 @@
 
 pub mod bert;
 pub mod dropout;
+pub mod gguf;
 pub mod linear;
+pub mod llama;
 pub mod model;
 pub mod ops;
 pub mod params;

@@ -1,7 +1,7 @@
 //! Frozen quantized matrices, held in candle's quantized tensor (`QTensor`,
 //! the stored ggml blocks). The products are exact f32 arithmetic on the
 //! blocks' values: a few rows (decoding a token) by a block kernel that decodes
-//! one weight row at a time; many rows (training, a prompt) by decoding the
+//! nothing (each block's scale applies to its integer dot product); many rows (training, a prompt) by decoding the
 //! matrix for that one gemm and dropping it. The backward pass yields the
 //! input's gradient only, decoding the same way. The base is never held decoded.
 //!
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QTensor, ggml_file::qtensor_from_ggml};
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape, Tensor};
 use lora_core::gguf::GgmlType;
-use lora_nn::gguf::{QuantView, decode};
+use lora_nn::gguf::{QuantView, dot_row};
 use rayon::prelude::*;
 
 /// A quantized `[out, in]` matrix, shared by the clones of a layer.
@@ -61,7 +61,7 @@ impl QuantMatrix {
         x.contiguous()?.apply_op1(QuantLinear(self.clone()))
     }
 
-    /// `x W^T` for `x [rows, in]` row-major, one weight row decoded at a time.
+    /// `x W^T` for `x [rows, in]` row-major, straight from the blocks.
     fn few_rows(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
         let (n, k) = self.q.shape().dims2()?;
         let data = self.q.data()?;
@@ -70,12 +70,11 @@ impl QuantMatrix {
         const CHUNK: usize = 64;
         let mut yt = vec![0f32; n * rows];
         yt.par_chunks_mut(CHUNK * rows).enumerate().for_each(|(c, dst)| {
-            let mut w = vec![0f32; k];
             for (i, out) in dst.chunks_exact_mut(rows).enumerate() {
                 let o = c * CHUNK + i;
-                decode(self.ggml, &data[o * rb..(o + 1) * rb], &mut w);
+                let w = &data[o * rb..(o + 1) * rb];
                 for (r, y) in out.iter_mut().enumerate() {
-                    *y = w.iter().zip(&x[r * k..(r + 1) * k]).map(|(a, b)| a * b).sum();
+                    *y = dot_row(self.ggml, w, &x[r * k..(r + 1) * k]);
                 }
             }
         });
@@ -177,7 +176,7 @@ mod tests {
                 .unwrap();
             let scale = exact.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             eprintln!("rows {rows}: max error {err} of {scale}");
-            assert!(err <= 1e-5 * scale, "rows {rows}: {err} vs {scale}");
+            assert!(err <= 2e-5 * scale, "rows {rows}: {err} vs {scale}");
         }
     }
 }

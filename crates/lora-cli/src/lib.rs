@@ -6,6 +6,7 @@
 
 pub mod alloc;
 pub mod bench;
+pub mod bench_causal;
 pub mod bench_monitor;
 pub mod pipeline;
 pub mod pipes;

@@ -39,7 +39,8 @@ const CONTROL: i64 = 3;
 /// The tokenizer and chat template of a GGUF model.
 pub struct ChatTokenizer {
     pub tokenizer: Tokenizer,
-    template: String,
+    /// The template, parsed once.
+    env: minijinja::Environment<'static>,
     /// The end-of-turn token (`tokenizer.ggml.eos_token_id`).
     pub eos_id: u32,
     pub eos_token: String,
@@ -142,9 +143,12 @@ impl ChatTokenizer {
             .and_then(Value::as_str)
             .ok_or_else(|| Error::Data(format!("{path}: no `tokenizer.chat_template`")))?
             .to_string();
+        let mut env = minijinja::Environment::new();
+        env.add_template_owned("chat", template)
+            .map_err(|e| Error::Data(format!("{path}: the chat template does not parse: {e}")))?;
         Ok(Self {
             tokenizer,
-            template,
+            env,
             eos_id,
             eos_token,
             bos_token,
@@ -154,16 +158,14 @@ impl ChatTokenizer {
 
     /// The conversation rendered by the model's template.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let mut env = minijinja::Environment::new();
-        env.add_template("chat", &self.template)
-            .map_err(|e| Error::Data(format!("the chat template does not parse: {e}")))?;
         let ctx = minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
         };
-        env.get_template("chat")
+        self.env
+            .get_template("chat")
             .and_then(|t| t.render(ctx))
             .map_err(|e| Error::Data(format!("the chat template cannot render: {e}")))
     }

@@ -87,6 +87,41 @@ pub fn decode(ggml: GgmlType, bytes: &[u8], out: &mut [f32]) {
     }
 }
 
+/// `w . x` for one stored row `w` (whole blocks) and `x` of its length, in f32
+/// without decoding the row: each block's scale (and offset) applies once to
+/// the dot product of its integers with `x`. The same numbers as decoding then
+/// multiplying, up to the order of the additions.
+pub fn dot_row(ggml: GgmlType, row: &[u8], x: &[f32]) -> f32 {
+    let (block, size) = ggml.block();
+    let mut acc = 0.0f32;
+    for (b, x) in row.chunks_exact(size).zip(x.chunks_exact(block)) {
+        acc += match ggml {
+            GgmlType::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * x[0],
+            GgmlType::F16 => f16(b) * x[0],
+            GgmlType::Q8_0 => f16(b) * b[2..34].iter().zip(x).map(|(&q, x)| q as i8 as f32 * x).sum::<f32>(),
+            GgmlType::Q4_0 => {
+                let (lo, hi) = x.split_at(16);
+                let s: f32 = b[2..18]
+                    .iter()
+                    .zip(lo.iter().zip(hi))
+                    .map(|(&q, (a, c))| ((q & 0x0f) as f32 - 8.0) * a + ((q >> 4) as f32 - 8.0) * c)
+                    .sum();
+                f16(b) * s
+            }
+            GgmlType::Q4_1 => {
+                let (lo, hi) = x.split_at(16);
+                let s: f32 = b[4..20]
+                    .iter()
+                    .zip(lo.iter().zip(hi))
+                    .map(|(&q, (a, c))| (q & 0x0f) as f32 * a + (q >> 4) as f32 * c)
+                    .sum();
+                f16(b) * s + f16(&b[2..]) * x.iter().sum::<f32>()
+            }
+        };
+    }
+    acc
+}
+
 /// llama.cpp stores the rows of `q` and `k` of each head interleaved for its
 /// pairwise RoPE: stored row `2i + j` of a head is Hugging Face's row
 /// `j * head_dim/2 + i`. This puts the rows back in Hugging Face's order, for
@@ -200,6 +235,35 @@ mod tests {
         let mut out = [0.0; 32];
         decode(GgmlType::Q8_0, &b, &mut out);
         assert_eq!((out[0], out[16], out[31]), (-4.0, 0.0, 3.75));
+    }
+
+    #[test]
+    fn dot_row_equals_decode_then_dot() {
+        let mut s = 7u32;
+        let mut next = || {
+            s = s.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (s >> 16) as u8
+        };
+        let x: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin()).collect();
+        for ggml in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16] {
+            let (block, size) = ggml.block();
+            let mut row = Vec::new();
+            for _ in 0..64 / block {
+                let mut b: Vec<u8> = (0..size).map(|_| next()).collect();
+                if size > 4 {
+                    b[..2].copy_from_slice(&f16_bytes(0.03));
+                    b[2..4].copy_from_slice(&f16_bytes(-0.2));
+                } else {
+                    b[..2].copy_from_slice(&f16_bytes(next() as f32 / 100.0));
+                }
+                row.extend(b);
+            }
+            let mut w = vec![0.0; 64];
+            decode(ggml, &row, &mut w);
+            let expected: f32 = w.iter().zip(&x).map(|(a, b)| a * b).sum();
+            let got = dot_row(ggml, &row, &x);
+            assert!((got - expected).abs() <= 1e-4 * expected.abs().max(1.0), "{ggml:?}: {got} vs {expected}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use lora_core::adapter::{AdapterModel, CausalDecoder, EvalSums, ModelSummary, PeftInfo, StepOutput};
 use lora_core::init::{derive_seed, rng};
 use lora_core::llama::{LlamaConfig, TARGETS, gguf_name, hf_name, peft_info, resolve_targets};
-use lora_core::{Batch, Error, HostTensor, LoraSpec, ParamInfo, Result, TokenBatch};
+use lora_core::{Batch, Error, HostTensor, LoraSpec, ParamInfo, Result, Targets, TokenBatch};
 
 use crate::dropout::MaskSource;
 use crate::gguf::{GgufFile, QuantView, unpermute_rows};
@@ -190,6 +190,28 @@ pub fn build<O: TensorOps>(
     })
 }
 
+/// Rows `rows` (ascending) of `x [n, d]`, as one narrow per run of consecutive rows.
+fn select_rows<O: TensorOps>(ops: &O, x: &O::T, rows: &[usize]) -> Result<O::T> {
+    let n = ops.dims(x)[0];
+    if rows.len() == n {
+        return Ok(x.clone());
+    }
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < rows.len() {
+        let mut j = i + 1;
+        while j < rows.len() && rows[j] == rows[j - 1] + 1 {
+            j += 1;
+        }
+        parts.push(ops.narrow(x, 0, rows[i], j - i)?);
+        i = j;
+    }
+    match parts.len() {
+        1 => Ok(parts.pop().expect("one part")),
+        _ => ops.cat(&parts.iter().collect::<Vec<_>>(), 0),
+    }
+}
+
 fn tokens(batch: &Batch) -> Result<&TokenBatch> {
     match batch {
         Batch::Tokens(t) => Ok(t),
@@ -258,10 +280,16 @@ impl<O: TensorOps> Llama<O> {
         self.ops.rms_norm(&x, &self.output_norm, self.cfg.rms_eps)
     }
 
-    /// Logits `[b * t, vocab]`; with `masks`, in training mode (dropout).
-    pub fn logits(&self, b: &TokenBatch, masks: Option<&mut MaskSource>) -> Result<O::T> {
+    /// Logits `[rows, vocab]` of the positions whose target has a weight, with
+    /// those targets and weights: the output projection and the loss skip
+    /// prompt and padding positions. With `masks`, in training mode (dropout).
+    pub fn target_logits(&self, b: &TokenBatch, masks: Option<&mut MaskSource>) -> Result<(O::T, Vec<u32>, Vec<f32>)> {
         let h = self.hidden(&b.input_ids, (b.batch_size, b.seq_len, 0), None, masks)?;
-        self.ops.quantized_linear(&h, &self.lm_head)
+        let rows: Vec<usize> = (0..b.weights.len()).filter(|&i| b.weights[i] != 0.0).collect();
+        let h = select_rows(&self.ops, &h, &rows)?;
+        let targets = rows.iter().map(|&i| b.targets[i]).collect();
+        let weights = rows.iter().map(|&i| b.weights[i]).collect();
+        Ok((self.ops.quantized_linear(&h, &self.lm_head)?, targets, weights))
     }
 
     fn check(&self, b: &TokenBatch) -> Result<()> {
@@ -339,15 +367,15 @@ impl<O: TensorOps> Llama<O> {
 
     fn token_sums(&self, b: &TokenBatch) -> Result<EvalSums> {
         self.check(b)?;
-        let logits = self.ops.to_host(&self.logits(b, None)?)?;
-        let vocab = self.cfg.vocab_size;
         let mut sums = EvalSums::default();
-        for (i, row) in logits.chunks_exact(vocab).enumerate() {
-            let w = b.weights[i] as f64;
-            if w == 0.0 {
-                continue;
-            }
-            let target = b.targets[i] as usize;
+        if b.weights.iter().all(|&w| w == 0.0) {
+            return Ok(sums);
+        }
+        let (logits, targets, weights) = self.target_logits(b, None)?;
+        let logits = self.ops.to_host(&logits)?;
+        let vocab = self.cfg.vocab_size;
+        for ((row, &target), &w) in logits.chunks_exact(vocab).zip(&targets).zip(&weights) {
+            let (w, target) = (w as f64, target as usize);
             sums.loss_sum += w * lora_core::adapter::cross_entropy(row, target);
             sums.weight += w;
             if lora_core::adapter::argmax(row) == target {
@@ -410,8 +438,11 @@ impl<O: TensorOps> AdapterModel for Llama<O> {
         let ops = &self.ops;
         ops.track(self.store.leaves());
         let mut masks = MaskSource::new(dropout_seed);
-        let logits = self.logits(b, Some(&mut masks))?;
-        let loss = ops.cross_entropy(&logits, batch.targets())?;
+        if b.weights.iter().all(|&w| w == 0.0) {
+            return Err(Error::Data("a training batch without a target token".into()));
+        }
+        let (logits, ids, weights) = self.target_logits(b, Some(&mut masks))?;
+        let loss = ops.cross_entropy(&logits, Targets::Tokens { ids: &ids, weights: &weights })?;
         let value = ops.to_host(&loss)?;
         let grads = ops.backward(&loss)?;
         Ok(StepOutput {

@@ -19,9 +19,18 @@ macro_rules! causal_checks {
             fn nll_matches_the_golden_value() {
                 crate::causal_suite::nll_matches_the_golden_value(stringify!($backend));
             }
+            #[test]
+            fn training_lowers_the_loss_and_saves_a_peft_adapter() {
+                crate::causal_suite::training_lowers_the_loss_and_saves_a_peft_adapter(stringify!($backend));
+            }
         }
     };
 }
 
 causal_checks!(candle);
 causal_checks!(burn);
+
+#[test]
+fn bad_inputs_exit_2_and_write_nothing() {
+    causal_suite::bad_inputs_exit_2_and_write_nothing("candle");
+}

@@ -151,10 +151,17 @@ pub fn load(src: &Source, assets: &dyn AssetResolver) -> Result<(Box<dyn Adapter
             "[run]\nname = \"generate\"\nbackend = \"{}\"\noutput-dir = \"unused\"\n[data]\ntype = \"chat\"\npath = \"unused\"\n\
              [model]\ntype = \"llama-causal-lm\"\npath = \"{}\"\n[lora]\nr = 1\nalpha = 1\ntarget-modules = []\n[train]\n[eval]\n",
             src.backend,
-            src.model.as_deref().unwrap_or(BASE).replace('\\', "\\\\").replace('"', "\\\"")
+            src.model
+                .as_deref()
+                .unwrap_or(BASE)
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
         ),
     };
-    let path = src.adapter.as_ref().map_or_else(|| Path::new("<generate>").to_path_buf(), |d| d.join("pipeline.toml"));
+    let path = src
+        .adapter
+        .as_ref()
+        .map_or_else(|| Path::new("<generate>").to_path_buf(), |d| d.join("pipeline.toml"));
     let config = PipelineConfig::parse(&path, text)?;
     let stage = build_model(&config.model, &src.backend).map_err(Error::Invalid)?;
     let ctx = StageContext {

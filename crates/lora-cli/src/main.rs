@@ -324,10 +324,24 @@ fn run(command: Command) -> lora_core::Result<()> {
                 seed,
             };
             sampling.check()?;
-            let (mut m, tok) = load(&Source { adapter, model, backend }, &assets)?;
+            let (mut m, tok) = load(
+                &Source {
+                    adapter,
+                    model,
+                    backend,
+                },
+                &assets,
+            )?;
             let ids = prompt_ids(&tok, &prompt, chat)?;
             lora_cli::pipes::survive_closed_pipes();
-            generate(m.as_mut(), &tok, &ids, max_new_tokens, &sampling, &mut std::io::stdout())?;
+            generate(
+                m.as_mut(),
+                &tok,
+                &ids,
+                max_new_tokens,
+                &sampling,
+                &mut std::io::stdout(),
+            )?;
         }
         Command::Validate { file, layers } => {
             let started = std::time::Instant::now();

@@ -77,8 +77,8 @@ impl LlamaConfig {
             rms_eps: float("attention.layer_norm_rms_epsilon", 1e-5),
             tied_embeddings: h.tensor("output.weight").is_none(),
         };
-        cfg.check(h)?;
         h.check_tensors()?;
+        cfg.check(h)?;
         Ok(cfg)
     }
 

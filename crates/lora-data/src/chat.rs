@@ -125,9 +125,10 @@ fn read_rows(path: &Path, cfg: &ChatConfig) -> Result<Vec<Row>> {
                 let example = if cfg.format == ChatFormat::Text {
                     let v: serde_json::Value =
                         serde_json::from_str(&line).map_err(|e| Error::Data(format!("{origin}: not JSON: {e}")))?;
-                    let text = v.get(&cfg.text_field).and_then(|t| t.as_str()).ok_or_else(|| {
-                        Error::Data(format!("{origin}: no string field `{}`", cfg.text_field))
-                    })?;
+                    let text = v
+                        .get(&cfg.text_field)
+                        .and_then(|t| t.as_str())
+                        .ok_or_else(|| Error::Data(format!("{origin}: no string field `{}`", cfg.text_field)))?;
                     Example::Text(text.to_string())
                 } else {
                     let l: Line = serde_json::from_str(&line).map_err(|e| {
@@ -262,8 +263,12 @@ impl ChatDataset {
 pub fn collate(seqs: &[&Sequence], pad_id: u32) -> TokenBatch {
     let t = seqs.iter().map(|s| s.ids.len().saturating_sub(1)).max().unwrap_or(0);
     let n = seqs.len() * t;
-    let (mut input_ids, mut attention_mask, mut targets, mut weights) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut input_ids, mut attention_mask, mut targets, mut weights) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     for s in seqs {
         let len = s.ids.len().saturating_sub(1);
         input_ids.extend_from_slice(&s.ids[..len]);
@@ -299,7 +304,11 @@ impl Dataset for ChatDataset {
         Some(self.truncated)
     }
 
-    fn batches(&self, batch_size: usize, order_seed: Option<u64>) -> Box<dyn Iterator<Item = Result<Batch>> + Send + '_> {
+    fn batches(
+        &self,
+        batch_size: usize,
+        order_seed: Option<u64>,
+    ) -> Box<dyn Iterator<Item = Result<Batch>> + Send + '_> {
         let mut order: Vec<usize> = (0..self.seqs.len()).collect();
         if let Some(seed) = order_seed {
             order.shuffle(&mut init::rng(seed));
@@ -335,7 +344,10 @@ impl InputEncoder for PromptEncoder {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Batch::Tokens(collate(&seqs.iter().collect::<Vec<_>>(), self.tok.pad_id)))
+        Ok(Batch::Tokens(collate(
+            &seqs.iter().collect::<Vec<_>>(),
+            self.tok.pad_id,
+        )))
     }
 }
 
@@ -348,7 +360,9 @@ impl ChatData {
     pub fn from_component(c: &Component) -> std::result::Result<Self, Diagnostics> {
         let config: ChatConfig = c.deserialize()?;
         let mut d = Diagnostics::default();
-        if !(config.validation_path.is_some() || (0.0..1.0).contains(&config.validation_fraction) && config.validation_fraction > 0.0) {
+        if !(config.validation_path.is_some()
+            || (0.0..1.0).contains(&config.validation_fraction) && config.validation_fraction > 0.0)
+        {
             d.push(
                 Diagnostic::error(
                     "data::invalid-value",
@@ -362,8 +376,11 @@ impl ChatData {
         }
         if config.max_length.is_some_and(|m| m < 2) {
             d.push(
-                Diagnostic::error("data::invalid-value", "max-length must be at least 2 tokens. Valid range: 2 <= max-length")
-                    .at(c.value_location("max-length")),
+                Diagnostic::error(
+                    "data::invalid-value",
+                    "max-length must be at least 2 tokens. Valid range: 2 <= max-length",
+                )
+                .at(c.value_location("max-length")),
             );
         }
         if d.has_errors() {
@@ -374,7 +391,10 @@ impl ChatData {
 
     fn tokenizer(&self, ctx: &StageContext) -> Result<ChatTokenizer> {
         let path = ctx.tokenizer.as_ref().ok_or_else(|| {
-            Error::Other("the chat source needs a model whose file carries its tokenizer and chat template (llama-causal-lm)".into())
+            Error::Other(
+                "the chat source needs a model whose file carries its tokenizer and chat template (llama-causal-lm)"
+                    .into(),
+            )
         })?;
         ChatTokenizer::from_gguf(path)
     }
@@ -471,7 +491,11 @@ impl ChatData {
                 v.len()
             )));
         }
-        Ok((ChatDataset::new(t, tok.pad_id, tt), ChatDataset::new(v, tok.pad_id, vt), tok))
+        Ok((
+            ChatDataset::new(t, tok.pad_id, tt),
+            ChatDataset::new(v, tok.pad_id, vt),
+            tok,
+        ))
     }
 }
 

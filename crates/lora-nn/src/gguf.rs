@@ -262,7 +262,10 @@ mod tests {
             decode(ggml, &row, &mut w);
             let expected: f32 = w.iter().zip(&x).map(|(a, b)| a * b).sum();
             let got = dot_row(ggml, &row, &x);
-            assert!((got - expected).abs() <= 1e-4 * expected.abs().max(1.0), "{ggml:?}: {got} vs {expected}");
+            assert!(
+                (got - expected).abs() <= 1e-4 * expected.abs().max(1.0),
+                "{ggml:?}: {got} vs {expected}"
+            );
         }
     }
 

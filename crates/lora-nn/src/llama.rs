@@ -442,7 +442,13 @@ impl<O: TensorOps> AdapterModel for Llama<O> {
             return Err(Error::Data("a training batch without a target token".into()));
         }
         let (logits, ids, weights) = self.target_logits(b, Some(&mut masks))?;
-        let loss = ops.cross_entropy(&logits, Targets::Tokens { ids: &ids, weights: &weights })?;
+        let loss = ops.cross_entropy(
+            &logits,
+            Targets::Tokens {
+                ids: &ids,
+                weights: &weights,
+            },
+        )?;
         let value = ops.to_host(&loss)?;
         let grads = ops.backward(&loss)?;
         Ok(StepOutput {

@@ -36,6 +36,9 @@ pub const ROLES: [&str; 3] = ["system", "user", "assistant"];
 /// ggml's token type of control tokens (`<|im_start|>`, `<|endoftext|>`, ...).
 const CONTROL: i64 = 3;
 
+/// A token's byte range in the text it came from.
+pub type Offsets = (usize, usize);
+
 /// The tokenizer and chat template of a GGUF model.
 pub struct ChatTokenizer {
     pub tokenizer: Tokenizer,
@@ -179,7 +182,7 @@ impl ChatTokenizer {
     }
 
     /// Token ids and each token's byte offsets in `text`.
-    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<Offsets>)> {
         self.tokenizer
             .encode(text, false)
             .map(|e| (e.get_ids().to_vec(), e.get_offsets().to_vec()))

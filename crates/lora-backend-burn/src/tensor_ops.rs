@@ -21,6 +21,7 @@ use burn::tensor::module::linear;
 use burn::tensor::{Gradients, Int, Tensor, TensorData};
 use lora_core::task::Targets;
 use lora_core::{Error, Result};
+use lora_nn::gguf::QuantView;
 use lora_nn::ops::{Mask, TensorOps};
 use lora_nn::weights::WeightView;
 
@@ -132,6 +133,9 @@ impl TensorOps for BurnOps {
     type W = BurnTensor;
     type Leaf = BurnLeaf;
     type Grads = Gradients;
+    /// burn 0.22's flex backend has no quantized matmul for ggml's blocks:
+    /// quantized matrices are decoded to f32 at load.
+    type Q = BurnTensor;
 
     fn backend(&self) -> &'static str {
         crate::BACKEND
@@ -152,6 +156,22 @@ impl TensorOps for BurnOps {
     fn weight(&self, view: WeightView<'_>) -> Result<BurnTensor> {
         // flex computes in f32: each tensor is decoded when the model asks for it.
         BurnTensor::from_host(view.to_f32(), view.shape)
+    }
+
+    fn quantized(&self, view: QuantView<'_>) -> Result<BurnTensor> {
+        BurnTensor::from_host(view.to_f32(), &view.shape)
+    }
+
+    fn quantized_dims(&self, q: &BurnTensor) -> Vec<usize> {
+        self.weight_dims(q)
+    }
+
+    fn quantized_linear(&self, x: &BurnTensor, q: &BurnTensor) -> Result<BurnTensor> {
+        self.linear_any(x, q, None)
+    }
+
+    fn dequantize(&self, q: &BurnTensor) -> Result<BurnTensor> {
+        Ok(q.clone())
     }
 
     fn weight_from_host(&self, values: Vec<f32>, shape: &[usize]) -> Result<BurnTensor> {

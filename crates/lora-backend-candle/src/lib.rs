@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod ops;
+pub mod quant;
 pub mod tensor_ops;
 
 pub use tensor_ops::CandleOps;

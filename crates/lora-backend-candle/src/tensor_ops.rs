@@ -6,11 +6,13 @@ use candle_core::backprop::GradStore;
 use candle_core::{D, DType, Device, Tensor, Var};
 use lora_core::task::Targets;
 use lora_core::{Error, Result};
+use lora_nn::gguf::QuantView;
 use lora_nn::ops::{Mask, TensorOps, default_attention};
 use lora_nn::weights::{WeightDType, WeightView};
 
 use crate::error::IntoCore;
 use crate::ops::{frozen_linear, gelu, layer_norm, softmax_last_dim};
+use crate::quant::QuantMatrix;
 
 /// candle on the CPU.
 #[derive(Debug, Clone, Copy, Default)]
@@ -23,6 +25,7 @@ impl TensorOps for CandleOps {
     type W = Tensor;
     type Leaf = Var;
     type Grads = GradStore;
+    type Q = QuantMatrix;
 
     fn backend(&self) -> &'static str {
         crate::BACKEND
@@ -69,6 +72,22 @@ impl TensorOps for CandleOps {
 
     fn weight_add(&self, w: &Tensor, delta: &Tensor) -> Result<Tensor> {
         (w + delta.detach()).core()
+    }
+
+    fn quantized(&self, view: QuantView<'_>) -> Result<QuantMatrix> {
+        QuantMatrix::new(view).core()
+    }
+
+    fn quantized_dims(&self, q: &QuantMatrix) -> Vec<usize> {
+        q.dims()
+    }
+
+    fn quantized_linear(&self, x: &Tensor, q: &QuantMatrix) -> Result<Tensor> {
+        q.forward(x).core()
+    }
+
+    fn dequantize(&self, q: &QuantMatrix) -> Result<Tensor> {
+        q.dequantize().core()
     }
 
     fn leaf(&self, values: Vec<f32>, shape: &[usize]) -> Result<Var> {

@@ -50,7 +50,7 @@ pub const CASES: [Case; 2] = [
 ];
 
 /// Peak resident set size of this process in bytes (VmHWM).
-fn peak_rss() -> Option<u64> {
+pub(crate) fn peak_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -58,7 +58,7 @@ fn peak_rss() -> Option<u64> {
 }
 
 /// Resets the peak so that each case reports its own (Linux: clear_refs 5).
-fn reset_peak_rss() {
+pub(crate) fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 

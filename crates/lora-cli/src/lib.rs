@@ -6,7 +6,9 @@
 
 pub mod alloc;
 pub mod bench;
+pub mod bench_causal;
 pub mod bench_monitor;
+pub mod generate;
 pub mod pipeline;
 pub mod pipes;
 pub mod plugins;

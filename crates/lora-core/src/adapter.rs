@@ -168,6 +168,18 @@ pub struct EvalSums {
     /// The predicted class of each example, in batch order (classification);
     /// the evaluator turns them and the labels into a confusion matrix.
     pub predictions: Vec<u32>,
+    /// Weight of the targets predicted right (causal LM: token accuracy's numerator).
+    pub correct: f64,
+}
+
+/// A model that decodes one sequence incrementally, with a key/value cache (generation).
+pub trait CausalDecoder {
+    /// Tokens the model can attend over.
+    fn context_length(&self) -> usize;
+    /// Forgets the sequence decoded so far.
+    fn reset(&mut self);
+    /// Appends `ids` to the sequence; returns the next-token logits after the last of them.
+    fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>>;
 }
 
 /// The floating-point type of the frozen base weights and of the compute.
@@ -338,6 +350,11 @@ pub trait AdapterModel: Send {
 
     /// Restores the base weights exactly.
     fn unmerge(&mut self) -> Result<()>;
+
+    /// The model as an incremental decoder, when it generates text.
+    fn decoder(&mut self) -> Option<&mut dyn CausalDecoder> {
+        None
+    }
 
     /// Writes the whole model (base weights included) as a base that a later
     /// run can load, when the model trains its base (pretraining). Returns

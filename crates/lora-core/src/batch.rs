@@ -73,11 +73,29 @@ impl ImageBatch {
     }
 }
 
+/// Token sequences for a causal language model, padded on the right: the
+/// input ids and, per position, the token to predict and its weight (0 for
+/// prompt, padding and tokens the loss skips).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenBatch {
+    pub batch_size: usize,
+    pub seq_len: usize,
+    /// `[batch_size * seq_len]`.
+    pub input_ids: Vec<u32>,
+    /// `[batch_size * seq_len]`, 1 for real tokens, 0 for padding.
+    pub attention_mask: Vec<u32>,
+    /// `[batch_size * seq_len]`: the next token at each position.
+    pub targets: Vec<u32>,
+    /// `[batch_size * seq_len]`: each target's weight in the loss.
+    pub weights: Vec<f32>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Batch {
     Text(TextBatch),
     Image(ImageBatch),
+    Tokens(TokenBatch),
 }
 
 impl Batch {
@@ -85,6 +103,7 @@ impl Batch {
         match self {
             Batch::Text(b) => b.batch_size,
             Batch::Image(b) => b.batch_size,
+            Batch::Tokens(b) => b.batch_size,
         }
     }
 
@@ -96,6 +115,7 @@ impl Batch {
         match self {
             Batch::Text(b) => &b.labels,
             Batch::Image(b) => &b.labels,
+            Batch::Tokens(_) => &[],
         }
     }
 
@@ -112,6 +132,10 @@ impl Batch {
                 },
                 None => Targets::Classes(&b.labels),
             },
+            Batch::Tokens(b) => Targets::Tokens {
+                ids: &b.targets,
+                weights: &b.weights,
+            },
         }
     }
 
@@ -120,6 +144,7 @@ impl Batch {
         match self {
             Batch::Text(b) => b.real_tokens(),
             Batch::Image(b) => b.batch_size,
+            Batch::Tokens(b) => b.attention_mask.iter().filter(|&&m| m != 0).count(),
         }
     }
 }

@@ -33,6 +33,9 @@ pub struct LoraSpec {
     /// PEFT's `alpha_pattern`: the same for `alpha`.
     #[serde(default)]
     pub alpha_pattern: BTreeMap<String, f64>,
+    /// PEFT's `layers_to_transform`: only these layers get adapters (models with numbered layers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers_to_transform: Option<Vec<usize>>,
     /// Where `target-modules` was written, for diagnostics.
     #[serde(skip)]
     pub target_modules_location: Option<Location>,
@@ -203,6 +206,7 @@ mod tests {
             use_rslora: rs,
             rank_pattern: BTreeMap::new(),
             alpha_pattern: BTreeMap::new(),
+            layers_to_transform: None,
             target_modules_location: None,
             patterns_location: None,
         }

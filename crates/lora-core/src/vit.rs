@@ -573,6 +573,7 @@ mod tests {
             use_rslora: false,
             rank_pattern: Default::default(),
             alpha_pattern: Default::default(),
+            layers_to_transform: None,
             target_modules_location: None,
             patterns_location: None,
         };

@@ -8,6 +8,8 @@
 //! sees them once it links this crate (`use lora_data as _;`).
 
 pub mod augment;
+pub mod chat;
+pub mod chat_template;
 pub mod config;
 pub mod dataset;
 pub mod facts;
@@ -37,6 +39,18 @@ fn build_csv(component: &Component) -> Result<Box<dyn DataStage>, Diagnostics> {
 
 fn build_jsonl(component: &Component) -> Result<Box<dyn DataStage>, Diagnostics> {
     Ok(Box::new(TextData::from_component(component, "jsonl")?))
+}
+
+fn build_chat(component: &Component) -> Result<Box<dyn DataStage>, Diagnostics> {
+    Ok(Box::new(chat::ChatData::from_component(component)?))
+}
+
+inventory::submit! {
+    DataSourceEntry {
+        name: "chat",
+        summary: "conversations (JSONL messages, or chitchat-dataset's JSON) or plain texts for a causal language model, rendered with the model's chat template",
+        build: build_chat,
+    }
 }
 
 inventory::submit! {

@@ -14,8 +14,10 @@
 
 pub mod bert;
 pub mod dropout;
+pub mod gguf;
 pub mod kernels;
 pub mod linear;
+pub mod llama;
 pub mod model;
 pub mod ops;
 pub mod params;

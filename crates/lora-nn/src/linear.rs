@@ -46,6 +46,25 @@ impl<O: TensorOps> LoraWeights<O> {
     }
 }
 
+impl<O: TensorOps> LoraWeights<O> {
+    /// `base + scale * dropout(x) A^T B^T`, for `x [rows, in]`.
+    pub fn add_update(&self, ops: &O, base: &O::T, x: &O::T, masks: Option<&mut MaskSource>) -> Result<O::T> {
+        let input = match masks {
+            Some(src) => src.apply(ops, x, self.dropout)?,
+            None => x.clone(),
+        };
+        let a_t = ops.transpose(&ops.use_leaf(&self.a), 0, 1)?;
+        let b_t = ops.transpose(&ops.use_leaf(&self.b), 0, 1)?;
+        let update = ops.matmul(&ops.matmul(&input, &a_t)?, &b_t)?;
+        ops.add(base, &ops.scale(&update, self.scale)?)
+    }
+
+    /// `scale * B A`, shaped like the base weight `[out, in]`.
+    pub fn delta(&self, ops: &O) -> Result<O::T> {
+        ops.scale(&ops.matmul(&ops.use_leaf(&self.b), &ops.use_leaf(&self.a))?, self.scale)
+    }
+}
+
 #[derive(Clone)]
 pub struct LoraLinear<O: TensorOps> {
     /// `[out, in]`, from the base model, never written.
@@ -97,25 +116,15 @@ impl<O: TensorOps> LoraLinear<O> {
             return ops.frozen_linear(x, merged, self.bias.as_ref());
         }
         let base = ops.frozen_linear(x, &self.weight, self.bias.as_ref())?;
-        let Some(lora) = &self.lora else { return Ok(base) };
-        let input = match masks {
-            Some(src) => src.apply(ops, x, lora.dropout)?,
-            None => x.clone(),
-        };
-        let a_t = ops.transpose(&ops.use_leaf(&lora.a), 0, 1)?;
-        let b_t = ops.transpose(&ops.use_leaf(&lora.b), 0, 1)?;
-        let update = ops.matmul(&ops.matmul(&input, &a_t)?, &b_t)?;
-        ops.add(&base, &ops.scale(&update, lora.scale)?)
+        match &self.lora {
+            Some(lora) => lora.add_update(ops, &base, x, masks),
+            None => Ok(base),
+        }
     }
 
     /// `scale * B A`, shaped like the base weight.
     pub fn delta(&self, ops: &O) -> Result<Option<O::T>> {
-        match &self.lora {
-            Some(l) => Ok(Some(
-                ops.scale(&ops.matmul(&ops.use_leaf(&l.b), &ops.use_leaf(&l.a))?, l.scale)?,
-            )),
-            None => Ok(None),
-        }
+        self.lora.as_ref().map(|l| l.delta(ops)).transpose()
     }
 
     pub fn merge(&mut self, ops: &O) -> Result<()> {

@@ -9,6 +9,7 @@
 use lora_core::task::Targets;
 use lora_core::{Error, Result};
 
+use crate::gguf::QuantView;
 use crate::weights::WeightView;
 
 /// Which keys each query may attend to.
@@ -31,6 +32,9 @@ pub trait TensorOps: Clone + Send + Sync + 'static {
     type Leaf: Clone + Send + Sync;
     /// The gradients of one backward pass.
     type Grads;
+    /// A frozen matrix stored in quantized blocks: kept in its blocks by a
+    /// backend with a quantized matmul, decoded at load by one without.
+    type Q: Clone + Send + Sync;
 
     /// The backend's name (`candle`, `burn`), for messages and reports.
     fn backend(&self) -> &'static str;
@@ -50,6 +54,16 @@ pub trait TensorOps: Clone + Send + Sync + 'static {
     fn constant(&self, w: &Self::W) -> Result<Self::T>;
     /// `w + delta` as a new frozen weight (merging an adapter); `w` is untouched.
     fn weight_add(&self, w: &Self::W, delta: &Self::T) -> Result<Self::W>;
+
+    // ----- quantized frozen matrices
+    fn quantized(&self, view: QuantView<'_>) -> Result<Self::Q>;
+    /// `[out, in]`.
+    fn quantized_dims(&self, q: &Self::Q) -> Vec<usize>;
+    /// `x Q^T` for `x [.., in]`: the backward pass yields the input's gradient
+    /// only, decoding the matrix for that product and dropping it after.
+    fn quantized_linear(&self, x: &Self::T, q: &Self::Q) -> Result<Self::T>;
+    /// The matrix decoded into a frozen weight (to merge an adapter into it).
+    fn dequantize(&self, q: &Self::Q) -> Result<Self::W>;
 
     // ----- trainable parameters and autodiff
     fn leaf(&self, values: Vec<f32>, shape: &[usize]) -> Result<Self::Leaf>;

@@ -170,6 +170,19 @@ macro_rules! register_models {
                 }
             }
 
+            fn llama(c: &Component) -> Result<Box<dyn ModelStage>, Diagnostics> {
+                $crate::llama::CausalLmStage::from_component(c, $ops)
+            }
+
+            inventory::submit! {
+                ModelEntry {
+                    backend: $backend,
+                    name: "llama-causal-lm",
+                    summary: "Llama decoder (LlamaForCausalLM) from a GGUF file, its base kept quantized, with LoRA; chat and text data",
+                    build: llama,
+                }
+            }
+
             inventory::submit! {
                 ModelEntry {
                     backend: $backend,

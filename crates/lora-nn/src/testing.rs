@@ -47,6 +47,7 @@ fn spec(targets: &[&str], r: usize, rslora: bool) -> LoraSpec {
         use_rslora: rslora,
         rank_pattern: Default::default(),
         alpha_pattern: Default::default(),
+        layers_to_transform: None,
         target_modules_location: None,
         patterns_location: None,
     }

@@ -9,6 +9,7 @@ pub mod callbacks;
 pub mod checkpoint;
 pub mod checks;
 pub mod eval;
+pub mod lm_eval;
 pub mod metrics;
 pub mod optim;
 pub mod peft;

@@ -28,7 +28,7 @@ pub fn adapter_config(model: &dyn AdapterModel, lora: &LoraSpec, base_model: &st
         "inference_mode": true,
         "init_lora_weights": true,
         "layers_pattern": null,
-        "layers_to_transform": null,
+        "layers_to_transform": lora.layers_to_transform,
         "lora_alpha": lora.alpha,
         "lora_dropout": lora.dropout.to_string().parse::<f64>().unwrap_or(f64::from(lora.dropout)),
         "modules_to_save": info.modules_to_save,

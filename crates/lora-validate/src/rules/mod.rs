@@ -10,6 +10,7 @@ mod backend;
 mod cross;
 mod data;
 mod image;
+mod llama;
 mod model;
 mod monitor;
 mod range;

@@ -1,9 +1,9 @@
 //! Fuzzing on stable Rust, driven by `arbitrary`: the configuration loader and its
 //! layering (with every rule run on the result), the CSV and JSONL readers, the
 //! safetensors header reader (with the model rules run on what it reads), the
-//! plugin handshake, the IDX reader of the image sources, and a text data source
-//! end to end (validation's facts and rules, then the load a run does). (The project reads
-//! no GGUF file, so there is no GGUF target.)
+//! plugin handshake, the IDX reader of the image sources, the GGUF header reader
+//! (with the Llama configuration and facts read from it), and a text data source
+//! end to end (validation's facts and rules, then the load a run does).
 //!
 //! Each input is a buffer of seeded random bytes that `arbitrary::Unstructured`
 //! turns into a target's input: raw bytes, or one of the fixtures' real inputs
@@ -295,7 +295,7 @@ struct Target {
     setup: fn() -> Runner,
 }
 
-static TARGETS: [Target; 7] = [
+static TARGETS: [Target; 8] = [
     Target {
         name: "config",
         setup: config,
@@ -323,6 +323,10 @@ static TARGETS: [Target; 7] = [
     Target {
         name: "data",
         setup: data,
+    },
+    Target {
+        name: "gguf",
+        setup: gguf,
     },
 ];
 
@@ -627,6 +631,48 @@ fn safetensors() -> Runner {
             };
             facts.paths.insert("model.path".into(), Ok(path.to_path_buf()));
             run_rules(&doc, &facts);
+        }
+        Ok(())
+    })
+}
+
+/// The GGUF header reader on the fixtures (tiny Llama, another architecture, a
+/// K-quant, a truncated file) and, when fetched, the start of SmolLM2's real
+/// header; then the Llama configuration and the model facts read from a header.
+fn gguf() -> Runner {
+    let mut seeds = files_with(&tests_dir().join("validate/models"), "gguf");
+    if let Ok(dir) = lora_core::stage::AssetResolver::resolve(&lora_assets::CacheResolver, "asset:smollm2-135m-instruct")
+        && let Some(file) = std::fs::read_dir(&dir)
+            .ok()
+            .and_then(|d| d.filter_map(|e| e.ok().map(|e| e.path())).find(|p| p.extension().is_some_and(|x| x == "gguf")))
+        && let Ok(f) = std::fs::File::open(file)
+    {
+        use std::io::Read;
+        let mut start = Vec::new();
+        let _ = f.take(48 * 1024).read_to_end(&mut start);
+        seeds.push(start);
+    }
+    let corpus = Corpus {
+        seeds,
+        tokens: &[
+            b"GGUF",
+            b"\x03\0\0\0",
+            b"\xff\xff\xff\xff\xff\xff\xff\x7f",
+            b"\0\0\0\0\0\0\0\0",
+            b"general.architecture",
+            b"llama.block_count",
+            b"tokenizer.ggml.tokens",
+        ],
+    };
+    let path = PathBuf::from("fuzz.gguf");
+    Box::new(move |u| {
+        let bytes = corpus.input(u)?;
+        if let Ok(h) = lora_core::gguf::Header::parse(bytes.as_slice(), bytes.len() as u64, &path) {
+            let _ = h.check_tensors();
+            if let Ok(cfg) = lora_core::llama::LlamaConfig::from_header(&h) {
+                deep();
+                let _ = lora_core::llama::facts(&h, &cfg);
+            }
         }
         Ok(())
     })

@@ -5,9 +5,11 @@
 //! learning-rate schedule, evaluation, events and adapter files) happens here
 //! on host vectors.
 
+pub mod adafactor;
 pub mod callbacks;
 pub mod checks;
 pub mod eval;
+pub mod lion;
 pub mod metrics;
 pub mod optim;
 pub mod peft;

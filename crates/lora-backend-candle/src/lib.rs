@@ -19,11 +19,11 @@ pub use tensor_ops::CandleOps;
 pub const BACKEND: &str = "candle";
 
 fn bert(c: &Component) -> Result<Box<dyn ModelStage>, Diagnostics> {
-    BertStage::from_component(c, CandleOps)
+    BertStage::from_component(c, CandleOps::default())
 }
 
 fn vit(c: &Component) -> Result<Box<dyn ModelStage>, Diagnostics> {
-    VitStage::from_component(c, CandleOps)
+    VitStage::from_component(c, CandleOps::default())
 }
 
 inventory::submit! {

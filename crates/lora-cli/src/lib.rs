@@ -9,6 +9,7 @@ pub mod bench;
 pub mod bench_monitor;
 pub mod pipeline;
 pub mod pipes;
+pub mod plan;
 pub mod plugins;
 pub mod show;
 pub mod validate;

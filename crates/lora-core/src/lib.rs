@@ -21,6 +21,7 @@ pub mod fsutil;
 pub mod init;
 pub mod loop_state;
 pub mod lora;
+pub mod memory;
 pub mod optim;
 pub mod registry;
 pub mod rules;

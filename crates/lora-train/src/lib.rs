@@ -6,6 +6,7 @@
 //! on host vectors.
 
 pub mod adafactor;
+pub mod batch_size;
 pub mod callbacks;
 pub mod checks;
 pub mod eval;

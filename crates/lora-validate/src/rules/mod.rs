@@ -11,6 +11,7 @@ mod cross;
 mod data;
 mod image;
 mod model;
+mod memory;
 mod monitor;
 mod optimizers;
 mod range;

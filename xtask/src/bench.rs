@@ -12,9 +12,30 @@ pub const USAGE: &str = "bench [--backend B] [--memory]  training-step speed and
 /// batch 32 x 512, then f32 and bf16 base weights at 32 x 128.
 const MEMORY_CASES: [&[&str]; 4] = [
     &["--batch", "32", "--seq-len", "512", "--warmup", "1", "--steps", "2"],
-    &["--batch", "32", "--seq-len", "512", "--warmup", "1", "--steps", "2", "--checkpointing"],
+    &[
+        "--batch",
+        "32",
+        "--seq-len",
+        "512",
+        "--warmup",
+        "1",
+        "--steps",
+        "2",
+        "--checkpointing",
+    ],
     &["--batch", "32", "--seq-len", "128", "--warmup", "1", "--steps", "3"],
-    &["--batch", "32", "--seq-len", "128", "--warmup", "1", "--steps", "3", "--dtype", "bf16"],
+    &[
+        "--batch",
+        "32",
+        "--seq-len",
+        "128",
+        "--warmup",
+        "1",
+        "--steps",
+        "3",
+        "--dtype",
+        "bf16",
+    ],
 ];
 
 pub fn run(args: &[String]) -> ExitCode {

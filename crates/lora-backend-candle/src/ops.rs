@@ -51,7 +51,9 @@ impl CustomOp1 for FrozenMatmul {
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let dims = grad_res.dims().to_vec();
         let rows = dims[..dims.len() - 1].iter().product::<usize>();
-        let g = grad_res.reshape((rows, dims[dims.len() - 1]))?.matmul(&widened(&self.weight)?)?;
+        let g = grad_res
+            .reshape((rows, dims[dims.len() - 1]))?
+            .matmul(&widened(&self.weight)?)?;
         let mut shape = dims;
         *shape.last_mut().expect("at least one dim") = self.weight.dim(1)?;
         Ok(Some(g.reshape(shape)?))

@@ -34,7 +34,11 @@ impl CandleOps {
 
 /// `w` as f32 (a copy when it is stored narrower).
 fn widened(w: &Tensor) -> candle_core::Result<Tensor> {
-    if w.dtype() == DType::F32 { Ok(w.clone()) } else { w.to_dtype(DType::F32) }
+    if w.dtype() == DType::F32 {
+        Ok(w.clone())
+    } else {
+        w.to_dtype(DType::F32)
+    }
 }
 
 const CPU: Device = Device::Cpu;

@@ -345,7 +345,11 @@ fn run(command: Command) -> lora_core::Result<()> {
                     file.display(),
                     planner.backend,
                     planner.options.dtype.name(),
-                    if planner.options.gradient_checkpointing { "on" } else { "off" }
+                    if planner.options.gradient_checkpointing {
+                        "on"
+                    } else {
+                        "off"
+                    }
                 );
                 println!(
                     "micro-batch {micro} x {accumulation} accumulation steps; longest example {} tokens (training), {} (validation, batches of {})",
@@ -369,8 +373,13 @@ fn run(command: Command) -> lora_core::Result<()> {
                             k.accumulation,
                             lora_cli::plan::mib(k.predicted.total),
                             if k.fits { "fits" } else { "over budget" },
-                            k.seconds_per_example.map_or(String::new(), |s| format!(", {:.2} ms per example", s * 1e3)),
-                            if k.micro_batch == c.micro_batch { "  <- chosen" } else { "" }
+                            k.seconds_per_example
+                                .map_or(String::new(), |s| format!(", {:.2} ms per example", s * 1e3)),
+                            if k.micro_batch == c.micro_batch {
+                                "  <- chosen"
+                            } else {
+                                ""
+                            }
                         );
                     }
                 }
@@ -476,7 +485,9 @@ fn run(command: Command) -> lora_core::Result<()> {
                 let opts = lora_cli::bench::Options {
                     warmup,
                     steps: steps.max(1),
-                    case: batch.zip(seq_len).map(|(batch, seq_len)| lora_cli::bench::Case { batch, seq_len }),
+                    case: batch
+                        .zip(seq_len)
+                        .map(|(batch, seq_len)| lora_cli::bench::Case { batch, seq_len }),
                     model: lora_core::ModelOptions {
                         dtype,
                         gradient_checkpointing: checkpointing,

@@ -79,7 +79,12 @@ fn optimizer_buffers(pipeline: &Pipeline) -> usize {
 
 impl Planner {
     /// `available`: the machine's available memory, for a budget given as a share.
-    pub fn new(pipeline: &Pipeline, model: &dyn AdapterModel, data: &PreparedData, available: Option<u64>) -> Result<Self> {
+    pub fn new(
+        pipeline: &Pipeline,
+        model: &dyn AdapterModel,
+        data: &PreparedData,
+        available: Option<u64>,
+    ) -> Result<Self> {
         let mut shape = model.memory_shape().ok_or_else(|| Error::Unsupported {
             backend: model.backend(),
             feature: "memory planning of this model",
@@ -159,7 +164,11 @@ impl Planner {
         let mut best = largest;
         if auto.throughput {
             let mut fastest = f64::INFINITY;
-            for i in (largest..candidates.len()).filter(|&i| candidates[i].fits).take(3) {
+            let fitting: Vec<usize> = (largest..candidates.len())
+                .filter(|&i| candidates[i].fits)
+                .take(3)
+                .collect();
+            for i in fitting {
                 let b = candidates[i].micro_batch;
                 let batches: Vec<Batch> = data.train.batches(b, None).take(3).collect::<Result<_>>()?;
                 let mut elapsed = 0.0;
@@ -213,7 +222,11 @@ pub fn describe(p: &Prediction) -> String {
 
 /// Chooses the micro-batch of `batch-size = "auto"` and sets it on the trainer;
 /// `None` for a fixed batch.
-pub fn resolve_auto(pipeline: &mut Pipeline, model: &mut dyn AdapterModel, data: &PreparedData) -> Result<Option<Choice>> {
+pub fn resolve_auto(
+    pipeline: &mut Pipeline,
+    model: &mut dyn AdapterModel,
+    data: &PreparedData,
+) -> Result<Option<Choice>> {
     let Some(auto) = pipeline.train.auto_batch() else {
         return Ok(None);
     };

@@ -493,9 +493,19 @@ pub fn vit_soft_labels_equal_one_hot_labels<O: TensorOps>(ops: O) {
 /// each parameter's largest difference within 1e-6 of its largest gradient.
 fn same_step(plain: &mut dyn AdapterModel, ckpt: &mut dyn AdapterModel, b: &Batch, seed: u64) {
     let (p, c) = (plain.train_step(b, seed).unwrap(), ckpt.train_step(b, seed).unwrap());
-    assert!((p.loss - c.loss).abs() <= 1e-6 * p.loss.abs(), "loss {} vs {}", p.loss, c.loss);
+    assert!(
+        (p.loss - c.loss).abs() <= 1e-6 * p.loss.abs(),
+        "loss {} vs {}",
+        p.loss,
+        c.loss
+    );
     assert_eq!(p.weight, c.weight);
-    for ((gp, gc), info) in p.split_grads(plain.params()).iter().zip(c.split_grads(ckpt.params())).zip(plain.params()) {
+    for ((gp, gc), info) in p
+        .split_grads(plain.params())
+        .iter()
+        .zip(c.split_grads(ckpt.params()))
+        .zip(plain.params())
+    {
         let scale = gp.iter().fold(0f32, |m, g| m.max(g.abs()));
         assert!(scale > 0.0, "{} has no gradient", info.name);
         let diff = gp.iter().zip(&gc).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
@@ -554,7 +564,11 @@ pub fn narrow_base_weights_compute_like_rounded_f32_weights<O: TensorOps>(ops: O
     let lora = spec(&["query", "value", "intermediate.dense"], 2, false);
     for (dtype, round) in [(DType::Bf16, to_bf16 as fn(f32) -> f32), (DType::F16, to_f16)] {
         let Ok(narrow) = ops.with_dtype(dtype) else {
-            assert!(!ops.dtypes().contains(&dtype), "{} lists {dtype:?} and refuses it", ops.backend());
+            assert!(
+                !ops.dtypes().contains(&dtype),
+                "{} lists {dtype:?} and refuses it",
+                ops.backend()
+            );
             continue;
         };
         // The narrow model stores the weights rounded and computes in f32: the
@@ -567,13 +581,23 @@ pub fn narrow_base_weights_compute_like_rounded_f32_weights<O: TensorOps>(ops: O
         let b = text_batch();
         close(&m.predict(&b).unwrap().data, &reference.predict(&b).unwrap().data, 1e-6);
         let (x, y) = (m.train_step(&b, 0).unwrap(), reference.train_step(&b, 0).unwrap());
-        assert!((x.loss - y.loss).abs() <= 1e-6, "{dtype:?}: loss {} vs {}", x.loss, y.loss);
+        assert!(
+            (x.loss - y.loss).abs() <= 1e-6,
+            "{dtype:?}: loss {} vs {}",
+            x.loss,
+            y.loss
+        );
         close(&x.grads, &y.grads, 1e-6);
         // And not the unrounded model's: the test sees the rounding.
         let mut plain = bert(&ops, &["query", "value", "intermediate.dense"]);
         perturb(&mut plain, 5);
         let p = plain.predict(&b).unwrap();
-        assert!(p.data.iter().zip(&m.predict(&b).unwrap().data).any(|(a, b)| (a - b).abs() > 1e-5));
+        assert!(
+            p.data
+                .iter()
+                .zip(&m.predict(&b).unwrap().data)
+                .any(|(a, b)| (a - b).abs() > 1e-5)
+        );
         // Merging leaves the stored base untouched.
         let before = m.predict(&b).unwrap();
         m.merge().unwrap();

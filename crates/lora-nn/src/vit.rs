@@ -331,7 +331,10 @@ impl<O: TensorOps> Vit<O> {
 
     /// The final norm on the last block's output: `[batch, tokens, hidden]`.
     fn finish(&self, ops: &O, x: &O::T, batch: usize) -> Result<O::T> {
-        ops.reshape(&self.final_norm.forward(ops, x)?, &[batch, self.tokens(), self.cfg.hidden_size])
+        ops.reshape(
+            &self.final_norm.forward(ops, x)?,
+            &[batch, self.tokens(), self.cfg.hidden_size],
+        )
     }
 
     /// Final hidden states `[batch, tokens, hidden]`.

@@ -70,7 +70,9 @@ impl<'de> Deserialize<'de> for MemoryBudget {
         impl Visitor<'_> for V {
             type Value = MemoryBudget;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("bytes with a unit (\"4GiB\", \"512MiB\") or a share of the available memory (0 < share <= 1)")
+                f.write_str(
+                    "bytes with a unit (\"4GiB\", \"512MiB\") or a share of the available memory (0 < share <= 1)",
+                )
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<MemoryBudget, E> {
                 if v > 0.0 && v <= 1.0 {
@@ -119,7 +121,10 @@ mod tests {
     #[test]
     fn numbers_and_auto_round_trip() {
         let t: T = toml::from_str("b = 16\nm = \"4GiB\"").unwrap();
-        assert_eq!((t.b, t.m.clone().unwrap().0), (BatchSize::Fixed(16), Budget::Bytes(4 << 30)));
+        assert_eq!(
+            (t.b, t.m.clone().unwrap().0),
+            (BatchSize::Fixed(16), Budget::Bytes(4 << 30))
+        );
         assert_eq!(toml::to_string(&t).unwrap(), "b = 16\nm = \"4GiB\"\n");
         let t: T = toml::from_str("b = \"auto\"\nm = 0.5").unwrap();
         assert_eq!((t.b, t.m.unwrap().0), (BatchSize::Auto, Budget::Fraction(0.5)));

@@ -516,7 +516,9 @@ impl<'t, 'a> Run<'t, 'a> {
     /// the step budget ends the run.
     fn run_epoch(&mut self) -> Result<Flow> {
         let data = self.ctx.data;
-        let mut batches = data.train.batches(self.cfg.micro_batch(), Some(self.state.order_seed()));
+        let mut batches = data
+            .train
+            .batches(self.cfg.micro_batch(), Some(self.state.order_seed()));
         self.batches_done = false;
         while !self.epoch_exhausted() {
             let step_start = Instant::now();

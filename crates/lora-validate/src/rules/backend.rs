@@ -71,11 +71,13 @@ fn dtype_unsupported(ctx: &RuleContext) -> Vec<Finding> {
             Some(d.location),
         )
         .into_iter()
-        .map(|f| f.help(if backend == "burn" {
-            "use the candle backend for bf16 or f16 base weights, or remove `dtype`"
-        } else {
-            "remove `dtype` or set it to \"f32\""
-        }))
+        .map(|f| {
+            f.help(if backend == "burn" {
+                "use the candle backend for bf16 or f16 base weights, or remove `dtype`"
+            } else {
+                "remove `dtype` or set it to \"f32\""
+            })
+        })
         .collect(),
         _ => Vec::new(),
     }
@@ -94,7 +96,8 @@ fn checkpointing_nothing(ctx: &RuleContext) -> Vec<Finding> {
     let Some(n) = ctx.node("train.gradient-checkpointing") else {
         return Vec::new();
     };
-    let full = ctx.type_of("model") == Some("vit-classifier") && ctx.string("model.mode").is_some_and(|m| m.value == "full");
+    let full =
+        ctx.type_of("model") == Some("vit-classifier") && ctx.string("model.mode").is_some_and(|m| m.value == "full");
     let empty = ctx
         .node("lora.target-modules")
         .and_then(|t| t.as_array())

@@ -54,7 +54,9 @@ fn shape(ctx: &RuleContext) -> Option<(ModelShape, usize)> {
         .map(|(_, inp, out)| r * (inp + out))
         .sum();
     let classes = data.label_names.len().max(2);
-    let p50 = data.token_length_percentiles.map_or(tokens, |[p50, ..]| p50.min(max_length));
+    let p50 = data
+        .token_length_percentiles
+        .map_or(tokens, |[p50, ..]| p50.min(max_length));
     let shape = ModelShape {
         blocks: m.num_layers,
         hidden: m.hidden_size,
@@ -113,7 +115,9 @@ fn batch_exceeds_budget(ctx: &RuleContext) -> Vec<Finding> {
     if auto(ctx) {
         return Vec::new();
     }
-    let Some(p) = predicted(ctx, None) else { return Vec::new() };
+    let Some(p) = predicted(ctx, None) else {
+        return Vec::new();
+    };
     let limit = Budget::default().bytes(Some(available)).unwrap_or(available) as f64;
     if p.total <= limit {
         return Vec::new();

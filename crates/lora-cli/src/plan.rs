@@ -47,9 +47,10 @@ pub struct Choice {
     pub accumulation: usize,
 }
 
-/// Tokens of the longest example and bytes of the examples in memory.
-fn scan(data: &dyn Dataset) -> Result<(usize, u64)> {
+/// Tokens of the longest example, bytes of the examples in memory, and whether they are images.
+fn scan(data: &dyn Dataset) -> Result<(usize, u64, bool)> {
     let (mut longest, mut bytes) = (0, 0u64);
+    let mut images = false;
     for batch in data.batches(256, None) {
         match batch? {
             Batch::Text(t) => {
@@ -57,12 +58,15 @@ fn scan(data: &dyn Dataset) -> Result<(usize, u64)> {
                 // Ids and mask of each example at about its own length.
                 bytes += 8 * t.attention_mask.iter().filter(|&&m| m != 0).count() as u64;
             }
-            Batch::Image(i) => bytes += 4 * i.pixels.len() as u64,
+            Batch::Image(i) => {
+                images = true;
+                bytes += 4 * i.pixels.len() as u64;
+            }
             #[allow(unreachable_patterns)]
             _ => {}
         }
     }
-    Ok((longest, bytes))
+    Ok((longest, bytes, images))
 }
 
 /// Optimizer buffers per parameter, by `type`.
@@ -89,9 +93,9 @@ impl Planner {
             backend: model.backend(),
             feature: "memory planning of this model",
         })?;
-        let (train_longest, train_bytes) = scan(data.train.as_ref())?;
-        let (eval_longest, eval_bytes) = scan(data.validation.as_ref())?;
-        shape.data_bytes = train_bytes + eval_bytes;
+        let (train_longest, train_bytes, images) = scan(data.train.as_ref())?;
+        let (eval_longest, eval_bytes, _) = scan(data.validation.as_ref())?;
+        shape.data_bytes = train_bytes + eval_bytes + u64::from(images) * memory::IMAGE_PIPELINE_BYTES;
         let (train_tokens, eval_tokens) = match shape.tokens {
             Some(t) => (t, t),
             None => (train_longest.max(1), eval_longest.max(1)),
@@ -131,7 +135,7 @@ impl Planner {
     pub fn candidates(&self, auto: &AutoBatch, budget: u64) -> Vec<Candidate> {
         (1..=auto.effective.max(1))
             .rev()
-            .filter(|b| auto.effective % b == 0)
+            .filter(|b| auto.effective.is_multiple_of(*b))
             .map(|b| {
                 let predicted = self.predict(b);
                 Candidate {

@@ -187,7 +187,7 @@ pub trait TensorOps: Clone + Send + Sync + 'static {
     fn cross_entropy(&self, logits: &Self::T, targets: Targets<'_>) -> Result<Self::T>;
 }
 
-fn no_checkpointing<O: TensorOps + ?Sized>(ops: &O) -> Error {
+fn no_checkpointing<O: TensorOps>(ops: &O) -> Error {
     Error::Unsupported {
         backend: ops.backend(),
         feature: "gradient checkpointing",

@@ -342,7 +342,7 @@ fn build(c: &Component) -> Result<Box<dyn Optimizer>, Diagnostics> {
             Diagnostic::error("train::invalid-betas", "beta1 must lie in 0 <= beta1 < 1").at(c.value_location("beta1")),
         );
     }
-    if !(cfg.decay_rate < 0.0) {
+    if cfg.decay_rate.is_nan() || cfg.decay_rate >= 0.0 {
         diags.push(
             Diagnostic::error(
                 "optim::adafactor-decay-rate",
@@ -354,7 +354,7 @@ fn build(c: &Component) -> Result<Box<dyn Optimizer>, Diagnostics> {
             .at(c.value_location("decay-rate")),
         );
     }
-    if !(cfg.clip_threshold > 0.0) || cfg.eps.iter().any(|e| !(*e > 0.0)) {
+    if cfg.clip_threshold.is_nan() || cfg.clip_threshold <= 0.0 || cfg.eps.iter().any(|e| e.is_nan() || *e <= 0.0) {
         diags.push(
             Diagnostic::error(
                 "optim::adafactor-nonpositive",

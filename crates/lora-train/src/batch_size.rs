@@ -41,9 +41,10 @@ impl<'de> Deserialize<'de> for BatchSize {
                 Ok(BatchSize::Fixed(v as usize))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<BatchSize, E> {
+                // A quoted number is a wrong type, like any string but "auto".
                 match v {
                     "auto" => Ok(BatchSize::Auto),
-                    _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+                    _ => Err(E::invalid_type(de::Unexpected::Str(v), &self)),
                 }
             }
         }

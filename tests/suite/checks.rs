@@ -708,3 +708,69 @@ pub fn vit_full_run_saves_a_base_that_a_lora_run_adapts(backend: &str) {
     let e = a.model.predict(&Batch::Image(wrong)).unwrap_err().to_string();
     assert!(e.contains("takes 1x28x28 images"), "{e}");
 }
+
+/// `batch-size = "auto"`: with a budget between the planner's predictions at
+/// micro-batches 4 and 8, the planner picks 4 and 4 accumulation steps, and the
+/// step equals one of the whole effective batch of 16.
+pub fn auto_batch_keeps_the_effective_batch(backend: &str) {
+    let dir = tmp();
+    let text = |batch: &str, accumulation: &str| {
+        pipeline_text(
+            backend,
+            dir.path(),
+            &[
+                ("dropout", "dropout = 0.0"),
+                ("classifier-dropout", "classifier-dropout = 0.0"),
+                ("epochs", "max-steps = 1"),
+                ("max-grad-norm", "max-grad-norm = 0.0"),
+                ("batch-size", batch),
+                ("gradient-accumulation-steps", accumulation),
+            ],
+        )
+        .replace(
+            "type = \"adamw\"\nlr = 2e-3\nweight-decay = 0.01",
+            "type = \"sgd\"\nlr = 0.5",
+        )
+        // A small evaluation batch, so that the training step decides the peak.
+        .replace("[eval]\nbatch-size = 32", "[eval]\nbatch-size = 2")
+    };
+    let auto = |budget: &str| {
+        text(
+            "batch-size = \"auto\"",
+            &format!("effective-batch-size = 16\nmemory-budget = \"{budget}\""),
+        )
+    };
+    let probe = build(auto("64GiB"));
+    let planner = lora_cli::plan::Planner::new(&probe.pipeline, probe.model.as_ref(), &probe.data, None).unwrap();
+    let (p4, p8) = (planner.predict(4).total, planner.predict(8).total);
+    assert!(p4 < p8, "{p4} {p8}");
+    let mut b = build(auto(&(((p4 + p8) / 2.0) as u64).to_string()));
+    let choice = lora_cli::plan::resolve_auto(&mut b.pipeline, b.model.as_mut(), &b.data)
+        .unwrap()
+        .expect("an auto batch");
+    assert_eq!((choice.micro_batch, choice.accumulation), (4, 4));
+    assert_eq!(b.pipeline.train.batch(), Some((4, 4)));
+    assert!(choice.candidates.iter().all(|c| c.fits == (c.micro_batch <= 4)));
+    let step = |b: &mut super::fixtures::Built| {
+        let start = b.model.read_params().unwrap();
+        train(b);
+        let end = b.model.read_params().unwrap();
+        start
+            .iter()
+            .flatten()
+            .zip(end.iter().flatten())
+            .map(|(s, e)| (s - e) / 0.5)
+            .collect::<Vec<f32>>()
+    };
+    let split = step(&mut b);
+    let whole = step(&mut build(text("batch-size = 16", "gradient-accumulation-steps = 1")));
+    let scale = whole.iter().fold(0f32, |m, g| m.max(g.abs()));
+    let max_rel = whole
+        .iter()
+        .zip(&split)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs() / scale));
+    assert!(
+        scale > 0.0 && max_rel < 1e-4,
+        "auto 4 x 4 differs from one batch of 16 by {max_rel}"
+    );
+}

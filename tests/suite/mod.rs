@@ -30,6 +30,10 @@ macro_rules! conformance {
             suite::checks::short_run_lowers_validation_loss($backend);
         }
         #[test]
+        fn auto_batch_keeps_the_effective_batch() {
+            suite::checks::auto_batch_keeps_the_effective_batch($backend);
+        }
+        #[test]
         fn accumulated_micro_batches_equal_one_batch() {
             suite::checks::accumulated_micro_batches_equal_one_batch($backend);
         }

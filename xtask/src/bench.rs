@@ -5,11 +5,43 @@ use std::process::{Command, ExitCode};
 
 use crate::cargo;
 
-pub const USAGE: &str = "bench [--backend B]  training-step speed and peak RSS on MiniLM-L6, JSON lines";
+pub const USAGE: &str = "bench [--backend B] [--memory]  training-step speed and peak RSS on MiniLM-L6, JSON lines";
+
+/// `--memory`: each variant in its own process (a process's peak RSS cannot be
+/// reset below what its allocator keeps): gradient checkpointing off and on at
+/// batch 32 x 512, then f32 and bf16 base weights at 32 x 128.
+const MEMORY_CASES: [&[&str]; 4] = [
+    &["--batch", "32", "--seq-len", "512", "--warmup", "1", "--steps", "2"],
+    &[
+        "--batch",
+        "32",
+        "--seq-len",
+        "512",
+        "--warmup",
+        "1",
+        "--steps",
+        "2",
+        "--checkpointing",
+    ],
+    &["--batch", "32", "--seq-len", "128", "--warmup", "1", "--steps", "3"],
+    &[
+        "--batch",
+        "32",
+        "--seq-len",
+        "128",
+        "--warmup",
+        "1",
+        "--steps",
+        "3",
+        "--dtype",
+        "bf16",
+    ],
+];
 
 pub fn run(args: &[String]) -> ExitCode {
     let mut backend = "candle".to_string();
     let mut rest = Vec::new();
+    let mut memory = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -20,6 +52,7 @@ pub fn run(args: &[String]) -> ExitCode {
                     return ExitCode::from(2);
                 }
             },
+            "--memory" => memory = true,
             _ => rest.push(a.clone()),
         }
     }
@@ -27,6 +60,17 @@ pub fn run(args: &[String]) -> ExitCode {
         Ok(p) => p,
         Err(code) => return code,
     };
+    if memory {
+        for case in MEMORY_CASES {
+            let mut cmd = Command::new(&lora);
+            cmd.args(["bench", "--backend", &backend]).args(case).args(&rest);
+            let code = cargo::status(cmd);
+            if code != ExitCode::SUCCESS {
+                return code;
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
     let mut cmd = Command::new(lora);
     cmd.args(["bench", "--backend", &backend]).args(rest);
     cargo::status(cmd)

@@ -248,6 +248,32 @@ impl TensorOps for BurnOps {
             .transpose()
     }
 
+    fn checkpointing(&self) -> bool {
+        true
+    }
+
+    fn detach(&self, x: &BurnTensor) -> Result<BurnTensor> {
+        Ok(x.map(|t| t.detach()))
+    }
+
+    fn input_leaf(&self, x: &BurnTensor) -> Result<BurnTensor> {
+        // The checkpointed forward pass is untracked, so `x` is a plain tensor; a
+        // tracked one is cut from its graph first (a leaf must start a lineage).
+        Ok(x.map(|t| t.detach().autodiff().require_grad()))
+    }
+
+    fn backward_from(&self, y: &BurnTensor, dy: &BurnTensor) -> Result<Option<Gradients>> {
+        if !y.t.is_tracked() {
+            return Ok(None);
+        }
+        // d(sum(y * dy))/dy = dy, with dy a constant of this pass.
+        Ok(Some((y.t.clone() * dy.t.clone().detach()).sum().backward()))
+    }
+
+    fn input_grad(&self, grads: &Gradients, x: &BurnTensor) -> Result<Option<BurnTensor>> {
+        Ok(x.t.grad(grads).map(|g| BurnTensor::new(g, x.rank)))
+    }
+
     fn reshape(&self, x: &BurnTensor, shape: &[usize]) -> Result<BurnTensor> {
         if shape.iter().product::<usize>() != x.numel() {
             return Err(err(format!("cannot reshape {:?} to {shape:?}", x.dims())));

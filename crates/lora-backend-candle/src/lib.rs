@@ -12,4 +12,4 @@ pub use tensor_ops::CandleOps;
 
 pub const BACKEND: &str = "candle";
 
-lora_nn::register_models!(BACKEND, CandleOps);
+lora_nn::register_models!(BACKEND, CandleOps::default());

@@ -18,7 +18,10 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f
 }
 
 /// `x W^T + b` for a frozen `W [out, in]` and `b`: the backward pass returns
-/// the gradient of `x` only. The bias is added in the same pass.
+/// the gradient of `x` only. The bias is added in the same pass. A `W` kept in
+/// bf16 or f16 is widened to f32 inside each pass (candle's CPU matmul has no
+/// bf16 kernel and widens too) and the copy dropped at once: the graph holds
+/// the narrow weight, so the halved memory holds during the step as well.
 struct FrozenMatmul {
     weight: Tensor,
     bias: Option<Vec<f32>>,
@@ -34,7 +37,7 @@ impl CustomOp1 for FrozenMatmul {
         let dims = layout.shape().dims();
         let rows = dims[..dims.len() - 1].iter().product::<usize>();
         let x = Tensor::from_slice(x, (rows, dims[dims.len() - 1]), &candle_core::Device::Cpu)?;
-        let y = x.matmul(&self.weight.t()?)?;
+        let y = x.matmul(&widened(&self.weight)?.t()?)?;
         let out_dim = y.dim(1)?;
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("at least one dim") = out_dim;
@@ -50,10 +53,20 @@ impl CustomOp1 for FrozenMatmul {
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let dims = grad_res.dims().to_vec();
         let rows = dims[..dims.len() - 1].iter().product::<usize>();
-        let g = grad_res.reshape((rows, dims[dims.len() - 1]))?.matmul(&self.weight)?;
+        let g = grad_res
+            .reshape((rows, dims[dims.len() - 1]))?
+            .matmul(&widened(&self.weight)?)?;
         let mut shape = dims;
         *shape.last_mut().expect("at least one dim") = self.weight.dim(1)?;
         Ok(Some(g.reshape(shape)?))
+    }
+}
+
+fn widened(w: &Tensor) -> Result<Tensor> {
+    if w.dtype() == candle_core::DType::F32 {
+        Ok(w.clone())
+    } else {
+        w.to_dtype(candle_core::DType::F32)
     }
 }
 

@@ -16,7 +16,32 @@ use crate::quant::QuantMatrix;
 
 /// candle on the CPU.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct CandleOps;
+pub struct CandleOps {
+    /// The type of frozen matrices (`[model] dtype`); vectors (biases, norm
+    /// affines) stay f32, they are a thousandth of the weights.
+    dtype: lora_core::DType,
+}
+
+impl CandleOps {
+    /// candle's type for frozen weights of `shape`.
+    fn stored(&self, shape: &[usize]) -> DType {
+        match self.dtype {
+            _ if shape.len() < 2 => DType::F32,
+            lora_core::DType::F32 => DType::F32,
+            lora_core::DType::Bf16 => DType::BF16,
+            lora_core::DType::F16 => DType::F16,
+        }
+    }
+}
+
+/// `w` as f32 (a copy when it is stored narrower).
+fn widened(w: &Tensor) -> candle_core::Result<Tensor> {
+    if w.dtype() == DType::F32 {
+        Ok(w.clone())
+    } else {
+        w.to_dtype(DType::F32)
+    }
+}
 
 const CPU: Device = Device::Cpu;
 
@@ -29,6 +54,14 @@ impl TensorOps for CandleOps {
 
     fn backend(&self) -> &'static str {
         crate::BACKEND
+    }
+
+    fn dtypes(&self) -> &'static [lora_core::DType] {
+        &[lora_core::DType::F32, lora_core::DType::Bf16, lora_core::DType::F16]
+    }
+
+    fn with_dtype(&self, dtype: lora_core::DType) -> Result<Self> {
+        Ok(Self { dtype })
     }
 
     fn tensor(&self, values: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
@@ -50,16 +83,16 @@ impl TensorOps for CandleOps {
             WeightDType::Bf16 => DType::BF16,
         };
         Tensor::from_raw_buffer(view.bytes, dtype, view.shape, &CPU)
-            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.to_dtype(self.stored(view.shape)))
             .core()
     }
 
     fn weight_from_host(&self, values: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
-        self.tensor(values, shape)
+        self.tensor(values, shape)?.to_dtype(self.stored(shape)).core()
     }
 
     fn weight_to_host(&self, w: &Tensor) -> Result<Vec<f32>> {
-        self.to_host(w)
+        self.to_host(&widened(w).core()?)
     }
 
     fn weight_dims(&self, w: &Tensor) -> Vec<usize> {
@@ -67,11 +100,12 @@ impl TensorOps for CandleOps {
     }
 
     fn constant(&self, w: &Tensor) -> Result<Tensor> {
-        Ok(w.clone())
+        widened(w).core()
     }
 
     fn weight_add(&self, w: &Tensor, delta: &Tensor) -> Result<Tensor> {
-        (w + delta.detach()).core()
+        // A merged weight stays f32: it is for prediction and export, not the base.
+        (widened(w).core()? + delta.detach()).core()
     }
 
     fn quantized(&self, view: QuantView<'_>) -> Result<QuantMatrix> {
@@ -113,6 +147,35 @@ impl TensorOps for CandleOps {
 
     fn grad(&self, grads: &GradStore, leaf: &Var) -> Result<Option<Vec<f32>>> {
         grads.get(leaf.as_tensor()).map(|g| self.to_host(g)).transpose()
+    }
+
+    fn checkpointing(&self) -> bool {
+        true
+    }
+
+    fn detach(&self, x: &Tensor) -> Result<Tensor> {
+        // Shares the storage; the graph that made `x` is dropped with its last user.
+        Ok(x.detach())
+    }
+
+    fn input_leaf(&self, x: &Tensor) -> Result<Tensor> {
+        Var::from_tensor(&x.detach()).map(Var::into_inner).core()
+    }
+
+    fn backward_from(&self, y: &Tensor, dy: &Tensor) -> Result<Option<GradStore>> {
+        if !y.track_op() {
+            return Ok(None);
+        }
+        // d(sum(y * dy))/dy = dy, with dy a constant of this pass.
+        y.mul(&dy.detach())
+            .and_then(|p| p.sum_all())
+            .and_then(|s| s.backward())
+            .map(Some)
+            .core()
+    }
+
+    fn input_grad(&self, grads: &GradStore, x: &Tensor) -> Result<Option<Tensor>> {
+        Ok(grads.get(x).cloned())
     }
 
     fn reshape(&self, x: &Tensor, shape: &[usize]) -> Result<Tensor> {
@@ -200,7 +263,7 @@ impl TensorOps for CandleOps {
 
     fn embedding(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
         let ids = Tensor::from_slice(ids, ids.len(), &CPU).core()?;
-        table.index_select(&ids, 0).core()
+        table.index_select(&ids, 0).and_then(|rows| widened(&rows)).core()
     }
 
     fn layer_norm(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
@@ -260,5 +323,5 @@ impl TensorOps for CandleOps {
 
 #[cfg(test)]
 mod tests {
-    lora_nn::model_tests!(super::CandleOps);
+    lora_nn::model_tests!(super::CandleOps::default());
 }

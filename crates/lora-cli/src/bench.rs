@@ -1,8 +1,12 @@
 //! `lora bench`: training-step speed and memory of LoRA on MiniLM-L6, one JSON
 //! line per case. Measures and reports; asserts nothing.
 //!
-//! LoRA r=8, alpha=16, query and value, dropout 0, a 3-class head; fp32;
-//! random token ids (seeded) with full attention masks.
+//! LoRA r=8, alpha=16, query and value, dropout 0, a 3-class head; fp32
+//! unless `--dtype` says otherwise; random token ids (seeded) with full
+//! attention masks. `--batch` and `--seq-len` run one case instead of the
+//! default two, `--checkpointing` recomputes the blocks in the backward pass
+//! (`cargo xtask bench --memory` runs each variant in its own process, so
+//! that each peak RSS is its own).
 
 use std::path::Path;
 use std::time::Instant;
@@ -82,7 +86,17 @@ pub(crate) fn random_batch(case: &Case, vocab: u32, seed: u64) -> Batch {
     })
 }
 
-pub fn run(backend: &str, warmup: usize, steps: usize, assets: &dyn AssetResolver) -> Result<Vec<serde_json::Value>> {
+/// What one `lora bench` measures.
+pub struct Options {
+    pub warmup: usize,
+    pub steps: usize,
+    /// One case instead of [`CASES`].
+    pub case: Option<Case>,
+    pub model: ModelOptions,
+}
+
+pub fn run(backend: &str, opts: &Options, assets: &dyn AssetResolver) -> Result<Vec<serde_json::Value>> {
+    let (warmup, steps) = (opts.warmup, opts.steps);
     let config = PipelineConfig::parse(Path::new("<bench>"), MODEL.replace("BACKEND", backend))?;
     let stage = build_model(&config.model, backend)?;
     let ctx = StageContext {
@@ -91,9 +105,13 @@ pub fn run(backend: &str, warmup: usize, steps: usize, assets: &dyn AssetResolve
         tokenizer: None,
     };
     let mut lines = Vec::new();
-    for case in &CASES {
+    let cases: &[Case] = match &opts.case {
+        Some(c) => std::slice::from_ref(c),
+        None => &CASES,
+    };
+    for case in cases {
         let task = Task::classification(vec!["a".into(), "b".into(), "c".into()]);
-        let mut model = stage.build(&ctx, &config.lora, &task, &ModelOptions::default())?;
+        let mut model = stage.build(&ctx, &config.lora, &task, &opts.model)?;
         reset_peak_rss();
         let mut times = Vec::with_capacity(steps);
         for i in 0..warmup + steps {
@@ -112,6 +130,8 @@ pub fn run(backend: &str, warmup: usize, steps: usize, assets: &dyn AssetResolve
             "batch": case.batch,
             "seq_len": case.seq_len,
             "steps_measured": steps,
+            "dtype": opts.model.dtype.name(),
+            "gradient_checkpointing": opts.model.gradient_checkpointing,
             "median_step_s": median,
             "steps_per_s": 1.0 / median,
             "tokens_per_s": (case.batch * case.seq_len) as f64 / median,

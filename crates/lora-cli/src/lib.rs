@@ -11,6 +11,7 @@ pub mod bench_monitor;
 pub mod generate;
 pub mod pipeline;
 pub mod pipes;
+pub mod plan;
 pub mod plugins;
 pub mod resume;
 pub mod search;

@@ -139,6 +139,15 @@ enum Command {
         #[command(flatten)]
         layers: Layers,
     },
+    /// The memory planner's prediction of a training run's peak memory (loads
+    /// the data and the model; `--json` for a machine-readable answer).
+    Plan {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        layers: Layers,
+    },
     /// Layered configuration tools.
     Config {
         #[command(subcommand)]
@@ -184,6 +193,17 @@ enum Command {
         /// training tokens/s at batch x 256, generation tokens/s, peak RSS.
         #[arg(long)]
         causal: bool,
+        /// One case of this batch size (with --seq-len) instead of the default two.
+        #[arg(long, requires = "seq_len")]
+        batch: Option<usize>,
+        #[arg(long, requires = "batch")]
+        seq_len: Option<usize>,
+        /// Recompute each block in the backward pass.
+        #[arg(long)]
+        checkpointing: bool,
+        /// The frozen base weights' type: f32, bf16 or f16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
     },
 }
 
@@ -421,6 +441,85 @@ fn run(command: Command) -> lora_core::Result<()> {
             }
             println!("{}: ok, {warnings} warning(s), checked in {ms:.0} ms", file.display());
         }
+        Command::Plan { file, json, layers } => {
+            let mut pipeline = validated(&file, layers.overrides(Vec::new()), &assets)?;
+            let ctx = pipeline.context(&assets)?;
+            let (data, mut model) = pipeline.prepare(&ctx)?;
+            let available = lora_validate::machine::facts().available_memory_bytes;
+            let planner = lora_cli::plan::Planner::new(&pipeline, model.as_ref(), &data, available)?;
+            let (micro, accumulation, choice) = match pipeline.train.auto_batch() {
+                Some(auto) => {
+                    let choice = planner.choose(&auto, model.as_mut(), &data)?;
+                    (choice.micro_batch, choice.accumulation, Some(choice))
+                }
+                None => {
+                    let (m, a) = pipeline.train.batch().unwrap_or((1, 1));
+                    (m, a, None)
+                }
+            };
+            let predicted = planner.predict(micro);
+            let _ = pipeline.train.set_batch(micro, accumulation);
+            if json {
+                let answer = serde_json::json!({
+                    "backend": planner.backend,
+                    "dtype": planner.options.dtype.name(),
+                    "gradient_checkpointing": planner.options.gradient_checkpointing,
+                    "micro_batch": micro,
+                    "accumulation": accumulation,
+                    "train_tokens": planner.train_tokens,
+                    "eval_batch": planner.eval_batch,
+                    "eval_tokens": planner.eval_tokens,
+                    "available_bytes": available,
+                    "predicted": predicted,
+                    "auto": choice,
+                });
+                println!("{}", serde_json::to_string_pretty(&answer).expect("json"));
+            } else {
+                println!(
+                    "{}: {} backend, dtype {}, gradient checkpointing {}",
+                    file.display(),
+                    planner.backend,
+                    planner.options.dtype.name(),
+                    if planner.options.gradient_checkpointing {
+                        "on"
+                    } else {
+                        "off"
+                    }
+                );
+                println!(
+                    "micro-batch {micro} x {accumulation} accumulation steps; longest example {} tokens (training), {} (validation, batches of {})",
+                    planner.train_tokens, planner.eval_tokens, planner.eval_batch
+                );
+                println!("predicted peak: {}", lora_cli::plan::describe(&predicted));
+                if let Some(a) = available {
+                    println!("available now: {:.0} MiB", lora_cli::plan::mib(a as f64));
+                }
+                if let Some(c) = choice {
+                    println!(
+                        "batch-size auto ({} mode), effective batch {}, budget {:.0} MiB:",
+                        if c.throughput { "throughput" } else { "memory" },
+                        c.effective,
+                        lora_cli::plan::mib(c.budget_bytes as f64)
+                    );
+                    for k in &c.candidates {
+                        println!(
+                            "  {:>5} x {:<4} {:>8.0} MiB {}{}{}",
+                            k.micro_batch,
+                            k.accumulation,
+                            lora_cli::plan::mib(k.predicted.total),
+                            if k.fits { "fits" } else { "over budget" },
+                            k.seconds_per_example
+                                .map_or(String::new(), |s| format!(", {:.2} ms per example", s * 1e3)),
+                            if k.micro_batch == c.micro_batch {
+                                "  <- chosen"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
+                }
+            }
+        }
         Command::Config {
             command: ConfigCommand::Show { file, layers },
         } => {
@@ -508,6 +607,10 @@ fn run(command: Command) -> lora_core::Result<()> {
             steps,
             monitoring,
             causal,
+            batch,
+            seq_len,
+            checkpointing,
+            dtype,
         } => {
             lora_cli::pipes::survive_closed_pipes();
             if causal {
@@ -515,7 +618,20 @@ fn run(command: Command) -> lora_core::Result<()> {
             } else if monitoring {
                 lora_cli::bench_monitor::run(&backend, steps, &assets)?;
             } else {
-                lora_cli::bench::run(&backend, warmup, steps.max(1), &assets)?;
+                let dtype: lora_core::DType = serde_json::from_value(serde_json::Value::String(dtype.clone()))
+                    .map_err(|_| lora_core::Error::Other(format!("unknown dtype `{dtype}` (f32, bf16, f16)")))?;
+                let opts = lora_cli::bench::Options {
+                    warmup,
+                    steps: steps.max(1),
+                    case: batch
+                        .zip(seq_len)
+                        .map(|(batch, seq_len)| lora_cli::bench::Case { batch, seq_len }),
+                    model: lora_core::ModelOptions {
+                        dtype,
+                        gradient_checkpointing: checkpointing,
+                    },
+                };
+                lora_cli::bench::run(&backend, &opts, &assets)?;
             }
         }
         Command::List => {

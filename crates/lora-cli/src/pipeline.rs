@@ -300,6 +300,22 @@ pub fn run_with(mut pipeline: Pipeline, assets: &dyn AssetResolver, options: Run
         data.validation.len(),
         data.label_names()
     );
+    if let Some(choice) = crate::plan::resolve_auto(&mut pipeline, model.as_mut(), &data)? {
+        let chosen = choice
+            .candidates
+            .iter()
+            .find(|c| c.micro_batch == choice.micro_batch)
+            .map(|c| crate::plan::describe(&c.predicted))
+            .unwrap_or_default();
+        eprintln!(
+            "batch-size auto ({}): micro-batch {} x {} accumulation steps = effective batch {}; predicted peak {chosen}; budget {:.0} MiB",
+            if choice.throughput { "throughput" } else { "memory" },
+            choice.micro_batch,
+            choice.accumulation,
+            choice.effective,
+            crate::plan::mib(choice.budget_bytes as f64)
+        );
+    }
 
     let out = pipeline.config.run.output_dir.clone();
     let config = crate::resume::resolved_config(&pipeline);

@@ -345,6 +345,12 @@ pub trait AdapterModel: Send {
         })
     }
 
+    /// The dimensions the memory planner needs (`crate::memory`); `None` when the
+    /// model does not describe itself (the planner then cannot predict it).
+    fn memory_shape(&self) -> Option<crate::memory::ModelShape> {
+        None
+    }
+
     /// Folds `scale * B A` into the base weights of every LoRA layer.
     fn merge(&mut self) -> Result<()>;
 

@@ -24,6 +24,7 @@ pub mod init;
 pub mod llama;
 pub mod loop_state;
 pub mod lora;
+pub mod memory;
 pub mod optim;
 pub mod registry;
 pub mod rules;

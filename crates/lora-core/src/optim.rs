@@ -22,16 +22,23 @@ pub struct OptimizerState {
 impl OptimizerState {
     /// Checks that a state belongs to optimizer `kind` and has buffers of `len` values.
     pub fn check(&self, kind: &str, len: usize) -> Result<()> {
-        if self.optimizer != kind {
-            return Err(Error::Other(format!(
-                "optimizer state of `{}` cannot be loaded into `{kind}`",
-                self.optimizer
-            )));
-        }
+        self.check_kind(kind)?;
         if let Some((name, b)) = self.buffers.iter().find(|(_, b)| b.len() != len) {
             return Err(Error::Other(format!(
                 "optimizer buffer `{name}` has {} values, the parameters {len}",
                 b.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks that a state belongs to optimizer `kind` (for optimizers whose
+    /// buffers are not all in the parameter layout, such as factored moments).
+    pub fn check_kind(&self, kind: &str) -> Result<()> {
+        if self.optimizer != kind {
+            return Err(Error::Other(format!(
+                "optimizer state of `{}` cannot be loaded into `{kind}`",
+                self.optimizer
             )));
         }
         Ok(())

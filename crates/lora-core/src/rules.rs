@@ -333,8 +333,17 @@ impl<'a> RuleContext<'a> {
         if data.read_error.is_some() || data.train.rows == 0 || self.type_of("train") != Some("supervised") {
             return None;
         }
-        let batch = self.count_or("train.batch-size", 32).max(1);
-        let accumulation = self.count_or("train.gradient-accumulation-steps", 1).max(1);
+        // With batch-size = "auto" the micro-batch is not known yet; the step
+        // counts depend on the effective batch, planned as one micro-batch.
+        let auto = self.string("train.batch-size").is_some_and(|b| b.value == "auto");
+        let (batch, accumulation) = if auto {
+            (self.count_or("train.effective-batch-size", 32).max(1), 1)
+        } else {
+            (
+                self.count_or("train.batch-size", 32).max(1),
+                self.count_or("train.gradient-accumulation-steps", 1).max(1),
+            )
+        };
         let epochs = self.int("train.epochs").map(|e| e.value.max(0) as usize);
         let max_steps = self.int("train.max-steps").map(|e| e.value.max(0) as usize);
         Some(TrainPlan::new(data.train.rows, batch, accumulation, epochs, max_steps))

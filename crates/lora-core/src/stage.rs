@@ -245,6 +245,22 @@ pub trait TrainStage: Send {
         false
     }
 
+    /// The micro-batch and accumulation it trains with; `None` while the
+    /// micro-batch is still to be chosen ([`Self::auto_batch`]).
+    fn batch(&self) -> Option<(usize, usize)> {
+        None
+    }
+
+    /// What the planner is to choose, for `batch-size = "auto"` (until [`Self::set_batch`]).
+    fn auto_batch(&self) -> Option<crate::memory::AutoBatch> {
+        None
+    }
+
+    /// The planner's choice: the micro-batch and the accumulation that keep the effective batch.
+    fn set_batch(&mut self, _micro: usize, _accumulation: usize) -> Result<()> {
+        Err(crate::Error::Other("this trainer has a fixed batch".into()))
+    }
+
     /// The component's configuration with every default filled in, `type` included.
     fn resolved(&self) -> serde_json::Value {
         serde_json::Value::Null

@@ -157,19 +157,40 @@ impl<O: TensorOps> Bert<O> {
         self.norm(ops, &l.output_norm, &ops.add(&down, &h)?)
     }
 
-    /// Last hidden states `[batch * seq, hidden]`.
-    fn encode(&self, ops: &O, b: &TextBatch, mut masks: Option<&mut MaskSource>) -> Result<O::T> {
+    /// The embeddings' output `[batch * seq, hidden]`: the first block's input.
+    fn embeddings(&self, ops: &O, b: &TextBatch) -> Result<O::T> {
         let (bs, t, h) = (b.batch_size, b.seq_len, self.cfg.hidden_size);
         let words = ops.reshape(&ops.embedding(&self.word_embeddings, &b.input_ids)?, &[bs, t, h])?;
         let positions: Vec<u32> = (0..t as u32).collect();
         let positions = ops.embedding(&self.position_embeddings, &positions)?;
         let token_type = ops.embedding(&self.token_type_embeddings, &[0])?;
         let emb = ops.broadcast_add(&ops.broadcast_add(&words, &positions)?, &token_type)?;
-        let mut x = self.norm(ops, &self.embedding_norm, &ops.reshape(&emb, &[bs * t, h])?)?;
+        self.norm(ops, &self.embedding_norm, &ops.reshape(&emb, &[bs * t, h])?)
+    }
+
+    /// Last hidden states `[batch * seq, hidden]`.
+    fn encode(&self, ops: &O, b: &TextBatch, mut masks: Option<&mut MaskSource>) -> Result<O::T> {
+        let mut x = self.embeddings(ops, b)?;
         for layer in &self.layers {
             x = self.layer(ops, layer, &x, b, &mut masks)?;
         }
         Ok(x)
+    }
+
+    /// Pooler, dropout and classifier on the last hidden states.
+    fn classify(&self, ops: &O, hidden: &O::T, b: &TextBatch, masks: Option<&mut MaskSource>) -> Result<O::T> {
+        let h = self.cfg.hidden_size;
+        let first = ops.reshape(
+            &ops.narrow(&ops.reshape(hidden, &[b.batch_size, b.seq_len, h])?, 1, 0, 1)?,
+            &[b.batch_size, h],
+        )?;
+        let pooled = ops.tanh(&ops.frozen_linear(&first, &self.pooler.0, Some(&self.pooler.1))?)?;
+        let pooled = match masks {
+            Some(src) => src.apply(ops, &pooled, self.classifier_dropout)?,
+            None => pooled,
+        };
+        let (w, bias) = &self.classifier;
+        ops.linear(&pooled, &ops.use_leaf(w), &ops.use_leaf(bias))
     }
 }
 
@@ -203,19 +224,24 @@ impl<O: TensorOps> Architecture<O> for Bert<O> {
 
     fn logits(&self, ops: &O, batch: &Batch, mut masks: Option<&mut MaskSource>) -> Result<O::T> {
         let b = text(batch)?;
-        let h = self.cfg.hidden_size;
         let hidden = self.encode(ops, b, masks.as_deref_mut())?;
-        let first = ops.reshape(
-            &ops.narrow(&ops.reshape(&hidden, &[b.batch_size, b.seq_len, h])?, 1, 0, 1)?,
-            &[b.batch_size, h],
-        )?;
-        let pooled = ops.tanh(&ops.frozen_linear(&first, &self.pooler.0, Some(&self.pooler.1))?)?;
-        let pooled = match masks {
-            Some(src) => src.apply(ops, &pooled, self.classifier_dropout)?,
-            None => pooled,
-        };
-        let (w, bias) = &self.classifier;
-        ops.linear(&pooled, &ops.use_leaf(w), &ops.use_leaf(bias))
+        self.classify(ops, &hidden, b, masks)
+    }
+
+    fn blocks(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn embed(&self, ops: &O, batch: &Batch, _masks: Option<&mut MaskSource>) -> Result<O::T> {
+        self.embeddings(ops, text(batch)?)
+    }
+
+    fn block(&self, ops: &O, i: usize, x: &O::T, batch: &Batch, mut masks: Option<&mut MaskSource>) -> Result<O::T> {
+        self.layer(ops, &self.layers[i], x, text(batch)?, &mut masks)
+    }
+
+    fn head(&self, ops: &O, x: &O::T, batch: &Batch, masks: Option<&mut MaskSource>) -> Result<O::T> {
+        self.classify(ops, x, text(batch)?, masks)
     }
 
     fn hidden_states(&self, ops: &O, batch: &Batch) -> Result<HostTensor> {
@@ -254,5 +280,31 @@ impl<O: TensorOps> Architecture<O> for Bert<O> {
 
     fn peft_info(&self) -> PeftInfo {
         peft_info(&self.targets)
+    }
+
+    fn memory_shape(&self, ops: &O, trainable: usize) -> Option<lora_core::memory::ModelShape> {
+        let n = |w: &O::W| ops.weight_dims(w).iter().product::<usize>();
+        let h = self.cfg.hidden_size;
+        let mut matrices = n(&self.word_embeddings) + n(&self.position_embeddings) + n(&self.token_type_embeddings);
+        matrices += n(&self.pooler.0);
+        let mut vectors = 2 * h + n(&self.pooler.1);
+        for l in &self.layers {
+            for lin in &l.linears {
+                matrices += n(lin.weight());
+                vectors += lin.base_numel(ops) - n(lin.weight());
+            }
+            vectors += 4 * h;
+        }
+        Some(lora_core::memory::ModelShape {
+            blocks: self.layers.len(),
+            hidden: h,
+            heads: self.cfg.num_attention_heads,
+            intermediate: self.cfg.intermediate_size,
+            frozen_values: matrices + vectors,
+            frozen_matrix_values: matrices,
+            trainable,
+            data_bytes: 0,
+            tokens: None,
+        })
     }
 }

@@ -6,6 +6,8 @@ use lora_core::init::{SeededRng, dropout_mask};
 
 use crate::ops::TensorOps;
 
+/// Cloned at each checkpoint, so that a recomputed segment draws its masks again.
+#[derive(Clone)]
 pub struct MaskSource {
     rng: SeededRng,
 }

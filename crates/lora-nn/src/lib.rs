@@ -13,6 +13,7 @@
 //! Invariant: this crate depends on `lora-core` and on no tensor library.
 
 pub mod bert;
+pub mod checkpoint;
 pub mod dropout;
 pub mod gguf;
 pub mod kernels;

@@ -35,6 +35,40 @@ pub trait Architecture<O: TensorOps>: Send + Sync + 'static {
     fn save_base(&self, _ops: &O, _store: &ParamStore<O>, _num_labels: usize, _dir: &Path) -> Result<bool> {
         Ok(false)
     }
+
+    /// The dimensions the memory planner needs, given the trainable count
+    /// (`data_bytes` is left 0: the data stage knows it).
+    fn memory_shape(&self, _ops: &O, _trainable: usize) -> Option<lora_core::memory::ModelShape> {
+        None
+    }
+
+    // ----- the forward pass as a chain, for gradient checkpointing:
+    // `logits = head(block(n - 1, ... block(0, embed(batch))))`. An architecture
+    // that keeps the defaults (no blocks) cannot be checkpointed.
+
+    /// The blocks that a checkpointed pass recomputes one at a time.
+    fn blocks(&self) -> usize {
+        0
+    }
+
+    /// The input of the first block.
+    fn embed(&self, _ops: &O, _batch: &Batch, _masks: Option<&mut MaskSource>) -> Result<O::T> {
+        Err(no_chain())
+    }
+
+    /// Block `i` applied to `x`.
+    fn block(&self, _ops: &O, _i: usize, _x: &O::T, _batch: &Batch, _masks: Option<&mut MaskSource>) -> Result<O::T> {
+        Err(no_chain())
+    }
+
+    /// The logits from the last block's output.
+    fn head(&self, _ops: &O, _x: &O::T, _batch: &Batch, _masks: Option<&mut MaskSource>) -> Result<O::T> {
+        Err(no_chain())
+    }
+}
+
+fn no_chain() -> Error {
+    Error::Other("this architecture has no blocks to checkpoint".into())
 }
 
 pub struct Model<O: TensorOps, A: Architecture<O>> {
@@ -42,6 +76,8 @@ pub struct Model<O: TensorOps, A: Architecture<O>> {
     pub arch: A,
     pub store: ParamStore<O>,
     pub num_labels: usize,
+    /// Recompute each block in the backward pass ([`crate::checkpoint`]).
+    pub checkpointing: bool,
 }
 
 impl<O: TensorOps, A: Architecture<O>> Model<O, A> {
@@ -51,6 +87,7 @@ impl<O: TensorOps, A: Architecture<O>> Model<O, A> {
             arch,
             store,
             num_labels,
+            checkpointing: false,
         }
     }
 }
@@ -82,6 +119,9 @@ impl<O: TensorOps, A: Architecture<O>> AdapterModel for Model<O, A> {
 
     fn train_step(&mut self, batch: &Batch, dropout_seed: u64) -> Result<StepOutput> {
         self.arch.check_batch(batch, self.num_labels)?;
+        if self.checkpointing {
+            return crate::checkpoint::train_step(&self.ops, &self.arch, &self.store, batch, dropout_seed);
+        }
         let ops = &self.ops;
         ops.track(self.store.leaves());
         let mut masks = MaskSource::new(dropout_seed);
@@ -111,6 +151,10 @@ impl<O: TensorOps, A: Architecture<O>> AdapterModel for Model<O, A> {
     fn hidden_states(&self, batch: &Batch) -> Result<HostTensor> {
         self.arch.check_batch(batch, self.num_labels)?;
         self.arch.hidden_states(&self.ops, batch)
+    }
+
+    fn memory_shape(&self) -> Option<lora_core::memory::ModelShape> {
+        self.arch.memory_shape(&self.ops, self.store.numel())
     }
 
     fn merge(&mut self) -> Result<()> {

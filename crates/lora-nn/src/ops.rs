@@ -6,6 +6,7 @@
 //! Tensors carry their shape at run time (`&[usize]`), so that one trait
 //! covers backends whose tensors are typed by rank.
 
+use lora_core::adapter::DType;
 use lora_core::task::Targets;
 use lora_core::{Error, Result};
 
@@ -77,6 +78,50 @@ pub trait TensorOps: Clone + Send + Sync + 'static {
     fn backward(&self, loss: &Self::T) -> Result<Self::Grads>;
     /// The gradient of a parameter after [`Self::backward`]; `None` when it took no part.
     fn grad(&self, grads: &Self::Grads, leaf: &Self::Leaf) -> Result<Option<Vec<f32>>>;
+
+    // ----- precision (optional)
+    /// The types this backend can keep frozen base weights in.
+    fn dtypes(&self) -> &'static [DType] {
+        &[DType::F32]
+    }
+    /// These operations with frozen weights kept in `dtype` (trainable parameters,
+    /// activations and gradients stay f32).
+    fn with_dtype(&self, dtype: DType) -> Result<Self> {
+        match dtype {
+            DType::F32 => Ok(self.clone()),
+            other => Err(Error::Unsupported {
+                backend: self.backend(),
+                feature: match other {
+                    DType::Bf16 => "bf16 base weights",
+                    _ => "f16 base weights",
+                },
+            }),
+        }
+    }
+
+    // ----- gradient checkpointing (optional; `checkpointing` says whether the four below work)
+    /// Whether the backend implements the operations of gradient checkpointing.
+    fn checkpointing(&self) -> bool {
+        false
+    }
+    /// `x` cut from the graph that made it: what a checkpoint keeps between segments.
+    fn detach(&self, _x: &Self::T) -> Result<Self::T> {
+        Err(no_checkpointing(self))
+    }
+    /// A copy of `x` whose gradient [`Self::input_grad`] reads after a backward pass:
+    /// the input of a recomputed segment.
+    fn input_leaf(&self, _x: &Self::T) -> Result<Self::T> {
+        Err(no_checkpointing(self))
+    }
+    /// Backward from a tensor `y` of any shape, seeded with `dy` (the loss's gradient
+    /// with respect to `y`); `None` when `y` depends on nothing tracked.
+    fn backward_from(&self, _y: &Self::T, _dy: &Self::T) -> Result<Option<Self::Grads>> {
+        Err(no_checkpointing(self))
+    }
+    /// The gradient of an [`Self::input_leaf`] after a backward pass.
+    fn input_grad(&self, _grads: &Self::Grads, _x: &Self::T) -> Result<Option<Self::T>> {
+        Err(no_checkpointing(self))
+    }
 
     // ----- shapes
     fn reshape(&self, x: &Self::T, shape: &[usize]) -> Result<Self::T>;
@@ -154,6 +199,13 @@ pub trait TensorOps: Clone + Send + Sync + 'static {
     /// Mean cross-entropy of `logits [rows, classes]` against class indices or
     /// distributions; for tokens, the weighted mean over positions.
     fn cross_entropy(&self, logits: &Self::T, targets: Targets<'_>) -> Result<Self::T>;
+}
+
+fn no_checkpointing<O: TensorOps>(ops: &O) -> Error {
+    Error::Unsupported {
+        backend: ops.backend(),
+        feature: "gradient checkpointing",
+    }
 }
 
 /// [`TensorOps::attention`] composed from the other operations (a backend

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use lora_core::adapter::{AdapterModel, DType, ModelOptions};
+use lora_core::adapter::{AdapterModel, ModelOptions};
 use lora_core::bert::ClassifierSpec;
 use lora_core::config::Component;
 use lora_core::diag::Diagnostics;
@@ -14,9 +14,9 @@ use lora_core::{LoraSpec, Result, Task};
 use crate::ops::TensorOps;
 use crate::weights::SafetensorsFile;
 
-/// The build options the models implement today.
+/// The build options the models implement on this backend.
 fn check_options<O: TensorOps>(ops: &O, options: &ModelOptions) -> Result<()> {
-    options.check(ops.backend(), &[DType::F32], false)
+    options.check(ops.backend(), ops.dtypes(), ops.checkpointing())
 }
 
 /// `[model] type = "bert-classifier"`.
@@ -65,8 +65,8 @@ impl<O: TensorOps> ModelStage for BertStage<O> {
         let num_labels = task.require_classes("bert-classifier")?;
         let (dir, cfg) = self.spec.files(ctx)?;
         let weights = SafetensorsFile::open(&dir.join("model.safetensors"))?;
-        let model = crate::bert::build(
-            self.ops.clone(),
+        let mut model = crate::bert::build(
+            self.ops.with_dtype(options.dtype)?,
             cfg,
             &weights,
             lora,
@@ -74,6 +74,7 @@ impl<O: TensorOps> ModelStage for BertStage<O> {
             self.spec.classifier_dropout,
             ctx.seed,
         )?;
+        model.checkpointing = options.gradient_checkpointing;
         Ok(Box::new(model))
     }
 
@@ -126,14 +127,16 @@ impl<O: TensorOps> ModelStage for VitStage<O> {
     ) -> Result<Box<dyn AdapterModel>> {
         check_options(&self.ops, options)?;
         let num_labels = task.require_classes("vit-classifier")?;
-        let ops = self.ops.clone();
-        Ok(match self.spec.start(ctx, lora)? {
-            VitStart::New(cfg) => Box::new(crate::vit::new_full(ops, cfg, num_labels, ctx.seed)?),
+        let ops = self.ops.with_dtype(options.dtype)?;
+        let mut model = match self.spec.start(ctx, lora)? {
+            VitStart::New(cfg) => crate::vit::new_full(ops, cfg, num_labels, ctx.seed)?,
             VitStart::Saved { cfg, weights } => {
                 let weights = SafetensorsFile::open(&weights)?;
-                Box::new(crate::vit::from_base(ops, cfg, &weights, lora, num_labels, ctx.seed)?)
+                crate::vit::from_base(ops, cfg, &weights, lora, num_labels, ctx.seed)?
             }
-        })
+        };
+        model.checkpointing = options.gradient_checkpointing;
+        Ok(Box::new(model))
     }
 
     fn base_model_name(&self, ctx: &StageContext) -> Result<String> {

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use lora_core::adapter::AdapterModel;
+use lora_core::adapter::{AdapterModel, DType};
 use lora_core::bert::{BertConfig, TARGETS};
 use lora_core::init::{normal, rng};
 use lora_core::vit::{CONFIG_FILE, VitConfig, WEIGHTS_FILE};
@@ -31,7 +31,9 @@ macro_rules! model_tests {
             vit_full_training_learns_and_its_saved_base_reloads,
             vit_lora_trains_the_adapter_and_the_head_and_merges,
             vit_patch_embedding_takes_lora_with_conv_shapes,
-            vit_soft_labels_equal_one_hot_labels);
+            vit_soft_labels_equal_one_hot_labels,
+            checkpointed_gradients_equal_the_full_graph,
+            narrow_base_weights_compute_like_rounded_f32_weights);
     };
     (@each $ops:expr; $($name:ident),*) => {
         $(#[test] fn $name() { $crate::testing::$name($ops) })*
@@ -168,10 +170,18 @@ fn bert_config() -> BertConfig {
 
 /// Random base weights with Hugging Face's names (no `bert.` prefix, like MiniLM).
 fn bert_weights(cfg: &BertConfig) -> HostWeights {
+    bert_weights_rounded(cfg, |v| v)
+}
+
+/// The same weights with every matrix's values passed through `round`.
+fn bert_weights_rounded(cfg: &BertConfig, round: fn(f32) -> f32) -> HostWeights {
     let mut r = rng(99);
     let mut m = HostWeights::default();
     let mut put = |name: String, shape: Vec<usize>, std: f32| {
-        let v = normal(std, shape.iter().product(), &mut r);
+        let mut v = normal(std, shape.iter().product(), &mut r);
+        if shape.len() >= 2 {
+            v.iter_mut().for_each(|x| *x = round(*x));
+        }
         m.insert(name, shape, &v);
     };
     let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
@@ -478,4 +488,122 @@ pub fn vit_soft_labels_equal_one_hot_labels<O: TensorOps>(ops: O) {
     b.height = 4;
     let e = m.predict(&Batch::Image(b)).unwrap_err().to_string();
     assert!(e.contains("takes 1x8x8 images") && e.contains("gives 1x4x8"), "{e}");
+}
+
+/// The loss and gradients of a checkpointed step against the full graph's:
+/// each parameter's largest difference within 1e-6 of its largest gradient.
+fn same_step(plain: &mut dyn AdapterModel, ckpt: &mut dyn AdapterModel, b: &Batch, seed: u64) {
+    let (p, c) = (plain.train_step(b, seed).unwrap(), ckpt.train_step(b, seed).unwrap());
+    assert!(
+        (p.loss - c.loss).abs() <= 1e-6 * p.loss.abs(),
+        "loss {} vs {}",
+        p.loss,
+        c.loss
+    );
+    assert_eq!(p.weight, c.weight);
+    for ((gp, gc), info) in p
+        .split_grads(plain.params())
+        .iter()
+        .zip(c.split_grads(ckpt.params()))
+        .zip(plain.params())
+    {
+        let scale = gp.iter().fold(0f32, |m, g| m.max(g.abs()));
+        assert!(scale > 0.0, "{} has no gradient", info.name);
+        let diff = gp.iter().zip(&gc).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(diff <= 1e-6 * scale, "{}: difference {diff} against {scale}", info.name);
+    }
+}
+
+pub fn checkpointed_gradients_equal_the_full_graph<O: TensorOps>(ops: O) {
+    assert!(ops.checkpointing(), "{} implements checkpointing", ops.backend());
+    // BERT, LoRA on every module with dropout, and classifier dropout: the
+    // recomputed blocks must draw the same masks.
+    let cfg = bert_config();
+    let mut lora = spec(&TARGETS.map(|(name, _, _)| name), 2, false);
+    lora.dropout = 0.3;
+    let build = |checkpointing: bool| {
+        let mut m = crate::bert::build(ops.clone(), cfg.clone(), &bert_weights(&cfg), &lora, 3, 0.2, 7).unwrap();
+        perturb(&mut m, 5);
+        m.checkpointing = checkpointing;
+        m
+    };
+    let (mut plain, mut ckpt) = (build(false), build(true));
+    for seed in [0, 11] {
+        same_step(&mut plain, &mut ckpt, &text_batch(), seed);
+    }
+    // ViT in full mode: the embedding's own parameters get their gradients too.
+    let b = Batch::Image(image_batch(5, 3));
+    let mut plain = crate::vit::new_full(ops.clone(), vit_config(), 3, 1).unwrap();
+    let mut ckpt = crate::vit::new_full(ops.clone(), vit_config(), 3, 1).unwrap();
+    ckpt.checkpointing = true;
+    same_step(&mut plain, &mut ckpt, &b, 0);
+    // LoRA on the patch embedding and a block's linears.
+    let (_, dir) = saved_base(&ops);
+    let targets = ["patch_embeddings.projection", "query", "intermediate.dense"];
+    let (mut plain, mut ckpt) = (from_base(&ops, &dir, &targets, 3), from_base(&ops, &dir, &targets, 3));
+    perturb(&mut plain, 8);
+    perturb(&mut ckpt, 8);
+    ckpt.checkpointing = true;
+    same_step(&mut plain, &mut ckpt, &b, 2);
+}
+
+/// `x` rounded to the nearest bf16 (ties to even), as an f32.
+fn to_bf16(x: f32) -> f32 {
+    let bits = x.to_bits();
+    f32::from_bits((bits + 0x7fff + ((bits >> 16) & 1)) & 0xffff_0000)
+}
+
+/// `x` rounded to the nearest f16 (ties to even), as an f32: normal numbers
+/// keep 10 mantissa bits (the test's weights are far from f16's subnormals).
+fn to_f16(x: f32) -> f32 {
+    let bits = x.to_bits();
+    f32::from_bits((bits + 0xfff + ((bits >> 13) & 1)) & 0xffff_e000)
+}
+
+pub fn narrow_base_weights_compute_like_rounded_f32_weights<O: TensorOps>(ops: O) {
+    let cfg = bert_config();
+    let lora = spec(&["query", "value", "intermediate.dense"], 2, false);
+    for (dtype, round) in [(DType::Bf16, to_bf16 as fn(f32) -> f32), (DType::F16, to_f16)] {
+        let Ok(narrow) = ops.with_dtype(dtype) else {
+            assert!(
+                !ops.dtypes().contains(&dtype),
+                "{} lists {dtype:?} and refuses it",
+                ops.backend()
+            );
+            continue;
+        };
+        // The narrow model stores the weights rounded and computes in f32: the
+        // same numbers as an f32 model given the rounded weights.
+        let mut m = crate::bert::build(narrow, cfg.clone(), &bert_weights(&cfg), &lora, 3, 0.0, 7).unwrap();
+        let rounded = bert_weights_rounded(&cfg, round);
+        let mut reference = crate::bert::build(ops.clone(), cfg.clone(), &rounded, &lora, 3, 0.0, 7).unwrap();
+        perturb(&mut m, 5);
+        perturb(&mut reference, 5);
+        let b = text_batch();
+        close(&m.predict(&b).unwrap().data, &reference.predict(&b).unwrap().data, 1e-6);
+        let (x, y) = (m.train_step(&b, 0).unwrap(), reference.train_step(&b, 0).unwrap());
+        assert!(
+            (x.loss - y.loss).abs() <= 1e-6,
+            "{dtype:?}: loss {} vs {}",
+            x.loss,
+            y.loss
+        );
+        close(&x.grads, &y.grads, 1e-6);
+        // And not the unrounded model's: the test sees the rounding.
+        let mut plain = bert(&ops, &["query", "value", "intermediate.dense"]);
+        perturb(&mut plain, 5);
+        let p = plain.predict(&b).unwrap();
+        assert!(
+            p.data
+                .iter()
+                .zip(&m.predict(&b).unwrap().data)
+                .any(|(a, b)| (a - b).abs() > 1e-5)
+        );
+        // Merging leaves the stored base untouched.
+        let before = m.predict(&b).unwrap();
+        m.merge().unwrap();
+        close(&m.predict(&b).unwrap().data, &before.data, 1e-5);
+        m.unmerge().unwrap();
+        assert_eq!(m.predict(&b).unwrap(), before);
+    }
 }

@@ -314,20 +314,42 @@ impl<O: TensorOps> Vit<O> {
         ops.add(&x, &linear(5, &up)?)
     }
 
-    /// Final hidden states `[batch, tokens, hidden]`.
-    fn encode(&self, ops: &O, b: &ImageBatch, mut masks: Option<&mut MaskSource>) -> Result<O::T> {
+    /// Patch, class and position embeddings `[batch * tokens, hidden]`: the first block's input.
+    fn embeddings(&self, ops: &O, b: &ImageBatch) -> Result<O::T> {
         let cfg = &self.cfg;
         let (n, h, batch) = (cfg.grid() * cfg.grid(), cfg.hidden_size, b.batch_size);
-        let t = n + 1;
         let patches = ops.tensor(patchify(&b.pixels, batch, cfg), &[batch * n, cfg.patch_dim()])?;
         let emb = ops.reshape(&self.patch.forward(ops, &patches, None)?, &[batch, n, h])?;
         let cls = ops.broadcast_as(&self.cls_token.get(ops)?, &[batch, 1, h])?;
         let x = ops.broadcast_add(&ops.cat(&[&cls, &emb], 1)?, &self.position.get(ops)?)?;
-        let mut x = ops.reshape(&x, &[batch * t, h])?;
+        ops.reshape(&x, &[batch * (n + 1), h])
+    }
+
+    fn tokens(&self) -> usize {
+        self.cfg.grid() * self.cfg.grid() + 1
+    }
+
+    /// The final norm on the last block's output: `[batch, tokens, hidden]`.
+    fn finish(&self, ops: &O, x: &O::T, batch: usize) -> Result<O::T> {
+        ops.reshape(
+            &self.final_norm.forward(ops, x)?,
+            &[batch, self.tokens(), self.cfg.hidden_size],
+        )
+    }
+
+    /// Final hidden states `[batch, tokens, hidden]`.
+    fn encode(&self, ops: &O, b: &ImageBatch, mut masks: Option<&mut MaskSource>) -> Result<O::T> {
+        let mut x = self.embeddings(ops, b)?;
         for blk in &self.blocks {
-            x = self.block(ops, blk, &x, (batch, t), &mut masks)?;
+            x = self.block(ops, blk, &x, (b.batch_size, self.tokens()), &mut masks)?;
         }
-        ops.reshape(&self.final_norm.forward(ops, &x)?, &[batch, t, h])
+        self.finish(ops, &x, b.batch_size)
+    }
+
+    /// The classifier on the class token of the final hidden states.
+    fn classify(&self, ops: &O, hidden: &O::T, batch: usize) -> Result<O::T> {
+        let cls = ops.reshape(&ops.narrow(hidden, 1, 0, 1)?, &[batch, self.cfg.hidden_size])?;
+        ops.linear(&cls, &ops.use_leaf(&self.head.0), &ops.use_leaf(&self.head.1))
     }
 }
 
@@ -343,10 +365,26 @@ impl<O: TensorOps> Architecture<O> for Vit<O> {
 
     fn logits(&self, ops: &O, batch: &Batch, masks: Option<&mut MaskSource>) -> Result<O::T> {
         let b = images(batch)?;
-        let h = self.cfg.hidden_size;
         let hidden = self.encode(ops, b, masks)?;
-        let cls = ops.reshape(&ops.narrow(&hidden, 1, 0, 1)?, &[b.batch_size, h])?;
-        ops.linear(&cls, &ops.use_leaf(&self.head.0), &ops.use_leaf(&self.head.1))
+        self.classify(ops, &hidden, b.batch_size)
+    }
+
+    fn blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    fn embed(&self, ops: &O, batch: &Batch, _masks: Option<&mut MaskSource>) -> Result<O::T> {
+        self.embeddings(ops, images(batch)?)
+    }
+
+    fn block(&self, ops: &O, i: usize, x: &O::T, batch: &Batch, mut masks: Option<&mut MaskSource>) -> Result<O::T> {
+        let b = images(batch)?;
+        self.block(ops, &self.blocks[i], x, (b.batch_size, self.tokens()), &mut masks)
+    }
+
+    fn head(&self, ops: &O, x: &O::T, batch: &Batch, _masks: Option<&mut MaskSource>) -> Result<O::T> {
+        let b = images(batch)?;
+        self.classify(ops, &self.finish(ops, x, b.batch_size)?, b.batch_size)
     }
 
     fn hidden_states(&self, ops: &O, batch: &Batch) -> Result<HostTensor> {
@@ -373,6 +411,24 @@ impl<O: TensorOps> Architecture<O> for Vit<O> {
 
     fn peft_info(&self) -> PeftInfo {
         peft_info(&self.targets)
+    }
+
+    fn memory_shape(&self, _ops: &O, trainable: usize) -> Option<lora_core::memory::ModelShape> {
+        let (h, i) = (self.cfg.hidden_size, self.cfg.intermediate_size);
+        // Vectors of the base: per block two norms (4h) and the biases of q, k, v,
+        // the attention output, MLP up and down (5h + i); the final norm and the patch bias.
+        let vectors = self.blocks.len() * (9 * h + i) + 3 * h;
+        Some(lora_core::memory::ModelShape {
+            blocks: self.blocks.len(),
+            hidden: h,
+            heads: self.cfg.num_attention_heads,
+            intermediate: i,
+            frozen_values: self.frozen,
+            frozen_matrix_values: self.frozen.saturating_sub(vectors),
+            trainable,
+            data_bytes: 0,
+            tokens: Some(self.cfg.seq_len()),
+        })
     }
 
     /// Full mode: `config.json` and `model.safetensors` (every weight, head

@@ -5,10 +5,13 @@
 //! learning-rate schedule, evaluation, events and adapter files) happens here
 //! on host vectors.
 
+pub mod adafactor;
+pub mod batch_size;
 pub mod callbacks;
 pub mod checkpoint;
 pub mod checks;
 pub mod eval;
+pub mod lion;
 pub mod lm_eval;
 pub mod metrics;
 pub mod optim;

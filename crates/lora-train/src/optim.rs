@@ -195,7 +195,7 @@ impl Optimizer for Sgd {
     }
 }
 
-fn check_lr(c: &Component, lr: f64) -> Result<(), Diagnostics> {
+pub(crate) fn check_lr(c: &Component, lr: f64) -> Result<(), Diagnostics> {
     if !(lr > 0.0 && lr.is_finite()) {
         return Err(Diagnostic::error(
             "train::invalid-lr",

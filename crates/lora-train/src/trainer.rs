@@ -16,6 +16,9 @@ use lora_core::strategy::StepSums;
 use lora_core::{Batch, Error, LoopState, ParamLayout, Result, Task};
 use serde::{Deserialize, Serialize};
 
+use lora_core::memory::{AutoBatch, Budget};
+
+use crate::batch_size::{AutoMode, BatchSize, MemoryBudget};
 use crate::checks::{self, Severity};
 use crate::stats::{self, ModuleIndex};
 
@@ -26,12 +29,21 @@ pub struct SupervisedConfig {
     pub epochs: Option<usize>,
     /// Optimizer steps; when set without `epochs`, epochs repeat until it is reached.
     pub max_steps: Option<usize>,
-    /// Micro-batch size: examples per forward/backward pass.
+    /// Micro-batch size: examples per forward/backward pass, or `"auto"`.
     #[serde(default = "default_batch")]
-    pub batch_size: usize,
+    pub batch_size: BatchSize,
     /// Micro-batches per optimizer step; the effective batch is their product.
     #[serde(default = "one")]
     pub gradient_accumulation_steps: usize,
+    /// With `batch-size = "auto"`: examples per optimizer step, kept whatever
+    /// micro-batch is chosen (default 32).
+    pub effective_batch_size: Option<usize>,
+    /// With `batch-size = "auto"`: `"4GiB"`, or a share of the available memory (default 0.8).
+    pub memory_budget: Option<MemoryBudget>,
+    /// With `batch-size = "auto"`: the largest micro-batch that fits (`memory`), or
+    /// the fastest per example of those that fit, timed on a few steps (`throughput`).
+    #[serde(default)]
+    pub auto_batch: AutoMode,
     /// Clip the global gradient norm to this value; 0 disables clipping.
     #[serde(default = "default_clip")]
     pub max_grad_norm: f64,
@@ -42,7 +54,7 @@ pub struct SupervisedConfig {
     /// constant or non-finite inputs, bad labels and heavy truncation (0: no checks).
     #[serde(default = "default_check_batches")]
     pub check_batches: usize,
-    /// Recompute each layer's activations in the backward pass (not implemented by a backend yet).
+    /// Keep only each block's input and recompute the block in the backward pass.
     #[serde(default)]
     pub gradient_checkpointing: bool,
 }
@@ -51,9 +63,12 @@ fn default_check_batches() -> usize {
     4
 }
 
-fn default_batch() -> usize {
-    32
+fn default_batch() -> BatchSize {
+    BatchSize::Fixed(32)
 }
+
+/// The effective batch of `batch-size = "auto"` without `effective-batch-size`.
+pub const DEFAULT_EFFECTIVE_BATCH: usize = 32;
 fn one() -> usize {
     1
 }
@@ -67,11 +82,22 @@ pub struct SupervisedTrainer {
     pub scheduler: Box<dyn Scheduler>,
 }
 
+impl SupervisedConfig {
+    /// The micro-batch; before the planner has chosen one for `"auto"`, the
+    /// effective batch (as if it were not accumulated).
+    pub fn micro_batch(&self) -> usize {
+        match self.batch_size {
+            BatchSize::Fixed(n) => n,
+            BatchSize::Auto => self.effective_batch_size.unwrap_or(DEFAULT_EFFECTIVE_BATCH),
+        }
+    }
+}
+
 impl SupervisedTrainer {
     /// Optimizer steps in one epoch over `samples` examples.
     pub fn steps_per_epoch(&self, samples: usize) -> usize {
         samples
-            .div_ceil(self.cfg.batch_size)
+            .div_ceil(self.cfg.micro_batch())
             .div_ceil(self.cfg.gradient_accumulation_steps)
     }
 
@@ -231,7 +257,7 @@ impl<'t, 'a> Run<'t, 'a> {
         let mut run = Self {
             total: trainer.total_steps(n),
             epochs: trainer.total_steps(n).div_ceil(trainer.steps_per_epoch(n)),
-            micro_per_epoch: n.div_ceil(trainer.cfg.batch_size),
+            micro_per_epoch: n.div_ceil(trainer.cfg.micro_batch()),
             batches_done: false,
             cfg: &trainer.cfg,
             optimizer: trainer.optimizer.as_mut(),
@@ -615,7 +641,7 @@ impl<'t, 'a> Run<'t, 'a> {
     fn run_epoch(&mut self) -> Result<Flow> {
         let data = self.ctx.data;
         let mut batches = data.train.batches_from(
-            self.cfg.batch_size,
+            self.cfg.micro_batch(),
             Some(self.state.order_seed()),
             self.state.batch_in_epoch,
         );
@@ -695,11 +721,40 @@ impl TrainStage for SupervisedTrainer {
     }
 
     fn train(&mut self, ctx: TrainContext<'_>) -> Result<TrainSummary> {
+        if self.cfg.batch_size == BatchSize::Auto {
+            return Err(Error::Other(
+                "batch-size = \"auto\" was not resolved to a micro-batch before training".into(),
+            ));
+        }
         Run::new(self, ctx)?.run()
     }
 
     fn gradient_checkpointing(&self) -> bool {
         self.cfg.gradient_checkpointing
+    }
+
+    fn batch(&self) -> Option<(usize, usize)> {
+        match self.cfg.batch_size {
+            BatchSize::Fixed(n) => Some((n, self.cfg.gradient_accumulation_steps)),
+            BatchSize::Auto => None,
+        }
+    }
+
+    fn auto_batch(&self) -> Option<AutoBatch> {
+        (self.cfg.batch_size == BatchSize::Auto).then(|| AutoBatch {
+            effective: self.cfg.effective_batch_size.unwrap_or(DEFAULT_EFFECTIVE_BATCH),
+            budget: self.cfg.memory_budget.as_ref().map_or_else(Budget::default, |b| b.0),
+            throughput: self.cfg.auto_batch == AutoMode::Throughput,
+        })
+    }
+
+    fn set_batch(&mut self, micro: usize, accumulation: usize) -> Result<()> {
+        if micro == 0 || accumulation == 0 {
+            return Err(Error::Other(format!("a micro-batch of {micro} x {accumulation} steps")));
+        }
+        self.cfg.batch_size = BatchSize::Fixed(micro);
+        self.cfg.gradient_accumulation_steps = accumulation;
+        Ok(())
     }
 }
 
@@ -740,9 +795,10 @@ fn build(c: &Component) -> std::result::Result<Box<dyn TrainStage>, Diagnostics>
         }
     };
     if let Some(cfg) = &cfg {
-        let checks: [(&str, usize); 2] = [
-            ("batch-size", cfg.batch_size),
+        let checks: [(&str, usize); 3] = [
+            ("batch-size", cfg.micro_batch()),
             ("gradient-accumulation-steps", cfg.gradient_accumulation_steps),
+            ("effective-batch-size", cfg.effective_batch_size.unwrap_or(1)),
         ];
         for (key, value) in checks {
             if value == 0 {
@@ -754,6 +810,35 @@ fn build(c: &Component) -> std::result::Result<Box<dyn TrainStage>, Diagnostics>
                     .at(c.value_location(key)),
                 );
             }
+        }
+        // The planner chooses the accumulation that keeps the effective batch.
+        let auto = cfg.batch_size == BatchSize::Auto;
+        let auto_keys = [
+            ("effective-batch-size", cfg.effective_batch_size.is_some()),
+            ("memory-budget", cfg.memory_budget.is_some()),
+            ("auto-batch", cfg.auto_batch != AutoMode::Memory),
+        ];
+        for (key, set) in auto_keys {
+            if set && !auto {
+                diags.push(
+                    Diagnostic::error(
+                        "train::auto-batch-key",
+                        format!("{key} applies to batch-size = \"auto\" only"),
+                    )
+                    .at(c.value_location(key))
+                    .help("set batch-size = \"auto\", or remove the key"),
+                );
+            }
+        }
+        if auto && cfg.gradient_accumulation_steps != 1 {
+            diags.push(
+                Diagnostic::error(
+                    "train::auto-batch-key",
+                    "with batch-size = \"auto\" the planner sets gradient-accumulation-steps to keep effective-batch-size",
+                )
+                .at(c.value_location("gradient-accumulation-steps"))
+                .help("remove gradient-accumulation-steps and set effective-batch-size"),
+            );
         }
         for (key, value) in [("epochs", cfg.epochs), ("max-steps", cfg.max_steps)] {
             if value == Some(0) {
@@ -1031,8 +1116,11 @@ mod tests {
         SupervisedConfig {
             epochs,
             max_steps,
-            batch_size: 4,
+            batch_size: BatchSize::Fixed(4),
             gradient_accumulation_steps: accumulation,
+            effective_batch_size: None,
+            memory_budget: None,
+            auto_batch: AutoMode::Memory,
             max_grad_norm: 0.0,
             module_stats_every: 0,
             check_batches: 0,

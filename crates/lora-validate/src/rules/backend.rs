@@ -1,6 +1,6 @@
 //! Checks against the chosen backend.
 
-use lora_core::rules::Edit::Set;
+use lora_core::rules::Edit::{Replace, Set};
 use lora_core::rules::{Finding, RuleContext};
 
 use super::{one, suggest};
@@ -52,48 +52,73 @@ lora_core::rule! {
     trip: [Set("run.backend=\"burn\"")], check: not_compiled,
 }
 
-/// The build options every backend implements today; `lora_nn`'s stages
-/// answer the others with an `Unsupported` error when the model is built.
+/// The base-weight types each backend keeps (`TensorOps::dtypes`); the
+/// models' stages refuse the others when the model is built.
+pub const DTYPES: [(&str, &[&str]); 2] = [("candle", &["f32", "bf16", "f16"]), ("burn", &["f32"])];
+
 fn dtype_unsupported(ctx: &RuleContext) -> Vec<Finding> {
+    let backend = ctx.string("run.backend").map_or("candle", |b| b.value);
+    let Some((_, kept)) = DTYPES.iter().find(|(b, _)| *b == backend) else {
+        return Vec::new();
+    };
     match ctx.string("model.dtype") {
-        Some(d) if d.value != "f32" => one(
+        Some(d) if !kept.contains(&d.value) => one(
             format!(
-                "dtype `{}` is not implemented by the {} backend yet: base weights and compute are f32",
+                "dtype `{}` is not implemented by the {backend} backend: it keeps base weights in {}",
                 d.value,
-                ctx.string("run.backend").map_or("chosen", |b| b.value)
+                kept.join(", ")
             ),
             Some(d.location),
         )
         .into_iter()
-        .map(|f| f.help("remove `dtype` or set it to \"f32\""))
+        .map(|f| {
+            f.help(if backend == "burn" {
+                "use the candle backend for bf16 or f16 base weights, or remove `dtype`"
+            } else {
+                "remove `dtype` or set it to \"f32\""
+            })
+        })
         .collect(),
         _ => Vec::new(),
     }
 }
 lora_core::rule! {
     id: "backend::dtype-unsupported", category: Backend, severity: Error,
-    summary: "The model's dtype is one no backend implements yet.",
-    doc: "`[model] dtype` chooses the type of the frozen base weights and of the compute. Only `f32` is implemented; `bf16` and `f16` come with mixed precision.",
-    trip: [Set("model.dtype=\"bf16\"")], check: dtype_unsupported,
+    summary: "The model's dtype is one the backend does not implement.",
+    doc: "`[model] dtype` chooses the type the frozen base weights are kept in: `f32`, or `bf16` and `f16` to halve their memory (LoRA weights, activations, gradients and the optimizer stay f32). candle keeps all three and widens a narrow weight to f32 inside each frozen linear (its CPU matmul has no bf16 kernel and widens too). burn keeps f32 only: its autodiff saves the widened f32 copy of every weight for the backward pass, so a narrow base would save nothing during a step.",
+    trip: [Set("run.backend=\"burn\""), Set("model.dtype=\"bf16\"")], check: dtype_unsupported,
 }
 
-fn checkpointing_unsupported(ctx: &RuleContext) -> Vec<Finding> {
-    match ctx.node("train.gradient-checkpointing") {
-        Some(n) if ctx.bool("train.gradient-checkpointing") == Some(true) => one(
-            "gradient checkpointing is not implemented by a backend yet",
+/// Gradient checkpointing recomputes the blocks in the backward pass; a model
+/// whose blocks hold nothing trained (an empty `target-modules` on a frozen
+/// base) keeps no activations there, so there is nothing to recompute.
+fn checkpointing_nothing(ctx: &RuleContext) -> Vec<Finding> {
+    let Some(n) = ctx.node("train.gradient-checkpointing") else {
+        return Vec::new();
+    };
+    let full =
+        ctx.type_of("model") == Some("vit-classifier") && ctx.string("model.mode").is_some_and(|m| m.value == "full");
+    let empty = ctx
+        .node("lora.target-modules")
+        .and_then(|t| t.as_array())
+        .is_some_and(|t| t.is_empty());
+    if ctx.bool("train.gradient-checkpointing") == Some(true) && empty && !full {
+        return one(
+            "gradient checkpointing with an empty target-modules: the frozen blocks keep no activations for a backward pass, so there is nothing to recompute",
             Some(n.location.clone()),
         )
         .into_iter()
-        .map(|f| f.help("remove `gradient-checkpointing` or set it to false"))
-        .collect(),
-        _ => Vec::new(),
+        .map(|f| f.help("remove `gradient-checkpointing`: only the head trains"))
+        .collect();
     }
+    Vec::new()
 }
 lora_core::rule! {
-    id: "backend::checkpointing-unsupported", category: Backend, severity: Error,
-    summary: "Gradient checkpointing is asked for, and no backend implements it yet.",
-    doc: "`[train] gradient-checkpointing = true` recomputes each layer's activations in the backward pass to save memory; it comes with the memory-and-precision work.",
-    trip: [Set("train.gradient-checkpointing=true")], check: checkpointing_unsupported,
+    id: "train::checkpointing-nothing-to-recompute", category: Cross, severity: Warning,
+    summary: "Gradient checkpointing is on, and no block of the model trains.",
+    doc: "`[train] gradient-checkpointing = true` keeps each block's input and recomputes the block in the backward pass, trading a second forward pass for the block activations. With `target-modules = []` only the head trains: the backward pass never enters the blocks, so checkpointing saves nothing.",
+    trip: [Replace("target-modules = [\"query\", \"value\"]", "target-modules = []"), Set("train.gradient-checkpointing=true")],
+    check: checkpointing_nothing,
 }
 
 fn model_unavailable(ctx: &RuleContext) -> Vec<Finding> {

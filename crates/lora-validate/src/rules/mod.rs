@@ -11,8 +11,10 @@ mod cross;
 mod data;
 mod image;
 mod llama;
+mod memory;
 mod model;
 mod monitor;
+mod optimizers;
 mod range;
 mod resource;
 mod structure;
@@ -89,7 +91,7 @@ pub(crate) fn sgd(ctx: &RuleContext) -> bool {
     ctx.type_of("train.optimizer") == Some("sgd")
 }
 pub(crate) fn any_optimizer(ctx: &RuleContext) -> bool {
-    adamw(ctx) || sgd(ctx)
+    adamw(ctx) || sgd(ctx) || matches!(ctx.type_of("train.optimizer"), Some("lion" | "adafactor"))
 }
 pub(crate) fn warmup_schedule(ctx: &RuleContext) -> bool {
     matches!(ctx.type_of("train.scheduler"), Some("constant" | "linear" | "cosine"))

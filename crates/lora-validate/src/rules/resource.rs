@@ -3,46 +3,26 @@
 use lora_core::rules::Edit::Set;
 use lora_core::rules::{Finding, RuleContext};
 
-use super::{one, supervised};
+use super::one;
 
 const GIB: f64 = (1u64 << 30) as f64;
-
-/// Predicted peak memory of a LoRA training step on a BERT encoder, in bytes.
-///
-/// Activations kept for the backward pass, per layer and token: about 20 floats
-/// per hidden unit and 3 per feed-forward unit, plus 3 attention maps of
-/// heads x length per token; then the weights and the process. Calibrated on
-/// MiniLM-L6 at batch 32 x 128 (measured peak 2.2 GiB on candle, 0.9 on burn).
-pub fn predicted_peak_bytes(ctx: &RuleContext) -> Option<(f64, usize, usize)> {
-    let m = ctx.facts.model.as_ref()?;
-    let plan = ctx.plan()?;
-    let data = ctx.facts.data.as_ref()?;
-    let max_length = ctx.count_or("data.max-length", 128);
-    // Batches are padded to their longest text: the sample's maximum, capped by max-length.
-    let length = data
-        .token_length_percentiles
-        .map_or(max_length, |[.., max]| max.min(max_length))
-        .max(1);
-    let batch = plan.batch_size.min(plan.samples.max(1));
-    let tokens = (batch * length) as f64;
-    let per_layer = tokens * (20.0 * m.hidden_size as f64 + 3.0 * m.intermediate_size as f64)
-        + 3.0 * (batch * m.num_heads * length * length) as f64;
-    let bytes = 4.0 * per_layer * m.num_layers as f64 + m.weight_bytes as f64 + 0.3 * GIB;
-    Some((bytes, batch, length))
-}
 
 fn memory(ctx: &RuleContext) -> Vec<Finding> {
     let Some(total) = ctx.facts.machine.total_memory_bytes else {
         return Vec::new();
     };
-    let Some((bytes, batch, length)) = predicted_peak_bytes(ctx).filter(|_| supervised(ctx)) else {
+    if super::memory::auto(ctx) {
+        return Vec::new();
+    }
+    let Some(p) = super::memory::predicted(ctx, None) else {
         return Vec::new();
     };
-    if bytes > total as f64 {
+    let batch = ctx.plan().map_or(0, |p| p.batch_size);
+    if p.total > total as f64 {
         return one(
             format!(
-                "a training step at batch {batch} x {length} tokens needs about {:.1} GiB; this machine has {:.1} GiB",
-                bytes / GIB,
+                "a training run at batch {batch} needs about {:.1} GiB at its peak; this machine has {:.1} GiB",
+                p.total / GIB,
                 total as f64 / GIB
             ),
             ctx.location("train.batch-size").or_else(|| ctx.location("train")),
@@ -58,7 +38,7 @@ fn memory(ctx: &RuleContext) -> Vec<Finding> {
 lora_core::rule! {
     id: "resource::memory-exceeds-machine", category: Resource, severity: Error,
     summary: "A training step would need more memory than the machine has.",
-    doc: "Predicted from the model's shape, the batch and the longest texts of a sample; the run would be killed by the OOM killer mid-epoch.",
+    doc: "Predicted by the memory planner from the model's shape, the batch, the longest texts of a sample, the precision and checkpointing; the run would be killed by the OOM killer mid-epoch.",
     trip: [Set("train.batch-size=8000")], check: memory,
 }
 

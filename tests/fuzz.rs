@@ -641,10 +641,12 @@ fn safetensors() -> Runner {
 /// header; then the Llama configuration and the model facts read from a header.
 fn gguf() -> Runner {
     let mut seeds = files_with(&tests_dir().join("validate/models"), "gguf");
-    if let Ok(dir) = lora_core::stage::AssetResolver::resolve(&lora_assets::CacheResolver, "asset:smollm2-135m-instruct")
-        && let Some(file) = std::fs::read_dir(&dir)
-            .ok()
-            .and_then(|d| d.filter_map(|e| e.ok().map(|e| e.path())).find(|p| p.extension().is_some_and(|x| x == "gguf")))
+    if let Ok(dir) =
+        lora_core::stage::AssetResolver::resolve(&lora_assets::CacheResolver, "asset:smollm2-135m-instruct")
+        && let Some(file) = std::fs::read_dir(&dir).ok().and_then(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.extension().is_some_and(|x| x == "gguf"))
+        })
         && let Ok(f) = std::fs::File::open(file)
     {
         use std::io::Read;

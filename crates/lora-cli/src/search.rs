@@ -140,14 +140,14 @@ pub fn search(opts: &SearchOptions, assets: &dyn AssetResolver) -> Result<Study>
                     seconds: r.started.elapsed().as_secs_f64(),
                     message: Some(format!("{status}; {tail}")),
                 })?;
+                study = journal.read()?;
             }
-            study = journal.read()?;
             if let Some(t) = study.trials.iter().find(|t| t.id == r.id) {
                 eprintln!("{}", row(t));
             }
         }
     }
-    study = journal.read()?;
+    // Every start and every end above re-read the journal: `study` is current.
     println!("{}", table(&study));
     if let Some(best) = study.best() {
         let path = dir.join("best.toml");

@@ -4,6 +4,8 @@
 //! a panic (exit 101). Uses the plugins `cargo xtask build-plugins` builds and
 //! the cached assets.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -53,22 +55,7 @@ max-validation-samples = 32
 type = "panicky"
 {augment}
 
-[model]
-type = "vit-classifier"
-mode = "full"
-image-size = 28
-patch-size = 7
-channels = 1
-hidden-size = 16
-layers = 1
-heads = 2
-mlp-size = 32
-
-[lora]
-r = 1
-alpha = 1
-target-modules = []
-
+{tiny_vit}
 [train]
 max-steps = 2
 batch-size = 32
@@ -84,6 +71,7 @@ batch-size = 32
 type = "event-log"
 {callback}
 "#,
+        tiny_vit = common::TINY_VIT,
         out = dir.join("run").display(),
         plugin = test_plugin().display().to_string(),
     );

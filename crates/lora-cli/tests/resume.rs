@@ -14,6 +14,8 @@
 //! only backend). The kill steps are drawn from a seed printed on failure;
 //! `RESUME_TEST_SEED` replays one.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -126,22 +128,7 @@ padding = 2
 type = "mixup"
 alpha = 0.4
 
-[model]
-type = "vit-classifier"
-mode = "full"
-image-size = 28
-patch-size = 7
-channels = 1
-hidden-size = 16
-layers = 1
-heads = 2
-mlp-size = 32
-
-[lora]
-r = 1
-alpha = 1
-target-modules = []
-
+{tiny_vit}
 [train]
 epochs = 4
 batch-size = 8
@@ -157,6 +144,7 @@ lr = 3e-3
 batch-size = 32
 every-steps = 7
 "#,
+        tiny_vit = common::TINY_VIT,
         out = out.display()
     )
 }

@@ -3,6 +3,8 @@
 //! as its own `lora run`, the best becomes a pipeline that `lora validate`
 //! accepts, and a study killed midway resumes without repeating finished trials.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -27,22 +29,7 @@ validation-fraction = 0.1
 max-train-samples = 64
 max-validation-samples = 32
 
-[model]
-type = "vit-classifier"
-mode = "full"
-image-size = 28
-patch-size = 7
-channels = 1
-hidden-size = 16
-layers = 1
-heads = 2
-mlp-size = 32
-
-[lora]
-r = 1
-alpha = 1
-target-modules = []
-
+{tiny_vit}
 [train]
 max-steps = 4
 batch-size = 16
@@ -67,6 +54,7 @@ seed = 3
 [search.space]
 {space}
 "#,
+        tiny_vit = common::TINY_VIT,
         out = dir.join("run").display(),
     );
     let path = dir.join("pipeline.toml");

@@ -268,15 +268,7 @@ pub fn resolve_targets(lora: &LoraSpec, cfg: &LlamaConfig) -> Result<Vec<(usize,
             break;
         }
     }
-    if !(0.0..1.0).contains(&lora.dropout) {
-        diags.push(Diagnostic::error(
-            "lora::invalid-dropout",
-            format!(
-                "dropout ({}) is out of range. Valid range: 0 <= dropout < 1",
-                lora.dropout
-            ),
-        ));
-    }
+    crate::lora::check_dropout(lora, &mut diags);
     if diags.has_errors() {
         return Err(Error::Invalid(diags));
     }

@@ -67,14 +67,10 @@ impl Optimizer for Lion {
     }
 
     fn state(&self) -> OptimizerState {
-        let mut buffers = std::collections::BTreeMap::new();
-        if !self.exp_avg.is_empty() {
-            buffers.insert("exp_avg".to_string(), self.exp_avg.clone());
-        }
         OptimizerState {
             optimizer: "lion".into(),
             step: self.step,
-            buffers,
+            buffers: crate::optim::buffers([("exp_avg", &self.exp_avg)]),
         }
     }
 

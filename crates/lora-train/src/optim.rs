@@ -50,7 +50,7 @@ impl AdamW {
 }
 
 /// Named buffers of a state, leaving out those not created yet.
-fn buffers<const N: usize>(named: [(&str, &Vec<f32>); N]) -> BTreeMap<String, Vec<f32>> {
+pub(crate) fn buffers<const N: usize>(named: [(&str, &Vec<f32>); N]) -> BTreeMap<String, Vec<f32>> {
     named
         .into_iter()
         .filter(|(_, b)| !b.is_empty())

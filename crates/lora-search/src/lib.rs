@@ -1,10 +1,11 @@
 //! Hyperparameter search: `lora search pipeline.toml` runs trials of a
 //! pipeline with parameters drawn from its `[search]` table ([`space`]), by
-//! TPE or at random ([`sampler`]), stops trials that fall behind
+//! TPE, a Gaussian process or at random ([`sampler`]), stops trials that fall behind
 //! ([`pruner`]), and keeps the study in a journal that survives a crash
 //! ([`journal`]). Running a trial (a validated, ordinary `lora run`) is the
 //! CLI's; the trial's side of pruning is the [`TrialReporter`] callback.
 
+mod gp;
 pub mod journal;
 pub mod pruner;
 pub mod reporter;

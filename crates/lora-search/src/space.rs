@@ -5,7 +5,7 @@
 //! [search]
 //! trials = 12
 //! objective = "accuracy"          # or "loss", or any metric of the evaluator
-//! sampler = "tpe"                 # tpe (default) or random
+//! sampler = "tpe"                 # tpe (default), gp or random
 //! pruner = "median"               # none (default), median or asha
 //!
 //! [search.space]
@@ -78,6 +78,8 @@ impl Direction {
 #[serde(rename_all = "kebab-case")]
 pub enum SamplerKind {
     Tpe,
+    /// A Gaussian process with expected improvement.
+    Gp,
     Random,
 }
 

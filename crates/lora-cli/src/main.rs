@@ -83,6 +83,12 @@ enum Command {
         /// Continue the study in the output folder, keeping its finished trials.
         #[arg(long)]
         resume: bool,
+        /// Serve the study live on 127.0.0.1 (`[monitor] dashboard = true`).
+        #[arg(long)]
+        dashboard: bool,
+        /// Port of the study's page (`[monitor] port`; 0 picks a free one).
+        #[arg(long)]
+        port: Option<u16>,
         #[command(flatten)]
         layers: Layers,
     },
@@ -346,11 +352,19 @@ fn run(command: Command) -> lora_core::Result<()> {
                 out.output_dir.display()
             );
         }
-        Command::Search { file, resume, layers } => {
+        Command::Search {
+            file,
+            resume,
+            dashboard,
+            port,
+            layers,
+        } => {
             let opts = lora_cli::search::SearchOptions {
                 file,
                 sets: layers.sets,
                 resume,
+                dashboard,
+                port,
             };
             lora_cli::search::search(&opts, &assets)?;
         }

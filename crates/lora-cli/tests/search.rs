@@ -171,3 +171,74 @@ fn a_study_killed_midway_resumes_without_repeating_finished_trials() {
         "every trial of the budget ended once the study resumed"
     );
 }
+
+/// The study page's event stream, read over plain HTTP until the server closes it.
+fn read_events(addr: &str) -> Vec<serde_json::Value> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+    s.write_all(b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut bytes = Vec::new();
+    let _ = s.read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter(|v| v.get("kind").is_some())
+        .collect()
+}
+
+#[test]
+fn a_gp_study_is_served_live_and_reported() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let file = pipeline(
+        dir.path(),
+        3,
+        "\"train.optimizer.lr\" = { low = 1e-4, high = 1e-2, log = true }\n\"lora.r\" = { choice = [2, 4] }",
+    );
+    let mut driver = lora()
+        .arg("search")
+        .arg(&file)
+        .args(["--dashboard", "--port", "0", "--set", "search.sampler=\"gp\""])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(driver.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "the driver ended without serving the study"
+        );
+        if let Some(url) = line.trim().strip_prefix("study dashboard: http://") {
+            break url.trim_end_matches('/').to_string();
+        }
+    };
+    let events = read_events(&addr);
+    let out = driver.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    // What the page received is the journal, in order, live: at least the study, a start and an end.
+    let recs = records(dir.path());
+    assert!(events.len() >= 3 && events.len() <= recs.len(), "{events:?}");
+    assert_eq!(&recs[..events.len()], &events[..]);
+    assert_eq!(events[0]["kind"], "study");
+    assert_eq!(events[0]["spec"]["sampler"], "gp");
+    assert!(events.iter().any(|e| e["kind"] == "end"), "{events:?}");
+    // The report: the objective by trial, each parameter's slice, the table of all three trials.
+    let report = dir.path().join("run/search/report");
+    let html = std::fs::read_to_string(report.join("report.html")).unwrap();
+    for f in ["objective.svg", "slice-0.svg", "slice-1.svg"] {
+        assert!(report.join(f).exists() && html.contains(f), "{f}");
+    }
+    let rows = html
+        .split("<table id=\"trials\">")
+        .nth(1)
+        .unwrap()
+        .split("</table>")
+        .next()
+        .unwrap();
+    assert_eq!(rows.matches("<tr><td>").count(), 3, "{rows}");
+}

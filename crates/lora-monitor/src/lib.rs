@@ -4,6 +4,7 @@
 //! - [`Progress`]: a progress bar, or log lines off a terminal.
 //! - [`Monitor`]: the live dashboard with `/metrics` (Prometheus), system
 //!   sampling, and the end-of-run report (SVG plots and HTML).
+//! - [`study`]: a hyperparameter study's live dashboard and report.
 
 pub mod hub;
 pub mod jsonl;
@@ -14,6 +15,7 @@ pub mod record;
 pub mod report;
 pub mod sampler;
 pub mod server;
+pub mod study;
 pub mod svg;
 
 pub use jsonl::JsonlSink;

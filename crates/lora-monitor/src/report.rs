@@ -101,7 +101,7 @@ fn lines_for<'a>(rec: &Recorder, keys: &'a [String], by_time: bool) -> Vec<(&'a 
         .collect()
 }
 
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
@@ -115,7 +115,7 @@ pub fn write(dir: &Path, rec: &Recorder, title: &str, final_figures: &[(String, 
         if lines.is_empty() {
             return Ok(());
         }
-        let refs: Vec<Line> = lines.iter().map(|(l, p)| Line { label: l, points: p }).collect();
+        let refs: Vec<Line> = lines.iter().map(|(l, p)| Line::new(l, p)).collect();
         let svg = chart(&title, if by_time { "seconds" } else { "step" }, &refs);
         write_atomic(&dir.join(&file), svg.as_bytes())?;
         plots.push((file, title));

@@ -1,6 +1,8 @@
-//! The dashboard's HTTP server on 127.0.0.1: the page (`/`), its live event
-//! stream (`/events`, server-sent events), the Prometheus endpoint
-//! (`/metrics`) and the whole history as JSON (`/api/history`).
+//! The dashboards' HTTP server on 127.0.0.1: a page (`/`), its live event
+//! stream (`/events`, server-sent events) and the feed's other read-only
+//! endpoints. A run's feed is its [`Hub`] (the Prometheus endpoint
+//! `/metrics` and the whole history as JSON, `/api/history`); a study's is
+//! [`crate::study::StudyFeed`].
 //!
 //! tiny_http is a small blocking server: no async runtime to compile for a
 //! handful of local viewers. Each connection gets a thread, since an event
@@ -19,6 +21,46 @@ use crate::hub::Hub;
 
 const PAGE: &str = include_str!("dashboard.html");
 
+/// What a server shows: a page, the messages of its event stream, and other
+/// read-only endpoints.
+pub trait Feed: Send + Sync + 'static {
+    fn page(&self) -> &'static str;
+    /// Messages from `from` on as JSON, waiting up to `timeout` for one to
+    /// arrive; and whether the feed has ended.
+    fn wait_from(&self, from: usize, timeout: Duration) -> (Vec<String>, bool);
+    /// The content type and body of another path, if the feed has it.
+    fn resource(&self, path: &str) -> Option<(&'static str, String)>;
+}
+
+impl Feed for Hub {
+    fn page(&self) -> &'static str {
+        PAGE
+    }
+
+    fn wait_from(&self, from: usize, timeout: Duration) -> (Vec<String>, bool) {
+        Hub::wait_from(self, from, timeout)
+    }
+
+    fn resource(&self, path: &str) -> Option<(&'static str, String)> {
+        match path {
+            "/metrics" => Some((
+                "text/plain; version=0.0.4; charset=utf-8",
+                crate::prometheus::render(&self.lock().recorder.latest),
+            )),
+            "/api/history" => {
+                let state = self.lock();
+                let rec = &state.recorder;
+                let body = format!(
+                    "[{}]",
+                    rec.history.iter().map(|p| rec.to_json(p)).collect::<Vec<_>>().join(",")
+                );
+                Some(("application/json", body))
+            }
+            _ => None,
+        }
+    }
+}
+
 pub struct Server {
     http: Arc<Http>,
     addr: SocketAddr,
@@ -27,7 +69,7 @@ pub struct Server {
 
 impl Server {
     /// Serves on 127.0.0.1:`port` (0: a free port).
-    pub fn start(port: u16, hub: Arc<Hub>) -> Result<Self> {
+    pub fn start(port: u16, feed: Arc<dyn Feed>) -> Result<Self> {
         let http = Http::http(("127.0.0.1", port)).map_err(|e| {
             Error::Other(format!(
                 "cannot serve the dashboard on 127.0.0.1:{port}: {e} (choose another [monitor] port, or 0 for a free one)"
@@ -43,11 +85,11 @@ impl Server {
             .name("lora-monitor-http".into())
             .spawn(move || {
                 for request in accept.incoming_requests() {
-                    let hub = hub.clone();
+                    let feed = feed.clone();
                     // A failed spawn drops the request, which closes its connection.
                     let _ = std::thread::Builder::new()
                         .name("lora-monitor-conn".into())
-                        .spawn(move || handle(request, &hub));
+                        .spawn(move || handle(request, feed.as_ref()));
                 }
             })
             .map_err(|e| Error::Other(format!("cannot start the dashboard thread: {e}")))?;
@@ -80,36 +122,25 @@ fn header(name: &str, value: &str) -> Header {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header is valid")
 }
 
-fn handle(request: Request, hub: &Hub) {
+fn handle(request: Request, feed: &dyn Feed) {
     let path = request.url().split('?').next().unwrap_or("/").to_string();
     let response = match path.as_str() {
         "/" | "/index.html" => {
-            Response::from_string(PAGE).with_header(header("Content-Type", "text/html; charset=utf-8"))
+            Response::from_string(feed.page()).with_header(header("Content-Type", "text/html; charset=utf-8"))
         }
-        "/metrics" => {
-            let text = crate::prometheus::render(&hub.lock().recorder.latest);
-            Response::from_string(text).with_header(header("Content-Type", "text/plain; version=0.0.4; charset=utf-8"))
-        }
-        "/api/history" => {
-            let state = hub.lock();
-            let rec = &state.recorder;
-            let body = format!(
-                "[{}]",
-                rec.history.iter().map(|p| rec.to_json(p)).collect::<Vec<_>>().join(",")
-            );
-            drop(state);
-            Response::from_string(body).with_header(header("Content-Type", "application/json"))
-        }
-        "/events" => return stream(request, hub),
-        _ => Response::from_string("not found").with_status_code(404),
+        "/events" => return stream(request, feed),
+        other => match feed.resource(other) {
+            Some((kind, body)) => Response::from_string(body).with_header(header("Content-Type", kind)),
+            None => Response::from_string("not found").with_status_code(404),
+        },
     };
     let _ = request.respond(response);
 }
 
 /// Server-sent events: every message so far, then each new one as it comes,
-/// until the run ends or the viewer leaves. The response head is written by
+/// until the feed ends or the viewer leaves. The response head is written by
 /// hand because tiny_http buffers chunked bodies, and events must not wait.
-fn stream(request: Request, hub: &Hub) {
+fn stream(request: Request, feed: &dyn Feed) {
     let mut out = request.into_writer();
     let head =
         "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n";
@@ -118,7 +149,7 @@ fn stream(request: Request, hub: &Hub) {
     }
     let mut sent = 0;
     loop {
-        let (messages, finished) = hub.wait_from(sent, Duration::from_secs(10));
+        let (messages, finished) = feed.wait_from(sent, Duration::from_secs(10));
         let mut chunk = String::new();
         for m in &messages {
             chunk.push_str("data: ");

@@ -9,6 +9,32 @@ use std::fmt::Write;
 pub struct Line<'a> {
     pub label: &'a str,
     pub points: &'a [(f64, f64)],
+    pub mark: Mark,
+}
+
+/// How a series is drawn: joined points, or one dot per point (a scatter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    Line,
+    Dots,
+}
+
+impl<'a> Line<'a> {
+    pub fn new(label: &'a str, points: &'a [(f64, f64)]) -> Self {
+        Self {
+            label,
+            points,
+            mark: Mark::Line,
+        }
+    }
+
+    pub fn dots(label: &'a str, points: &'a [(f64, f64)]) -> Self {
+        Self {
+            label,
+            points,
+            mark: Mark::Dots,
+        }
+    }
 }
 
 const COLORS: [&str; 10] = [
@@ -111,13 +137,11 @@ pub fn chart(title: &str, x_label: &str, lines: &[Line]) -> String {
             .filter(|(x, y)| x.is_finite() && y.is_finite())
             .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
             .collect();
-        if pts.len() == 1 {
-            let _ = write!(
-                s,
-                r#"<circle cx="{}" cy="{}" r="3" fill="{color}"/>"#,
-                pts[0].split(',').next().unwrap_or("0"),
-                pts[0].split(',').nth(1).unwrap_or("0")
-            );
+        if pts.len() == 1 || line.mark == Mark::Dots {
+            for p in &pts {
+                let (x, y) = p.split_once(',').unwrap_or(("0", "0"));
+                let _ = write!(s, r#"<circle cx="{x}" cy="{y}" r="3" fill="{color}"/>"#);
+            }
         } else if !pts.is_empty() {
             let _ = write!(
                 s,
@@ -147,16 +171,15 @@ mod tests {
     fn a_chart_is_svg_with_one_polyline_per_line() {
         let a = [(1.0, 2.0), (2.0, 1.0), (3.0, f64::NAN)];
         let b = [(1.0, 0.5)];
-        let svg = chart(
-            "loss <train>",
-            "step",
-            &[Line { label: "a", points: &a }, Line { label: "b", points: &b }],
-        );
+        let svg = chart("loss <train>", "step", &[Line::new("a", &a), Line::new("b", &b)]);
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
         assert_eq!(svg.matches("<polyline").count(), 1);
         assert_eq!(svg.matches("<circle").count(), 1);
         assert!(svg.contains("loss &lt;train&gt;"));
         assert!(!svg.contains("NaN"));
+        let scatter = chart("s", "x", &[Line::dots("a", &a)]);
+        assert_eq!(scatter.matches("<circle").count(), 2, "one dot per finite point");
+        assert_eq!(scatter.matches("<polyline").count(), 0);
     }
 
     #[test]

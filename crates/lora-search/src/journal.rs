@@ -67,6 +67,8 @@ pub struct Trial {
     pub values: BTreeMap<String, toml::Value>,
     /// Intermediate values by evaluation number (1-based).
     pub reports: BTreeMap<usize, f64>,
+    /// The optimizer step of each evaluation, by evaluation number.
+    pub report_steps: BTreeMap<usize, usize>,
     pub state: TrialState,
     pub value: Option<f64>,
     pub steps: usize,
@@ -149,17 +151,21 @@ impl Journal {
                 (Record::Start { trial, point, values }, Some(s)) => {
                     // A trial started again (a resumed study re-runs one that was cut short, from
                     // its own checkpoint when it has one) keeps the evaluations it reported.
-                    let reports = s
+                    let (reports, report_steps) = s
                         .trials
                         .iter()
                         .position(|t| t.id == trial)
-                        .map(|i| s.trials.remove(i).reports)
+                        .map(|i| {
+                            let t = s.trials.remove(i);
+                            (t.reports, t.report_steps)
+                        })
                         .unwrap_or_default();
                     s.trials.push(Trial {
                         id: trial,
                         point,
                         values,
                         reports,
+                        report_steps,
                         state: TrialState::Running,
                         value: None,
                         steps: 0,
@@ -173,9 +179,18 @@ impl Journal {
                         t.pid = Some(pid);
                     }
                 }
-                (Record::Report { trial, eval, value, .. }, Some(s)) => {
+                (
+                    Record::Report {
+                        trial,
+                        eval,
+                        step,
+                        value,
+                    },
+                    Some(s),
+                ) => {
                     if let Some(t) = s.trials.iter_mut().find(|t| t.id == trial) {
                         t.reports.insert(eval, value);
+                        t.report_steps.insert(eval, step);
                     }
                 }
                 (

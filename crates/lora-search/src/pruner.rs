@@ -99,6 +99,7 @@ mod tests {
                 point: vec![0.0],
                 values: BTreeMap::new(),
                 reports: r.iter().enumerate().map(|(i, v)| (i + 1, *v)).collect(),
+                report_steps: BTreeMap::new(),
                 state: *state,
                 value: r.last().copied(),
                 steps: 0,

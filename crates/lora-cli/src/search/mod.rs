@@ -4,6 +4,10 @@
 //! output folder and its own process, with `cores / parallel` threads so that
 //! parallel trials do not contend. The trial reports its evaluations to the
 //! journal and asks the pruner itself (`lora run --trial`, `lora_search::TrialReporter`).
+//! With `[monitor] dashboard` the study is served live (`board`); with
+//! `[monitor] report` (the default) its report is written at the end.
+
+mod board;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +26,10 @@ pub struct SearchOptions {
     /// `--set` and environment layers, applied to every trial.
     pub sets: Vec<String>,
     pub resume: bool,
+    /// Serve the live study page (also `[monitor] dashboard = true`).
+    pub dashboard: bool,
+    /// Its port (`[monitor] port` otherwise; 0 picks a free one).
+    pub port: Option<u16>,
 }
 
 struct Running {
@@ -46,6 +54,12 @@ pub fn search(opts: &SearchOptions, assets: &dyn AssetResolver) -> Result<Study>
     let dir = base.config.run.output_dir.join("search");
     let journal = Journal::new(dir.join("journal.jsonl"));
     let mut study = open_study(&journal, &opts.file, &spec, opts.resume, &dir)?;
+    let monitor = &base.config.monitor;
+    let mut board = if opts.dashboard || monitor.dashboard {
+        Some(board::Board::start(opts.port.unwrap_or(monitor.port), journal.path())?)
+    } else {
+        None
+    };
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = (cores / spec.parallel).max(1);
@@ -72,6 +86,9 @@ pub fn search(opts: &SearchOptions, assets: &dyn AssetResolver) -> Result<Study>
         );
     }
     loop {
+        if let Some(b) = board.as_mut() {
+            b.pump();
+        }
         let finished = study.trials.iter().filter(|t| t.state != TrialState::Running).count();
         let out_of_time = spec.wall_time.is_some_and(|w| started.elapsed() >= w);
         let budget_left = spec.trials.is_none_or(|n| finished + running.len() < n) && !out_of_time;
@@ -95,6 +112,8 @@ pub fn search(opts: &SearchOptions, assets: &dyn AssetResolver) -> Result<Study>
             let mut sets = opts.sets.clone();
             sets.extend(values.iter().map(|(k, v)| format!("{k}={v}")));
             sets.push(format!("run.output-dir={}", trial_dir.display()));
+            // The study has the dashboard; parallel trials would contend for its port.
+            sets.push("monitor.dashboard=false".into());
             match crate::validate::check_file(&opts.file, &Overrides::from_process(sets.clone()), assets) {
                 Ok(c) if !c.has_errors() => {
                     let r = launch(&exe, &opts.file, &sets, &journal, id, &trial_dir, threads)?;
@@ -149,6 +168,14 @@ pub fn search(opts: &SearchOptions, assets: &dyn AssetResolver) -> Result<Study>
     }
     // Every start and every end above re-read the journal: `study` is current.
     println!("{}", table(&study));
+    if monitor.report {
+        let title = format!("{} search", base.config.run.name);
+        let path = lora_monitor::study::write_report(&dir.join("report"), &board::view(&study, &title))?;
+        println!("report: {}", path.display());
+    }
+    if let Some(b) = board {
+        b.finish();
+    }
     if let Some(best) = study.best() {
         let path = dir.join("best.toml");
         write_best(&path, &opts.file, &opts.sets, &study, best)?;
@@ -292,7 +319,7 @@ fn observations(study: &Study) -> Vec<Observation> {
         .collect()
 }
 
-fn state_name(s: TrialState) -> &'static str {
+pub(crate) fn state_name(s: TrialState) -> &'static str {
     match s {
         TrialState::Running => "running",
         TrialState::Complete => "complete",
@@ -302,7 +329,7 @@ fn state_name(s: TrialState) -> &'static str {
     }
 }
 
-fn params_text(values: &BTreeMap<String, toml::Value>) -> String {
+pub(crate) fn params_text(values: &BTreeMap<String, toml::Value>) -> String {
     values
         .iter()
         .map(|(k, v)| format!("{k}={v}"))

@@ -143,12 +143,7 @@ pub fn write(dir: &Path, rec: &Recorder, title: &str, final_figures: &[(String, 
         )?;
     }
 
-    let mut html = String::new();
-    let _ = write!(
-        html,
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}: run report</title><style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.plots{{display:flex;flex-wrap:wrap;gap:12px}}.plots figure{{margin:0}}</style></head><body><h1>{t}: run report</h1>",
-        t = escape(title)
-    );
+    let mut html = page_start(title, "run report");
     let _ = write!(
         html,
         "<p>{} optimizer steps of {} in {:.1} s.</p><h2>Final figures</h2><table id=\"final\"><tr><th>figure</th><th>value</th></tr>",
@@ -176,8 +171,27 @@ pub fn write(dir: &Path, rec: &Recorder, title: &str, final_figures: &[(String, 
         }
         html.push_str("</table>");
     }
-    html.push_str("<h2>Curves</h2><div class=\"plots\">");
-    for (file, title) in &plots {
+    page_end(html, "Curves", &plots, dir)
+}
+
+/// The head of a report page: its style and its title.
+pub(crate) fn page_start(title: &str, kind: &str) -> String {
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}: {kind}</title><style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.plots{{display:flex;flex-wrap:wrap;gap:12px}}.plots figure{{margin:0}}.bar{{background:#1f77b4;height:10px}}</style></head><body><h1>{t}: {kind}</h1>",
+        t = escape(title)
+    )
+}
+
+/// The plots (file, title) under `heading`, the page's end, and the page
+/// written atomically as `dir/report.html`, whose path is returned.
+pub(crate) fn page_end(
+    mut html: String,
+    heading: &str,
+    plots: &[(String, String)],
+    dir: &Path,
+) -> Result<std::path::PathBuf> {
+    let _ = write!(html, "<h2>{heading}</h2><div class=\"plots\">");
+    for (file, title) in plots {
         let _ = write!(html, "<figure><img src=\"{file}\" alt=\"{}\"></figure>", escape(title));
     }
     html.push_str("</div></body></html>\n");

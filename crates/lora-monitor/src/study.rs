@@ -15,7 +15,7 @@ use std::time::Duration;
 use lora_core::Result;
 use lora_core::fsutil::write_atomic;
 
-use crate::report::escape;
+use crate::report::{escape, page_end, page_start};
 use crate::server::Feed;
 use crate::svg::{Line, chart};
 
@@ -239,12 +239,7 @@ pub fn write_report(dir: &Path, study: &StudyView) -> Result<PathBuf> {
         )?;
     }
 
-    let mut html = String::new();
-    let _ = write!(
-        html,
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}: study report</title><style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.plots{{display:flex;flex-wrap:wrap;gap:12px}}.plots figure{{margin:0}}.bar{{background:#1f77b4;height:10px}}</style></head><body><h1>{t}: study report</h1>",
-        t = escape(&study.title)
-    );
+    let mut html = page_start(&study.title, "study report");
     let steps: usize = study.trials.iter().map(|t| t.steps).sum();
     let seconds: f64 = study.trials.iter().map(|t| t.seconds).sum();
     let _ = write!(
@@ -276,14 +271,8 @@ pub fn write_report(dir: &Path, study: &StudyView) -> Result<PathBuf> {
             escape(name)
         );
     }
-    html.push_str("</table><h2>Plots</h2><div class=\"plots\">");
-    for (file, title) in &plots {
-        let _ = write!(html, "<figure><img src=\"{file}\" alt=\"{}\"></figure>", escape(title));
-    }
-    html.push_str("</div></body></html>\n");
-    let path = dir.join("report.html");
-    write_atomic(&path, html.as_bytes())?;
-    Ok(path)
+    html.push_str("</table>");
+    page_end(html, "Plots", &plots, dir)
 }
 
 #[cfg(test)]

@@ -84,45 +84,54 @@ impl LlamaConfig {
 
     /// The metadata against itself and against the tensor table.
     fn check(&self, h: &Header) -> Result<()> {
-        let mut problems = Vec::new();
         if self.num_heads == 0
             || self.num_kv_heads == 0
             || !self.hidden_size.is_multiple_of(self.num_heads)
             || !self.num_heads.is_multiple_of(self.num_kv_heads)
             || !self.head_dim().is_multiple_of(2)
         {
-            problems.push(format!(
-                "hidden size {} with {} heads and {} key/value heads is not a Llama attention (heads must divide the hidden size, key/value heads the heads, and the head size be even)",
-                self.hidden_size, self.num_heads, self.num_kv_heads
-            ));
+            // Checked first: the tensors' shapes below divide by the head count.
+            return Err(Error::Data(format!(
+                "{}: hidden size {} with {} heads and {} key/value heads is not a Llama attention (heads must divide the hidden size, key/value heads the heads, and the head size be even)",
+                h.path.display(),
+                self.hidden_size,
+                self.num_heads,
+                self.num_kv_heads
+            )));
         }
         let d = self.hidden_size;
-        let mut expect = vec![("token_embd.weight".to_string(), vec![self.vocab_size, d])];
+        let mut problems = Vec::new();
+        let mut check = |name: &str, shape: &[usize]| match h.tensor(name) {
+            None => problems.push(format!("no tensor `{name}`")),
+            Some(t) if t.shape() != shape => problems.push(format!(
+                "tensor `{name}` has shape {:?}; the metadata implies {shape:?}",
+                t.shape()
+            )),
+            Some(_) => {}
+        };
+        check("token_embd.weight", &[self.vocab_size, d]);
         if !self.tied_embeddings {
-            expect.push(("output.weight".into(), vec![self.vocab_size, d]));
+            check("output.weight", &[self.vocab_size, d]);
         }
-        expect.push(("output_norm.weight".into(), vec![d]));
+        check("output_norm.weight", &[d]);
+        // Layer by layer, stopping at the ninth problem: the layer count comes from
+        // the file, and a huge one must not build a huge list of expected names.
+        let mut seen = 0;
         for i in 0..self.num_layers {
             for (module, _, _) in TARGETS {
                 let (out, inp) = self.linear_dims(module);
-                expect.push((gguf_name(i, module), vec![out, inp]));
+                check(&gguf_name(i, module), &[out, inp]);
             }
-            expect.push((format!("blk.{i}.attn_norm.weight"), vec![d]));
-            expect.push((format!("blk.{i}.ffn_norm.weight"), vec![d]));
-        }
-        for (name, shape) in expect {
-            match h.tensor(&name) {
-                None => problems.push(format!("no tensor `{name}`")),
-                Some(t) if t.shape() != shape => problems.push(format!(
-                    "tensor `{name}` has shape {:?}; the metadata implies {shape:?}",
-                    t.shape()
-                )),
-                Some(_) => {}
-            }
-            if problems.len() > 8 {
+            check(&format!("blk.{i}.attn_norm.weight"), &[d]);
+            check(&format!("blk.{i}.ffn_norm.weight"), &[d]);
+            seen += TARGETS.len() + 2;
+            // Each layer's missing tensors are problems: past the tensor table's length,
+            // there are more than enough (the count comes from the file and may be huge).
+            if seen > h.tensors.len() + TARGETS.len() + 2 {
                 break;
             }
         }
+        problems.truncate(9);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -463,6 +472,38 @@ mod tests {
         s.r = 5; // k_proj is 4 -> 8
         let err = resolve_targets(&s, &cfg()).unwrap_err().to_string();
         assert!(err.contains("1 <= rank <= 4"), "{err}");
+    }
+
+    /// Found by `cargo xtask fuzz` (target gguf): a block count of 2^40 built a
+    /// list of every expected tensor name before comparing, and ran out of memory.
+    #[test]
+    fn a_huge_layer_count_is_an_error_not_an_allocation() {
+        use crate::gguf::{Header, Value, write};
+        let f32s = |n: usize| vec![0u8; 4 * n];
+        let meta = |layers: u64, heads: u32| {
+            vec![
+                ("general.architecture", Value::Str("llama".into())),
+                ("llama.embedding_length", Value::U32(8)),
+                ("llama.block_count", Value::U64(layers)),
+                ("llama.attention.head_count", Value::U32(heads)),
+                ("llama.feed_forward_length", Value::U32(16)),
+                ("llama.context_length", Value::U32(32)),
+            ]
+        };
+        let tensors = [
+            ("token_embd.weight", vec![8, 4], 0, f32s(32)),
+            ("output_norm.weight", vec![8], 0, f32s(8)),
+        ];
+        for (layers, heads, expect) in [
+            (1u64 << 40, 2, "no tensor `blk.0.attn_q.weight`"),
+            (1, 0, "not a Llama attention"),
+        ] {
+            let bytes = write(&meta(layers, heads), &tensors);
+            let h = Header::parse(&bytes[..], bytes.len() as u64, std::path::Path::new("x.gguf")).unwrap();
+            let err = LlamaConfig::from_header(&h).unwrap_err().to_string();
+            assert!(err.contains(expect), "{err}");
+            assert!(err.matches("no tensor").count() <= 9, "{err}");
+        }
     }
 
     #[test]

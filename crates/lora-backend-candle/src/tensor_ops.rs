@@ -7,11 +7,11 @@ use candle_core::{D, DType, Device, Tensor, Var};
 use lora_core::task::Targets;
 use lora_core::{Error, Result};
 use lora_nn::gguf::QuantView;
-use lora_nn::ops::{Mask, TensorOps, default_attention};
+use lora_nn::ops::{Heads, Mask, TensorOps, default_attention};
 use lora_nn::weights::{WeightDType, WeightView};
 
 use crate::error::IntoCore;
-use crate::ops::{frozen_linear, gelu, layer_norm, softmax_last_dim};
+use crate::ops::{attention_rows, frozen_linear, gelu, layer_norm, softmax_last_dim};
 use crate::quant::QuantMatrix;
 
 /// candle on the CPU.
@@ -251,6 +251,20 @@ impl TensorOps for CandleOps {
             _ => scores,
         };
         softmax_last_dim(&scores).and_then(|p| p.matmul(v)).core()
+    }
+
+    /// One fused pass over every sequence and head (`lora_nn::attention_kernel`):
+    /// no head-split copies, no score tensor, no bias tensor.
+    fn attention_rows(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        s: Heads,
+        mask: Mask<'_>,
+        scale: f64,
+    ) -> Result<Tensor> {
+        attention_rows(q, k, v, s, mask, scale).core()
     }
 
     fn frozen_linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {

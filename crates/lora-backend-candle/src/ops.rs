@@ -8,7 +8,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use lora_nn::attention_kernel::{Heads, attention_backward, attention_forward};
 use lora_nn::kernels::{self, ScoreBias};
 use lora_nn::ops::Mask;
@@ -266,6 +266,65 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
         eps: eps as f32,
     };
     x.contiguous()?.apply_op1(op)
+}
+
+/// Layer norm of `a + b` (a residual sum) with frozen `gamma` and `beta`, the sum never stored.
+struct AddLayerNorm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    eps: f32,
+}
+
+impl CustomOp2 for AddLayerNorm {
+    fn name(&self) -> &'static str {
+        "add-layer-norm-frozen-affine"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (a, b) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        if l1.shape() != l2.shape() || l1.shape().dims().last() != Some(&self.gamma.len()) {
+            candle_core::bail!(
+                "layer norm of {:?} + {:?} with {} weights",
+                l1.shape(),
+                l2.shape(),
+                self.gamma.len()
+            );
+        }
+        let mut y = vec![0f32; a.len()];
+        kernels::add_layer_norm_forward(a, b, &self.gamma, &self.beta, self.eps, &mut y);
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (a, b, g) = (a.contiguous()?, b.contiguous()?, grad_res.contiguous()?);
+        let mut dx = vec![0f32; a.elem_count()];
+        with_f32(&a, |a| {
+            with_f32(&b, |b| {
+                with_f32(&g, |g| {
+                    kernels::add_layer_norm_backward(a, b, &self.gamma, self.eps, g, &mut dx);
+                    Ok(())
+                })
+            })
+        })?;
+        let dx = Tensor::from_vec(dx, a.shape(), a.device())?;
+        Ok((Some(dx.clone()), Some(dx)))
+    }
+}
+
+/// `layer_norm(a + b)` with frozen `gamma` and `beta`.
+pub fn add_layer_norm(a: &Tensor, b: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+    let op = AddLayerNorm {
+        gamma: gamma.to_vec1()?,
+        beta: beta.to_vec1()?,
+        eps: eps as f32,
+    };
+    a.contiguous()?.apply_op2(&b.contiguous()?, op)
 }
 
 /// A contiguous f32 tensor's values, read in place under its storage's lock.

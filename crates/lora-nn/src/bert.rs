@@ -155,10 +155,12 @@ impl<O: TensorOps> Bert<O> {
         let scale = 1.0 / (d as f64).sqrt();
         let context = ops.attention_rows(&q, &k, &v, shape, Mask::Padding(&b.attention_mask), scale)?;
         let attn = linear(3, &context)?;
-        let h = self.norm(ops, &l.attention_norm, &ops.add(&attn, x)?)?;
+        let eps = self.cfg.layer_norm_eps;
+        let (an, on) = (&l.attention_norm, &l.output_norm);
+        let h = ops.add_layer_norm(&attn, x, &an.gamma, &an.beta, eps)?;
         let up = ops.gelu(&linear(4, &h)?)?;
         let down = linear(5, &up)?;
-        self.norm(ops, &l.output_norm, &ops.add(&down, &h)?)
+        ops.add_layer_norm(&down, &h, &on.gamma, &on.beta, eps)
     }
 
     /// The embeddings' output `[batch * seq, hidden]`: the first block's input.

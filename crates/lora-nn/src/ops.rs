@@ -74,6 +74,12 @@ pub trait TensorOps: Clone + Send + Sync + 'static {
     fn set_leaf(&self, leaf: &Self::Leaf, values: &[f32]) -> Result<()>;
     /// Starts a training pass over `leaves`: from here on their uses are tracked.
     fn track(&self, _leaves: &[Self::Leaf]) {}
+    /// These operations for a pass without gradients (evaluation, `predict`): a
+    /// backend whose parameters are always tracked returns a copy that uses them
+    /// as constants, so that the pass builds no graph and keeps no intermediates.
+    fn inference(&self) -> Self {
+        self.clone()
+    }
     /// The parameter as a tensor of the current pass.
     fn use_leaf(&self, leaf: &Self::Leaf) -> Self::T;
     fn backward(&self, loss: &Self::T) -> Result<Self::Grads>;
@@ -157,6 +163,17 @@ pub trait TensorOps: Clone + Send + Sync + 'static {
     fn embedding(&self, table: &Self::W, ids: &[u32]) -> Result<Self::T>;
     /// Layer norm over the last dimension with a frozen affine.
     fn layer_norm(&self, x: &Self::T, gamma: &Self::W, beta: &Self::W, eps: f64) -> Result<Self::T>;
+    /// `layer_norm(x + residual)`: a backend may fuse the sum into the norm.
+    fn add_layer_norm(
+        &self,
+        x: &Self::T,
+        residual: &Self::T,
+        gamma: &Self::W,
+        beta: &Self::W,
+        eps: f64,
+    ) -> Result<Self::T> {
+        self.layer_norm(&self.add(x, residual)?, gamma, beta, eps)
+    }
     /// Layer norm over the last dimension whose `gamma` and `beta` are trained.
     fn layer_norm_trained(&self, x: &Self::T, gamma: &Self::T, beta: &Self::T, eps: f64) -> Result<Self::T>;
     /// RMS norm over the last dimension with a frozen gain.

@@ -3,9 +3,9 @@
 
 use std::process::{Command, ExitCode};
 
-use crate::cargo;
+use crate::{against_torch, cargo};
 
-pub const USAGE: &str = "bench [--backend B] [--memory]  training-step speed and peak RSS on MiniLM-L6, JSON lines";
+pub const USAGE: &str = "bench [--backend B] [--memory | --against-torch [--rounds N] [--warmup N] [--steps N]]  training-step speed and peak RSS on MiniLM-L6, JSON lines; or the ratios to PyTorch + PEFT";
 
 /// `--memory`: each variant in its own process (a process's peak RSS cannot be
 /// reset below what its allocator keeps): gradient checkpointing off and on at
@@ -56,6 +56,8 @@ pub fn run(args: &[String]) -> ExitCode {
     let mut backend = "candle".to_string();
     let mut rest = Vec::new();
     let mut memory = false;
+    let mut against = false;
+    let mut torch = against_torch::Options::new(backend.clone());
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -67,8 +69,28 @@ pub fn run(args: &[String]) -> ExitCode {
                 }
             },
             "--memory" => memory = true,
+            "--against-torch" => against = true,
+            "--rounds" | "--warmup" | "--steps" if against => {
+                let Some(n) = it.next().and_then(|n| n.parse::<usize>().ok()).filter(|&n| n > 0) else {
+                    eprintln!("error: {a} takes a positive number");
+                    return ExitCode::from(2);
+                };
+                match a.as_str() {
+                    "--rounds" => torch.rounds = n,
+                    "--warmup" => torch.warmup = n,
+                    _ => torch.steps = n,
+                }
+            }
             _ => rest.push(a.clone()),
         }
+    }
+    if against {
+        if !rest.is_empty() || memory {
+            eprintln!("usage: cargo xtask {USAGE}");
+            return ExitCode::from(2);
+        }
+        torch.backend = backend;
+        return against_torch::run(&torch);
     }
     let lora = match cargo::build_lora_for(&backend) {
         Ok(p) => p,

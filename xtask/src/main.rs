@@ -7,6 +7,7 @@
 
 use std::process::ExitCode;
 
+mod against_torch;
 mod bench;
 mod build_plugins;
 mod cargo;

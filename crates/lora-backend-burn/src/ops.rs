@@ -29,6 +29,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Shape, Tensor, TensorData};
+use lora_nn::attention_kernel::{Heads, attention_backward, attention_forward};
 use lora_nn::kernels::{self, ScoreBias};
 
 /// The autodiff backend that `Device::flex().autodiff()` dispatches to.
@@ -236,6 +237,110 @@ impl Fused for FrozenLayerNorm {
         let mut dx = vec![0f32; slice(&x).len()];
         kernels::layer_norm_backward(slice(&x), &self.gamma, self.eps, slice(&g), &mut dx);
         flex(dx, x.layout().shape().clone())
+    }
+}
+
+/// Multi-head attention on the linears' outputs (`lora_nn::attention_kernel`, as
+/// the candle backend runs it): `q [.., batch * queries, heads * head_dim]`, `k`,
+/// `v [.., batch * keys, kv_heads * head_dim]`, the context shaped like `q`.
+pub fn attention<const D: usize>(q: Tensor<D>, k: Tensor<D>, v: Tensor<D>, op: Attention) -> Tensor<D> {
+    if q.is_autodiff() || k.is_autodiff() || v.is_autodiff() {
+        let prim = |x: Tensor<D>| {
+            x.autodiff()
+                .try_into_primitive::<Ad>()
+                .expect("burn backend tensors live on the flex device")
+        };
+        let (q, k, v) = (prim(q), prim(k), prim(v));
+        let out = match AttentionStep(op.clone())
+            .prepare::<NoCheckpointing>([q.node(), k.node(), v.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (q, k, v) = (
+                    contiguous(q.primitive()),
+                    contiguous(k.primitive()),
+                    contiguous(v.primitive()),
+                );
+                let (y, probs) = op.forward(&q, &k, &v);
+                prep.finish((q, k, v, Arc::new(probs)), y)
+            }
+            OpsKind::UnTracked(prep) => {
+                let (q, k, v) = (
+                    contiguous(q.primitive()),
+                    contiguous(k.primitive()),
+                    contiguous(v.primitive()),
+                );
+                prep.finish(op.forward(&q, &k, &v).0)
+            }
+        };
+        Tensor::from_primitive::<Ad>(out)
+    } else {
+        let prim = |x: Tensor<D>| {
+            contiguous(
+                &x.try_into_primitive::<Flex>()
+                    .expect("burn backend tensors live on the flex device"),
+            )
+        };
+        let (q, k, v) = (prim(q), prim(k), prim(v));
+        Tensor::from_primitive::<Flex>(op.forward(&q, &k, &v).0)
+    }
+}
+
+/// The geometry, scale and mask of one [`attention`] call.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub heads: Heads,
+    pub scale: f32,
+    pub bias: Bias,
+}
+
+impl Attention {
+    /// The context (shaped like `q`) and the probabilities.
+    fn forward(&self, q: &FlexTensor, k: &FlexTensor, v: &FlexTensor) -> (FlexTensor, Vec<f32>) {
+        let h = self.heads;
+        let bias = match &self.bias {
+            Bias::None => ScoreBias::None,
+            Bias::Keys(b) => ScoreBias::Keys(b),
+            Bias::Causal => ScoreBias::Causal { queries: h.queries },
+        };
+        let mut probs = vec![0f32; h.probs_len()];
+        let mut out = vec![0f32; h.q_len()];
+        attention_forward(slice(q), slice(k), slice(v), h, self.scale, bias, &mut probs, &mut out);
+        (flex(out, q.layout().shape().clone()), probs)
+    }
+}
+
+#[derive(Debug)]
+struct AttentionStep(Attention);
+
+impl Backward<Flex, 3> for AttentionStep {
+    /// The contiguous inputs and the probabilities.
+    type State = (FlexTensor, FlexTensor, FlexTensor, Arc<Vec<f32>>);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let g = contiguous(&grads.consume::<Flex>(&ops.node));
+        let (q, k, v, probs) = ops.state;
+        let h = self.0.heads;
+        let (mut dq, mut dk, mut dv) = (vec![0f32; h.q_len()], vec![0f32; h.kv_len()], vec![0f32; h.kv_len()]);
+        attention_backward(
+            slice(&q),
+            slice(&k),
+            slice(&v),
+            &probs,
+            slice(&g),
+            h,
+            self.0.scale,
+            &mut dq,
+            &mut dk,
+            &mut dv,
+        );
+        let [pq, pk, pv] = ops.parents;
+        for (parent, grad, like) in [(pq, dq, &q), (pk, dk, &k), (pv, dv, &v)] {
+            if let Some(parent) = parent {
+                grads.register::<Flex>(parent.id, flex(grad, like.layout().shape().clone()));
+            }
+        }
     }
 }
 

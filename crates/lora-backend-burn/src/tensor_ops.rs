@@ -22,10 +22,10 @@ use burn::tensor::{Gradients, Int, Tensor, TensorData};
 use lora_core::task::Targets;
 use lora_core::{Error, Result};
 use lora_nn::gguf::QuantView;
-use lora_nn::ops::{Mask, TensorOps};
+use lora_nn::ops::{Heads, Mask, TensorOps};
 use lora_nn::weights::WeightView;
 
-use crate::ops::{Bias, FrozenLayerNorm, gelu, softmax};
+use crate::ops::{Attention, Bias, FrozenLayerNorm, attention, gelu, softmax};
 
 /// The rank every tensor is stored at: enough for grouped-query attention's
 /// `[batch, kv_heads, group, keys, head_dim]`.
@@ -404,6 +404,59 @@ impl TensorOps for BurnOps {
     }
 
     /// Fused: the scores' scale and mask go into one softmax pass (see [`softmax`]).
+    /// One fused pass over every sequence and head (`lora_nn::attention_kernel`),
+    /// shared with the candle backend: no head-split copies, no score tensor.
+    fn attention_rows(
+        &self,
+        q: &BurnTensor,
+        k: &BurnTensor,
+        v: &BurnTensor,
+        s: Heads,
+        mask: Mask<'_>,
+        scale: f64,
+    ) -> Result<BurnTensor> {
+        let rows = |x: &BurnTensor, n: usize, heads: usize| {
+            x.dims().iter().product::<usize>() == n * heads * s.head_dim
+                && x.dims().last() == Some(&(heads * s.head_dim))
+        };
+        if !s.valid()
+            || !rows(q, s.batch * s.queries, s.heads)
+            || !rows(k, s.batch * s.keys, s.kv_heads)
+            || !rows(v, s.batch * s.keys, s.kv_heads)
+        {
+            return Err(err(format!(
+                "attention {s:?} of q {:?}, k {:?}, v {:?}",
+                q.dims(),
+                k.dims(),
+                v.dims()
+            )));
+        }
+        let bias = match mask {
+            Mask::None => Bias::None,
+            Mask::Padding(m) => {
+                if m.len() != s.batch * s.keys {
+                    return Err(err(format!(
+                        "{} mask values for {} x {} keys",
+                        m.len(),
+                        s.batch,
+                        s.keys
+                    )));
+                }
+                Bias::Keys(Arc::new(m.iter().map(|&m| if m != 0 { 0.0 } else { -1e9 }).collect()))
+            }
+            Mask::Causal => Bias::Causal,
+        };
+        let op = Attention {
+            heads: s,
+            scale: scale as f32,
+            bias,
+        };
+        Ok(BurnTensor::new(
+            attention(q.t.clone(), k.t.clone(), v.t.clone(), op),
+            q.rank,
+        ))
+    }
+
     fn attention(
         &self,
         q: &BurnTensor,

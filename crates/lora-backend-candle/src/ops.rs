@@ -6,8 +6,12 @@
 //! norm have no backward; these do, and treat the affine parameters as frozen.
 //! Their arithmetic is `lora_nn::kernels`', shared with the burn backend.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use lora_nn::attention_kernel::{Heads, attention_backward, attention_forward};
 use lora_nn::kernels::{self, ScoreBias};
+use lora_nn::ops::Mask;
 
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
     let data = storage.as_slice::<f32>()?;
@@ -36,6 +40,9 @@ impl CustomOp1 for FrozenMatmul {
         let x = contiguous_f32(storage, layout)?;
         let dims = layout.shape().dims();
         let rows = dims[..dims.len() - 1].iter().product::<usize>();
+        if self.weight.dtype() == candle_core::DType::F32 && self.weight.is_contiguous() {
+            return self.forward_f32(x, dims, rows);
+        }
         let x = Tensor::from_slice(x, (rows, dims[dims.len() - 1]), &candle_core::Device::Cpu)?;
         let y = x.matmul(&widened(&self.weight)?.t()?)?;
         let out_dim = y.dim(1)?;
@@ -43,9 +50,7 @@ impl CustomOp1 for FrozenMatmul {
         *shape.last_mut().expect("at least one dim") = out_dim;
         let mut y = y.flatten_all()?.to_vec1::<f32>()?;
         if let Some(b) = &self.bias {
-            for row in y.chunks_exact_mut(out_dim) {
-                row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
-            }
+            add_rows(&mut y, b);
         }
         Ok((CpuStorage::F32(y), Shape::from(shape)))
     }
@@ -60,6 +65,73 @@ impl CustomOp1 for FrozenMatmul {
         *shape.last_mut().expect("at least one dim") = self.weight.dim(1)?;
         Ok(Some(g.reshape(shape)?))
     }
+}
+
+impl FrozenMatmul {
+    /// `x W^T + b` by one gemm call on the slices themselves, written straight into
+    /// the output (no copy of `x` into a tensor, none of the product out of one) and
+    /// the bias added after in a parallel pass (after, not as gemm's initial
+    /// destination: the sum's rounding stays that of the product plus the bias).
+    fn forward_f32(&self, x: &[f32], dims: &[usize], rows: usize) -> Result<(CpuStorage, Shape)> {
+        let inp = dims[dims.len() - 1];
+        let (out_dim, w_in) = self.weight.dims2()?;
+        if w_in != inp {
+            candle_core::bail!("frozen linear of [{out_dim}, {w_in}] on {dims:?}");
+        }
+        let mut y = vec![0f32; rows * out_dim];
+        let threads = candle_core::utils::get_num_threads();
+        let parallelism = if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        with_f32(&self.weight, |w| {
+            // SAFETY: x is [rows, inp], w is [out, inp] (so w^T has row stride 1 and
+            // column stride inp), y is [rows, out]; all contiguous.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    out_dim,
+                    inp,
+                    y.as_mut_ptr(),
+                    1,
+                    out_dim as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    inp as isize,
+                    w.as_ptr(),
+                    inp as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
+            Ok(())
+        })?;
+        if let Some(b) = &self.bias {
+            add_rows(&mut y, b);
+        }
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("at least one dim") = out_dim;
+        Ok((CpuStorage::F32(y), Shape::from(shape)))
+    }
+}
+
+/// `y[r] += b` for every row `r` of `y`, in parallel blocks of rows.
+fn add_rows(y: &mut [f32], b: &[f32]) {
+    use rayon::prelude::*;
+    let n = b.len().max(1);
+    let task = ((1 << 15) / n).max(1) * n;
+    y.par_chunks_mut(task).for_each(|block| {
+        for row in block.chunks_exact_mut(n) {
+            row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+        }
+    });
 }
 
 fn widened(w: &Tensor) -> Result<Tensor> {
@@ -97,10 +169,17 @@ fn host_gradient(
     grad: &Tensor,
     kernel: impl FnOnce(&[f32], &[f32], &mut [f32]),
 ) -> Result<Option<Tensor>> {
-    let x = saved.flatten_all()?.to_vec1::<f32>()?;
-    let g = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-    let mut dx = vec![0f32; x.len()];
-    kernel(&x, &g, &mut dx);
+    // Read in place: copying the saved tensor and the gradient out cost two
+    // fresh buffers per call (GELU's are 25 MiB each at 32 x 128).
+    let saved = saved.contiguous()?;
+    let grad = grad.contiguous()?;
+    let mut dx = vec![0f32; saved.elem_count()];
+    with_f32(&saved, |x| {
+        with_f32(&grad, |g| {
+            kernel(x, g, &mut dx);
+            Ok(())
+        })
+    })?;
     Ok(Some(Tensor::from_vec(dx, saved.shape(), saved.device())?))
 }
 
@@ -189,6 +268,195 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
     x.contiguous()?.apply_op1(op)
 }
 
+/// Layer norm of `a + b` (a residual sum) with frozen `gamma` and `beta`, the sum never stored.
+struct AddLayerNorm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    eps: f32,
+}
+
+impl CustomOp2 for AddLayerNorm {
+    fn name(&self) -> &'static str {
+        "add-layer-norm-frozen-affine"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (a, b) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        if l1.shape() != l2.shape() || l1.shape().dims().last() != Some(&self.gamma.len()) {
+            candle_core::bail!(
+                "layer norm of {:?} + {:?} with {} weights",
+                l1.shape(),
+                l2.shape(),
+                self.gamma.len()
+            );
+        }
+        let mut y = vec![0f32; a.len()];
+        kernels::add_layer_norm_forward(a, b, &self.gamma, &self.beta, self.eps, &mut y);
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (a, b, g) = (a.contiguous()?, b.contiguous()?, grad_res.contiguous()?);
+        let mut dx = vec![0f32; a.elem_count()];
+        with_f32(&a, |a| {
+            with_f32(&b, |b| {
+                with_f32(&g, |g| {
+                    kernels::add_layer_norm_backward(a, b, &self.gamma, self.eps, g, &mut dx);
+                    Ok(())
+                })
+            })
+        })?;
+        let dx = Tensor::from_vec(dx, a.shape(), a.device())?;
+        Ok((Some(dx.clone()), Some(dx)))
+    }
+}
+
+/// `layer_norm(a + b)` with frozen `gamma` and `beta`.
+pub fn add_layer_norm(a: &Tensor, b: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+    let op = AddLayerNorm {
+        gamma: gamma.to_vec1()?,
+        beta: beta.to_vec1()?,
+        eps: eps as f32,
+    };
+    a.contiguous()?.apply_op2(&b.contiguous()?, op)
+}
+
+/// A contiguous f32 tensor's values, read in place under its storage's lock.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => f(contiguous_f32(cpu, layout)?),
+        _ => candle_core::bail!("the fused kernels run on the CPU"),
+    }
+}
+
+/// Multi-head attention over the linears' outputs `[rows, heads * head_dim]`
+/// (`lora_nn::attention_kernel`): the probabilities are kept for the backward
+/// pass only when a graph holds this op.
+struct Attention {
+    heads: Heads,
+    scale: f32,
+    /// `[batch * keys]` additive bias, or `None`; causal when `causal`.
+    bias: Option<Vec<f32>>,
+    causal: bool,
+    probs: Mutex<Option<Vec<f32>>>,
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (
+            contiguous_f32(s1, l1)?,
+            contiguous_f32(s2, l2)?,
+            contiguous_f32(s3, l3)?,
+        );
+        let h = self.heads;
+        if !h.valid() || q.len() != h.q_len() || k.len() != h.kv_len() || v.len() != h.kv_len() {
+            candle_core::bail!(
+                "attention {h:?} of q {:?}, k {:?}, v {:?}",
+                l1.shape(),
+                l2.shape(),
+                l3.shape()
+            );
+        }
+        let bias = match (&self.bias, self.causal) {
+            (_, true) => ScoreBias::Causal { queries: h.queries },
+            (Some(b), false) => ScoreBias::Keys(b),
+            (None, false) => ScoreBias::None,
+        };
+        let mut probs = vec![0f32; h.probs_len()];
+        let mut out = vec![0f32; h.q_len()];
+        attention_forward(q, k, v, h, self.scale, bias, &mut probs, &mut out);
+        *self
+            .probs
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("poisoned".into()))? = Some(probs);
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((h.batch * h.queries, h.heads * h.head_dim)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let h = self.heads;
+        let probs = self
+            .probs
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+        let Some(probs) = probs.as_ref() else {
+            candle_core::bail!("attention backward without its forward pass");
+        };
+        let g = grad_res.contiguous()?;
+        let (mut dq, mut dk, mut dv) = (vec![0f32; h.q_len()], vec![0f32; h.kv_len()], vec![0f32; h.kv_len()]);
+        with_f32(q, |q| {
+            with_f32(k, |k| {
+                with_f32(v, |v| {
+                    with_f32(&g, |g| {
+                        attention_backward(q, k, v, probs, g, h, self.scale, &mut dq, &mut dk, &mut dv);
+                        Ok(())
+                    })
+                })
+            })
+        })?;
+        let dev = &candle_core::Device::Cpu;
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), dev)?),
+            Some(Tensor::from_vec(dk, k.shape(), dev)?),
+            Some(Tensor::from_vec(dv, v.shape(), dev)?),
+        ))
+    }
+}
+
+/// `softmax(q k^T * scale + mask) v` per head on `q [batch * queries, heads * head_dim]`
+/// and `k`, `v [batch * keys, kv_heads * head_dim]`, in one fused pass each way.
+pub fn attention_rows(q: &Tensor, k: &Tensor, v: &Tensor, heads: Heads, mask: Mask<'_>, scale: f64) -> Result<Tensor> {
+    let (bias, causal) = match mask {
+        Mask::None => (None, false),
+        Mask::Padding(m) => {
+            if m.len() != heads.batch * heads.keys {
+                candle_core::bail!("{} mask values for {} x {} keys", m.len(), heads.batch, heads.keys);
+            }
+            (
+                Some(m.iter().map(|&m| if m != 0 { 0.0 } else { -1e9 }).collect()),
+                false,
+            )
+        }
+        Mask::Causal => (None, true),
+    };
+    let op = Attention {
+        heads,
+        scale: scale as f32,
+        bias,
+        causal,
+        probs: Mutex::new(None),
+    };
+    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +493,34 @@ mod tests {
         let gf = fast.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         let gs = slow.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         close(gf.get(&x).unwrap(), gs.get(&x).unwrap(), 1e-4);
+    }
+
+    #[test]
+    fn fused_attention_matches_the_composed_ops_and_their_gradients() {
+        use lora_nn::ops::default_attention_rows;
+        let ops = crate::CandleOps::default();
+        let h = Heads {
+            batch: 2,
+            queries: 6,
+            keys: 6,
+            heads: 3,
+            kv_heads: 3,
+            head_dim: 4,
+        };
+        let (q, k, v) = (var(&[12, 12], 21), var(&[12, 12], 22), var(&[12, 12], 23));
+        let weights = var(&[12, 12], 24).as_tensor().detach();
+        let padding = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0];
+        for mask in [Mask::None, Mask::Padding(&padding), Mask::Causal] {
+            let (qt, kt, vt) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
+            let fast = attention_rows(qt, kt, vt, h, mask, 0.5).unwrap();
+            let slow = default_attention_rows(&ops, qt, kt, vt, h, mask, 0.5).unwrap();
+            close(&fast, &slow, 1e-5);
+            let gf = (fast * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let gs = (slow * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            for x in [&q, &k, &v] {
+                close(gf.get(x).unwrap(), gs.get(x).unwrap(), 1e-5);
+            }
+        }
     }
 
     #[test]

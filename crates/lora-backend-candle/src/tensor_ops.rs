@@ -7,11 +7,11 @@ use candle_core::{D, DType, Device, Tensor, Var};
 use lora_core::task::Targets;
 use lora_core::{Error, Result};
 use lora_nn::gguf::QuantView;
-use lora_nn::ops::{Mask, TensorOps, default_attention};
+use lora_nn::ops::{Heads, Mask, TensorOps, default_attention};
 use lora_nn::weights::{WeightDType, WeightView};
 
 use crate::error::IntoCore;
-use crate::ops::{frozen_linear, gelu, layer_norm, softmax_last_dim};
+use crate::ops::{add_layer_norm, attention_rows, frozen_linear, gelu, layer_norm, softmax_last_dim};
 use crate::quant::QuantMatrix;
 
 /// candle on the CPU.
@@ -20,6 +20,8 @@ pub struct CandleOps {
     /// The type of frozen matrices (`[model] dtype`); vectors (biases, norm
     /// affines) stay f32, they are a thousandth of the weights.
     dtype: lora_core::DType,
+    /// Parameters enter passes detached (evaluation, `predict`): no graph is built.
+    detached: bool,
 }
 
 impl CandleOps {
@@ -61,7 +63,14 @@ impl TensorOps for CandleOps {
     }
 
     fn with_dtype(&self, dtype: lora_core::DType) -> Result<Self> {
-        Ok(Self { dtype })
+        Ok(Self { dtype, ..*self })
+    }
+
+    fn inference(&self) -> Self {
+        Self {
+            detached: true,
+            ..*self
+        }
     }
 
     fn tensor(&self, values: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
@@ -138,7 +147,11 @@ impl TensorOps for CandleOps {
     }
 
     fn use_leaf(&self, leaf: &Var) -> Tensor {
-        leaf.as_tensor().clone()
+        if self.detached {
+            leaf.as_tensor().detach()
+        } else {
+            leaf.as_tensor().clone()
+        }
     }
 
     fn backward(&self, loss: &Tensor) -> Result<GradStore> {
@@ -253,6 +266,20 @@ impl TensorOps for CandleOps {
         softmax_last_dim(&scores).and_then(|p| p.matmul(v)).core()
     }
 
+    /// One fused pass over every sequence and head (`lora_nn::attention_kernel`):
+    /// no head-split copies, no score tensor, no bias tensor.
+    fn attention_rows(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        s: Heads,
+        mask: Mask<'_>,
+        scale: f64,
+    ) -> Result<Tensor> {
+        attention_rows(q, k, v, s, mask, scale).core()
+    }
+
     fn frozen_linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         frozen_linear(x, w, b).core()
     }
@@ -268,6 +295,10 @@ impl TensorOps for CandleOps {
 
     fn layer_norm(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
         layer_norm(x, gamma, beta, eps).core()
+    }
+
+    fn add_layer_norm(&self, x: &Tensor, residual: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+        add_layer_norm(x, residual, gamma, beta, eps).core()
     }
 
     fn layer_norm_trained(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {

@@ -6,7 +6,7 @@
 //! attention masks. `--batch` and `--seq-len` run one case instead of the
 //! default two, `--checkpointing` recomputes the blocks in the backward pass
 //! (`cargo xtask bench --memory` runs each variant in its own process, so
-//! that each peak RSS is its own).
+//! that each peak RSS is its own). `--inference` times `predict` instead.
 
 use std::path::Path;
 use std::time::Instant;
@@ -93,6 +93,8 @@ pub struct Options {
     /// One case instead of [`CASES`].
     pub case: Option<Case>,
     pub model: ModelOptions,
+    /// Time `predict` (the forward pass in evaluation mode) instead of a training step.
+    pub inference: bool,
 }
 
 pub fn run(backend: &str, opts: &Options, assets: &dyn AssetResolver) -> Result<Vec<serde_json::Value>> {
@@ -117,7 +119,11 @@ pub fn run(backend: &str, opts: &Options, assets: &dyn AssetResolver) -> Result<
         for i in 0..warmup + steps {
             let batch = random_batch(case, 30522, i as u64);
             let t = Instant::now();
-            model.train_step(&batch, i as u64)?;
+            if opts.inference {
+                model.predict(&batch)?;
+            } else {
+                model.train_step(&batch, i as u64)?;
+            }
             if i >= warmup {
                 times.push(t.elapsed().as_secs_f64());
             }
@@ -132,6 +138,7 @@ pub fn run(backend: &str, opts: &Options, assets: &dyn AssetResolver) -> Result<
             "steps_measured": steps,
             "dtype": opts.model.dtype.name(),
             "gradient_checkpointing": opts.model.gradient_checkpointing,
+            "mode": if opts.inference { "inference" } else { "training" },
             "median_step_s": median,
             "steps_per_s": 1.0 / median,
             "tokens_per_s": (case.batch * case.seq_len) as f64 / median,

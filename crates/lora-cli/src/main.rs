@@ -210,6 +210,9 @@ enum Command {
         /// The frozen base weights' type: f32, bf16 or f16.
         #[arg(long, default_value = "f32")]
         dtype: String,
+        /// Time the forward pass in evaluation mode (`predict`) instead of a training step.
+        #[arg(long)]
+        inference: bool,
     },
 }
 
@@ -625,6 +628,7 @@ fn run(command: Command) -> lora_core::Result<()> {
             seq_len,
             checkpointing,
             dtype,
+            inference,
         } => {
             lora_cli::pipes::survive_closed_pipes();
             if causal {
@@ -644,6 +648,7 @@ fn run(command: Command) -> lora_core::Result<()> {
                         dtype,
                         gradient_checkpointing: checkpointing,
                     },
+                    inference,
                 };
                 lora_cli::bench::run(&backend, &opts, &assets)?;
             }

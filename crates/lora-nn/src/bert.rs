@@ -10,7 +10,7 @@ use lora_core::{Batch, Error, HostTensor, LoraSpec, Result, TextBatch};
 use crate::dropout::MaskSource;
 use crate::linear::{LoraLinear, LoraWeights};
 use crate::model::{Architecture, Model, check_labels};
-use crate::ops::{Mask, TensorOps};
+use crate::ops::{Heads, Mask, TensorOps};
 use crate::params::ParamStore;
 use crate::weights::WeightSource;
 
@@ -143,18 +143,24 @@ impl<O: TensorOps> Bert<O> {
         let (bs, t) = (b.batch_size, b.seq_len);
         let (heads, d) = (self.cfg.num_attention_heads, self.cfg.head_dim());
         let mut linear = |i: usize, x: &O::T| l.linears[i].forward(ops, x, masks.as_deref_mut());
-        let split = |y: O::T| ops.transpose(&ops.reshape(&y, &[bs, t, heads, d])?, 1, 2);
-        let q = split(linear(0, x)?)?;
-        let k = split(linear(1, x)?)?;
-        let v = split(linear(2, x)?)?;
+        let (q, k, v) = (linear(0, x)?, linear(1, x)?, linear(2, x)?);
+        let shape = Heads {
+            batch: bs,
+            queries: t,
+            keys: t,
+            heads,
+            kv_heads: heads,
+            head_dim: d,
+        };
         let scale = 1.0 / (d as f64).sqrt();
-        let context = ops.attention(&q, &k, &v, Mask::Padding(&b.attention_mask), scale)?;
-        let context = ops.reshape(&ops.transpose(&context, 1, 2)?, &[bs * t, heads * d])?;
+        let context = ops.attention_rows(&q, &k, &v, shape, Mask::Padding(&b.attention_mask), scale)?;
         let attn = linear(3, &context)?;
-        let h = self.norm(ops, &l.attention_norm, &ops.add(&attn, x)?)?;
+        let eps = self.cfg.layer_norm_eps;
+        let (an, on) = (&l.attention_norm, &l.output_norm);
+        let h = ops.add_layer_norm(&attn, x, &an.gamma, &an.beta, eps)?;
         let up = ops.gelu(&linear(4, &h)?)?;
         let down = linear(5, &up)?;
-        self.norm(ops, &l.output_norm, &ops.add(&down, &h)?)
+        ops.add_layer_norm(&down, &h, &on.gamma, &on.beta, eps)
     }
 
     /// The embeddings' output `[batch * seq, hidden]`: the first block's input.

@@ -202,6 +202,60 @@ pub fn layer_norm_backward(x: &[f32], gamma: &[f32], eps: f32, g: &[f32], dx: &m
         });
 }
 
+/// Layer norm of `a + b` (a residual sum) over rows of `gamma.len()`, the sum never
+/// stored: the same arithmetic as [`layer_norm_forward`] on the added tensor.
+pub fn add_layer_norm_forward(a: &[f32], b: &[f32], gamma: &[f32], beta: &[f32], eps: f32, y: &mut [f32]) {
+    let n = gamma.len();
+    let task = task_len(n);
+    y.par_chunks_mut(task)
+        .zip(a.par_chunks(task))
+        .zip(b.par_chunks(task))
+        .for_each(|((y, a), b)| {
+            let mut sum = vec![0f32; n];
+            for ((dst, a), b) in y.chunks_exact_mut(n).zip(a.chunks_exact(n)).zip(b.chunks_exact(n)) {
+                sum.iter_mut().zip(a.iter().zip(b)).for_each(|(s, (a, b))| *s = a + b);
+                let (mean, rstd) = row_stats(&sum, eps);
+                for i in 0..n {
+                    dst[i] = (sum[i] - mean) * rstd * gamma[i] + beta[i];
+                }
+            }
+        });
+}
+
+/// The gradient of both inputs of [`add_layer_norm_forward`] (they are equal),
+/// as [`layer_norm_backward`] on the recomputed sum.
+pub fn add_layer_norm_backward(a: &[f32], b: &[f32], gamma: &[f32], eps: f32, g: &[f32], dx: &mut [f32]) {
+    let n = gamma.len();
+    let task = task_len(n);
+    dx.par_chunks_mut(task)
+        .zip(a.par_chunks(task))
+        .zip(b.par_chunks(task))
+        .zip(g.par_chunks(task))
+        .for_each(|(((d, a), b), g)| {
+            let (mut sum, mut dyg) = (vec![0f32; n], vec![0f32; n]);
+            for (((dst, a), b), gr) in d
+                .chunks_exact_mut(n)
+                .zip(a.chunks_exact(n))
+                .zip(b.chunks_exact(n))
+                .zip(g.chunks_exact(n))
+            {
+                sum.iter_mut().zip(a.iter().zip(b)).for_each(|(s, (a, b))| *s = a + b);
+                let (mean, rstd) = row_stats(&sum, eps);
+                let (mut m1, mut m2) = (0f32, 0f32);
+                for i in 0..n {
+                    dyg[i] = gr[i] * gamma[i];
+                    m1 += dyg[i];
+                    m2 += dyg[i] * (sum[i] - mean) * rstd;
+                }
+                let (m1, m2) = (m1 / n as f32, m2 / n as f32);
+                for i in 0..n {
+                    let xhat = (sum[i] - mean) * rstd;
+                    dst[i] = rstd * (dyg[i] - m1 - xhat * m2);
+                }
+            }
+        });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +306,20 @@ mod tests {
         for (i, (a, b)) in a.iter().zip(b).enumerate() {
             assert!((a - b).abs() <= tol * (1.0 + b.abs()), "element {i}: {a} vs {b}");
         }
+    }
+
+    #[test]
+    fn residual_layer_norm_equals_layer_norm_of_the_sum_bit_for_bit() {
+        let (a, b, g) = (sample(30, 21), sample(30, 22), sample(30, 23));
+        let (gamma, beta) = (sample(6, 24), sample(6, 25));
+        let sum: Vec<f32> = a.iter().zip(&b).map(|(a, b)| a + b).collect();
+        let (mut fused, mut plain) = (vec![0.0; 30], vec![0.0; 30]);
+        add_layer_norm_forward(&a, &b, &gamma, &beta, 1e-12, &mut fused);
+        layer_norm_forward(&sum, &gamma, &beta, 1e-12, &mut plain);
+        assert_eq!(fused, plain);
+        add_layer_norm_backward(&a, &b, &gamma, 1e-12, &g, &mut fused);
+        layer_norm_backward(&sum, &gamma, 1e-12, &g, &mut plain);
+        assert_eq!(fused, plain);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //!
 //! Invariant: this crate depends on `lora-core` and on no tensor library.
 
+pub mod attention_kernel;
 pub mod bert;
 pub mod checkpoint;
 pub mod dropout;

@@ -141,7 +141,8 @@ impl<O: TensorOps, A: Architecture<O>> AdapterModel for Model<O, A> {
 
     fn predict(&self, batch: &Batch) -> Result<HostTensor> {
         self.arch.check_batch(batch, self.num_labels)?;
-        let logits = self.arch.logits(&self.ops, batch, None)?;
+        let ops = self.ops.inference();
+        let logits = self.arch.logits(&ops, batch, None)?;
         Ok(HostTensor::new(
             vec![batch.len(), self.num_labels],
             self.ops.to_host(&logits)?,
@@ -150,7 +151,7 @@ impl<O: TensorOps, A: Architecture<O>> AdapterModel for Model<O, A> {
 
     fn hidden_states(&self, batch: &Batch) -> Result<HostTensor> {
         self.arch.check_batch(batch, self.num_labels)?;
-        self.arch.hidden_states(&self.ops, batch)
+        self.arch.hidden_states(&self.ops.inference(), batch)
     }
 
     fn memory_shape(&self) -> Option<lora_core::memory::ModelShape> {

@@ -10,6 +10,7 @@ use lora_core::adapter::DType;
 use lora_core::task::Targets;
 use lora_core::{Error, Result};
 
+pub use crate::attention_kernel::Heads;
 use crate::gguf::QuantView;
 use crate::weights::WeightView;
 
@@ -73,6 +74,12 @@ pub trait TensorOps: Clone + Send + Sync + 'static {
     fn set_leaf(&self, leaf: &Self::Leaf, values: &[f32]) -> Result<()>;
     /// Starts a training pass over `leaves`: from here on their uses are tracked.
     fn track(&self, _leaves: &[Self::Leaf]) {}
+    /// These operations for a pass without gradients (evaluation, `predict`): a
+    /// backend whose parameters are always tracked returns a copy that uses them
+    /// as constants, so that the pass builds no graph and keeps no intermediates.
+    fn inference(&self) -> Self {
+        self.clone()
+    }
     /// The parameter as a tensor of the current pass.
     fn use_leaf(&self, leaf: &Self::Leaf) -> Self::T;
     fn backward(&self, loss: &Self::T) -> Result<Self::Grads>;
@@ -156,6 +163,17 @@ pub trait TensorOps: Clone + Send + Sync + 'static {
     fn embedding(&self, table: &Self::W, ids: &[u32]) -> Result<Self::T>;
     /// Layer norm over the last dimension with a frozen affine.
     fn layer_norm(&self, x: &Self::T, gamma: &Self::W, beta: &Self::W, eps: f64) -> Result<Self::T>;
+    /// `layer_norm(x + residual)`: a backend may fuse the sum into the norm.
+    fn add_layer_norm(
+        &self,
+        x: &Self::T,
+        residual: &Self::T,
+        gamma: &Self::W,
+        beta: &Self::W,
+        eps: f64,
+    ) -> Result<Self::T> {
+        self.layer_norm(&self.add(x, residual)?, gamma, beta, eps)
+    }
     /// Layer norm over the last dimension whose `gamma` and `beta` are trained.
     fn layer_norm_trained(&self, x: &Self::T, gamma: &Self::T, beta: &Self::T, eps: f64) -> Result<Self::T>;
     /// RMS norm over the last dimension with a frozen gain.
@@ -196,6 +214,23 @@ pub trait TensorOps: Clone + Send + Sync + 'static {
         default_attention(self, q, k, v, mask, scale)
     }
 
+    /// [`Self::attention`] on the projections as the linears give them: `q [batch *
+    /// seq, heads * head_dim]` and `k`, `v [batch * keys, kv_heads * head_dim]`; the
+    /// context comes back as `[batch * seq, heads * head_dim]`, ready for the output
+    /// linear. The default splits the heads and merges them again; a backend with a
+    /// fused kernel reads them in place.
+    fn attention_rows(
+        &self,
+        q: &Self::T,
+        k: &Self::T,
+        v: &Self::T,
+        s: Heads,
+        mask: Mask<'_>,
+        scale: f64,
+    ) -> Result<Self::T> {
+        default_attention_rows(self, q, k, v, s, mask, scale)
+    }
+
     /// Mean cross-entropy of `logits [rows, classes]` against class indices or
     /// distributions; for tokens, the weighted mean over positions.
     fn cross_entropy(&self, logits: &Self::T, targets: Targets<'_>) -> Result<Self::T>;
@@ -206,6 +241,26 @@ fn no_checkpointing<O: TensorOps>(ops: &O) -> Error {
         backend: ops.backend(),
         feature: "gradient checkpointing",
     }
+}
+
+/// [`TensorOps::attention_rows`] by splitting the heads into `[batch, heads, seq,
+/// head_dim]` copies for [`TensorOps::attention`] and merging the context back.
+pub fn default_attention_rows<O: TensorOps>(
+    ops: &O,
+    q: &O::T,
+    k: &O::T,
+    v: &O::T,
+    s: Heads,
+    mask: Mask<'_>,
+    scale: f64,
+) -> Result<O::T> {
+    let d = s.head_dim;
+    let split = |x: &O::T, rows: usize, heads: usize| ops.transpose(&ops.reshape(x, &[s.batch, rows, heads, d])?, 1, 2);
+    let q = split(q, s.queries, s.heads)?;
+    let k = split(k, s.keys, s.kv_heads)?;
+    let v = split(v, s.keys, s.kv_heads)?;
+    let context = ops.attention(&q, &k, &v, mask, scale)?;
+    ops.reshape(&ops.transpose(&context, 1, 2)?, &[s.batch * s.queries, s.heads * d])
 }
 
 /// [`TensorOps::attention`] composed from the other operations (a backend

@@ -14,7 +14,7 @@ use lora_core::{Batch, Error, HostTensor, ImageBatch, LoraSpec, Result};
 use crate::dropout::MaskSource;
 use crate::linear::{Linear, LoraLinear, LoraWeights, Norm, TrainedLinear};
 use crate::model::{Architecture, Model};
-use crate::ops::{Mask, TensorOps};
+use crate::ops::{Heads, Mask, TensorOps};
 use crate::params::ParamStore;
 use crate::weights::WeightSource;
 
@@ -301,13 +301,17 @@ impl<O: TensorOps> Vit<O> {
     ) -> Result<O::T> {
         let (heads, d) = (self.cfg.num_attention_heads, self.cfg.head_dim());
         let mut linear = |i: usize, x: &O::T| blk.linears[i].forward(ops, x, masks.as_deref_mut());
-        let split = |y: O::T| ops.transpose(&ops.reshape(&y, &[b, t, heads, d])?, 1, 2);
         let h = blk.norm_before.forward(ops, x)?;
-        let q = split(linear(0, &h)?)?;
-        let k = split(linear(1, &h)?)?;
-        let v = split(linear(2, &h)?)?;
-        let ctx = ops.attention(&q, &k, &v, Mask::None, 1.0 / (d as f64).sqrt())?;
-        let ctx = ops.reshape(&ops.transpose(&ctx, 1, 2)?, &[b * t, heads * d])?;
+        let (q, k, v) = (linear(0, &h)?, linear(1, &h)?, linear(2, &h)?);
+        let shape = Heads {
+            batch: b,
+            queries: t,
+            keys: t,
+            heads,
+            kv_heads: heads,
+            head_dim: d,
+        };
+        let ctx = ops.attention_rows(&q, &k, &v, shape, Mask::None, 1.0 / (d as f64).sqrt())?;
         let x = ops.add(x, &linear(3, &ctx)?)?;
         let h = blk.norm_after.forward(ops, &x)?;
         let up = ops.gelu(&linear(4, &h)?)?;

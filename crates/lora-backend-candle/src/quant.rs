@@ -39,7 +39,9 @@ impl QuantMatrix {
             GgmlType::F16 => GgmlDType::F16,
             GgmlType::Q4_0 => GgmlDType::Q4_0,
             GgmlType::Q4_1 => GgmlDType::Q4_1,
+            GgmlType::Q5_0 => GgmlDType::Q5_0,
             GgmlType::Q8_0 => GgmlDType::Q8_0,
+            GgmlType::Q4_K => GgmlDType::Q4K,
         };
         let q = qtensor_from_ggml(dtype, view.bytes, view.shape.to_vec(), &Device::Cpu)?;
         Ok(Self {

@@ -133,6 +133,30 @@ enum Command {
         seed: u64,
         prompt: String,
     },
+    /// Export a run for deployment: `--merge` folds the adapter into the base and
+    /// writes GGUF (Llama, quantized with --quant) or Hugging Face safetensors
+    /// (Llama, BERT); without --merge, the adapter as llama.cpp's LoRA GGUF.
+    /// Nothing is written unless every check passes (exit 2).
+    Export {
+        /// A run's output folder: its pipeline.toml, adapter and base-model.json.
+        #[arg(long)]
+        adapter: PathBuf,
+        /// Fold the adapter into the base.
+        #[arg(long)]
+        merge: bool,
+        /// gguf or safetensors.
+        #[arg(long, default_value = "gguf")]
+        format: String,
+        /// The merged GGUF's type: f32, f16 (default), q8_0, q5_0, q4_1, q4_0, q4_k.
+        #[arg(long)]
+        quant: Option<String>,
+        /// The base model (default: the run's `[model] path`).
+        #[arg(long)]
+        base: Option<String>,
+        /// The file (GGUF) or the new folder (safetensors) to write.
+        #[arg(long, short)]
+        output: PathBuf,
+    },
     /// Check a pipeline against the model (header only), the data and the machine, without running it.
     Validate {
         file: PathBuf,
@@ -388,6 +412,26 @@ fn run(command: Command) -> lora_core::Result<()> {
                     ]))
                 );
             }
+        }
+        Command::Export {
+            adapter,
+            merge,
+            format,
+            quant,
+            base,
+            output,
+        } => {
+            let req = lora_cli::export::Request {
+                run_dir: adapter,
+                merge,
+                format,
+                quant,
+                base,
+                output,
+            };
+            let (path, bytes) = lora_cli::export::export(&req, &assets)?;
+            println!("wrote {} ({:.1} MB)", path.display(), bytes as f64 / 1e6);
+            Ok(())
         }
         Command::Generate {
             adapter,

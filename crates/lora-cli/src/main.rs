@@ -431,7 +431,6 @@ fn run(command: Command) -> lora_core::Result<()> {
             };
             let (path, bytes) = lora_cli::export::export(&req, &assets)?;
             println!("wrote {} ({:.1} MB)", path.display(), bytes as f64 / 1e6);
-            Ok(())
         }
         Command::Generate {
             adapter,

@@ -112,7 +112,8 @@ enum Command {
         /// A run's output folder: its pipeline.toml and adapter.
         #[arg(long)]
         adapter: Option<PathBuf>,
-        /// The GGUF file when no adapter is given (default: the SmolLM2 asset).
+        /// The GGUF file when no adapter is given (default: the SmolLM2 asset); an
+        /// exported file (`lora export --merge`, any of its types) runs as it is.
         #[arg(long)]
         model: Option<String>,
         /// Render the prompt as a user turn with the model's chat template.
@@ -131,6 +132,9 @@ enum Command {
         top_p: f32,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Print the new tokens per second (prompt included in the time) on stderr.
+        #[arg(long)]
+        timing: bool,
         prompt: String,
     },
     /// Export a run for deployment: `--merge` folds the adapter into the base and
@@ -442,6 +446,7 @@ fn run(command: Command) -> lora_core::Result<()> {
             top_k,
             top_p,
             seed,
+            timing,
             prompt,
         } => {
             use lora_cli::generate::{Sampling, Source, generate, load, prompt_ids};
@@ -462,7 +467,8 @@ fn run(command: Command) -> lora_core::Result<()> {
             )?;
             let ids = prompt_ids(&tok, &prompt, chat)?;
             lora_cli::pipes::survive_closed_pipes();
-            generate(
+            let started = std::time::Instant::now();
+            let new = generate(
                 m.as_mut(),
                 &tok,
                 &ids,
@@ -470,6 +476,15 @@ fn run(command: Command) -> lora_core::Result<()> {
                 &sampling,
                 &mut std::io::stdout(),
             )?;
+            if timing {
+                let s = started.elapsed().as_secs_f64();
+                eprintln!(
+                    "{} prompt tokens, {} new tokens in {s:.2} s ({:.2} tokens/s)",
+                    ids.len(),
+                    new.len(),
+                    new.len() as f64 / s
+                );
+            }
         }
         Command::Validate { file, layers } => {
             let started = std::time::Instant::now();

@@ -31,31 +31,31 @@ pub fn merged_safetensors(base_dir: &Path, adapter: &Adapter, labels: &[String])
     let bytes = std::fs::read(&weights).map_err(|e| Error::io("cannot read", &weights, e))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::Data(format!("{}: {e}", weights.display())))?;
+    let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let prefixed = st.names().iter().any(|n| n.starts_with("bert."));
-    let mut out: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
+    // Name -> (dtype, shape, little-endian bytes); only F32 matrices are merged,
+    // other tensors (`position_ids`, I64) pass through as they are.
+    let mut out: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)> = BTreeMap::new();
     let mut used = BTreeSet::new();
     for (name, t) in st.tensors() {
-        if t.dtype() != Dtype::F32 {
-            return Err(Error::Data(format!(
-                "{}: `{name}` is {:?}; the BERT export reads F32 bases",
-                weights.display(),
-                t.dtype()
-            )));
-        }
         let full = if prefixed { name.clone() } else { format!("bert.{name}") };
+        let shape = t.shape().to_vec();
+        if t.dtype() != Dtype::F32 {
+            out.insert(full, (t.dtype(), shape, t.data().to_vec()));
+            continue;
+        }
         let mut values: Vec<f32> = t
             .data()
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        let shape = t.shape().to_vec();
         if let (Some(module), [o, i]) = (full.strip_suffix(".weight"), &shape[..])
             && let Some(d) = adapter.delta(module, *o, *i)?
         {
             values.iter_mut().zip(&d.values).for_each(|(w, d)| *w += d);
             used.insert(module.to_string());
         }
-        out.insert(full, (shape, values));
+        out.insert(full, (Dtype::F32, shape, f32_bytes(&values)));
     }
     for module in adapter.modules() {
         if !used.contains(&module) {
@@ -75,11 +75,11 @@ pub fn merged_safetensors(base_dir: &Path, adapter: &Adapter, labels: &[String])
             continue;
         }
         let plain = name.strip_prefix("base_model.model.").unwrap_or(name);
-        out.insert(plain.to_string(), (t.shape.clone(), t.data.clone()));
+        out.insert(plain.to_string(), (Dtype::F32, t.shape.clone(), f32_bytes(&t.data)));
     }
     let head = out
         .get("classifier.weight")
-        .map(|(s, _)| s[0])
+        .map(|(_, s, _)| s[0])
         .ok_or_else(|| invalid("export::adapter-invalid", format!("{}: no classifier in the adapter", adapter.dir.display())))?;
     if head != labels.len() {
         return Err(invalid(
@@ -91,14 +91,10 @@ pub fn merged_safetensors(base_dir: &Path, adapter: &Adapter, labels: &[String])
             ),
         ));
     }
-    let raw: Vec<(String, Vec<usize>, Vec<u8>)> = out
-        .into_iter()
-        .map(|(n, (s, v))| (n, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
-        .collect();
-    let views = raw
+    let views = out
         .iter()
-        .map(|(n, s, b)| {
-            safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b)
+        .map(|(n, (dtype, s, b))| {
+            safetensors::tensor::TensorView::new(*dtype, s.clone(), b)
                 .map(|v| (n.clone(), v))
                 .map_err(|e| Error::Other(format!("cannot serialise {n}: {e}")))
         })

@@ -49,7 +49,10 @@ fn family(req: &Request, config: &PipelineConfig, assets: &dyn AssetResolver) ->
         if p.exists() {
             Ok(p)
         } else {
-            Err(invalid("export::base-missing", format!("{}: the base model does not exist", p.display())))
+            Err(invalid(
+                "export::base-missing",
+                format!("{}: the base model does not exist", p.display()),
+            ))
         }
     };
     match config.model.type_name.as_str() {
@@ -171,7 +174,10 @@ fn refuse_existing(out: &Path) -> Result<()> {
     if out.exists() {
         return Err(invalid(
             "export::output-exists",
-            format!("{}: already exists; a merged model is written into a new folder", out.display()),
+            format!(
+                "{}: already exists; a merged model is written into a new folder",
+                out.display()
+            ),
         ));
     }
     Ok(())

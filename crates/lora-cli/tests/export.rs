@@ -26,7 +26,9 @@ fn noise(n: usize, seed: u64, amp: f32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
             ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * amp
         })
         .collect()
@@ -35,7 +37,15 @@ fn noise(n: usize, seed: u64, amp: f32) -> Vec<f32> {
 /// A run folder: pipeline.toml for `model_path`, a PEFT adapter of rank `r` on
 /// every linear module of `layers` layers with dimensions from `dims`, and the
 /// base's record.
-fn run_dir(dir: &Path, name: &str, model_path: &str, layers: usize, dims: &[(&str, usize, usize)], r: usize, amp: f32) -> PathBuf {
+fn run_dir(
+    dir: &Path,
+    name: &str,
+    model_path: &str,
+    layers: usize,
+    dims: &[(&str, usize, usize)],
+    r: usize,
+    amp: f32,
+) -> PathBuf {
     let run = dir.join(name);
     std::fs::create_dir_all(&run).unwrap();
     let modules: Vec<&str> = dims.iter().map(|d| d.0).collect();
@@ -62,7 +72,11 @@ fn run_dir(dir: &Path, name: &str, model_path: &str, layers: usize, dims: &[(&st
             let key = format!("base_model.model.model.layers.{l}.{path}");
             let seed = (l * 16 + i) as u64;
             owned.push((format!("{key}.lora_A.weight"), vec![r, *inp], noise(r * inp, seed, 0.1)));
-            owned.push((format!("{key}.lora_B.weight"), vec![*out, r], noise(out * r, seed + 1000, amp)));
+            owned.push((
+                format!("{key}.lora_B.weight"),
+                vec![*out, r],
+                noise(out * r, seed + 1000, amp),
+            ));
         }
     }
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = owned
@@ -71,9 +85,18 @@ fn run_dir(dir: &Path, name: &str, model_path: &str, layers: usize, dims: &[(&st
         .collect();
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
         .iter()
-        .map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap()))
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
-    std::fs::write(run.join("adapter_model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+    std::fs::write(
+        run.join("adapter_model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
     let cfg = serde_json::json!({"peft_type": "LORA", "r": r, "lora_alpha": 2 * r, "task_type": "CAUSAL_LM",
         "target_modules": modules, "use_rslora": false, "rank_pattern": {}, "alpha_pattern": {}});
     std::fs::write(run.join("adapter_config.json"), cfg.to_string()).unwrap();
@@ -81,7 +104,11 @@ fn run_dir(dir: &Path, name: &str, model_path: &str, layers: usize, dims: &[(&st
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 const TINY_DIMS: [(&str, usize, usize); 2] = [("q_proj", 32, 32), ("down_proj", 32, 64)];
@@ -94,37 +121,150 @@ fn refusals_exit_2_and_write_nothing() {
     std::fs::copy(&fixture, &base).unwrap();
     let good = run_dir(dir.path(), "run", &base.display().to_string(), 1, &TINY_DIMS, 2, 0.1);
     lora_export::record::write(&good, std::slice::from_ref(&base)).unwrap();
-    let narrow = run_dir(dir.path(), "narrow", &base.display().to_string(), 1, &[("q_proj", 32, 16)], 2, 0.1);
+    let narrow = run_dir(
+        dir.path(),
+        "narrow",
+        &base.display().to_string(),
+        1,
+        &[("q_proj", 32, 16)],
+        2,
+        0.1,
+    );
     let mut other = std::fs::read(&base).unwrap();
     *other.last_mut().unwrap() ^= 0x40;
     let other_path = dir.path().join("other.gguf");
     std::fs::write(&other_path, other).unwrap();
+    // A BERT classifier's run: no GGUF for it.
+    let bert = dir.path().join("bert");
+    std::fs::create_dir_all(&bert).unwrap();
+    std::fs::write(
+        bert.join("pipeline.toml"),
+        "[run]\nname = \"b\"\noutput-dir = \"unused\"\n[data]\ntype = \"csv\"\npath = \"unused.csv\"\n\
+         [model]\ntype = \"bert-classifier\"\npath = \"asset:all-minilm-l6-v2\"\n\
+         [lora]\nr = 2\nalpha = 4\ntarget-modules = [\"query\"]\n[train]\ntype = \"supervised\"\n[eval]\ntype = \"classification\"\n",
+    )
+    .unwrap();
+    std::fs::copy(good.join("adapter_model.safetensors"), bert.join("adapter_model.safetensors")).unwrap();
+    std::fs::write(
+        bert.join("adapter_config.json"),
+        r#"{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "task_type": "SEQ_CLS"}"#,
+    )
+    .unwrap();
     let out = dir.path().join("out");
     let o = |p: &str| out.join(p).display().to_string();
     let s = |p: &Path| p.display().to_string();
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["--adapter".into(), s(&dir.path().join("nowhere")), "--merge".into(), "-o".into(), o("a.gguf")], "export::adapter-missing"),
-        (vec!["--adapter".into(), s(&good), "--merge".into(), "--quant".into(), "q4_k".into(), "-o".into(), o("b.gguf")], "export::quant-unsupported"),
-        (vec!["--adapter".into(), s(&good), "--merge".into(), "--quant".into(), "q3_k".into(), "-o".into(), o("c.gguf")], "export::quant-unknown"),
-        (vec!["--adapter".into(), s(&good), "--merge".into(), "--base".into(), s(&other_path), "-o".into(), o("d.gguf")], "export::base-mismatch"),
-        (vec!["--adapter".into(), s(&narrow), "--merge".into(), "-o".into(), o("e.gguf")], "export::base-mismatch"),
-        (vec!["--adapter".into(), s(&narrow), "-o".into(), o("f.gguf")], "export::base-mismatch"),
-        (vec!["--adapter".into(), s(&good), "--merge".into(), "--format".into(), "safetensors".into(), "--quant".into(), "q8_0".into(), "-o".into(), o("g")], "export::quant-unsupported"),
+        (
+            vec![
+                "--adapter".into(),
+                s(&dir.path().join("nowhere")),
+                "--merge".into(),
+                "-o".into(),
+                o("a.gguf"),
+            ],
+            "export::adapter-missing",
+        ),
+        (
+            vec![
+                "--adapter".into(),
+                s(&good),
+                "--merge".into(),
+                "--quant".into(),
+                "q4_k".into(),
+                "-o".into(),
+                o("b.gguf"),
+            ],
+            "export::quant-unsupported",
+        ),
+        (
+            vec![
+                "--adapter".into(),
+                s(&good),
+                "--merge".into(),
+                "--quant".into(),
+                "q3_k".into(),
+                "-o".into(),
+                o("c.gguf"),
+            ],
+            "export::quant-unknown",
+        ),
+        (
+            vec![
+                "--adapter".into(),
+                s(&good),
+                "--merge".into(),
+                "--base".into(),
+                s(&other_path),
+                "-o".into(),
+                o("d.gguf"),
+            ],
+            "export::base-mismatch",
+        ),
+        (
+            vec![
+                "--adapter".into(),
+                s(&narrow),
+                "--merge".into(),
+                "-o".into(),
+                o("e.gguf"),
+            ],
+            "export::base-mismatch",
+        ),
+        (
+            vec!["--adapter".into(), s(&narrow), "-o".into(), o("f.gguf")],
+            "export::base-mismatch",
+        ),
+        (
+            vec![
+                "--adapter".into(),
+                s(&good),
+                "--merge".into(),
+                "--format".into(),
+                "safetensors".into(),
+                "--quant".into(),
+                "q8_0".into(),
+                "-o".into(),
+                o("g"),
+            ],
+            "export::quant-unsupported",
+        ),
+        (
+            vec!["--adapter".into(), s(&bert), "--merge".into(), "-o".into(), o("h.gguf")],
+            "export::quant-unsupported",
+        ),
     ];
     for (args, code) in &cases {
         let r = lora().arg("export").args(args).output().unwrap();
         assert_eq!(r.status.code(), Some(2), "{args:?}: {}", text(&r));
         assert!(text(&r).contains(code), "{args:?}: {}", text(&r));
     }
-    assert!(!out.exists(), "a refused export wrote {:?}", std::fs::read_dir(&out).map(|d| d.count()));
+    assert!(
+        !out.exists(),
+        "a refused export wrote {:?}",
+        std::fs::read_dir(&out).map(|d| d.count())
+    );
     // The same run exports at q8_0 and as an adapter.
-    for (extra, name) in [(vec!["--merge", "--quant", "q8_0"], "ok.gguf"), (vec![], "adapter.gguf")] {
-        let r = lora().arg("export").arg("--adapter").arg(&good).args(extra).arg("-o").arg(out.join(name)).output().unwrap();
+    for (extra, name) in [
+        (vec!["--merge", "--quant", "q8_0"], "ok.gguf"),
+        (vec![], "adapter.gguf"),
+    ] {
+        let r = lora()
+            .arg("export")
+            .arg("--adapter")
+            .arg(&good)
+            .args(extra)
+            .arg("-o")
+            .arg(out.join(name))
+            .output()
+            .unwrap();
         assert!(r.status.success(), "{}", text(&r));
         let h = lora_core::gguf::Header::read(&out.join(name)).unwrap();
         assert_eq!(h.architecture(), Some("llama"));
     }
-    let names: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names.len(), 2, "no temporary file left: {names:?}");
 }
 
@@ -154,7 +294,12 @@ fn llama_cpp(node_dir: &str, model: &Path, lora: Option<&Path>, prompts: &[&str]
     assert!(r.status.success(), "{}", text(&r));
     String::from_utf8_lossy(&r.stdout)
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["text"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect()
 }
 
@@ -172,7 +317,10 @@ fn generate(source: &[&str], prompt: &str, n: usize) -> String {
 #[test]
 fn llama_cpp_continues_as_lora_generate_does() {
     let Ok(node_dir) = std::env::var("LORA_NODE_LLAMA_DIR") else {
-        assert!(std::env::var("LORA_REQUIRE_REFERENCE").is_err(), "LORA_NODE_LLAMA_DIR is not set");
+        assert!(
+            std::env::var("LORA_REQUIRE_REFERENCE").is_err(),
+            "LORA_NODE_LLAMA_DIR is not set"
+        );
         eprintln!("skipped: set LORA_NODE_LLAMA_DIR to a folder with node_modules/node-llama-cpp");
         return;
     };
@@ -184,23 +332,50 @@ fn llama_cpp_continues_as_lora_generate_does() {
         "<|im_start|>user\nI just got a new puppy!<|im_end|>\n<|im_start|>assistant\n",
     ];
     let n = 16;
-    let files = [("f16", dir.path().join("merged-f16.gguf")), ("q8_0", dir.path().join("merged-q8_0.gguf"))];
+    let files = [
+        ("f16", dir.path().join("merged-f16.gguf")),
+        ("q8_0", dir.path().join("merged-q8_0.gguf")),
+    ];
     for (q, path) in &files {
-        let r = lora().args(["export", "--merge", "--quant", q, "--adapter"]).arg(&run).arg("-o").arg(path).output().unwrap();
+        let r = lora()
+            .args(["export", "--merge", "--quant", q, "--adapter"])
+            .arg(&run)
+            .arg("-o")
+            .arg(path)
+            .output()
+            .unwrap();
         assert!(r.status.success(), "{}", text(&r));
     }
     let adapter = dir.path().join("adapter.gguf");
-    let r = lora().arg("export").arg("--adapter").arg(&run).arg("-o").arg(&adapter).output().unwrap();
+    let r = lora()
+        .arg("export")
+        .arg("--adapter")
+        .arg(&run)
+        .arg("-o")
+        .arg(&adapter)
+        .output()
+        .unwrap();
     assert!(r.status.success(), "{}", text(&r));
     let run_s = run.display().to_string();
     let mut cases: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
     for (q, path) in &files {
         let p = path.display().to_string();
         let ours = prompts.iter().map(|pr| generate(&["--model", &p], pr, n)).collect();
-        cases.push((format!("merged {q}"), llama_cpp(&node_dir, path, None, &prompts, n), ours));
+        cases.push((
+            format!("merged {q}"),
+            llama_cpp(&node_dir, path, None, &prompts, n),
+            ours,
+        ));
     }
-    let ours = prompts.iter().map(|pr| generate(&["--adapter", &run_s], pr, n)).collect();
-    cases.push(("base + adapter".into(), llama_cpp(&node_dir, &base, Some(&adapter), &prompts, n), ours));
+    let ours = prompts
+        .iter()
+        .map(|pr| generate(&["--adapter", &run_s], pr, n))
+        .collect();
+    cases.push((
+        "base + adapter".into(),
+        llama_cpp(&node_dir, &base, Some(&adapter), &prompts, n),
+        ours,
+    ));
     for (what, theirs, ours) in &cases {
         assert_eq!(theirs, ours, "{what}: llama.cpp vs lora generate");
     }

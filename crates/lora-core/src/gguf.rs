@@ -458,7 +458,11 @@ pub struct TensorBytes<'a> {
 
 /// Writes a GGUF (version 3) file: header, metadata in the given order, the
 /// tensor table, then each tensor's bytes at the default 32-byte alignment.
-pub fn write_to(out: &mut impl std::io::Write, metadata: &[(&str, Value)], tensors: &[TensorBytes<'_>]) -> std::io::Result<()> {
+pub fn write_to(
+    out: &mut impl std::io::Write,
+    metadata: &[(&str, Value)],
+    tensors: &[TensorBytes<'_>],
+) -> std::io::Result<()> {
     fn value(out: &mut Vec<u8>, v: &Value) {
         match v {
             Value::U8(x) => out.push(*x),

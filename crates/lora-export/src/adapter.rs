@@ -52,13 +52,20 @@ impl Adapter {
             ));
         }
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io("cannot read", &cfg_path, e))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| invalid("export::adapter-invalid", format!("{}: not JSON: {e}", cfg_path.display())))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            invalid(
+                "export::adapter-invalid",
+                format!("{}: not JSON: {e}", cfg_path.display()),
+            )
+        })?;
         let bad = |what: &str| invalid("export::adapter-invalid", format!("{}: {what}", cfg_path.display()));
         if v.get("peft_type").and_then(|x| x.as_str()) != Some("LORA") {
             return Err(bad("peft_type is not LORA"));
         }
-        let r = v.get("r").and_then(|x| x.as_u64()).ok_or_else(|| bad("`r` is missing"))? as usize;
+        let r = v
+            .get("r")
+            .and_then(|x| x.as_u64())
+            .ok_or_else(|| bad("`r` is missing"))? as usize;
         let alpha = v
             .get("lora_alpha")
             .and_then(|x| x.as_f64())
@@ -98,7 +105,13 @@ impl Adapter {
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();
-            tensors.insert(name, HostTensor { shape: t.shape().to_vec(), data });
+            tensors.insert(
+                name,
+                HostTensor {
+                    shape: t.shape().to_vec(),
+                    data,
+                },
+            );
         }
         Ok(Self {
             dir: dir.to_path_buf(),

@@ -13,7 +13,12 @@ use crate::adapter::Adapter;
 use crate::invalid;
 
 /// Files of the base folder copied beside the merged weights (the tokenizer).
-const TOKENIZER_FILES: [&str; 4] = ["tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"];
+const TOKENIZER_FILES: [&str; 4] = [
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
 
 /// The merged folder's files: `model.safetensors`, `config.json` and the tokenizer's.
 pub fn merged_safetensors(base_dir: &Path, adapter: &Adapter, labels: &[String]) -> Result<Vec<(String, Vec<u8>)>> {
@@ -77,10 +82,12 @@ pub fn merged_safetensors(base_dir: &Path, adapter: &Adapter, labels: &[String])
         let plain = name.strip_prefix("base_model.model.").unwrap_or(name);
         out.insert(plain.to_string(), (Dtype::F32, t.shape.clone(), f32_bytes(&t.data)));
     }
-    let head = out
-        .get("classifier.weight")
-        .map(|(_, s, _)| s[0])
-        .ok_or_else(|| invalid("export::adapter-invalid", format!("{}: no classifier in the adapter", adapter.dir.display())))?;
+    let head = out.get("classifier.weight").map(|(_, s, _)| s[0]).ok_or_else(|| {
+        invalid(
+            "export::adapter-invalid",
+            format!("{}: no classifier in the adapter", adapter.dir.display()),
+        )
+    })?;
     if head != labels.len() {
         return Err(invalid(
             "export::adapter-invalid",
@@ -108,25 +115,42 @@ pub fn merged_safetensors(base_dir: &Path, adapter: &Adapter, labels: &[String])
     let obj = config
         .as_object_mut()
         .ok_or_else(|| Error::Data(format!("{}: not a JSON object", cfg_path.display())))?;
-    obj.insert("architectures".into(), serde_json::json!(["BertForSequenceClassification"]));
+    obj.insert(
+        "architectures".into(),
+        serde_json::json!(["BertForSequenceClassification"]),
+    );
     obj.insert("num_labels".into(), serde_json::json!(labels.len()));
     obj.insert(
         "id2label".into(),
-        labels.iter().enumerate().map(|(i, l)| (i.to_string(), serde_json::json!(l))).collect(),
+        labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i.to_string(), serde_json::json!(l)))
+            .collect(),
     );
     obj.insert(
         "label2id".into(),
-        labels.iter().enumerate().map(|(i, l)| (l.clone(), serde_json::json!(i))).collect(),
+        labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.clone(), serde_json::json!(i)))
+            .collect(),
     );
     obj.insert("torch_dtype".into(), serde_json::json!("float32"));
     let mut files = vec![
         ("model.safetensors".to_string(), st),
-        ("config.json".to_string(), serde_json::to_vec_pretty(&config).expect("JSON serialises")),
+        (
+            "config.json".to_string(),
+            serde_json::to_vec_pretty(&config).expect("JSON serialises"),
+        ),
     ];
     for name in TOKENIZER_FILES {
         let p = base_dir.join(name);
         if p.is_file() {
-            files.push((name.to_string(), std::fs::read(&p).map_err(|e| Error::io("cannot read", &p, e))?));
+            files.push((
+                name.to_string(),
+                std::fs::read(&p).map_err(|e| Error::io("cannot read", &p, e))?,
+            ));
         }
     }
     Ok(files)

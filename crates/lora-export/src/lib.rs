@@ -15,9 +15,9 @@ pub mod quant;
 pub mod record;
 pub mod write;
 
+use lora_core::Error;
 use lora_core::diag::Diagnostic;
 use lora_core::gguf::GgmlType;
-use lora_core::Error;
 
 pub use adapter::Adapter;
 pub use lora_nn::gguf::GgufFile;
@@ -42,15 +42,19 @@ pub const QUANT_NAMES: [(&str, GgmlType); 7] = [
 pub fn parse_quant(name: &str) -> lora_core::Result<GgmlType> {
     let lower = name.to_ascii_lowercase();
     let lower = if lower == "q4_k_s" { "q4_k".to_string() } else { lower };
-    QUANT_NAMES.iter().find(|(n, _)| *n == lower).map(|(_, t)| *t).ok_or_else(|| {
-        invalid(
-            "export::quant-unknown",
-            format!(
-                "unknown quantization `{name}`; choose one of {}",
-                QUANT_NAMES.map(|(n, _)| n).join(", ")
-            ),
-        )
-    })
+    QUANT_NAMES
+        .iter()
+        .find(|(n, _)| *n == lower)
+        .map(|(_, t)| *t)
+        .ok_or_else(|| {
+            invalid(
+                "export::quant-unknown",
+                format!(
+                    "unknown quantization `{name}`; choose one of {}",
+                    QUANT_NAMES.map(|(n, _)| n).join(", ")
+                ),
+            )
+        })
 }
 
 /// What an export wrote, for the summary line.

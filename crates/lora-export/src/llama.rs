@@ -15,9 +15,9 @@ use lora_nn::gguf::GgufFile;
 use rayon::prelude::*;
 
 use crate::adapter::Adapter;
+use crate::invalid;
 use crate::quant::quantize;
 use crate::write::OwnedTensor;
-use crate::invalid;
 
 /// Stored row `2i + j` of a head is Hugging Face's row `j * half + i`.
 fn permute(values: &[f32], rows: usize, heads: usize, to_gguf: bool) -> Vec<f32> {
@@ -245,7 +245,11 @@ fn merged_values(base: &GgufFile, cfg: &LlamaConfig, adapter: &Adapter, name: &s
 }
 
 /// The merged model as one GGUF file of type `ty`.
-pub fn merged_gguf(base: &GgufFile, adapter: &Adapter, ty: GgmlType) -> Result<(Vec<(String, Value)>, Vec<OwnedTensor>)> {
+pub fn merged_gguf(
+    base: &GgufFile,
+    adapter: &Adapter,
+    ty: GgmlType,
+) -> Result<(Vec<(String, Value)>, Vec<OwnedTensor>)> {
     let cfg = check(base, adapter)?;
     check_quant(base, ty)?;
     let plan = TypePlan { requested: ty };
@@ -275,7 +279,10 @@ pub fn adapter_gguf(base: &GgufFile, adapter: &Adapter) -> Result<(Vec<(String, 
     if modules.is_empty() {
         return Err(invalid(
             "export::adapter-missing",
-            format!("{}: the adapter has no LoRA matrices (a head-only run?)", adapter.dir.display()),
+            format!(
+                "{}: the adapter has no LoRA matrices (a head-only run?)",
+                adapter.dir.display()
+            ),
         ));
     }
     let alpha = adapter.lora.alpha as f32;
@@ -346,7 +353,11 @@ pub fn merged_safetensors(base: &GgufFile, adapter: &Adapter) -> Result<Vec<(Str
     };
     for t in &base.header.tensors {
         let hf = hf_of(&t.name).ok_or_else(|| {
-            Error::Data(format!("{}: tensor `{}` has no Hugging Face name", base.header.path.display(), t.name))
+            Error::Data(format!(
+                "{}: tensor `{}` has no Hugging Face name",
+                base.header.path.display(),
+                t.name
+            ))
         })?;
         let shape = t.shape();
         let mut values = merged_values(base, &cfg, adapter, &t.name, &t.dims)?;
@@ -416,18 +427,25 @@ mod tests {
         // The reader's byte-level un-permutation agrees.
         let bytes: Vec<u8> = g.iter().flat_map(|x| x.to_le_bytes()).collect();
         let back = lora_nn::gguf::unpermute_rows(&bytes, 8, 2);
-        let back: Vec<f32> = back.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let back: Vec<f32> = back
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         assert_eq!(back, v);
     }
 
     #[test]
     fn type_plan_keeps_norms_f32_and_the_embedding_at_q8_0_below_8_bits() {
-        let p = TypePlan { requested: GgmlType::Q4_K };
+        let p = TypePlan {
+            requested: GgmlType::Q4_K,
+        };
         assert_eq!(p.type_of("blk.0.attn_norm.weight", &[576]), GgmlType::F32);
         assert_eq!(p.type_of("token_embd.weight", &[576, 49152]), GgmlType::Q8_0);
         assert_eq!(p.type_of("blk.0.ffn_down.weight", &[1536, 576]), GgmlType::Q4_K);
         assert_eq!(p.type_of("blk.0.attn_q.weight", &[576, 576]), GgmlType::Q5_0);
-        let p = TypePlan { requested: GgmlType::F16 };
+        let p = TypePlan {
+            requested: GgmlType::F16,
+        };
         assert_eq!(p.type_of("token_embd.weight", &[576, 49152]), GgmlType::F16);
     }
 

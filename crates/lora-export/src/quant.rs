@@ -23,7 +23,11 @@ fn nearest_int(x: f32) -> i32 {
 /// Quantizes `x` (a whole number of `ty`'s blocks) into `ty`'s bytes.
 pub fn quantize(ty: GgmlType, x: &[f32]) -> Vec<u8> {
     let (block, size) = ty.block();
-    assert!(x.len().is_multiple_of(block), "{} values are not whole {ty:?} blocks", x.len());
+    assert!(
+        x.len().is_multiple_of(block),
+        "{} values are not whole {ty:?} blocks",
+        x.len()
+    );
     let mut out = Vec::with_capacity(x.len() / block * size);
     for b in x.chunks_exact(block) {
         match ty {
@@ -66,7 +70,9 @@ fn symmetric(x: &[f32], levels: f32) -> (f32, impl Iterator<Item = u8> + '_) {
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let top = (2.0 * levels - 1.0) as i32;
     // `(int8_t)(v + levels + 0.5)`: truncation toward zero.
-    let q = x.iter().map(move |&v| ((v * id + levels + 0.5) as i8 as i32).min(top) as u8);
+    let q = x
+        .iter()
+        .map(move |&v| ((v * id + levels + 0.5) as i8 as i32).min(top) as u8);
     (d, q)
 }
 

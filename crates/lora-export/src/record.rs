@@ -29,7 +29,9 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 }
 
 fn name(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Writes the record of `files` (the model stage's base files) into `dir`.
@@ -39,7 +41,10 @@ pub fn write(dir: &Path, files: &[std::path::PathBuf]) -> Result<()> {
         .map(|f| Ok(serde_json::json!({ "name": name(f), "sha256": sha256_file(f)? })))
         .collect::<Result<Vec<_>>>()?;
     let doc = serde_json::json!({ "files": entries });
-    write_atomic(&dir.join(RECORD_FILE), &serde_json::to_vec_pretty(&doc).expect("JSON serialises"))
+    write_atomic(
+        &dir.join(RECORD_FILE),
+        &serde_json::to_vec_pretty(&doc).expect("JSON serialises"),
+    )
 }
 
 /// Checks `files` against the record in `dir`. `Ok(false)` when there is no

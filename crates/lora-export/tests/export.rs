@@ -34,7 +34,9 @@ fn bytes(v: &[f32]) -> Vec<u8> {
 }
 
 fn floats(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 /// `[out, in]` of each linear module.
@@ -62,10 +64,22 @@ fn tiny_llama(dir: &Path) -> PathBuf {
         ("tokenizer.chat_template", Value::Str("{{ messages }}".into())),
     ];
     let mut tensors = vec![
-        ("token_embd.weight".to_string(), vec![D as u64, VOCAB as u64], bytes(&noise(D * VOCAB, 1, 0.1))),
+        (
+            "token_embd.weight".to_string(),
+            vec![D as u64, VOCAB as u64],
+            bytes(&noise(D * VOCAB, 1, 0.1)),
+        ),
         ("output_norm.weight".to_string(), vec![D as u64], bytes(&vec![1.0; D])),
-        ("blk.0.attn_norm.weight".to_string(), vec![D as u64], bytes(&noise(D, 2, 1.0))),
-        ("blk.0.ffn_norm.weight".to_string(), vec![D as u64], bytes(&noise(D, 3, 1.0))),
+        (
+            "blk.0.attn_norm.weight".to_string(),
+            vec![D as u64],
+            bytes(&noise(D, 2, 1.0)),
+        ),
+        (
+            "blk.0.ffn_norm.weight".to_string(),
+            vec![D as u64],
+            bytes(&noise(D, 3, 1.0)),
+        ),
     ];
     for (i, (_, g, out, inp)) in MODULES.iter().enumerate() {
         tensors.push((
@@ -74,7 +88,10 @@ fn tiny_llama(dir: &Path) -> PathBuf {
             bytes(&noise(out * inp, 10 + i as u32, 0.05)),
         ));
     }
-    let t: Vec<(&str, Vec<u64>, u32, Vec<u8>)> = tensors.iter().map(|(n, d, b)| (n.as_str(), d.clone(), 0, b.clone())).collect();
+    let t: Vec<(&str, Vec<u64>, u32, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, d, b)| (n.as_str(), d.clone(), 0, b.clone()))
+        .collect();
     let path = dir.join("tiny.gguf");
     std::fs::write(&path, write(&meta, &t)).unwrap();
     path
@@ -88,14 +105,31 @@ fn adapter(dir: &Path, shape_bug: bool) -> PathBuf {
     for (i, (m, _, out, inp)) in MODULES.iter().enumerate() {
         let key = format!("base_model.model.{}", hf_name(0, m));
         let inp = if shape_bug && *m == "q_proj" { inp - 32 } else { *inp };
-        owned.push((format!("{key}.lora_A.weight"), vec![R, inp], bytes(&noise(R * inp, 100 + i as u32, 0.1))));
-        owned.push((format!("{key}.lora_B.weight"), vec![*out, R], bytes(&noise(out * R, 200 + i as u32, 0.05))));
+        owned.push((
+            format!("{key}.lora_A.weight"),
+            vec![R, inp],
+            bytes(&noise(R * inp, 100 + i as u32, 0.1)),
+        ));
+        owned.push((
+            format!("{key}.lora_B.weight"),
+            vec![*out, R],
+            bytes(&noise(out * R, 200 + i as u32, 0.05)),
+        ));
     }
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
         .iter()
-        .map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap()))
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
-    std::fs::write(run.join("adapter_model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+    std::fs::write(
+        run.join("adapter_model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
     let cfg = serde_json::json!({"peft_type": "LORA", "r": R, "lora_alpha": ALPHA, "task_type": "CAUSAL_LM",
         "use_rslora": false, "rank_pattern": {}, "alpha_pattern": {}});
     std::fs::write(run.join("adapter_config.json"), cfg.to_string()).unwrap();
@@ -170,8 +204,14 @@ fn merged_f32_is_the_base_plus_the_scaled_update_in_both_row_orders() {
         }
     }
     // Norms and the embedding pass through unchanged; the tokenizer's metadata too.
-    assert_eq!(merged.vector("blk.0.attn_norm.weight").unwrap(), base.vector("blk.0.attn_norm.weight").unwrap());
-    assert_eq!(merged.header.get("tokenizer.chat_template"), base.header.get("tokenizer.chat_template"));
+    assert_eq!(
+        merged.vector("blk.0.attn_norm.weight").unwrap(),
+        base.vector("blk.0.attn_norm.weight").unwrap()
+    );
+    assert_eq!(
+        merged.header.get("tokenizer.chat_template"),
+        base.header.get("tokenizer.chat_template")
+    );
     assert_eq!(merged.header.get("general.file_type").and_then(Value::as_u64), Some(0));
     let config: serde_json::Value = serde_json::from_slice(&st[1].1).unwrap();
     assert_eq!(config["num_key_value_heads"], KV);
@@ -207,7 +247,10 @@ fn every_quantization_decodes_near_the_f32_merge() {
         }
         // The tied embedding stays at 8 bits below 8 bits.
         let embd = f.matrix("token_embd.weight").unwrap().ggml;
-        assert!(matches!((ty, embd), (GgmlType::F16, GgmlType::F16) | (_, GgmlType::Q8_0)), "{ty:?}: {embd:?}");
+        assert!(
+            matches!((ty, embd), (GgmlType::F16, GgmlType::F16) | (_, GgmlType::Q8_0)),
+            "{ty:?}: {embd:?}"
+        );
     }
 }
 
@@ -270,13 +313,18 @@ fn checks_refuse_before_anything_is_written() {
     let err = code(lora_export::record::check(&run, &[other]).unwrap_err());
     assert!(err.contains("export::base-mismatch") && err.contains("sha256"), "{err}");
     // A quantization the architecture cannot take: hidden 32 has no whole Q4_K super-block.
-    let small = GgufFile::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/validate/models/tiny-llama.gguf")).unwrap();
+    let small =
+        GgufFile::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/validate/models/tiny-llama.gguf"))
+            .unwrap();
     let err = code(llama::check_quant(&small, GgmlType::Q4_K).unwrap_err());
     assert!(err.contains("export::quant-unsupported"), "{err}");
     llama::check_quant(&small, GgmlType::Q8_0).unwrap();
     assert!(lora_export::parse_quant("q3_k").is_err());
     // Nothing but the inputs in the folder.
-    let mut names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     assert_eq!(names, ["bad-run", "other", "run", "tiny.gguf"]);
 }
@@ -287,9 +335,15 @@ fn checks_refuse_before_anything_is_written() {
 #[test]
 fn the_gguf_package_reads_every_field_and_tensor() {
     let python = std::env::var("LORA_GGUF_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has = std::process::Command::new(&python).args(["-c", "import gguf"]).status().is_ok_and(|s| s.success());
+    let has = std::process::Command::new(&python)
+        .args(["-c", "import gguf"])
+        .status()
+        .is_ok_and(|s| s.success());
     if !has {
-        assert!(std::env::var("LORA_REQUIRE_REFERENCE").is_err(), "{python} has no `gguf` package");
+        assert!(
+            std::env::var("LORA_REQUIRE_REFERENCE").is_err(),
+            "{python} has no `gguf` package"
+        );
         eprintln!("skipped: {python} has no `gguf` package (pip install gguf)");
         return;
     }
@@ -307,9 +361,17 @@ fn the_gguf_package_reads_every_field_and_tensor() {
     lora_export::write::gguf(&adapter_path, &meta, &tensors).unwrap();
     files.push(adapter_path);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/reference/check_gguf.py");
-    let out = std::process::Command::new(&python).arg(script).args(&files).output().unwrap();
+    let out = std::process::Command::new(&python)
+        .arg(script)
+        .args(&files)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), files.len() - 1);
     // F16, Q4_0, Q4_1, Q5_0, Q8_0: all 7 matrices (and the Q8_0/F16 embedding) byte-identical to gguf's quantizer.

@@ -103,7 +103,10 @@ pub fn q4_k_scale_min(j: usize, s: &[u8]) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {
-        ((s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
+        (
+            (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4),
+            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+        )
     }
 }
 
@@ -288,7 +291,14 @@ mod tests {
             (s >> 16) as u8
         };
         let x: Vec<f32> = (0..256).map(|i| (i as f32 * 0.37).sin()).collect();
-        for ggml in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::F16, GgmlType::Q4_K] {
+        for ggml in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q8_0,
+            GgmlType::F16,
+            GgmlType::Q4_K,
+        ] {
             let (block, size) = ggml.block();
             let mut row = Vec::new();
             for _ in 0..256 / block {

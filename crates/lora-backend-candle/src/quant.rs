@@ -147,9 +147,10 @@ mod tests {
         let (block, size) = ggml.block();
         for _ in 0..rows * cols / block {
             let mut b: Vec<u8> = (0..size).map(|_| next()).collect();
-            b[..2].copy_from_slice(&half::f16::from_f32(0.002 + b[0] as f32 / 50000.0).to_le_bytes());
+            let (d, m) = (0.002 + b[0] as f32 / 50000.0, -0.01 + b[2] as f32 / 20000.0);
+            b[..2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
             if matches!(ggml, GgmlType::Q4_1 | GgmlType::Q4_K) {
-                b[2..4].copy_from_slice(&half::f16::from_f32(-0.01 + b[2] as f32 / 20000.0).to_le_bytes());
+                b[2..4].copy_from_slice(&half::f16::from_f32(m).to_le_bytes());
             }
             bytes.extend(b);
         }

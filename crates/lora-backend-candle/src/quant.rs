@@ -39,7 +39,9 @@ impl QuantMatrix {
             GgmlType::F16 => GgmlDType::F16,
             GgmlType::Q4_0 => GgmlDType::Q4_0,
             GgmlType::Q4_1 => GgmlDType::Q4_1,
+            GgmlType::Q5_0 => GgmlDType::Q5_0,
             GgmlType::Q8_0 => GgmlDType::Q8_0,
+            GgmlType::Q4_K => GgmlDType::Q4K,
         };
         let q = qtensor_from_ggml(dtype, view.bytes, view.shape.to_vec(), &Device::Cpu)?;
         Ok(Self {
@@ -134,29 +136,42 @@ impl CustomOp1 for QuantLinear {
 mod tests {
     use super::*;
 
-    /// Q4_1 blocks with varied scales and offsets, and their decoded values.
-    fn q4_1(rows: usize, cols: usize) -> Vec<u8> {
+    /// Random blocks of `ggml` with varied but moderate f16 scales (and offsets).
+    fn blocks(ggml: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
         let mut bytes = Vec::new();
         let mut s = 12345u32;
         let mut next = || {
             s = s.wrapping_mul(1_103_515_245).wrapping_add(12345);
             (s >> 16) as u8
         };
-        for _ in 0..rows * cols / 32 {
-            bytes.extend(half::f16::from_f32(0.01 + next() as f32 / 5000.0).to_le_bytes());
-            bytes.extend(half::f16::from_f32(-0.08 + next() as f32 / 4000.0).to_le_bytes());
-            bytes.extend((0..16).map(|_| next()));
+        let (block, size) = ggml.block();
+        for _ in 0..rows * cols / block {
+            let mut b: Vec<u8> = (0..size).map(|_| next()).collect();
+            let (d, m) = (0.002 + b[0] as f32 / 50000.0, -0.01 + b[2] as f32 / 20000.0);
+            b[..2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
+            if matches!(ggml, GgmlType::Q4_1 | GgmlType::Q4_K) {
+                b[2..4].copy_from_slice(&half::f16::from_f32(m).to_le_bytes());
+            }
+            bytes.extend(b);
         }
         bytes
     }
 
     #[test]
     fn quantized_forward_matches_the_decoded_product() {
-        let (out, inp) = (48, 576);
-        let bytes = q4_1(out, inp);
+        // Candle's decoding (the many-row path) and the block kernel (the few-row
+        // path) must both equal the project's own decoding.
+        for ggml in [GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q4_K] {
+            check_type(ggml);
+        }
+    }
+
+    fn check_type(ggml: GgmlType) {
+        let (out, inp) = (48, 768);
+        let bytes = blocks(ggml, out, inp);
         let view = QuantView {
             name: "w",
-            ggml: GgmlType::Q4_1,
+            ggml,
             shape: [out, inp],
             bytes: &bytes,
         };
@@ -175,8 +190,8 @@ mod tests {
                 .to_scalar::<f32>()
                 .unwrap();
             let scale = exact.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            eprintln!("rows {rows}: max error {err} of {scale}");
-            assert!(err <= 2e-5 * scale, "rows {rows}: {err} vs {scale}");
+            eprintln!("{ggml:?} rows {rows}: max error {err} of {scale}");
+            assert!(err <= 2e-5 * scale, "{ggml:?} rows {rows}: {err} vs {scale}");
         }
     }
 }

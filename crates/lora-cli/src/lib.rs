@@ -8,6 +8,7 @@ pub mod alloc;
 pub mod bench;
 pub mod bench_causal;
 pub mod bench_monitor;
+pub mod export;
 pub mod generate;
 pub mod pipeline;
 pub mod pipes;

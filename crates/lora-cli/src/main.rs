@@ -118,7 +118,8 @@ enum Command {
         /// A run's output folder: its pipeline.toml and adapter.
         #[arg(long)]
         adapter: Option<PathBuf>,
-        /// The GGUF file when no adapter is given (default: the SmolLM2 asset).
+        /// The GGUF file when no adapter is given (default: the SmolLM2 asset); an
+        /// exported file (`lora export --merge`, any of its types) runs as it is.
         #[arg(long)]
         model: Option<String>,
         /// Render the prompt as a user turn with the model's chat template.
@@ -137,7 +138,34 @@ enum Command {
         top_p: f32,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Print the new tokens per second (prompt included in the time) on stderr.
+        #[arg(long)]
+        timing: bool,
         prompt: String,
+    },
+    /// Export a run for deployment: `--merge` folds the adapter into the base and
+    /// writes GGUF (Llama, quantized with --quant) or Hugging Face safetensors
+    /// (Llama, BERT); without --merge, the adapter as llama.cpp's LoRA GGUF.
+    /// Nothing is written unless every check passes (exit 2).
+    Export {
+        /// A run's output folder: its pipeline.toml, adapter and base-model.json.
+        #[arg(long)]
+        adapter: PathBuf,
+        /// Fold the adapter into the base.
+        #[arg(long)]
+        merge: bool,
+        /// gguf or safetensors.
+        #[arg(long, default_value = "gguf")]
+        format: String,
+        /// The merged GGUF's type: f32, f16 (default), q8_0, q5_0, q4_1, q4_0, q4_k.
+        #[arg(long)]
+        quant: Option<String>,
+        /// The base model (default: the run's `[model] path`).
+        #[arg(long)]
+        base: Option<String>,
+        /// The file (GGUF) or the new folder (safetensors) to write.
+        #[arg(long, short)]
+        output: PathBuf,
     },
     /// Check a pipeline against the model (header only), the data and the machine, without running it.
     Validate {
@@ -406,6 +434,25 @@ fn run(command: Command) -> lora_core::Result<()> {
                 );
             }
         }
+        Command::Export {
+            adapter,
+            merge,
+            format,
+            quant,
+            base,
+            output,
+        } => {
+            let req = lora_cli::export::Request {
+                run_dir: adapter,
+                merge,
+                format,
+                quant,
+                base,
+                output,
+            };
+            let (path, bytes) = lora_cli::export::export(&req, &assets)?;
+            println!("wrote {} ({:.1} MB)", path.display(), bytes as f64 / 1e6);
+        }
         Command::Generate {
             adapter,
             model,
@@ -416,6 +463,7 @@ fn run(command: Command) -> lora_core::Result<()> {
             top_k,
             top_p,
             seed,
+            timing,
             prompt,
         } => {
             use lora_cli::generate::{Sampling, Source, generate, load, prompt_ids};
@@ -436,7 +484,8 @@ fn run(command: Command) -> lora_core::Result<()> {
             )?;
             let ids = prompt_ids(&tok, &prompt, chat)?;
             lora_cli::pipes::survive_closed_pipes();
-            generate(
+            let started = std::time::Instant::now();
+            let new = generate(
                 m.as_mut(),
                 &tok,
                 &ids,
@@ -444,6 +493,15 @@ fn run(command: Command) -> lora_core::Result<()> {
                 &sampling,
                 &mut std::io::stdout(),
             )?;
+            if timing {
+                let s = started.elapsed().as_secs_f64();
+                eprintln!(
+                    "{} prompt tokens, {} new tokens in {s:.2} s ({:.2} tokens/s)",
+                    ids.len(),
+                    new.len(),
+                    new.len() as f64 / s
+                );
+            }
         }
         Command::Validate { file, layers } => {
             let started = std::time::Instant::now();

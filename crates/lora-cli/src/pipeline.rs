@@ -437,6 +437,8 @@ pub fn run_with(mut pipeline: Pipeline, assets: &dyn AssetResolver, options: Run
     // base for later runs; an adapter model writes PEFT's adapter files.
     if !model.save_base(&out)? {
         lora_train::save_adapter(&out, model.as_ref(), &pipeline.config.lora, &base_name)?;
+        // The base's hash beside the adapter: `lora export` refuses another base.
+        lora_export::record::write(&out, &pipeline.model.base_files(&ctx)?)?;
     }
     let metrics = json!({
         "run": pipeline.config.run.name,

@@ -82,16 +82,32 @@ impl Value {
 }
 
 /// ggml's element types that the models read; any other is named by [`type_name`].
+#[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GgmlType {
     F32,
     F16,
     Q4_0,
     Q4_1,
+    Q5_0,
     Q8_0,
+    /// The 4-bit k-quant: super-blocks of 256 in eight sub-blocks of 32, each
+    /// with a 6-bit scale and a 6-bit minimum.
+    Q4_K,
 }
 
 impl GgmlType {
+    /// Every type the models read, in ggml's id order.
+    pub const ALL: [GgmlType; 7] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+    ];
+
     /// The type with ggml's id, when the models read it.
     pub fn from_id(id: u32) -> Option<Self> {
         Some(match id {
@@ -99,7 +115,9 @@ impl GgmlType {
             1 => GgmlType::F16,
             2 => GgmlType::Q4_0,
             3 => GgmlType::Q4_1,
+            6 => GgmlType::Q5_0,
             8 => GgmlType::Q8_0,
+            12 => GgmlType::Q4_K,
             _ => return None,
         })
     }
@@ -111,7 +129,9 @@ impl GgmlType {
             GgmlType::F16 => (1, 2),
             GgmlType::Q4_0 => (32, 18),
             GgmlType::Q4_1 => (32, 20),
+            GgmlType::Q5_0 => (32, 22),
             GgmlType::Q8_0 => (32, 34),
+            GgmlType::Q4_K => (256, 144),
         }
     }
 
@@ -125,7 +145,7 @@ impl GgmlType {
 }
 
 /// The types the models read, for messages.
-pub const SUPPORTED_TYPES: &str = "F32, F16, Q4_0, Q4_1, Q8_0";
+pub const SUPPORTED_TYPES: &str = "F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K";
 
 /// ggml's name of a type id (llama.cpp's `ggml_type`), known or not.
 pub fn type_name(id: u32) -> Option<&'static str> {
@@ -144,7 +164,9 @@ impl From<GgmlType> for u32 {
             GgmlType::F16 => 1,
             GgmlType::Q4_0 => 2,
             GgmlType::Q4_1 => 3,
+            GgmlType::Q5_0 => 6,
             GgmlType::Q8_0 => 8,
+            GgmlType::Q4_K => 12,
         }
     }
 }
@@ -410,6 +432,37 @@ impl Header {
 
 /// Writes a GGUF file in memory (tests and fixtures): metadata and tensors given as raw bytes.
 pub fn write(metadata: &[(&str, Value)], tensors: &[(&str, Vec<u64>, u32, Vec<u8>)]) -> Vec<u8> {
+    let tensors: Vec<TensorBytes<'_>> = tensors
+        .iter()
+        .map(|(name, dims, ty, bytes)| TensorBytes {
+            name,
+            dims: dims.clone(),
+            type_id: *ty,
+            bytes,
+        })
+        .collect();
+    let mut out = Vec::new();
+    write_to(&mut out, metadata, &tensors).expect("writing to memory does not fail");
+    out
+}
+
+/// A tensor to write: its name, ggml-order dimensions (`dims[0]` varies
+/// fastest), ggml type id and stored bytes.
+#[derive(Debug, Clone)]
+pub struct TensorBytes<'a> {
+    pub name: &'a str,
+    pub dims: Vec<u64>,
+    pub type_id: u32,
+    pub bytes: &'a [u8],
+}
+
+/// Writes a GGUF (version 3) file: header, metadata in the given order, the
+/// tensor table, then each tensor's bytes at the default 32-byte alignment.
+pub fn write_to(
+    out: &mut impl std::io::Write,
+    metadata: &[(&str, Value)],
+    tensors: &[TensorBytes<'_>],
+) -> std::io::Result<()> {
     fn value(out: &mut Vec<u8>, v: &Value) {
         match v {
             Value::U8(x) => out.push(*x),
@@ -451,31 +504,34 @@ pub fn write(metadata: &[(&str, Value)], tensors: &[(&str, Vec<u64>, u32, Vec<u8
             Value::F64(_) => 12,
         }
     }
-    let mut out = MAGIC.to_vec();
-    out.extend(3u32.to_le_bytes());
-    out.extend((tensors.len() as u64).to_le_bytes());
-    out.extend((metadata.len() as u64).to_le_bytes());
+    let mut head = MAGIC.to_vec();
+    head.extend(3u32.to_le_bytes());
+    head.extend((tensors.len() as u64).to_le_bytes());
+    head.extend((metadata.len() as u64).to_le_bytes());
     for (k, v) in metadata {
-        value(&mut out, &Value::Str(k.to_string()));
-        out.extend(type_id(v).to_le_bytes());
-        value(&mut out, v);
+        value(&mut head, &Value::Str(k.to_string()));
+        head.extend(type_id(v).to_le_bytes());
+        value(&mut head, v);
     }
     let align = |n: u64| n.div_ceil(DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT;
     let mut offset = 0u64;
-    for (name, dims, ty, bytes) in tensors {
-        value(&mut out, &Value::Str(name.to_string()));
-        out.extend((dims.len() as u32).to_le_bytes());
-        dims.iter().for_each(|d| out.extend(d.to_le_bytes()));
-        out.extend(ty.to_le_bytes());
-        out.extend(offset.to_le_bytes());
-        offset = align(offset + bytes.len() as u64);
+    for t in tensors {
+        value(&mut head, &Value::Str(t.name.to_string()));
+        head.extend((t.dims.len() as u32).to_le_bytes());
+        t.dims.iter().for_each(|d| head.extend(d.to_le_bytes()));
+        head.extend(t.type_id.to_le_bytes());
+        head.extend(offset.to_le_bytes());
+        offset = align(offset + t.bytes.len() as u64);
     }
-    out.resize(align(out.len() as u64) as usize, 0);
-    for (_, _, _, bytes) in tensors {
-        out.extend(bytes);
-        out.resize(align(out.len() as u64) as usize, 0);
+    head.resize(align(head.len() as u64) as usize, 0);
+    out.write_all(&head)?;
+    let zeros = [0u8; DEFAULT_ALIGNMENT as usize];
+    for t in tensors {
+        out.write_all(t.bytes)?;
+        let pad = align(t.bytes.len() as u64) - t.bytes.len() as u64;
+        out.write_all(&zeros[..pad as usize])?;
     }
-    out
+    Ok(())
 }
 
 #[cfg(test)]
@@ -527,10 +583,10 @@ mod tests {
 
     #[test]
     fn an_unsupported_quantization_type_is_named() {
-        let bytes = write(&[], &[("k", vec![256, 1], 12, vec![0; 144])]);
+        let bytes = write(&[], &[("k", vec![256, 1], 14, vec![0; 210])]);
         let h = Header::parse(&bytes[..], bytes.len() as u64, Path::new("k.gguf")).unwrap();
         let err = h.check_tensors().unwrap_err().to_string();
-        assert!(err.contains("Q4_K") && err.contains(SUPPORTED_TYPES), "{err}");
+        assert!(err.contains("Q6_K") && err.contains(SUPPORTED_TYPES), "{err}");
     }
 
     #[test]

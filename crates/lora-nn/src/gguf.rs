@@ -83,6 +83,46 @@ pub fn decode(ggml: GgmlType, bytes: &[u8], out: &mut [f32]) {
                     dst[j + 16] = (q >> 4) as f32 * d + m;
                 }
             }
+            GgmlType::Q5_0 => {
+                let d = f16(b);
+                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                for (j, &q) in b[6..22].iter().enumerate() {
+                    let h0 = ((qh >> j) & 1) << 4;
+                    let h1 = ((qh >> (j + 16)) & 1) << 4;
+                    dst[j] = (((q & 0x0f) as u32 | h0) as f32 - 16.0) * d;
+                    dst[j + 16] = (((q >> 4) as u32 | h1) as f32 - 16.0) * d;
+                }
+            }
+            GgmlType::Q4_K => decode_q4_k(b, dst),
+        }
+    }
+}
+
+/// Sub-block `j`'s 6-bit scale and minimum, packed in 12 bytes (ggml's `get_scale_min_k4`).
+pub fn q4_k_scale_min(j: usize, s: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (s[j] & 63, s[j + 4] & 63)
+    } else {
+        (
+            (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4),
+            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+        )
+    }
+}
+
+/// One Q4_K super-block: `d`, `dmin` (f16), 12 bytes of scales, 128 bytes of
+/// nibbles; each 64 values share 32 bytes, low nibbles first.
+fn decode_q4_k(b: &[u8], dst: &mut [f32]) {
+    let (d, dmin) = (f16(b), f16(&b[2..]));
+    let scales = &b[4..16];
+    for (chunk, (q, out)) in b[16..144].chunks_exact(32).zip(dst.chunks_exact_mut(64)).enumerate() {
+        let (sc1, m1) = q4_k_scale_min(2 * chunk, scales);
+        let (sc2, m2) = q4_k_scale_min(2 * chunk + 1, scales);
+        let (d1, m1) = (d * sc1 as f32, dmin * m1 as f32);
+        let (d2, m2) = (d * sc2 as f32, dmin * m2 as f32);
+        for (l, &v) in q.iter().enumerate() {
+            out[l] = d1 * (v & 0x0f) as f32 - m1;
+            out[l + 32] = d2 * (v >> 4) as f32 - m2;
         }
     }
 }
@@ -116,6 +156,12 @@ pub fn dot_row(ggml: GgmlType, row: &[u8], x: &[f32]) -> f32 {
                     .map(|(&q, (a, c))| (q & 0x0f) as f32 * a + (q >> 4) as f32 * c)
                     .sum();
                 f16(b) * s + f16(&b[2..]) * x.iter().sum::<f32>()
+            }
+            // Rarer types: decode the block, then multiply.
+            GgmlType::Q5_0 | GgmlType::Q4_K => {
+                let mut w = [0f32; 256];
+                decode(ggml, b, &mut w[..block]);
+                w[..block].iter().zip(x).map(|(w, x)| w * x).sum()
             }
         };
     }
@@ -244,11 +290,18 @@ mod tests {
             s = s.wrapping_mul(1_103_515_245).wrapping_add(12345);
             (s >> 16) as u8
         };
-        let x: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin()).collect();
-        for ggml in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16] {
+        let x: Vec<f32> = (0..256).map(|i| (i as f32 * 0.37).sin()).collect();
+        for ggml in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q8_0,
+            GgmlType::F16,
+            GgmlType::Q4_K,
+        ] {
             let (block, size) = ggml.block();
             let mut row = Vec::new();
-            for _ in 0..64 / block {
+            for _ in 0..256 / block {
                 let mut b: Vec<u8> = (0..size).map(|_| next()).collect();
                 if size > 4 {
                     b[..2].copy_from_slice(&f16_bytes(0.03));
@@ -258,7 +311,7 @@ mod tests {
                 }
                 row.extend(b);
             }
-            let mut w = vec![0.0; 64];
+            let mut w = vec![0.0; 256];
             decode(ggml, &row, &mut w);
             let expected: f32 = w.iter().zip(&x).map(|(a, b)| a * b).sum();
             let got = dot_row(ggml, &row, &x);

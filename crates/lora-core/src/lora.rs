@@ -185,6 +185,19 @@ pub fn resolve_named_targets(lora: &LoraSpec, valid: &[&'static str], family: &s
     Ok(out)
 }
 
+/// `lora.dropout` in `[0, 1)`, checked when a model resolves its targets.
+pub(crate) fn check_dropout(lora: &LoraSpec, diags: &mut Diagnostics) {
+    if !(0.0..1.0).contains(&lora.dropout) {
+        diags.push(Diagnostic::error(
+            "lora::invalid-dropout",
+            format!(
+                "dropout ({}) is out of range. Valid range: 0 <= dropout < 1",
+                lora.dropout
+            ),
+        ));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,18 +260,5 @@ mod tests {
         assert_eq!(spec(8, 16.0, false).scale(), 2.0);
         assert_eq!(spec(16, 16.0, true).scale(), 4.0);
         assert_eq!(spec(4, 8.0, true).scale(), 4.0);
-    }
-}
-
-/// `lora.dropout` in `[0, 1)`, checked when a model resolves its targets.
-pub(crate) fn check_dropout(lora: &LoraSpec, diags: &mut Diagnostics) {
-    if !(0.0..1.0).contains(&lora.dropout) {
-        diags.push(Diagnostic::error(
-            "lora::invalid-dropout",
-            format!(
-                "dropout ({}) is out of range. Valid range: 0 <= dropout < 1",
-                lora.dropout
-            ),
-        ));
     }
 }

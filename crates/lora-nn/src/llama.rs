@@ -533,6 +533,27 @@ impl<O: TensorOps> AdapterModel for Llama<O> {
         self.peft.clone()
     }
 
+    fn memory_shape(&self) -> Option<lora_core::memory::ModelShape> {
+        let h = &self.file.header;
+        let values = |t: &lora_core::gguf::TensorInfo| t.numel() as usize;
+        Some(lora_core::memory::ModelShape {
+            blocks: self.cfg.num_layers,
+            hidden: self.cfg.hidden_size,
+            heads: self.cfg.num_heads,
+            intermediate: self.cfg.intermediate_size,
+            frozen_values: h.tensors.iter().map(values).sum(),
+            frozen_matrix_values: h.tensors.iter().filter(|t| t.dims.len() >= 2).map(values).sum(),
+            trainable: self.store.numel(),
+            data_bytes: 0,
+            tokens: None,
+            decoder: Some(lora_core::memory::Decoder {
+                vocab: self.cfg.vocab_size,
+                stored_bytes: h.tensors.iter().filter_map(|t| t.nbytes()).sum(),
+                file_bytes: h.file_len,
+            }),
+        })
+    }
+
     fn params(&self) -> &[ParamInfo] {
         self.store.infos()
     }

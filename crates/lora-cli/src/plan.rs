@@ -67,6 +67,7 @@ fn scan(data: &dyn Dataset) -> Result<(usize, u64, bool)> {
                 // Ids, targets and weights of each token.
                 bytes += 12 * t.attention_mask.iter().filter(|&&m| m != 0).count() as u64;
             }
+            _ => {}
         }
     }
     Ok((longest, bytes, images))

@@ -129,7 +129,7 @@ pub const PROFILES: [Profile; 2] = [
     },
 ];
 
-const BLOCK_SCALE_CANDLE: f64 = 3.0;
+const BLOCK_SCALE_CANDLE: f64 = 3.6;
 
 /// What an image data pipeline costs beyond its pixels (its producer thread,
 /// rayon's workers and their allocator heaps, decoding buffers): fitted on one
@@ -353,6 +353,69 @@ mod tests {
         assert!((one - 4.0 * 6.0 * block).abs() < 1e-6 * one);
         let ckpt = step_activations(&p, &m, StepShape { batch: 1, tokens: 128 }, true);
         assert!((ckpt - 4.0 * (6.0 * 128.0 * 384.0 + p.checkpoint_blocks * block)).abs() < 1e-6 * ckpt);
+    }
+
+    /// SmolLM2-135M's shape: 30 blocks, hidden 576, 9 heads, feed-forward 1536,
+    /// a vocabulary of 49,152, Q4_1 blocks.
+    fn smollm2() -> ModelShape {
+        ModelShape {
+            blocks: 30,
+            hidden: 576,
+            heads: 9,
+            intermediate: 1536,
+            frozen_values: 134_515_008,
+            frozen_matrix_values: 134_480_448,
+            trainable: 2_442_240,
+            data_bytes: 0,
+            tokens: None,
+            decoder: Some(Decoder {
+                vocab: 49_152,
+                stored_bytes: 97_000_000,
+                file_bytes: 98_362_432,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_decoder_adds_its_head_keeps_its_blocks_and_evaluates_one_block_at_a_time() {
+        let p = profile("candle");
+        let m = smollm2();
+        let (b, t) = (2usize, 191usize);
+        let d = p.decoder;
+        // By hand: one block per example, scaled for the decoder.
+        let block = d.block_scale
+            * (191.0 * (p.per_hidden * 576.0 + p.per_intermediate * 1536.0) + p.per_score * 9.0 * 191.0 * 191.0);
+        let head = 4.0 * (d.logit_copies * 382.0 * 49_152.0 + d.head_decoded * 49_152.0 * 576.0);
+        let plain = step_activations(&p, &m, StepShape { batch: b, tokens: t }, false);
+        assert!((plain - (4.0 * 30.0 * 2.0 * block + head)).abs() < 1e-6 * plain);
+        let ckpt = step_activations(&p, &m, StepShape { batch: b, tokens: t }, true);
+        let kept = 30.0 * 382.0 * 576.0;
+        assert!((ckpt - (4.0 * (kept + p.checkpoint_blocks * 2.0 * block) + head)).abs() < 1e-6 * ckpt);
+        let options = ModelOptions {
+            dtype: DType::F32,
+            gradient_checkpointing: true,
+        };
+        let eval = StepShape { batch: 2, tokens: 191 };
+        let pred = predict(&p, &m, StepShape { batch: b, tokens: t }, Some(eval), options, 2);
+        // The stored blocks and the mapped file, not 4 bytes a value.
+        assert_eq!(pred.weights, 97_000_000.0 + 98_362_432.0);
+        // Parameters, gradient, accumulation, last good copy and AdamW's two moments.
+        assert_eq!(pred.training_state, 4.0 * 2_442_240.0 * 6.0);
+        // Evaluation keeps one block and the head: below the checkpointed step here.
+        assert_eq!(pred.activations, ckpt);
+        assert!(4.0 * 2.0 * block + head < ckpt);
+        let total = p.fixed_bytes + pred.weights + pred.training_state + ckpt;
+        assert!((pred.total - total).abs() < 1.0);
+        // burn decodes the base at load: 4 bytes a value (and the mapped file).
+        let burn = predict(
+            &profile("burn"),
+            &m,
+            StepShape { batch: b, tokens: t },
+            None,
+            options,
+            2,
+        );
+        assert_eq!(burn.weights, 4.0 * 134_515_008.0 + 98_362_432.0);
     }
 
     #[test]

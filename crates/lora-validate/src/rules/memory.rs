@@ -55,7 +55,7 @@ fn shape(ctx: &RuleContext) -> Option<(ModelShape, usize)> {
         .sum();
     // A causal LM (a GGUF Llama) has no classifier head: its head is the
     // vocabulary projection, and its base stays in the file's blocks.
-    let decoder = (m.architecture == "llama").then(|| memory::Decoder {
+    let decoder = (m.architecture == "llama").then_some(memory::Decoder {
         vocab: m.vocab_size,
         stored_bytes: m.weight_bytes,
         file_bytes: m.weight_bytes,

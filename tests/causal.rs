@@ -20,6 +20,18 @@ macro_rules! causal_checks {
                 crate::causal_suite::nll_matches_the_golden_value(stringify!($backend));
             }
             #[test]
+            fn packed_rows_give_each_conversation_its_padded_loss() {
+                crate::causal_suite::packed_rows_give_each_conversation_its_padded_loss(stringify!($backend));
+            }
+            #[test]
+            fn checkpointed_step_matches_the_plain_one() {
+                crate::causal_suite::checkpointed_step_matches_the_plain_one(stringify!($backend));
+            }
+            #[test]
+            fn peft_adapter_matches_transformers() {
+                crate::causal_suite::peft_adapter_matches_transformers(stringify!($backend));
+            }
+            #[test]
             fn training_lowers_the_loss_and_saves_a_peft_adapter() {
                 crate::causal_suite::training_lowers_the_loss_and_saves_a_peft_adapter(stringify!($backend));
             }

@@ -42,13 +42,13 @@ lr = 1e-3
 
 const SEQ_LEN: usize = 256;
 
-fn random_batch(batch: usize, seed: u64) -> Batch {
+fn random_batch(batch: usize, seq_len: usize, seed: u64) -> Batch {
     let mut r = lora_core::init::rng(seed);
-    let n = batch * SEQ_LEN;
+    let n = batch * seq_len;
     let ids: Vec<u32> = (0..n + 1).map(|_| r.random_range(100..49_000)).collect();
     Batch::Tokens(TokenBatch {
         batch_size: batch,
-        seq_len: SEQ_LEN,
+        seq_len,
         input_ids: ids[..n].to_vec(),
         attention_mask: vec![1; n],
         targets: ids[1..].to_vec(),
@@ -56,7 +56,18 @@ fn random_batch(batch: usize, seed: u64) -> Batch {
     })
 }
 
-pub fn run(backend: &str, warmup: usize, steps: usize, assets: &dyn AssetResolver) -> Result<Vec<serde_json::Value>> {
+/// What to measure: the default cases (batch 1 and 4 at 256 tokens) or one
+/// batch x length, with or without gradient checkpointing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    pub warmup: usize,
+    pub steps: usize,
+    pub case: Option<(usize, usize)>,
+    pub checkpointing: bool,
+}
+
+pub fn run(backend: &str, opts: Options, assets: &dyn AssetResolver) -> Result<Vec<serde_json::Value>> {
+    let (warmup, steps) = (opts.warmup, opts.steps.max(1));
     let config = PipelineConfig::parse(Path::new("<bench>"), MODEL.replace("BACKEND", backend))?;
     let stage = build_model(&config.model, backend)?;
     let ctx = StageContext {
@@ -66,14 +77,22 @@ pub fn run(backend: &str, warmup: usize, steps: usize, assets: &dyn AssetResolve
     };
     let mut lines = Vec::new();
     reset_peak_rss();
-    let mut model = stage.build(&ctx, &config.lora, &Task::CausalLm, &ModelOptions::default())?;
+    let options = ModelOptions {
+        gradient_checkpointing: opts.checkpointing,
+        ..Default::default()
+    };
+    let mut model = stage.build(&ctx, &config.lora, &Task::CausalLm, &options)?;
     let loaded_rss = peak_rss();
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    for batch in [1, 4] {
+    let cases = match opts.case {
+        Some(c) => vec![c],
+        None => vec![(1, SEQ_LEN), (4, SEQ_LEN)],
+    };
+    for (batch, seq_len) in cases {
         reset_peak_rss();
         let mut times = Vec::with_capacity(steps);
         for i in 0..warmup + steps {
-            let b = random_batch(batch, i as u64);
+            let b = random_batch(batch, seq_len, i as u64);
             let t = Instant::now();
             model.train_step(&b, i as u64)?;
             if i >= warmup {
@@ -84,9 +103,10 @@ pub fn run(backend: &str, warmup: usize, steps: usize, assets: &dyn AssetResolve
         let median = times[times.len() / 2];
         let line = serde_json::json!({
             "backend": model.backend(),
-            "case": format!("train batch {batch} x {SEQ_LEN} tokens"),
+            "case": format!("train batch {batch} x {seq_len} tokens"),
+            "checkpointing": opts.checkpointing,
             "median_step_s": median,
-            "tokens_per_s": (batch * SEQ_LEN) as f64 / median,
+            "tokens_per_s": (batch * seq_len) as f64 / median,
             "peak_rss_mib": peak_rss().map(|b| b as f64 / 1048576.0),
             "rss_after_load_mib": loaded_rss.map(|b| b as f64 / 1048576.0),
             "threads": threads,

@@ -690,7 +690,13 @@ fn run(command: Command) -> lora_core::Result<()> {
         } => {
             lora_cli::pipes::survive_closed_pipes();
             if causal {
-                lora_cli::bench_causal::run(&backend, warmup, steps.max(1), &assets)?;
+                let opts = lora_cli::bench_causal::Options {
+                    warmup,
+                    steps,
+                    case: batch.zip(seq_len),
+                    checkpointing,
+                };
+                lora_cli::bench_causal::run(&backend, opts, &assets)?;
             } else if monitoring {
                 lora_cli::bench_monitor::run(&backend, steps, &assets)?;
             } else {

@@ -62,7 +62,11 @@ fn scan(data: &dyn Dataset) -> Result<(usize, u64, bool)> {
                 images = true;
                 bytes += 4 * i.pixels.len() as u64;
             }
-            #[allow(unreachable_patterns)]
+            Batch::Tokens(t) => {
+                longest = longest.max(t.seq_len);
+                // Ids, targets and weights of each token.
+                bytes += 12 * t.attention_mask.iter().filter(|&&m| m != 0).count() as u64;
+            }
             _ => {}
         }
     }

@@ -30,6 +30,38 @@ pub struct ModelShape {
     /// The tokens of every example, when the model fixes them (patches plus the
     /// class token of an image model); text models take them from the data.
     pub tokens: Option<usize>,
+    /// What a causal language model adds (`None` for a classifier).
+    pub decoder: Option<Decoder>,
+}
+
+/// The terms of a causal language model over a quantized GGUF base: its output
+/// projection onto the vocabulary (logits for every target token, and the
+/// projection's matrix decoded while it multiplies), and its base kept in the
+/// stored blocks where the backend computes with them.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Decoder {
+    pub vocab: usize,
+    /// Bytes of the base's tensors as stored (quantized blocks).
+    pub stored_bytes: u64,
+    /// Bytes of the model file, memory-mapped and read once at load (resident).
+    pub file_bytes: u64,
+}
+
+/// What one backend keeps for a [`Decoder`]'s terms.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DecoderProfile {
+    /// The frozen matrices stay in their stored blocks (else decoded to f32 at load).
+    pub keeps_quantized: bool,
+    /// A decoder block's activations relative to the profile's MiniLM-fitted
+    /// block: LoRA with dropout on seven linears, the rotary embedding's copies,
+    /// the key/value heads repeated for grouped-query attention, SwiGLU.
+    pub block_scale: f64,
+    /// f32 copies of the `[tokens, vocab]` logits alive at the loss (logits,
+    /// softmax, gradient, the product's transient).
+    pub logit_copies: f64,
+    /// Decoded copies of the `[vocab, hidden]` output projection alive at once
+    /// (candle decodes it for each product, forward and backward).
+    pub head_decoded: f64,
 }
 
 /// What one backend keeps alive, in f32 values, per block and example, for
@@ -48,6 +80,7 @@ pub struct Profile {
     /// Blocks' worth of activations alive at once under checkpointing: the
     /// recomputed block and its backward pass's own buffers.
     pub checkpoint_blocks: f64,
+    pub decoder: DecoderProfile,
 }
 
 /// Fitted on MiniLM-L6 with LoRA r=8 on query and value (`lora bench` at
@@ -63,6 +96,14 @@ pub const PROFILES: [Profile; 2] = [
         // batch keeps its whole graph until the logits are read.
         eval_share: 1.05,
         checkpoint_blocks: 2.0,
+        // Fitted on SmolLM2-135M (configs/chat-smollm2.toml with and without
+        // checkpointing); see ARCHITECTURE.md, "Causal language model".
+        decoder: DecoderProfile {
+            keeps_quantized: true,
+            block_scale: BLOCK_SCALE_CANDLE,
+            logit_copies: 4.0,
+            head_decoded: 2.0,
+        },
     },
     Profile {
         backend: "burn",
@@ -77,8 +118,18 @@ pub const PROFILES: [Profile; 2] = [
         // against 6.0 GiB); about five blocks' worth stay alive, which the
         // planner reflects instead of assuming one.
         checkpoint_blocks: 5.0,
+        // Not fitted: burn decodes the base at load; its block and logit terms
+        // are taken as candle's (an estimate, not a measurement).
+        decoder: DecoderProfile {
+            keeps_quantized: false,
+            block_scale: BLOCK_SCALE_CANDLE,
+            logit_copies: 4.0,
+            head_decoded: 0.0,
+        },
     },
 ];
+
+const BLOCK_SCALE_CANDLE: f64 = 3.6;
 
 /// What an image data pipeline costs beyond its pixels (its producer thread,
 /// rayon's workers and their allocator heaps, decoding buffers): fitted on one
@@ -118,8 +169,23 @@ pub struct StepShape {
 /// f32 values one block keeps per example at `tokens`.
 fn per_block(p: &Profile, m: &ModelShape, tokens: usize) -> f64 {
     let t = tokens as f64;
-    t * (p.per_hidden * m.hidden as f64 + p.per_intermediate * m.intermediate as f64)
-        + p.per_score * (m.heads as f64) * t * t
+    let scale = if m.decoder.is_some() {
+        p.decoder.block_scale
+    } else {
+        1.0
+    };
+    scale
+        * (t * (p.per_hidden * m.hidden as f64 + p.per_intermediate * m.intermediate as f64)
+            + p.per_score * (m.heads as f64) * t * t)
+}
+
+/// Bytes of a decoder's output projection at `rows` target tokens: the logits'
+/// copies and the decoded matrix.
+pub fn head_bytes(p: &Profile, m: &ModelShape, rows: usize) -> f64 {
+    m.decoder.map_or(0.0, |d| {
+        let v = d.vocab as f64;
+        4.0 * (p.decoder.logit_copies * rows as f64 * v + p.decoder.head_decoded * v * m.hidden as f64)
+    })
 }
 
 /// Activation bytes of a training micro-step.
@@ -132,7 +198,7 @@ pub fn step_activations(p: &Profile, m: &ModelShape, step: StepShape, checkpoint
     } else {
         blocks * block
     };
-    4.0 * values
+    4.0 * values + head_bytes(p, m, step.batch * step.tokens)
 }
 
 /// The predicted peak of a run training at `step` and evaluating at `eval`.
@@ -149,13 +215,21 @@ pub fn predict(
         DType::Bf16 | DType::F16 => 2.0,
     };
     let vectors = m.frozen_values.saturating_sub(m.frozen_matrix_values) as f64;
-    let weights = narrow * m.frozen_matrix_values as f64 + 4.0 * vectors;
+    let weights = match m.decoder {
+        // The blocks copied out of the mapped file, or decoded at load; the
+        // mapped file itself is resident too, having been read once.
+        Some(d) if p.decoder.keeps_quantized => (d.stored_bytes + d.file_bytes) as f64,
+        Some(d) => narrow * m.frozen_matrix_values as f64 + 4.0 * vectors + d.file_bytes as f64,
+        None => narrow * m.frozen_matrix_values as f64 + 4.0 * vectors,
+    };
     // Parameters, their gradient, the accumulated gradient, the last good copy
     // and the optimizer's buffers, each f32.
     let training_state = 4.0 * m.trainable as f64 * (4 + optimizer_buffers) as f64;
     let train = step_activations(p, m, step, options.gradient_checkpointing);
-    let eval = eval.map_or(0.0, |e| {
-        p.eval_share * 4.0 * m.blocks.max(1) as f64 * per_block(p, m, e.tokens) * e.batch as f64
+    let eval = eval.map_or(0.0, |e| match m.decoder {
+        // The decoder's evaluation cuts each layer from its graph: one block at a time.
+        Some(_) => 4.0 * per_block(p, m, e.tokens) * e.batch as f64 + head_bytes(p, m, e.batch * e.tokens),
+        None => p.eval_share * 4.0 * m.blocks.max(1) as f64 * per_block(p, m, e.tokens) * e.batch as f64,
     });
     let activations = train.max(eval);
     let data = m.data_bytes as f64;
@@ -252,6 +326,7 @@ mod tests {
             trainable: 74_883,
             data_bytes: 0,
             tokens: None,
+            decoder: None,
         }
     }
 
@@ -278,6 +353,69 @@ mod tests {
         assert!((one - 4.0 * 6.0 * block).abs() < 1e-6 * one);
         let ckpt = step_activations(&p, &m, StepShape { batch: 1, tokens: 128 }, true);
         assert!((ckpt - 4.0 * (6.0 * 128.0 * 384.0 + p.checkpoint_blocks * block)).abs() < 1e-6 * ckpt);
+    }
+
+    /// SmolLM2-135M's shape: 30 blocks, hidden 576, 9 heads, feed-forward 1536,
+    /// a vocabulary of 49,152, Q4_1 blocks.
+    fn smollm2() -> ModelShape {
+        ModelShape {
+            blocks: 30,
+            hidden: 576,
+            heads: 9,
+            intermediate: 1536,
+            frozen_values: 134_515_008,
+            frozen_matrix_values: 134_480_448,
+            trainable: 2_442_240,
+            data_bytes: 0,
+            tokens: None,
+            decoder: Some(Decoder {
+                vocab: 49_152,
+                stored_bytes: 97_000_000,
+                file_bytes: 98_362_432,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_decoder_adds_its_head_keeps_its_blocks_and_evaluates_one_block_at_a_time() {
+        let p = profile("candle");
+        let m = smollm2();
+        let (b, t) = (2usize, 191usize);
+        let d = p.decoder;
+        // By hand: one block per example, scaled for the decoder.
+        let block = d.block_scale
+            * (191.0 * (p.per_hidden * 576.0 + p.per_intermediate * 1536.0) + p.per_score * 9.0 * 191.0 * 191.0);
+        let head = 4.0 * (d.logit_copies * 382.0 * 49_152.0 + d.head_decoded * 49_152.0 * 576.0);
+        let plain = step_activations(&p, &m, StepShape { batch: b, tokens: t }, false);
+        assert!((plain - (4.0 * 30.0 * 2.0 * block + head)).abs() < 1e-6 * plain);
+        let ckpt = step_activations(&p, &m, StepShape { batch: b, tokens: t }, true);
+        let kept = 30.0 * 382.0 * 576.0;
+        assert!((ckpt - (4.0 * (kept + p.checkpoint_blocks * 2.0 * block) + head)).abs() < 1e-6 * ckpt);
+        let options = ModelOptions {
+            dtype: DType::F32,
+            gradient_checkpointing: true,
+        };
+        let eval = StepShape { batch: 2, tokens: 191 };
+        let pred = predict(&p, &m, StepShape { batch: b, tokens: t }, Some(eval), options, 2);
+        // The stored blocks and the mapped file, not 4 bytes a value.
+        assert_eq!(pred.weights, 97_000_000.0 + 98_362_432.0);
+        // Parameters, gradient, accumulation, last good copy and AdamW's two moments.
+        assert_eq!(pred.training_state, 4.0 * 2_442_240.0 * 6.0);
+        // Evaluation keeps one block and the head: below the checkpointed step here.
+        assert_eq!(pred.activations, ckpt);
+        assert!(4.0 * 2.0 * block + head < ckpt);
+        let total = p.fixed_bytes + pred.weights + pred.training_state + ckpt;
+        assert!((pred.total - total).abs() < 1.0);
+        // burn decodes the base at load: 4 bytes a value (and the mapped file).
+        let burn = predict(
+            &profile("burn"),
+            &m,
+            StepShape { batch: b, tokens: t },
+            None,
+            options,
+            2,
+        );
+        assert_eq!(burn.weights, 4.0 * 134_515_008.0 + 98_362_432.0);
     }
 
     #[test]

@@ -80,6 +80,12 @@ pub struct ChatConfig {
     /// The text field of `format = "text"`.
     #[serde(default = "default_text_field")]
     pub text_field: String,
+    /// Pack several training conversations into each row of `max-length`
+    /// tokens, attention kept within each and positions restarting, instead of
+    /// one right-padded row each. `batch-size` then counts packed rows. The
+    /// validation split stays one conversation a row.
+    #[serde(default)]
+    pub packing: bool,
 }
 
 fn default_fraction() -> f64 {
@@ -242,6 +248,8 @@ pub struct ChatDataset {
     seqs: Vec<Sequence>,
     pad_id: u32,
     truncated: usize,
+    /// With packing, the sequences of each row (indices into `seqs`).
+    rows: Option<Vec<Vec<usize>>>,
 }
 
 impl ChatDataset {
@@ -250,12 +258,85 @@ impl ChatDataset {
             seqs,
             pad_id,
             truncated,
+            rows: None,
+        }
+    }
+
+    /// The split packed into rows of at most `row_len` input tokens.
+    pub fn packed(seqs: Vec<Sequence>, pad_id: u32, truncated: usize, row_len: usize) -> Self {
+        let rows = pack(&seqs, row_len);
+        Self {
+            rows: Some(rows),
+            ..Self::new(seqs, pad_id, truncated)
         }
     }
 
     pub fn sequences(&self) -> &[Sequence] {
         &self.seqs
     }
+}
+
+/// Input tokens of a sequence in a batch: all but its last.
+fn inputs(s: &Sequence) -> usize {
+    s.ids.len().saturating_sub(1)
+}
+
+/// Groups sequences into rows of at most `row_len` input tokens, first fit
+/// over the sequences longest first (a sequence longer than a row gets a row
+/// of its own). Deterministic: the same split packs the same way every epoch,
+/// and the epochs shuffle the rows.
+pub fn pack(seqs: &[Sequence], row_len: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..seqs.len()).collect();
+    order.sort_by_key(|&i| (std::cmp::Reverse(inputs(&seqs[i])), i));
+    let mut rows: Vec<(usize, Vec<usize>)> = Vec::new();
+    for i in order {
+        let n = inputs(&seqs[i]);
+        match rows.iter_mut().find(|(used, _)| used + n <= row_len) {
+            Some((used, row)) => {
+                *used += n;
+                row.push(i);
+            }
+            None => rows.push((n, vec![i])),
+        }
+    }
+    rows.into_iter().map(|(_, row)| row).collect()
+}
+
+/// Packs each row's sequences one after another, right-padded to the longest
+/// row: the attention mask numbers the conversations of a row 1, 2, ... (0 is
+/// padding), which the model reads as where attention stops and positions restart.
+pub fn collate_packed(rows: &[Vec<&Sequence>], pad_id: u32) -> TokenBatch {
+    let t = rows
+        .iter()
+        .map(|r| r.iter().map(|s| inputs(s)).sum::<usize>())
+        .max()
+        .unwrap_or(0);
+    let n = rows.len() * t;
+    let mut b = TokenBatch {
+        batch_size: rows.len(),
+        seq_len: t,
+        input_ids: Vec::with_capacity(n),
+        attention_mask: Vec::with_capacity(n),
+        targets: Vec::with_capacity(n),
+        weights: Vec::with_capacity(n),
+    };
+    for row in rows {
+        let mut used = 0;
+        for (k, s) in row.iter().enumerate() {
+            let len = inputs(s);
+            b.input_ids.extend_from_slice(&s.ids[..len]);
+            b.targets.extend_from_slice(&s.ids[1.min(s.ids.len())..]);
+            b.weights.extend_from_slice(&s.weights[1.min(s.weights.len())..]);
+            b.attention_mask.extend(std::iter::repeat_n(k as u32 + 1, len));
+            used += len;
+        }
+        let pad = t - used;
+        b.input_ids.extend(std::iter::repeat_n(pad_id, pad));
+        b.targets.extend(std::iter::repeat_n(pad_id, pad));
+        b.weights.extend(std::iter::repeat_n(0.0, pad));
+        b.attention_mask.extend(std::iter::repeat_n(0, pad));
+    }
+    b
 }
 
 /// Pads sequences on the right into a batch: the input is each sequence but its
@@ -292,8 +373,9 @@ pub fn collate(seqs: &[&Sequence], pad_id: u32) -> TokenBatch {
 }
 
 impl Dataset for ChatDataset {
+    /// Rows: conversations, or packed rows.
     fn len(&self) -> usize {
-        self.seqs.len()
+        self.rows.as_ref().map_or(self.seqs.len(), Vec::len)
     }
 
     /// Every sequence's tokens and loss weights, for a checkpoint's data fingerprint.
@@ -322,15 +404,23 @@ impl Dataset for ChatDataset {
         batch_size: usize,
         order_seed: Option<u64>,
     ) -> Box<dyn Iterator<Item = Result<Batch>> + Send + '_> {
-        let mut order: Vec<usize> = (0..self.seqs.len()).collect();
+        let mut order: Vec<usize> = (0..self.len()).collect();
         if let Some(seed) = order_seed {
             order.shuffle(&mut init::rng(seed));
         }
         let batch_size = batch_size.max(1);
         let chunks: Vec<Vec<usize>> = order.chunks(batch_size).map(<[usize]>::to_vec).collect();
         Box::new(chunks.into_iter().map(move |idx| {
-            let seqs: Vec<&Sequence> = idx.iter().map(|&i| &self.seqs[i]).collect();
-            Ok(Batch::Tokens(collate(&seqs, self.pad_id)))
+            Ok(Batch::Tokens(match &self.rows {
+                Some(rows) => {
+                    let rows: Vec<Vec<&Sequence>> = idx
+                        .iter()
+                        .map(|&r| rows[r].iter().map(|&i| &self.seqs[i]).collect())
+                        .collect();
+                    collate_packed(&rows, self.pad_id)
+                }
+                None => collate(&idx.iter().map(|&i| &self.seqs[i]).collect::<Vec<_>>(), self.pad_id),
+            }))
         }))
     }
 }
@@ -504,11 +594,11 @@ impl ChatData {
                 v.len()
             )));
         }
-        Ok((
-            ChatDataset::new(t, tok.pad_id, tt),
-            ChatDataset::new(v, tok.pad_id, vt),
-            tok,
-        ))
+        let train = match c.packing {
+            true => ChatDataset::packed(t, tok.pad_id, tt, max_len.saturating_sub(1).max(1)),
+            false => ChatDataset::new(t, tok.pad_id, tt),
+        };
+        Ok((train, ChatDataset::new(v, tok.pad_id, vt), tok))
     }
 }
 
@@ -558,5 +648,37 @@ mod tests {
         assert_eq!(batch.targets, [2, 3, 4, 6, 9, 9]);
         assert_eq!(batch.weights, [0.0, 1.0, 1.0, 1.0, 0.0, 0.0]);
         assert_eq!(batch.attention_mask, [1, 1, 1, 1, 0, 0]);
+    }
+
+    fn seq(n: usize, first: u32) -> Sequence {
+        Sequence {
+            ids: (first..first + n as u32).collect(),
+            weights: (0..n).map(|i| if i > 0 { 1.0 } else { 0.0 }).collect(),
+        }
+    }
+
+    #[test]
+    fn packing_fits_longest_first_and_numbers_the_conversations() {
+        // Input tokens 5, 3, 2, 4 and 6 into rows of 8: first fit, longest first.
+        let seqs = [seq(6, 0), seq(4, 10), seq(3, 20), seq(5, 30), seq(7, 40)];
+        let rows = pack(&seqs, 8);
+        assert_eq!(rows, [vec![4, 2], vec![0, 1], vec![3]]);
+        let rows: Vec<Vec<&Sequence>> = rows.iter().map(|r| r.iter().map(|&i| &seqs[i]).collect()).collect();
+        let b = collate_packed(&rows[1..], 99);
+        assert_eq!((b.batch_size, b.seq_len), (2, 8));
+        assert_eq!(b.input_ids, [0, 1, 2, 3, 4, 10, 11, 12, 30, 31, 32, 33, 99, 99, 99, 99]);
+        assert_eq!(b.targets, [1, 2, 3, 4, 5, 11, 12, 13, 31, 32, 33, 34, 99, 99, 99, 99]);
+        assert_eq!(b.attention_mask, [1, 1, 1, 1, 1, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0]);
+        assert_eq!(b.weights.iter().sum::<f32>(), 12.0);
+        let ds = ChatDataset::packed(seqs.to_vec(), 99, 0, 8);
+        assert_eq!(ds.len(), 3);
+        let total: usize = ds
+            .batches(2, Some(1))
+            .map(|b| match b.unwrap() {
+                Batch::Tokens(t) => t.attention_mask.iter().filter(|&&m| m != 0).count(),
+                _ => unreachable!(),
+            })
+            .sum();
+        assert_eq!(total, 5 + 3 + 2 + 4 + 6);
     }
 }

@@ -311,6 +311,7 @@ impl<O: TensorOps> Architecture<O> for Bert<O> {
             trainable,
             data_bytes: 0,
             tokens: None,
+            decoder: None,
         })
     }
 }

@@ -21,6 +21,40 @@ use crate::model::Architecture;
 use crate::ops::TensorOps;
 use crate::params::ParamStore;
 
+/// A forward pass as a chain, `loss = loss(block(n - 1, ... block(0, embed(batch))))`:
+/// what a checkpointed step recomputes one segment at a time.
+pub trait Chain<O: TensorOps> {
+    /// The blocks recomputed one at a time.
+    fn blocks(&self) -> usize;
+    /// The input of the first block.
+    fn embed(&self, ops: &O, batch: &Batch, masks: Option<&mut MaskSource>) -> Result<O::T>;
+    /// Block `i` applied to `x`.
+    fn block(&self, ops: &O, i: usize, x: &O::T, batch: &Batch, masks: Option<&mut MaskSource>) -> Result<O::T>;
+    /// The scalar loss from the last block's output.
+    fn loss(&self, ops: &O, x: &O::T, batch: &Batch, masks: Option<&mut MaskSource>) -> Result<O::T>;
+}
+
+/// A classifier's chain: its head's logits against the batch's targets.
+pub struct ArchChain<'a, A>(pub &'a A);
+
+impl<O: TensorOps, A: Architecture<O>> Chain<O> for ArchChain<'_, A> {
+    fn blocks(&self) -> usize {
+        self.0.blocks()
+    }
+
+    fn embed(&self, ops: &O, batch: &Batch, masks: Option<&mut MaskSource>) -> Result<O::T> {
+        self.0.embed(ops, batch, masks)
+    }
+
+    fn block(&self, ops: &O, i: usize, x: &O::T, batch: &Batch, masks: Option<&mut MaskSource>) -> Result<O::T> {
+        self.0.block(ops, i, x, batch, masks)
+    }
+
+    fn loss(&self, ops: &O, x: &O::T, batch: &Batch, masks: Option<&mut MaskSource>) -> Result<O::T> {
+        ops.cross_entropy(&self.0.head(ops, x, batch, masks)?, batch.targets())
+    }
+}
+
 /// Adds the gradients of one backward pass to `total`.
 fn collect<O: TensorOps>(ops: &O, store: &ParamStore<O>, grads: &O::Grads, total: &mut [f32]) -> Result<()> {
     for (t, g) in total.iter_mut().zip(store.grads(ops, grads)?) {
@@ -29,9 +63,9 @@ fn collect<O: TensorOps>(ops: &O, store: &ParamStore<O>, grads: &O::Grads, total
     Ok(())
 }
 
-pub fn train_step<O: TensorOps, A: Architecture<O>>(
+pub fn train_step<O: TensorOps, C: Chain<O>>(
     ops: &O,
-    arch: &A,
+    arch: &C,
     store: &ParamStore<O>,
     batch: &Batch,
     dropout_seed: u64,
@@ -58,7 +92,7 @@ pub fn train_step<O: TensorOps, A: Architecture<O>>(
     ops.track(store.leaves());
     let input = ops.input_leaf(&x)?;
     drop(x);
-    let loss = ops.cross_entropy(&arch.head(ops, &input, batch, Some(&mut masks))?, batch.targets())?;
+    let loss = arch.loss(ops, &input, batch, Some(&mut masks))?;
     let value = ops
         .to_host(&loss)?
         .first()

@@ -15,6 +15,7 @@ use lora_core::init::{derive_seed, rng};
 use lora_core::llama::{LlamaConfig, TARGETS, gguf_name, hf_name, peft_info, resolve_targets};
 use lora_core::{Batch, Error, HostTensor, LoraSpec, ParamInfo, Result, Targets, TokenBatch};
 
+use crate::checkpoint::Chain;
 use crate::dropout::MaskSource;
 use crate::gguf::{GgufFile, QuantView, unpermute_rows};
 use crate::linear::LoraWeights;
@@ -105,6 +106,87 @@ pub struct Llama<O: TensorOps> {
     store: ParamStore<O>,
     peft: PeftInfo,
     cache: Option<KvCache<O>>,
+    /// Recompute each layer in the backward pass ([`crate::checkpoint`]).
+    pub checkpointing: bool,
+}
+
+/// Where the tokens of a batch sit: `b` rows of `t` tokens from position
+/// `start`, or packed rows whose conversations (segments) each restart at
+/// position 0 and attend only within themselves.
+struct Geometry<'a> {
+    b: usize,
+    t: usize,
+    /// One per index (`t`), shared by the rows, or one per token (`b * t`) when packed.
+    positions: Vec<u32>,
+    /// The batch's attention mask when it holds several segments in a row.
+    segments: Option<&'a [u32]>,
+}
+
+impl<'a> Geometry<'a> {
+    fn plain(b: usize, t: usize, start: usize) -> Self {
+        Self {
+            b,
+            t,
+            positions: (start as u32..(start + t) as u32).collect(),
+            segments: None,
+        }
+    }
+
+    /// A training or evaluation batch: packed when some mask value exceeds 1
+    /// (the mask numbers each row's conversations 1, 2, ...; 0 is padding).
+    fn of(batch: &'a TokenBatch) -> Self {
+        let (b, t) = (batch.batch_size, batch.seq_len);
+        let mask = &batch.attention_mask;
+        if mask.iter().all(|&m| m <= 1) {
+            return Self::plain(b, t, 0);
+        }
+        let mut positions = Vec::with_capacity(b * t);
+        for row in mask.chunks_exact(t.max(1)) {
+            let mut p = 0;
+            for (j, &m) in row.iter().enumerate() {
+                if j > 0 && m != row[j - 1] {
+                    p = 0;
+                }
+                positions.push(p);
+                p += 1;
+            }
+        }
+        Self {
+            b,
+            t,
+            positions,
+            segments: Some(mask),
+        }
+    }
+}
+
+/// Causal attention kept within segments: key `j` for query `i` of a row when
+/// `j <= i` and both belong to the same conversation. Composed from the
+/// operations like [`crate::ops::default_attention`], with a `[b, 1, t, t]` bias.
+fn segment_attention<O: TensorOps>(
+    ops: &O,
+    (q, k, v): (&O::T, &O::T, &O::T),
+    segments: &[u32],
+    scale: f64,
+) -> Result<O::T> {
+    let (qd, kd) = (ops.dims(q), ops.dims(k));
+    let (b, heads, t, hd) = (qd[0], qd[1], qd[2], qd[3]);
+    let group = heads / kd[1];
+    let repeat = |x: &O::T| -> Result<O::T> {
+        let x = ops.reshape(x, &[b, kd[1], 1, t, hd])?;
+        let x = ops.broadcast_as(&x, &[b, kd[1], group, t, hd])?;
+        ops.reshape(&x, &[b, heads, t, hd])
+    };
+    let (k, v) = (repeat(k)?, repeat(v)?);
+    let scores = ops.scale(&ops.matmul(q, &ops.transpose(&k, 2, 3)?)?, scale)?;
+    let mut bias = Vec::with_capacity(b * t * t);
+    for row in segments.chunks_exact(t) {
+        for i in 0..t {
+            bias.extend((0..t).map(|j| if j <= i && row[j] == row[i] { 0.0 } else { -1e9 }));
+        }
+    }
+    let scores = ops.broadcast_add(&scores, &ops.tensor(bias, &[b, 1, t, t])?)?;
+    ops.matmul(&ops.softmax_last_dim(&scores)?, &v)
 }
 
 /// Builds the decoder from a GGUF file, inserts LoRA layers where `lora` says
@@ -187,6 +269,7 @@ pub fn build<O: TensorOps>(
         lm_head,
         store,
         cache: None,
+        checkpointing: false,
     })
 }
 
@@ -233,19 +316,19 @@ impl<O: TensorOps> Llama<O> {
         &self,
         l: &Layer<O>,
         x: &O::T,
-        (b, t, start): (usize, usize, usize),
+        g: &Geometry<'_>,
         cache: Option<&mut Option<(O::T, O::T)>>,
         masks: &mut Option<&mut MaskSource>,
     ) -> Result<O::T> {
         let ops = &self.ops;
         let c = &self.cfg;
         let (heads, kv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim());
+        let (b, t, positions) = (g.b, g.t, &g.positions);
         let mut linear = |i: usize, x: &O::T| l.linears[i].forward(ops, x, masks.as_deref_mut());
         let h = ops.rms_norm(x, &l.attn_norm, c.rms_eps)?;
         let split = |y: O::T, n: usize| ops.transpose(&ops.reshape(&y, &[b, t, n, hd])?, 1, 2);
-        let positions: Vec<u32> = (start as u32..(start + t) as u32).collect();
-        let q = ops.rope(&split(linear(0, &h)?, heads)?, &positions, c.rope_theta)?;
-        let mut k = ops.rope(&split(linear(1, &h)?, kv)?, &positions, c.rope_theta)?;
+        let q = ops.rope(&split(linear(0, &h)?, heads)?, positions, c.rope_theta)?;
+        let mut k = ops.rope(&split(linear(1, &h)?, kv)?, positions, c.rope_theta)?;
         let mut v = split(linear(2, &h)?, kv)?;
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {
@@ -255,7 +338,10 @@ impl<O: TensorOps> Llama<O> {
             *slot = Some((k.clone(), v.clone()));
         }
         let scale = 1.0 / (hd as f64).sqrt();
-        let att = ops.attention(&q, &k, &v, Mask::Causal, scale)?;
+        let att = match g.segments {
+            Some(segments) => segment_attention(ops, (&q, &k, &v), segments, scale)?,
+            None => ops.attention(&q, &k, &v, Mask::Causal, scale)?,
+        };
         let att = ops.reshape(&ops.transpose(&att, 1, 2)?, &[b * t, heads * hd])?;
         let x = ops.add(x, &linear(3, &att)?)?;
         let h = ops.rms_norm(&x, &l.ffn_norm, c.rms_eps)?;
@@ -265,31 +351,58 @@ impl<O: TensorOps> Llama<O> {
     }
 
     /// The final hidden states `[b * t, d]` of `ids [b * t]`.
+    ///
+    /// Without `masks` (evaluation, generation) each layer's output is cut from
+    /// the graph that made it, where the backend can: candle's parameters are
+    /// always-tracked variables, so an evaluation pass would otherwise keep
+    /// every layer's intermediates until its logits are read.
     fn hidden(
         &self,
         ids: &[u32],
-        (b, t, start): (usize, usize, usize),
+        g: &Geometry<'_>,
         mut cache: Option<&mut KvCache<O>>,
         mut masks: Option<&mut MaskSource>,
     ) -> Result<O::T> {
+        let untracked = masks.is_none() && self.ops.checkpointing();
         let mut x = self.embed(ids)?;
         for (i, l) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = self.layer(l, &x, (b, t, start), slot, &mut masks)?;
+            x = self.layer(l, &x, g, slot, &mut masks)?;
+            if untracked {
+                x = self.ops.detach(&x)?;
+            }
         }
         self.ops.rms_norm(&x, &self.output_norm, self.cfg.rms_eps)
+    }
+
+    /// Logits `[rows, vocab]` of the final hidden states `h` at the positions
+    /// whose target has a weight, with those targets and weights.
+    fn head_logits(&self, h: &O::T, b: &TokenBatch) -> Result<(O::T, Vec<u32>, Vec<f32>)> {
+        let rows: Vec<usize> = (0..b.weights.len()).filter(|&i| b.weights[i] != 0.0).collect();
+        let h = select_rows(&self.ops, h, &rows)?;
+        let targets = rows.iter().map(|&i| b.targets[i]).collect();
+        let weights = rows.iter().map(|&i| b.weights[i]).collect();
+        Ok((self.ops.quantized_linear(&h, &self.lm_head)?, targets, weights))
+    }
+
+    /// The weighted mean cross-entropy of the final hidden states `h`.
+    fn loss_of(&self, h: &O::T, b: &TokenBatch) -> Result<O::T> {
+        let (logits, ids, weights) = self.head_logits(h, b)?;
+        self.ops.cross_entropy(
+            &logits,
+            Targets::Tokens {
+                ids: &ids,
+                weights: &weights,
+            },
+        )
     }
 
     /// Logits `[rows, vocab]` of the positions whose target has a weight, with
     /// those targets and weights: the output projection and the loss skip
     /// prompt and padding positions. With `masks`, in training mode (dropout).
     pub fn target_logits(&self, b: &TokenBatch, masks: Option<&mut MaskSource>) -> Result<(O::T, Vec<u32>, Vec<f32>)> {
-        let h = self.hidden(&b.input_ids, (b.batch_size, b.seq_len, 0), None, masks)?;
-        let rows: Vec<usize> = (0..b.weights.len()).filter(|&i| b.weights[i] != 0.0).collect();
-        let h = select_rows(&self.ops, &h, &rows)?;
-        let targets = rows.iter().map(|&i| b.targets[i]).collect();
-        let weights = rows.iter().map(|&i| b.weights[i]).collect();
-        Ok((self.ops.quantized_linear(&h, &self.lm_head)?, targets, weights))
+        let h = self.hidden(&b.input_ids, &Geometry::of(b), None, masks)?;
+        self.head_logits(&h, b)
     }
 
     fn check(&self, b: &TokenBatch) -> Result<()> {
@@ -341,7 +454,7 @@ impl<O: TensorOps> Llama<O> {
             )));
         }
         let t = ids.len();
-        let h = self.hidden(ids, (1, t, start), Some(cache), None)?;
+        let h = self.hidden(ids, &Geometry::plain(1, t, start), Some(cache), None)?;
         cache.len += t;
         let last = self.ops.narrow(&h, 0, t - 1, 1)?;
         self.ops.to_host(&self.ops.quantized_linear(&last, &self.lm_head)?)
@@ -420,6 +533,27 @@ impl<O: TensorOps> AdapterModel for Llama<O> {
         self.peft.clone()
     }
 
+    fn memory_shape(&self) -> Option<lora_core::memory::ModelShape> {
+        let h = &self.file.header;
+        let values = |t: &lora_core::gguf::TensorInfo| t.numel() as usize;
+        Some(lora_core::memory::ModelShape {
+            blocks: self.cfg.num_layers,
+            hidden: self.cfg.hidden_size,
+            heads: self.cfg.num_heads,
+            intermediate: self.cfg.intermediate_size,
+            frozen_values: h.tensors.iter().map(values).sum(),
+            frozen_matrix_values: h.tensors.iter().filter(|t| t.dims.len() >= 2).map(values).sum(),
+            trainable: self.store.numel(),
+            data_bytes: 0,
+            tokens: None,
+            decoder: Some(lora_core::memory::Decoder {
+                vocab: self.cfg.vocab_size,
+                stored_bytes: h.tensors.iter().filter_map(|t| t.nbytes()).sum(),
+                file_bytes: h.file_len,
+            }),
+        })
+    }
+
     fn params(&self) -> &[ParamInfo] {
         self.store.infos()
     }
@@ -435,20 +569,18 @@ impl<O: TensorOps> AdapterModel for Llama<O> {
     fn train_step(&mut self, batch: &Batch, dropout_seed: u64) -> Result<StepOutput> {
         let b = tokens(batch)?;
         self.check(b)?;
-        let ops = &self.ops;
-        ops.track(self.store.leaves());
-        let mut masks = MaskSource::new(dropout_seed);
         if b.weights.iter().all(|&w| w == 0.0) {
             return Err(Error::Data("a training batch without a target token".into()));
         }
-        let (logits, ids, weights) = self.target_logits(b, Some(&mut masks))?;
-        let loss = ops.cross_entropy(
-            &logits,
-            Targets::Tokens {
-                ids: &ids,
-                weights: &weights,
-            },
-        )?;
+        if self.checkpointing {
+            return crate::checkpoint::train_step(&self.ops, &*self, &self.store, batch, dropout_seed);
+        }
+        let ops = &self.ops;
+        ops.track(self.store.leaves());
+        let mut masks = MaskSource::new(dropout_seed);
+        let h = self.hidden(&b.input_ids, &Geometry::of(b), None, Some(&mut masks))?;
+        let loss = self.loss_of(&h, b)?;
+        drop(h);
         let value = ops.to_host(&loss)?;
         let grads = ops.backward(&loss)?;
         Ok(StepOutput {
@@ -475,7 +607,7 @@ impl<O: TensorOps> AdapterModel for Llama<O> {
     fn hidden_states(&self, batch: &Batch) -> Result<HostTensor> {
         let b = tokens(batch)?;
         self.check(b)?;
-        let h = self.hidden(&b.input_ids, (b.batch_size, b.seq_len, 0), None, None)?;
+        let h = self.hidden(&b.input_ids, &Geometry::of(b), None, None)?;
         Ok(HostTensor::new(
             vec![b.batch_size, b.seq_len, self.cfg.hidden_size],
             self.ops.to_host(&h)?,
@@ -496,6 +628,28 @@ impl<O: TensorOps> AdapterModel for Llama<O> {
 
     fn decoder(&mut self) -> Option<&mut dyn CausalDecoder> {
         Some(self)
+    }
+}
+
+/// The decoder as a chain of its layers, for gradient checkpointing: the
+/// embedding has no parameter, and the loss is the head's on target rows.
+impl<O: TensorOps> Chain<O> for Llama<O> {
+    fn blocks(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn embed(&self, _ops: &O, batch: &Batch, _masks: Option<&mut MaskSource>) -> Result<O::T> {
+        Llama::embed(self, &tokens(batch)?.input_ids)
+    }
+
+    fn block(&self, _ops: &O, i: usize, x: &O::T, batch: &Batch, mut masks: Option<&mut MaskSource>) -> Result<O::T> {
+        let b = tokens(batch)?;
+        self.layer(&self.layers[i], x, &Geometry::of(b), None, &mut masks)
+    }
+
+    fn loss(&self, ops: &O, x: &O::T, batch: &Batch, _masks: Option<&mut MaskSource>) -> Result<O::T> {
+        let h = ops.rms_norm(x, &self.output_norm, self.cfg.rms_eps)?;
+        self.loss_of(&h, tokens(batch)?)
     }
 }
 
@@ -574,14 +728,16 @@ impl<O: TensorOps> lora_core::stage::ModelStage for CausalLmStage<O> {
         task: &lora_core::Task,
         options: &lora_core::ModelOptions,
     ) -> Result<Box<dyn AdapterModel>> {
-        options.check(self.ops.backend(), &[lora_core::DType::F32], false)?;
+        options.check(self.ops.backend(), &[lora_core::DType::F32], self.ops.checkpointing())?;
         if *task != lora_core::Task::CausalLm {
             return Err(Error::Other(format!(
                 "llama-causal-lm trains a causal-lm task, not {}: use a chat or text data source",
                 task.name()
             )));
         }
-        Ok(Box::new(load(self.ops.clone(), &self.spec.file(ctx)?, lora, ctx.seed)?))
+        let mut model = load(self.ops.clone(), &self.spec.file(ctx)?, lora, ctx.seed)?;
+        model.checkpointing = options.gradient_checkpointing;
+        Ok(Box::new(model))
     }
 
     fn base_model_name(&self, ctx: &lora_core::stage::StageContext) -> Result<String> {

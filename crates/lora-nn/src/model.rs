@@ -120,7 +120,13 @@ impl<O: TensorOps, A: Architecture<O>> AdapterModel for Model<O, A> {
     fn train_step(&mut self, batch: &Batch, dropout_seed: u64) -> Result<StepOutput> {
         self.arch.check_batch(batch, self.num_labels)?;
         if self.checkpointing {
-            return crate::checkpoint::train_step(&self.ops, &self.arch, &self.store, batch, dropout_seed);
+            return crate::checkpoint::train_step(
+                &self.ops,
+                &crate::checkpoint::ArchChain(&self.arch),
+                &self.store,
+                batch,
+                dropout_seed,
+            );
         }
         let ops = &self.ops;
         ops.track(self.store.leaves());

@@ -178,11 +178,14 @@ pub trait TensorOps: Clone + Send + Sync + 'static {
     fn layer_norm_trained(&self, x: &Self::T, gamma: &Self::T, beta: &Self::T, eps: f64) -> Result<Self::T>;
     /// RMS norm over the last dimension with a frozen gain.
     fn rms_norm(&self, x: &Self::T, gain: &Self::W, eps: f64) -> Result<Self::T>;
-    /// Rotate-half rotary embedding of `x [batch, heads, seq, head_dim]` at `positions` (one per seq index).
+    /// Rotate-half rotary embedding of `x [batch, heads, seq, head_dim]` at
+    /// `positions`: one per seq index, shared by the batch, or one per token
+    /// (`batch * seq`, for packed sequences whose positions restart).
     fn rope(&self, x: &Self::T, positions: &[u32], theta: f64) -> Result<Self::T> {
         let dims = self.dims(x);
         let (seq, d) = (dims[2], dims[3]);
-        if positions.len() != seq || d % 2 != 0 {
+        let rows = if positions.len() == seq { 1 } else { dims[0] };
+        if positions.len() != rows * seq || d % 2 != 0 {
             return Err(Error::Other(format!(
                 "rope: {} positions for {seq} tokens of head size {d} (even)",
                 positions.len()
@@ -198,8 +201,9 @@ pub trait TensorOps: Clone + Send + Sync + 'static {
                 sin.push(angle.sin() as f32);
             }
         }
-        let cos = self.tensor(cos, &[seq, d])?;
-        let sin = self.tensor(sin, &[seq, d])?;
+        let table = if rows == 1 { vec![seq, d] } else { vec![rows, 1, seq, d] };
+        let cos = self.tensor(cos, &table)?;
+        let sin = self.tensor(sin, &table)?;
         let (x1, x2) = (self.narrow(x, 3, 0, half)?, self.narrow(x, 3, half, half)?);
         let rotated = self.cat(&[&self.scale(&x2, -1.0)?, &x1], 3)?;
         let a = self.mul(x, &self.broadcast_as(&cos, &dims)?)?;

@@ -432,6 +432,7 @@ impl<O: TensorOps> Architecture<O> for Vit<O> {
             trainable,
             data_bytes: 0,
             tokens: Some(self.cfg.seq_len()),
+            decoder: None,
         })
     }
 

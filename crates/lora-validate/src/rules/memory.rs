@@ -53,7 +53,18 @@ fn shape(ctx: &RuleContext) -> Option<(ModelShape, usize)> {
         .flatten()
         .map(|(_, inp, out)| r * (inp + out))
         .sum();
-    let classes = data.label_names.len().max(2);
+    // A causal LM (a GGUF Llama) has no classifier head: its head is the
+    // vocabulary projection, and its base stays in the file's blocks.
+    let decoder = (m.architecture == "llama").then_some(memory::Decoder {
+        vocab: m.vocab_size,
+        stored_bytes: m.weight_bytes,
+        file_bytes: m.weight_bytes,
+    });
+    let classes = if decoder.is_some() {
+        0
+    } else {
+        data.label_names.len().max(2)
+    };
     let p50 = data
         .token_length_percentiles
         .map_or(tokens, |[p50, ..]| p50.min(max_length));
@@ -67,6 +78,7 @@ fn shape(ctx: &RuleContext) -> Option<(ModelShape, usize)> {
         trainable: lora + classes * (m.hidden_size + 1),
         data_bytes: ((data.train.rows + data.validation.rows) * p50 * 8) as u64,
         tokens: None,
+        decoder,
     };
     Some((shape, tokens))
 }

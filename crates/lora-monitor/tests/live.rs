@@ -39,6 +39,7 @@ fn step(step: usize) -> TrainEvent {
                 effective_rank: 1.5,
             })
             .collect(),
+        ranks: Vec::new(),
     })
 }
 

@@ -8,6 +8,7 @@ pub mod alloc;
 pub mod bench;
 pub mod bench_causal;
 pub mod bench_monitor;
+pub mod distributed;
 pub mod generate;
 pub mod pipeline;
 pub mod pipes;
@@ -26,6 +27,7 @@ use lora_backend_burn as _;
 #[cfg(feature = "candle")]
 use lora_backend_candle as _;
 use lora_data as _;
+use lora_strategy as _;
 use lora_train as _;
 
 /// Backends compiled into this binary (its cargo features).

@@ -79,25 +79,3 @@ impl Base {
         Ok(sq[0].sqrt())
     }
 }
-
-/// The methods every strategy forwards to its [`Base`].
-#[macro_export]
-macro_rules! forward_base {
-    ($name:literal) => {
-        fn name(&self) -> &str {
-            $name
-        }
-        fn rank(&self) -> (usize, usize) {
-            self.base.rank()
-        }
-        fn all_reduce_f64(&mut self, values: &mut [f64]) -> lora_core::Result<()> {
-            Ok(self.base.meter.all_reduce_f64(values)?)
-        }
-        fn dropout_seed(&self, seed: u64) -> u64 {
-            self.base.dropout_seed(seed)
-        }
-        fn rank_figures(&mut self, step_s: f64) -> lora_core::Result<Vec<lora_core::events::RankFigures>> {
-            Ok(self.base.rank_figures(step_s)?)
-        }
-    };
-}

@@ -18,6 +18,7 @@ pub mod local;
 pub mod mpi_comm;
 #[cfg(feature = "mpi")]
 pub mod mpi_env;
+pub mod overlap;
 pub mod powersgd;
 mod rules;
 pub mod zero;

@@ -218,15 +218,23 @@ fn build_local(c: &Component, comm: Box<dyn Comm>) -> Result<Box<dyn Strategy>, 
 fn build_diloco(c: &Component, comm: Box<dyn Comm>) -> Result<Box<dyn Strategy>, Diagnostics> {
     let cfg: DilocoConfig = c.deserialize()?;
     positive(c, "sync-every", cfg.sync_every)?;
-    if !(cfg.outer_lr > 0.0 && cfg.outer_lr.is_finite()) || !(0.0..1.0).contains(&cfg.outer_momentum) {
+    if !(cfg.outer_lr > 0.0 && cfg.outer_lr.is_finite()) {
+        return Err(Diagnostic::error(
+            "strategy::invalid-value",
+            format!("outer-lr ({}) must be positive. Valid range: 0 < outer-lr", cfg.outer_lr),
+        )
+        .at(c.value_location("outer-lr"))
+        .into());
+    }
+    if !(0.0..1.0).contains(&cfg.outer_momentum) {
         return Err(Diagnostic::error(
             "strategy::invalid-value",
             format!(
-                "outer-lr ({}) must be positive and outer-momentum ({}) in [0, 1)",
-                cfg.outer_lr, cfg.outer_momentum
+                "outer-momentum ({}) must be in [0, 1). Valid range: 0 <= outer-momentum < 1",
+                cfg.outer_momentum
             ),
         )
-        .at(Some(c.location()))
+        .at(c.value_location("outer-momentum"))
         .into());
     }
     Ok(Box::new(Local::diloco(comm, &cfg)))

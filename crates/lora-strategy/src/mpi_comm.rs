@@ -20,6 +20,12 @@ impl MpiComm {
     }
 }
 
+// SAFETY: the handle is an Open MPI communicator; MPI is initialised with
+// `MPI_THREAD_SERIALIZED` (`mpi_env`), so any thread may call MPI as long as
+// no two do at once. A `MpiComm` is owned by one strategy, used through
+// `&mut self`, and so by one thread at a time.
+unsafe impl Send for MpiComm {}
+
 impl Comm for MpiComm {
     fn rank(&self) -> usize {
         self.comm.rank() as usize

@@ -22,6 +22,7 @@ fn exact() -> Vec<(&'static str, Make)> {
     vec![
         ("ddp", |c| Box::new(Ddp::new(Box::new(c), true))),
         ("ddp-no-sync", |c| Box::new(Ddp::new(Box::new(c), false))),
+        ("ddp-overlap", |c| Box::new(crate::overlap::Overlap::new(Box::new(c)))),
         ("zero1", |c| Box::new(Zero::new(Box::new(c), false))),
         ("zero2", |c| Box::new(Zero::new(Box::new(c), true))),
         ("hierarchical", |c| Box::new(Hierarchical::new(Box::new(c), Some(2)).unwrap())),
@@ -270,6 +271,7 @@ fn the_registry_has_the_strategies_and_says_which_are_inexact() {
             "bf16-compress",
             "ddp",
             "ddp-no-sync",
+            "ddp-overlap",
             "diloco",
             "fp16-compress",
             "hierarchical",

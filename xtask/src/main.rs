@@ -8,6 +8,7 @@
 use std::process::ExitCode;
 
 mod bench;
+mod bench_strategies;
 mod build_plugins;
 mod cargo;
 mod fetch;

@@ -320,7 +320,18 @@ fn run(command: Command) -> lora_core::Result<()> {
             if let Some(p) = port {
                 extra.push(format!("monitor.port={p}"));
             }
-            let mut pipeline = match validated(&file, layers.overrides(extra), &assets) {
+            if processes.rank() > 0 {
+                // Rank 0 serves the dashboard: the others must not find its port taken.
+                extra.push("monitor.dashboard=false".into());
+            }
+            let checked = lora_cli::validate::check_file(&file, &layers.overrides(extra), &assets);
+            let mut pipeline = match checked.map_err(lora_core::Error::Invalid).and_then(|c| {
+                // Every rank finds the same warnings: rank 0 prints them.
+                if processes.rank() == 0 && !c.has_errors() && !c.diagnostics.is_empty() {
+                    eprintln!("{}\n", c.diagnostics);
+                }
+                c.into_pipeline()
+            }) {
                 // Every rank finds the same problems: rank 0 says them.
                 Err(e) if processes.rank() > 0 => std::process::exit(e.exit_code()),
                 other => other?,

@@ -300,6 +300,12 @@ pub fn run_on(
     strategy: &mut dyn lora_core::strategy::Strategy,
 ) -> Result<RunOutcome> {
     let (rank, world) = strategy.rank();
+    if world > 1 && pipeline.train.auto_batch().is_some() {
+        // Each rank would measure and choose on its own, and might choose differently.
+        return Err(Error::Other(format!(
+            "batch-size = \"auto\" is chosen by one process; on {world} processes set [train] batch-size (the global batch: each process trains 1/{world} of it)"
+        )));
+    }
     if rank != 0 {
         return run_quietly(pipeline, assets, options, strategy);
     }

@@ -42,6 +42,33 @@ fn ok(out: Output) -> Output {
 /// The tiny ViT on 192 real digits with random crops: 12 micro-batches of 16
 /// an epoch, accumulated in twos.
 fn pipeline(dir: &Path, name: &str, strategy: &str, epochs: usize) -> PathBuf {
+    pipeline_with(dir, name, strategy, epochs, EXACT)
+}
+
+/// The exactness runs: SGD with momentum. AdamW divides by `sqrt(v)`, which
+/// magnifies the last-bit differences that another order of the same sums
+/// leaves in near-zero gradients: with it, ddp on 2 processes ends 1.2e-6 (L2,
+/// relative) from one process after 12 steps.
+const EXACT: &str = r#"[[data.augment]]
+type = "random-crop"
+size = [28, 28]
+padding = 2
+
+[train.optimizer]
+type = "sgd"
+lr = 0.05
+momentum = 0.9
+"#;
+
+/// The convergence runs: 960 digits, AdamW at 1e-2, no augmentation (the
+/// tiny ViT reaches about 60% in 10 epochs).
+const LEARN: &str = r#"[train.optimizer]
+type = "adamw"
+lr = 1e-2
+"#;
+
+fn pipeline_with(dir: &Path, name: &str, strategy: &str, epochs: usize, rest: &str) -> PathBuf {
+    let (train, validation) = if rest == LEARN { (960, 200) } else { (192, 64) };
     let out = dir.join(name);
     let text = format!(
         r#"[run]
@@ -53,13 +80,8 @@ output-dir = "{out}"
 type = "mnist-json"
 path = "asset:mnist-digits"
 validation-fraction = 0.2
-max-train-samples = 192
-max-validation-samples = 64
-
-[[data.augment]]
-type = "random-crop"
-size = [28, 28]
-padding = 2
+max-train-samples = {train}
+max-validation-samples = {validation}
 
 {tiny_vit}
 [train]
@@ -67,10 +89,7 @@ epochs = {epochs}
 batch-size = 16
 gradient-accumulation-steps = 2
 
-[train.optimizer]
-type = "adamw"
-lr = 3e-3
-
+{rest}
 [eval]
 batch-size = 32
 
@@ -88,7 +107,7 @@ batch-size = 32
 fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut names: Vec<String> = st.names().into_iter().cloned().collect();
+    let mut names: Vec<String> = st.names().into_iter().map(|n| n.to_string()).collect();
     names.sort();
     names
         .into_iter()
@@ -101,19 +120,23 @@ fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
-/// max |a - b| / max |b| over every tensor.
-fn rel_diff(a: &Path, b: &Path) -> f64 {
+/// `||a - b|| / ||b||` over every tensor together (L2), and the largest
+/// elementwise difference relative to the largest value.
+fn rel_diff(a: &Path, b: &Path) -> (f64, f64) {
     let (a, b) = (tensors(a), tensors(b));
     assert_eq!(a.len(), b.len());
-    let (mut diff, mut scale) = (0.0f64, 0.0f64);
+    let (mut d2, mut n2, mut dmax, mut vmax) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
     for ((na, va), (nb, vb)) in a.iter().zip(&b) {
         assert_eq!(na, nb);
-        for (x, y) in va.iter().zip(vb) {
-            diff = diff.max((x - y).abs() as f64);
-            scale = scale.max(y.abs() as f64);
+        for (&x, &y) in va.iter().zip(vb) {
+            let d = (x - y) as f64;
+            d2 += d * d;
+            n2 += (y as f64) * (y as f64);
+            dmax = dmax.max(d.abs());
+            vmax = vmax.max((y as f64).abs());
         }
     }
-    diff / scale
+    (d2.sqrt() / n2.sqrt(), dmax / vmax)
 }
 
 fn accuracy(out: &Path) -> f64 {
@@ -151,12 +174,12 @@ fn exact_strategies_on_two_and_four_processes_end_with_the_one_process_model() {
         let name = format!("{strategy}-{n}");
         let file = pipeline(dir.path(), &name, &format!("[strategy]\ntype = \"{strategy}\""), 1);
         let out = ok(mpirun(n, &file, env).output().unwrap());
-        let d = rel_diff(&dir.path().join(&name).join("model.safetensors"), &reference.join("model.safetensors"));
+        let (d, dmax) = rel_diff(&dir.path().join(&name).join("model.safetensors"), &reference.join("model.safetensors"));
+        eprintln!("{strategy} on {n} processes: relative difference {d:e} (elementwise {dmax:e})");
         assert!(d < 1e-6, "{strategy} on {n}: {d:e}");
         // One summary line: rank 0's.
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(stdout.lines().filter(|l| l.contains("outputs written to")).count(), 1, "{stdout}");
-        eprintln!("{strategy} on {n} processes: max relative difference {d:e}");
     }
 }
 
@@ -205,14 +228,14 @@ fn nproc_starts_mpirun_and_gives_the_same_model() {
         .output()
         .unwrap());
     let d = rel_diff(&dir.path().join("nproc/model.safetensors"), &dir.path().join("direct/model.safetensors"));
-    assert_eq!(d, 0.0);
+    assert_eq!(d, (0.0, 0.0));
 }
 
 #[test]
 fn inexact_strategies_learn_the_digits_about_as_well_as_ddp() {
     let dir = tempfile::tempdir().unwrap();
-    let epochs = 4;
-    let file = pipeline(dir.path(), "ddp", "[strategy]\ntype = \"ddp\"", epochs);
+    let epochs = 10;
+    let file = pipeline_with(dir.path(), "ddp", "[strategy]\ntype = \"ddp\"", epochs, LEARN);
     ok(mpirun(2, &file, &[]).output().unwrap());
     let base = accuracy(&dir.path().join("ddp"));
     for strategy in [
@@ -224,12 +247,13 @@ fn inexact_strategies_learn_the_digits_about_as_well_as_ddp() {
         "type = \"diloco\"\nsync-every = 2",
     ] {
         let name = strategy.split('"').nth(1).unwrap().to_string();
-        let file = pipeline(dir.path(), &name, &format!("[strategy]\n{strategy}"), epochs);
+        let file = pipeline_with(dir.path(), &name, &format!("[strategy]\n{strategy}"), epochs, LEARN);
         ok(mpirun(2, &file, &[]).output().unwrap());
         let acc = accuracy(&dir.path().join(&name));
         eprintln!("{name}: accuracy {acc:.4} (ddp {base:.4})");
-        // 64 validation digits: one digit is 1.6 points; the tiny model is noisy.
-        assert!(acc >= base - 0.1, "{name}: {acc} against ddp's {base}");
+        // 200 validation digits (one is half a point); ddp reaches about 0.6 from 0.1.
+        assert!(base > 0.4, "ddp learns: {base}");
+        assert!(acc >= base - 0.05, "{name}: {acc} against ddp's {base}");
     }
 }
 
@@ -249,7 +273,7 @@ fn a_killed_rank_ends_the_job_with_an_error() {
     assert!(Command::new("kill").args(["-9", &rank1.to_string()]).status().unwrap().success());
     let killed = Instant::now();
     let out = loop {
-        if let Some(_) = job.try_wait().unwrap() {
+        if job.try_wait().unwrap().is_some() {
             break job.wait_with_output().unwrap();
         }
         assert!(killed.elapsed() < Duration::from_secs(60), "the job hangs after a rank was killed");

@@ -85,7 +85,8 @@ impl Strategy for Overlap {
 
     fn after_micro_batch(&mut self, sums: &mut StepSums) -> lora_core::Result<()> {
         self.wait()?;
-        let mut grads = std::mem::replace(&mut sums.grads, vec![0.0; sums.grads.len()]);
+        let len = sums.grads.len();
+        let mut grads = std::mem::replace(&mut sums.grads, vec![0.0; len]);
         let mut meter = self.base.take().expect("the communicator is back after wait").meter;
         self.in_flight = Some(std::thread::spawn(move || {
             let r = meter.all_reduce_f32(&mut grads).map(|()| grads);

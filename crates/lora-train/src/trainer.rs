@@ -1140,6 +1140,17 @@ mod tests {
         every_steps: usize,
         stop_at_eval: Option<usize>,
     ) -> (TrainSummary, Vec<TrainEvent>) {
+        let (summary, events, _) = train_on(cfg, every_steps, stop_at_eval, &mut SingleProcess);
+        (summary, events)
+    }
+
+    /// [`train`] as one process of `strategy`; also returns the final logits.
+    fn train_on(
+        cfg: SupervisedConfig,
+        every_steps: usize,
+        stop_at_eval: Option<usize>,
+        strategy: &mut dyn lora_core::strategy::Strategy,
+    ) -> (TrainSummary, Vec<TrainEvent>, Vec<f32>) {
         let labels: Vec<u32> = (0..10).map(|i| u32::from(i % 4 != 0)).collect();
         let data = PreparedData {
             task: Task::classification(vec!["a".into(), "b".into()]),
@@ -1181,14 +1192,68 @@ mod tests {
                 data: &data,
                 eval: &eval as &dyn EvalStage,
                 callbacks: &mut callbacks,
-                strategy: &mut SingleProcess,
+                strategy,
                 seed: 7,
                 checkpoints: None,
                 resume: None,
             })
             .unwrap();
         let events = events.lock().unwrap().clone();
-        (summary, events)
+        (summary, events, model.logits)
+    }
+
+    /// Three processes (threads) with batches of 4 out of 10 examples: the
+    /// last batch of each epoch has 2 rows, so the third rank trains nothing
+    /// in it and still joins the step. Losses, evaluations and parameters are
+    /// the one-process run's, and every rank sees the same events.
+    #[test]
+    fn three_ranks_of_ddp_run_the_one_process_loop() {
+        use lora_strategy::ddp::Ddp;
+        use lora_strategy::{Comm as _, ThreadComm};
+        let (want, want_events, want_logits) = train_on(config(Some(3), None, 2), 2, None, &mut SingleProcess);
+        let got: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = ThreadComm::group(3)
+                .into_iter()
+                .map(|c| {
+                    s.spawn(move || {
+                        assert!(c.size() == 3);
+                        let mut ddp = Ddp::new(Box::new(c), true);
+                        train_on(config(Some(3), None, 2), 2, None, &mut ddp)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let evals = |events: &[TrainEvent]| -> Vec<(usize, usize, f64)> {
+            events
+                .iter()
+                .filter_map(|e| match e {
+                    TrainEvent::Eval { step, report, .. } => Some((*step, report.samples, report.loss)),
+                    _ => None,
+                })
+                .collect()
+        };
+        for (summary, events, logits) in &got {
+            assert_eq!(summary.steps, want.steps);
+            for (a, b) in summary.losses.iter().zip(&want.losses) {
+                assert!((a - b).abs() < 1e-6, "{:?} vs {:?}", summary.losses, want.losses);
+            }
+            for (a, b) in logits.iter().zip(&want_logits) {
+                assert!((a - b).abs() < 1e-6, "{logits:?} vs {want_logits:?}");
+            }
+            let (e, w) = (evals(events), evals(&want_events));
+            assert_eq!(e.len(), w.len());
+            for (a, b) in e.iter().zip(&w) {
+                // Every rank reports the whole validation split, summed over the ranks.
+                assert_eq!((a.0, a.1), (b.0, 10));
+                assert!((a.2 - b.2).abs() < 1e-6);
+            }
+            let ranks = events.iter().find_map(|e| match e {
+                TrainEvent::Step(m) => Some(m.ranks.len()),
+                _ => None,
+            });
+            assert_eq!(ranks, Some(3));
+        }
     }
 
     fn config(epochs: Option<usize>, max_steps: Option<usize>, accumulation: usize) -> SupervisedConfig {

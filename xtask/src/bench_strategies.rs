@@ -168,10 +168,16 @@ pub fn run(args: &[String]) -> ExitCode {
             }
         }
     }
-    println!("\n| strategy | bytes sent per step per process | s in collectives per step | step s ({nproc} procs) | step s (1 proc) | ratio |");
+    println!(
+        "\n| strategy | bytes sent per step per process | s in collectives per step | step s ({nproc} procs) | step s (1 proc) | ratio |"
+    );
     println!("|---|---:|---:|---:|---:|---:|");
     for (name, options, f) in rows {
-        let label = if options.is_empty() { name.to_string() } else { format!("{name} ({})", options.join(", ")) };
+        let label = if options.is_empty() {
+            name.to_string()
+        } else {
+            format!("{name} ({})", options.join(", "))
+        };
         println!(
             "| {label} | {:.0} | {:.4} | {:.3} | {:.3} | {:.2} |",
             f.bytes,

@@ -30,7 +30,9 @@ pub fn run(args: &[String]) -> ExitCode {
     let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mpi = mpi_available();
     if !mpi {
-        eprintln!("note: mpicc not found: the MPI tests are left out (install openmpi-bin, libopenmpi-dev, libclang-dev)");
+        eprintln!(
+            "note: mpicc not found: the MPI tests are left out (install openmpi-bin, libopenmpi-dev, libclang-dev)"
+        );
     }
     let with_mpi = |features: &str| -> Vec<String> {
         match (mpi, features.is_empty()) {
@@ -59,15 +61,7 @@ pub fn run(args: &[String]) -> ExitCode {
         "lora-tests",
     ])
     .args(with_mpi("lora-tests/burn"))
-    .args([
-        "--test",
-        "burn",
-        "--test",
-        "cross_backend",
-        "--test",
-        "causal",
-        "--lib",
-    ])
+    .args(["--test", "burn", "--test", "cross_backend", "--test", "causal", "--lib"])
     .args(args);
     let code = cargo::status(burn);
     if code != ExitCode::SUCCESS {
@@ -76,12 +70,7 @@ pub fn run(args: &[String]) -> ExitCode {
     // Kill-and-resume on burn: the `lora` binary with both backends, its burn tests only.
     let mut resume = Command::new(&cargo_bin);
     resume
-        .args([
-            "test",
-            "--release",
-            "--package",
-            "lora-cli",
-        ])
+        .args(["test", "--release", "--package", "lora-cli"])
         .args(with_mpi("burn"))
         .args(["--test", "resume"])
         .args(args);

@@ -126,7 +126,8 @@ pub fn spawn(nproc: usize, args: &[String]) -> Result<i32> {
         cmd.args(extra.split_whitespace());
     }
     if is_root() {
-        cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1").env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+        cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
     }
     cmd.arg(Path::new(&exe)).arg("run").args(args);
     let status = cmd.status().map_err(|e| {

@@ -114,7 +114,11 @@ fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
         .map(|n| {
             let t = st.tensor(&n).unwrap();
             assert_eq!(t.dtype(), safetensors::Dtype::F32, "{n}");
-            let v = t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            let v = t
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
             (n, v)
         })
         .collect()
@@ -140,7 +144,8 @@ fn rel_diff(a: &Path, b: &Path) -> (f64, f64) {
 }
 
 fn accuracy(out: &Path) -> f64 {
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
     m["final"]["metrics"]["accuracy"].as_f64().unwrap()
 }
 
@@ -174,12 +179,19 @@ fn exact_strategies_on_two_and_four_processes_end_with_the_one_process_model() {
         let name = format!("{strategy}-{n}");
         let file = pipeline(dir.path(), &name, &format!("[strategy]\ntype = \"{strategy}\""), 1);
         let out = ok(mpirun(n, &file, env).output().unwrap());
-        let (d, dmax) = rel_diff(&dir.path().join(&name).join("model.safetensors"), &reference.join("model.safetensors"));
+        let (d, dmax) = rel_diff(
+            &dir.path().join(&name).join("model.safetensors"),
+            &reference.join("model.safetensors"),
+        );
         eprintln!("{strategy} on {n} processes: relative difference {d:e} (elementwise {dmax:e})");
         assert!(d < 1e-6, "{strategy} on {n}: {d:e}");
         // One summary line: rank 0's.
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(stdout.lines().filter(|l| l.contains("outputs written to")).count(), 1, "{stdout}");
+        assert_eq!(
+            stdout.lines().filter(|l| l.contains("outputs written to")).count(),
+            1,
+            "{stdout}"
+        );
     }
 }
 
@@ -195,7 +207,10 @@ fn rank_0_alone_writes_the_outputs_and_logs_every_ranks_figures() {
         .collect();
     files.sort();
     // Written once, atomically: no temporary or partial file left by another rank.
-    assert!(files.iter().all(|f| !f.contains(".tmp") && !f.ends_with(".partial")), "{files:?}");
+    assert!(
+        files.iter().all(|f| !f.contains(".tmp") && !f.ends_with(".partial")),
+        "{files:?}"
+    );
     assert!(files.contains(&"metrics.jsonl".to_string()) && files.contains(&"model.safetensors".to_string()));
     let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     let starts = log.lines().filter(|l| l.contains("\"event\":\"start\"")).count();
@@ -210,7 +225,10 @@ fn rank_0_alone_writes_the_outputs_and_logs_every_ranks_figures() {
     for (i, r) in ranks.iter().enumerate() {
         assert_eq!(r["rank"], i);
         // The tiny ViT's gradients in one all-reduce per micro-batch, two per step.
-        assert!(r["bytes_sent"].as_f64().unwrap() > 0.0 && r["step_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(
+            r["bytes_sent"].as_f64().unwrap() > 0.0 && r["step_s"].as_f64().unwrap() > 0.0,
+            "{r}"
+        );
     }
 }
 
@@ -227,7 +245,10 @@ fn nproc_starts_mpirun_and_gives_the_same_model() {
         .arg(&b)
         .output()
         .unwrap());
-    let d = rel_diff(&dir.path().join("nproc/model.safetensors"), &dir.path().join("direct/model.safetensors"));
+    let d = rel_diff(
+        &dir.path().join("nproc/model.safetensors"),
+        &dir.path().join("direct/model.safetensors"),
+    );
     assert_eq!(d, (0.0, 0.0));
 }
 
@@ -264,7 +285,11 @@ fn inexact_strategies_learn_the_digits_about_as_well_as_ddp() {
 fn a_killed_rank_ends_the_job_with_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let file = pipeline(dir.path(), "killed", "[strategy]\ntype = \"ddp\"", 200);
-    let mut job = mpirun(2, &file, &[]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut job = mpirun(2, &file, &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let log = dir.path().join("killed/metrics.jsonl.partial");
     let start = Instant::now();
     // Wait until training runs, then kill rank 1.
@@ -272,14 +297,27 @@ fn a_killed_rank_ends_the_job_with_an_error() {
         assert!(start.elapsed() < Duration::from_secs(120), "training never started");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let rank1 = ranks_of(job.id()).into_iter().find(|(_, r)| *r == 1).expect("rank 1 is running").0;
-    assert!(Command::new("kill").args(["-9", &rank1.to_string()]).status().unwrap().success());
+    let rank1 = ranks_of(job.id())
+        .into_iter()
+        .find(|(_, r)| *r == 1)
+        .expect("rank 1 is running")
+        .0;
+    assert!(
+        Command::new("kill")
+            .args(["-9", &rank1.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
     let killed = Instant::now();
     let out = loop {
         if job.try_wait().unwrap().is_some() {
             break job.wait_with_output().unwrap();
         }
-        assert!(killed.elapsed() < Duration::from_secs(60), "the job hangs after a rank was killed");
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "the job hangs after a rank was killed"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(!out.status.success());
@@ -292,9 +330,21 @@ fn a_killed_rank_ends_the_job_with_an_error() {
 fn ranks_of(parent: u32) -> Vec<(u32, usize)> {
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let ppid: u32 = stat.rsplit(')').next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let ppid: u32 = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
         if ppid != parent {
             continue;
         }

@@ -168,7 +168,11 @@ impl Batch {
                 seq_len: b.seq_len,
                 input_ids: rows_of(&b.input_ids, &range, b.seq_len),
                 attention_mask: rows_of(&b.attention_mask, &range, b.seq_len),
-                labels: if b.labels.is_empty() { Vec::new() } else { rows_of(&b.labels, &range, 1) },
+                labels: if b.labels.is_empty() {
+                    Vec::new()
+                } else {
+                    rows_of(&b.labels, &range, 1)
+                },
             }),
             Batch::Image(b) => Batch::Image(ImageBatch {
                 batch_size: n,
@@ -176,7 +180,11 @@ impl Batch {
                 height: b.height,
                 width: b.width,
                 pixels: rows_of(&b.pixels, &range, b.image_len()),
-                labels: if b.labels.is_empty() { Vec::new() } else { rows_of(&b.labels, &range, 1) },
+                labels: if b.labels.is_empty() {
+                    Vec::new()
+                } else {
+                    rows_of(&b.labels, &range, 1)
+                },
                 soft_labels: b
                     .soft_labels
                     .as_ref()

@@ -51,7 +51,11 @@ impl Dataset for Shard<'_> {
         self.inner.truncated()
     }
 
-    fn batches(&self, batch_size: usize, order_seed: Option<u64>) -> Box<dyn Iterator<Item = Result<Batch>> + Send + '_> {
+    fn batches(
+        &self,
+        batch_size: usize,
+        order_seed: Option<u64>,
+    ) -> Box<dyn Iterator<Item = Result<Batch>> + Send + '_> {
         self.batches_from(batch_size, order_seed, 0)
     }
 

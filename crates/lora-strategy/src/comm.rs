@@ -133,7 +133,9 @@ impl Meter {
             mine.copy_from_slice(all);
             return Ok(());
         }
-        self.timed(Collective::ReduceScatter, all.len() * 4, |c| c.reduce_scatter_f32(all, mine))
+        self.timed(Collective::ReduceScatter, all.len() * 4, |c| {
+            c.reduce_scatter_f32(all, mine)
+        })
     }
 
     pub fn reduce_f32(&mut self, buf: &mut [f32]) -> Result<()> {
@@ -223,7 +225,11 @@ impl ThreadComm {
         let bytes: Vec<u8> = mine.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.exchange(&bytes)
             .into_iter()
-            .map(|b| b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
+            .map(|b| {
+                b.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                    .collect()
+            })
             .collect()
     }
 }
@@ -321,7 +327,10 @@ impl Comm for ThreadComm {
             .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
             .collect();
         let members: Vec<usize> = (0..self.size()).filter(|&r| colours[r] == colour).collect();
-        let rank = members.iter().position(|&r| r == self.rank).expect("a member of its colour");
+        let rank = members
+            .iter()
+            .position(|&r| r == self.rank)
+            .expect("a member of its colour");
         let key = (self.splits, colour);
         self.splits += 1;
         let group = self

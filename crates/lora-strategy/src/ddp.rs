@@ -12,9 +12,9 @@ use lora_core::optim::Optimizer;
 use lora_core::strategy::{StepSums, Strategy};
 use serde::Deserialize;
 
+use crate::StrategyEntry;
 use crate::base::Base;
 use crate::comm::{Comm, Meter};
-use crate::StrategyEntry;
 
 /// Neither strategy has options.
 #[derive(Debug, Deserialize)]

@@ -7,17 +7,17 @@
 //! Optimizer states stay local. Between meetings the replicas differ, so the
 //! update is not the one-process update.
 
+use lora_core::LoopState;
 use lora_core::ParamLayout;
 use lora_core::config::Component;
 use lora_core::diag::{Diagnostic, Diagnostics};
 use lora_core::optim::Optimizer;
 use lora_core::strategy::{StepSums, Strategy};
-use lora_core::LoopState;
 use serde::Deserialize;
 
+use crate::StrategyEntry;
 use crate::base::Base;
 use crate::comm::{Comm, Meter};
-use crate::StrategyEntry;
 
 fn default_sync() -> usize {
     4
@@ -221,7 +221,10 @@ fn build_diloco(c: &Component, comm: Box<dyn Comm>) -> Result<Box<dyn Strategy>,
     if !(cfg.outer_lr > 0.0 && cfg.outer_lr.is_finite()) {
         return Err(Diagnostic::error(
             "strategy::invalid-value",
-            format!("outer-lr ({}) must be positive. Valid range: 0 < outer-lr", cfg.outer_lr),
+            format!(
+                "outer-lr ({}) must be positive. Valid range: 0 < outer-lr",
+                cfg.outer_lr
+            ),
         )
         .at(c.value_location("outer-lr"))
         .into());

@@ -7,8 +7,8 @@ use mpi::collective::SystemOperation;
 use mpi::topology::{Color, Communicator, SimpleCommunicator};
 use mpi::traits::*;
 
-use crate::comm::Comm;
 use crate::Result;
+use crate::comm::Comm;
 
 pub struct MpiComm {
     comm: SimpleCommunicator,

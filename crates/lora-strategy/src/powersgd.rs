@@ -69,7 +69,8 @@ impl PowerSgd {
 
     /// Values sent per step by the factors and the vectors.
     pub fn values_per_step(&self) -> usize {
-        self.matrices.iter().map(|x| x.r * (x.m + x.n)).sum::<usize>() + self.vectors.iter().map(|r| r.len()).sum::<usize>()
+        self.matrices.iter().map(|x| x.r * (x.m + x.n)).sum::<usize>()
+            + self.vectors.iter().map(|r| r.len()).sum::<usize>()
     }
 
     fn compress(&mut self, grads: &mut [f32]) -> lora_core::Result<()> {
@@ -206,9 +207,12 @@ struct PowerSgdConfig {
 fn build(c: &Component, comm: Box<dyn Comm>) -> Result<Box<dyn Strategy>, Diagnostics> {
     let cfg: PowerSgdConfig = c.deserialize()?;
     if cfg.rank == 0 {
-        return Err(Diagnostic::error("strategy::invalid-value", "rank (0) must be at least 1. Valid range: 1 <= rank")
-            .at(c.value_location("rank"))
-            .into());
+        return Err(Diagnostic::error(
+            "strategy::invalid-value",
+            "rank (0) must be at least 1. Valid range: 1 <= rank",
+        )
+        .at(c.value_location("rank"))
+        .into());
     }
     Ok(Box::new(PowerSgd::new(comm, cfg.rank)))
 }

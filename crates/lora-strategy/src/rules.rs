@@ -40,10 +40,16 @@ lora_core::rule! {
 }
 
 fn topk_dense(ctx: &RuleContext) -> Vec<Finding> {
-    numeric(ctx, &["topk"], "ratio", |v| (0.5..=1.0).contains(&v), "sends an index with every value: from 0.5 on, more bytes than a dense all-reduce")
-        .into_iter()
-        .map(|f| f.help("use ddp-no-sync, or a ratio of 0.01 to 0.1"))
-        .collect()
+    numeric(
+        ctx,
+        &["topk"],
+        "ratio",
+        |v| (0.5..=1.0).contains(&v),
+        "sends an index with every value: from 0.5 on, more bytes than a dense all-reduce",
+    )
+    .into_iter()
+    .map(|f| f.help("use ddp-no-sync, or a ratio of 0.01 to 0.1"))
+    .collect()
 }
 lora_core::rule! {
     id: "strategy::topk-ratio-dense", category: Cross, severity: Warning,
@@ -63,7 +69,13 @@ lora_core::rule! {
 }
 
 fn sync_every(ctx: &RuleContext) -> Vec<Finding> {
-    numeric(ctx, &["local-sgd", "diloco"], "sync-every", |v| v < 1.0, "must be at least 1")
+    numeric(
+        ctx,
+        &["local-sgd", "diloco"],
+        "sync-every",
+        |v| v < 1.0,
+        "must be at least 1",
+    )
 }
 lora_core::rule! {
     id: "strategy::sync-every-zero", category: Range, severity: Error,
@@ -73,7 +85,13 @@ lora_core::rule! {
 }
 
 fn outer_momentum(ctx: &RuleContext) -> Vec<Finding> {
-    numeric(ctx, &["diloco"], "outer-momentum", |v| !(0.0..1.0).contains(&v), "must be in [0, 1)")
+    numeric(
+        ctx,
+        &["diloco"],
+        "outer-momentum",
+        |v| !(0.0..1.0).contains(&v),
+        "must be in [0, 1)",
+    )
 }
 lora_core::rule! {
     id: "strategy::outer-momentum-range", category: Range, severity: Error,

@@ -25,7 +25,9 @@ fn exact() -> Vec<(&'static str, Make)> {
         ("ddp-overlap", |c| Box::new(crate::overlap::Overlap::new(Box::new(c)))),
         ("zero1", |c| Box::new(Zero::new(Box::new(c), false))),
         ("zero2", |c| Box::new(Zero::new(Box::new(c), true))),
-        ("hierarchical", |c| Box::new(Hierarchical::new(Box::new(c), Some(2)).unwrap())),
+        ("hierarchical", |c| {
+            Box::new(Hierarchical::new(Box::new(c), Some(2)).unwrap())
+        }),
     ]
 }
 
@@ -42,8 +44,12 @@ fn inexact() -> Vec<(&'static str, Make)> {
                 },
             ))
         }),
-        ("fp16-compress", |c| Box::new(Compressed::new(Box::new(c), Codec::Half(Half::F16)))),
-        ("bf16-compress", |c| Box::new(Compressed::new(Box::new(c), Codec::Half(Half::Bf16)))),
+        ("fp16-compress", |c| {
+            Box::new(Compressed::new(Box::new(c), Codec::Half(Half::F16)))
+        }),
+        ("bf16-compress", |c| {
+            Box::new(Compressed::new(Box::new(c), Codec::Half(Half::Bf16)))
+        }),
         ("topk", |c| {
             Box::new(Compressed::new(
                 Box::new(c),
@@ -84,7 +90,10 @@ fn inexact_strategies_on_one_rank_and_on_four_still_learn() {
             }
             let l = loss(&got[0], 200);
             // Within a factor of the exact run's loss, far below the start.
-            assert!(l < 0.5 * start && l < 3.0 * exact, "{name} on {world}: {l} (start {start}, exact {exact})");
+            assert!(
+                l < 0.5 * start && l < 3.0 * exact,
+                "{name} on {world}: {l} (start {start}, exact {exact})"
+            );
         }
     }
 }
@@ -139,7 +148,12 @@ fn topk_sends_k_values_and_keeps_sent_plus_residual_equal_to_the_gradients() {
     let fed: Vec<f32> = (0..n).map(|i| got[0].1[i] + got[1].1[i]).collect();
     for i in 0..n {
         let kept = got[0].2[i] + got[1].2[i];
-        assert!((sent[i] + kept - fed[i]).abs() < 1e-5, "{i}: {} + {kept} != {}", sent[i], fed[i]);
+        assert!(
+            (sent[i] + kept - fed[i]).abs() < 1e-5,
+            "{i}: {} + {kept} != {}",
+            sent[i],
+            fed[i]
+        );
     }
     assert_eq!(got[0].0, got[1].0);
 }
@@ -163,7 +177,11 @@ fn powersgd_reconstructs_a_rank_r_gradient_and_carries_the_rest() {
     });
     for i in 0..12 {
         let sum = got[0].1[i] + got[1].1[i];
-        assert!((got[0].0[i] - sum).abs() < 1e-4 * sum.abs().max(1.0), "{i}: {} vs {sum}", got[0].0[i]);
+        assert!(
+            (got[0].0[i] - sum).abs() < 1e-4 * sum.abs().max(1.0),
+            "{i}: {} vs {sum}",
+            got[0].0[i]
+        );
         assert!(got[0].2[i].abs() < 1e-4 && got[1].2[i].abs() < 1e-4);
     }
     // One factor pair of 4 + 3 values instead of 12.
@@ -175,7 +193,9 @@ fn powersgd_reconstructs_a_rank_r_gradient_and_carries_the_rest() {
         let mut s = PowerSgd::new(Box::new(c), 1);
         s.start(&layout, &[0.0; 12]).unwrap();
         let mut sums = StepSums::new(12);
-        sums.grads = (0..12).map(|i| ((i * 5 + 3) % 7) as f32 - 3.0 + r * (i % 2) as f32).collect();
+        sums.grads = (0..12)
+            .map(|i| ((i * 5 + 3) % 7) as f32 - 3.0 + r * (i % 2) as f32)
+            .collect();
         let m = sums.grads.clone();
         s.reduce(&mut sums).unwrap();
         (sums.grads, m, s.residual.clone())
@@ -185,7 +205,10 @@ fn powersgd_reconstructs_a_rank_r_gradient_and_carries_the_rest() {
         let kept = got[0].2[i] + got[1].2[i];
         assert!((got[0].0[i] + kept - fed).abs() < 1e-4, "{i}");
     }
-    assert!(got[0].2.iter().any(|e| e.abs() > 1e-3), "a rank-2 sum cannot pass through rank 1 whole");
+    assert!(
+        got[0].2.iter().any(|e| e.abs() > 1e-3),
+        "a rank-2 sum cannot pass through rank 1 whole"
+    );
 }
 
 #[test]
@@ -241,7 +264,10 @@ fn diloco_takes_the_outer_nesterov_step_by_hand() {
     // Step 1: delta = mean(0.2, 0.4) = 0.3; b = 0.3; anchor = 1 - 0.5 (0.3 + 0.15) = 0.775.
     // Step 2: delta = 0.3; b = 0.45; anchor = 0.775 - 0.5 (0.3 + 0.225) = 0.5125.
     for out in &got {
-        assert!((out[0] - 0.775).abs() < 1e-6 && (out[1] - 0.5125).abs() < 1e-6, "{out:?}");
+        assert!(
+            (out[0] - 0.775).abs() < 1e-6 && (out[1] - 0.5125).abs() < 1e-6,
+            "{out:?}"
+        );
     }
 }
 

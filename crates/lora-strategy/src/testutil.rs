@@ -16,7 +16,10 @@ pub fn on_ranks<T: Send>(comms: Vec<ThreadComm>, f: impl Fn(ThreadComm) -> T + S
 
 /// Two tensors: a 3x4 matrix and a 3-vector, as a linear model `y = W x + b`.
 pub fn layout() -> ParamLayout {
-    ParamLayout::new(&[ParamInfo::new("w", vec![3, 4], true), ParamInfo::new("b", vec![3], false)])
+    ParamLayout::new(&[
+        ParamInfo::new("w", vec![3, 4], true),
+        ParamInfo::new("b", vec![3], false),
+    ])
 }
 
 /// The examples: `x` in R^4, `y` in R^3 from a fixed teacher, deterministic.
@@ -24,7 +27,12 @@ pub fn examples(n: usize) -> Vec<([f32; 4], [f32; 3])> {
     (0..n)
         .map(|i| {
             let t = i as f32;
-            let x = [(t * 0.37).sin(), (t * 0.91).cos(), (t * 0.13).sin() * 2.0, 1.0 - (t * 0.5).cos()];
+            let x = [
+                (t * 0.37).sin(),
+                (t * 0.91).cos(),
+                (t * 0.13).sin() * 2.0,
+                1.0 - (t * 0.5).cos(),
+            ];
             let y = [
                 0.5 * x[0] - x[1] + 0.2,
                 x[2] * 0.3 + x[3],
@@ -103,7 +111,9 @@ pub fn train(strategy: &mut dyn Strategy, steps: usize, batch: usize, accumulati
         }
         strategy.reduce(&mut sums).unwrap();
         sums.normalise();
-        strategy.apply(&mut optimizer, &mut params, &sums.grads, &layout, lr).unwrap();
+        strategy
+            .apply(&mut optimizer, &mut params, &sums.grads, &layout, lr)
+            .unwrap();
         strategy.after_step(&state, &mut params).unwrap();
     }
     strategy.finish(&mut params).unwrap();

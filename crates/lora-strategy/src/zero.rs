@@ -20,9 +20,9 @@ use lora_core::optim::Optimizer;
 use lora_core::strategy::{StepSums, Strategy};
 use serde::Deserialize;
 
+use crate::StrategyEntry;
 use crate::base::Base;
 use crate::comm::{Comm, Meter};
-use crate::StrategyEntry;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -194,7 +194,8 @@ impl Strategy for Zero {
         let rank = self.base.meter.rank();
         let p = self.partition.as_ref().expect("partition made in start");
         let sub = p.sub_layout(layout, rank);
-        let gather = |flat: &[f32]| -> Vec<f32> { p.ranges[rank].iter().flat_map(|r| flat[r.clone()].to_vec()).collect() };
+        let gather =
+            |flat: &[f32]| -> Vec<f32> { p.ranges[rank].iter().flat_map(|r| flat[r.clone()].to_vec()).collect() };
         let (mut own, own_grads) = (gather(params), gather(grads));
         optimizer.step(&mut own, &own_grads, &sub, lr);
         let mut block = own;

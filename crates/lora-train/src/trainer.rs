@@ -540,7 +540,11 @@ impl<'t, 'a> Run<'t, 'a> {
                     // rollback cannot be agreed on, so the run fails (and MPI aborts).
                     return Err(Error::Other(format!(
                         "{} became NaN or infinite at step {} on process {} of {}",
-                        if what == NonFiniteKind::Loss { "the loss" } else { "a gradient" },
+                        if what == NonFiniteKind::Loss {
+                            "the loss"
+                        } else {
+                            "a gradient"
+                        },
                         self.state.step + 1,
                         self.ctx.strategy.rank().0,
                         self.world
@@ -670,15 +674,13 @@ impl<'t, 'a> Run<'t, 'a> {
         let report = if world > 1 {
             let shard = Shard::new(data.validation.as_ref(), rank, world);
             let strategy = &mut *self.ctx.strategy;
-            self.ctx
-                .eval
-                .evaluate_reduced(
-                    &*self.ctx.model,
-                    data.validation.as_ref(),
-                    &shard,
-                    &self.task,
-                    &mut |v| strategy.all_reduce_f64(v),
-                )?
+            self.ctx.eval.evaluate_reduced(
+                &*self.ctx.model,
+                data.validation.as_ref(),
+                &shard,
+                &self.task,
+                &mut |v| strategy.all_reduce_f64(v),
+            )?
         } else {
             self.ctx
                 .eval

@@ -45,7 +45,7 @@ fn figures(log: &Path) -> Result<Figures, String> {
         let f = match v["ranks"].as_array() {
             Some(ranks) if !ranks.is_empty() => {
                 let n = ranks.len() as f64;
-                let get = |k: &str| ranks.iter().map(|r| r[k].as_f64().unwrap_or(0.0));
+                let get = |k: &'static str| ranks.iter().map(move |r| r[k].as_f64().unwrap_or(0.0));
                 Figures {
                     step_s: get("step_s").fold(0.0, f64::max),
                     bytes: get("bytes_sent").sum::<f64>() / n,

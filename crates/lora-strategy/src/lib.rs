@@ -43,13 +43,16 @@ impl From<Error> for lora_core::Error {
     }
 }
 
+/// What a registry entry builds a strategy with: its table and the communicator.
+pub type Build = fn(&Component, Box<dyn Comm>) -> std::result::Result<Box<dyn Strategy>, Diagnostics>;
+
 /// A strategy by name: `build` reads its table and takes the communicator.
 pub struct StrategyEntry {
     pub name: &'static str,
     pub summary: &'static str,
     /// Whether N processes compute the one-process update (up to float order).
     pub exact: bool,
-    pub build: fn(&Component, Box<dyn Comm>) -> std::result::Result<Box<dyn Strategy>, Diagnostics>,
+    pub build: Build,
 }
 
 inventory::collect!(StrategyEntry);

@@ -165,7 +165,9 @@ fn one_process(dir: &Path, name: &str, strategy: &str, epochs: usize) -> PathBuf
 fn exact_strategies_on_two_and_four_processes_end_with_the_one_process_model() {
     let dir = tempfile::tempdir().unwrap();
     let reference = one_process(dir.path(), "one", "", 1);
-    let cases: [(&str, usize, &[(&str, &str)]); 7] = [
+    // (strategy, processes, environment of the ranks)
+    type Case<'a> = (&'a str, usize, &'a [(&'a str, &'a str)]);
+    let cases: [Case; 7] = [
         ("ddp", 2, &[]),
         ("ddp-no-sync", 2, &[]),
         ("ddp-overlap", 2, &[]),

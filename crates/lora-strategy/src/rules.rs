@@ -101,7 +101,13 @@ lora_core::rule! {
 }
 
 fn outer_lr(ctx: &RuleContext) -> Vec<Finding> {
-    numeric(ctx, &["diloco"], "outer-lr", |v| v <= 0.0 || v.is_nan(), "must be positive")
+    numeric(
+        ctx,
+        &["diloco"],
+        "outer-lr",
+        |v| v <= 0.0 || v.is_nan(),
+        "must be positive",
+    )
 }
 lora_core::rule! {
     id: "strategy::outer-lr-range", category: Range, severity: Error,

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod bench_causal;
 pub mod bench_monitor;
 pub mod export;
+pub mod distributed;
 pub mod generate;
 pub mod pipeline;
 pub mod pipes;
@@ -27,6 +28,7 @@ use lora_backend_burn as _;
 #[cfg(feature = "candle")]
 use lora_backend_candle as _;
 use lora_data as _;
+use lora_strategy as _;
 use lora_train as _;
 
 /// Backends compiled into this binary (its cargo features).

@@ -72,6 +72,10 @@ enum Command {
         /// Run as trial TRIAL of the study whose journal is JOURNAL (set by `lora search`).
         #[arg(long, value_name = "JOURNAL:TRIAL", hide = true)]
         trial: Option<String>,
+        /// Train on N processes: starts `mpirun -np N` with this command (the
+        /// pipeline's `[strategy]`, ddp by default). `mpirun -np N lora run` works too.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        nproc: Option<u32>,
         #[command(flatten)]
         layers: Layers,
     },
@@ -300,6 +304,24 @@ fn validated(
     checked.into_pipeline()
 }
 
+/// This process's arguments without `--nproc N` (for the ranks `--nproc` starts).
+fn args_without_nproc() -> Vec<String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let start = args.iter().position(|a| a == "run").map_or(0, |i| i + 1);
+    let mut out = Vec::new();
+    let mut skip = false;
+    for a in &args[start..] {
+        if skip {
+            skip = false;
+        } else if a == "--nproc" {
+            skip = true;
+        } else if !a.starts_with("--nproc=") {
+            out.push(a.clone());
+        }
+    }
+    out
+}
+
 fn run(command: Command) -> lora_core::Result<()> {
     let assets = CacheResolver;
     match command {
@@ -313,8 +335,14 @@ fn run(command: Command) -> lora_core::Result<()> {
             resume,
             force,
             trial,
+            nproc,
             layers,
         } => {
+            if let Some(n) = nproc {
+                let code = lora_cli::distributed::spawn(n as usize, &args_without_nproc())?;
+                std::process::exit(code);
+            }
+            let processes = lora_cli::distributed::Processes::from_launcher()?;
             // The flags are overrides like any other, so diagnostics name them.
             let mut extra = Vec::new();
             if let Some(b) = backend {
@@ -329,7 +357,23 @@ fn run(command: Command) -> lora_core::Result<()> {
             if let Some(p) = port {
                 extra.push(format!("monitor.port={p}"));
             }
-            let mut pipeline = validated(&file, layers.overrides(extra), &assets)?;
+            if processes.rank() > 0 {
+                // Rank 0 serves the dashboard: the others must not find its port taken.
+                extra.push("monitor.dashboard=false".into());
+            }
+            let checked = lora_cli::validate::check_file(&file, &layers.overrides(extra), &assets);
+            let mut pipeline = match checked.map_err(lora_core::Error::Invalid).and_then(|c| {
+                // Every rank finds the same warnings: rank 0 prints them.
+                if processes.rank() == 0 && !c.has_errors() && !c.diagnostics.is_empty() {
+                    eprintln!("{}\n", c.diagnostics);
+                }
+                c.into_pipeline()
+            }) {
+                // Every rank finds the same problems: rank 0 says them.
+                Err(e) if processes.rank() > 0 => std::process::exit(e.exit_code()),
+                other => other?,
+            };
+            let mut strategy = processes.strategy(pipeline.config.strategy.as_ref())?;
             if let Some(trial) = trial {
                 pipeline
                     .callbacks
@@ -344,7 +388,15 @@ fn run(command: Command) -> lora_core::Result<()> {
                 force,
                 handle_signals: true,
             };
-            let out = match lora_cli::pipeline::run_with(pipeline, &assets, options) {
+            let outcome = lora_cli::pipeline::run_on(pipeline, &assets, options, strategy.as_mut());
+            if let Err(e) = &outcome
+                && processes.world() > 1
+                && !matches!(e, lora_core::Error::Interrupted { .. })
+            {
+                eprintln!("rank {} of {}: {}", processes.rank(), processes.world(), render(e));
+                processes.abort_others(e.exit_code());
+            }
+            let out = match outcome {
                 Err(lora_core::Error::Interrupted {
                     signal,
                     step,
@@ -366,6 +418,9 @@ fn run(command: Command) -> lora_core::Result<()> {
                 }
                 other => other?,
             };
+            if processes.rank() > 0 {
+                return Ok(());
+            }
             let metrics: Vec<String> = out
                 .final_eval
                 .metrics
@@ -734,6 +789,10 @@ fn run(command: Command) -> lora_core::Result<()> {
             section::<registry::OptimizerEntry>("optimizers", |_| String::new());
             section::<registry::SchedulerEntry>("schedulers", |_| String::new());
             section::<registry::CallbackEntry>("callbacks", |_| String::new());
+            println!("strategies ([strategy] type, for mpirun -np N):");
+            for e in lora_strategy::entries() {
+                println!("  {:<18} {}", e.name, e.summary);
+            }
         }
     }
     Ok(())

@@ -13,7 +13,6 @@ use lora_core::stage::{
 };
 use lora_core::{AdapterModel, Error, ModelOptions, Result, Task};
 use lora_train::checkpoint::{self, CheckpointWriter, Identity};
-use lora_train::strategy::SingleProcess;
 use serde_json::json;
 
 /// Every stage of a pipeline, built and checked, before any work.
@@ -283,12 +282,43 @@ pub fn run(pipeline: Pipeline, assets: &dyn AssetResolver, quiet: bool) -> Resul
     )
 }
 
-/// `lora run` with its options: resuming, signals.
-pub fn run_with(mut pipeline: Pipeline, assets: &dyn AssetResolver, options: RunOptions) -> Result<RunOutcome> {
+/// `lora run` with its options: resuming, signals; in this one process.
+pub fn run_with(pipeline: Pipeline, assets: &dyn AssetResolver, options: RunOptions) -> Result<RunOutcome> {
+    let processes = crate::distributed::Processes::single();
+    let mut strategy = processes.strategy(pipeline.config.strategy.as_ref())?;
+    run_on(pipeline, assets, options, strategy.as_mut())
+}
+
+/// `lora run` as one of the processes of `strategy`: every process trains
+/// its rows; rank 0 alone writes the outputs, the log, the checkpoints and
+/// serves the dashboard (the others keep the pipeline's own callbacks, which
+/// see the same reduced losses and evaluations and so decide alike).
+pub fn run_on(
+    mut pipeline: Pipeline,
+    assets: &dyn AssetResolver,
+    options: RunOptions,
+    strategy: &mut dyn lora_core::strategy::Strategy,
+) -> Result<RunOutcome> {
+    let (rank, world) = strategy.rank();
+    if world > 1 && pipeline.train.auto_batch().is_some() {
+        // Each rank would measure and choose on its own, and might choose differently.
+        return Err(Error::Other(format!(
+            "batch-size = \"auto\" is chosen by one process; on {world} processes set [train] batch-size (the global batch: each process trains 1/{world} of it)"
+        )));
+    }
+    if rank != 0 {
+        return run_quietly(pipeline, assets, options, strategy);
+    }
     let started = std::time::Instant::now();
     let ctx = pipeline.context(assets)?;
     let (data, mut model) = pipeline.prepare(&ctx)?;
     let summary = model.summary();
+    if world > 1 {
+        eprintln!(
+            "strategy: {} on {world} processes; each trains 1/{world} of every batch",
+            strategy.name()
+        );
+    }
     eprintln!(
         "model: {} on {}, {} parameters, {} trainable ({:.2}%); data: {} train / {} validation, labels {:?}",
         summary.architecture,
@@ -412,7 +442,7 @@ pub fn run_with(mut pipeline: Pipeline, assets: &dyn AssetResolver, options: Run
         data: &data,
         eval: pipeline.eval.as_ref(),
         callbacks: &mut callbacks,
-        strategy: &mut SingleProcess,
+        strategy,
         seed,
         checkpoints: Some(&mut writer),
         resume,
@@ -461,6 +491,55 @@ pub fn run_with(mut pipeline: Pipeline, assets: &dyn AssetResolver, options: Run
     )?;
     // Keep `pipeline` alive until here so that its stages' resources outlive training.
     let _ = &mut pipeline;
+    Ok(RunOutcome {
+        output_dir: out,
+        final_eval,
+        elapsed_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// A rank other than 0: the same training, no outputs, no log, no checkpoints.
+fn run_quietly(
+    mut pipeline: Pipeline,
+    assets: &dyn AssetResolver,
+    options: RunOptions,
+    strategy: &mut dyn lora_core::strategy::Strategy,
+) -> Result<RunOutcome> {
+    let started = std::time::Instant::now();
+    let ctx = pipeline.context(assets)?;
+    let (data, mut model) = pipeline.prepare(&ctx)?;
+    crate::plan::resolve_auto(&mut pipeline, model.as_mut(), &data)?;
+    let out = pipeline.config.run.output_dir.clone();
+    let resume = match &options.resume {
+        Some(dir) => {
+            let config = crate::resume::resolved_config(&pipeline);
+            let identity = crate::resume::identity(&pipeline, &ctx, &data, &config)?;
+            find_resume(
+                dir.as_deref(),
+                &out.join("checkpoints"),
+                model.as_ref(),
+                &identity,
+                &config,
+                options.force,
+            )?
+        }
+        None => None,
+    };
+    let trained = pipeline.train.train(TrainContext {
+        model: model.as_mut(),
+        data: &data,
+        eval: pipeline.eval.as_ref(),
+        callbacks: &mut pipeline.callbacks,
+        strategy,
+        seed: pipeline.config.run.seed,
+        checkpoints: None,
+        resume,
+    })?;
+    let final_eval = trained
+        .evals
+        .last()
+        .map(|(_, r)| r.clone())
+        .ok_or_else(|| Error::Other("no evaluation ran".into()))?;
     Ok(RunOutcome {
         output_dir: out,
         final_eval,

@@ -102,6 +102,9 @@ pub fn check_source(source: Arc<SourceFile>, assets: &dyn AssetResolver) -> Chec
         .eval
         .as_ref()
         .and_then(|c| take(&mut loader, build::<EvaluatorEntry>(c)));
+    if let Some(Some(c)) = &partial.strategy {
+        take(&mut loader, lora_strategy::check(c));
+    }
     let callbacks: Option<Vec<_>> = partial.callbacks.as_ref().map(|cs| {
         cs.iter()
             .filter_map(|c| take(&mut loader, crate::plugins::build_callback(c, partial.run.as_ref())))
@@ -190,5 +193,6 @@ fn complete(file: Arc<SourceFile>, p: PartialConfig) -> Option<PipelineConfig> {
         monitor: p.monitor?,
         callbacks: p.callbacks?,
         checkpoint: p.checkpoint?,
+        strategy: p.strategy?,
     })
 }

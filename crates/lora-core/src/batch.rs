@@ -148,3 +148,90 @@ impl Batch {
         }
     }
 }
+
+/// The rows `range` of a flat `[batch * width]` array.
+fn rows_of<T: Clone>(v: &[T], range: &std::ops::Range<usize>, width: usize) -> Vec<T> {
+    v[range.start * width..range.end * width].to_vec()
+}
+
+impl Batch {
+    /// The examples `range` of the batch (clamped to it), with the batch's
+    /// padding kept: a data-parallel rank's part of a global batch. An empty
+    /// range gives an empty batch of the same kind.
+    pub fn rows(&self, range: std::ops::Range<usize>) -> Batch {
+        let end = range.end.min(self.len());
+        let range = range.start.min(end)..end;
+        let n = range.len();
+        match self {
+            Batch::Text(b) => Batch::Text(TextBatch {
+                batch_size: n,
+                seq_len: b.seq_len,
+                input_ids: rows_of(&b.input_ids, &range, b.seq_len),
+                attention_mask: rows_of(&b.attention_mask, &range, b.seq_len),
+                labels: if b.labels.is_empty() {
+                    Vec::new()
+                } else {
+                    rows_of(&b.labels, &range, 1)
+                },
+            }),
+            Batch::Image(b) => Batch::Image(ImageBatch {
+                batch_size: n,
+                channels: b.channels,
+                height: b.height,
+                width: b.width,
+                pixels: rows_of(&b.pixels, &range, b.image_len()),
+                labels: if b.labels.is_empty() {
+                    Vec::new()
+                } else {
+                    rows_of(&b.labels, &range, 1)
+                },
+                soft_labels: b
+                    .soft_labels
+                    .as_ref()
+                    .map(|p| rows_of(p, &range, p.len() / b.batch_size.max(1))),
+            }),
+            Batch::Tokens(b) => Batch::Tokens(TokenBatch {
+                batch_size: n,
+                seq_len: b.seq_len,
+                input_ids: rows_of(&b.input_ids, &range, b.seq_len),
+                attention_mask: rows_of(&b.attention_mask, &range, b.seq_len),
+                targets: rows_of(&b.targets, &range, b.seq_len),
+                weights: rows_of(&b.weights, &range, b.seq_len),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod rows_tests {
+    use super::*;
+
+    #[test]
+    fn rows_keep_each_examples_values_and_the_padding() {
+        let b = Batch::Text(TextBatch {
+            batch_size: 3,
+            seq_len: 2,
+            input_ids: vec![1, 2, 3, 4, 5, 0],
+            attention_mask: vec![1, 1, 1, 1, 1, 0],
+            labels: vec![7, 8, 9],
+        });
+        let Batch::Text(r) = b.rows(1..3) else { panic!() };
+        assert_eq!((r.batch_size, r.seq_len), (2, 2));
+        assert_eq!(r.input_ids, vec![3, 4, 5, 0]);
+        assert_eq!(r.attention_mask, vec![1, 1, 1, 0]);
+        assert_eq!(r.labels, vec![8, 9]);
+        assert!(b.rows(3..5).is_empty());
+        let img = Batch::Image(ImageBatch {
+            batch_size: 2,
+            channels: 1,
+            height: 1,
+            width: 2,
+            pixels: vec![0.1, 0.2, 0.3, 0.4],
+            labels: vec![0, 1],
+            soft_labels: Some(vec![1.0, 0.0, 0.25, 0.75]),
+        });
+        let Batch::Image(r) = img.rows(1..2) else { panic!() };
+        assert_eq!(r.pixels, vec![0.3, 0.4]);
+        assert_eq!(r.soft_labels, Some(vec![0.25, 0.75]));
+    }
+}

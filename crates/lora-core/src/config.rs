@@ -454,11 +454,14 @@ pub struct PipelineConfig {
     pub callbacks: Vec<Component>,
     /// `[train] checkpoint-every-steps` and `keep-last`.
     pub checkpoint: crate::checkpoint::CheckpointConfig,
+    /// `[strategy]`: how the processes of a distributed run combine their work
+    /// (`lora-strategy`); `None` trains in one process without one.
+    pub strategy: Option<Component>,
 }
 
 /// Top-level tables; `plugins` is read by the plugin loader and `search` by
 /// `lora search`, not by a stage.
-pub const SECTIONS: [&str; 10] = [
+pub const SECTIONS: [&str; 11] = [
     "run",
     "data",
     "model",
@@ -469,6 +472,7 @@ pub const SECTIONS: [&str; 10] = [
     "callbacks",
     "plugins",
     "search",
+    "strategy",
 ];
 
 /// The `[callbacks.NAME]` tables, each a component whose type defaults to its name.
@@ -516,6 +520,8 @@ pub struct PartialConfig {
     pub monitor: Option<MonitorConfig>,
     pub callbacks: Option<Vec<Component>>,
     pub checkpoint: Option<crate::checkpoint::CheckpointConfig>,
+    /// `Some(None)`: no `[strategy]` table; `None`: the table is broken.
+    pub strategy: Option<Option<Component>>,
 }
 
 impl PartialConfig {
@@ -597,6 +603,9 @@ impl PartialConfig {
                 None
             }
         };
+        let strategy = component_in(&file, root.get_ref(), vec!["strategy".into()], None)
+            .map_err(|e| diags.0.extend(e.0))
+            .ok();
         let callbacks = callback_components(&file, root.get_ref())
             .map_err(|e| diags.0.extend(e.0))
             .ok();
@@ -634,6 +643,7 @@ impl PartialConfig {
             eval,
             monitor,
             callbacks,
+            strategy,
         };
         (partial, diags)
     }
@@ -667,6 +677,7 @@ impl PipelineConfig {
                 monitor: Some(monitor),
                 callbacks: Some(callbacks),
                 checkpoint: Some(checkpoint),
+                strategy: Some(strategy),
             } => Ok(Self {
                 file,
                 run,
@@ -678,6 +689,7 @@ impl PipelineConfig {
                 monitor,
                 callbacks,
                 checkpoint,
+                strategy,
             }),
             _ => Err(diags),
         }

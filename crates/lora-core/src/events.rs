@@ -35,6 +35,21 @@ pub struct StepMetrics {
     /// Per-LoRA-module figures; empty on steps where they are not computed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub modules: Vec<ModuleStats>,
+    /// Each process's figures in a run on several; empty in one process.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranks: Vec<RankFigures>,
+}
+
+/// One process's part of a distributed step.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RankFigures {
+    pub rank: usize,
+    /// Seconds of the step on this process.
+    pub step_s: f64,
+    /// Bytes this process sent in the step's collectives (ring-algorithm figures).
+    pub bytes_sent: f64,
+    /// Seconds of the step spent in collectives (waiting for the others included).
+    pub comm_s: f64,
 }
 
 /// Figures of one LoRA module (one adapted linear layer) after a step.

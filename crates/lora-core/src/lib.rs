@@ -28,6 +28,7 @@ pub mod memory;
 pub mod optim;
 pub mod registry;
 pub mod rules;
+pub mod shard;
 pub mod stage;
 pub mod strategy;
 pub mod task;

@@ -204,6 +204,21 @@ impl EvalReport {
 pub trait EvalStage: Send {
     fn evaluate(&self, model: &dyn AdapterModel, data: &dyn Dataset, task: &Task) -> Result<EvalReport>;
 
+    /// The evaluation of a run on several processes: each evaluates its part
+    /// (`shard`) and `reduce` sums a vector over the processes, so that every
+    /// process gets the report of the whole split. The default evaluates the
+    /// whole split (`full`) on every process: right, but not shared out.
+    fn evaluate_reduced(
+        &self,
+        model: &dyn AdapterModel,
+        full: &dyn Dataset,
+        _shard: &dyn Dataset,
+        task: &Task,
+        _reduce: &mut dyn FnMut(&mut [f64]) -> Result<()>,
+    ) -> Result<EvalReport> {
+        self.evaluate(model, full, task)
+    }
+
     /// Evaluate every this many optimizer steps during training (0: only at the end).
     fn interval(&self) -> usize;
 

@@ -72,8 +72,54 @@ pub trait Strategy: Send {
         (0, 1)
     }
 
+    /// Before the first step, with the layout of the flat buffers: a strategy
+    /// that shards or compresses by tensor prepares here. `params` are the
+    /// starting values (the same on every process).
+    fn start(&mut self, _layout: &ParamLayout, _params: &[f32]) -> Result<()> {
+        Ok(())
+    }
+
+    /// After each micro-batch's gradients were added to `sums`: a strategy
+    /// that communicates per micro-batch (plain DDP, ZeRO-2, overlap) starts
+    /// here. It may move what it took out of `sums.grads` and give it back in
+    /// [`Self::reduce`]; the scalars stay.
+    fn after_micro_batch(&mut self, _sums: &mut StepSums) -> Result<()> {
+        Ok(())
+    }
+
     /// Combines this process's sums with the other workers' (in place).
+    /// Every process calls it at every optimizer step, with or without examples.
     fn reduce(&mut self, sums: &mut StepSums) -> Result<()>;
+
+    /// The global L2 norm of the (reduced) gradients, for clipping: a strategy
+    /// whose processes hold parts of the gradient sums the parts' squares.
+    fn global_norm(&mut self, grads: &[f32]) -> Result<f64> {
+        Ok(grads.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>().sqrt())
+    }
+
+    /// Sums `values` over the processes (in place): evaluation sums.
+    fn all_reduce_f64(&mut self, _values: &mut [f64]) -> Result<()> {
+        Ok(())
+    }
+
+    /// The dropout seed of a micro-batch on this process: processes that
+    /// train different rows draw different masks.
+    fn dropout_seed(&self, seed: u64) -> u64 {
+        seed
+    }
+
+    /// Why a checkpoint of this strategy's run would not hold the whole run
+    /// (state sharded or different on each process), or `Ok` when one holds it.
+    fn checkpointable(&self) -> std::result::Result<(), String> {
+        Ok(())
+    }
+
+    /// Each process's step time, bytes sent and seconds communicating in the
+    /// step just taken (`step_s` is this process's), gathered on every
+    /// process; empty in a single process.
+    fn rank_figures(&mut self, _step_s: f64) -> Result<Vec<crate::events::RankFigures>> {
+        Ok(Vec::new())
+    }
 
     /// Applies the update of the (normalised, clipped) gradients at learning rate `lr`.
     fn apply(
@@ -88,6 +134,12 @@ pub trait Strategy: Send {
     /// After a step was taken: a strategy that averages parameters now and
     /// then changes `params` here and returns true.
     fn after_step(&mut self, _state: &LoopState, _params: &mut [f32]) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Before the final evaluation: a strategy whose processes hold different
+    /// parameters makes them one (and returns true); the run's adapter is that.
+    fn finish(&mut self, _params: &mut [f32]) -> Result<bool> {
         Ok(false)
     }
 }

@@ -67,6 +67,9 @@ pub fn help(name: &str) -> &'static str {
         "gpu_memory_used_bytes" => "GPU memory in use",
         "gpu_memory_total_bytes" => "GPU memory",
         "interventions_total" => "callback and check actions so far",
+        "rank_step_seconds" => "seconds of the last step on each process",
+        "rank_bytes_sent" => "bytes each process sent in the last step's collectives",
+        "rank_comm_seconds" => "seconds of the last step each process spent in collectives",
         n if n.starts_with("eval_") => "evaluation metric on the validation split",
         _ => "",
     }
@@ -214,6 +217,12 @@ impl Recorder {
             ] {
                 v.insert(labelled(k, "module", &s.module), x);
             }
+        }
+        for r in &m.ranks {
+            let rank = r.rank.to_string();
+            v.insert(labelled("rank_step_seconds", "rank", &rank), r.step_s);
+            v.insert(labelled("rank_bytes_sent", "rank", &rank), r.bytes_sent);
+            v.insert(labelled("rank_comm_seconds", "rank", &rank), r.comm_s);
         }
     }
 

@@ -39,6 +39,14 @@ fn step(step: usize) -> TrainEvent {
                 effective_rank: 1.5,
             })
             .collect(),
+        ranks: (0..2)
+            .map(|rank| lora_core::events::RankFigures {
+                rank,
+                step_s: 0.5 + rank as f64,
+                bytes_sent: 1000.0 * step as f64,
+                comm_s: 0.1,
+            })
+            .collect(),
     })
 }
 
@@ -187,6 +195,9 @@ fn dashboard_stream_metrics_and_report() {
         0.2
     );
     assert!(m["lora_process_rss_bytes"] > 0.0, "{text}");
+    // Each process's step time and bytes, one line per rank.
+    assert_eq!(m["lora_rank_step_seconds{rank=\"1\"}"], 1.5);
+    assert_eq!(m["lora_rank_bytes_sent{rank=\"0\"}"], 2000.0);
     assert_eq!(m["lora_interventions_total"], 1.0);
 
     monitor

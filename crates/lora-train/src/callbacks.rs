@@ -537,6 +537,7 @@ mod tests {
             optimizer_s: 0.0,
             update_ratio: 0.0,
             modules: Vec::new(),
+            ranks: Vec::new(),
         })
     }
 

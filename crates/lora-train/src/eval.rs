@@ -49,17 +49,55 @@ impl EvalStage for ClassificationEval {
     }
 
     fn evaluate(&self, model: &dyn AdapterModel, data: &dyn Dataset, task: &Task) -> Result<EvalReport> {
-        let Task::Classification { labels: label_names } = task else {
-            return Err(Error::Other(format!(
-                "the `classification` evaluator cannot evaluate a {} task",
-                task.name()
-            )));
-        };
+        let label_names = classes_of(task)?;
+        let (confusion, loss_sum) = self.sums(model, data, label_names.len())?;
+        Ok(self.report(label_names, &confusion, loss_sum))
+    }
+
+    /// Each process scores its part; the loss sum and the confusion matrix are summed.
+    fn evaluate_reduced(
+        &self,
+        model: &dyn AdapterModel,
+        _full: &dyn Dataset,
+        shard: &dyn Dataset,
+        task: &Task,
+        reduce: &mut dyn FnMut(&mut [f64]) -> Result<()>,
+    ) -> Result<EvalReport> {
+        let label_names = classes_of(task)?;
         let classes = label_names.len();
+        let (confusion, loss_sum) = self.sums(model, shard, classes)?;
+        let mut flat: Vec<f64> = std::iter::once(loss_sum)
+            .chain(confusion.matrix.iter().flatten().map(|&c| c as f64))
+            .collect();
+        reduce(&mut flat)?;
+        let mut total = Confusion::new(classes);
+        for (i, &c) in flat[1..].iter().enumerate() {
+            total.matrix[i / classes][i % classes] = c.round() as u64;
+        }
+        Ok(self.report(label_names, &total, flat[0]))
+    }
+}
+
+fn classes_of(task: &Task) -> Result<&[String]> {
+    match task {
+        Task::Classification { labels } => Ok(labels),
+        _ => Err(Error::Other(format!(
+            "the `classification` evaluator cannot evaluate a {} task",
+            task.name()
+        ))),
+    }
+}
+
+impl ClassificationEval {
+    /// The confusion matrix and the loss sum over `data`.
+    fn sums(&self, model: &dyn AdapterModel, data: &dyn Dataset, classes: usize) -> Result<(Confusion, f64)> {
         let mut confusion = Confusion::new(classes);
         let mut loss_sum = 0.0;
         for batch in data.batches(self.cfg.batch_size, None) {
             let batch = batch?;
+            if batch.is_empty() {
+                continue;
+            }
             let sums = model.eval_step(&batch)?;
             if sums.predictions.len() != batch.len() {
                 return Err(Error::Other(format!(
@@ -78,6 +116,10 @@ impl EvalStage for ClassificationEval {
                 confusion.add(label as usize, predicted as usize);
             }
         }
+        Ok((confusion, loss_sum))
+    }
+
+    fn report(&self, label_names: &[String], confusion: &Confusion, loss_sum: f64) -> EvalReport {
         let samples = confusion.total() as usize;
         let mut metrics = BTreeMap::new();
         for m in &self.metrics {
@@ -88,7 +130,7 @@ impl EvalStage for ClassificationEval {
             .map(String::as_str)
             .zip(confusion.f1_per_class())
             .collect();
-        Ok(EvalReport {
+        EvalReport {
             samples,
             loss: loss_sum / samples.max(1) as f64,
             metrics,
@@ -98,7 +140,7 @@ impl EvalStage for ClassificationEval {
                 "confusion_matrix_axes": "rows are true labels, columns are predictions",
                 "f1_per_class": per_class,
             }),
-        })
+        }
     }
 }
 

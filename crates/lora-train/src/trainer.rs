@@ -11,7 +11,8 @@ use lora_core::events::{Callback, Control, NonFiniteKind, StepMetrics, TrainEven
 use lora_core::inventory;
 use lora_core::optim::{Optimizer, OptimizerState, Scheduler};
 use lora_core::registry::{self, OptimizerEntry, SchedulerEntry, TrainerEntry};
-use lora_core::stage::{EvalReport, TrainContext, TrainStage, TrainSummary};
+use lora_core::shard::Shard;
+use lora_core::stage::{Dataset, EvalReport, TrainContext, TrainStage, TrainSummary};
 use lora_core::strategy::StepSums;
 use lora_core::{Batch, Error, LoopState, ParamLayout, Result, Task};
 use serde::{Deserialize, Serialize};
@@ -117,6 +118,12 @@ impl SupervisedTrainer {
 /// (PyTorch's `clip_grad_norm_`); returns the norm before clipping.
 pub fn clip_global_norm(grads: &mut [f32], max_norm: f64) -> f64 {
     let norm = grads.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>().sqrt();
+    clip_to(grads, norm, max_norm);
+    norm
+}
+
+/// Scales `grads`, whose global norm (over every process's part) is `norm`, to at most `max_norm`.
+fn clip_to(grads: &mut [f32], norm: f64, max_norm: f64) {
     if max_norm > 0.0 {
         let coef = max_norm / (norm + 1e-6);
         if coef < 1.0 {
@@ -125,7 +132,6 @@ pub fn clip_global_norm(grads: &mut [f32], max_norm: f64) -> f64 {
             }
         }
     }
-    norm
 }
 
 /// Every callback sees the event; the gravest answer wins, with its callback's name.
@@ -238,6 +244,8 @@ struct Run<'t, 'a> {
     keep_optimizer: bool,
     losses: Vec<f64>,
     evals: Vec<(usize, EvalReport)>,
+    /// Processes training together (the strategy's world).
+    world: usize,
 }
 
 impl<'t, 'a> Run<'t, 'a> {
@@ -249,6 +257,15 @@ impl<'t, 'a> Run<'t, 'a> {
         let layout = ParamLayout::new(ctx.model.params());
         let mut ctx = ctx;
         let resume = ctx.resume.take();
+        if resume.is_some() && ctx.strategy.rank().1 > 1 {
+            ctx.strategy.checkpointable().map_err(|why| {
+                Error::Other(format!(
+                    "cannot resume `{}` on {} processes: {why}",
+                    ctx.strategy.name(),
+                    ctx.strategy.rank().1
+                ))
+            })?;
+        }
         if let Some(r) = &resume {
             ctx.model.write_params(&r.params)?;
         }
@@ -277,11 +294,13 @@ impl<'t, 'a> Run<'t, 'a> {
             keep_optimizer,
             losses: Vec::new(),
             evals: Vec::new(),
+            world: ctx.strategy.rank().1,
             ctx,
         };
         if let Some(r) = resume {
             run.resume(r)?;
         }
+        run.ctx.strategy.start(&run.layout, &run.params)?;
         Ok(run)
     }
 
@@ -358,6 +377,14 @@ impl<'t, 'a> Run<'t, 'a> {
         let interrupted = cp.interrupted();
         if interrupted.is_none() && !(step_taken && step < self.total && cp.due(step)) {
             return Ok(());
+        }
+        if self.world > 1 {
+            self.ctx.strategy.checkpointable().map_err(|why| {
+                Error::Other(format!(
+                    "cannot checkpoint step {step}: {why}; leave checkpoint-every-steps out with `{}`, or use ddp",
+                    self.ctx.strategy.name()
+                ))
+            })?;
         }
         let snapshot = self.snapshot();
         let cp = self.ctx.checkpoints.as_deref_mut().expect("checked above");
@@ -474,6 +501,7 @@ impl<'t, 'a> Run<'t, 'a> {
         times: &mut StepTimes,
     ) -> Result<Attempt> {
         let mut sums = StepSums::new(self.layout.len());
+        let mut drawn = 0;
         for _ in 0..self.cfg.gradient_accumulation_steps {
             if self.epoch_exhausted() {
                 break;
@@ -485,25 +513,58 @@ impl<'t, 'a> Run<'t, 'a> {
             };
             let batch = batch?;
             times.data_s += t.elapsed().as_secs_f64();
+            drawn += 1;
+            if batch.is_empty() {
+                // This process's part of a short last batch: nothing to
+                // compute, but it still takes part in the step's collectives.
+                self.state.micro();
+                self.ctx.strategy.after_micro_batch(&mut sums)?;
+                continue;
+            }
             self.check_batch(&batch)?;
             let t = Instant::now();
-            let out = self.ctx.model.train_step(&batch, self.state.dropout_seed())?;
+            let seed = self.ctx.strategy.dropout_seed(self.state.dropout_seed());
+            let out = self.ctx.model.train_step(&batch, seed)?;
             times.forward_backward_s += t.elapsed().as_secs_f64();
             self.state.micro();
-            if !out.loss.is_finite() {
-                return Ok(Attempt::NonFinite(NonFiniteKind::Loss));
-            }
-            if !all_finite(&out.grads) {
-                return Ok(Attempt::NonFinite(NonFiniteKind::Gradients));
+            let bad = if !out.loss.is_finite() {
+                Some(NonFiniteKind::Loss)
+            } else if !all_finite(&out.grads) {
+                Some(NonFiniteKind::Gradients)
+            } else {
+                None
+            };
+            if let Some(what) = bad {
+                if self.world > 1 {
+                    // The other processes wait in this step's collectives: a
+                    // rollback cannot be agreed on, so the run fails (and MPI aborts).
+                    return Err(Error::Other(format!(
+                        "{} became NaN or infinite at step {} on process {} of {}",
+                        if what == NonFiniteKind::Loss {
+                            "the loss"
+                        } else {
+                            "a gradient"
+                        },
+                        self.state.step + 1,
+                        self.ctx.strategy.rank().0,
+                        self.world
+                    )));
+                }
+                return Ok(Attempt::NonFinite(what));
             }
             sums.add(&out.grads, out.loss, out.weight, batch.len(), batch.work_units());
+            self.ctx.strategy.after_micro_batch(&mut sums)?;
         }
-        if sums.examples == 0 {
+        if drawn == 0 {
             return Ok(Attempt::NoData);
         }
         self.ctx.strategy.reduce(&mut sums)?;
+        if sums.examples == 0 {
+            return Ok(Attempt::NoData);
+        }
         let loss = sums.normalise();
-        let grad_norm = clip_global_norm(&mut sums.grads, self.cfg.max_grad_norm);
+        let grad_norm = self.ctx.strategy.global_norm(&sums.grads)?;
+        clip_to(&mut sums.grads, grad_norm, self.cfg.max_grad_norm);
         // These parameters just gave a finite loss: the state to return to.
         self.good.params.clone_from(&self.params);
         if self.keep_optimizer {
@@ -574,6 +635,7 @@ impl<'t, 'a> Run<'t, 'a> {
             Vec::new()
         };
         let dt = step_start.elapsed().as_secs_f64().max(1e-9);
+        let ranks = self.ctx.strategy.rank_figures(dt)?;
         let event = TrainEvent::Step(StepMetrics {
             step,
             total_steps: self.total,
@@ -591,6 +653,7 @@ impl<'t, 'a> Run<'t, 'a> {
             optimizer_s,
             update_ratio,
             modules,
+            ranks,
         });
         let answer = dispatch(self.ctx.callbacks, &event)?;
         if self.act(step, answer)? == Flow::Stop {
@@ -607,10 +670,22 @@ impl<'t, 'a> Run<'t, 'a> {
     fn evaluate(&mut self) -> Result<Flow> {
         let (step, epoch) = (self.state.step, self.state.last_step_epoch);
         let data = self.ctx.data;
-        let report = self
-            .ctx
-            .eval
-            .evaluate(&*self.ctx.model, data.validation.as_ref(), &self.task)?;
+        let (rank, world) = self.ctx.strategy.rank();
+        let report = if world > 1 {
+            let shard = Shard::new(data.validation.as_ref(), rank, world);
+            let strategy = &mut *self.ctx.strategy;
+            self.ctx.eval.evaluate_reduced(
+                &*self.ctx.model,
+                data.validation.as_ref(),
+                &shard,
+                &self.task,
+                &mut |v| strategy.all_reduce_f64(v),
+            )?
+        } else {
+            self.ctx
+                .eval
+                .evaluate(&*self.ctx.model, data.validation.as_ref(), &self.task)?
+        };
         let event = TrainEvent::Eval {
             step,
             epoch,
@@ -640,7 +715,10 @@ impl<'t, 'a> Run<'t, 'a> {
     /// takes the same path as the uninterrupted one.
     fn run_epoch(&mut self) -> Result<Flow> {
         let data = self.ctx.data;
-        let mut batches = data.train.batches_from(
+        let (rank, world) = self.ctx.strategy.rank();
+        let shard = Shard::new(data.train.as_ref(), rank, world);
+        let train: &dyn Dataset = if world > 1 { &shard } else { data.train.as_ref() };
+        let mut batches = train.batches_from(
             self.cfg.micro_batch(),
             Some(self.state.order_seed()),
             self.state.batch_in_epoch,
@@ -691,6 +769,9 @@ impl<'t, 'a> Run<'t, 'a> {
             self.check_split()?;
         }
         while self.run_epoch()? != Flow::Stop {}
+        if self.ctx.strategy.finish(&mut self.params)? {
+            self.ctx.model.write_params(&self.layout.split(&self.params))?;
+        }
         // An evaluation answered by a stop is the final one: it is not run twice.
         if self.evals.last().map(|(s, _)| *s) != Some(self.state.step) {
             self.evaluate()?;
@@ -1061,6 +1142,17 @@ mod tests {
         every_steps: usize,
         stop_at_eval: Option<usize>,
     ) -> (TrainSummary, Vec<TrainEvent>) {
+        let (summary, events, _) = train_on(cfg, every_steps, stop_at_eval, &mut SingleProcess);
+        (summary, events)
+    }
+
+    /// [`train`] as one process of `strategy`; also returns the final logits.
+    fn train_on(
+        cfg: SupervisedConfig,
+        every_steps: usize,
+        stop_at_eval: Option<usize>,
+        strategy: &mut dyn lora_core::strategy::Strategy,
+    ) -> (TrainSummary, Vec<TrainEvent>, Vec<f32>) {
         let labels: Vec<u32> = (0..10).map(|i| u32::from(i % 4 != 0)).collect();
         let data = PreparedData {
             task: Task::classification(vec!["a".into(), "b".into()]),
@@ -1102,14 +1194,68 @@ mod tests {
                 data: &data,
                 eval: &eval as &dyn EvalStage,
                 callbacks: &mut callbacks,
-                strategy: &mut SingleProcess,
+                strategy,
                 seed: 7,
                 checkpoints: None,
                 resume: None,
             })
             .unwrap();
         let events = events.lock().unwrap().clone();
-        (summary, events)
+        (summary, events, model.logits)
+    }
+
+    /// Three processes (threads) with batches of 4 out of 10 examples: the
+    /// last batch of each epoch has 2 rows, so the third rank trains nothing
+    /// in it and still joins the step. Losses, evaluations and parameters are
+    /// the one-process run's, and every rank sees the same events.
+    #[test]
+    fn three_ranks_of_ddp_run_the_one_process_loop() {
+        use lora_strategy::ddp::Ddp;
+        use lora_strategy::{Comm as _, ThreadComm};
+        let (want, want_events, want_logits) = train_on(config(Some(3), None, 2), 2, None, &mut SingleProcess);
+        let got: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = ThreadComm::group(3)
+                .into_iter()
+                .map(|c| {
+                    s.spawn(move || {
+                        assert!(c.size() == 3);
+                        let mut ddp = Ddp::new(Box::new(c), true);
+                        train_on(config(Some(3), None, 2), 2, None, &mut ddp)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let evals = |events: &[TrainEvent]| -> Vec<(usize, usize, f64)> {
+            events
+                .iter()
+                .filter_map(|e| match e {
+                    TrainEvent::Eval { step, report, .. } => Some((*step, report.samples, report.loss)),
+                    _ => None,
+                })
+                .collect()
+        };
+        for (summary, events, logits) in &got {
+            assert_eq!(summary.steps, want.steps);
+            for (a, b) in summary.losses.iter().zip(&want.losses) {
+                assert!((a - b).abs() < 1e-6, "{:?} vs {:?}", summary.losses, want.losses);
+            }
+            for (a, b) in logits.iter().zip(&want_logits) {
+                assert!((a - b).abs() < 1e-6, "{logits:?} vs {want_logits:?}");
+            }
+            let (e, w) = (evals(events), evals(&want_events));
+            assert_eq!(e.len(), w.len());
+            for (a, b) in e.iter().zip(&w) {
+                // Every rank reports the whole validation split, summed over the ranks.
+                assert_eq!((a.0, a.1), (b.0, 10));
+                assert!((a.2 - b.2).abs() < 1e-6);
+            }
+            let ranks = events.iter().find_map(|e| match e {
+                TrainEvent::Step(m) => Some(m.ranks.len()),
+                _ => None,
+            });
+            assert_eq!(ranks, Some(3));
+        }
     }
 
     fn config(epochs: Option<usize>, max_steps: Option<usize>, accumulation: usize) -> SupervisedConfig {

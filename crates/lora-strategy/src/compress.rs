@@ -1,0 +1,227 @@
+//! Lossy gradient exchange: `fp16-compress`, `bf16-compress` and `topk`.
+//!
+//! The 16-bit strategies send each rank's gradient sum, divided by the world
+//! size first (as PyTorch's compression hooks do, to stay in fp16's range),
+//! in 16 bits; the ranks' parts are summed in f32. `topk` sends the k
+//! largest entries (in magnitude) of the gradient plus the error it has not
+//! sent yet (error feedback, Stich et al. 2018): what is left out is carried
+//! to the next step, so that over the steps everything is sent.
+
+use half::{bf16, f16};
+use lora_core::ParamLayout;
+use lora_core::config::Component;
+use lora_core::diag::{Diagnostic, Diagnostics};
+use lora_core::optim::Optimizer;
+use lora_core::strategy::{StepSums, Strategy};
+use serde::Deserialize;
+
+use crate::StrategyEntry;
+use crate::base::Base;
+use crate::comm::{Comm, Meter};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Half {
+    F16,
+    Bf16,
+}
+
+impl Half {
+    fn encode(self, v: f32) -> u16 {
+        match self {
+            Half::F16 => f16::from_f32(v).to_bits(),
+            Half::Bf16 => bf16::from_f32(v).to_bits(),
+        }
+    }
+    fn decode(self, b: u16) -> f32 {
+        match self {
+            Half::F16 => f16::from_bits(b).to_f32(),
+            Half::Bf16 => bf16::from_bits(b).to_f32(),
+        }
+    }
+}
+
+/// How the gradients travel.
+pub enum Codec {
+    Half(Half),
+    TopK {
+        ratio: f64,
+        /// What was not sent yet, per value.
+        residual: Vec<f32>,
+    },
+}
+
+pub struct Compressed {
+    base: Base,
+    codec: Codec,
+}
+
+impl Compressed {
+    pub fn new(comm: Box<dyn Comm>, codec: Codec) -> Self {
+        Self {
+            base: Base::new(Meter::new(comm)),
+            codec,
+        }
+    }
+
+    /// The values `topk` will send of `grads` (after the residual is added): k indices.
+    pub fn k(ratio: f64, n: usize) -> usize {
+        ((ratio * n as f64).ceil() as usize).clamp(1, n.max(1))
+    }
+
+    /// The residual that `topk` carries (empty for the 16-bit codecs).
+    pub fn residual(&self) -> &[f32] {
+        match &self.codec {
+            Codec::TopK { residual, .. } => residual,
+            Codec::Half(_) => &[],
+        }
+    }
+
+    fn exchange(&mut self, grads: &mut [f32]) -> lora_core::Result<()> {
+        let world = self.base.meter.size();
+        match &mut self.codec {
+            Codec::Half(h) => {
+                let h = *h;
+                let inv = 1.0 / world as f32;
+                let mine: Vec<u8> = grads.iter().flat_map(|&g| h.encode(g * inv).to_le_bytes()).collect();
+                let all = self.base.meter.all_gather_u8(&mine)?;
+                grads.fill(0.0);
+                for part in all.chunks_exact(mine.len().max(1)) {
+                    for (g, b) in grads.iter_mut().zip(part.chunks_exact(2)) {
+                        *g += h.decode(u16::from_le_bytes([b[0], b[1]])) * world as f32;
+                    }
+                }
+            }
+            Codec::TopK { ratio, residual } => {
+                if residual.len() != grads.len() {
+                    *residual = vec![0.0; grads.len()];
+                }
+                for (r, g) in residual.iter_mut().zip(grads.iter()) {
+                    *r += g;
+                }
+                let k = Self::k(*ratio, grads.len());
+                let mut order: Vec<u32> = (0..grads.len() as u32).collect();
+                // Ties broken by index, so the choice does not depend on the sort.
+                order.select_nth_unstable_by(k - 1, |&a, &b| {
+                    residual[b as usize]
+                        .abs()
+                        .total_cmp(&residual[a as usize].abs())
+                        .then(a.cmp(&b))
+                });
+                let mut mine = Vec::with_capacity(k * 8);
+                for &i in &order[..k] {
+                    mine.extend_from_slice(&i.to_le_bytes());
+                    mine.extend_from_slice(&residual[i as usize].to_le_bytes());
+                    residual[i as usize] = 0.0;
+                }
+                let all = self.base.meter.all_gather_u8(&mine)?;
+                grads.fill(0.0);
+                for pair in all.chunks_exact(8) {
+                    let i = u32::from_le_bytes(pair[..4].try_into().expect("4 bytes")) as usize;
+                    grads[i] += f32::from_le_bytes(pair[4..].try_into().expect("4 bytes"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Strategy for Compressed {
+    fn name(&self) -> &str {
+        match self.codec {
+            Codec::Half(Half::F16) => "fp16-compress",
+            Codec::Half(Half::Bf16) => "bf16-compress",
+            Codec::TopK { .. } => "topk",
+        }
+    }
+    fn rank(&self) -> (usize, usize) {
+        self.base.rank()
+    }
+    fn all_reduce_f64(&mut self, values: &mut [f64]) -> lora_core::Result<()> {
+        Ok(self.base.meter.all_reduce_f64(values)?)
+    }
+    fn dropout_seed(&self, seed: u64) -> u64 {
+        self.base.dropout_seed(seed)
+    }
+    fn rank_figures(&mut self, step_s: f64) -> lora_core::Result<Vec<lora_core::events::RankFigures>> {
+        Ok(self.base.rank_figures(step_s)?)
+    }
+
+    fn reduce(&mut self, sums: &mut StepSums) -> lora_core::Result<()> {
+        self.exchange(&mut sums.grads)?;
+        Ok(self.base.reduce_scalars(sums)?)
+    }
+
+    fn apply(
+        &mut self,
+        optimizer: &mut dyn Optimizer,
+        params: &mut [f32],
+        grads: &[f32],
+        layout: &ParamLayout,
+        lr: f64,
+    ) -> lora_core::Result<()> {
+        optimizer.step(params, grads, layout, lr);
+        Ok(())
+    }
+
+    fn checkpointable(&self) -> std::result::Result<(), String> {
+        match self.codec {
+            Codec::TopK { .. } => Err("each process's error-feedback residual is not in the checkpoint".into()),
+            Codec::Half(_) => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoOptions {}
+
+fn default_ratio() -> f64 {
+    0.01
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopKConfig {
+    /// Fraction of the values sent per step.
+    #[serde(default = "default_ratio")]
+    ratio: f64,
+}
+
+fn build_f16(c: &Component, comm: Box<dyn Comm>) -> Result<Box<dyn Strategy>, Diagnostics> {
+    let _: NoOptions = c.deserialize()?;
+    Ok(Box::new(Compressed::new(comm, Codec::Half(Half::F16))))
+}
+
+fn build_bf16(c: &Component, comm: Box<dyn Comm>) -> Result<Box<dyn Strategy>, Diagnostics> {
+    let _: NoOptions = c.deserialize()?;
+    Ok(Box::new(Compressed::new(comm, Codec::Half(Half::Bf16))))
+}
+
+fn build_topk(c: &Component, comm: Box<dyn Comm>) -> Result<Box<dyn Strategy>, Diagnostics> {
+    let cfg: TopKConfig = c.deserialize()?;
+    if !(cfg.ratio > 0.0 && cfg.ratio <= 1.0) {
+        return Err(Diagnostic::error(
+            "strategy::invalid-value",
+            format!("ratio ({}) must be in (0, 1]. Valid range: 0 < ratio <= 1", cfg.ratio),
+        )
+        .at(c.value_location("ratio"))
+        .into());
+    }
+    Ok(Box::new(Compressed::new(
+        comm,
+        Codec::TopK {
+            ratio: cfg.ratio,
+            residual: Vec::new(),
+        },
+    )))
+}
+
+inventory::submit! {
+    StrategyEntry { name: "fp16-compress", exact: false, summary: "inexact: gradients sent in fp16 (divided by the world size first), summed in f32", build: build_f16 }
+}
+inventory::submit! {
+    StrategyEntry { name: "bf16-compress", exact: false, summary: "inexact: gradients sent in bf16, summed in f32", build: build_bf16 }
+}
+inventory::submit! {
+    StrategyEntry { name: "topk", exact: false, summary: "inexact: the largest `ratio` of the gradient values sent, the rest carried over (error feedback)", build: build_topk }
+}

@@ -1,0 +1,251 @@
+//! `local-sgd` and `diloco`: each rank trains its own replica on its rows and
+//! the replicas meet every `sync-every` optimizer steps (and at the end).
+//!
+//! `local-sgd` averages the parameters. `diloco` (Douillard et al., 2023)
+//! treats the averaged change since the last meeting as an outer gradient
+//! and takes an outer Nesterov-momentum step from the last meeting point.
+//! Optimizer states stay local. Between meetings the replicas differ, so the
+//! update is not the one-process update.
+
+use lora_core::LoopState;
+use lora_core::ParamLayout;
+use lora_core::config::Component;
+use lora_core::diag::{Diagnostic, Diagnostics};
+use lora_core::optim::Optimizer;
+use lora_core::strategy::{StepSums, Strategy};
+use serde::Deserialize;
+
+use crate::StrategyEntry;
+use crate::base::Base;
+use crate::comm::{Comm, Meter};
+
+fn default_sync() -> usize {
+    4
+}
+fn default_outer_lr() -> f64 {
+    0.7
+}
+fn default_outer_momentum() -> f64 {
+    0.9
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LocalConfig {
+    /// Optimizer steps between meetings.
+    #[serde(default = "default_sync")]
+    pub sync_every: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DilocoConfig {
+    #[serde(default = "default_sync")]
+    pub sync_every: usize,
+    #[serde(default = "default_outer_lr")]
+    pub outer_lr: f64,
+    #[serde(default = "default_outer_momentum")]
+    pub outer_momentum: f64,
+}
+
+/// The outer step of DiLoCo: `anchor` and `momentum` are updated by the averaged delta.
+#[derive(Debug, Clone)]
+pub struct Outer {
+    pub lr: f32,
+    pub momentum: f32,
+    pub anchor: Vec<f32>,
+    pub buf: Vec<f32>,
+}
+
+impl Outer {
+    /// `delta` is the mean of `anchor - params` over the ranks: Nesterov
+    /// momentum as in PyTorch's SGD, `b = mu b + delta`, `anchor -= lr (delta + mu b)`.
+    pub fn step(&mut self, delta: &[f32]) {
+        for ((a, b), &d) in self.anchor.iter_mut().zip(self.buf.iter_mut()).zip(delta) {
+            *b = self.momentum * *b + d;
+            *a -= self.lr * (d + self.momentum * *b);
+        }
+    }
+}
+
+pub struct Local {
+    base: Base,
+    sync_every: usize,
+    /// `Some` for DiLoCo.
+    outer: Option<Outer>,
+    /// Steps since the last meeting.
+    since: usize,
+}
+
+impl Local {
+    pub fn local_sgd(comm: Box<dyn Comm>, sync_every: usize) -> Self {
+        Self {
+            base: Base::new(Meter::new(comm)),
+            sync_every,
+            outer: None,
+            since: 0,
+        }
+    }
+
+    pub fn diloco(comm: Box<dyn Comm>, cfg: &DilocoConfig) -> Self {
+        Self {
+            outer: Some(Outer {
+                lr: cfg.outer_lr as f32,
+                momentum: cfg.outer_momentum as f32,
+                anchor: Vec::new(),
+                buf: Vec::new(),
+            }),
+            ..Self::local_sgd(comm, cfg.sync_every)
+        }
+    }
+
+    /// The replicas meet: `params` become the average (local SGD) or the outer step's result.
+    fn meet(&mut self, params: &mut [f32]) -> lora_core::Result<()> {
+        self.since = 0;
+        let world = self.base.meter.size() as f32;
+        match &mut self.outer {
+            None => {
+                self.base.meter.all_reduce_f32(params)?;
+                params.iter_mut().for_each(|p| *p /= world);
+            }
+            Some(outer) => {
+                let mut delta: Vec<f32> = outer.anchor.iter().zip(params.iter()).map(|(a, p)| a - p).collect();
+                self.base.meter.all_reduce_f32(&mut delta)?;
+                delta.iter_mut().for_each(|d| *d /= world);
+                outer.step(&delta);
+                params.copy_from_slice(&outer.anchor);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Strategy for Local {
+    fn name(&self) -> &str {
+        if self.outer.is_some() { "diloco" } else { "local-sgd" }
+    }
+    fn rank(&self) -> (usize, usize) {
+        self.base.rank()
+    }
+    fn all_reduce_f64(&mut self, values: &mut [f64]) -> lora_core::Result<()> {
+        Ok(self.base.meter.all_reduce_f64(values)?)
+    }
+    fn dropout_seed(&self, seed: u64) -> u64 {
+        self.base.dropout_seed(seed)
+    }
+    fn rank_figures(&mut self, step_s: f64) -> lora_core::Result<Vec<lora_core::events::RankFigures>> {
+        Ok(self.base.rank_figures(step_s)?)
+    }
+
+    fn start(&mut self, _layout: &ParamLayout, params: &[f32]) -> lora_core::Result<()> {
+        if let Some(outer) = &mut self.outer {
+            outer.anchor = params.to_vec();
+            outer.buf = vec![0.0; params.len()];
+        }
+        Ok(())
+    }
+
+    /// The gradients stay local: they are scaled so that the loop's division
+    /// by the global weight gives this rank's mean. The loss is global.
+    fn reduce(&mut self, sums: &mut StepSums) -> lora_core::Result<()> {
+        let local = sums.weight;
+        self.base.reduce_scalars(sums)?;
+        let scale = if local > 0.0 { (sums.weight / local) as f32 } else { 0.0 };
+        sums.grads.iter_mut().for_each(|g| *g *= scale);
+        Ok(())
+    }
+
+    fn apply(
+        &mut self,
+        optimizer: &mut dyn Optimizer,
+        params: &mut [f32],
+        grads: &[f32],
+        layout: &ParamLayout,
+        lr: f64,
+    ) -> lora_core::Result<()> {
+        optimizer.step(params, grads, layout, lr);
+        Ok(())
+    }
+
+    /// Clipping sees this rank's own gradient norm.
+    fn global_norm(&mut self, grads: &[f32]) -> lora_core::Result<f64> {
+        Ok(grads.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>().sqrt())
+    }
+
+    fn after_step(&mut self, _state: &LoopState, params: &mut [f32]) -> lora_core::Result<bool> {
+        self.since += 1;
+        if self.since < self.sync_every {
+            return Ok(false);
+        }
+        self.meet(params)?;
+        Ok(true)
+    }
+
+    fn finish(&mut self, params: &mut [f32]) -> lora_core::Result<bool> {
+        if self.since == 0 {
+            return Ok(false);
+        }
+        self.meet(params)?;
+        Ok(true)
+    }
+
+    fn checkpointable(&self) -> std::result::Result<(), String> {
+        Err(format!(
+            "the processes of `{}` hold different parameters between meetings; a checkpoint of one would not resume the others",
+            self.name()
+        ))
+    }
+}
+
+fn positive(c: &Component, key: &str, v: usize) -> Result<(), Diagnostics> {
+    if v == 0 {
+        return Err(Diagnostic::error(
+            "strategy::invalid-value",
+            format!("{key} (0) must be at least 1. Valid range: 1 <= {key}"),
+        )
+        .at(c.value_location(key))
+        .into());
+    }
+    Ok(())
+}
+
+fn build_local(c: &Component, comm: Box<dyn Comm>) -> Result<Box<dyn Strategy>, Diagnostics> {
+    let cfg: LocalConfig = c.deserialize()?;
+    positive(c, "sync-every", cfg.sync_every)?;
+    Ok(Box::new(Local::local_sgd(comm, cfg.sync_every)))
+}
+
+fn build_diloco(c: &Component, comm: Box<dyn Comm>) -> Result<Box<dyn Strategy>, Diagnostics> {
+    let cfg: DilocoConfig = c.deserialize()?;
+    positive(c, "sync-every", cfg.sync_every)?;
+    if !(cfg.outer_lr > 0.0 && cfg.outer_lr.is_finite()) {
+        return Err(Diagnostic::error(
+            "strategy::invalid-value",
+            format!(
+                "outer-lr ({}) must be positive. Valid range: 0 < outer-lr",
+                cfg.outer_lr
+            ),
+        )
+        .at(c.value_location("outer-lr"))
+        .into());
+    }
+    if !(0.0..1.0).contains(&cfg.outer_momentum) {
+        return Err(Diagnostic::error(
+            "strategy::invalid-value",
+            format!(
+                "outer-momentum ({}) must be in [0, 1). Valid range: 0 <= outer-momentum < 1",
+                cfg.outer_momentum
+            ),
+        )
+        .at(c.value_location("outer-momentum"))
+        .into());
+    }
+    Ok(Box::new(Local::diloco(comm, &cfg)))
+}
+
+inventory::submit! {
+    StrategyEntry { name: "local-sgd", exact: false, summary: "inexact: local steps, parameters averaged every sync-every steps", build: build_local }
+}
+inventory::submit! {
+    StrategyEntry { name: "diloco", exact: false, summary: "inexact: local steps, then an outer Nesterov step on the averaged change every sync-every steps", build: build_diloco }
+}

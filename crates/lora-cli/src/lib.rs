@@ -8,8 +8,8 @@ pub mod alloc;
 pub mod bench;
 pub mod bench_causal;
 pub mod bench_monitor;
-pub mod export;
 pub mod distributed;
+pub mod export;
 pub mod generate;
 pub mod pipeline;
 pub mod pipes;
@@ -41,4 +41,19 @@ pub fn backends() -> Vec<&'static str> {
         v.push("candle");
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    /// Checked here rather than in `lora-validate`: only the binary's crate links every
+    /// crate that registers rules (`lora-strategy`'s among them), as `lora rules --markdown` does.
+    #[test]
+    fn docs_rules_md_is_up_to_date() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/RULES.md");
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == lora_validate::docs::markdown(),
+            "docs/RULES.md is stale: run `cargo xtask rules-doc`"
+        );
+    }
 }

@@ -121,7 +121,9 @@ pub trait Strategy: Send {
         Ok(Vec::new())
     }
 
-    /// Applies the update of the (normalised, clipped) gradients at learning rate `lr`.
+    /// Applies the update of the (normalised, clipped) gradients at learning rate `lr`:
+    /// by default the optimizer's own step on every parameter; a strategy that shards
+    /// the optimizer's state (ZeRO) overrides it.
     fn apply(
         &mut self,
         optimizer: &mut dyn Optimizer,
@@ -129,7 +131,10 @@ pub trait Strategy: Send {
         grads: &[f32],
         layout: &ParamLayout,
         lr: f64,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        optimizer.step(params, grads, layout, lr);
+        Ok(())
+    }
 
     /// After a step was taken: a strategy that averages parameters now and
     /// then changes `params` here and returns true.

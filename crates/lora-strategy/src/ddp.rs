@@ -6,9 +6,7 @@
 //! all-reduces once, at the accumulation boundary (accumulation-steps times
 //! fewer bytes, the same update).
 
-use lora_core::ParamLayout;
 use lora_core::config::Component;
-use lora_core::optim::Optimizer;
 use lora_core::strategy::{StepSums, Strategy};
 use serde::Deserialize;
 
@@ -79,18 +77,6 @@ impl Strategy for Ddp {
             None => self.base.meter.all_reduce_f32(&mut sums.grads)?,
         }
         Ok(self.base.reduce_scalars(sums)?)
-    }
-
-    fn apply(
-        &mut self,
-        optimizer: &mut dyn Optimizer,
-        params: &mut [f32],
-        grads: &[f32],
-        layout: &ParamLayout,
-        lr: f64,
-    ) -> lora_core::Result<()> {
-        optimizer.step(params, grads, layout, lr);
-        Ok(())
     }
 }
 

@@ -6,10 +6,8 @@
 //! Tests simulate nodes on one machine: `LORA_SIMULATED_NODES=K` puts ranks
 //! `[i * world / K, (i + 1) * world / K)` on node `i` instead of asking MPI.
 
-use lora_core::ParamLayout;
 use lora_core::config::Component;
 use lora_core::diag::Diagnostics;
-use lora_core::optim::Optimizer;
 use lora_core::strategy::{StepSums, Strategy};
 use serde::Deserialize;
 
@@ -92,18 +90,6 @@ impl Strategy for Hierarchical {
         }
         self.node.broadcast_f32(&mut sums.grads)?;
         Ok(self.base.reduce_scalars(sums)?)
-    }
-
-    fn apply(
-        &mut self,
-        optimizer: &mut dyn Optimizer,
-        params: &mut [f32],
-        grads: &[f32],
-        layout: &ParamLayout,
-        lr: f64,
-    ) -> lora_core::Result<()> {
-        optimizer.step(params, grads, layout, lr);
-        Ok(())
     }
 }
 

@@ -11,7 +11,6 @@ use lora_core::LoopState;
 use lora_core::ParamLayout;
 use lora_core::config::Component;
 use lora_core::diag::{Diagnostic, Diagnostics};
-use lora_core::optim::Optimizer;
 use lora_core::strategy::{StepSums, Strategy};
 use serde::Deserialize;
 
@@ -152,18 +151,6 @@ impl Strategy for Local {
         self.base.reduce_scalars(sums)?;
         let scale = if local > 0.0 { (sums.weight / local) as f32 } else { 0.0 };
         sums.grads.iter_mut().for_each(|g| *g *= scale);
-        Ok(())
-    }
-
-    fn apply(
-        &mut self,
-        optimizer: &mut dyn Optimizer,
-        params: &mut [f32],
-        grads: &[f32],
-        layout: &ParamLayout,
-        lr: f64,
-    ) -> lora_core::Result<()> {
-        optimizer.step(params, grads, layout, lr);
         Ok(())
     }
 

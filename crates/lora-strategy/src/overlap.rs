@@ -7,10 +7,8 @@
 
 use std::thread::JoinHandle;
 
-use lora_core::ParamLayout;
 use lora_core::config::Component;
 use lora_core::diag::Diagnostics;
-use lora_core::optim::Optimizer;
 use lora_core::strategy::{StepSums, Strategy};
 use serde::Deserialize;
 
@@ -102,18 +100,6 @@ impl Strategy for Overlap {
             self.reduced.fill(0.0);
         }
         Ok(self.base()?.reduce_scalars(sums)?)
-    }
-
-    fn apply(
-        &mut self,
-        optimizer: &mut dyn Optimizer,
-        params: &mut [f32],
-        grads: &[f32],
-        layout: &ParamLayout,
-        lr: f64,
-    ) -> lora_core::Result<()> {
-        optimizer.step(params, grads, layout, lr);
-        Ok(())
     }
 }
 

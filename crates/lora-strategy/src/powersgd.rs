@@ -10,7 +10,6 @@
 use lora_core::ParamLayout;
 use lora_core::config::Component;
 use lora_core::diag::{Diagnostic, Diagnostics};
-use lora_core::optim::Optimizer;
 use lora_core::strategy::{StepSums, Strategy};
 use serde::Deserialize;
 
@@ -174,18 +173,6 @@ impl Strategy for PowerSgd {
     fn reduce(&mut self, sums: &mut StepSums) -> lora_core::Result<()> {
         self.compress(&mut sums.grads)?;
         Ok(self.base.reduce_scalars(sums)?)
-    }
-
-    fn apply(
-        &mut self,
-        optimizer: &mut dyn Optimizer,
-        params: &mut [f32],
-        grads: &[f32],
-        layout: &ParamLayout,
-        lr: f64,
-    ) -> lora_core::Result<()> {
-        optimizer.step(params, grads, layout, lr);
-        Ok(())
     }
 
     fn checkpointable(&self) -> std::result::Result<(), String> {

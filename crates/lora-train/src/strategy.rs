@@ -2,9 +2,7 @@
 //! every parameter. Distributed strategies implement the same seam
 //! ([`lora_core::strategy::Strategy`]).
 
-use lora_core::ParamLayout;
 use lora_core::Result;
-use lora_core::optim::Optimizer;
 use lora_core::strategy::{StepSums, Strategy};
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -16,18 +14,6 @@ impl Strategy for SingleProcess {
     }
 
     fn reduce(&mut self, _sums: &mut StepSums) -> Result<()> {
-        Ok(())
-    }
-
-    fn apply(
-        &mut self,
-        optimizer: &mut dyn Optimizer,
-        params: &mut [f32],
-        grads: &[f32],
-        layout: &ParamLayout,
-        lr: f64,
-    ) -> Result<()> {
-        optimizer.step(params, grads, layout, lr);
         Ok(())
     }
 }

@@ -79,24 +79,7 @@ fn run_dir(
             ));
         }
     }
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = owned
-        .into_iter()
-        .map(|(n, s, v)| (n, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    std::fs::write(
-        run.join("adapter_model.safetensors"),
-        safetensors::serialize(views, None).unwrap(),
-    )
-    .unwrap();
+    write_adapter_weights(&run, owned);
     let cfg = serde_json::json!({"peft_type": "LORA", "r": r, "lora_alpha": 2 * r, "task_type": "CAUSAL_LM",
         "target_modules": modules, "use_rslora": false, "rank_pattern": {}, "alpha_pattern": {}});
     std::fs::write(run.join("adapter_config.json"), cfg.to_string()).unwrap();
@@ -451,24 +434,7 @@ fn bert_run(dir: &Path) -> PathBuf {
         vec![3],
         vec![0.1, -0.05, 0.02],
     ));
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = owned
-        .into_iter()
-        .map(|(n, s, v)| (n, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    std::fs::write(
-        run.join("adapter_model.safetensors"),
-        safetensors::serialize(views, None).unwrap(),
-    )
-    .unwrap();
+    write_adapter_weights(&run, owned);
     let cfg = serde_json::json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "task_type": "SEQ_CLS",
         "target_modules": ["query", "value"], "modules_to_save": ["classifier", "score"]});
     std::fs::write(run.join("adapter_config.json"), cfg.to_string()).unwrap();
@@ -529,4 +495,26 @@ fn merged_bert_matches_transformers_probabilities() {
             assert!(diff < 1e-4, "{}: {label} differs by {diff}", o["text"]);
         }
     }
+}
+
+/// `run/adapter_model.safetensors` holding the named f32 tensors.
+fn write_adapter_weights(run: &Path, owned: Vec<(String, Vec<usize>, Vec<f32>)>) {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = owned
+        .into_iter()
+        .map(|(n, s, v)| (n, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(
+        run.join("adapter_model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
 }

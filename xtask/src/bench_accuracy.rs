@@ -3,8 +3,9 @@
 //! (the subset of `configs/search-sentiment.toml`: 2,000 training tweets, 500
 //! held out, one epoch of 63 steps at batch 32), each on N processes (default
 //! 2). One JSON line per run, then a Markdown table of the final validation
-//! accuracy and its difference from `ddp`; exits 1 when a strategy ends more
-//! than one point below `ddp`.
+//! accuracy, its difference from `ddp` and whether it is within the issue's
+//! bar (one point); exits 1 only when a run fails. A strategy may appear with
+//! two settings: the table shows what its savings cost.
 //!
 //! The runs are step-deterministic: the machine's load changes their time,
 //! never their accuracy.
@@ -16,14 +17,18 @@ use crate::cargo;
 
 /// The reference and each inexact strategy with the settings a user would pick
 /// (the table says which).
-const RUNS: [(&str, &[&str]); 7] = [
+const RUNS: [(&str, &[&str]); 9] = [
     ("ddp", &[]),
     ("fp16-compress", &[]),
     ("bf16-compress", &[]),
-    // The rule `strategy::topk-ratio-dense` advises 0.01 to 0.1: the upper end.
+    // The rule `strategy::topk-ratio-dense` advises 0.01 to 0.1: the upper
+    // end; 0.25 still sends half of ddp's bytes on 2 processes.
     ("topk", &["strategy.ratio=0.1"]),
-    // LoRA's matrices have rank r = 8: rank 4 halves what they send.
+    ("topk", &["strategy.ratio=0.25"]),
+    // LoRA's matrices have rank r = 8: rank 4 halves what they send, rank 6
+    // saves a quarter.
     ("powersgd", &["strategy.rank=4"]),
+    ("powersgd", &["strategy.rank=6"]),
     ("local-sgd", &["strategy.sync-every=4"]),
     // DiLoCo's paper uses outer momentum 0.9 with hundreds of inner steps;
     // meeting every 4 steps, 0.9 multiplies the steady outer step by 7 (0.7 x
@@ -113,14 +118,14 @@ pub fn run(args: &[String]) -> ExitCode {
     }
     let mut rows = Vec::new();
     let mut failed = false;
-    for (name, options) in RUNS {
+    for (i, (name, options)) in RUNS.into_iter().enumerate() {
         // ddp is the reference: always run.
         if name != "ddp" && only.as_ref().is_some_and(|o| !o.iter().any(|n| n == name)) {
             continue;
         }
         let mut sets = vec![format!("strategy.type=\"{name}\"")];
         sets.extend(options.iter().map(|s| s.to_string()));
-        match run_one(&lora, nproc, &dir.join(name), &sets) {
+        match run_one(&lora, nproc, &dir.join(format!("{i}-{name}")), &sets) {
             Ok((acc, seconds)) => {
                 println!(
                     "{}",
@@ -148,7 +153,6 @@ pub fn run(args: &[String]) -> ExitCode {
             format!("{name} ({})", options.join(", "))
         };
         let within = acc >= reference - TOLERANCE - 1e-12;
-        failed |= !within;
         println!(
             "| {label} | {acc:.4} | {:+.1} | {} |",
             (acc - reference) * 100.0,

@@ -5,7 +5,7 @@ use std::process::{Command, ExitCode};
 
 use crate::{against_torch, cargo};
 
-pub const USAGE: &str = "bench [--backend B] [--memory | --strategies | --against-torch [--rounds N] [--warmup N] [--steps N]]  training-step speed and peak RSS on MiniLM-L6, JSON lines; --strategies: bytes and step time per distributed strategy, N processes against 1; --against-torch: the ratios to PyTorch + PEFT";
+pub const USAGE: &str = "bench [--backend B] [--memory | --strategies | --against-torch [--rounds N] [--warmup N] [--steps N]]  training-step speed and peak RSS on MiniLM-L6, JSON lines; --strategies: bytes and step time per distributed strategy, N processes against 1 (with --accuracy [--only NAME,...]: the inexact strategies' sentiment accuracy against ddp); --against-torch: the ratios to PyTorch + PEFT";
 
 /// `--memory`: each variant in its own process (a process's peak RSS cannot be
 /// reset below what its allocator keeps): gradient checkpointing off and on at
@@ -56,6 +56,10 @@ pub fn run(args: &[String]) -> ExitCode {
     if let Some(i) = args.iter().position(|a| a == "--strategies") {
         let mut rest = args.to_vec();
         rest.remove(i);
+        if let Some(j) = rest.iter().position(|a| a == "--accuracy") {
+            rest.remove(j);
+            return crate::bench_accuracy::run(&rest);
+        }
         return crate::bench_strategies::run(&rest);
     }
     let mut backend = "candle".to_string();

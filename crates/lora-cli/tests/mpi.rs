@@ -2,7 +2,8 @@
 //! with `--oversubscribe`: the machine may have fewer cores): exact strategies
 //! end with the one-process model within 1e-6 relative, inexact ones learn
 //! the task about as well as ddp, rank 0 alone writes the outputs, `--nproc`
-//! starts mpirun itself, and a killed rank ends the job with an error.
+//! starts mpirun itself, a killed rank ends the job with an error, and so does
+//! a stalled one, through the collective timeout.
 //! Built with `--features mpi` only (`cargo xtask test` does when mpicc is installed).
 #![cfg(feature = "mpi")]
 
@@ -326,6 +327,59 @@ fn a_killed_rank_ends_the_job_with_an_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("signal 9") || stderr.contains("Killed"), "{stderr}");
     assert!(killed.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn a_stalled_rank_times_the_collective_out_and_aborts_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let timeout = 3;
+    let file = pipeline(
+        dir.path(),
+        "stalled",
+        &format!("[strategy]\ntype = \"ddp\"\ncollective-timeout-s = {timeout}"),
+        200,
+    );
+    // Rank 1 sleeps for an hour before its 5th collective, step 2's first:
+    // ddp's step 1 was four (the gradients of its two micro-batches, the
+    // step's scalars, every rank's figures).
+    let started = Instant::now();
+    let mut job = mpirun(2, &file, &[("LORA_TEST_STALL_COLLECTIVE", "1:5")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = loop {
+        if job.try_wait().unwrap().is_some() {
+            break job.wait_with_output().unwrap();
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            let _ = job.kill();
+            panic!("the job hangs on a stalled rank");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    // Rank 0's error names the collective, the step, the timeout and itself.
+    let expected = format!("did not complete within {timeout} s on process 0 of 2 (step 2)");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("the all-reduce of ") && l.contains(&expected)),
+        "{stderr}"
+    );
+    assert!(stderr.contains("MPI_ABORT"), "{stderr}");
+    // Rank 0's log ends after step 1, rank 1's stall in step 2 cost the timeout.
+    let log = std::fs::read_to_string(dir.path().join("stalled/metrics.jsonl")).unwrap();
+    assert_eq!(
+        log.lines().filter(|l| l.contains("\"event\":\"step\"")).count(),
+        1,
+        "step 1 only: {log}"
+    );
+    // Start-up, a step and the timeout (measured: 6 s); the 200 epochs would take many minutes.
+    assert!(elapsed < Duration::from_secs(timeout + 60), "{elapsed:?}");
+    eprintln!("the job ended {elapsed:?} after it started ({timeout} s timeout)");
 }
 
 /// The processes started by `mpirun` (pid `parent`), with their MPI rank.

@@ -47,6 +47,19 @@ pub enum Error {
         checkpoint: PathBuf,
     },
 
+    /// A collective of a multi-process run waited longer than its timeout:
+    /// another process is stuck in its own work, or gone. `at` says where in
+    /// the run (the step), once the loop has added it.
+    #[error(
+        "{what}{}: another process is stuck or gone; the job is aborted (raise [strategy] collective-timeout-s if a step can take longer than {seconds} s)",
+        at.as_deref().map(|a| format!(" ({a})")).unwrap_or_default()
+    )]
+    CollectiveTimeout {
+        what: String,
+        seconds: f64,
+        at: Option<String>,
+    },
+
     #[error("{0}")]
     Other(String),
 }
@@ -66,6 +79,23 @@ impl Error {
         match self {
             Error::Data(m) => m.clone(),
             other => other.to_string(),
+        }
+    }
+
+    /// Says where in the run a collective timed out (`at` is called only for
+    /// such an error that does not say so yet); other errors are unchanged.
+    pub fn at(self, at: impl FnOnce() -> String) -> Self {
+        match self {
+            Error::CollectiveTimeout {
+                what,
+                seconds,
+                at: None,
+            } => Error::CollectiveTimeout {
+                what,
+                seconds,
+                at: Some(at()),
+            },
+            other => other,
         }
     }
 

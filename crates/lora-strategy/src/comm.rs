@@ -7,8 +7,8 @@
 //! counts what each call sends and how long it takes.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Barrier, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::{Error, Result};
 
@@ -32,7 +32,16 @@ pub trait Comm: Send {
     fn split(&mut self, colour: u32) -> Result<Box<dyn Comm>>;
     /// The ranks that share memory with this one (one node), as a new communicator.
     fn split_node(&mut self) -> Result<Box<dyn Comm>>;
+    /// How long a collective may wait for the other ranks before it fails
+    /// with [`Error::Timeout`] (communicators split from this one inherit it).
+    /// After a timeout the communicator is unusable: the job is to be aborted.
+    fn set_timeout(&mut self, timeout: Duration);
 }
+
+/// Test hook (fault injection, used by the tests only): `RANK:N` makes rank
+/// RANK stall (sleep for an hour) before its N-th metered collective (from 1),
+/// as a rank stuck in its own work would.
+pub const STALL_ENV: &str = "LORA_TEST_STALL_COLLECTIVE";
 
 /// Bytes one rank sends in the ring algorithms, for `n` bytes of payload:
 /// an all-reduce sends `2 (p-1)/p n`, a reduce-scatter or an all-gather of `n`
@@ -61,14 +70,24 @@ pub struct Meter {
     /// Since the last [`Meter::take`].
     bytes: f64,
     seconds: f64,
+    /// Collectives started so far, and the one before which this rank stalls ([`STALL_ENV`]).
+    calls: u64,
+    stall_before: Option<u64>,
 }
 
 impl Meter {
     pub fn new(comm: Box<dyn Comm>) -> Self {
+        let rank = comm.rank();
+        let stall_before = std::env::var(STALL_ENV).ok().and_then(|v| {
+            let (r, n) = v.split_once(':')?;
+            (r.trim().parse::<usize>().ok()? == rank).then(|| n.trim().parse().ok())?
+        });
         Self {
             comm,
             bytes: 0.0,
             seconds: 0.0,
+            calls: 0,
+            stall_before,
         }
     }
 
@@ -88,6 +107,10 @@ impl Meter {
     }
 
     fn timed<T>(&mut self, kind: Collective, bytes: usize, f: impl FnOnce(&mut dyn Comm) -> Result<T>) -> Result<T> {
+        self.calls += 1;
+        if self.stall_before == Some(self.calls) {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
         let t = Instant::now();
         let out = f(self.comm.as_mut())?;
         self.seconds += t.elapsed().as_secs_f64();
@@ -161,10 +184,45 @@ impl Meter {
     }
 }
 
+/// A barrier whose wait gives up after a timeout (`std::sync::Barrier` cannot).
+struct TimedBarrier {
+    size: usize,
+    /// Ranks arrived in this generation, and the generation.
+    state: Mutex<(usize, u64)>,
+    all_here: Condvar,
+}
+
+impl TimedBarrier {
+    fn new(size: usize) -> Self {
+        Self {
+            size,
+            state: Mutex::new((0, 0)),
+            all_here: Condvar::new(),
+        }
+    }
+
+    /// False when the others did not all arrive within `timeout`.
+    fn wait(&self, timeout: Duration) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = state.1;
+        state.0 += 1;
+        if state.0 == self.size {
+            *state = (0, generation + 1);
+            self.all_here.notify_all();
+            return true;
+        }
+        let (state, _) = self
+            .all_here
+            .wait_timeout_while(state, timeout, |s| s.1 == generation)
+            .unwrap_or_else(|e| e.into_inner());
+        state.1 != generation
+    }
+}
+
 /// What the ranks of a [`ThreadComm`] group share.
 struct Group {
     size: usize,
-    barrier: Barrier,
+    barrier: TimedBarrier,
     slots: Mutex<Vec<Vec<u8>>>,
     /// Groups made by `split`, by (split number, colour).
     children: Mutex<HashMap<(u64, u32), Arc<Group>>>,
@@ -174,7 +232,7 @@ impl Group {
     fn new(size: usize) -> Arc<Self> {
         Arc::new(Self {
             size,
-            barrier: Barrier::new(size),
+            barrier: TimedBarrier::new(size),
             slots: Mutex::new(vec![Vec::new(); size]),
             children: Mutex::new(HashMap::new()),
         })
@@ -189,6 +247,7 @@ pub struct ThreadComm {
     splits: u64,
     /// The node each rank of this group is on, for [`Comm::split_node`].
     nodes: Arc<Vec<u32>>,
+    timeout: Duration,
 }
 
 impl ThreadComm {
@@ -207,30 +266,46 @@ impl ThreadComm {
                 rank,
                 splits: 0,
                 nodes: nodes.clone(),
+                timeout: Duration::from_secs_f64(crate::DEFAULT_COLLECTIVE_TIMEOUT_S),
             })
             .collect()
     }
 
-    /// Every rank's bytes, in rank order.
-    fn exchange(&self, mine: &[u8]) -> Vec<Vec<u8>> {
-        self.group.slots.lock().unwrap_or_else(|e| e.into_inner())[self.rank] = mine.to_vec();
-        self.group.barrier.wait();
-        let all = self.group.slots.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        // Nobody writes the slots again before everyone has read them.
-        self.group.barrier.wait();
-        all
+    fn wait(&self, collective: &'static str, bytes: usize) -> Result<()> {
+        if self.group.barrier.wait(self.timeout) {
+            Ok(())
+        } else {
+            Err(Error::Timeout {
+                collective,
+                bytes,
+                seconds: self.timeout.as_secs_f64(),
+                rank: self.rank,
+                size: self.group.size,
+            })
+        }
     }
 
-    fn exchange_f32(&self, mine: &[f32]) -> Vec<Vec<f32>> {
+    /// Every rank's bytes, in rank order.
+    fn exchange(&self, collective: &'static str, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
+        self.group.slots.lock().unwrap_or_else(|e| e.into_inner())[self.rank] = mine.to_vec();
+        self.wait(collective, mine.len())?;
+        let all = self.group.slots.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        // Nobody writes the slots again before everyone has read them.
+        self.wait(collective, mine.len())?;
+        Ok(all)
+    }
+
+    fn exchange_f32(&self, collective: &'static str, mine: &[f32]) -> Result<Vec<Vec<f32>>> {
         let bytes: Vec<u8> = mine.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.exchange(&bytes)
+        Ok(self
+            .exchange(collective, &bytes)?
             .into_iter()
             .map(|b| {
                 b.chunks_exact(4)
                     .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
                     .collect()
             })
-            .collect()
+            .collect())
     }
 }
 
@@ -244,7 +319,7 @@ impl Comm for ThreadComm {
     }
 
     fn all_reduce_f32(&mut self, buf: &mut [f32]) -> Result<()> {
-        let all = self.exchange_f32(buf);
+        let all = self.exchange_f32("all-reduce", buf)?;
         buf.fill(0.0);
         for part in all {
             for (b, v) in buf.iter_mut().zip(part) {
@@ -256,7 +331,7 @@ impl Comm for ThreadComm {
 
     fn all_reduce_f64(&mut self, buf: &mut [f64]) -> Result<()> {
         let bytes: Vec<u8> = buf.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let all = self.exchange(&bytes);
+        let all = self.exchange("all-reduce", &bytes)?;
         buf.fill(0.0);
         for part in all {
             for (b, c) in buf.iter_mut().zip(part.chunks_exact(8)) {
@@ -267,7 +342,7 @@ impl Comm for ThreadComm {
     }
 
     fn all_gather_u8(&mut self, mine: &[u8], all: &mut [u8]) -> Result<()> {
-        let parts = self.exchange(mine);
+        let parts = self.exchange("all-gather", mine)?;
         for (chunk, part) in all.chunks_mut(mine.len().max(1)).zip(parts) {
             if part.len() != chunk.len() {
                 return Err(Error::Comm(format!(
@@ -282,7 +357,7 @@ impl Comm for ThreadComm {
     }
 
     fn reduce_scatter_f32(&mut self, all: &[f32], mine: &mut [f32]) -> Result<()> {
-        let parts = self.exchange_f32(all);
+        let parts = self.exchange_f32("reduce-scatter", all)?;
         let n = mine.len();
         mine.fill(0.0);
         for part in parts {
@@ -294,7 +369,7 @@ impl Comm for ThreadComm {
     }
 
     fn all_gather_f32(&mut self, mine: &[f32], all: &mut [f32]) -> Result<()> {
-        let parts = self.exchange_f32(mine);
+        let parts = self.exchange_f32("all-gather", mine)?;
         for (chunk, part) in all.chunks_mut(mine.len().max(1)).zip(parts) {
             chunk.copy_from_slice(&part);
         }
@@ -302,7 +377,7 @@ impl Comm for ThreadComm {
     }
 
     fn reduce_f32(&mut self, buf: &mut [f32]) -> Result<()> {
-        let parts = self.exchange_f32(buf);
+        let parts = self.exchange_f32("reduce", buf)?;
         if self.rank == 0 {
             buf.fill(0.0);
             for part in parts {
@@ -315,14 +390,14 @@ impl Comm for ThreadComm {
     }
 
     fn broadcast_f32(&mut self, buf: &mut [f32]) -> Result<()> {
-        let parts = self.exchange_f32(buf);
+        let parts = self.exchange_f32("broadcast", buf)?;
         buf.copy_from_slice(&parts[0]);
         Ok(())
     }
 
     fn split(&mut self, colour: u32) -> Result<Box<dyn Comm>> {
         let colours: Vec<u32> = self
-            .exchange(&colour.to_le_bytes())
+            .exchange("split", &colour.to_le_bytes())?
             .into_iter()
             .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
             .collect();
@@ -347,12 +422,17 @@ impl Comm for ThreadComm {
             rank,
             splits: 0,
             nodes,
+            timeout: self.timeout,
         }))
     }
 
     fn split_node(&mut self) -> Result<Box<dyn Comm>> {
         let node = self.nodes[self.rank];
         self.split(node)
+    }
+
+    fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
     }
 }
 

@@ -33,15 +33,71 @@ pub use comm::{Comm, Meter, ThreadComm};
 pub enum Error {
     #[error("collective failed: {0}")]
     Comm(String),
+    /// A collective waited longer than the communicator's timeout: another
+    /// process is stuck in its own work, or gone.
+    #[error("the {collective} of {bytes} bytes did not complete within {seconds} s on process {rank} of {size}")]
+    Timeout {
+        collective: &'static str,
+        bytes: usize,
+        seconds: f64,
+        rank: usize,
+        size: usize,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl From<Error> for lora_core::Error {
     fn from(e: Error) -> Self {
-        lora_core::Error::Other(e.to_string())
+        match e {
+            Error::Timeout { seconds, .. } => lora_core::Error::CollectiveTimeout {
+                what: e.to_string(),
+                seconds,
+                at: None,
+            },
+            other => lora_core::Error::Other(other.to_string()),
+        }
     }
 }
+
+/// `[strategy] collective-timeout-s` when it is left out: PyTorch's default
+/// for NCCL process groups (ten minutes). Long enough for rank 0 to write a
+/// checkpoint or the outputs while the others wait; a rank that stalls longer
+/// ends the job instead of hanging it.
+pub const DEFAULT_COLLECTIVE_TIMEOUT_S: f64 = 600.0;
+
+/// The key every strategy accepts, read here rather than by each strategy.
+const TIMEOUT_KEY: &str = "collective-timeout-s";
+
+/// What every `[strategy]` table may set, whatever its type.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct Shared {
+    #[serde(default = "default_timeout")]
+    collective_timeout_s: f64,
+}
+
+fn default_timeout() -> f64 {
+    DEFAULT_COLLECTIVE_TIMEOUT_S
+}
+
+/// The collective timeout of `[strategy]` (validated).
+pub fn collective_timeout(c: &Component) -> std::result::Result<std::time::Duration, Diagnostics> {
+    let shared: Shared = c.deserialize()?;
+    let s = shared.collective_timeout_s;
+    if !(s > 0.0 && s.is_finite() && s <= MAX_TIMEOUT_S) {
+        return Err(Diagnostic::error(
+            "strategy::invalid-value",
+            format!("{TIMEOUT_KEY} ({s}) must be a positive number of seconds. Valid range: 0 < {TIMEOUT_KEY} <= {MAX_TIMEOUT_S}"),
+        )
+        .at(c.value_location(TIMEOUT_KEY))
+        .into());
+    }
+    Ok(std::time::Duration::from_secs_f64(s))
+}
+
+/// A week: longer is no timeout at all (and overflows nothing).
+pub const MAX_TIMEOUT_S: f64 = 7.0 * 24.0 * 3600.0;
 
 /// What a registry entry builds a strategy with: its table and the communicator.
 pub type Build = fn(&Component, Box<dyn Comm>) -> std::result::Result<Box<dyn Strategy>, Diagnostics>;
@@ -65,9 +121,13 @@ pub fn entries() -> Vec<&'static StrategyEntry> {
 }
 
 /// The strategy that `[strategy]` names, over `comm`.
-pub fn build(c: &Component, comm: Box<dyn Comm>) -> std::result::Result<Box<dyn Strategy>, Diagnostics> {
+pub fn build(c: &Component, mut comm: Box<dyn Comm>) -> std::result::Result<Box<dyn Strategy>, Diagnostics> {
     match entries().into_iter().find(|e| e.name == c.type_name) {
-        Some(e) => (e.build)(c, comm),
+        Some(e) => {
+            comm.set_timeout(collective_timeout(c)?);
+            // The shared key is not the strategy's own option.
+            (e.build)(&c.clone().with_nested(&[TIMEOUT_KEY]), comm)
+        }
         None => {
             let names: Vec<&str> = entries().iter().map(|e| e.name).collect();
             let d = Diagnostic::error("strategy::unknown-type", format!("unknown strategy `{}`", c.type_name))

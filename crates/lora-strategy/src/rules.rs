@@ -159,3 +159,33 @@ lora_core::rule! {
     doc: "zero1 and zero2 shard the optimizer state, topk and powersgd keep a residual per process, local-sgd and diloco keep different parameters between meetings; rank 0 alone writes checkpoints, so on more than one process a checkpoint is refused with an error (and so is a resume).",
     trip: [Set("strategy.type=\"zero1\""), Set("train.checkpoint-every-steps=10")], check: not_checkpointable,
 }
+
+fn collective_timeout(ctx: &RuleContext) -> Vec<Finding> {
+    let Some(ty) = strategy(ctx) else {
+        return Vec::new();
+    };
+    numeric(
+        ctx,
+        &[ty],
+        "collective-timeout-s",
+        |v| !(v > 0.0 && v <= crate::MAX_TIMEOUT_S),
+        &format!(
+            "must be a positive number of seconds, at most {} (a week)",
+            crate::MAX_TIMEOUT_S
+        ),
+    )
+    .into_iter()
+    .map(|f| {
+        f.help(format!(
+            "leave it out for {} s, or give the longest a process may wait for the others",
+            crate::DEFAULT_COLLECTIVE_TIMEOUT_S
+        ))
+    })
+    .collect()
+}
+lora_core::rule! {
+    id: "strategy::collective-timeout-range", category: Range, severity: Error,
+    summary: "The collective timeout is not a positive number of seconds.",
+    doc: "Every collective of a multi-process run waits at most `collective-timeout-s` seconds for the other processes (default 600, as PyTorch's NCCL groups); then the process reports which collective and step timed out and aborts the job. 0 or less would fail every collective, and NaN or more than a week is no timeout.",
+    trip: [Set("strategy.type=\"ddp\""), Set("strategy.collective-timeout-s=0")], check: collective_timeout,
+}

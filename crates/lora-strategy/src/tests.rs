@@ -327,3 +327,69 @@ fn ddp_sends_per_micro_batch_and_no_sync_once_per_step() {
         assert_eq!(got, vec![want + 32.0; 2]);
     }
 }
+
+/// The `[strategy]` table of a pipeline made of `text`.
+fn strategy_table(text: &str) -> lora_core::config::Component {
+    let file = lora_core::diag::SourceFile::new(std::path::Path::new("p.toml"), text.to_string());
+    let (partial, _) = lora_core::config::PartialConfig::parse(file);
+    partial.strategy.flatten().expect("a [strategy] table")
+}
+
+#[test]
+fn every_strategy_takes_a_collective_timeout_and_refuses_a_bad_one() {
+    let t = strategy_table("[strategy]\ntype = \"topk\"\nratio = 0.1\ncollective-timeout-s = 2.5\n");
+    assert_eq!(
+        crate::collective_timeout(&t).unwrap(),
+        std::time::Duration::from_millis(2500)
+    );
+    // The shared key is not passed on as one of topk's own options.
+    crate::check(&t).unwrap();
+    let t = strategy_table("[strategy]\ntype = \"ddp\"\n");
+    assert_eq!(
+        crate::collective_timeout(&t).unwrap().as_secs_f64(),
+        crate::DEFAULT_COLLECTIVE_TIMEOUT_S
+    );
+    for bad in ["0", "-1.0", "nan", "1e9"] {
+        let t = strategy_table(&format!("[strategy]\ntype = \"ddp\"\ncollective-timeout-s = {bad}\n"));
+        let e = crate::check(&t).unwrap_err();
+        assert!(e.to_string().contains("collective-timeout-s"), "{bad}: {e}");
+    }
+    // A strategy's own options are still checked.
+    assert!(crate::check(&strategy_table("[strategy]\ntype = \"ddp\"\nratio = 0.1\n")).is_err());
+}
+
+#[test]
+fn a_collective_that_a_rank_never_joins_times_out_on_the_others() {
+    let timeout = std::time::Duration::from_millis(200);
+    let got = on_ranks(ThreadComm::group(2), |mut c| {
+        c.set_timeout(timeout);
+        if c.rank() == 1 {
+            // Stuck in its own work: never reaches the all-reduce.
+            return None;
+        }
+        let start = std::time::Instant::now();
+        let e = c.all_reduce_f32(&mut [1.0, 2.0]).unwrap_err();
+        Some((e, start.elapsed()))
+    });
+    let (e, waited) = got.into_iter().next().flatten().unwrap();
+    assert!(waited >= timeout && waited < timeout * 10, "{waited:?}");
+    assert!(
+        matches!(
+            e,
+            crate::Error::Timeout {
+                collective: "all-reduce",
+                bytes: 8,
+                rank: 0,
+                size: 2,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let core: lora_core::Error = e.into();
+    let message = core.at(|| "step 7".into()).to_string();
+    assert!(
+        message.starts_with("the all-reduce of 8 bytes did not complete within 0.2 s on process 0 of 2 (step 7): another process is stuck or gone"),
+        "{message}"
+    );
+}

@@ -674,13 +674,16 @@ impl<'t, 'a> Run<'t, 'a> {
         let report = if world > 1 {
             let shard = Shard::new(data.validation.as_ref(), rank, world);
             let strategy = &mut *self.ctx.strategy;
-            self.ctx.eval.evaluate_reduced(
-                &*self.ctx.model,
-                data.validation.as_ref(),
-                &shard,
-                &self.task,
-                &mut |v| strategy.all_reduce_f64(v),
-            )?
+            self.ctx
+                .eval
+                .evaluate_reduced(
+                    &*self.ctx.model,
+                    data.validation.as_ref(),
+                    &shard,
+                    &self.task,
+                    &mut |v| strategy.all_reduce_f64(v),
+                )
+                .map_err(|e| e.at(|| format!("the evaluation after step {step}")))?
         } else {
             self.ctx
                 .eval
@@ -737,10 +740,17 @@ impl<'t, 'a> Run<'t, 'a> {
             }
             let step_start = Instant::now();
             let mut times = StepTimes::default();
-            let attempt = self.attempt_step(&mut batches, &mut times)?;
+            // A collective that times out says in which step.
+            let step = self.state.step + 1;
+            let at = || format!("step {step}");
+            let attempt = self.attempt_step(&mut batches, &mut times).map_err(|e| e.at(at))?;
             let optimizer_start = Instant::now();
             let (flow, taken) = match attempt {
-                Attempt::Taken(taken) => (self.taken(taken, step_start, times, optimizer_start)?, true),
+                Attempt::Taken(taken) => (
+                    self.taken(taken, step_start, times, optimizer_start)
+                        .map_err(|e| e.at(at))?,
+                    true,
+                ),
                 Attempt::NonFinite(what) => (self.non_finite(what)?, false),
                 Attempt::NoData => break,
             };
@@ -769,7 +779,12 @@ impl<'t, 'a> Run<'t, 'a> {
             self.check_split()?;
         }
         while self.run_epoch()? != Flow::Stop {}
-        if self.ctx.strategy.finish(&mut self.params)? {
+        if self
+            .ctx
+            .strategy
+            .finish(&mut self.params)
+            .map_err(|e| e.at(|| "the end of the run".into()))?
+        {
             self.ctx.model.write_params(&self.layout.split(&self.params))?;
         }
         // An evaluation answered by a stop is the final one: it is not run twice.

@@ -4,8 +4,12 @@
 //! `Q = M^T P` is all-reduced, and `P Q^T` stands for the sum of the ranks'
 //! `M`; what `P P^T M` leaves out of this rank's `M` is carried to the next
 //! step. `Q` starts from the same seeded values on every rank and is reused
-//! (one power iteration per step). Vectors (biases, norms) are all-reduced
-//! as they are. A matrix `m x n` costs `r (m + n)` values instead of `m n`.
+//! (one power iteration per step). A column of `Q` that comes back zero is
+//! re-seeded: LoRA's `A` gets an exactly zero gradient on the first step (its
+//! `B` starts at zero), and a zero warm start would make every later `P = M Q`
+//! zero, so `A` would never train (measured: accuracy 0.592 against ddp's 0.652
+//! at a rank that should be exact). Vectors (biases, norms) are all-reduced as
+//! they are. A matrix `m x n` costs `r (m + n)` values instead of `m n`.
 
 use lora_core::ParamLayout;
 use lora_core::config::Component;
@@ -25,6 +29,25 @@ struct Matrix {
     r: usize,
     /// `n x r`, row-major.
     q: Vec<f32>,
+    /// The seeded start of `q`, for columns that collapse to zero.
+    q_seed: Vec<f32>,
+}
+
+impl Matrix {
+    /// Takes the all-reduced `Q` as the next warm start, re-seeding any column
+    /// that carries nothing (a zero or rank-deficient gradient): identical on
+    /// every rank, since `q_sum` and the seed are.
+    fn warm_start(&mut self, q_sum: &[f32]) {
+        self.q.copy_from_slice(q_sum);
+        for j in 0..self.r {
+            let norm2: f64 = (0..self.n).map(|k| (self.q[k * self.r + j] as f64).powi(2)).sum();
+            if norm2 <= 1e-60 || norm2.is_nan() {
+                for k in 0..self.n {
+                    self.q[k * self.r + j] = self.q_seed[k * self.r + j];
+                }
+            }
+        }
+    }
 }
 
 pub struct PowerSgd {
@@ -115,7 +138,7 @@ impl PowerSgd {
                     grads[idx] = (0..x.r).map(|j| p[i * x.r + j] * q_sum[k * x.r + j]).sum();
                 }
             }
-            x.q.copy_from_slice(q_sum);
+            x.warm_start(q_sum);
             at_p += x.m * x.r;
             at_q += x.n * x.r;
         }
@@ -155,13 +178,21 @@ impl Strategy for PowerSgd {
                 [m, n] if m > 1 && n > 1 => {
                     let r = self.rank.min(m).min(n);
                     // The same pseudo-random start on every rank.
-                    let q = (0..n * r)
+                    let q_seed: Vec<f32> = (0..n * r)
                         .map(|k| {
                             let s = lora_core::init::derive_seed(0x5eed, "powersgd", ((i as u64) << 32) | k as u64);
                             (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
                         })
                         .collect();
-                    self.matrices.push(Matrix { range, m, n, r, q });
+                    let q = q_seed.clone();
+                    self.matrices.push(Matrix {
+                        range,
+                        m,
+                        n,
+                        r,
+                        q,
+                        q_seed,
+                    });
                 }
                 _ => self.vectors.push(range),
             }

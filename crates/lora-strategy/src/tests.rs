@@ -212,6 +212,38 @@ fn powersgd_reconstructs_a_rank_r_gradient_and_carries_the_rest() {
 }
 
 #[test]
+fn powersgd_survives_a_zero_first_gradient() {
+    // LoRA's A has a zero gradient on the first step (B starts at zero): the
+    // next, rank-1 gradient must still pass whole at r = 1 (a zero warm start
+    // would send zeros from then on).
+    use lora_core::ParamLayout;
+    use lora_core::adapter::ParamInfo;
+    let layout = ParamLayout::new(&[ParamInfo::new("m", vec![4, 3], true)]);
+    let got = on_ranks(ThreadComm::group(2), |c| {
+        let r = c.rank() as f32 + 1.0;
+        let mut s = PowerSgd::new(Box::new(c), 1);
+        s.start(&layout, &[0.0; 12]).unwrap();
+        let mut zero = StepSums::new(12);
+        s.reduce(&mut zero).unwrap();
+        assert!(zero.grads.iter().all(|g| *g == 0.0));
+        let (u, v) = ([1.0f32, -2.0, 0.5, 3.0], [0.3f32, 1.0, -1.0]);
+        let mut sums = StepSums::new(12);
+        sums.grads = (0..12).map(|i| r * u[i / 3] * v[i % 3]).collect();
+        let m = sums.grads.clone();
+        s.reduce(&mut sums).unwrap();
+        (sums.grads, m)
+    });
+    for i in 0..12 {
+        let sum = got[0].1[i] + got[1].1[i];
+        assert!(
+            (got[0].0[i] - sum).abs() < 1e-4 * sum.abs().max(1.0),
+            "{i}: {} vs {sum}",
+            got[0].0[i]
+        );
+    }
+}
+
+#[test]
 fn local_sgd_replicas_differ_between_meetings_and_agree_at_each() {
     let got = on_ranks(ThreadComm::group(2), |c| {
         let mut s = Local::local_sgd(Box::new(c), 3);

@@ -25,6 +25,8 @@ pub struct Request {
     pub quant: Option<String>,
     /// Another copy of the base (default: the run's `[model] path`).
     pub base: Option<String>,
+    /// How merged values are rounded to quantized blocks.
+    pub rounding: llama::Rounding,
     pub output: PathBuf,
 }
 
@@ -102,7 +104,7 @@ pub fn export(req: &Request, assets: &dyn AssetResolver) -> Result<(PathBuf, u64
             record::RECORD_FILE
         );
     }
-    if format == "safetensors" && quant.is_some_and(|q| q != GgmlType::F32) {
+    if format == "safetensors" && quant.is_some_and(|q| q.requested != GgmlType::F32) {
         return Err(invalid(
             "export::quant-unsupported",
             "safetensors exports are f32; --quant applies to GGUF".into(),
@@ -126,7 +128,7 @@ pub fn export(req: &Request, assets: &dyn AssetResolver) -> Result<(PathBuf, u64
         (Family::Llama(path), "gguf") => {
             let base = GgufFile::open(path)?;
             let (meta, tensors) = if req.merge {
-                llama::merged_gguf(&base, &adapter, quant.unwrap_or(GgmlType::F16))?
+                llama::merged_gguf(&base, &adapter, quant.unwrap_or(GgmlType::F16.into()), req.rounding)?
             } else {
                 if quant.is_some() {
                     return Err(invalid(

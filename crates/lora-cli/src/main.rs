@@ -167,6 +167,13 @@ enum Command {
         /// The base model (default: the run's `[model] path`).
         #[arg(long)]
         base: Option<String>,
+        /// Round with ggml's reference quantizers only (as llama-quantize
+        /// without an importance matrix). By default a Q4_1 matrix of a Q4_1
+        /// base keeps the base's grid and rounds without bias (so that the
+        /// update is not rounded away), and Q4_0 scales are searched to
+        /// minimise the error.
+        #[arg(long)]
+        reference_rounding: bool,
         /// The file (GGUF) or the new folder (safetensors) to write.
         #[arg(long, short)]
         output: PathBuf,
@@ -495,6 +502,7 @@ fn run(command: Command) -> lora_core::Result<()> {
             format,
             quant,
             base,
+            reference_rounding,
             output,
         } => {
             let req = lora_cli::export::Request {
@@ -503,6 +511,11 @@ fn run(command: Command) -> lora_core::Result<()> {
                 format,
                 quant,
                 base,
+                rounding: if reference_rounding {
+                    lora_export::llama::Rounding::Reference
+                } else {
+                    lora_export::llama::Rounding::Fitted
+                },
                 output,
             };
             let (path, bytes) = lora_cli::export::export(&req, &assets)?;

@@ -38,6 +38,7 @@ fn invalid(code: &str, message: String) -> Error {
 enum Family {
     Llama(PathBuf),
     Bert(PathBuf),
+    Vit(PathBuf),
 }
 
 fn family(req: &Request, config: &PipelineConfig, assets: &dyn AssetResolver) -> Result<Family> {
@@ -66,9 +67,21 @@ fn family(req: &Request, config: &PipelineConfig, assets: &dyn AssetResolver) ->
             let spec = lora_core::bert::ClassifierSpec::from_component(&config.model)?;
             Ok(Family::Bert(base(&spec.path)?))
         }
+        "vit-classifier" => {
+            let spec = lora_core::vit::VitClassifierSpec::from_component(&config.model)?;
+            let path = spec.path.ok_or_else(|| {
+                invalid(
+                    "export::architecture-unsupported",
+                    "this ViT run trained a new model (no `path`): there is no adapter to merge".into(),
+                )
+            })?;
+            Ok(Family::Vit(base(&path)?))
+        }
         other => Err(invalid(
             "export::architecture-unsupported",
-            format!("`lora export` writes llama-causal-lm and bert-classifier runs; this run's model is `{other}`"),
+            format!(
+                "`lora export` writes llama-causal-lm, bert-classifier and vit-classifier runs; this run's model is `{other}`"
+            ),
         )),
     }
 }
@@ -95,7 +108,7 @@ pub fn export(req: &Request, assets: &dyn AssetResolver) -> Result<(PathBuf, u64
     let family = family(req, &config, assets)?;
     let files = match &family {
         Family::Llama(p) => vec![p.clone()],
-        Family::Bert(d) => vec![d.join("config.json"), d.join("model.safetensors")],
+        Family::Bert(d) | Family::Vit(d) => vec![d.join("config.json"), d.join("model.safetensors")],
     };
     if !record::check(&req.run_dir, &files)? {
         eprintln!(
@@ -120,9 +133,9 @@ pub fn export(req: &Request, assets: &dyn AssetResolver) -> Result<(PathBuf, u64
         ));
     }
     match (&family, format.as_str()) {
-        (Family::Bert(_), "gguf") => Err(invalid(
+        (Family::Bert(_) | Family::Vit(_), "gguf") => Err(invalid(
             "export::quant-unsupported",
-            "the BERT classifier cannot be written as GGUF (llama.cpp runs it as no classifier); use --format safetensors"
+            "the BERT and ViT classifiers cannot be written as GGUF (llama.cpp runs them as no classifier); use --format safetensors"
                 .into(),
         )),
         (Family::Llama(path), "gguf") => {
@@ -149,7 +162,7 @@ pub fn export(req: &Request, assets: &dyn AssetResolver) -> Result<(PathBuf, u64
             lora_export::write::folder(&req.output, &files)?;
             Ok((req.output.clone(), size(&req.output.join("model.safetensors"))))
         }
-        (Family::Bert(dir), _) => {
+        (Family::Bert(dir) | Family::Vit(dir), _) => {
             refuse_existing(&req.output)?;
             let labels_path = req.run_dir.join("labels.json");
             let labels: Vec<String> = std::fs::read_to_string(&labels_path)
@@ -161,7 +174,10 @@ pub fn export(req: &Request, assets: &dyn AssetResolver) -> Result<(PathBuf, u64
                         format!("{}: the run's label names are missing", labels_path.display()),
                     )
                 })?;
-            let files = lora_export::bert::merged_safetensors(dir, &adapter, &labels)?;
+            let files = match family {
+                Family::Vit(_) => lora_export::bert::merged_vit_safetensors(dir, &adapter, &labels)?,
+                _ => lora_export::bert::merged_safetensors(dir, &adapter, &labels)?,
+            };
             lora_export::write::folder(&req.output, &files)?;
             Ok((req.output.clone(), size(&req.output.join("model.safetensors"))))
         }

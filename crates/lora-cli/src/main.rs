@@ -169,9 +169,8 @@ enum Command {
         base: Option<String>,
         /// Round with ggml's reference quantizers only (as llama-quantize
         /// without an importance matrix). By default a Q4_1 matrix of a Q4_1
-        /// base keeps the base's grid and rounds without bias (so that the
-        /// update is not rounded away), and Q4_0 scales are searched to
-        /// minimise the error.
+        /// base keeps the base's grid and rounds without bias, so that the
+        /// update is not rounded away.
         #[arg(long)]
         reference_rounding: bool,
         /// The file (GGUF) or the new folder (safetensors) to write.

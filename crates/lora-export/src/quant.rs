@@ -111,29 +111,6 @@ fn q4_1(x: &[f32], out: &mut Vec<u8>) {
     out.extend((0..16).map(|j| q[j] | (q[j + 16] << 4)));
 }
 
-/// Q4_0 of a row with the scale of each block searched to minimise the
-/// weighted squared error: llama.cpp's `quantize_row_q4_0_impl` (the
-/// quantizer `llama-quantize` runs with an importance matrix) with every
-/// importance 1, i.e. weights `sqrt(sigma^2 + x^2)`, `sigma^2` the row's mean
-/// square. Same block format as [`quantize`]'s; the reference instead takes
-/// the block's largest magnitude as level -8, which wastes level 7 and sets
-/// the step from one value.
-pub fn q4_0_fitted(row: &[f32]) -> Vec<u8> {
-    assert!(row.len().is_multiple_of(32), "{} values are not whole Q4_0 blocks", row.len());
-    let sigma2 = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
-    let mut out = Vec::with_capacity(row.len() / 32 * 18);
-    let (mut l, mut w) = ([0u8; 32], [0f32; 32]);
-    for b in row.chunks_exact(32) {
-        for (w, v) in w.iter_mut().zip(b) {
-            *w = (sigma2 + v * v).sqrt();
-        }
-        let d = make_qx_quants(8, b, &mut l, Some(&w));
-        out.extend(f16_bytes(d));
-        out.extend((0..16).map(|j| l[j] | (l[j + 16] << 4)));
-    }
-    out
-}
-
 /// splitmix64: a well-mixed 64-bit hash, so that each element's rounding draw
 /// is independent of its neighbours' and the same on every run.
 fn splitmix64(mut z: u64) -> u64 {
@@ -335,12 +312,12 @@ fn q4_k(x: &[f32], out: &mut Vec<u8>) {
 /// ggml's `GROUP_MAX_EPS`: a group whose largest magnitude is below it is zero.
 const GROUP_MAX_EPS: f32 = 1e-15;
 
-/// ggml's `make_qx_quants` with `rmse_type = 1`: the scale of a symmetric
-/// group at levels `-nmax..nmax-1`, searched over 19 candidates around
-/// `nmax / max` to maximise `sum(w x l)^2 / sum(w l^2)` (the weighted
-/// least-squares fit). The weights are `weights`, or `x^2` without. The levels
-/// (offset by `nmax`) go to `l`.
-fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [u8], weights: Option<&[f32]>) -> f32 {
+/// ggml's `make_qx_quants` with `rmse_type = 1` and no importance matrix:
+/// the scale of a symmetric group at levels `-nmax..nmax-1`, searched over 19
+/// candidates around `nmax / max` to maximise `sum(w x l)^2 / sum(w l^2)`
+/// (the least-squares fit weighted by `w = x^2`). The levels (offset by
+/// `nmax`) go to `l`.
+fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [u8]) -> f32 {
     let (mut max, mut amax) = (0f32, 0f32);
     for &v in x {
         if v.abs() > amax {
@@ -355,9 +332,9 @@ fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [u8], weights: Option<&[f32]>) -
     let level = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
     let fit = |iscale: f32| {
         let (mut sumlx, mut suml2) = (0f32, 0f32);
-        for (i, &v) in x.iter().enumerate() {
+        for &v in x {
             let q = level(iscale, v) as f32;
-            let w = weights.map_or(v * v, |w| w[i]);
+            let w = v * v;
             sumlx += w * v * q;
             suml2 += w * q * q;
         }
@@ -393,7 +370,7 @@ fn q6_k(x: &[f32], out: &mut Vec<u8>) {
     let mut scales = [0f32; 16];
     let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
     for ib in 0..16 {
-        let s = make_qx_quants(32, &x[16 * ib..16 * (ib + 1)], &mut l[16 * ib..16 * (ib + 1)], None);
+        let s = make_qx_quants(32, &x[16 * ib..16 * (ib + 1)], &mut l[16 * ib..16 * (ib + 1)]);
         scales[ib] = s;
         if s.abs() > max_abs_scale {
             max_abs_scale = s.abs();
@@ -549,19 +526,6 @@ mod tests {
         let mut far = on.clone();
         far[3] += 20.0 * d;
         assert!(q4_1_on_grid(&grid, &far, 1, 0).is_none());
-    }
-
-    #[test]
-    fn fitted_q4_0_has_less_error_than_the_reference() {
-        let x = values(4096, 13);
-        let sq = |bytes: &[u8]| {
-            let mut y = vec![0.0; x.len()];
-            decode(GgmlType::Q4_0, bytes, &mut y);
-            x.iter().zip(&y).map(|(a, b)| (a - b) * (a - b)).sum::<f32>()
-        };
-        let (fitted, reference) = (sq(&q4_0_fitted(&x)), sq(&quantize(GgmlType::Q4_0, &x)));
-        assert!(fitted < 0.9 * reference, "fitted {fitted} vs reference {reference}");
-        assert!(q4_0_fitted(&[0.0; 32]).iter().all(|&b| b == 0 || b == 0x88));
     }
 
     #[test]

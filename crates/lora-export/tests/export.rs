@@ -457,3 +457,101 @@ fn the_gguf_package_reads_every_field_and_tensor() {
     assert_eq!((mix["Q6_K"].as_u64(), mix["Q4_K"].as_u64()), (Some(3), Some(5)), "{mix}");
     let _ = LlamaConfig::from_header(&base.header).unwrap();
 }
+
+/// `name -> (shape, values)` as an f32 safetensors file.
+fn write_safetensors(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
+    let owned: Vec<(String, Vec<usize>, Vec<u8>)> =
+        tensors.iter().map(|(n, s, v)| (n.to_string(), s.clone(), bytes(v))).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+#[test]
+fn vit_merge_folds_the_patch_convolution_and_the_linears_by_hand() {
+    // A ViT base in Hugging Face's layout (hidden 4, patches of 2x2 on 1 channel):
+    // the patch embedding [4, 1, 2, 2] and one query [4, 4].
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    let conv = noise(16, 1, 0.5);
+    let query = noise(16, 2, 0.5);
+    write_safetensors(
+        &base.join("model.safetensors"),
+        &[
+            ("vit.embeddings.patch_embeddings.projection.weight", vec![4, 1, 2, 2], conv.clone()),
+            ("vit.encoder.layer.0.attention.attention.query.weight", vec![4, 4], query.clone()),
+            ("classifier.weight", vec![2, 4], vec![0.0; 8]),
+        ],
+    );
+    let cfg = serde_json::json!({"model_type": "vit", "image_size": 4, "num_channels": 1, "hidden_size": 4});
+    std::fs::write(base.join("config.json"), cfg.to_string()).unwrap();
+    // PEFT's conv2d pair (A [r, c, kh, kw], B [out, r, 1, 1]) at rank 2 through
+    // rank_pattern, the query at rank 1; alpha 4.
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let (ca, cb, qa, qb) = (noise(8, 3, 0.3), noise(8, 4, 0.3), noise(4, 5, 0.3), noise(4, 6, 0.3));
+    let p = "base_model.model.vit.";
+    write_safetensors(
+        &run.join("adapter_model.safetensors"),
+        &[
+            (&format!("{p}embeddings.patch_embeddings.projection.lora_A.weight"), vec![2, 1, 2, 2], ca.clone()),
+            (&format!("{p}embeddings.patch_embeddings.projection.lora_B.weight"), vec![4, 2, 1, 1], cb.clone()),
+            (&format!("{p}encoder.layer.0.attention.attention.query.lora_A.weight"), vec![1, 4], qa.clone()),
+            (&format!("{p}encoder.layer.0.attention.attention.query.lora_B.weight"), vec![4, 1], qb.clone()),
+            ("base_model.model.classifier.weight", vec![2, 4], vec![0.5; 8]),
+            ("base_model.model.classifier.bias", vec![2], vec![0.1, -0.1]),
+        ],
+    );
+    let acfg = serde_json::json!({"peft_type": "LORA", "r": 1, "lora_alpha": 4,
+        "rank_pattern": {"patch_embeddings.projection": 2}, "modules_to_save": ["classifier"]});
+    std::fs::write(run.join("adapter_config.json"), acfg.to_string()).unwrap();
+    let adapter = Adapter::read(&run).unwrap();
+    let labels = vec!["a".to_string(), "b".to_string()];
+    let files = lora_export::bert::merged_vit_safetensors(&base, &adapter, &labels).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&files[0].1).unwrap();
+    let got = |n: &str| floats(st.tensor(n).unwrap().data());
+    // By hand: W + (alpha / r) B A, the kernel flattened to its 4 inputs.
+    for o in 0..4 {
+        for i in 0..4 {
+            let dc = (4.0 / 2.0) * (cb[o * 2] * ca[i] + cb[o * 2 + 1] * ca[4 + i]);
+            let dq = (4.0 / 1.0) * qb[o] * qa[i];
+            let c = got("vit.embeddings.patch_embeddings.projection.weight")[o * 4 + i];
+            let q = got("vit.encoder.layer.0.attention.attention.query.weight")[o * 4 + i];
+            assert!((c - conv[o * 4 + i] - dc).abs() < 1e-6, "conv [{o}, {i}]");
+            assert!((q - query[o * 4 + i] - dq).abs() < 1e-6, "query [{o}, {i}]");
+        }
+    }
+    assert_eq!(got("classifier.bias"), [0.1, -0.1]);
+    let config: serde_json::Value = serde_json::from_slice(&files[1].1).unwrap();
+    assert_eq!(config["architectures"][0], "ViTForImageClassification");
+    assert_eq!(config["id2label"]["1"], "b");
+    let processor: serde_json::Value = serde_json::from_slice(&files[2].1).unwrap();
+    assert_eq!((processor["size"]["height"].as_u64(), processor["do_normalize"].as_bool()), (Some(4), Some(false)));
+    // A BERT adapter is not a ViT's.
+    let err = code(lora_export::bert::merged_vit_safetensors(&base, &Adapter::read(&adapter_dir_bert(dir.path())).unwrap(), &labels).unwrap_err());
+    assert!(err.contains("export::base-mismatch"), "{err}");
+}
+
+/// A one-module adapter whose paths are BERT's.
+fn adapter_dir_bert(dir: &Path) -> PathBuf {
+    let run = dir.join("bert-run");
+    std::fs::create_dir_all(&run).unwrap();
+    let k = "base_model.model.bert.encoder.layer.0.attention.self.query";
+    write_safetensors(
+        &run.join("adapter_model.safetensors"),
+        &[
+            (&format!("{k}.lora_A.weight"), vec![1, 4], vec![0.1; 4]),
+            (&format!("{k}.lora_B.weight"), vec![4, 1], vec![0.1; 4]),
+        ],
+    );
+    std::fs::write(run.join("adapter_config.json"), r#"{"peft_type": "LORA", "r": 1, "lora_alpha": 1, "task_type": "SEQ_CLS"}"#).unwrap();
+    run
+}

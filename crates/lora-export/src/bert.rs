@@ -53,7 +53,11 @@ pub fn merged_safetensors(base_dir: &Path, adapter: &Adapter, labels: &[String])
 /// [0, 1] as the image datasets scale them, no normalisation, the base's
 /// image size).
 pub fn merged_vit_safetensors(base_dir: &Path, adapter: &Adapter, labels: &[String]) -> Result<Vec<(String, Vec<u8>)>> {
-    if !adapter.tensors.keys().any(|k| k.contains(".vit.") || k.starts_with("vit.")) {
+    if !adapter
+        .tensors
+        .keys()
+        .any(|k| k.contains(".vit.") || k.starts_with("vit."))
+    {
         return Err(invalid(
             "export::base-mismatch",
             format!(
@@ -104,7 +108,11 @@ fn merged_classifier(
     let mut out: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)> = BTreeMap::new();
     let mut used = BTreeSet::new();
     for (name, t) in st.tensors() {
-        let full = if prefixed { name.clone() } else { format!("{prefix}.{name}") };
+        let full = if prefixed {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
         let shape = t.shape().to_vec();
         if t.dtype() != Dtype::F32 {
             out.insert(full, (t.dtype(), shape, t.data().to_vec()));

@@ -174,8 +174,7 @@ impl TypePlan {
         );
         let output = name == "output.weight" || (name == "token_embd.weight" && (tied || !self.q4_k_m));
         let more_bits = self.q4_k_m
-            && module_of(name)
-                .is_some_and(|(l, m)| matches!(m, "v_proj" | "down_proj") && use_more_bits(l, layers));
+            && module_of(name).is_some_and(|(l, m)| matches!(m, "v_proj" | "down_proj") && use_more_bits(l, layers));
         let ty = if output && bits4 {
             if self.q4_k_m { GgmlType::Q6_K } else { GgmlType::Q8_0 }
         } else if more_bits {
@@ -308,7 +307,14 @@ pub enum Rounding {
 }
 
 /// Quantizes one merged tensor (`values` in GGUF's order) to `ty`.
-fn quantize_tensor(base: &GgufFile, name: &str, row: usize, values: &[f32], ty: GgmlType, rounding: Rounding) -> Vec<u8> {
+fn quantize_tensor(
+    base: &GgufFile,
+    name: &str,
+    row: usize,
+    values: &[f32],
+    ty: GgmlType,
+    rounding: Rounding,
+) -> Vec<u8> {
     let fitted = rounding == Rounding::Fitted;
     let grid = base
         .matrix(name)
@@ -519,7 +525,10 @@ mod tests {
         let p = TypePlan::from(GgmlType::Q4_K);
         assert_eq!(p.type_of("blk.0.attn_norm.weight", &[576], 30, true), GgmlType::F32);
         assert_eq!(p.type_of("token_embd.weight", &[576, 49152], 30, true), GgmlType::Q8_0);
-        assert_eq!(p.type_of("blk.0.ffn_down.weight", &[1536, 576], 30, true), GgmlType::Q4_K);
+        assert_eq!(
+            p.type_of("blk.0.ffn_down.weight", &[1536, 576], 30, true),
+            GgmlType::Q4_K
+        );
         assert_eq!(p.type_of("blk.0.attn_q.weight", &[576, 576], 30, true), GgmlType::Q5_0);
         let p = TypePlan::from(GgmlType::F16);
         assert_eq!(p.type_of("token_embd.weight", &[576, 49152], 30, true), GgmlType::F16);
@@ -531,16 +540,37 @@ mod tests {
         let picked: Vec<usize> = (0..32).filter(|&l| use_more_bits(l, 32)).collect();
         assert_eq!(picked, [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]);
         let p = TypePlan::Q4_K_M;
-        assert_eq!(p.type_of("blk.6.ffn_down.weight", &[4096, 11008], 32, false), GgmlType::Q6_K);
-        assert_eq!(p.type_of("blk.7.ffn_down.weight", &[4096, 11008], 32, false), GgmlType::Q4_K);
-        assert_eq!(p.type_of("blk.0.attn_v.weight", &[4096, 1024], 32, false), GgmlType::Q6_K);
-        assert_eq!(p.type_of("blk.5.attn_v.weight", &[4096, 1024], 32, false), GgmlType::Q4_K);
-        assert_eq!(p.type_of("blk.0.attn_k.weight", &[4096, 1024], 32, false), GgmlType::Q4_K);
+        assert_eq!(
+            p.type_of("blk.6.ffn_down.weight", &[4096, 11008], 32, false),
+            GgmlType::Q6_K
+        );
+        assert_eq!(
+            p.type_of("blk.7.ffn_down.weight", &[4096, 11008], 32, false),
+            GgmlType::Q4_K
+        );
+        assert_eq!(
+            p.type_of("blk.0.attn_v.weight", &[4096, 1024], 32, false),
+            GgmlType::Q6_K
+        );
+        assert_eq!(
+            p.type_of("blk.5.attn_v.weight", &[4096, 1024], 32, false),
+            GgmlType::Q4_K
+        );
+        assert_eq!(
+            p.type_of("blk.0.attn_k.weight", &[4096, 1024], 32, false),
+            GgmlType::Q4_K
+        );
         assert_eq!(p.type_of("output.weight", &[4096, 32000], 32, false), GgmlType::Q6_K);
-        assert_eq!(p.type_of("token_embd.weight", &[4096, 32000], 32, false), GgmlType::Q4_K);
+        assert_eq!(
+            p.type_of("token_embd.weight", &[4096, 32000], 32, false),
+            GgmlType::Q4_K
+        );
         // SmolLM2 (hidden 576, tied embedding): rows of 576 fall back, Q6_K to Q8_0.
         assert_eq!(p.type_of("blk.0.attn_v.weight", &[576, 192], 30, true), GgmlType::Q8_0);
-        assert_eq!(p.type_of("blk.0.ffn_down.weight", &[1536, 576], 30, true), GgmlType::Q6_K);
+        assert_eq!(
+            p.type_of("blk.0.ffn_down.weight", &[1536, 576], 30, true),
+            GgmlType::Q6_K
+        );
         assert_eq!(p.type_of("token_embd.weight", &[576, 49152], 30, true), GgmlType::Q8_0);
         assert_eq!(p.file_type(), 15);
     }

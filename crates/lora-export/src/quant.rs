@@ -127,8 +127,9 @@ fn uniform(seed: u64, index: u64) -> f32 {
 
 /// A stable seed for a tensor's rounding draws (FNV-1a of its name).
 pub fn seed_of(name: &str) -> u64 {
-    name.bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// One Q4_1 block of `x` on the grid of an existing Q4_1 block (`grid`, 20
@@ -511,7 +512,11 @@ mod tests {
             })
             .collect();
         let target: Vec<f32> = on.iter().zip(&update).map(|(v, u)| v + u).collect();
-        assert_eq!(quantize(GgmlType::Q4_1, &target), grid, "nearest rounding gives the base back");
+        assert_eq!(
+            quantize(GgmlType::Q4_1, &target),
+            grid,
+            "nearest rounding gives the base back"
+        );
         let norm: f32 = update.iter().map(|u| u * u).sum();
         let (mut kept, trials) = (0.0, 400);
         let mut back = vec![0.0; 32];

@@ -96,7 +96,11 @@ fn tiny_llama_typed(dir: &Path, ty: GgmlType) -> PathBuf {
     let t: Vec<(&str, Vec<u64>, u32, Vec<u8>)> = tensors
         .iter()
         .map(|(n, d, b)| {
-            let id = if n.starts_with("blk.0.") && d.len() == 2 { ty.into() } else { 0 };
+            let id = if n.starts_with("blk.0.") && d.len() == 2 {
+                ty.into()
+            } else {
+                0
+            };
             (n.as_str(), d.clone(), id, b.clone())
         })
         .collect();
@@ -282,12 +286,26 @@ fn q4_1_of_a_q4_1_base_keeps_its_blocks_and_unbiased_rounding_keeps_a_small_upda
     };
     // A zero update: both roundings give back the base's own blocks, byte for byte
     // (ggml's min/max quantizer lands on the grid it came from).
-    let b_names: Vec<String> = adapter.tensors.keys().filter(|k| k.contains("lora_B")).cloned().collect();
+    let b_names: Vec<String> = adapter
+        .tensors
+        .keys()
+        .filter(|k| k.contains("lora_B"))
+        .cloned()
+        .collect();
     for k in &b_names {
-        adapter.tensors.get_mut(k).unwrap().data.iter_mut().for_each(|v| *v = 0.0);
+        adapter
+            .tensors
+            .get_mut(k)
+            .unwrap()
+            .data
+            .iter_mut()
+            .for_each(|v| *v = 0.0);
     }
     for rounding in [llama::Rounding::Reference, llama::Rounding::Fitted] {
-        for t in merge(&adapter, rounding).iter().filter(|t| t.name.starts_with("blk.0.") && t.dims.len() == 2) {
+        for t in merge(&adapter, rounding)
+            .iter()
+            .filter(|t| t.name.starts_with("blk.0.") && t.dims.len() == 2)
+        {
             assert_eq!(t.bytes, base.matrix(&t.name).unwrap().bytes, "{rounding:?} {}", t.name);
         }
     }
@@ -296,12 +314,24 @@ fn q4_1_of_a_q4_1_base_keeps_its_blocks_and_unbiased_rounding_keeps_a_small_upda
     let adapter = Adapter::read(&run).unwrap();
     let mut small = adapter.clone();
     for k in &b_names {
-        small.tensors.get_mut(k).unwrap().data.iter_mut().for_each(|v| *v *= 0.003);
+        small
+            .tensors
+            .get_mut(k)
+            .unwrap()
+            .data
+            .iter_mut()
+            .for_each(|v| *v *= 0.003);
     }
     let kept = |rounding| {
         let (mut dot, mut norm) = (0f64, 0f64);
-        for t in merge(&small, rounding).iter().filter(|t| t.name.starts_with("blk.0.") && t.dims.len() == 2) {
-            let m = MODULES.iter().find(|m| t.name == format!("blk.0.{}.weight", m.1)).unwrap();
+        for t in merge(&small, rounding)
+            .iter()
+            .filter(|t| t.name.starts_with("blk.0.") && t.dims.len() == 2)
+        {
+            let m = MODULES
+                .iter()
+                .find(|m| t.name == format!("blk.0.{}.weight", m.1))
+                .unwrap();
             let w = hf_rows(&base.matrix(&t.name).unwrap().to_f32(), m.2, m.0);
             let mut q = vec![0f32; w.len()];
             lora_nn::gguf::decode(GgmlType::Q4_1, &t.bytes, &mut q);
@@ -315,10 +345,16 @@ fn q4_1_of_a_q4_1_base_keeps_its_blocks_and_unbiased_rounding_keeps_a_small_upda
         dot / norm
     };
     let (reference, unbiased) = (kept(llama::Rounding::Reference), kept(llama::Rounding::Fitted));
-    assert!(reference.abs() < 0.3, "nearest rounding keeps {reference} of the update");
+    assert!(
+        reference.abs() < 0.3,
+        "nearest rounding keeps {reference} of the update"
+    );
     // Not all of it: a value at a block's lowest or highest level (2 of 32)
     // cannot move outward on the base's grid.
-    assert!((0.85..1.1).contains(&unbiased), "unbiased rounding keeps {unbiased} of the update");
+    assert!(
+        (0.85..1.1).contains(&unbiased),
+        "unbiased rounding keeps {unbiased} of the update"
+    );
 }
 
 #[test]
@@ -364,7 +400,11 @@ fn checks_refuse_before_anything_is_written() {
     assert!(err.contains("export::adapter-missing"), "{err}");
     // Shapes that do not fit this base.
     let bad = Adapter::read(&adapter(dir.path(), true)).unwrap();
-    let err = code(llama::merged_gguf(&base, &bad, GgmlType::Q8_0.into(), llama::Rounding::Fitted).err().unwrap());
+    let err = code(
+        llama::merged_gguf(&base, &bad, GgmlType::Q8_0.into(), llama::Rounding::Fitted)
+            .err()
+            .unwrap(),
+    );
     assert!(err.contains("export::base-mismatch") && err.contains("q_proj"), "{err}");
     let err = code(llama::adapter_gguf(&base, &bad).err().unwrap());
     assert!(err.contains("export::base-mismatch"), "{err}");
@@ -424,8 +464,13 @@ fn the_gguf_package_reads_every_field_and_tensor() {
     }
     let base = GgufFile::open(&base_path).unwrap();
     // llama.cpp's Q4_K_M mix: one layer of one, so attn_v and ffn_down are Q6_K.
-    let (meta, tensors) =
-        llama::merged_gguf(&base, &Adapter::read(&run).unwrap(), llama::TypePlan::Q4_K_M, llama::Rounding::Reference).unwrap();
+    let (meta, tensors) = llama::merged_gguf(
+        &base,
+        &Adapter::read(&run).unwrap(),
+        llama::TypePlan::Q4_K_M,
+        llama::Rounding::Reference,
+    )
+    .unwrap();
     let q4_k_m = dir.path().join("merged-q4_k_m.gguf");
     lora_export::write::gguf(&q4_k_m, &meta, &tensors).unwrap();
     files.push(q4_k_m);
@@ -454,14 +499,20 @@ fn the_gguf_package_reads_every_field_and_tensor() {
     assert_eq!(lines.last().unwrap()["adapter_pairs"], 7);
     // Q4_K_M: attn_v, ffn_down and the tied embedding Q6_K, the other five matrices Q4_K.
     let mix = &lines[lines.len() - 2]["types"];
-    assert_eq!((mix["Q6_K"].as_u64(), mix["Q4_K"].as_u64()), (Some(3), Some(5)), "{mix}");
+    assert_eq!(
+        (mix["Q6_K"].as_u64(), mix["Q4_K"].as_u64()),
+        (Some(3), Some(5)),
+        "{mix}"
+    );
     let _ = LlamaConfig::from_header(&base.header).unwrap();
 }
 
 /// `name -> (shape, values)` as an f32 safetensors file.
 fn write_safetensors(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
-    let owned: Vec<(String, Vec<usize>, Vec<u8>)> =
-        tensors.iter().map(|(n, s, v)| (n.to_string(), s.clone(), bytes(v))).collect();
+    let owned: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, s, v)| (n.to_string(), s.clone(), bytes(v)))
+        .collect();
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
         .iter()
         .map(|(n, s, b)| {
@@ -486,8 +537,16 @@ fn vit_merge_folds_the_patch_convolution_and_the_linears_by_hand() {
     write_safetensors(
         &base.join("model.safetensors"),
         &[
-            ("vit.embeddings.patch_embeddings.projection.weight", vec![4, 1, 2, 2], conv.clone()),
-            ("vit.encoder.layer.0.attention.attention.query.weight", vec![4, 4], query.clone()),
+            (
+                "vit.embeddings.patch_embeddings.projection.weight",
+                vec![4, 1, 2, 2],
+                conv.clone(),
+            ),
+            (
+                "vit.encoder.layer.0.attention.attention.query.weight",
+                vec![4, 4],
+                query.clone(),
+            ),
             ("classifier.weight", vec![2, 4], vec![0.0; 8]),
         ],
     );
@@ -502,10 +561,26 @@ fn vit_merge_folds_the_patch_convolution_and_the_linears_by_hand() {
     write_safetensors(
         &run.join("adapter_model.safetensors"),
         &[
-            (&format!("{p}embeddings.patch_embeddings.projection.lora_A.weight"), vec![2, 1, 2, 2], ca.clone()),
-            (&format!("{p}embeddings.patch_embeddings.projection.lora_B.weight"), vec![4, 2, 1, 1], cb.clone()),
-            (&format!("{p}encoder.layer.0.attention.attention.query.lora_A.weight"), vec![1, 4], qa.clone()),
-            (&format!("{p}encoder.layer.0.attention.attention.query.lora_B.weight"), vec![4, 1], qb.clone()),
+            (
+                &format!("{p}embeddings.patch_embeddings.projection.lora_A.weight"),
+                vec![2, 1, 2, 2],
+                ca.clone(),
+            ),
+            (
+                &format!("{p}embeddings.patch_embeddings.projection.lora_B.weight"),
+                vec![4, 2, 1, 1],
+                cb.clone(),
+            ),
+            (
+                &format!("{p}encoder.layer.0.attention.attention.query.lora_A.weight"),
+                vec![1, 4],
+                qa.clone(),
+            ),
+            (
+                &format!("{p}encoder.layer.0.attention.attention.query.lora_B.weight"),
+                vec![4, 1],
+                qb.clone(),
+            ),
             ("base_model.model.classifier.weight", vec![2, 4], vec![0.5; 8]),
             ("base_model.model.classifier.bias", vec![2], vec![0.1, -0.1]),
         ],
@@ -534,9 +609,22 @@ fn vit_merge_folds_the_patch_convolution_and_the_linears_by_hand() {
     assert_eq!(config["architectures"][0], "ViTForImageClassification");
     assert_eq!(config["id2label"]["1"], "b");
     let processor: serde_json::Value = serde_json::from_slice(&files[2].1).unwrap();
-    assert_eq!((processor["size"]["height"].as_u64(), processor["do_normalize"].as_bool()), (Some(4), Some(false)));
+    assert_eq!(
+        (
+            processor["size"]["height"].as_u64(),
+            processor["do_normalize"].as_bool()
+        ),
+        (Some(4), Some(false))
+    );
     // A BERT adapter is not a ViT's.
-    let err = code(lora_export::bert::merged_vit_safetensors(&base, &Adapter::read(&adapter_dir_bert(dir.path())).unwrap(), &labels).unwrap_err());
+    let err = code(
+        lora_export::bert::merged_vit_safetensors(
+            &base,
+            &Adapter::read(&adapter_dir_bert(dir.path())).unwrap(),
+            &labels,
+        )
+        .unwrap_err(),
+    );
     assert!(err.contains("export::base-mismatch"), "{err}");
 }
 
@@ -552,6 +640,10 @@ fn adapter_dir_bert(dir: &Path) -> PathBuf {
             (&format!("{k}.lora_B.weight"), vec![4, 1], vec![0.1; 4]),
         ],
     );
-    std::fs::write(run.join("adapter_config.json"), r#"{"peft_type": "LORA", "r": 1, "lora_alpha": 1, "task_type": "SEQ_CLS"}"#).unwrap();
+    std::fs::write(
+        run.join("adapter_config.json"),
+        r#"{"peft_type": "LORA", "r": 1, "lora_alpha": 1, "task_type": "SEQ_CLS"}"#,
+    )
+    .unwrap();
     run
 }

@@ -1,5 +1,5 @@
 //! `lora export`: a run's adapter for deployment. `--merge` folds it into the
-//! base and writes Hugging Face safetensors (BERT classifier, Llama decoder)
+//! base and writes Hugging Face safetensors (BERT and ViT classifiers, Llama decoder)
 //! or a GGUF file quantized to `--quant` (Llama decoder); without `--merge`
 //! the adapter alone becomes llama.cpp's LoRA GGUF. Every check runs before
 //! anything is written (exit 2), and the output appears whole or not at all.

@@ -149,7 +149,7 @@ enum Command {
     },
     /// Export a run for deployment: `--merge` folds the adapter into the base and
     /// writes GGUF (Llama, quantized with --quant) or Hugging Face safetensors
-    /// (Llama, BERT); without --merge, the adapter as llama.cpp's LoRA GGUF.
+    /// (Llama, BERT, ViT); without --merge, the adapter as llama.cpp's LoRA GGUF.
     /// Nothing is written unless every check passes (exit 2).
     Export {
         /// A run's output folder: its pipeline.toml, adapter and base-model.json.
@@ -161,7 +161,8 @@ enum Command {
         /// gguf or safetensors.
         #[arg(long, default_value = "gguf")]
         format: String,
-        /// The merged GGUF's type: f32, f16 (default), q8_0, q5_0, q4_1, q4_0, q4_k.
+        /// The merged GGUF's type: f32, f16 (default), q8_0, q6_k, q5_0, q4_1, q4_0, q4_k,
+        /// q4_k_m (llama.cpp's mix).
         #[arg(long)]
         quant: Option<String>,
         /// The base model (default: the run's `[model] path`).

@@ -186,7 +186,7 @@ pub fn bad_inputs_exit_2_and_write_nothing(backend: &str) {
             path(models.join("gpt2-arch.gguf")),
             "architecture `gpt2` is not supported",
         ),
-        ("path", path(models.join("q6k.gguf")), "quantization type Q6_K"),
+        ("path", path(models.join("q5k.gguf")), "quantization type Q5_K"),
         ("path", path(data.join("chat-bad-role.jsonl")), "data::unknown-role"),
         ("max-length", "max-length = 24".into(), "data::conversation-too-long"),
     ];

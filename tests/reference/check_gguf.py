@@ -9,7 +9,7 @@ read (its contents decoded), every tensor is dequantized by gguf's numpy
 code; tensors of the types gguf can quantize (Q8_0, Q4_0, Q4_1, Q5_0, F16)
 must be byte-identical to gguf's own quantization of REFERENCE's values
 (gguf states its quantizers are bit-exact with ggml's reference), and every
-tensor (Q4_K too) must dequantize close to REFERENCE. An adapter GGUF
+tensor (Q4_K and Q6_K too, which gguf only dequantizes) must dequantize close to REFERENCE. An adapter GGUF
 (general.type = adapter) is checked for llama.cpp's required keys and the
 lora_a/lora_b pairs' shapes instead. Prints one JSON line per file.
 """
@@ -24,7 +24,7 @@ from gguf.quants import dequantize, quantize
 EXACT = {T.F16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0}
 # Worst absolute error allowed against the f32 values, relative to the tensor's largest magnitude.
 # Q4_0 and Q5_0 clamp the value opposite a block's largest one, a whole step (1/8, 1/16) off.
-TOL = {T.F32: 0.0, T.F16: 1e-3, T.Q8_0: 1e-2, T.Q5_0: 0.064, T.Q4_0: 0.126, T.Q4_1: 0.1, T.Q4_K: 0.1}
+TOL = {T.F32: 0.0, T.F16: 1e-3, T.Q8_0: 1e-2, T.Q5_0: 0.064, T.Q4_0: 0.126, T.Q4_1: 0.1, T.Q4_K: 0.1, T.Q6_K: 0.03}
 
 
 def fields(reader):

@@ -7,6 +7,9 @@ and compares it with the project's own answers.
     check_transformers.py bert-probs FOLDER TEXT...
         prints transformers' class probabilities (the fixture of
         crates/lora-cli/tests/export.rs, tests/reference/fixtures/export-bert.json).
+    check_transformers.py vit-probs FOLDER IMAGE...
+        prints transformers' class probabilities for PNG/JPEG files, the
+        pixels through the folder's preprocessor_config.json (ViTImageProcessor).
     check_transformers.py llama FOLDER PROMPT N EXPECTED
         the greedy continuation of PROMPT (N new tokens, stopping at the end of
         turn) must equal EXPECTED (`lora generate` on the run's adapter).
@@ -47,6 +50,27 @@ def bert_probs(folder, *texts):
     print(json.dumps(out))
 
 
+def vit_probs(folder, *images):
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(folder).eval()
+    proc = AutoImageProcessor.from_pretrained(folder)
+    out = []
+    for path in images:
+        img = Image.open(path)
+        img = img.convert("L" if model.config.num_channels == 1 else "RGB")
+        arr = np.asarray(img)
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        pixels = proc(arr, return_tensors="pt", input_data_format="channels_last").pixel_values
+        with torch.no_grad():
+            probs = torch.softmax(model(pixel_values=pixels).logits[0].double(), -1).tolist()
+        out.append({model.config.id2label[i]: p for i, p in enumerate(probs)})
+    print(json.dumps(out))
+
+
 def llama(folder, prompt, n, expected):
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
@@ -59,4 +83,4 @@ def llama(folder, prompt, n, expected):
 
 
 if __name__ == "__main__":
-    {"bert": bert, "bert-probs": bert_probs, "llama": llama}[sys.argv[1]](*sys.argv[2:])
+    {"bert": bert, "bert-probs": bert_probs, "vit-probs": vit_probs, "llama": llama}[sys.argv[1]](*sys.argv[2:])

@@ -4,10 +4,12 @@
 # perplexity (`lora eval` on the run's validation split, the file as the base
 # under an all-zero adapter), its size, and generation tokens/s (greedy, 64
 # new tokens after a fixed prompt, `lora generate --timing`).
-#   export_quality.sh RUN_DIR WORK_DIR [TYPES...]   (default: f32 f16 q8_0 q5_0 q4_1 q4_0 q4_k)
+#   export_quality.sh RUN_DIR WORK_DIR [TYPES...]
+# (default: f32 f16 q8_0 q6_k q5_0 q4_k_m q4_k q4_1 q4_0; a type ending in
+# `+ref` is exported with --reference-rounding, ggml's reference quantizers only)
 set -euo pipefail
 run=$1; work=$2; shift 2
-types=("$@"); [ ${#types[@]} -eq 0 ] && types=(f32 f16 q8_0 q5_0 q4_1 q4_0 q4_k)
+types=("$@"); [ ${#types[@]} -eq 0 ] && types=(f32 f16 q8_0 q6_k q5_0 q4_k_m q4_k q4_1 q4_0)
 lora=${LORA:-lora}
 py=${LORA_PYTHON:-python3}
 mkdir -p "$work"
@@ -15,7 +17,9 @@ prompt=$'<|im_start|>user\nwhat do you like to do on weekends?<|im_end|>\n<|im_s
 echo "| type | held-out perplexity | file size (MB) | generation tokens/s |"
 echo "|---|---|---|---|"
 for t in "${types[@]}"; do
-    f="$work/merged-$t.gguf"; [ -f "$f" ] || "$lora" export --adapter "$run" --merge --quant "$t" -o "$f" >/dev/null 2>&1
+    flags=(); q=$t
+    if [[ $t == *+ref ]]; then q=${t%+ref}; flags=(--reference-rounding); fi
+    f="$work/merged-$t.gguf"; [ -f "$f" ] || "$lora" export --adapter "$run" --merge --quant "$q" "${flags[@]}" -o "$f" >/dev/null 2>&1
     d="$work/eval-$t"; rm -rf "$d"; mkdir -p "$d"
     cp "$run/adapter_config.json" "$d/"
     "$py" - "$run/adapter_model.safetensors" "$d/adapter_model.safetensors" <<'PY'

@@ -3,7 +3,7 @@
 
 A one-layer Llama (hidden 32, 2 heads, 1 key/value head, feed-forward 64,
 vocabulary 8, f32 tensors), then broken variants: a truncated copy, another
-architecture, and a tensor of an unread quantization type (Q6_K).
+architecture, and a tensor of an unread quantization type (Q5_K).
 Run from the repository root: python3 tests/validate/make_gguf_fixtures.py
 """
 import struct
@@ -68,8 +68,8 @@ def gguf(arch="llama", odd_type=None):
             n *= x
         ty = 0
         if odd_type is not None and name == "blk.0.attn_q.weight":
-            # Q6_K: 256 values in 210 bytes; dims padded to a whole block.
-            ty, nbytes = 14, 210 * 4
+            # Q5_K: 256 values in 176 bytes; dims padded to a whole block.
+            ty, nbytes = 13, 176 * 4
         else:
             nbytes = 4 * n
         head += s(name) + struct.pack("<I", len(dims)) + b"".join(struct.pack("<Q", x) for x in dims)
@@ -85,4 +85,4 @@ good = gguf()
 (OUT / "tiny-llama.gguf").write_bytes(good)
 (OUT / "truncated.gguf").write_bytes(good[: len(good) - 100])
 (OUT / "gpt2-arch.gguf").write_bytes(gguf(arch="gpt2"))
-(OUT / "q6k.gguf").write_bytes(gguf(odd_type=14))
+(OUT / "q5k.gguf").write_bytes(gguf(odd_type=13))

@@ -42,6 +42,7 @@ impl QuantMatrix {
             GgmlType::Q5_0 => GgmlDType::Q5_0,
             GgmlType::Q8_0 => GgmlDType::Q8_0,
             GgmlType::Q4_K => GgmlDType::Q4K,
+            GgmlType::Q6_K => GgmlDType::Q6K,
         };
         let q = qtensor_from_ggml(dtype, view.bytes, view.shape.to_vec(), &Device::Cpu)?;
         Ok(Self {
@@ -152,6 +153,10 @@ mod tests {
             if matches!(ggml, GgmlType::Q4_1 | GgmlType::Q4_K) {
                 b[2..4].copy_from_slice(&half::f16::from_f32(m).to_le_bytes());
             }
+            if ggml == GgmlType::Q6_K {
+                // Q6_K's d is its last two bytes; the signed 8-bit group scales multiply it.
+                b[208..].copy_from_slice(&half::f16::from_f32(d / 64.0).to_le_bytes());
+            }
             bytes.extend(b);
         }
         bytes
@@ -161,7 +166,7 @@ mod tests {
     fn quantized_forward_matches_the_decoded_product() {
         // Candle's decoding (the many-row path) and the block kernel (the few-row
         // path) must both equal the project's own decoding.
-        for ggml in [GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q4_K] {
+        for ggml in [GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K] {
             check_type(ggml);
         }
     }

@@ -1,5 +1,5 @@
 //! `lora export`: a run's adapter for deployment. `--merge` folds it into the
-//! base and writes Hugging Face safetensors (BERT classifier, Llama decoder)
+//! base and writes Hugging Face safetensors (BERT and ViT classifiers, Llama decoder)
 //! or a GGUF file quantized to `--quant` (Llama decoder); without `--merge`
 //! the adapter alone becomes llama.cpp's LoRA GGUF. Every check runs before
 //! anything is written (exit 2), and the output appears whole or not at all.
@@ -25,6 +25,8 @@ pub struct Request {
     pub quant: Option<String>,
     /// Another copy of the base (default: the run's `[model] path`).
     pub base: Option<String>,
+    /// How merged values are rounded to quantized blocks.
+    pub rounding: llama::Rounding,
     pub output: PathBuf,
 }
 
@@ -36,6 +38,7 @@ fn invalid(code: &str, message: String) -> Error {
 enum Family {
     Llama(PathBuf),
     Bert(PathBuf),
+    Vit(PathBuf),
 }
 
 fn family(req: &Request, config: &PipelineConfig, assets: &dyn AssetResolver) -> Result<Family> {
@@ -64,9 +67,21 @@ fn family(req: &Request, config: &PipelineConfig, assets: &dyn AssetResolver) ->
             let spec = lora_core::bert::ClassifierSpec::from_component(&config.model)?;
             Ok(Family::Bert(base(&spec.path)?))
         }
+        "vit-classifier" => {
+            let spec = lora_core::vit::VitClassifierSpec::from_component(&config.model)?;
+            let path = spec.path.ok_or_else(|| {
+                invalid(
+                    "export::architecture-unsupported",
+                    "this ViT run trained a new model (no `path`): there is no adapter to merge".into(),
+                )
+            })?;
+            Ok(Family::Vit(base(&path)?))
+        }
         other => Err(invalid(
             "export::architecture-unsupported",
-            format!("`lora export` writes llama-causal-lm and bert-classifier runs; this run's model is `{other}`"),
+            format!(
+                "`lora export` writes llama-causal-lm, bert-classifier and vit-classifier runs; this run's model is `{other}`"
+            ),
         )),
     }
 }
@@ -93,7 +108,7 @@ pub fn export(req: &Request, assets: &dyn AssetResolver) -> Result<(PathBuf, u64
     let family = family(req, &config, assets)?;
     let files = match &family {
         Family::Llama(p) => vec![p.clone()],
-        Family::Bert(d) => vec![d.join("config.json"), d.join("model.safetensors")],
+        Family::Bert(d) | Family::Vit(d) => vec![d.join("config.json"), d.join("model.safetensors")],
     };
     if !record::check(&req.run_dir, &files)? {
         eprintln!(
@@ -102,7 +117,7 @@ pub fn export(req: &Request, assets: &dyn AssetResolver) -> Result<(PathBuf, u64
             record::RECORD_FILE
         );
     }
-    if format == "safetensors" && quant.is_some_and(|q| q != GgmlType::F32) {
+    if format == "safetensors" && quant.is_some_and(|q| q.requested != GgmlType::F32) {
         return Err(invalid(
             "export::quant-unsupported",
             "safetensors exports are f32; --quant applies to GGUF".into(),
@@ -118,15 +133,15 @@ pub fn export(req: &Request, assets: &dyn AssetResolver) -> Result<(PathBuf, u64
         ));
     }
     match (&family, format.as_str()) {
-        (Family::Bert(_), "gguf") => Err(invalid(
+        (Family::Bert(_) | Family::Vit(_), "gguf") => Err(invalid(
             "export::quant-unsupported",
-            "the BERT classifier cannot be written as GGUF (llama.cpp runs it as no classifier); use --format safetensors"
+            "the BERT and ViT classifiers cannot be written as GGUF (llama.cpp runs them as no classifier); use --format safetensors"
                 .into(),
         )),
         (Family::Llama(path), "gguf") => {
             let base = GgufFile::open(path)?;
             let (meta, tensors) = if req.merge {
-                llama::merged_gguf(&base, &adapter, quant.unwrap_or(GgmlType::F16))?
+                llama::merged_gguf(&base, &adapter, quant.unwrap_or(GgmlType::F16.into()), req.rounding)?
             } else {
                 if quant.is_some() {
                     return Err(invalid(
@@ -147,7 +162,7 @@ pub fn export(req: &Request, assets: &dyn AssetResolver) -> Result<(PathBuf, u64
             lora_export::write::folder(&req.output, &files)?;
             Ok((req.output.clone(), size(&req.output.join("model.safetensors"))))
         }
-        (Family::Bert(dir), _) => {
+        (Family::Bert(dir) | Family::Vit(dir), _) => {
             refuse_existing(&req.output)?;
             let labels_path = req.run_dir.join("labels.json");
             let labels: Vec<String> = std::fs::read_to_string(&labels_path)
@@ -159,7 +174,10 @@ pub fn export(req: &Request, assets: &dyn AssetResolver) -> Result<(PathBuf, u64
                         format!("{}: the run's label names are missing", labels_path.display()),
                     )
                 })?;
-            let files = lora_export::bert::merged_safetensors(dir, &adapter, &labels)?;
+            let files = match family {
+                Family::Vit(_) => lora_export::bert::merged_vit_safetensors(dir, &adapter, &labels)?,
+                _ => lora_export::bert::merged_safetensors(dir, &adapter, &labels)?,
+            };
             lora_export::write::folder(&req.output, &files)?;
             Ok((req.output.clone(), size(&req.output.join("model.safetensors"))))
         }

@@ -149,7 +149,7 @@ enum Command {
     },
     /// Export a run for deployment: `--merge` folds the adapter into the base and
     /// writes GGUF (Llama, quantized with --quant) or Hugging Face safetensors
-    /// (Llama, BERT); without --merge, the adapter as llama.cpp's LoRA GGUF.
+    /// (Llama, BERT, ViT); without --merge, the adapter as llama.cpp's LoRA GGUF.
     /// Nothing is written unless every check passes (exit 2).
     Export {
         /// A run's output folder: its pipeline.toml, adapter and base-model.json.
@@ -161,12 +161,19 @@ enum Command {
         /// gguf or safetensors.
         #[arg(long, default_value = "gguf")]
         format: String,
-        /// The merged GGUF's type: f32, f16 (default), q8_0, q5_0, q4_1, q4_0, q4_k.
+        /// The merged GGUF's type: f32, f16 (default), q8_0, q6_k, q5_0, q4_1, q4_0, q4_k,
+        /// q4_k_m (llama.cpp's mix).
         #[arg(long)]
         quant: Option<String>,
         /// The base model (default: the run's `[model] path`).
         #[arg(long)]
         base: Option<String>,
+        /// Round with ggml's reference quantizers only (as llama-quantize
+        /// without an importance matrix). By default a Q4_1 matrix of a Q4_1
+        /// base keeps the base's grid and rounds without bias, so that the
+        /// update is not rounded away.
+        #[arg(long)]
+        reference_rounding: bool,
         /// The file (GGUF) or the new folder (safetensors) to write.
         #[arg(long, short)]
         output: PathBuf,
@@ -495,6 +502,7 @@ fn run(command: Command) -> lora_core::Result<()> {
             format,
             quant,
             base,
+            reference_rounding,
             output,
         } => {
             let req = lora_cli::export::Request {
@@ -503,6 +511,11 @@ fn run(command: Command) -> lora_core::Result<()> {
                 format,
                 quant,
                 base,
+                rounding: if reference_rounding {
+                    lora_export::llama::Rounding::Reference
+                } else {
+                    lora_export::llama::Rounding::Fitted
+                },
                 output,
             };
             let (path, bytes) = lora_cli::export::export(&req, &assets)?;

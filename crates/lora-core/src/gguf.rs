@@ -94,11 +94,15 @@ pub enum GgmlType {
     /// The 4-bit k-quant: super-blocks of 256 in eight sub-blocks of 32, each
     /// with a 6-bit scale and a 6-bit minimum.
     Q4_K,
+    /// The 6-bit k-quant: super-blocks of 256 in sixteen groups of 16, each
+    /// with an 8-bit signed scale (llama.cpp's Q4_K_M keeps its most sensitive
+    /// matrices in it).
+    Q6_K,
 }
 
 impl GgmlType {
     /// Every type the models read, in ggml's id order.
-    pub const ALL: [GgmlType; 7] = [
+    pub const ALL: [GgmlType; 8] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,
@@ -106,6 +110,7 @@ impl GgmlType {
         GgmlType::Q5_0,
         GgmlType::Q8_0,
         GgmlType::Q4_K,
+        GgmlType::Q6_K,
     ];
 
     /// The type with ggml's id, when the models read it.
@@ -118,6 +123,7 @@ impl GgmlType {
             6 => GgmlType::Q5_0,
             8 => GgmlType::Q8_0,
             12 => GgmlType::Q4_K,
+            14 => GgmlType::Q6_K,
             _ => return None,
         })
     }
@@ -132,6 +138,7 @@ impl GgmlType {
             GgmlType::Q5_0 => (32, 22),
             GgmlType::Q8_0 => (32, 34),
             GgmlType::Q4_K => (256, 144),
+            GgmlType::Q6_K => (256, 210),
         }
     }
 
@@ -145,7 +152,7 @@ impl GgmlType {
 }
 
 /// The types the models read, for messages.
-pub const SUPPORTED_TYPES: &str = "F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K";
+pub const SUPPORTED_TYPES: &str = "F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K";
 
 /// ggml's name of a type id (llama.cpp's `ggml_type`), known or not.
 pub fn type_name(id: u32) -> Option<&'static str> {
@@ -167,6 +174,7 @@ impl From<GgmlType> for u32 {
             GgmlType::Q5_0 => 6,
             GgmlType::Q8_0 => 8,
             GgmlType::Q4_K => 12,
+            GgmlType::Q6_K => 14,
         }
     }
 }
@@ -583,10 +591,10 @@ mod tests {
 
     #[test]
     fn an_unsupported_quantization_type_is_named() {
-        let bytes = write(&[], &[("k", vec![256, 1], 14, vec![0; 210])]);
+        let bytes = write(&[], &[("k", vec![256, 1], 13, vec![0; 176])]);
         let h = Header::parse(&bytes[..], bytes.len() as u64, Path::new("k.gguf")).unwrap();
         let err = h.check_tensors().unwrap_err().to_string();
-        assert!(err.contains("Q6_K") && err.contains(SUPPORTED_TYPES), "{err}");
+        assert!(err.contains("Q5_K") && err.contains(SUPPORTED_TYPES), "{err}");
     }
 
     #[test]

@@ -149,7 +149,12 @@ impl Adapter {
             return Ok(None);
         };
         let r = a.shape.first().copied().unwrap_or(0);
-        if a.shape != [r, inp] || b.shape != [out, r] {
+        // A convolution's pair (the ViT's patch embedding): lora_A `[r, c, kh, kw]`
+        // and lora_B `[out, r, 1, 1]` are the matrices `[r, c kh kw]` and `[out, r]`
+        // (PEFT's conv2d delta is their product, reshaped).
+        let a_inp: usize = a.shape.iter().skip(1).product();
+        let b_ok = b.shape == [out, r] || b.shape == [out, r, 1, 1];
+        if a.shape.len() < 2 || a_inp != inp || !b_ok {
             return Err(invalid(
                 "export::base-mismatch",
                 format!(

@@ -1,7 +1,10 @@
-//! The BERT classifier merged into one `BertForSequenceClassification`
-//! checkpoint: the base's tensors under `bert.`, each adapted linear replaced
-//! by `W + scale * B A`, the trained classifier from the adapter, and a
-//! `config.json` with the labels. transformers loads the folder as it is.
+//! The classifiers merged into one Hugging Face checkpoint:
+//! `BertForSequenceClassification` (the base's tensors under `bert.`) and
+//! `ViTForImageClassification` (under `vit.`), each adapted linear (or the
+//! ViT's patch-embedding convolution) replaced by `W + scale * B A`, the
+//! trained classifier from the adapter, and a `config.json` with the labels
+//! (the ViT's with its `preprocessor_config.json`). transformers loads the
+//! folder as it is.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -32,18 +35,84 @@ pub fn merged_safetensors(base_dir: &Path, adapter: &Adapter, labels: &[String])
             ),
         ));
     }
+    let mut files = merged_classifier(base_dir, adapter, labels, "bert", "BertForSequenceClassification")?;
+    for name in TOKENIZER_FILES {
+        let p = base_dir.join(name);
+        if p.is_file() {
+            files.push((
+                name.to_string(),
+                std::fs::read(&p).map_err(|e| Error::io("cannot read", &p, e))?,
+            ));
+        }
+    }
+    Ok(files)
+}
+
+/// The ViT classifier's merged folder: `model.safetensors`, `config.json`
+/// and `preprocessor_config.json` (`ViTImageProcessor`: pixels scaled to
+/// [0, 1] as the image datasets scale them, no normalisation, the base's
+/// image size).
+pub fn merged_vit_safetensors(base_dir: &Path, adapter: &Adapter, labels: &[String]) -> Result<Vec<(String, Vec<u8>)>> {
+    if !adapter
+        .tensors
+        .keys()
+        .any(|k| k.contains(".vit.") || k.starts_with("vit."))
+    {
+        return Err(invalid(
+            "export::base-mismatch",
+            format!(
+                "{}: the adapter has no `vit.` module: it was not trained on the ViT classifier",
+                adapter.dir.display()
+            ),
+        ));
+    }
+    let mut files = merged_classifier(base_dir, adapter, labels, "vit", "ViTForImageClassification")?;
+    let config: serde_json::Value = serde_json::from_slice(&files[1].1).expect("written above");
+    let size = config["image_size"].as_u64().unwrap_or(224);
+    let channels = config["num_channels"].as_u64().unwrap_or(3) as usize;
+    let processor = serde_json::json!({
+        "image_processor_type": "ViTImageProcessor",
+        "do_resize": true,
+        "size": {"height": size, "width": size},
+        "resample": 2,
+        "do_rescale": true,
+        "rescale_factor": 1.0 / 255.0,
+        "do_normalize": false,
+        "image_mean": vec![0.0; channels],
+        "image_std": vec![1.0; channels],
+    });
+    files.push((
+        "preprocessor_config.json".to_string(),
+        serde_json::to_vec_pretty(&processor).expect("JSON serialises"),
+    ));
+    Ok(files)
+}
+
+/// `model.safetensors` and `config.json` of a classifier whose base folder is
+/// already in Hugging Face's layout, its tensors under `prefix.`.
+fn merged_classifier(
+    base_dir: &Path,
+    adapter: &Adapter,
+    labels: &[String],
+    prefix: &str,
+    architecture: &str,
+) -> Result<Vec<(String, Vec<u8>)>> {
     let weights = base_dir.join("model.safetensors");
     let bytes = std::fs::read(&weights).map_err(|e| Error::io("cannot read", &weights, e))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::Data(format!("{}: {e}", weights.display())))?;
     let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let prefixed = st.names().iter().any(|n| n.starts_with("bert."));
+    let prefixed = st.names().iter().any(|n| n.starts_with(&format!("{prefix}.")));
     // Name -> (dtype, shape, little-endian bytes); only F32 matrices are merged,
     // other tensors (`position_ids`, I64) pass through as they are.
     let mut out: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)> = BTreeMap::new();
     let mut used = BTreeSet::new();
     for (name, t) in st.tensors() {
-        let full = if prefixed { name.clone() } else { format!("bert.{name}") };
+        let full = if prefixed {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
         let shape = t.shape().to_vec();
         if t.dtype() != Dtype::F32 {
             out.insert(full, (t.dtype(), shape, t.data().to_vec()));
@@ -54,8 +123,9 @@ pub fn merged_safetensors(base_dir: &Path, adapter: &Adapter, labels: &[String])
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        if let (Some(module), [o, i]) = (full.strip_suffix(".weight"), &shape[..])
-            && let Some(d) = adapter.delta(module, *o, *i)?
+        // A matrix `[out, in]`, or a convolution `[out, c, kh, kw]` as `[out, c kh kw]`.
+        if let (Some(module), true) = (full.strip_suffix(".weight"), shape.len() >= 2)
+            && let Some(d) = adapter.delta(module, shape[0], shape[1..].iter().product())?
         {
             values.iter_mut().zip(&d.values).for_each(|(w, d)| *w += d);
             used.insert(module.to_string());
@@ -115,10 +185,7 @@ pub fn merged_safetensors(base_dir: &Path, adapter: &Adapter, labels: &[String])
     let obj = config
         .as_object_mut()
         .ok_or_else(|| Error::Data(format!("{}: not a JSON object", cfg_path.display())))?;
-    obj.insert(
-        "architectures".into(),
-        serde_json::json!(["BertForSequenceClassification"]),
-    );
+    obj.insert("architectures".into(), serde_json::json!([architecture]));
     obj.insert("num_labels".into(), serde_json::json!(labels.len()));
     obj.insert(
         "id2label".into(),
@@ -137,21 +204,11 @@ pub fn merged_safetensors(base_dir: &Path, adapter: &Adapter, labels: &[String])
             .collect(),
     );
     obj.insert("torch_dtype".into(), serde_json::json!("float32"));
-    let mut files = vec![
+    Ok(vec![
         ("model.safetensors".to_string(), st),
         (
             "config.json".to_string(),
             serde_json::to_vec_pretty(&config).expect("JSON serialises"),
         ),
-    ];
-    for name in TOKENIZER_FILES {
-        let p = base_dir.join(name);
-        if p.is_file() {
-            files.push((
-                name.to_string(),
-                std::fs::read(&p).map_err(|e| Error::io("cannot read", &p, e))?,
-            ));
-        }
-    }
-    Ok(files)
+    ])
 }

@@ -28,29 +28,34 @@ pub(crate) fn invalid(code: &str, message: String) -> Error {
 }
 
 /// The types a merged GGUF can be written in, by the names `--quant` takes.
-pub const QUANT_NAMES: [(&str, GgmlType); 7] = [
+pub const QUANT_NAMES: [(&str, GgmlType); 8] = [
     ("f32", GgmlType::F32),
     ("f16", GgmlType::F16),
     ("q8_0", GgmlType::Q8_0),
+    ("q6_k", GgmlType::Q6_K),
     ("q5_0", GgmlType::Q5_0),
     ("q4_1", GgmlType::Q4_1),
     ("q4_0", GgmlType::Q4_0),
     ("q4_k", GgmlType::Q4_K),
 ];
 
-/// The type named `name` (case-insensitive; `q4_k_s` is `q4_k`).
-pub fn parse_quant(name: &str) -> lora_core::Result<GgmlType> {
+/// The plan `name` names (case-insensitive; `q4_k_s` is `q4_k`, `q4_k_m` is
+/// llama.cpp's mix).
+pub fn parse_quant(name: &str) -> lora_core::Result<llama::TypePlan> {
     let lower = name.to_ascii_lowercase();
+    if lower == "q4_k_m" {
+        return Ok(llama::TypePlan::Q4_K_M);
+    }
     let lower = if lower == "q4_k_s" { "q4_k".to_string() } else { lower };
     QUANT_NAMES
         .iter()
         .find(|(n, _)| *n == lower)
-        .map(|(_, t)| *t)
+        .map(|(_, t)| llama::TypePlan::from(*t))
         .ok_or_else(|| {
             invalid(
                 "export::quant-unknown",
                 format!(
-                    "unknown quantization `{name}`; choose one of {}",
+                    "unknown quantization `{name}`; choose one of {}, q4_k_m",
                     QUANT_NAMES.map(|(n, _)| n).join(", ")
                 ),
             )

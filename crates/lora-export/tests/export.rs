@@ -51,6 +51,11 @@ const MODULES: [(&str, &str, usize, usize); 7] = [
 ];
 
 fn tiny_llama(dir: &Path) -> PathBuf {
+    tiny_llama_typed(dir, GgmlType::F32)
+}
+
+/// The tiny Llama with its layer's matrices stored as `ty` (SmolLM2's base is Q4_1).
+fn tiny_llama_typed(dir: &Path, ty: GgmlType) -> PathBuf {
     let meta = [
         ("general.architecture", Value::Str("llama".into())),
         ("llama.block_count", Value::U32(1)),
@@ -85,14 +90,24 @@ fn tiny_llama(dir: &Path) -> PathBuf {
         tensors.push((
             format!("blk.0.{g}.weight"),
             vec![*inp as u64, *out as u64],
-            bytes(&noise(out * inp, 10 + i as u32, 0.05)),
+            lora_export::quant::quantize(ty, &noise(out * inp, 10 + i as u32, 0.05)),
         ));
     }
     let t: Vec<(&str, Vec<u64>, u32, Vec<u8>)> = tensors
         .iter()
-        .map(|(n, d, b)| (n.as_str(), d.clone(), 0, b.clone()))
+        .map(|(n, d, b)| {
+            let id = if n.starts_with("blk.0.") && d.len() == 2 {
+                ty.into()
+            } else {
+                0
+            };
+            (n.as_str(), d.clone(), id, b.clone())
+        })
         .collect();
-    let path = dir.join("tiny.gguf");
+    let path = match ty {
+        GgmlType::F32 => dir.join("tiny.gguf"),
+        _ => dir.join(format!("tiny-{}.gguf", ty.name())),
+    };
     std::fs::write(&path, write(&meta, &t)).unwrap();
     path
 }
@@ -175,7 +190,7 @@ fn hf_rows(values: &[f32], out: usize, module: &str) -> Vec<f32> {
 fn export_gguf(base: &Path, run: &Path, ty: GgmlType, out: &Path) {
     let base = GgufFile::open(base).unwrap();
     let adapter = Adapter::read(run).unwrap();
-    let (meta, tensors) = llama::merged_gguf(&base, &adapter, ty).unwrap();
+    let (meta, tensors) = llama::merged_gguf(&base, &adapter, ty.into(), llama::Rounding::Reference).unwrap();
     lora_export::write::gguf(out, &meta, &tensors).unwrap();
 }
 
@@ -232,6 +247,7 @@ fn every_quantization_decodes_near_the_f32_merge() {
         (GgmlType::Q4_1, 0.1),
         (GgmlType::Q4_0, 1.0 / 8.0 + 1e-3),
         (GgmlType::Q4_K, 0.1),
+        (GgmlType::Q6_K, 1.0 / 32.0),
     ] {
         let path = dir.path().join(format!("merged-{}.gguf", ty.name()));
         export_gguf(&base_path, &run, ty, &path);
@@ -248,10 +264,97 @@ fn every_quantization_decodes_near_the_f32_merge() {
         // The tied embedding stays at 8 bits below 8 bits.
         let embd = f.matrix("token_embd.weight").unwrap().ggml;
         assert!(
-            matches!((ty, embd), (GgmlType::F16, GgmlType::F16) | (_, GgmlType::Q8_0)),
+            matches!(
+                (ty, embd),
+                (GgmlType::F16, GgmlType::F16) | (GgmlType::Q6_K, GgmlType::Q6_K) | (_, GgmlType::Q8_0)
+            ),
             "{ty:?}: {embd:?}"
         );
     }
+}
+
+#[test]
+fn q4_1_of_a_q4_1_base_keeps_its_blocks_and_unbiased_rounding_keeps_a_small_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let base_path = tiny_llama_typed(dir.path(), GgmlType::Q4_1);
+    let base = GgufFile::open(&base_path).unwrap();
+    let run = adapter(dir.path(), false);
+    let mut adapter = Adapter::read(&run).unwrap();
+    let merge = |adapter: &Adapter, rounding| {
+        let (_, tensors) = llama::merged_gguf(&base, adapter, GgmlType::Q4_1.into(), rounding).unwrap();
+        tensors
+    };
+    // A zero update: both roundings give back the base's own blocks, byte for byte
+    // (ggml's min/max quantizer lands on the grid it came from).
+    let b_names: Vec<String> = adapter
+        .tensors
+        .keys()
+        .filter(|k| k.contains("lora_B"))
+        .cloned()
+        .collect();
+    for k in &b_names {
+        adapter
+            .tensors
+            .get_mut(k)
+            .unwrap()
+            .data
+            .iter_mut()
+            .for_each(|v| *v = 0.0);
+    }
+    for rounding in [llama::Rounding::Reference, llama::Rounding::Fitted] {
+        for t in merge(&adapter, rounding)
+            .iter()
+            .filter(|t| t.name.starts_with("blk.0.") && t.dims.len() == 2)
+        {
+            assert_eq!(t.bytes, base.matrix(&t.name).unwrap().bytes, "{rounding:?} {}", t.name);
+        }
+    }
+    // An update of about 2% of a step (LoRA's usual size next to a 4-bit step):
+    // the fraction of it that the merged file keeps, <Q - W, delta> / |delta|^2.
+    let adapter = Adapter::read(&run).unwrap();
+    let mut small = adapter.clone();
+    for k in &b_names {
+        small
+            .tensors
+            .get_mut(k)
+            .unwrap()
+            .data
+            .iter_mut()
+            .for_each(|v| *v *= 0.003);
+    }
+    let kept = |rounding| {
+        let (mut dot, mut norm) = (0f64, 0f64);
+        for t in merge(&small, rounding)
+            .iter()
+            .filter(|t| t.name.starts_with("blk.0.") && t.dims.len() == 2)
+        {
+            let m = MODULES
+                .iter()
+                .find(|m| t.name == format!("blk.0.{}.weight", m.1))
+                .unwrap();
+            let w = hf_rows(&base.matrix(&t.name).unwrap().to_f32(), m.2, m.0);
+            let mut q = vec![0f32; w.len()];
+            lora_nn::gguf::decode(GgmlType::Q4_1, &t.bytes, &mut q);
+            let q = hf_rows(&q, m.2, m.0);
+            let d: Vec<f32> = delta_by_hand(&run, m.0, m.2, m.3).iter().map(|v| v * 0.003).collect();
+            for ((q, w), d) in q.iter().zip(&w).zip(&d) {
+                dot += f64::from((q - w) * d);
+                norm += f64::from(d * d);
+            }
+        }
+        dot / norm
+    };
+    let (reference, unbiased) = (kept(llama::Rounding::Reference), kept(llama::Rounding::Fitted));
+    assert!(
+        reference.abs() < 0.3,
+        "nearest rounding keeps {reference} of the update"
+    );
+    // Not all of it: a value at a block's lowest or highest level (2 of 32)
+    // cannot move outward on the base's grid.
+    assert!(
+        (0.85..1.1).contains(&unbiased),
+        "unbiased rounding keeps {unbiased} of the update"
+    );
 }
 
 #[test]
@@ -297,7 +400,11 @@ fn checks_refuse_before_anything_is_written() {
     assert!(err.contains("export::adapter-missing"), "{err}");
     // Shapes that do not fit this base.
     let bad = Adapter::read(&adapter(dir.path(), true)).unwrap();
-    let err = code(llama::merged_gguf(&base, &bad, GgmlType::Q8_0).err().unwrap());
+    let err = code(
+        llama::merged_gguf(&base, &bad, GgmlType::Q8_0.into(), llama::Rounding::Fitted)
+            .err()
+            .unwrap(),
+    );
     assert!(err.contains("export::base-mismatch") && err.contains("q_proj"), "{err}");
     let err = code(llama::adapter_gguf(&base, &bad).err().unwrap());
     assert!(err.contains("export::base-mismatch"), "{err}");
@@ -316,9 +423,9 @@ fn checks_refuse_before_anything_is_written() {
     let small =
         GgufFile::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/validate/models/tiny-llama.gguf"))
             .unwrap();
-    let err = code(llama::check_quant(&small, GgmlType::Q4_K).unwrap_err());
+    let err = code(llama::check_quant(&small, GgmlType::Q4_K.into()).unwrap_err());
     assert!(err.contains("export::quant-unsupported"), "{err}");
-    llama::check_quant(&small, GgmlType::Q8_0).unwrap();
+    llama::check_quant(&small, GgmlType::Q8_0.into()).unwrap();
     assert!(lora_export::parse_quant("q3_k").is_err());
     // Nothing but the inputs in the folder.
     let mut names: Vec<String> = std::fs::read_dir(dir.path())
@@ -356,6 +463,17 @@ fn the_gguf_package_reads_every_field_and_tensor() {
         files.push(path);
     }
     let base = GgufFile::open(&base_path).unwrap();
+    // llama.cpp's Q4_K_M mix: one layer of one, so attn_v and ffn_down are Q6_K.
+    let (meta, tensors) = llama::merged_gguf(
+        &base,
+        &Adapter::read(&run).unwrap(),
+        llama::TypePlan::Q4_K_M,
+        llama::Rounding::Reference,
+    )
+    .unwrap();
+    let q4_k_m = dir.path().join("merged-q4_k_m.gguf");
+    lora_export::write::gguf(&q4_k_m, &meta, &tensors).unwrap();
+    files.push(q4_k_m);
     let (meta, tensors) = llama::adapter_gguf(&base, &Adapter::read(&run).unwrap()).unwrap();
     let adapter_path = dir.path().join("adapter.gguf");
     lora_export::write::gguf(&adapter_path, &meta, &tensors).unwrap();
@@ -379,5 +497,153 @@ fn the_gguf_package_reads_every_field_and_tensor() {
         assert!(l["byte_identical_tensors"].as_u64().unwrap() >= 8, "{l}");
     }
     assert_eq!(lines.last().unwrap()["adapter_pairs"], 7);
+    // Q4_K_M: attn_v, ffn_down and the tied embedding Q6_K, the other five matrices Q4_K.
+    let mix = &lines[lines.len() - 2]["types"];
+    assert_eq!(
+        (mix["Q6_K"].as_u64(), mix["Q4_K"].as_u64()),
+        (Some(3), Some(5)),
+        "{mix}"
+    );
     let _ = LlamaConfig::from_header(&base.header).unwrap();
+}
+
+/// `name -> (shape, values)` as an f32 safetensors file.
+fn write_safetensors(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
+    let owned: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, s, v)| (n.to_string(), s.clone(), bytes(v)))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+#[test]
+fn vit_merge_folds_the_patch_convolution_and_the_linears_by_hand() {
+    // A ViT base in Hugging Face's layout (hidden 4, patches of 2x2 on 1 channel):
+    // the patch embedding [4, 1, 2, 2] and one query [4, 4].
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    let conv = noise(16, 1, 0.5);
+    let query = noise(16, 2, 0.5);
+    write_safetensors(
+        &base.join("model.safetensors"),
+        &[
+            (
+                "vit.embeddings.patch_embeddings.projection.weight",
+                vec![4, 1, 2, 2],
+                conv.clone(),
+            ),
+            (
+                "vit.encoder.layer.0.attention.attention.query.weight",
+                vec![4, 4],
+                query.clone(),
+            ),
+            ("classifier.weight", vec![2, 4], vec![0.0; 8]),
+        ],
+    );
+    let cfg = serde_json::json!({"model_type": "vit", "image_size": 4, "num_channels": 1, "hidden_size": 4});
+    std::fs::write(base.join("config.json"), cfg.to_string()).unwrap();
+    // PEFT's conv2d pair (A [r, c, kh, kw], B [out, r, 1, 1]) at rank 2 through
+    // rank_pattern, the query at rank 1; alpha 4.
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let (ca, cb, qa, qb) = (noise(8, 3, 0.3), noise(8, 4, 0.3), noise(4, 5, 0.3), noise(4, 6, 0.3));
+    let p = "base_model.model.vit.";
+    write_safetensors(
+        &run.join("adapter_model.safetensors"),
+        &[
+            (
+                &format!("{p}embeddings.patch_embeddings.projection.lora_A.weight"),
+                vec![2, 1, 2, 2],
+                ca.clone(),
+            ),
+            (
+                &format!("{p}embeddings.patch_embeddings.projection.lora_B.weight"),
+                vec![4, 2, 1, 1],
+                cb.clone(),
+            ),
+            (
+                &format!("{p}encoder.layer.0.attention.attention.query.lora_A.weight"),
+                vec![1, 4],
+                qa.clone(),
+            ),
+            (
+                &format!("{p}encoder.layer.0.attention.attention.query.lora_B.weight"),
+                vec![4, 1],
+                qb.clone(),
+            ),
+            ("base_model.model.classifier.weight", vec![2, 4], vec![0.5; 8]),
+            ("base_model.model.classifier.bias", vec![2], vec![0.1, -0.1]),
+        ],
+    );
+    let acfg = serde_json::json!({"peft_type": "LORA", "r": 1, "lora_alpha": 4,
+        "rank_pattern": {"patch_embeddings.projection": 2}, "modules_to_save": ["classifier"]});
+    std::fs::write(run.join("adapter_config.json"), acfg.to_string()).unwrap();
+    let adapter = Adapter::read(&run).unwrap();
+    let labels = vec!["a".to_string(), "b".to_string()];
+    let files = lora_export::bert::merged_vit_safetensors(&base, &adapter, &labels).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&files[0].1).unwrap();
+    let got = |n: &str| floats(st.tensor(n).unwrap().data());
+    // By hand: W + (alpha / r) B A, the kernel flattened to its 4 inputs.
+    for o in 0..4 {
+        for i in 0..4 {
+            let dc = (4.0 / 2.0) * (cb[o * 2] * ca[i] + cb[o * 2 + 1] * ca[4 + i]);
+            let dq = (4.0 / 1.0) * qb[o] * qa[i];
+            let c = got("vit.embeddings.patch_embeddings.projection.weight")[o * 4 + i];
+            let q = got("vit.encoder.layer.0.attention.attention.query.weight")[o * 4 + i];
+            assert!((c - conv[o * 4 + i] - dc).abs() < 1e-6, "conv [{o}, {i}]");
+            assert!((q - query[o * 4 + i] - dq).abs() < 1e-6, "query [{o}, {i}]");
+        }
+    }
+    assert_eq!(got("classifier.bias"), [0.1, -0.1]);
+    let config: serde_json::Value = serde_json::from_slice(&files[1].1).unwrap();
+    assert_eq!(config["architectures"][0], "ViTForImageClassification");
+    assert_eq!(config["id2label"]["1"], "b");
+    let processor: serde_json::Value = serde_json::from_slice(&files[2].1).unwrap();
+    assert_eq!(
+        (
+            processor["size"]["height"].as_u64(),
+            processor["do_normalize"].as_bool()
+        ),
+        (Some(4), Some(false))
+    );
+    // A BERT adapter is not a ViT's.
+    let err = code(
+        lora_export::bert::merged_vit_safetensors(
+            &base,
+            &Adapter::read(&adapter_dir_bert(dir.path())).unwrap(),
+            &labels,
+        )
+        .unwrap_err(),
+    );
+    assert!(err.contains("export::base-mismatch"), "{err}");
+}
+
+/// A one-module adapter whose paths are BERT's.
+fn adapter_dir_bert(dir: &Path) -> PathBuf {
+    let run = dir.join("bert-run");
+    std::fs::create_dir_all(&run).unwrap();
+    let k = "base_model.model.bert.encoder.layer.0.attention.self.query";
+    write_safetensors(
+        &run.join("adapter_model.safetensors"),
+        &[
+            (&format!("{k}.lora_A.weight"), vec![1, 4], vec![0.1; 4]),
+            (&format!("{k}.lora_B.weight"), vec![4, 1], vec![0.1; 4]),
+        ],
+    );
+    std::fs::write(
+        run.join("adapter_config.json"),
+        r#"{"peft_type": "LORA", "r": 1, "lora_alpha": 1, "task_type": "SEQ_CLS"}"#,
+    )
+    .unwrap();
+    run
 }

@@ -94,6 +94,7 @@ pub fn decode(ggml: GgmlType, bytes: &[u8], out: &mut [f32]) {
                 }
             }
             GgmlType::Q4_K => decode_q4_k(b, dst),
+            GgmlType::Q6_K => decode_q6_k(b, dst),
         }
     }
 }
@@ -123,6 +124,29 @@ fn decode_q4_k(b: &[u8], dst: &mut [f32]) {
         for (l, &v) in q.iter().enumerate() {
             out[l] = d1 * (v & 0x0f) as f32 - m1;
             out[l + 32] = d2 * (v >> 4) as f32 - m2;
+        }
+    }
+}
+
+/// One Q6_K super-block: `ql[128]` (low nibbles), `qh[64]` (2 high bits
+/// each), 16 signed 8-bit scales, `d` (f16) last; level `q - 32`, group of 16
+/// `g` scaled by `d * scales[g]` (ggml's `dequantize_row_q6_K`).
+fn decode_q6_k(b: &[u8], dst: &mut [f32]) {
+    let d = f16(&b[208..]);
+    for (half, out) in dst.chunks_exact_mut(128).enumerate() {
+        let ql = &b[64 * half..64 * (half + 1)];
+        let qh = &b[128 + 32 * half..128 + 32 * (half + 1)];
+        let sc = |k: usize| d * f32::from(b[192 + 8 * half + k] as i8);
+        for l in 0..32 {
+            let is = l / 16;
+            let q1 = ((ql[l] & 0x0f) | ((qh[l] & 3) << 4)) as i32 - 32;
+            let q2 = ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+            out[l] = sc(is) * q1 as f32;
+            out[l + 32] = sc(is + 2) * q2 as f32;
+            out[l + 64] = sc(is + 4) * q3 as f32;
+            out[l + 96] = sc(is + 6) * q4 as f32;
         }
     }
 }
@@ -158,7 +182,7 @@ pub fn dot_row(ggml: GgmlType, row: &[u8], x: &[f32]) -> f32 {
                 f16(b) * s + f16(&b[2..]) * x.iter().sum::<f32>()
             }
             // Rarer types: decode the block, then multiply.
-            GgmlType::Q5_0 | GgmlType::Q4_K => {
+            GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q6_K => {
                 let mut w = [0f32; 256];
                 decode(ggml, b, &mut w[..block]);
                 w[..block].iter().zip(x).map(|(w, x)| w * x).sum()
@@ -298,12 +322,16 @@ mod tests {
             GgmlType::Q8_0,
             GgmlType::F16,
             GgmlType::Q4_K,
+            GgmlType::Q6_K,
         ] {
             let (block, size) = ggml.block();
             let mut row = Vec::new();
             for _ in 0..256 / block {
                 let mut b: Vec<u8> = (0..size).map(|_| next()).collect();
-                if size > 4 {
+                if ggml == GgmlType::Q6_K {
+                    // Q6_K's d is its last two bytes.
+                    b[208..].copy_from_slice(&f16_bytes(0.001));
+                } else if size > 4 {
                     b[..2].copy_from_slice(&f16_bytes(0.03));
                     b[2..4].copy_from_slice(&f16_bytes(-0.2));
                 } else {

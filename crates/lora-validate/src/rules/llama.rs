@@ -60,7 +60,7 @@ fn unsupported_model(ctx: &RuleContext) -> Vec<Finding> {
         Some(e) if unsupported(e) && !e.contains("truncated") => one(e, ctx.location("model.path"))
             .into_iter()
             .map(|f| {
-                f.help("llama-causal-lm reads the `llama` architecture with F32, F16, Q4_0, Q4_1, Q5_0, Q8_0 and Q4_K tensors")
+                f.help("llama-causal-lm reads the `llama` architecture with F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K and Q6_K tensors")
             })
             .collect(),
         _ => Vec::new(),
@@ -69,7 +69,7 @@ fn unsupported_model(ctx: &RuleContext) -> Vec<Finding> {
 lora_core::rule! {
     id: "model::gguf-unsupported", category: Model, severity: Error,
     summary: "The GGUF file holds an architecture or a quantization type the decoder does not read.",
-    doc: "The decoder is Llama's (`general.architecture = \"llama\"`); its matrices may be F32, F16, Q4_0, Q4_1, Q5_0, Q8_0 or Q4_K (the types `lora export` writes). Other k-quants and other types are named with the tensors that use them.",
+    doc: "The decoder is Llama's (`general.architecture = \"llama\"`); its matrices may be F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K or Q6_K (the types `lora export` writes). Other k-quants and other types are named with the tensors that use them.",
     trip: [Base("configs/chat-smollm2.toml"), Set("model.path=\"{fixtures}/models/gpt2-arch.gguf\"")], check: unsupported_model,
 }
 

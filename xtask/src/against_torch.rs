@@ -244,3 +244,21 @@ pub fn run(opts: &Options, suite: &Suite) -> ExitCode {
     }
     if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::last_number;
+
+    #[test]
+    fn last_number_reads_the_last_line_that_has_the_key() {
+        // `lora bench --causal`: a training line, then a generation line, around other output.
+        let ours = "loading\n{\"median_step_s\": 2.5}\n{\"s_per_token\": 0.25, \"tokens_per_s\": 4.0}\n";
+        assert_eq!(last_number(ours, &["median_step_s"]), Some(2.5));
+        assert_eq!(last_number(ours, &["s_per_token"]), Some(0.25));
+        // The baseline: one line, the figure under its case.
+        let torch = "{\"generate\": {\"s_per_token\": 0.5}, \"load_s\": 3}\nwarning: ...\n";
+        assert_eq!(last_number(torch, &["generate", "s_per_token"]), Some(0.5));
+        assert_eq!(last_number(torch, &["train_b1_s256", "step_s_median"]), None);
+        assert_eq!(last_number("{\"median_step_s\": \"fast\"}", &["median_step_s"]), None);
+    }
+}

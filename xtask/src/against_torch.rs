@@ -1,8 +1,12 @@
-//! `cargo xtask bench --against-torch`: `lora bench` and the PyTorch + PEFT
-//! baseline (`../shared/bench/peft_minilm.py`) alternated case by case in one
-//! run, each in its own process, with the ratio PyTorch time / ours and the
-//! peak RSS of both. The machine is shared: only ratios from one alternating
-//! run compare, so the load average is printed with each case.
+//! `cargo xtask bench --against-torch`: `lora bench` and a PyTorch + PEFT
+//! baseline alternated case by case in one run, each in its own process, with
+//! the ratio PyTorch time / ours and the peak RSS of both. The machine is
+//! shared: only ratios from one alternating run compare, so the load average
+//! is printed with each case.
+//!
+//! The machinery ([`run`]) takes a [`Suite`]: MiniLM against
+//! `../shared/bench/peft_minilm.py` ([`minilm`], the default) or SmolLM2
+//! against `xtask/bench/peft_smollm2.py` (`crate::bench_causal`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -10,35 +14,68 @@ use std::process::{Command, ExitCode};
 use crate::cargo;
 
 /// One row of the comparison.
-struct Case {
-    name: &'static str,
-    /// `lora bench` arguments.
-    ours: &'static [&'static str],
-    /// `peft_minilm.py --only` configuration and the JSON key of its median.
-    torch: &'static str,
-    torch_key: &'static str,
+pub struct Case {
+    pub name: &'static str,
+    /// `lora bench` arguments (after the suite's own).
+    pub ours: &'static [&'static str],
+    /// The key of ours' figure, in seconds, in the last JSON line that has it.
+    pub ours_key: &'static str,
+    /// The baseline's `--only` case and the key of its figure, in seconds.
+    pub torch: &'static str,
+    pub torch_key: &'static str,
 }
 
-const CASES: [Case; 3] = [
+/// What to compare: the cases and how to run each side.
+pub struct Suite {
+    pub cases: &'static [Case],
+    /// `lora bench` arguments before each case's own (e.g. `--causal`).
+    pub ours_args: Vec<String>,
+    /// The baseline script and its arguments before `--only CASE --warmup N --steps N`.
+    pub script: PathBuf,
+    pub torch_args: Vec<String>,
+    /// Environment of the baseline.
+    pub torch_env: Vec<(&'static str, PathBuf)>,
+    /// Where to read how to set the baseline up.
+    pub setup: &'static str,
+}
+
+const MINILM_CASES: [Case; 3] = [
     Case {
         name: "train b32 x 128, no dropout",
         ours: &["--batch", "32", "--seq-len", "128"],
+        ours_key: "median_step_s",
         torch: "train_b32_s128_nodrop",
         torch_key: "step_s_median",
     },
     Case {
         name: "train b8 x 64 (PyTorch with BERT's dropout)",
         ours: &["--batch", "8", "--seq-len", "64"],
+        ours_key: "median_step_s",
         torch: "train_b8_s64",
         torch_key: "step_s_median",
     },
     Case {
         name: "inference b32 x 128",
         ours: &["--batch", "32", "--seq-len", "128", "--inference"],
+        ours_key: "median_step_s",
         torch: "infer_b32_s128",
         torch_key: "fwd_s_median",
     },
 ];
+
+/// MiniLM-L6 against `../shared/bench/peft_minilm.py`.
+pub fn minilm() -> Suite {
+    Suite {
+        cases: &MINILM_CASES,
+        ours_args: vec![],
+        script: cargo::workspace_root().join("../shared/bench/peft_minilm.py"),
+        torch_args: ["--no-wait", "--retries", "0", "--peak-gflops", "250"]
+            .map(String::from)
+            .to_vec(),
+        torch_env: vec![("MINILM_DIR", asset_cache().join("assets/all-minilm-l6-v2"))],
+        setup: "../shared/bench/README.md",
+    }
+}
 
 pub struct Options {
     pub backend: String,
@@ -46,11 +83,10 @@ pub struct Options {
     pub warmup: usize,
     pub steps: usize,
     pub python: PathBuf,
-    pub script: PathBuf,
 }
 
 impl Options {
-    /// The defaults: the venv of `~/.cache/lora-scripts/venv-ref`, the script beside the workspace.
+    /// The defaults: the venv of `~/.cache/lora-scripts/venv-ref`.
     pub fn new(backend: String) -> Self {
         let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
         Self {
@@ -61,9 +97,20 @@ impl Options {
             python: std::env::var_os("LORA_BENCH_PYTHON")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| home.join(".cache/lora-scripts/venv-ref/bin/python")),
-            script: cargo::workspace_root().join("../shared/bench/peft_minilm.py"),
         }
     }
+}
+
+/// The asset cache `cargo xtask fetch` fills (`LORA_CACHE_DIR`).
+pub fn asset_cache() -> PathBuf {
+    std::env::var_os("LORA_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default()
+                .join(".cache/lora-scripts")
+        })
 }
 
 /// The 1-minute load average.
@@ -102,21 +149,23 @@ fn run_measured(program: &Path, args: &[String], envs: &[(&str, PathBuf)]) -> Re
     Ok((String::from_utf8_lossy(&out.stdout).into_owned(), rss))
 }
 
-/// The last JSON object line of `stdout`.
-fn last_json(stdout: &str) -> Option<serde_json::Value> {
-    stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok())
+/// The number at `path` in the last JSON object line of `stdout` that has one
+/// (`lora bench --causal` prints a training line, then a generation line).
+fn last_number(stdout: &str, path: &[&str]) -> Option<f64> {
+    stdout.lines().rev().find_map(|l| {
+        let v = serde_json::from_str::<serde_json::Value>(l.trim()).ok()?;
+        path.iter().try_fold(&v, |v, k| v.get(k))?.as_f64()
+    })
 }
 
-pub fn run(opts: &Options) -> ExitCode {
-    if !opts.script.exists() || !opts.python.exists() {
+pub fn run(opts: &Options, suite: &Suite) -> ExitCode {
+    if !suite.script.exists() || !opts.python.exists() {
         eprintln!(
-            "error: the PyTorch baseline needs {} and {} (see ../shared/bench/README.md; \
+            "error: the PyTorch baseline needs {} and {} (see {}; \
              LORA_BENCH_PYTHON names another interpreter)",
-            opts.script.display(),
-            opts.python.display()
+            suite.script.display(),
+            opts.python.display(),
+            suite.setup
         );
         return ExitCode::from(2);
     }
@@ -124,15 +173,6 @@ pub fn run(opts: &Options) -> ExitCode {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let cache = std::env::var_os("LORA_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default()
-                .join(".cache/lora-scripts")
-        });
-    let model_dir = cache.join("assets/all-minilm-l6-v2");
     let (warmup, steps) = (opts.warmup.to_string(), opts.steps.to_string());
     let mut failed = false;
     println!(
@@ -140,7 +180,7 @@ pub fn run(opts: &Options) -> ExitCode {
         "case", "torch s", "ours s", "ratio", "torch MiB", "ours MiB", "load"
     );
     for round in 0..opts.rounds {
-        for case in &CASES {
+        for case in suite.cases {
             let mut ours_args: Vec<String> = [
                 "bench",
                 "--backend",
@@ -153,24 +193,11 @@ pub fn run(opts: &Options) -> ExitCode {
             .iter()
             .map(|s| s.to_string())
             .collect();
+            ours_args.extend(suite.ours_args.iter().cloned());
             ours_args.extend(case.ours.iter().map(|s| s.to_string()));
-            let torch_args: Vec<String> = [
-                opts.script.to_string_lossy().as_ref(),
-                "--no-wait",
-                "--retries",
-                "0",
-                "--peak-gflops",
-                "250",
-                "--only",
-                case.torch,
-                "--warmup",
-                &warmup,
-                "--steps",
-                &steps,
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+            let mut torch_args = vec![suite.script.to_string_lossy().into_owned()];
+            torch_args.extend(suite.torch_args.iter().cloned());
+            torch_args.extend(["--only", case.torch, "--warmup", &warmup, "--steps", &steps].map(String::from));
             let load_before = load();
             // Alternate which goes first, so that neither always follows the other.
             let order: [bool; 2] = if round % 2 == 0 { [true, false] } else { [false, true] };
@@ -179,22 +206,16 @@ pub fn run(opts: &Options) -> ExitCode {
                 if is_ours {
                     ours = Some(run_measured(&lora, &ours_args, &[]));
                 } else {
-                    torch = Some(run_measured(
-                        &opts.python,
-                        &torch_args,
-                        &[("MINILM_DIR", model_dir.clone())],
-                    ));
+                    torch = Some(run_measured(&opts.python, &torch_args, &suite.torch_env));
                 }
             }
             let ours = ours.expect("ran").and_then(|(out, rss)| {
-                let t = last_json(&out)
-                    .and_then(|v| v["median_step_s"].as_f64())
-                    .ok_or_else(|| "no median in `lora bench`'s output".to_string())?;
+                let t = last_number(&out, &[case.ours_key])
+                    .ok_or_else(|| format!("no {} in `lora bench`'s output", case.ours_key))?;
                 Ok((t, rss))
             });
             let torch = torch.expect("ran").and_then(|(out, rss)| {
-                let t = last_json(&out)
-                    .and_then(|v| v[case.torch][case.torch_key].as_f64())
+                let t = last_number(&out, &[case.torch, case.torch_key])
                     .ok_or_else(|| format!("no {} in the baseline's output", case.torch_key))?;
                 Ok((t, rss))
             });
@@ -222,4 +243,22 @@ pub fn run(opts: &Options) -> ExitCode {
         }
     }
     if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_number;
+
+    #[test]
+    fn last_number_reads_the_last_line_that_has_the_key() {
+        // `lora bench --causal`: a training line, then a generation line, around other output.
+        let ours = "loading\n{\"median_step_s\": 2.5}\n{\"s_per_token\": 0.25, \"tokens_per_s\": 4.0}\n";
+        assert_eq!(last_number(ours, &["median_step_s"]), Some(2.5));
+        assert_eq!(last_number(ours, &["s_per_token"]), Some(0.25));
+        // The baseline: one line, the figure under its case.
+        let torch = "{\"generate\": {\"s_per_token\": 0.5}, \"load_s\": 3}\nwarning: ...\n";
+        assert_eq!(last_number(torch, &["generate", "s_per_token"]), Some(0.5));
+        assert_eq!(last_number(torch, &["train_b1_s256", "step_s_median"]), None);
+        assert_eq!(last_number("{\"median_step_s\": \"fast\"}", &["median_step_s"]), None);
+    }
 }

@@ -5,7 +5,7 @@ use std::process::{Command, ExitCode};
 
 use crate::{against_torch, cargo};
 
-pub const USAGE: &str = "bench [--backend B] [--memory | --strategies | --against-torch [--rounds N] [--warmup N] [--steps N]]  training-step speed and peak RSS on MiniLM-L6, JSON lines; --strategies: bytes and step time per distributed strategy, N processes against 1 (with --accuracy [--only NAME,...]: the inexact strategies' sentiment accuracy against ddp); --against-torch: the ratios to PyTorch + PEFT";
+pub const USAGE: &str = "bench [--backend B] [--memory | --strategies [--accuracy [--only NAME,...]] | [--causal] --against-torch [--rounds N] [--warmup N] [--steps N]]  training-step speed and peak RSS on MiniLM-L6 (--causal: SmolLM2), JSON lines; --strategies: bytes and step time per distributed strategy, N processes against 1 (--accuracy: the inexact strategies' sentiment accuracy against ddp); --against-torch: the ratios to PyTorch + PEFT";
 
 /// `--memory`: each variant in its own process (a process's peak RSS cannot be
 /// reset below what its allocator keeps): gradient checkpointing off and on at
@@ -94,12 +94,20 @@ pub fn run(args: &[String]) -> ExitCode {
         }
     }
     if against {
-        if !rest.is_empty() || memory {
+        let suite = match rest.as_slice() {
+            [] => against_torch::minilm(),
+            [c] if c == "--causal" => crate::bench_causal::suite(),
+            _ => {
+                eprintln!("usage: cargo xtask {USAGE}");
+                return ExitCode::from(2);
+            }
+        };
+        if memory {
             eprintln!("usage: cargo xtask {USAGE}");
             return ExitCode::from(2);
         }
         torch.backend = backend;
-        return against_torch::run(&torch);
+        return against_torch::run(&torch, &suite);
     }
     let lora = match cargo::build_lora_for(&backend) {
         Ok(p) => p,

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 mod against_torch;
 mod bench;
 mod bench_accuracy;
+mod bench_causal;
 mod bench_strategies;
 mod build_plugins;
 mod cargo;

@@ -57,13 +57,16 @@ fn random_batch(batch: usize, seq_len: usize, seed: u64) -> Batch {
 }
 
 /// What to measure: the default cases (batch 1 and 4 at 256 tokens) or one
-/// batch x length, with or without gradient checkpointing.
+/// batch x length, with or without gradient checkpointing, then generation;
+/// or generation alone (`generate_only`, so that a process's peak RSS is
+/// generation's when `cargo xtask bench` compares it with PyTorch's).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
     pub warmup: usize,
     pub steps: usize,
     pub case: Option<(usize, usize)>,
     pub checkpointing: bool,
+    pub generate_only: bool,
 }
 
 pub fn run(backend: &str, opts: Options, assets: &dyn AssetResolver) -> Result<Vec<serde_json::Value>> {
@@ -84,9 +87,10 @@ pub fn run(backend: &str, opts: Options, assets: &dyn AssetResolver) -> Result<V
     let mut model = stage.build(&ctx, &config.lora, &Task::CausalLm, &options)?;
     let loaded_rss = peak_rss();
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let cases = match opts.case {
-        Some(c) => vec![c],
-        None => vec![(1, SEQ_LEN), (4, SEQ_LEN)],
+    let cases = match (opts.generate_only, opts.case) {
+        (true, _) => vec![],
+        (false, Some(c)) => vec![c],
+        (false, None) => vec![(1, SEQ_LEN), (4, SEQ_LEN)],
     };
     for (batch, seq_len) in cases {
         reset_peak_rss();
@@ -134,7 +138,9 @@ pub fn run(backend: &str, opts: Options, assets: &dyn AssetResolver) -> Result<V
         "backend": model.backend(),
         "case": format!("generate {new_tokens} tokens after a {}-token prompt (greedy, KV cache)", prompt.len()),
         "prefill_s": prefill,
+        "s_per_token": decode / new_tokens as f64,
         "tokens_per_s": new_tokens as f64 / decode,
+        "rss_after_load_mib": loaded_rss.map(|b| b as f64 / 1048576.0),
         "peak_rss_mib": peak_rss().map(|b| b as f64 / 1048576.0),
         "threads": threads,
     });

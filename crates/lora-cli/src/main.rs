@@ -249,7 +249,8 @@ enum Command {
         /// The frozen base weights' type: f32, bf16 or f16.
         #[arg(long, default_value = "f32")]
         dtype: String,
-        /// Time the forward pass in evaluation mode (`predict`) instead of a training step.
+        /// Time the forward pass in evaluation mode (`predict`) instead of a training step;
+        /// with --causal, greedy generation alone.
         #[arg(long)]
         inference: bool,
     },
@@ -763,6 +764,7 @@ fn run(command: Command) -> lora_core::Result<()> {
                     steps,
                     case: batch.zip(seq_len),
                     checkpointing,
+                    generate_only: inference,
                 };
                 lora_cli::bench_causal::run(&backend, opts, &assets)?;
             } else if monitoring {

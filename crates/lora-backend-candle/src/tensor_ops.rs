@@ -7,6 +7,7 @@ use candle_core::{D, DType, Device, Tensor, Var};
 use lora_core::task::Targets;
 use lora_core::{Error, Result};
 use lora_nn::gguf::QuantView;
+use lora_core::init::CounterMask;
 use lora_nn::ops::{Heads, Mask, TensorOps, default_attention};
 use lora_nn::weights::{WeightDType, WeightView};
 
@@ -276,8 +277,9 @@ impl TensorOps for CandleOps {
         s: Heads,
         mask: Mask<'_>,
         scale: f64,
+        dropout: Option<CounterMask>,
     ) -> Result<Tensor> {
-        attention_rows(q, k, v, s, mask, scale).core()
+        attention_rows(q, k, v, s, mask, scale, dropout).core()
     }
 
     fn frozen_linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {

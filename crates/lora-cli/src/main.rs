@@ -231,7 +231,7 @@ enum Command {
         /// training tokens/s at batch x 256, generation tokens/s, peak RSS.
         #[arg(long)]
         causal: bool,
-        /// One case of this batch size (with --seq-len) instead of the default two.
+        /// One case of this batch size (with --seq-len) instead of the default cases.
         #[arg(long, requires = "seq_len")]
         batch: Option<usize>,
         #[arg(long, requires = "batch")]
@@ -245,6 +245,9 @@ enum Command {
         /// Time the forward pass in evaluation mode (`predict`) instead of a training step.
         #[arg(long)]
         inference: bool,
+        /// Train with BERT's own hidden and attention dropout (`[model] base-dropout = true`).
+        #[arg(long)]
+        dropout: bool,
     },
 }
 
@@ -742,6 +745,7 @@ fn run(command: Command) -> lora_core::Result<()> {
             checkpointing,
             dtype,
             inference,
+            dropout,
         } => {
             lora_cli::pipes::survive_closed_pipes();
             if causal {
@@ -768,6 +772,7 @@ fn run(command: Command) -> lora_core::Result<()> {
                         gradient_checkpointing: checkpointing,
                     },
                     inference,
+                    dropout,
                 };
                 lora_cli::bench::run(&backend, &opts, &assets)?;
             }

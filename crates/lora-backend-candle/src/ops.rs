@@ -337,6 +337,39 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     }
 }
 
+/// Inverted dropout with a counter-based mask evaluated inside the pass (no
+/// mask tensor, one parallel pass); its gradient is the same op on the
+/// output's gradient. Each value is `x * factor`, as the composed `x * mask`.
+struct Dropout(CounterMask);
+
+impl CustomOp1 for Dropout {
+    fn name(&self) -> &'static str {
+        "counter-dropout"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        // Even, so that each pair of values (one draw) stays in one chunk.
+        const CHUNK: usize = 1 << 15;
+        let mask = self.0;
+        host_kernel(storage, layout, |x, y| {
+            y.par_chunks_mut(CHUNK)
+                .zip(x.par_chunks(CHUNK))
+                .enumerate()
+                .for_each(|(i, (y, x))| mask.for_each((i * CHUNK) as u64, y.len(), |j, m| y[j] = x[j] * m));
+        })
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        dropout(grad_res, self.0).map(Some)
+    }
+}
+
+/// `x` times the counter-based mask over its values in row-major order.
+pub fn dropout(x: &Tensor, mask: CounterMask) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Dropout(mask))
+}
+
 /// Multi-head attention over the linears' outputs `[rows, heads * head_dim]`
 /// (`lora_nn::attention_kernel`): the probabilities are kept for the backward
 /// pass only when a graph holds this op.
@@ -418,7 +451,19 @@ impl CustomOp3 for Attention {
             with_f32(k, |k| {
                 with_f32(v, |v| {
                     with_f32(&g, |g| {
-                        attention_backward(q, k, v, probs, g, h, self.scale, self.dropout, &mut dq, &mut dk, &mut dv);
+                        attention_backward(
+                            q,
+                            k,
+                            v,
+                            probs,
+                            g,
+                            h,
+                            self.scale,
+                            self.dropout,
+                            &mut dq,
+                            &mut dk,
+                            &mut dv,
+                        );
                         Ok(())
                     })
                 })
@@ -539,6 +584,21 @@ mod tests {
                 close(gf.get(x).unwrap(), gs.get(x).unwrap(), 1e-5);
             }
         }
+    }
+
+    #[test]
+    fn dropout_is_the_composed_mask_product_both_ways() {
+        use lora_nn::ops::mask_values;
+        let x = var(&[7, 9], 12);
+        let mask = CounterMask::new(4, 0.3).unwrap();
+        let fast = dropout(x.as_tensor(), mask).unwrap();
+        let m = Tensor::from_vec(mask_values(mask, 63), (7, 9), &Device::Cpu).unwrap();
+        let slow = (x.as_tensor() * &m).unwrap();
+        close(&fast, &slow, 0.0);
+        let weights = var(&[7, 9], 13).as_tensor().detach();
+        let gf = (fast * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let gs = (slow * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        close(gf.get(&x).unwrap(), gs.get(&x).unwrap(), 0.0);
     }
 
     #[test]

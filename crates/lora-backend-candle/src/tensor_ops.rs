@@ -4,15 +4,15 @@
 
 use candle_core::backprop::GradStore;
 use candle_core::{D, DType, Device, Tensor, Var};
+use lora_core::init::CounterMask;
 use lora_core::task::Targets;
 use lora_core::{Error, Result};
 use lora_nn::gguf::QuantView;
-use lora_core::init::CounterMask;
 use lora_nn::ops::{Heads, Mask, TensorOps, default_attention};
 use lora_nn::weights::{WeightDType, WeightView};
 
 use crate::error::IntoCore;
-use crate::ops::{add_layer_norm, attention_rows, frozen_linear, gelu, layer_norm, softmax_last_dim};
+use crate::ops::{add_layer_norm, attention_rows, dropout, frozen_linear, gelu, layer_norm, softmax_last_dim};
 use crate::quant::QuantMatrix;
 
 /// candle on the CPU.
@@ -238,6 +238,10 @@ impl TensorOps for CandleOps {
 
     fn gelu(&self, x: &Tensor) -> Result<Tensor> {
         gelu(x).core()
+    }
+
+    fn dropout(&self, x: &Tensor, mask: CounterMask) -> Result<Tensor> {
+        dropout(x, mask).core()
     }
 
     fn silu(&self, x: &Tensor) -> Result<Tensor> {

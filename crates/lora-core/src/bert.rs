@@ -329,7 +329,11 @@ pub fn read_facts(dir: &Path) -> Result<crate::rules::ModelFacts> {
         has_tokenizer: dir.join("tokenizer.json").is_file(),
         base_dropout: ["hidden_dropout_prob", "attention_probs_dropout_prob"]
             .into_iter()
-            .filter_map(|k| raw.get(k).and_then(serde_json::Value::as_f64).map(|p| (k.to_string(), p)))
+            .filter_map(|k| {
+                raw.get(k)
+                    .and_then(serde_json::Value::as_f64)
+                    .map(|p| (k.to_string(), p))
+            })
             .collect(),
         weight_bytes,
         ..Default::default()

@@ -176,7 +176,11 @@ pub fn attention_forward(
         let k0 = &k[b * s.keys * ks + kvh * d..];
         let v0 = &v[b * s.keys * ks + kvh * d..];
         // The dropped probabilities of one head, when there is dropout.
-        let mut dropped = if dropout.is_some() { vec![0f32; plane] } else { Vec::new() };
+        let mut dropped = if dropout.is_some() {
+            vec![0f32; plane]
+        } else {
+            Vec::new()
+        };
         for (g, p) in p.chunks_exact_mut(plane).enumerate() {
             let h = kvh * group + g;
             let q0 = &q[b * s.queries * qs + h * d..];
@@ -263,7 +267,11 @@ pub fn attention_backward(
         let (b, kvh) = (task / s.kv_heads, task % s.kv_heads);
         let kv_off = b * s.keys * ks + kvh * d;
         let mut ds = vec![0f32; plane];
-        let mut dropped = if dropout.is_some() { vec![0f32; plane] } else { Vec::new() };
+        let mut dropped = if dropout.is_some() {
+            vec![0f32; plane]
+        } else {
+            Vec::new()
+        };
         for g_i in 0..group {
             let h = kvh * group + g_i;
             let q_off = b * s.queries * qs + h * d;
@@ -493,7 +501,10 @@ mod tests {
 
     #[test]
     fn backward_matches_central_differences() {
-        for (s, dropout) in shapes().into_iter().flat_map(|s| [(s, None), (s, CounterMask::new(5, 0.25))]) {
+        for (s, dropout) in shapes()
+            .into_iter()
+            .flat_map(|s| [(s, None), (s, CounterMask::new(5, 0.25))])
+        {
             let (q, k, v) = (sample(s.q_len(), 7), sample(s.kv_len(), 8), sample(s.kv_len(), 9));
             let g = sample(s.q_len(), 10);
             let scale = 0.7;

@@ -150,8 +150,9 @@ impl<O: TensorOps> Bert<O> {
     ) -> Result<O::T> {
         let (bs, t) = (b.batch_size, b.seq_len);
         let (heads, d) = (self.cfg.num_attention_heads, self.cfg.head_dim());
-        let linear =
-            |i: usize, x: &O::T, masks: &mut Option<&mut MaskSource>| l.linears[i].forward(ops, x, masks.as_deref_mut());
+        let linear = |i: usize, x: &O::T, masks: &mut Option<&mut MaskSource>| {
+            l.linears[i].forward(ops, x, masks.as_deref_mut())
+        };
         let (q, k, v) = (linear(0, x, masks)?, linear(1, x, masks)?, linear(2, x, masks)?);
         let shape = Heads {
             batch: bs,

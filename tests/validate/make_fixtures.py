@@ -57,6 +57,8 @@ write("models/mismatched/config.json", config(vocab_size=30522, hidden_size=384,
 write("models/mismatched/model.safetensors", safetensors(NARROW), "wb")
 write("models/relu/config.json", config(hidden_act="relu"))
 write("models/relu/model.safetensors", safetensors(NARROW), "wb")
+write("models/bad-dropout/config.json", config(hidden_dropout_prob=1.5))
+write("models/bad-dropout/model.safetensors", safetensors(NARROW), "wb")
 write("models/odd-heads/config.json", config(num_attention_heads=3))
 write("models/odd-heads/model.safetensors", safetensors(NARROW), "wb")
 

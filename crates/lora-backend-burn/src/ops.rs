@@ -29,6 +29,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Shape, Tensor, TensorData};
+use lora_core::init::CounterMask;
 use lora_nn::attention_kernel::{Heads, attention_backward, attention_forward};
 use lora_nn::kernels::{self, ScoreBias};
 
@@ -293,6 +294,8 @@ pub struct Attention {
     pub heads: Heads,
     pub scale: f32,
     pub bias: Bias,
+    /// Dropout of the probabilities (training).
+    pub dropout: Option<CounterMask>,
 }
 
 impl Attention {
@@ -306,7 +309,17 @@ impl Attention {
         };
         let mut probs = vec![0f32; h.probs_len()];
         let mut out = vec![0f32; h.q_len()];
-        attention_forward(slice(q), slice(k), slice(v), h, self.scale, bias, &mut probs, &mut out);
+        attention_forward(
+            slice(q),
+            slice(k),
+            slice(v),
+            h,
+            self.scale,
+            bias,
+            self.dropout,
+            &mut probs,
+            &mut out,
+        );
         (flex(out, q.layout().shape().clone()), probs)
     }
 }
@@ -331,6 +344,7 @@ impl Backward<Flex, 3> for AttentionStep {
             slice(&g),
             h,
             self.0.scale,
+            self.0.dropout,
             &mut dq,
             &mut dk,
             &mut dv,

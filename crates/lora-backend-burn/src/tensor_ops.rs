@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use burn::tensor::activation::{log_softmax, silu};
 use burn::tensor::module::linear;
 use burn::tensor::{Gradients, Int, Tensor, TensorData};
+use lora_core::init::CounterMask;
 use lora_core::task::Targets;
 use lora_core::{Error, Result};
 use lora_nn::gguf::QuantView;
@@ -414,6 +415,7 @@ impl TensorOps for BurnOps {
         s: Heads,
         mask: Mask<'_>,
         scale: f64,
+        dropout: Option<CounterMask>,
     ) -> Result<BurnTensor> {
         let rows = |x: &BurnTensor, n: usize, heads: usize| {
             x.dims().iter().product::<usize>() == n * heads * s.head_dim
@@ -450,6 +452,7 @@ impl TensorOps for BurnOps {
             heads: s,
             scale: scale as f32,
             bias,
+            dropout,
         };
         Ok(BurnTensor::new(
             attention(q.t.clone(), k.t.clone(), v.t.clone(), op),

@@ -9,6 +9,7 @@
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use lora_core::init::CounterMask;
 use lora_nn::attention_kernel::{Heads, attention_backward, attention_forward};
 use lora_nn::kernels::{self, ScoreBias};
 use lora_nn::ops::Mask;
@@ -336,6 +337,39 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     }
 }
 
+/// Inverted dropout with a counter-based mask evaluated inside the pass (no
+/// mask tensor, one parallel pass); its gradient is the same op on the
+/// output's gradient. Each value is `x * factor`, as the composed `x * mask`.
+struct Dropout(CounterMask);
+
+impl CustomOp1 for Dropout {
+    fn name(&self) -> &'static str {
+        "counter-dropout"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        // Even, so that each pair of values (one draw) stays in one chunk.
+        const CHUNK: usize = 1 << 15;
+        let mask = self.0;
+        host_kernel(storage, layout, |x, y| {
+            y.par_chunks_mut(CHUNK)
+                .zip(x.par_chunks(CHUNK))
+                .enumerate()
+                .for_each(|(i, (y, x))| mask.for_each((i * CHUNK) as u64, y.len(), |j, m| y[j] = x[j] * m));
+        })
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        dropout(grad_res, self.0).map(Some)
+    }
+}
+
+/// `x` times the counter-based mask over its values in row-major order.
+pub fn dropout(x: &Tensor, mask: CounterMask) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Dropout(mask))
+}
+
 /// Multi-head attention over the linears' outputs `[rows, heads * head_dim]`
 /// (`lora_nn::attention_kernel`): the probabilities are kept for the backward
 /// pass only when a graph holds this op.
@@ -345,6 +379,7 @@ struct Attention {
     /// `[batch * keys]` additive bias, or `None`; causal when `causal`.
     bias: Option<Vec<f32>>,
     causal: bool,
+    dropout: Option<CounterMask>,
     probs: Mutex<Option<Vec<f32>>>,
 }
 
@@ -383,7 +418,7 @@ impl CustomOp3 for Attention {
         };
         let mut probs = vec![0f32; h.probs_len()];
         let mut out = vec![0f32; h.q_len()];
-        attention_forward(q, k, v, h, self.scale, bias, &mut probs, &mut out);
+        attention_forward(q, k, v, h, self.scale, bias, self.dropout, &mut probs, &mut out);
         *self
             .probs
             .lock()
@@ -416,7 +451,19 @@ impl CustomOp3 for Attention {
             with_f32(k, |k| {
                 with_f32(v, |v| {
                     with_f32(&g, |g| {
-                        attention_backward(q, k, v, probs, g, h, self.scale, &mut dq, &mut dk, &mut dv);
+                        attention_backward(
+                            q,
+                            k,
+                            v,
+                            probs,
+                            g,
+                            h,
+                            self.scale,
+                            self.dropout,
+                            &mut dq,
+                            &mut dk,
+                            &mut dv,
+                        );
                         Ok(())
                     })
                 })
@@ -432,8 +479,17 @@ impl CustomOp3 for Attention {
 }
 
 /// `softmax(q k^T * scale + mask) v` per head on `q [batch * queries, heads * head_dim]`
-/// and `k`, `v [batch * keys, kv_heads * head_dim]`, in one fused pass each way.
-pub fn attention_rows(q: &Tensor, k: &Tensor, v: &Tensor, heads: Heads, mask: Mask<'_>, scale: f64) -> Result<Tensor> {
+/// and `k`, `v [batch * keys, kv_heads * head_dim]`, in one fused pass each way,
+/// with the probabilities dropped out by `dropout`'s mask.
+pub fn attention_rows(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: Heads,
+    mask: Mask<'_>,
+    scale: f64,
+    dropout: Option<CounterMask>,
+) -> Result<Tensor> {
     let (bias, causal) = match mask {
         Mask::None => (None, false),
         Mask::Padding(m) => {
@@ -452,6 +508,7 @@ pub fn attention_rows(q: &Tensor, k: &Tensor, v: &Tensor, heads: Heads, mask: Ma
         scale: scale as f32,
         bias,
         causal,
+        dropout,
         probs: Mutex::new(None),
     };
     q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
@@ -510,10 +567,16 @@ mod tests {
         let (q, k, v) = (var(&[12, 12], 21), var(&[12, 12], 22), var(&[12, 12], 23));
         let weights = var(&[12, 12], 24).as_tensor().detach();
         let padding = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0];
-        for mask in [Mask::None, Mask::Padding(&padding), Mask::Causal] {
+        // With attention dropout, the kernel's mask (drawn inside it, both ways)
+        // must be the one the composed ops multiply the probabilities by.
+        let dropouts = [None, CounterMask::new(9, 0.3)];
+        let cases = [Mask::None, Mask::Padding(&padding), Mask::Causal]
+            .into_iter()
+            .flat_map(|m| dropouts.map(|d| (m, d)));
+        for (mask, dropout) in cases {
             let (qt, kt, vt) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
-            let fast = attention_rows(qt, kt, vt, h, mask, 0.5).unwrap();
-            let slow = default_attention_rows(&ops, qt, kt, vt, h, mask, 0.5).unwrap();
+            let fast = attention_rows(qt, kt, vt, h, mask, 0.5, dropout).unwrap();
+            let slow = default_attention_rows(&ops, qt, kt, vt, h, mask, 0.5, dropout).unwrap();
             close(&fast, &slow, 1e-5);
             let gf = (fast * &weights).unwrap().sum_all().unwrap().backward().unwrap();
             let gs = (slow * &weights).unwrap().sum_all().unwrap().backward().unwrap();
@@ -521,6 +584,21 @@ mod tests {
                 close(gf.get(x).unwrap(), gs.get(x).unwrap(), 1e-5);
             }
         }
+    }
+
+    #[test]
+    fn dropout_is_the_composed_mask_product_both_ways() {
+        use lora_nn::ops::mask_values;
+        let x = var(&[7, 9], 12);
+        let mask = CounterMask::new(4, 0.3).unwrap();
+        let fast = dropout(x.as_tensor(), mask).unwrap();
+        let m = Tensor::from_vec(mask_values(mask, 63), (7, 9), &Device::Cpu).unwrap();
+        let slow = (x.as_tensor() * &m).unwrap();
+        close(&fast, &slow, 0.0);
+        let weights = var(&[7, 9], 13).as_tensor().detach();
+        let gf = (fast * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let gs = (slow * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        close(gf.get(&x).unwrap(), gs.get(&x).unwrap(), 0.0);
     }
 
     #[test]

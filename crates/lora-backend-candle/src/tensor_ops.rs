@@ -4,6 +4,7 @@
 
 use candle_core::backprop::GradStore;
 use candle_core::{D, DType, Device, Tensor, Var};
+use lora_core::init::CounterMask;
 use lora_core::task::Targets;
 use lora_core::{Error, Result};
 use lora_nn::gguf::QuantView;
@@ -11,7 +12,7 @@ use lora_nn::ops::{Heads, Mask, TensorOps, default_attention};
 use lora_nn::weights::{WeightDType, WeightView};
 
 use crate::error::IntoCore;
-use crate::ops::{add_layer_norm, attention_rows, frozen_linear, gelu, layer_norm, softmax_last_dim};
+use crate::ops::{add_layer_norm, attention_rows, dropout, frozen_linear, gelu, layer_norm, softmax_last_dim};
 use crate::quant::QuantMatrix;
 
 /// candle on the CPU.
@@ -239,6 +240,10 @@ impl TensorOps for CandleOps {
         gelu(x).core()
     }
 
+    fn dropout(&self, x: &Tensor, mask: CounterMask) -> Result<Tensor> {
+        dropout(x, mask).core()
+    }
+
     fn silu(&self, x: &Tensor) -> Result<Tensor> {
         x.silu().core()
     }
@@ -276,8 +281,9 @@ impl TensorOps for CandleOps {
         s: Heads,
         mask: Mask<'_>,
         scale: f64,
+        dropout: Option<CounterMask>,
     ) -> Result<Tensor> {
-        attention_rows(q, k, v, s, mask, scale).core()
+        attention_rows(q, k, v, s, mask, scale, dropout).core()
     }
 
     fn frozen_linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {

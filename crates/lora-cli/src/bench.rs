@@ -1,12 +1,16 @@
 //! `lora bench`: training-step speed and memory of LoRA on MiniLM-L6, one JSON
 //! line per case. Measures and reports; asserts nothing.
 //!
-//! LoRA r=8, alpha=16, query and value, dropout 0, a 3-class head; fp32
-//! unless `--dtype` says otherwise; random token ids (seeded) with full
-//! attention masks. `--batch` and `--seq-len` run one case instead of the
-//! default two, `--checkpointing` recomputes the blocks in the backward pass
-//! (`cargo xtask bench --memory` runs each variant in its own process, so
-//! that each peak RSS is its own). `--inference` times `predict` instead.
+//! LoRA r=8, alpha=16, query and value, LoRA and head dropout 0, a 3-class
+//! head; fp32 unless `--dtype` says otherwise; random token ids (seeded) with
+//! full attention masks. By default the four cases of the PyTorch comparison
+//! (`../shared/bench/peft_minilm.py`): training at 32 x 128 with BERT's own
+//! hidden and attention dropout (0.1, as Hugging Face trains) and without,
+//! training at 8 x 64 with it, and inference at 32 x 128. `--batch` and
+//! `--seq-len` run one case instead (`--dropout` turns the base's dropout on),
+//! `--checkpointing` recomputes the blocks in the backward pass (`cargo xtask
+//! bench --memory` runs each variant in its own process, so that each peak RSS
+//! is its own). `--inference` times `predict` instead.
 
 use std::path::Path;
 use std::time::Instant;
@@ -29,6 +33,7 @@ path = "unused"
 type = "bert-classifier"
 path = "asset:all-minilm-l6-v2"
 classifier-dropout = 0.0
+base-dropout = false
 [lora]
 r = 8
 alpha = 16
@@ -51,6 +56,36 @@ pub const CASES: [Case; 2] = [
         seq_len: 128,
     },
     Case { batch: 8, seq_len: 64 },
+];
+
+/// The default runs, as (case, the base's dropout, inference): the cases of
+/// the PyTorch comparison.
+const DEFAULT_RUNS: [(Case, bool, bool); 4] = [
+    (
+        Case {
+            batch: 32,
+            seq_len: 128,
+        },
+        true,
+        false,
+    ),
+    (
+        Case {
+            batch: 32,
+            seq_len: 128,
+        },
+        false,
+        false,
+    ),
+    (Case { batch: 8, seq_len: 64 }, true, false),
+    (
+        Case {
+            batch: 32,
+            seq_len: 128,
+        },
+        false,
+        true,
+    ),
 ];
 
 /// Peak resident set size of this process in bytes (VmHWM).
@@ -95,23 +130,32 @@ pub struct Options {
     pub model: ModelOptions,
     /// Time `predict` (the forward pass in evaluation mode) instead of a training step.
     pub inference: bool,
+    /// Train with BERT's own hidden and attention dropout (`[model] base-dropout`).
+    pub dropout: bool,
 }
 
 pub fn run(backend: &str, opts: &Options, assets: &dyn AssetResolver) -> Result<Vec<serde_json::Value>> {
     let (warmup, steps) = (opts.warmup, opts.steps);
-    let config = PipelineConfig::parse(Path::new("<bench>"), MODEL.replace("BACKEND", backend))?;
-    let stage = build_model(&config.model, backend)?;
     let ctx = StageContext {
         seed: 0,
         assets,
         tokenizer: None,
     };
     let mut lines = Vec::new();
-    let cases: &[Case] = match &opts.case {
-        Some(c) => std::slice::from_ref(c),
-        None => &CASES,
+    let runs: Vec<(&Case, bool, bool)> = match &opts.case {
+        Some(c) => vec![(c, opts.dropout, opts.inference)],
+        None if opts.inference || opts.dropout => CASES.iter().map(|c| (c, opts.dropout, opts.inference)).collect(),
+        None => DEFAULT_RUNS.iter().map(|(c, d, i)| (c, *d, *i)).collect(),
     };
-    for case in cases {
+    for (case, dropout, inference) in runs {
+        let text = MODEL.replace("BACKEND", backend);
+        let text = if dropout {
+            text.replace("base-dropout = false", "base-dropout = true")
+        } else {
+            text
+        };
+        let config = PipelineConfig::parse(Path::new("<bench>"), text)?;
+        let stage = build_model(&config.model, backend)?;
         let task = Task::classification(vec!["a".into(), "b".into(), "c".into()]);
         let mut model = stage.build(&ctx, &config.lora, &task, &opts.model)?;
         reset_peak_rss();
@@ -119,7 +163,7 @@ pub fn run(backend: &str, opts: &Options, assets: &dyn AssetResolver) -> Result<
         for i in 0..warmup + steps {
             let batch = random_batch(case, 30522, i as u64);
             let t = Instant::now();
-            if opts.inference {
+            if inference {
                 model.predict(&batch)?;
             } else {
                 model.train_step(&batch, i as u64)?;
@@ -138,7 +182,8 @@ pub fn run(backend: &str, opts: &Options, assets: &dyn AssetResolver) -> Result<
             "steps_measured": steps,
             "dtype": opts.model.dtype.name(),
             "gradient_checkpointing": opts.model.gradient_checkpointing,
-            "mode": if opts.inference { "inference" } else { "training" },
+            "mode": if inference { "inference" } else { "training" },
+            "base_dropout": dropout && !inference,
             "median_step_s": median,
             "steps_per_s": 1.0 / median,
             "tokens_per_s": (case.batch * case.seq_len) as f64 / median,

@@ -238,7 +238,7 @@ enum Command {
         /// training tokens/s at batch x 256, generation tokens/s, peak RSS.
         #[arg(long)]
         causal: bool,
-        /// One case of this batch size (with --seq-len) instead of the default two.
+        /// One case of this batch size (with --seq-len) instead of the default cases.
         #[arg(long, requires = "seq_len")]
         batch: Option<usize>,
         #[arg(long, requires = "batch")]
@@ -253,6 +253,9 @@ enum Command {
         /// with --causal, greedy generation alone.
         #[arg(long)]
         inference: bool,
+        /// Train with BERT's own hidden and attention dropout (`[model] base-dropout = true`).
+        #[arg(long)]
+        dropout: bool,
     },
 }
 
@@ -756,6 +759,7 @@ fn run(command: Command) -> lora_core::Result<()> {
             checkpointing,
             dtype,
             inference,
+            dropout,
         } => {
             lora_cli::pipes::survive_closed_pipes();
             if causal {
@@ -783,6 +787,7 @@ fn run(command: Command) -> lora_core::Result<()> {
                         gradient_checkpointing: checkpointing,
                     },
                     inference,
+                    dropout,
                 };
                 lora_cli::bench::run(&backend, &opts, &assets)?;
             }

@@ -26,6 +26,17 @@ pub struct BertConfig {
     pub layer_norm_eps: f64,
     #[serde(default)]
     pub pad_token_id: u32,
+    /// Dropout on the embeddings' output and on each sublayer's output before
+    /// its residual sum, in training (Hugging Face's default is 0.1).
+    #[serde(default = "default_base_dropout")]
+    pub hidden_dropout_prob: f32,
+    /// Dropout on the attention probabilities in training.
+    #[serde(default = "default_base_dropout")]
+    pub attention_probs_dropout_prob: f32,
+}
+
+fn default_base_dropout() -> f32 {
+    0.1
 }
 
 fn default_act() -> String {
@@ -59,6 +70,23 @@ impl BertConfig {
             )));
         }
         Ok(cfg)
+    }
+
+    /// The first base dropout probability outside `[0, 1)`, with its field name.
+    pub fn bad_dropout(&self) -> Option<(&'static str, f32)> {
+        [
+            ("hidden_dropout_prob", self.hidden_dropout_prob),
+            ("attention_probs_dropout_prob", self.attention_probs_dropout_prob),
+        ]
+        .into_iter()
+        .find(|(_, p)| !(0.0..1.0).contains(p))
+    }
+
+    /// The same model with its own dropout off (`[model] base-dropout = false`).
+    pub fn without_dropout(mut self) -> Self {
+        self.hidden_dropout_prob = 0.0;
+        self.attention_probs_dropout_prob = 0.0;
+        self
     }
 
     pub fn head_dim(&self) -> usize {
@@ -136,11 +164,20 @@ pub struct ClassifierSpec {
     /// Dropout before the classifier during training (Hugging Face's default is 0.1).
     #[serde(default = "default_head_dropout", serialize_with = "crate::config::f32_as_written")]
     pub classifier_dropout: f32,
+    /// The base model's own hidden and attention dropout in training, with the
+    /// probabilities of its `config.json` (Hugging Face applies them; `false`
+    /// turns them off, as a model in evaluation mode).
+    #[serde(default = "default_true")]
+    pub base_dropout: bool,
     /// `base_model_name_or_path` written into `adapter_config.json`; defaults to the resolved path.
     pub base_model_name: Option<String>,
     /// The type of the frozen base weights and of the compute (`f32`; `bf16` and `f16` to come).
     #[serde(default)]
     pub dtype: crate::adapter::DType,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_head_dropout() -> f32 {
@@ -168,7 +205,17 @@ impl ClassifierSpec {
     /// The model folder and its parsed `config.json`.
     pub fn files(&self, ctx: &crate::stage::StageContext) -> Result<(std::path::PathBuf, BertConfig)> {
         let dir = ctx.assets.resolve(&self.path)?;
-        let cfg = BertConfig::from_file(&dir.join("config.json"))?;
+        let path = dir.join("config.json");
+        let cfg = BertConfig::from_file(&path)?;
+        if !self.base_dropout {
+            return Ok((dir, cfg.without_dropout()));
+        }
+        if let Some((name, p)) = cfg.bad_dropout() {
+            return Err(Error::Data(format!(
+                "{}: {name} ({p}) is out of range. Valid range: 0 <= {name} < 1 (or `base-dropout = false`)",
+                path.display()
+            )));
+        }
         Ok((dir, cfg))
     }
 
@@ -280,6 +327,14 @@ pub fn read_facts(dir: &Path) -> Result<crate::rules::ModelFacts> {
             .unwrap_or("gelu")
             .to_string(),
         has_tokenizer: dir.join("tokenizer.json").is_file(),
+        base_dropout: ["hidden_dropout_prob", "attention_probs_dropout_prob"]
+            .into_iter()
+            .filter_map(|k| {
+                raw.get(k)
+                    .and_then(serde_json::Value::as_f64)
+                    .map(|p| (k.to_string(), p))
+            })
+            .collect(),
         weight_bytes,
         ..Default::default()
     };

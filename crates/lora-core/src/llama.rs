@@ -390,6 +390,7 @@ pub fn facts(h: &Header, cfg: &LlamaConfig) -> crate::rules::ModelFacts {
         targets,
         inconsistencies: Vec::new(),
         activation: "silu".into(),
+        base_dropout: Vec::new(),
         has_tokenizer: h.get("tokenizer.ggml.tokens").is_some(),
         parameters: h.tensors.iter().map(|t| t.numel() as usize).sum(),
     }

@@ -155,6 +155,9 @@ pub struct ModelFacts {
     pub inconsistencies: Vec<(String, usize, usize)>,
     /// The `hidden_act` of the config.
     pub activation: String,
+    /// The base's own dropout probabilities in the config (`hidden_dropout_prob`,
+    /// `attention_probs_dropout_prob`), as written; absent ones are not listed.
+    pub base_dropout: Vec<(String, f64)>,
     /// The model's own tokenizer file exists.
     pub has_tokenizer: bool,
     /// Total parameters of the base.

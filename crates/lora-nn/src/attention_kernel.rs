@@ -9,8 +9,14 @@
 //! its own), so that the pool is synchronised once per pass instead of once
 //! per head and product. The scores get their scale and mask and become
 //! probabilities in place, with the arithmetic of [`crate::kernels::softmax_forward`].
+//!
+//! Attention dropout (training) multiplies the probabilities by a counter-based
+//! mask ([`CounterMask`]) indexed as `[batch, heads, queries, keys]`: it is
+//! evaluated where the products need it, in both passes, and never stored; the
+//! probabilities kept for the backward pass are the undropped ones.
 
 use gemm::{Parallelism, gemm};
+use lora_core::init::CounterMask;
 use rayon::prelude::*;
 
 use crate::kernels::ScoreBias;
@@ -131,9 +137,9 @@ fn softmax_row(row: &mut [f32], scale: f32, bias: impl Fn(usize) -> f32) {
     row.iter_mut().for_each(|d| *d *= inv);
 }
 
-/// `out = softmax(q k^T * scale + bias) v` per head; the probabilities go to
-/// `probs` (`[batch, heads, queries, keys]`), which the backward pass reads.
-/// A `Keys` bias holds `[batch * keys]` values.
+/// `out = dropout(softmax(q k^T * scale + bias)) v` per head; the probabilities
+/// (before dropout) go to `probs` (`[batch, heads, queries, keys]`), which the
+/// backward pass reads. A `Keys` bias holds `[batch * keys]` values.
 ///
 /// Panics when a slice's length does not match `s`: callers check the shapes first.
 #[allow(clippy::too_many_arguments)]
@@ -144,6 +150,7 @@ pub fn attention_forward(
     s: Heads,
     scale: f32,
     bias: ScoreBias<'_>,
+    dropout: Option<CounterMask>,
     probs: &mut [f32],
     out: &mut [f32],
 ) {
@@ -168,6 +175,12 @@ pub fn attention_forward(
         let (b, kvh) = (task / s.kv_heads, task % s.kv_heads);
         let k0 = &k[b * s.keys * ks + kvh * d..];
         let v0 = &v[b * s.keys * ks + kvh * d..];
+        // The dropped probabilities of one head, when there is dropout.
+        let mut dropped = if dropout.is_some() {
+            vec![0f32; plane]
+        } else {
+            Vec::new()
+        };
         for (g, p) in p.chunks_exact_mut(plane).enumerate() {
             let h = kvh * group + g;
             let q0 = &q[b * s.queries * qs + h * d..];
@@ -197,6 +210,14 @@ pub fn attention_forward(
                     }
                 }
             }
+            let p: &[f32] = match dropout {
+                Some(mask) => {
+                    dropped.copy_from_slice(p);
+                    mask.apply(((b * s.heads + h) * plane) as u64, &mut dropped);
+                    &dropped
+                }
+                None => p,
+            };
             unsafe {
                 product(
                     (s.queries, d, s.keys),
@@ -214,7 +235,8 @@ pub fn attention_forward(
 }
 
 /// The gradients of `q`, `k` and `v` from the output's gradient `g` and the
-/// forward pass's probabilities (shapes as in [`attention_forward`]).
+/// forward pass's probabilities (shapes as in [`attention_forward`]), with the
+/// forward pass's dropout mask drawn again.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     q: &[f32],
@@ -224,6 +246,7 @@ pub fn attention_backward(
     g: &[f32],
     s: Heads,
     scale: f32,
+    dropout: Option<CounterMask>,
     dq: &mut [f32],
     dk: &mut [f32],
     dv: &mut [f32],
@@ -244,21 +267,36 @@ pub fn attention_backward(
         let (b, kvh) = (task / s.kv_heads, task % s.kv_heads);
         let kv_off = b * s.keys * ks + kvh * d;
         let mut ds = vec![0f32; plane];
+        let mut dropped = if dropout.is_some() {
+            vec![0f32; plane]
+        } else {
+            Vec::new()
+        };
         for g_i in 0..group {
             let h = kvh * group + g_i;
             let q_off = b * s.queries * qs + h * d;
+            let start = ((b * s.heads + h) * plane) as u64;
             let p = &probs[(b * s.heads + h) * plane..][..plane];
+            // What multiplied v in the forward pass.
+            let pd: &[f32] = match dropout {
+                Some(mask) => {
+                    dropped.copy_from_slice(p);
+                    mask.apply(start, &mut dropped);
+                    &dropped
+                }
+                None => p,
+            };
             let accumulate = g_i > 0;
             // SAFETY: as in the forward pass; the dq block of (b, h) and the dk, dv
             // blocks of (b, kvh) belong to this task alone.
             unsafe {
-                // dv = p^T g
+                // dv = pd^T g
                 product(
                     (s.keys, d, s.queries),
                     dv.at(kv_off),
                     (ks, 1),
                     accumulate,
-                    p.as_ptr(),
+                    pd.as_ptr(),
                     (1, s.keys),
                     g[q_off..].as_ptr(),
                     (qs, 1),
@@ -274,6 +312,10 @@ pub fn attention_backward(
                     v[kv_off..].as_ptr(),
                     (1, ks),
                 );
+            }
+            // Through the dropout: dp = d(pd) * mask.
+            if let Some(mask) = dropout {
+                mask.apply(start, &mut ds);
             }
             // ds = scale * p * (dp - sum(dp * p)), as kernels::softmax_backward.
             for (dsr, pr) in ds.chunks_exact_mut(s.keys).zip(p.chunks_exact(s.keys)) {
@@ -321,7 +363,15 @@ mod tests {
     }
 
     /// The reference: every head by plain loops in f64.
-    fn naive(q: &[f32], k: &[f32], v: &[f32], s: Heads, scale: f64, bias: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    fn naive(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        s: Heads,
+        scale: f64,
+        bias: &[f64],
+        dropout: Option<CounterMask>,
+    ) -> (Vec<f64>, Vec<f64>) {
         let (d, group) = (s.head_dim, s.heads / s.kv_heads);
         let (qs, ks) = (s.heads * d, s.kv_heads * d);
         let mut out = vec![0f64; s.q_len()];
@@ -345,9 +395,11 @@ mod tests {
                     row.iter_mut().for_each(|x| *x = (*x - max).exp());
                     let sum: f64 = row.iter().sum();
                     row.iter_mut().for_each(|x| *x /= sum);
+                    let at = ((b * s.heads + h) * s.queries + i) * s.keys;
+                    let m = |j: usize| dropout.map_or(1.0, |m| m.factor((at + j) as u64) as f64);
                     for c in 0..d {
                         out[(b * s.queries + i) * qs + h * d + c] = (0..s.keys)
-                            .map(|j| row[j] * v[(b * s.keys + j) * ks + kvh * d + c] as f64)
+                            .map(|j| row[j] * m(j) * v[(b * s.keys + j) * ks + kvh * d + c] as f64)
                             .sum();
                     }
                     probs[((b * s.heads + h) * s.queries + i) * s.keys..][..s.keys].copy_from_slice(&row);
@@ -387,13 +439,41 @@ mod tests {
                 .map(|i| if i == s.batch * s.keys - 1 { -1e9 } else { 0.0 })
                 .collect();
             let (mut probs, mut out) = (vec![0.0; s.probs_len()], vec![0.0; s.q_len()]);
-            attention_forward(&q, &k, &v, s, 0.5, ScoreBias::Keys(&bias), &mut probs, &mut out);
-            let bias64: Vec<f64> = bias.iter().map(|&b| b as f64).collect();
-            let (want, want_p) = naive(&q, &k, &v, s, 0.5, &bias64);
-            for (a, b) in out.iter().zip(&want).chain(probs.iter().zip(&want_p)) {
-                assert!((*a as f64 - b).abs() < 1e-5, "{a} vs {b}");
+            for dropout in [None, CounterMask::new(11, 0.3)] {
+                attention_forward(
+                    &q,
+                    &k,
+                    &v,
+                    s,
+                    0.5,
+                    ScoreBias::Keys(&bias),
+                    dropout,
+                    &mut probs,
+                    &mut out,
+                );
+                let bias64: Vec<f64> = bias.iter().map(|&b| b as f64).collect();
+                let (want, want_p) = naive(&q, &k, &v, s, 0.5, &bias64, dropout);
+                for (a, b) in out.iter().zip(&want).chain(probs.iter().zip(&want_p)) {
+                    assert!((*a as f64 - b).abs() < 1e-5, "{a} vs {b}");
+                }
             }
         }
+    }
+
+    #[test]
+    fn attention_dropout_drops_probabilities_not_rows() {
+        let s = shapes()[0];
+        let (q, k, v) = (sample(s.q_len(), 21), sample(s.kv_len(), 22), sample(s.kv_len(), 23));
+        let run = |dropout| {
+            let (mut p, mut o) = (vec![0.0; s.probs_len()], vec![0.0; s.q_len()]);
+            attention_forward(&q, &k, &v, s, 0.5, ScoreBias::None, dropout, &mut p, &mut o);
+            (p, o)
+        };
+        let (p0, o0) = run(None);
+        let (p1, o1) = run(CounterMask::new(3, 0.5));
+        // The kept probabilities are the undropped ones; the output changes.
+        assert_eq!(p0, p1);
+        assert_ne!(o0, o1);
     }
 
     #[test]
@@ -408,6 +488,7 @@ mod tests {
             s,
             1.0,
             ScoreBias::Causal { queries: s.queries },
+            None,
             &mut probs,
             &mut out,
         );
@@ -420,19 +501,22 @@ mod tests {
 
     #[test]
     fn backward_matches_central_differences() {
-        for s in shapes() {
+        for (s, dropout) in shapes()
+            .into_iter()
+            .flat_map(|s| [(s, None), (s, CounterMask::new(5, 0.25))])
+        {
             let (q, k, v) = (sample(s.q_len(), 7), sample(s.kv_len(), 8), sample(s.kv_len(), 9));
             let g = sample(s.q_len(), 10);
             let scale = 0.7;
             let loss = |q: &[f32], k: &[f32], v: &[f32]| -> f64 {
                 let (mut p, mut o) = (vec![0.0; s.probs_len()], vec![0.0; s.q_len()]);
-                attention_forward(q, k, v, s, scale, ScoreBias::None, &mut p, &mut o);
+                attention_forward(q, k, v, s, scale, ScoreBias::None, dropout, &mut p, &mut o);
                 o.iter().zip(&g).map(|(o, g)| (*o as f64) * (*g as f64)).sum()
             };
             let (mut p, mut o) = (vec![0.0; s.probs_len()], vec![0.0; s.q_len()]);
-            attention_forward(&q, &k, &v, s, scale, ScoreBias::None, &mut p, &mut o);
+            attention_forward(&q, &k, &v, s, scale, ScoreBias::None, dropout, &mut p, &mut o);
             let (mut dq, mut dk, mut dv) = (vec![0.0; s.q_len()], vec![0.0; s.kv_len()], vec![0.0; s.kv_len()]);
-            attention_backward(&q, &k, &v, &p, &g, s, scale, &mut dq, &mut dk, &mut dv);
+            attention_backward(&q, &k, &v, &p, &g, s, scale, dropout, &mut dq, &mut dk, &mut dv);
             let h = 1e-2f32;
             for which in 0..3 {
                 let (x, dx) = match which {

@@ -118,6 +118,14 @@ pub fn build<O: TensorOps>(
     Ok(Model::new(ops, bert, store, num_labels))
 }
 
+/// The base model's own dropout of `x` in training (`masks` given); `x` in evaluation.
+fn base_dropout<O: TensorOps>(ops: &O, masks: &mut Option<&mut MaskSource>, x: &O::T, p: f32) -> Result<O::T> {
+    match masks.as_deref_mut() {
+        Some(m) => m.base(ops, x, p),
+        None => Ok(x.clone()),
+    }
+}
+
 fn text(batch: &Batch) -> Result<&TextBatch> {
     match batch {
         Batch::Text(t) => Ok(t),
@@ -142,8 +150,10 @@ impl<O: TensorOps> Bert<O> {
     ) -> Result<O::T> {
         let (bs, t) = (b.batch_size, b.seq_len);
         let (heads, d) = (self.cfg.num_attention_heads, self.cfg.head_dim());
-        let mut linear = |i: usize, x: &O::T| l.linears[i].forward(ops, x, masks.as_deref_mut());
-        let (q, k, v) = (linear(0, x)?, linear(1, x)?, linear(2, x)?);
+        let linear = |i: usize, x: &O::T, masks: &mut Option<&mut MaskSource>| {
+            l.linears[i].forward(ops, x, masks.as_deref_mut())
+        };
+        let (q, k, v) = (linear(0, x, masks)?, linear(1, x, masks)?, linear(2, x, masks)?);
         let shape = Heads {
             batch: bs,
             queries: t,
@@ -153,30 +163,37 @@ impl<O: TensorOps> Bert<O> {
             head_dim: d,
         };
         let scale = 1.0 / (d as f64).sqrt();
-        let context = ops.attention_rows(&q, &k, &v, shape, Mask::Padding(&b.attention_mask), scale)?;
-        let attn = linear(3, &context)?;
+        // Hugging Face's dropout in training: on the attention probabilities, and
+        // on each sublayer's output before the residual sum and the norm.
+        let (p_attn, p_hidden) = (self.cfg.attention_probs_dropout_prob, self.cfg.hidden_dropout_prob);
+        let attn_mask = masks.as_deref_mut().and_then(|m| m.counter(p_attn));
+        let context = ops.attention_rows(&q, &k, &v, shape, Mask::Padding(&b.attention_mask), scale, attn_mask)?;
+        let attn = linear(3, &context, masks)?;
+        let attn = base_dropout(ops, masks, &attn, p_hidden)?;
         let eps = self.cfg.layer_norm_eps;
         let (an, on) = (&l.attention_norm, &l.output_norm);
         let h = ops.add_layer_norm(&attn, x, &an.gamma, &an.beta, eps)?;
-        let up = ops.gelu(&linear(4, &h)?)?;
-        let down = linear(5, &up)?;
+        let up = ops.gelu(&linear(4, &h, masks)?)?;
+        let down = linear(5, &up, masks)?;
+        let down = base_dropout(ops, masks, &down, p_hidden)?;
         ops.add_layer_norm(&down, &h, &on.gamma, &on.beta, eps)
     }
 
     /// The embeddings' output `[batch * seq, hidden]`: the first block's input.
-    fn embeddings(&self, ops: &O, b: &TextBatch) -> Result<O::T> {
+    fn embeddings(&self, ops: &O, b: &TextBatch, mut masks: Option<&mut MaskSource>) -> Result<O::T> {
         let (bs, t, h) = (b.batch_size, b.seq_len, self.cfg.hidden_size);
         let words = ops.reshape(&ops.embedding(&self.word_embeddings, &b.input_ids)?, &[bs, t, h])?;
         let positions: Vec<u32> = (0..t as u32).collect();
         let positions = ops.embedding(&self.position_embeddings, &positions)?;
         let token_type = ops.embedding(&self.token_type_embeddings, &[0])?;
         let emb = ops.broadcast_add(&ops.broadcast_add(&words, &positions)?, &token_type)?;
-        self.norm(ops, &self.embedding_norm, &ops.reshape(&emb, &[bs * t, h])?)
+        let x = self.norm(ops, &self.embedding_norm, &ops.reshape(&emb, &[bs * t, h])?)?;
+        base_dropout(ops, &mut masks, &x, self.cfg.hidden_dropout_prob)
     }
 
     /// Last hidden states `[batch * seq, hidden]`.
     fn encode(&self, ops: &O, b: &TextBatch, mut masks: Option<&mut MaskSource>) -> Result<O::T> {
-        let mut x = self.embeddings(ops, b)?;
+        let mut x = self.embeddings(ops, b, masks.as_deref_mut())?;
         for layer in &self.layers {
             x = self.layer(ops, layer, &x, b, &mut masks)?;
         }
@@ -238,8 +255,8 @@ impl<O: TensorOps> Architecture<O> for Bert<O> {
         self.layers.len()
     }
 
-    fn embed(&self, ops: &O, batch: &Batch, _masks: Option<&mut MaskSource>) -> Result<O::T> {
-        self.embeddings(ops, text(batch)?)
+    fn embed(&self, ops: &O, batch: &Batch, masks: Option<&mut MaskSource>) -> Result<O::T> {
+        self.embeddings(ops, text(batch)?, masks)
     }
 
     fn block(&self, ops: &O, i: usize, x: &O::T, batch: &Batch, mut masks: Option<&mut MaskSource>) -> Result<O::T> {

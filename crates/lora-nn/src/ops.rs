@@ -7,6 +7,7 @@
 //! covers backends whose tensors are typed by rank.
 
 use lora_core::adapter::DType;
+use lora_core::init::CounterMask;
 use lora_core::task::Targets;
 use lora_core::{Error, Result};
 
@@ -153,6 +154,13 @@ pub trait TensorOps: Clone + Send + Sync + 'static {
     /// `x * sigmoid(x)`.
     fn silu(&self, x: &Self::T) -> Result<Self::T>;
     fn softmax_last_dim(&self, x: &Self::T) -> Result<Self::T>;
+    /// Inverted dropout of `x` with a counter-based mask over its values in
+    /// row-major order (the gradient goes through the same mask). The default
+    /// draws the mask on the host in one parallel pass and multiplies.
+    fn dropout(&self, x: &Self::T, mask: CounterMask) -> Result<Self::T> {
+        let dims = self.dims(x);
+        self.mul(x, &self.tensor(mask_values(mask, dims.iter().product()), &dims)?)
+    }
 
     // ----- layers
     /// `x W^T + b` for a frozen `W [out, in]`: the backward pass yields the input's gradient only.
@@ -221,8 +229,11 @@ pub trait TensorOps: Clone + Send + Sync + 'static {
     /// [`Self::attention`] on the projections as the linears give them: `q [batch *
     /// seq, heads * head_dim]` and `k`, `v [batch * keys, kv_heads * head_dim]`; the
     /// context comes back as `[batch * seq, heads * head_dim]`, ready for the output
-    /// linear. The default splits the heads and merges them again; a backend with a
-    /// fused kernel reads them in place.
+    /// linear. With `dropout` (training), the probabilities are multiplied by the
+    /// counter-based mask indexed as `[batch, heads, queries, keys]`. The default
+    /// splits the heads and merges them again; a backend with a fused kernel reads
+    /// them in place.
+    #[allow(clippy::too_many_arguments)]
     fn attention_rows(
         &self,
         q: &Self::T,
@@ -231,8 +242,9 @@ pub trait TensorOps: Clone + Send + Sync + 'static {
         s: Heads,
         mask: Mask<'_>,
         scale: f64,
+        dropout: Option<CounterMask>,
     ) -> Result<Self::T> {
-        default_attention_rows(self, q, k, v, s, mask, scale)
+        default_attention_rows(self, q, k, v, s, mask, scale, dropout)
     }
 
     /// Mean cross-entropy of `logits [rows, classes]` against class indices or
@@ -247,8 +259,22 @@ fn no_checkpointing<O: TensorOps>(ops: &O) -> Error {
     }
 }
 
+/// The factors of a counter-based mask for `len` values, drawn in one parallel pass.
+pub fn mask_values(mask: CounterMask, len: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    // Even chunk lengths keep each pair of values in one chunk (one draw per pair).
+    const CHUNK: usize = 1 << 16;
+    let mut out = vec![0f32; len];
+    out.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(i, c)| mask.fill((i * CHUNK) as u64, c));
+    out
+}
+
 /// [`TensorOps::attention_rows`] by splitting the heads into `[batch, heads, seq,
-/// head_dim]` copies for [`TensorOps::attention`] and merging the context back.
+/// head_dim]` copies for [`TensorOps::attention`] and merging the context back
+/// (composed from the other operations when there is dropout).
+#[allow(clippy::too_many_arguments)]
 pub fn default_attention_rows<O: TensorOps>(
     ops: &O,
     q: &O::T,
@@ -257,13 +283,17 @@ pub fn default_attention_rows<O: TensorOps>(
     s: Heads,
     mask: Mask<'_>,
     scale: f64,
+    dropout: Option<CounterMask>,
 ) -> Result<O::T> {
     let d = s.head_dim;
     let split = |x: &O::T, rows: usize, heads: usize| ops.transpose(&ops.reshape(x, &[s.batch, rows, heads, d])?, 1, 2);
     let q = split(q, s.queries, s.heads)?;
     let k = split(k, s.keys, s.kv_heads)?;
     let v = split(v, s.keys, s.kv_heads)?;
-    let context = ops.attention(&q, &k, &v, mask, scale)?;
+    let context = match dropout {
+        None => ops.attention(&q, &k, &v, mask, scale)?,
+        Some(_) => composed_attention(ops, &q, &k, &v, mask, scale, dropout)?,
+    };
     ops.reshape(&ops.transpose(&context, 1, 2)?, &[s.batch * s.queries, s.heads * d])
 }
 
@@ -276,6 +306,19 @@ pub fn default_attention<O: TensorOps>(
     v: &O::T,
     mask: Mask<'_>,
     scale: f64,
+) -> Result<O::T> {
+    composed_attention(ops, q, k, v, mask, scale, None)
+}
+
+/// [`default_attention`] with the probabilities `[batch, heads, seq, keys]` dropped out.
+fn composed_attention<O: TensorOps>(
+    ops: &O,
+    q: &O::T,
+    k: &O::T,
+    v: &O::T,
+    mask: Mask<'_>,
+    scale: f64,
+    dropout: Option<CounterMask>,
 ) -> Result<O::T> {
     let (qd, kd) = (ops.dims(q), ops.dims(k));
     let (b, heads, seq, keys) = (qd[0], qd[1], qd[2], kd[2]);
@@ -304,5 +347,10 @@ pub fn default_attention<O: TensorOps>(
             ops.broadcast_add(&scores, &ops.tensor(bias, &[seq, keys])?)?
         }
     };
-    ops.matmul(&ops.softmax_last_dim(&scores)?, &v)
+    let probs = ops.softmax_last_dim(&scores)?;
+    let probs = match dropout {
+        Some(m) => ops.dropout(&probs, m)?,
+        None => probs,
+    };
+    ops.matmul(&probs, &v)
 }

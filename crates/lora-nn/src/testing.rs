@@ -28,6 +28,7 @@ macro_rules! model_tests {
             bert_merged_equals_unmerged_and_unmerge_is_exact,
             bert_gradients_reach_every_parameter,
             bert_targets_and_ranks_are_checked,
+            bert_base_dropout_trains_and_stays_off_in_evaluation,
             vit_full_training_learns_and_its_saved_base_reloads,
             vit_lora_trains_the_adapter_and_the_head_and_merges,
             vit_patch_embedding_takes_lora_with_conv_shapes,
@@ -290,6 +291,52 @@ pub fn bert_gradients_reach_every_parameter<O: TensorOps>(ops: O) {
     // The same loss and gradients again: a training step changes nothing it reads.
     let again = m.train_step(&text_batch(), 0).unwrap();
     assert_eq!((out.loss, &out.grads), (again.loss, &again.grads));
+}
+
+/// BERT's own hidden and attention dropout: on in training (a pure function of
+/// the step's seed), off in evaluation, and nothing at all when switched off.
+pub fn bert_base_dropout_trains_and_stays_off_in_evaluation<O: TensorOps>(ops: O) {
+    let mut cfg = bert_config();
+    cfg.hidden_dropout_prob = 0.3;
+    cfg.attention_probs_dropout_prob = 0.4;
+    let lora = spec(&["query", "value"], 2, false);
+    let build = |cfg: BertConfig| {
+        let mut m = crate::bert::build(ops.clone(), cfg.clone(), &bert_weights(&cfg), &lora, 3, 0.0, 7).unwrap();
+        perturb(&mut m, 5);
+        m
+    };
+    let (mut on, mut off) = (build(cfg.clone()), build(cfg.clone().without_dropout()));
+    let b = text_batch();
+    let logits = on.predict(&b).unwrap().data;
+    assert_eq!(logits, off.predict(&b).unwrap().data, "evaluation has no dropout");
+    // Off: the training loss is the evaluation loss (no dropout anywhere else here).
+    let Batch::Text(t) = &b else { unreachable!() };
+    let eval_loss = logits
+        .chunks(3)
+        .zip(&t.labels)
+        .map(|(row, &y)| {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
+            lse - row[y as usize]
+        })
+        .sum::<f32>()
+        / 2.0;
+    let plain = off.train_step(&b, 0).unwrap();
+    assert!((plain.loss - eval_loss).abs() < 1e-5, "{} vs {eval_loss}", plain.loss);
+    // On: another loss, the same again for the same seed, another for another seed.
+    let (first, again, other) = (
+        on.train_step(&b, 0).unwrap(),
+        on.train_step(&b, 0).unwrap(),
+        on.train_step(&b, 1).unwrap(),
+    );
+    assert!((first.loss - plain.loss).abs() > 1e-4, "dropout changed nothing");
+    assert_eq!((first.loss, &first.grads), (again.loss, &again.grads));
+    assert_ne!(first.loss, other.loss);
+    // Attention dropout alone reaches the loss too.
+    let mut attention_only = cfg.clone().without_dropout();
+    attention_only.attention_probs_dropout_prob = 0.4;
+    let mut m = build(attention_only);
+    assert!((m.train_step(&b, 0).unwrap().loss - plain.loss).abs() > 1e-5);
 }
 
 pub fn bert_targets_and_ranks_are_checked<O: TensorOps>(ops: O) {

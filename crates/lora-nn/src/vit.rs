@@ -311,7 +311,7 @@ impl<O: TensorOps> Vit<O> {
             kv_heads: heads,
             head_dim: d,
         };
-        let ctx = ops.attention_rows(&q, &k, &v, shape, Mask::None, 1.0 / (d as f64).sqrt())?;
+        let ctx = ops.attention_rows(&q, &k, &v, shape, Mask::None, 1.0 / (d as f64).sqrt(), None)?;
         let x = ops.add(x, &linear(3, &ctx)?)?;
         let h = blk.norm_after.forward(ops, &x)?;
         let up = ops.gelu(&linear(4, &h)?)?;

@@ -177,6 +177,29 @@ lora_core::rule! {
     trip: [Set("model.path=\"{fixtures}/models/relu\"")], check: activation,
 }
 
+fn base_dropout(ctx: &RuleContext) -> Vec<Finding> {
+    let Some(m) = facts(ctx).filter(|_| bert(ctx) && ctx.bool("model.base-dropout") != Some(false)) else {
+        return Vec::new();
+    };
+    m.base_dropout
+        .iter()
+        .filter(|(_, p)| !(0.0..1.0).contains(p))
+        .map(|(name, p)| {
+            Finding::new(
+                format!("config.json's {name} ({p}) is out of range. Valid range: 0 <= {name} < 1"),
+                ctx.location("model.path"),
+            )
+            .help("fix the checkpoint's config.json, or turn the base's dropout off with `base-dropout = false`")
+        })
+        .collect()
+}
+lora_core::rule! {
+    id: "model::base-dropout-range", category: Model, severity: Error,
+    summary: "The checkpoint's own hidden or attention dropout probability is outside [0, 1).",
+    doc: "With `base-dropout = true` (the default, as Hugging Face trains) the model applies config.json's hidden_dropout_prob and attention_probs_dropout_prob in training; a probability of 1 or more drops everything.",
+    trip: [Set("model.path=\"{fixtures}/models/bad-dropout\"")], check: base_dropout,
+}
+
 fn heads(ctx: &RuleContext) -> Vec<Finding> {
     match facts(ctx) {
         Some(m) if bert(ctx) && (m.num_heads == 0 || !m.hidden_size.is_multiple_of(m.num_heads)) => one(

@@ -158,36 +158,68 @@ fn topk_sends_k_values_and_keeps_sent_plus_residual_equal_to_the_gradients() {
     assert_eq!(got[0].0, got[1].0);
 }
 
-#[test]
-fn powersgd_reconstructs_a_rank_r_gradient_and_carries_the_rest() {
+/// One rank's view of a PowerSGD step: what it got back, what it fed, its
+/// residual and the values it sends per step.
+struct PowerSgdStep {
+    got: Vec<f32>,
+    fed: Vec<f32>,
+    residual: Vec<f32>,
+    values_per_step: usize,
+}
+
+/// PowerSGD at r = 1 on two ranks, each feeding `(rank + 1) u v^T` (rank 1;
+/// the sum is rank 1 too), after `zero_steps` all-zero gradients.
+fn powersgd_on_rank_one_sums(zero_steps: usize) -> Vec<PowerSgdStep> {
     use lora_core::ParamLayout;
     use lora_core::adapter::ParamInfo;
     let layout = ParamLayout::new(&[ParamInfo::new("m", vec![4, 3], true)]);
-    // Rank 1 on each rank: u v^T with rank-dependent scales; the sum is rank 1 too.
-    let got = on_ranks(ThreadComm::group(2), |c| {
+    on_ranks(ThreadComm::group(2), |c| {
         let r = c.rank() as f32 + 1.0;
         let mut s = PowerSgd::new(Box::new(c), 1);
         s.start(&layout, &[0.0; 12]).unwrap();
+        for _ in 0..zero_steps {
+            let mut zero = StepSums::new(12);
+            s.reduce(&mut zero).unwrap();
+            assert!(zero.grads.iter().all(|g| *g == 0.0));
+        }
         let (u, v) = ([1.0f32, -2.0, 0.5, 3.0], [0.3f32, 1.0, -1.0]);
         let mut sums = StepSums::new(12);
         sums.grads = (0..12).map(|i| r * u[i / 3] * v[i % 3]).collect();
         let m = sums.grads.clone();
         s.reduce(&mut sums).unwrap();
-        (sums.grads, m, s.residual.clone(), s.values_per_step())
-    });
+        PowerSgdStep {
+            got: sums.grads,
+            fed: m,
+            residual: s.residual.clone(),
+            values_per_step: s.values_per_step(),
+        }
+    })
+}
+
+/// Both ranks got back the sum of what they fed.
+fn assert_sent_whole(ranks: &[PowerSgdStep]) {
     for i in 0..12 {
-        let sum = got[0].1[i] + got[1].1[i];
+        let sum = ranks[0].fed[i] + ranks[1].fed[i];
         assert!(
-            (got[0].0[i] - sum).abs() < 1e-4 * sum.abs().max(1.0),
+            (ranks[0].got[i] - sum).abs() < 1e-4 * sum.abs().max(1.0),
             "{i}: {} vs {sum}",
-            got[0].0[i]
+            ranks[0].got[i]
         );
-        assert!(got[0].2[i].abs() < 1e-4 && got[1].2[i].abs() < 1e-4);
     }
+}
+
+#[test]
+fn powersgd_reconstructs_a_rank_r_gradient_and_carries_the_rest() {
+    let ranks = powersgd_on_rank_one_sums(0);
+    assert_sent_whole(&ranks);
+    assert!(ranks.iter().all(|r| r.residual.iter().all(|e| e.abs() < 1e-4)));
     // One factor pair of 4 + 3 values instead of 12.
-    assert_eq!(got[0].3, 7);
+    assert_eq!(ranks[0].values_per_step, 7);
 
     // A rank-2 matrix with r = 1: the sent sum plus both residuals is the sum fed.
+    use lora_core::ParamLayout;
+    use lora_core::adapter::ParamInfo;
+    let layout = ParamLayout::new(&[ParamInfo::new("m", vec![4, 3], true)]);
     let got = on_ranks(ThreadComm::group(2), |c| {
         let r = c.rank() as f32;
         let mut s = PowerSgd::new(Box::new(c), 1);
@@ -216,31 +248,7 @@ fn powersgd_survives_a_zero_first_gradient() {
     // LoRA's A has a zero gradient on the first step (B starts at zero): the
     // next, rank-1 gradient must still pass whole at r = 1 (a zero warm start
     // would send zeros from then on).
-    use lora_core::ParamLayout;
-    use lora_core::adapter::ParamInfo;
-    let layout = ParamLayout::new(&[ParamInfo::new("m", vec![4, 3], true)]);
-    let got = on_ranks(ThreadComm::group(2), |c| {
-        let r = c.rank() as f32 + 1.0;
-        let mut s = PowerSgd::new(Box::new(c), 1);
-        s.start(&layout, &[0.0; 12]).unwrap();
-        let mut zero = StepSums::new(12);
-        s.reduce(&mut zero).unwrap();
-        assert!(zero.grads.iter().all(|g| *g == 0.0));
-        let (u, v) = ([1.0f32, -2.0, 0.5, 3.0], [0.3f32, 1.0, -1.0]);
-        let mut sums = StepSums::new(12);
-        sums.grads = (0..12).map(|i| r * u[i / 3] * v[i % 3]).collect();
-        let m = sums.grads.clone();
-        s.reduce(&mut sums).unwrap();
-        (sums.grads, m)
-    });
-    for i in 0..12 {
-        let sum = got[0].1[i] + got[1].1[i];
-        assert!(
-            (got[0].0[i] - sum).abs() < 1e-4 * sum.abs().max(1.0),
-            "{i}: {} vs {sum}",
-            got[0].0[i]
-        );
-    }
+    assert_sent_whole(&powersgd_on_rank_one_sums(1));
 }
 
 #[test]

@@ -79,3 +79,28 @@ impl Base {
         Ok(sq[0].sqrt())
     }
 }
+
+/// The [`Strategy`](lora_core::strategy::Strategy) methods a strategy answers
+/// from its `base: Base` field as they are: its rank, the scalars' all-reduce,
+/// the dropout seed and, unless it writes its own (`except rank_figures`: a
+/// strategy with more communicators than the base's), its traffic figures.
+macro_rules! from_base {
+    () => {
+        $crate::base::from_base!(except rank_figures);
+        fn rank_figures(&mut self, step_s: f64) -> lora_core::Result<Vec<lora_core::events::RankFigures>> {
+            Ok(self.base.rank_figures(step_s)?)
+        }
+    };
+    (except rank_figures) => {
+        fn rank(&self) -> (usize, usize) {
+            self.base.rank()
+        }
+        fn all_reduce_f64(&mut self, values: &mut [f64]) -> lora_core::Result<()> {
+            Ok(self.base.meter.all_reduce_f64(values)?)
+        }
+        fn dropout_seed(&self, seed: u64) -> u64 {
+            self.base.dropout_seed(seed)
+        }
+    };
+}
+pub(crate) use from_base;

@@ -11,7 +11,7 @@ use lora_core::strategy::{StepSums, Strategy};
 use serde::Deserialize;
 
 use crate::StrategyEntry;
-use crate::base::Base;
+use crate::base::{Base, from_base};
 use crate::comm::{Comm, Meter};
 
 /// Neither strategy has options.
@@ -39,18 +39,7 @@ impl Strategy for Ddp {
     fn name(&self) -> &str {
         if self.reduced.is_some() { "ddp" } else { "ddp-no-sync" }
     }
-    fn rank(&self) -> (usize, usize) {
-        self.base.rank()
-    }
-    fn all_reduce_f64(&mut self, values: &mut [f64]) -> lora_core::Result<()> {
-        Ok(self.base.meter.all_reduce_f64(values)?)
-    }
-    fn dropout_seed(&self, seed: u64) -> u64 {
-        self.base.dropout_seed(seed)
-    }
-    fn rank_figures(&mut self, step_s: f64) -> lora_core::Result<Vec<lora_core::events::RankFigures>> {
-        Ok(self.base.rank_figures(step_s)?)
-    }
+    from_base!();
 
     fn after_micro_batch(&mut self, sums: &mut StepSums) -> lora_core::Result<()> {
         let Some(reduced) = &mut self.reduced else {

@@ -12,7 +12,7 @@ use lora_core::strategy::{StepSums, Strategy};
 use serde::Deserialize;
 
 use crate::StrategyEntry;
-use crate::base::Base;
+use crate::base::{Base, from_base};
 use crate::comm::{Comm, Meter};
 
 /// Simulated nodes for tests (see the module's documentation).
@@ -56,15 +56,7 @@ impl Strategy for Hierarchical {
     fn name(&self) -> &str {
         "hierarchical"
     }
-    fn rank(&self) -> (usize, usize) {
-        self.base.rank()
-    }
-    fn all_reduce_f64(&mut self, values: &mut [f64]) -> lora_core::Result<()> {
-        Ok(self.base.meter.all_reduce_f64(values)?)
-    }
-    fn dropout_seed(&self, seed: u64) -> u64 {
-        self.base.dropout_seed(seed)
-    }
+    from_base!(except rank_figures);
     fn rank_figures(&mut self, step_s: f64) -> lora_core::Result<Vec<lora_core::events::RankFigures>> {
         // The node and leader traffic is this rank's traffic too.
         let (nb, ns) = self.node.take();

@@ -18,7 +18,7 @@ use lora_core::strategy::{StepSums, Strategy};
 use serde::Deserialize;
 
 use crate::StrategyEntry;
-use crate::base::Base;
+use crate::base::{Base, from_base};
 use crate::comm::{Comm, Meter};
 
 /// One matrix of the layout: where it is and its low-rank factors.
@@ -157,18 +157,7 @@ impl Strategy for PowerSgd {
     fn name(&self) -> &str {
         "powersgd"
     }
-    fn rank(&self) -> (usize, usize) {
-        self.base.rank()
-    }
-    fn all_reduce_f64(&mut self, values: &mut [f64]) -> lora_core::Result<()> {
-        Ok(self.base.meter.all_reduce_f64(values)?)
-    }
-    fn dropout_seed(&self, seed: u64) -> u64 {
-        self.base.dropout_seed(seed)
-    }
-    fn rank_figures(&mut self, step_s: f64) -> lora_core::Result<Vec<lora_core::events::RankFigures>> {
-        Ok(self.base.rank_figures(step_s)?)
-    }
+    from_base!();
 
     fn start(&mut self, layout: &ParamLayout, _params: &[f32]) -> lora_core::Result<()> {
         self.matrices.clear();

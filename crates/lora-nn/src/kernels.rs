@@ -147,19 +147,25 @@ vectorised! {
 
 #[inline(always)]
 fn gelu_backward_block(x: &[f32], cdf: Option<&[f32]>, g: &[f32], d: &mut [f32]) {
-    const INV_SQRT_2PI: f32 = 0.398_942_3;
     match cdf {
         Some(cdf) => {
             for (((d, &v), &g), &c) in d.iter_mut().zip(x).zip(g).zip(cdf) {
-                *d = g * (c + v * (INV_SQRT_2PI * exp(-0.5 * v * v)));
+                *d = g * (c + x_normal_density(v));
             }
         }
         None => {
             for ((d, &v), &g) in d.iter_mut().zip(x).zip(g) {
-                *d = g * (normal_cdf(v) + v * (INV_SQRT_2PI * exp(-0.5 * v * v)));
+                *d = g * (normal_cdf(v) + x_normal_density(v));
             }
         }
     }
+}
+
+/// `x phi(x)`, GELU's derivative's second term.
+#[inline(always)]
+fn x_normal_density(x: f32) -> f32 {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    x * (INV_SQRT_2PI * exp(-0.5 * x * x))
 }
 
 /// The additive bias of [`softmax_forward`]'s scores.

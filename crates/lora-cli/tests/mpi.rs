@@ -17,6 +17,15 @@ fn lora() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_lora"))
 }
 
+/// One Open MPI job at a time: the tests' jobs side by side oversubscribe two
+/// cores many times over, and under that load mpirun once lost its own help
+/// output (the MPI_ABORT text a test looks for: "ORTE_ERROR_LOG: Out of resource
+/// in file show_help.c"). A failed test's poisoned lock does not stop the others.
+fn one_job_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static JOBS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    JOBS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// `mpirun -np N lora run FILE`, with one thread per rank.
 fn mpirun(n: usize, file: &Path, env: &[(&str, &str)]) -> Command {
     let mut c = Command::new("mpirun");
@@ -164,6 +173,7 @@ fn one_process(dir: &Path, name: &str, strategy: &str, epochs: usize) -> PathBuf
 
 #[test]
 fn exact_strategies_on_two_and_four_processes_end_with_the_one_process_model() {
+    let _job = one_job_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let reference = one_process(dir.path(), "one", "", 1);
     // (strategy, processes, environment of the ranks)
@@ -200,6 +210,7 @@ fn exact_strategies_on_two_and_four_processes_end_with_the_one_process_model() {
 
 #[test]
 fn rank_0_alone_writes_the_outputs_and_logs_every_ranks_figures() {
+    let _job = one_job_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let file = pipeline(dir.path(), "outputs", "[strategy]\ntype = \"ddp\"", 1);
     ok(mpirun(2, &file, &[]).output().unwrap());
@@ -237,6 +248,7 @@ fn rank_0_alone_writes_the_outputs_and_logs_every_ranks_figures() {
 
 #[test]
 fn nproc_starts_mpirun_and_gives_the_same_model() {
+    let _job = one_job_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let a = pipeline(dir.path(), "direct", "[strategy]\ntype = \"ddp-no-sync\"", 1);
     ok(mpirun(2, &a, &[]).output().unwrap());
@@ -257,6 +269,7 @@ fn nproc_starts_mpirun_and_gives_the_same_model() {
 
 #[test]
 fn inexact_strategies_learn_the_digits_about_as_well_as_ddp() {
+    let _job = one_job_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let epochs = 20;
     let file = pipeline_with(dir.path(), "ddp", "[strategy]\ntype = \"ddp\"", epochs, LEARN);
@@ -286,6 +299,7 @@ fn inexact_strategies_learn_the_digits_about_as_well_as_ddp() {
 
 #[test]
 fn a_killed_rank_ends_the_job_with_an_error() {
+    let _job = one_job_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let file = pipeline(dir.path(), "killed", "[strategy]\ntype = \"ddp\"", 200);
     let mut job = mpirun(2, &file, &[])
@@ -331,6 +345,7 @@ fn a_killed_rank_ends_the_job_with_an_error() {
 
 #[test]
 fn a_stalled_rank_times_the_collective_out_and_aborts_the_job() {
+    let _job = one_job_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let timeout = 3;
     let file = pipeline(

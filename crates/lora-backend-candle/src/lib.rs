@@ -4,6 +4,7 @@
 //! The models themselves are `lora-nn`'s, registered here for this backend.
 
 pub mod error;
+pub mod linear_ops;
 pub mod ops;
 pub mod quant;
 pub mod tensor_ops;

@@ -1,9 +1,8 @@
-//! Custom operations with hand-written backward passes.
+//! Custom operations with hand-written backward passes (the linear layers'
+//! are in [`crate::linear_ops`]).
 //!
-//! candle's matmul backward computes the gradient of both operands, including
-//! the frozen base weight, which LoRA never needs: [`frozen_linear`] skips it
-//! and saves a third of the training step. candle-nn's fast softmax and layer
-//! norm have no backward; these do, and treat the affine parameters as frozen.
+//! candle-nn's fast softmax and layer norm have no backward; these do, and
+//! treat the affine parameters as frozen.
 //! Their arithmetic is `lora_nn::kernels`', shared with the burn backend.
 
 use std::sync::Mutex;
@@ -14,142 +13,12 @@ use lora_nn::attention_kernel::{Heads, attention_backward, attention_forward};
 use lora_nn::kernels::{self, ScoreBias};
 use lora_nn::ops::Mask;
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+pub(crate) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
     let data = storage.as_slice::<f32>()?;
     match layout.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
         None => candle_core::bail!("custom op input has to be contiguous"),
     }
-}
-
-/// `x W^T + b` for a frozen `W [out, in]` and `b`: the backward pass returns
-/// the gradient of `x` only. The bias is added in the same pass. A `W` kept in
-/// bf16 or f16 is widened to f32 inside each pass (candle's CPU matmul has no
-/// bf16 kernel and widens too) and the copy dropped at once: the graph holds
-/// the narrow weight, so the halved memory holds during the step as well.
-struct FrozenMatmul {
-    weight: Tensor,
-    bias: Option<Vec<f32>>,
-}
-
-impl CustomOp1 for FrozenMatmul {
-    fn name(&self) -> &'static str {
-        "frozen-matmul"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(storage, layout)?;
-        let dims = layout.shape().dims();
-        let rows = dims[..dims.len() - 1].iter().product::<usize>();
-        if self.weight.dtype() == candle_core::DType::F32 && self.weight.is_contiguous() {
-            return self.forward_f32(x, dims, rows);
-        }
-        let x = Tensor::from_slice(x, (rows, dims[dims.len() - 1]), &candle_core::Device::Cpu)?;
-        let y = x.matmul(&widened(&self.weight)?.t()?)?;
-        let out_dim = y.dim(1)?;
-        let mut shape = dims.to_vec();
-        *shape.last_mut().expect("at least one dim") = out_dim;
-        let mut y = y.flatten_all()?.to_vec1::<f32>()?;
-        if let Some(b) = &self.bias {
-            add_rows(&mut y, b);
-        }
-        Ok((CpuStorage::F32(y), Shape::from(shape)))
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let dims = grad_res.dims().to_vec();
-        let rows = dims[..dims.len() - 1].iter().product::<usize>();
-        let g = grad_res
-            .reshape((rows, dims[dims.len() - 1]))?
-            .matmul(&widened(&self.weight)?)?;
-        let mut shape = dims;
-        *shape.last_mut().expect("at least one dim") = self.weight.dim(1)?;
-        Ok(Some(g.reshape(shape)?))
-    }
-}
-
-impl FrozenMatmul {
-    /// `x W^T + b` by one gemm call on the slices themselves, written straight into
-    /// the output (no copy of `x` into a tensor, none of the product out of one) and
-    /// the bias added after in a parallel pass (after, not as gemm's initial
-    /// destination: the sum's rounding stays that of the product plus the bias).
-    fn forward_f32(&self, x: &[f32], dims: &[usize], rows: usize) -> Result<(CpuStorage, Shape)> {
-        let inp = dims[dims.len() - 1];
-        let (out_dim, w_in) = self.weight.dims2()?;
-        if w_in != inp {
-            candle_core::bail!("frozen linear of [{out_dim}, {w_in}] on {dims:?}");
-        }
-        let mut y = vec![0f32; rows * out_dim];
-        let threads = candle_core::utils::get_num_threads();
-        let parallelism = if threads > 1 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
-        with_f32(&self.weight, |w| {
-            // SAFETY: x is [rows, inp], w is [out, inp] (so w^T has row stride 1 and
-            // column stride inp), y is [rows, out]; all contiguous.
-            unsafe {
-                gemm::gemm(
-                    rows,
-                    out_dim,
-                    inp,
-                    y.as_mut_ptr(),
-                    1,
-                    out_dim as isize,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    inp as isize,
-                    w.as_ptr(),
-                    inp as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                );
-            }
-            Ok(())
-        })?;
-        if let Some(b) = &self.bias {
-            add_rows(&mut y, b);
-        }
-        let mut shape = dims.to_vec();
-        *shape.last_mut().expect("at least one dim") = out_dim;
-        Ok((CpuStorage::F32(y), Shape::from(shape)))
-    }
-}
-
-/// `y[r] += b` for every row `r` of `y`, in parallel blocks of rows.
-fn add_rows(y: &mut [f32], b: &[f32]) {
-    use rayon::prelude::*;
-    let n = b.len().max(1);
-    let task = ((1 << 15) / n).max(1) * n;
-    y.par_chunks_mut(task).for_each(|block| {
-        for row in block.chunks_exact_mut(n) {
-            row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
-        }
-    });
-}
-
-fn widened(w: &Tensor) -> Result<Tensor> {
-    if w.dtype() == candle_core::DType::F32 {
-        Ok(w.clone())
-    } else {
-        w.to_dtype(candle_core::DType::F32)
-    }
-}
-
-/// `x W^T + b` with `W` and `b` frozen.
-pub fn frozen_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
-    x.contiguous()?.apply_op1(FrozenMatmul {
-        weight: weight.clone(),
-        bias,
-    })
 }
 
 /// Runs a host kernel of `lora_nn::kernels` on a contiguous f32 input.
@@ -329,7 +198,7 @@ pub fn add_layer_norm(a: &Tensor, b: &Tensor, gamma: &Tensor, beta: &Tensor, eps
 }
 
 /// A contiguous f32 tensor's values, read in place under its storage's lock.
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
     match &*storage {
         candle_core::Storage::Cpu(cpu) => f(contiguous_f32(cpu, layout)?),
@@ -532,24 +401,6 @@ mod tests {
         let n: usize = shape.iter().product();
         let v = lora_core::init::normal(1.0, n, &mut lora_core::init::rng(seed));
         Var::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    #[test]
-    fn frozen_linear_matches_matmul_forward_and_input_gradient() {
-        let x = var(&[2, 3, 4], 1);
-        let w = var(&[5, 4], 2).as_tensor().detach();
-        let b = var(&[5], 3).as_tensor().detach();
-        let fast = frozen_linear(x.as_tensor(), &w, Some(&b)).unwrap();
-        let slow = x
-            .as_tensor()
-            .broadcast_matmul(&w.t().unwrap())
-            .unwrap()
-            .broadcast_add(&b)
-            .unwrap();
-        close(&fast, &slow, 1e-5);
-        let gf = fast.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-        let gs = slow.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-        close(gf.get(&x).unwrap(), gs.get(&x).unwrap(), 1e-4);
     }
 
     #[test]

@@ -12,7 +12,8 @@ use lora_nn::ops::{Heads, Mask, TensorOps, default_attention};
 use lora_nn::weights::{WeightDType, WeightView};
 
 use crate::error::IntoCore;
-use crate::ops::{add_layer_norm, attention_rows, dropout, frozen_linear, gelu, layer_norm, softmax_last_dim};
+use crate::linear_ops::{frozen_linear, lora_linear};
+use crate::ops::{add_layer_norm, attention_rows, dropout, gelu, layer_norm, softmax_last_dim};
 use crate::quant::QuantMatrix;
 
 /// candle on the CPU.
@@ -288,6 +289,19 @@ impl TensorOps for CandleOps {
 
     fn frozen_linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         frozen_linear(x, w, b).core()
+    }
+
+    fn lora_linear(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        a: &Tensor,
+        b: &Tensor,
+        scale: f64,
+        mask: Option<Vec<f32>>,
+    ) -> Result<Tensor> {
+        lora_linear(x, w, bias, (a, b), scale, mask).core()
     }
 
     fn linear(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {

@@ -33,12 +33,17 @@ impl MaskSource {
 
     /// `x * mask` with an inverted-dropout mask of `x`'s shape; `x` itself when `p` is 0.
     pub fn apply<O: TensorOps>(&mut self, ops: &O, x: &O::T, p: f32) -> Result<O::T> {
-        if p <= 0.0 {
-            return Ok(x.clone());
-        }
         let dims = ops.dims(x);
-        let mask = dropout_mask(p, dims.iter().product(), &mut self.rng);
-        ops.mul(x, &ops.tensor(mask, &dims)?)
+        match self.values(dims.iter().product(), p) {
+            Some(mask) => ops.mul(x, &ops.tensor(mask, &dims)?),
+            None => Ok(x.clone()),
+        }
+    }
+
+    /// The mask [`Self::apply`] would multiply `len` values by (the same draw);
+    /// `None` (and nothing drawn) when `p` is 0.
+    pub fn values(&mut self, len: usize, p: f32) -> Option<Vec<f32>> {
+        (p > 0.0).then(|| dropout_mask(p, len, &mut self.rng))
     }
 
     /// The next counter-based mask of probability `p`; `None` (and nothing

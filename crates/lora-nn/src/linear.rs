@@ -5,7 +5,7 @@ use lora_core::init::{SeededRng, kaiming_uniform};
 use lora_core::{LoraSpec, ParamInfo, Result};
 
 use crate::dropout::MaskSource;
-use crate::ops::TensorOps;
+use crate::ops::{TensorOps, lora_update};
 use crate::params::ParamStore;
 
 /// The trainable half of a LoRA layer.
@@ -49,14 +49,27 @@ impl<O: TensorOps> LoraWeights<O> {
 impl<O: TensorOps> LoraWeights<O> {
     /// `base + scale * dropout(x) A^T B^T`, for `x [rows, in]`.
     pub fn add_update(&self, ops: &O, base: &O::T, x: &O::T, masks: Option<&mut MaskSource>) -> Result<O::T> {
-        let input = match masks {
-            Some(src) => src.apply(ops, x, self.dropout)?,
-            None => x.clone(),
-        };
-        let a_t = ops.transpose(&ops.use_leaf(&self.a), 0, 1)?;
-        let b_t = ops.transpose(&ops.use_leaf(&self.b), 0, 1)?;
-        let update = ops.matmul(&ops.matmul(&input, &a_t)?, &b_t)?;
-        ops.add(base, &ops.scale(&update, self.scale)?)
+        let mask = self.mask(ops, x, masks);
+        let (a, b) = (ops.use_leaf(&self.a), ops.use_leaf(&self.b));
+        lora_update(ops, base, x, (&a, &b), self.scale, mask)
+    }
+
+    /// This layer's dropout mask over `x`, drawn when training with `p > 0`.
+    fn mask(&self, ops: &O, x: &O::T, masks: Option<&mut MaskSource>) -> Option<Vec<f32>> {
+        masks.and_then(|src| src.values(ops.dims(x).iter().product(), self.dropout))
+    }
+
+    /// `x W^T + b` plus this update, as one operation where the backend fuses them.
+    fn forward(
+        &self,
+        ops: &O,
+        x: &O::T,
+        (weight, bias): (&O::W, Option<&O::W>),
+        masks: Option<&mut MaskSource>,
+    ) -> Result<O::T> {
+        let mask = self.mask(ops, x, masks);
+        let (a, b) = (ops.use_leaf(&self.a), ops.use_leaf(&self.b));
+        ops.lora_linear(x, weight, bias, &a, &b, self.scale, mask)
     }
 
     /// `scale * B A`, shaped like the base weight `[out, in]`.
@@ -115,10 +128,9 @@ impl<O: TensorOps> LoraLinear<O> {
         if let Some(merged) = &self.merged {
             return ops.frozen_linear(x, merged, self.bias.as_ref());
         }
-        let base = ops.frozen_linear(x, &self.weight, self.bias.as_ref())?;
         match &self.lora {
-            Some(lora) => lora.add_update(ops, &base, x, masks),
-            None => Ok(base),
+            Some(lora) => lora.forward(ops, x, (&self.weight, self.bias.as_ref()), masks),
+            None => ops.frozen_linear(x, &self.weight, self.bias.as_ref()),
         }
     }
 

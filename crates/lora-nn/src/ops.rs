@@ -165,6 +165,24 @@ pub trait TensorOps: Clone + Send + Sync + 'static {
     // ----- layers
     /// `x W^T + b` for a frozen `W [out, in]`: the backward pass yields the input's gradient only.
     fn frozen_linear(&self, x: &Self::T, w: &Self::W, b: Option<&Self::W>) -> Result<Self::T>;
+    /// `x W^T + b + scale * (x * mask) A^T B^T`: a frozen linear with its LoRA
+    /// update (PEFT's), for `x [rows, in]`, trained `a [r, in]` and `b [out, r]`
+    /// and an inverted-dropout `mask` over `x`'s values. The gradients are
+    /// `x`'s, `a`'s and `b`'s. A backend may fuse it into one operation.
+    #[allow(clippy::too_many_arguments)]
+    fn lora_linear(
+        &self,
+        x: &Self::T,
+        w: &Self::W,
+        bias: Option<&Self::W>,
+        a: &Self::T,
+        b: &Self::T,
+        scale: f64,
+        mask: Option<Vec<f32>>,
+    ) -> Result<Self::T> {
+        let base = self.frozen_linear(x, w, bias)?;
+        lora_update(self, &base, x, (a, b), scale, mask)
+    }
     /// `x W^T + b` for a trained `W [out, in]` and `b`.
     fn linear(&self, x: &Self::T, w: &Self::T, b: &Self::T) -> Result<Self::T>;
     /// Rows `ids` of a frozen table `[vocab, dim]`: `[ids.len(), dim]`.
@@ -250,6 +268,23 @@ pub trait TensorOps: Clone + Send + Sync + 'static {
     /// Mean cross-entropy of `logits [rows, classes]` against class indices or
     /// distributions; for tokens, the weighted mean over positions.
     fn cross_entropy(&self, logits: &Self::T, targets: Targets<'_>) -> Result<Self::T>;
+}
+
+/// `base + scale * (x * mask) A^T B^T` composed of the trait's operations.
+pub fn lora_update<O: TensorOps + ?Sized>(
+    ops: &O,
+    base: &O::T,
+    x: &O::T,
+    (a, b): (&O::T, &O::T),
+    scale: f64,
+    mask: Option<Vec<f32>>,
+) -> Result<O::T> {
+    let input = match mask {
+        Some(m) => ops.mul(x, &ops.tensor(m, &ops.dims(x))?)?,
+        None => x.clone(),
+    };
+    let update = ops.matmul(&ops.matmul(&input, &ops.transpose(a, 0, 1)?)?, &ops.transpose(b, 0, 1)?)?;
+    ops.add(base, &ops.scale(&update, scale)?)
 }
 
 fn no_checkpointing<O: TensorOps>(ops: &O) -> Error {

@@ -1,0 +1,468 @@
+//! The linear layers' operations: a frozen `x W^T + b`, and the same with its
+//! LoRA update fused in, each one node of candle's graph with a hand-written
+//! backward pass.
+//!
+//! candle's matmul backward computes the gradient of both operands, including
+//! the frozen base weight, which LoRA never needs: [`frozen_linear`] skips it
+//! and saves a third of the training step. [`lora_linear`] goes further: the
+//! composed `base + scale * (x A^T) B^T` is five graph nodes, and candle's
+//! backward pass starts every node's gradient as a fresh zero tensor that it
+//! then adds into (`GradStore::or_insert`), so each node over `[rows, out]`
+//! costs a zeroing pass, an addition pass and two buffers; as one node the
+//! update is added by gemm into the base's output, and the input's two
+//! gradients (base and update) into one buffer.
+//!
+//! Products are written by gemm straight into fresh buffers (no zeroing pass:
+//! memset was 2-3% of a training step) and read from the tensors in place.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+
+use crate::ops::{contiguous_f32, with_f32};
+
+/// A row-major or transposed matrix as gemm reads it: its data pointer and
+/// the strides between columns and between rows.
+#[derive(Clone, Copy)]
+struct Mat {
+    ptr: *const f32,
+    col_stride: isize,
+    row_stride: isize,
+}
+
+impl Mat {
+    /// `data` as a row-major matrix of `cols` columns.
+    fn rows(data: &[f32], cols: usize) -> Self {
+        Self {
+            ptr: data.as_ptr(),
+            col_stride: 1,
+            row_stride: cols as isize,
+        }
+    }
+
+    /// The transpose of `data`, a row-major matrix of `cols` columns.
+    fn transposed(data: &[f32], cols: usize) -> Self {
+        Self {
+            ptr: data.as_ptr(),
+            col_stride: cols as isize,
+            row_stride: 1,
+        }
+    }
+}
+
+fn parallelism() -> gemm::Parallelism {
+    match candle_core::utils::get_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    }
+}
+
+/// `dst = (accumulate ? dst : 0) + beta * lhs rhs` for `lhs [m, k]`, `rhs [k, n]`
+/// and a row-major `dst [m, n]`.
+///
+/// # Safety
+/// `lhs` and `rhs` must point to matrices of those sizes under their strides,
+/// `dst` to `m * n` writable values (initialised when `accumulate`).
+unsafe fn gemm_into(dst: *mut f32, (m, n, k): (usize, usize, usize), lhs: Mat, rhs: Mat, beta: f32, accumulate: bool) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            n as isize,
+            accumulate,
+            lhs.ptr,
+            lhs.col_stride,
+            lhs.row_stride,
+            rhs.ptr,
+            rhs.col_stride,
+            rhs.row_stride,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            parallelism(),
+        )
+    }
+}
+
+/// `beta * lhs rhs` as a fresh row-major `[m, n]` buffer, never zeroed: gemm
+/// writes every value before the length covers it.
+fn product(m: usize, n: usize, k: usize, lhs: Mat, rhs: Mat, beta: f32) -> Vec<f32> {
+    let mut out = Vec::<f32>::with_capacity(m * n);
+    if k == 0 {
+        out.resize(m * n, 0.0);
+        return out;
+    }
+    // SAFETY: `out` has room for `m * n` values, which gemm (not reading the
+    // destination) writes in full; the callers pass matrices of these sizes.
+    unsafe {
+        gemm_into(out.as_mut_ptr(), (m, n, k), lhs, rhs, beta, false);
+        out.set_len(m * n);
+    }
+    out
+}
+
+/// `y[r] += b` for every row `r` of `y`, in parallel blocks of rows.
+fn add_rows(y: &mut [f32], b: &[f32]) {
+    use rayon::prelude::*;
+    let n = b.len().max(1);
+    let task = ((1 << 15) / n).max(1) * n;
+    y.par_chunks_mut(task).for_each(|block| {
+        for row in block.chunks_exact_mut(n) {
+            row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+        }
+    });
+}
+
+/// `x * mask`, or `None` without a mask.
+fn masked(x: &[f32], mask: Option<&[f32]>) -> Option<Vec<f32>> {
+    use rayon::prelude::*;
+    mask.map(|m| x.par_iter().zip(m).map(|(x, m)| x * m).collect())
+}
+
+/// `(rows, in)` of an input `[..., in]`.
+fn rows_and_width(dims: &[usize]) -> (usize, usize) {
+    let width = dims.last().copied().unwrap_or(1);
+    (dims[..dims.len().saturating_sub(1)].iter().product(), width)
+}
+
+/// `dims` with the last dimension replaced by `last`.
+fn with_last(dims: &[usize], last: usize) -> Shape {
+    let mut shape = dims.to_vec();
+    if let Some(l) = shape.last_mut() {
+        *l = last;
+    }
+    Shape::from(shape)
+}
+
+/// A frozen `W [out, in]` and bias. A `W` kept in bf16 or f16 is widened to
+/// f32 inside each pass (candle's CPU matmul has no bf16 kernel and widens
+/// too) and the copy dropped at once: the graph holds the narrow weight, so
+/// the halved memory holds during the step as well.
+struct Frozen {
+    weight: Tensor,
+    bias: Option<Vec<f32>>,
+}
+
+impl Frozen {
+    fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
+        Ok(Self {
+            weight: weight.clone(),
+            bias: bias.map(|b| b.to_vec1::<f32>()).transpose()?,
+        })
+    }
+
+    fn dims(&self) -> Result<(usize, usize)> {
+        self.weight.dims2()
+    }
+
+    /// Runs `f` on the weight's f32 values, widened for the call if need be.
+    fn with_weight<R>(&self, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+        if self.weight.dtype() == candle_core::DType::F32 {
+            with_f32(&self.weight.contiguous()?, f)
+        } else {
+            with_f32(&self.weight.to_dtype(candle_core::DType::F32)?, f)
+        }
+    }
+
+    /// `x W^T + b` for `x [rows, in]`: one gemm on the slices themselves, the
+    /// bias added after in a parallel pass (after, not as gemm's initial
+    /// destination: the sum's rounding stays that of the product plus the bias).
+    fn forward(&self, x: &[f32], rows: usize, inp: usize) -> Result<Vec<f32>> {
+        let (out, w_in) = self.dims()?;
+        if w_in != inp || x.len() != rows * inp {
+            candle_core::bail!("frozen linear of [{out}, {w_in}] on {rows} rows of {inp}");
+        }
+        let mut y =
+            self.with_weight(|w| Ok(product(rows, out, inp, Mat::rows(x, inp), Mat::transposed(w, inp), 1.0)))?;
+        if let Some(b) = &self.bias {
+            add_rows(&mut y, b);
+        }
+        Ok(y)
+    }
+
+    /// `dy W`: the input's gradient from the output's `dy [rows, out]`.
+    fn input_grad(&self, dy: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let (out, inp) = self.dims()?;
+        self.with_weight(|w| Ok(product(rows, inp, out, Mat::rows(dy, out), Mat::rows(w, inp), 1.0)))
+    }
+}
+
+/// `x W^T + b` for a frozen `W [out, in]` and `b`: the backward pass returns
+/// the gradient of `x` only.
+struct FrozenMatmul(Frozen);
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout)?;
+        let dims = layout.shape().dims();
+        let (rows, inp) = rows_and_width(dims);
+        let y = self.0.forward(x, rows, inp)?;
+        Ok((CpuStorage::F32(y), with_last(dims, self.0.dims()?.0)))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let dims = grad_res.dims().to_vec();
+        let (rows, _) = rows_and_width(&dims);
+        let dx = with_f32(&grad_res.contiguous()?, |dy| self.0.input_grad(dy, rows))?;
+        let shape = with_last(&dims, self.0.dims()?.1);
+        Ok(Some(Tensor::from_vec(dx, shape, grad_res.device())?))
+    }
+}
+
+/// `x W^T + b` with `W` and `b` frozen.
+pub fn frozen_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(FrozenMatmul(Frozen::new(weight, bias)?))
+}
+
+/// `x W^T + b + scale * (x * mask) A^T B^T` over `(x, A [r, in], B [out, r])`,
+/// with PEFT's `scale` and LoRA-dropout mask; gradients for all three.
+struct LoraMatmul {
+    base: Frozen,
+    scale: f32,
+    mask: Option<Vec<f32>>,
+}
+
+impl LoraMatmul {
+    /// `(rows, in, out, r)`, checked against `x`, `A` and `B`'s lengths.
+    fn sizes(&self, x: usize, inp: usize, a: usize, b: usize) -> Result<(usize, usize, usize, usize)> {
+        let (out, w_in) = self.base.dims()?;
+        let r = a / inp.max(1);
+        let rows = x / inp.max(1);
+        if w_in != inp || r * inp != a || out * r != b || rows * inp != x {
+            candle_core::bail!(
+                "LoRA linear of [{out}, {w_in}] with A of {a} and B of {b} values on {x} inputs of {inp}"
+            );
+        }
+        if self.mask.as_ref().is_some_and(|m| m.len() != x) {
+            candle_core::bail!(
+                "LoRA dropout mask of {} values for {x} inputs",
+                self.mask.as_ref().map_or(0, Vec::len)
+            );
+        }
+        Ok((rows, inp, out, r))
+    }
+}
+
+impl CustomOp3 for LoraMatmul {
+    fn name(&self) -> &'static str {
+        "lora-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, a, b) = (
+            contiguous_f32(s1, l1)?,
+            contiguous_f32(s2, l2)?,
+            contiguous_f32(s3, l3)?,
+        );
+        let dims = l1.shape().dims();
+        let (rows, inp, out, r) = self.sizes(x.len(), rows_and_width(dims).1, a.len(), b.len())?;
+        let mut y = self.base.forward(x, rows, inp)?;
+        let dropped = masked(x, self.mask.as_deref());
+        let input = dropped.as_deref().unwrap_or(x);
+        let t = product(rows, r, inp, Mat::rows(input, inp), Mat::transposed(a, inp), 1.0);
+        // SAFETY: y is [rows, out] and initialised, t [rows, r], b [out, r].
+        unsafe {
+            gemm_into(
+                y.as_mut_ptr(),
+                (rows, out, r),
+                Mat::rows(&t, r),
+                Mat::transposed(b, r),
+                self.scale,
+                true,
+            )
+        };
+        Ok((CpuStorage::F32(y), with_last(dims, out)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dims = x.dims().to_vec();
+        let (x_t, a_t, b_t, dy_t) = (
+            x.contiguous()?,
+            a.contiguous()?,
+            b.contiguous()?,
+            grad_res.contiguous()?,
+        );
+        let (dx, da, db) = with_f32(&x_t, |x| {
+            with_f32(&a_t, |a| {
+                with_f32(&b_t, |b| {
+                    with_f32(&dy_t, |dy| {
+                        let (rows, inp, out, r) = self.sizes(x.len(), rows_and_width(&dims).1, a.len(), b.len())?;
+                        if dy.len() != rows * out {
+                            candle_core::bail!("LoRA linear gradient of {} values for {rows} x {out}", dy.len());
+                        }
+                        let dropped = masked(x, self.mask.as_deref());
+                        let input = dropped.as_deref().unwrap_or(x);
+                        // t = (x * mask) A^T, g = scale * dy B: the update's two factors' gradients.
+                        let t = product(rows, r, inp, Mat::rows(input, inp), Mat::transposed(a, inp), 1.0);
+                        let g = product(rows, r, out, Mat::rows(dy, out), Mat::rows(b, r), self.scale);
+                        let db = product(out, r, rows, Mat::transposed(dy, out), Mat::rows(&t, r), self.scale);
+                        let da = product(r, inp, rows, Mat::transposed(&g, r), Mat::rows(input, inp), 1.0);
+                        let mut dx = self.base.input_grad(dy, rows)?;
+                        match self.mask.as_deref() {
+                            // SAFETY: dx is [rows, in] and initialised, g [rows, r], a [r, in].
+                            None => unsafe {
+                                gemm_into(
+                                    dx.as_mut_ptr(),
+                                    (rows, inp, r),
+                                    Mat::rows(&g, r),
+                                    Mat::rows(a, inp),
+                                    1.0,
+                                    true,
+                                )
+                            },
+                            Some(mask) => {
+                                use rayon::prelude::*;
+                                let through = product(rows, inp, r, Mat::rows(&g, r), Mat::rows(a, inp), 1.0);
+                                dx.par_iter_mut()
+                                    .zip(through.par_iter().zip(mask))
+                                    .for_each(|(d, (u, m))| *d += u * m);
+                            }
+                        }
+                        Ok((dx, da, db))
+                    })
+                })
+            })
+        })?;
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(da, a.shape(), dev)?),
+            Some(Tensor::from_vec(db, b.shape(), dev)?),
+        ))
+    }
+}
+
+/// `x W^T + b + scale * (x * mask) A^T B^T` for a frozen `W [out, in]` and `b`
+/// and trained `A [r, in]`, `B [out, r]`, as one operation both ways.
+pub fn lora_linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    (a, b): (&Tensor, &Tensor),
+    scale: f64,
+    mask: Option<Vec<f32>>,
+) -> Result<Tensor> {
+    let op = LoraMatmul {
+        base: Frozen::new(weight, bias)?,
+        scale: scale as f32,
+        mask,
+    };
+    x.contiguous()?.apply_op3(&a.contiguous()?, &b.contiguous()?, op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn close(a: &Tensor, b: &Tensor, tol: f32) {
+        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{x} vs {y}");
+        }
+    }
+
+    fn var(shape: &[usize], seed: u64) -> Var {
+        let n: usize = shape.iter().product();
+        let v = lora_core::init::normal(1.0, n, &mut lora_core::init::rng(seed));
+        Var::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn frozen_linear_matches_matmul_forward_and_input_gradient() {
+        let x = var(&[2, 3, 4], 1);
+        let w = var(&[5, 4], 2).as_tensor().detach();
+        let b = var(&[5], 3).as_tensor().detach();
+        let fast = frozen_linear(x.as_tensor(), &w, Some(&b)).unwrap();
+        let slow = x
+            .as_tensor()
+            .broadcast_matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        close(&fast, &slow, 1e-5);
+        let gf = fast.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let gs = slow.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        close(gf.get(&x).unwrap(), gs.get(&x).unwrap(), 1e-4);
+    }
+
+    /// The fused LoRA linear against candle's own ops composed, both ways, with
+    /// and without a dropout mask, and with a bf16 base weight.
+    #[test]
+    fn lora_linear_matches_the_composed_ops_and_their_gradients() {
+        for (masked, dtype) in [
+            (false, candle_core::DType::F32),
+            (true, candle_core::DType::F32),
+            (true, candle_core::DType::BF16),
+        ] {
+            let (rows, inp, out, r) = (7, 6, 5, 3);
+            let x = var(&[rows, inp], 1);
+            let w = var(&[out, inp], 2).as_tensor().detach().to_dtype(dtype).unwrap();
+            let bias = var(&[out], 3).as_tensor().detach();
+            let (a, b) = (var(&[r, inp], 4), var(&[out, r], 5));
+            let mask: Option<Vec<f32>> = masked.then(|| (0..rows * inp).map(|i| [0.0, 1.25][i % 3 % 2]).collect());
+            let scale = 0.75;
+            let fast = lora_linear(
+                x.as_tensor(),
+                &w,
+                Some(&bias),
+                (a.as_tensor(), b.as_tensor()),
+                scale,
+                mask.clone(),
+            )
+            .unwrap();
+            let input = match &mask {
+                Some(m) => (x.as_tensor() * Tensor::from_vec(m.clone(), (rows, inp), &Device::Cpu).unwrap()).unwrap(),
+                None => x.as_tensor().clone(),
+            };
+            let wide = w.to_dtype(candle_core::DType::F32).unwrap();
+            let update = input
+                .matmul(&a.as_tensor().t().unwrap())
+                .unwrap()
+                .matmul(&b.as_tensor().t().unwrap())
+                .unwrap();
+            let slow = (x
+                .as_tensor()
+                .matmul(&wide.t().unwrap())
+                .unwrap()
+                .broadcast_add(&bias)
+                .unwrap()
+                + (update * scale).unwrap())
+            .unwrap();
+            close(&fast, &slow, 1e-5);
+            // A loss that weighs every output differently, so each gradient is distinct.
+            let weights = var(&[rows, out], 6).as_tensor().detach();
+            let loss = |y: &Tensor| (y * &weights).unwrap().sqr().unwrap().sum_all().unwrap();
+            let gf = loss(&fast).backward().unwrap();
+            let gs = loss(&slow).backward().unwrap();
+            for v in [&x, &a, &b] {
+                close(gf.get(v).unwrap(), gs.get(v).unwrap(), 1e-4);
+            }
+        }
+    }
+}

@@ -19,7 +19,7 @@ use gemm::{Parallelism, gemm};
 use lora_core::init::CounterMask;
 use rayon::prelude::*;
 
-use crate::kernels::ScoreBias;
+use crate::kernels::{self, ScoreBias};
 
 /// The geometry of one attention call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,14 +127,7 @@ fn softmax_row(row: &mut [f32], scale: f32, bias: impl Fn(usize) -> f32) {
     for (j, d) in row.iter_mut().enumerate() {
         *d = *d * scale + bias(j);
     }
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for d in row.iter_mut() {
-        *d = (*d - max).exp();
-        sum += *d;
-    }
-    let inv = 1.0 / sum;
-    row.iter_mut().for_each(|d| *d *= inv);
+    kernels::normalise_exp(row);
 }
 
 /// `out = dropout(softmax(q k^T * scale + bias)) v` per head; the probabilities

@@ -224,16 +224,29 @@ pub fn softmax_forward(x: &[f32], k: usize, scale: f32, bias: ScoreBias<'_>, y: 
                         }
                     }
                 }
-                let max = dst.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for d in dst.iter_mut() {
-                    *d = exp(*d - max);
-                    sum += *d;
-                }
-                let inv = 1.0 / sum;
-                dst.iter_mut().for_each(|d| *d *= inv);
+                normalise_exp(dst);
             }
         });
+}
+
+/// `row = exp(row - max(row)) / sum`: a softmax row's last three passes, after
+/// its scores are in. The exponentials are vectorised and summed in order after.
+pub fn normalise_exp(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    exp_shifted_task(row, max);
+    let sum = row.iter().fold(0f32, |s, &d| s + d);
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|d| *d *= inv);
+}
+
+vectorised! {
+    /// `row[j] = exp(row[j] - max)`.
+    fn exp_shifted_task = exp_shifted_block(row: &mut [f32], max: f32)
+}
+
+#[inline(always)]
+fn exp_shifted_block(row: &mut [f32], max: f32) {
+    row.iter_mut().for_each(|d| *d = exp(*d - max));
 }
 
 /// `dx = scale * y * (g - sum(g * y))` over rows of `k`, from the output `y`.

@@ -450,7 +450,9 @@ pub fn vit_full_training_learns_and_its_saved_base_reloads<O: TensorOps>(ops: O)
     );
     assert_eq!(full.params()[0].compute_shape, [8, 16]);
     let b = Batch::Image(image_batch(6, 2));
-    let (first, last) = sgd(&mut full, &b, 80, 1.0);
+    // lr 0.1: the loss falls smoothly (0.42x in 80 steps); at 1.0 it oscillated,
+    // and whether it ended under 0.7x turned on the last bits of an exp.
+    let (first, last) = sgd(&mut full, &b, 80, 0.1);
     assert!(last < first * 0.7, "loss {first} -> {last}");
     // Every base weight got a gradient.
     let g = full.train_step(&b, 0).unwrap().split_grads(full.params());

@@ -19,6 +19,7 @@ pub mod resume;
 pub mod search;
 pub mod show;
 pub mod signals;
+pub mod threads;
 pub mod validate;
 
 // Link the crates whose `inventory` registrations the binary offers.

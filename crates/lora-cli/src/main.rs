@@ -282,6 +282,7 @@ fn long_version() -> &'static str {
 }
 
 fn main() -> ExitCode {
+    lora_cli::threads::short_spins();
     lora_cli::alloc::keep_freed_memory();
     lora_cli::pipes::end_quietly_on_closed_pipes();
     let matches = Cli::command().long_version(long_version()).get_matches();

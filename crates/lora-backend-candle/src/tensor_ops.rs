@@ -12,8 +12,8 @@ use lora_nn::ops::{Heads, Mask, TensorOps, default_attention};
 use lora_nn::weights::{WeightDType, WeightView};
 
 use crate::error::IntoCore;
-use crate::linear_ops::{frozen_linear, lora_linear};
-use crate::ops::{add_layer_norm, attention_rows, dropout, gelu, layer_norm, softmax_last_dim};
+use crate::linear_ops::{frozen_linear, lora_linear, trained_linear};
+use crate::ops::{add_layer_norm, attention_rows, dropout, gelu, layer_norm, layer_norm_trained, softmax_last_dim};
 use crate::quant::QuantMatrix;
 
 /// candle on the CPU.
@@ -305,7 +305,7 @@ impl TensorOps for CandleOps {
     }
 
     fn linear(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-        x.matmul(&w.t().core()?).and_then(|y| y.broadcast_add(b)).core()
+        trained_linear(x, w, b).core()
     }
 
     fn embedding(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
@@ -322,15 +322,7 @@ impl TensorOps for CandleOps {
     }
 
     fn layer_norm_trained(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
-        // Composed from differentiable ops so that gamma and beta get gradients.
-        let go = || -> candle_core::Result<Tensor> {
-            let mean = x.mean_keepdim(D::Minus1)?;
-            let centred = x.broadcast_sub(&mean)?;
-            let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-            let xhat = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
-            xhat.broadcast_mul(gamma)?.broadcast_add(beta)
-        };
-        go().core()
+        layer_norm_trained(x, gamma, beta, eps).core()
     }
 
     fn rms_norm(&self, x: &Tensor, gain: &Tensor, eps: f64) -> Result<Tensor> {

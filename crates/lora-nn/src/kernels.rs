@@ -334,6 +334,57 @@ pub fn layer_norm_backward(x: &[f32], gamma: &[f32], eps: f32, g: &[f32], dx: &m
         });
 }
 
+/// The gradients of a trained layer norm's `gamma` and `beta` over rows of `n`:
+/// `sum over rows of dy * xhat` and `sum over rows of dy`. Each task sums its
+/// rows, and the tasks' sums are added in task order: the same result on any
+/// number of threads.
+pub fn layer_norm_affine_grads(x: &[f32], g: &[f32], n: usize, eps: f32) -> (Vec<f32>, Vec<f32>) {
+    let task = task_len(n);
+    let parts: Vec<(Vec<f32>, Vec<f32>)> = x
+        .par_chunks(task)
+        .zip(g.par_chunks(task))
+        .map(|(x, g)| {
+            let (mut dgamma, mut dbeta) = (vec![0f32; n], vec![0f32; n]);
+            for (src, gr) in x.chunks_exact(n).zip(g.chunks_exact(n)) {
+                let (mean, rstd) = row_stats(src, eps);
+                for i in 0..n {
+                    dgamma[i] += gr[i] * ((src[i] - mean) * rstd);
+                    dbeta[i] += gr[i];
+                }
+            }
+            (dgamma, dbeta)
+        })
+        .collect();
+    sum_parts(parts, n)
+}
+
+/// The sums of the columns of `g`, rows of `n` (a broadcast bias's gradient),
+/// added in a fixed order as [`layer_norm_affine_grads`]' are.
+pub fn column_sums(g: &[f32], n: usize) -> Vec<f32> {
+    let task = task_len(n);
+    let parts: Vec<(Vec<f32>, Vec<f32>)> = g
+        .par_chunks(task)
+        .map(|g| {
+            let mut sums = vec![0f32; n];
+            for row in g.chunks_exact(n) {
+                sums.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+            }
+            (sums, Vec::new())
+        })
+        .collect();
+    sum_parts(parts, n).0
+}
+
+/// The tasks' partial sums added in task order.
+fn sum_parts(parts: Vec<(Vec<f32>, Vec<f32>)>, n: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut total = (vec![0f32; n], vec![0f32; n]);
+    for (a, b) in parts {
+        total.0.iter_mut().zip(&a).for_each(|(t, v)| *t += v);
+        total.1.iter_mut().zip(&b).for_each(|(t, v)| *t += v);
+    }
+    total
+}
+
 /// Layer norm of `a + b` (a residual sum) over rows of `gamma.len()`, the sum never
 /// stored: the same arithmetic as [`layer_norm_forward`] on the added tensor.
 pub fn add_layer_norm_forward(a: &[f32], b: &[f32], gamma: &[f32], beta: &[f32], eps: f32, y: &mut [f32]) {

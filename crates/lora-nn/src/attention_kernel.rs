@@ -122,12 +122,11 @@ unsafe fn product(
     }
 }
 
-/// Scale, bias and softmax of one row of scores in place, as `kernels::softmax_forward` computes them.
-fn softmax_row(row: &mut [f32], scale: f32, bias: impl Fn(usize) -> f32) {
+/// Scale and bias of one row of scores in place, as `kernels::softmax_forward` computes them.
+fn scale_row(row: &mut [f32], scale: f32, bias: impl Fn(usize) -> f32) {
     for (j, d) in row.iter_mut().enumerate() {
         *d = *d * scale + bias(j);
     }
-    kernels::normalise_exp(row);
 }
 
 /// `out = dropout(softmax(q k^T * scale + bias)) v` per head; the probabilities
@@ -193,16 +192,17 @@ pub fn attention_forward(
             }
             for (i, row) in p.chunks_exact_mut(s.keys).enumerate() {
                 match bias {
-                    ScoreBias::None => softmax_row(row, scale, |_| 0.0),
+                    ScoreBias::None => scale_row(row, scale, |_| 0.0),
                     ScoreBias::Keys(bias) => {
                         let bias = &bias[b * s.keys..][..s.keys];
-                        softmax_row(row, scale, |j| bias[j])
+                        scale_row(row, scale, |j| bias[j])
                     }
                     ScoreBias::Causal { .. } => {
-                        softmax_row(row, scale, |j| if j + s.queries <= i + s.keys { 0.0 } else { -1e9 })
+                        scale_row(row, scale, |j| if j + s.queries <= i + s.keys { 0.0 } else { -1e9 })
                     }
                 }
             }
+            kernels::normalise_exp_rows(p, s.keys);
             let p: &[f32] = match dropout {
                 Some(mask) => {
                     dropped.copy_from_slice(p);

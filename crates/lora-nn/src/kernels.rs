@@ -235,6 +235,17 @@ vectorised! {
     pub fn normalise_exp = normalise_exp_block(row: &mut [f32])
 }
 
+vectorised! {
+    /// [`normalise_exp`] on each row of `k` values of `rows`, in one call (an
+    /// attention head's scores: rows as short as 17 keys paid a dispatch each).
+    pub fn normalise_exp_rows = normalise_exp_rows_block(rows: &mut [f32], k: usize)
+}
+
+#[inline(always)]
+fn normalise_exp_rows_block(rows: &mut [f32], k: usize) {
+    rows.chunks_exact_mut(k.max(1)).for_each(normalise_exp_block);
+}
+
 /// Partial sums and maxima run in this many lanes: one AVX-512 register, and
 /// the same order on every vector unit (the lanes are written out, not left to
 /// the vectoriser), so results do not depend on the CPU.

@@ -12,6 +12,7 @@ mod bench;
 mod bench_accuracy;
 mod bench_causal;
 mod bench_strategies;
+mod bench_vit;
 mod build_plugins;
 mod cargo;
 mod fetch;

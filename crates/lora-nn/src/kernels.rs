@@ -254,10 +254,21 @@ const LANES: usize = 16;
 #[inline(always)]
 fn normalise_exp_block(row: &mut [f32]) {
     // The maximum is exact in any order; a running sum in one chain waited four
-    // cycles per value (3% of an inference pass), sixteen chains do not.
-    let max = lane_fold(row, f32::NEG_INFINITY, f32::max);
+    // cycles per value (3% of an inference pass), sixteen chains do not. Rows
+    // shorter than two lane blocks (a small ViT's 17 keys) fold in one chain:
+    // there the lanes' set-up and final fold cost more than they save.
+    let short = row.len() < 2 * LANES;
+    let max = if short {
+        row.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+    } else {
+        lane_fold(row, f32::NEG_INFINITY, f32::max)
+    };
     row.iter_mut().for_each(|d| *d = exp(*d - max));
-    let sum = lane_fold(row, 0.0, |s, d| s + d);
+    let sum = if short {
+        row.iter().fold(0.0, |s, d| s + d)
+    } else {
+        lane_fold(row, 0.0, |s, d| s + d)
+    };
     let inv = 1.0 / sum;
     row.iter_mut().for_each(|d| *d *= inv);
 }

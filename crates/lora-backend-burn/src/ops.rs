@@ -32,6 +32,7 @@ use burn::tensor::{Shape, Tensor, TensorData};
 use lora_core::init::CounterMask;
 use lora_nn::attention_kernel::{Heads, attention_backward, attention_forward};
 use lora_nn::kernels::{self, ScoreBias};
+use lora_nn::matmul::{Mat, add_rows, product};
 
 /// The autodiff backend that `Device::flex().autodiff()` dispatches to.
 type Ad = Autodiff<Flex, NoCheckpointing>;
@@ -101,6 +102,94 @@ fn apply<const D: usize, F: Fused>(x: Tensor<D>, op: F) -> Tensor<D> {
             .try_into_primitive::<Flex>()
             .expect("burn backend tensors live on the flex device");
         Tensor::from_primitive::<Flex>(op.forward(&x, false).0)
+    }
+}
+
+/// The flex primitive of a tensor autodiff does not track (a frozen weight).
+fn untracked<const D: usize>(t: Tensor<D>) -> FlexTensor {
+    if t.is_autodiff() {
+        t.try_into_primitive::<Ad>()
+            .expect("burn backend tensors live on the flex device")
+            .primitive()
+            .clone()
+    } else {
+        t.try_into_primitive::<Flex>()
+            .expect("burn backend tensors live on the flex device")
+    }
+}
+
+/// `x W^T + b` for a frozen `W [out, in]` and bias over `x [..., in]`, by one
+/// gemm call on the slices (`lora_nn::matmul`, the products candle's backend
+/// runs): burn's `linear` zeroed its output, copied the transposed weight and
+/// added the bias in a separate binary op. The backward pass gives `dy W`.
+pub fn frozen_linear<const D: usize>(x: Tensor<D>, weight: Tensor<D>, bias: Option<Tensor<D>>) -> Tensor<D> {
+    let weight = contiguous(&untracked(weight));
+    let bias = bias.map(|b| Arc::new(slice(&contiguous(&untracked(b))).to_vec()));
+    apply(x, FrozenLinear { weight, bias })
+}
+
+#[derive(Debug, Clone)]
+struct FrozenLinear {
+    /// `[out, in]` (with leading ones), contiguous f32.
+    weight: FlexTensor,
+    bias: Option<Arc<Vec<f32>>>,
+}
+
+impl FrozenLinear {
+    /// `(out, in)`.
+    fn dims(&self) -> (usize, usize) {
+        let shape = self.weight.layout().shape();
+        let rank = shape.num_dims();
+        (shape[rank - 2], shape[rank - 1])
+    }
+}
+
+/// `shape` with its last dimension replaced by `last`.
+fn with_last(shape: &Shape, last: usize) -> Shape {
+    let mut dims = shape.to_vec();
+    if let Some(l) = dims.last_mut() {
+        *l = last;
+    }
+    Shape::from(dims)
+}
+
+impl Fused for FrozenLinear {
+    /// The output's gradient alone gives the input's.
+    type State = ();
+
+    fn forward(&self, x: &FlexTensor, keep: bool) -> (FlexTensor, Option<Self::State>) {
+        let x = contiguous(x);
+        let (out, inp) = self.dims();
+        let xs = slice(&x);
+        let rows = xs.len() / inp.max(1);
+        assert_eq!(
+            rows * inp,
+            xs.len(),
+            "frozen linear of [{out}, {inp}] on {:?}",
+            x.layout().shape()
+        );
+        let w = slice(&self.weight);
+        let mut y = product(rows, out, inp, Mat::rows(xs, inp), Mat::transposed(w, inp), 1.0);
+        if let Some(b) = &self.bias {
+            add_rows(&mut y, b);
+        }
+        (flex(y, with_last(x.layout().shape(), out)), keep.then_some(()))
+    }
+
+    fn backward(&self, _state: (), grad: FlexTensor) -> FlexTensor {
+        let g = contiguous(&grad);
+        let (out, inp) = self.dims();
+        let gs = slice(&g);
+        let rows = gs.len() / out.max(1);
+        let dx = product(
+            rows,
+            inp,
+            out,
+            Mat::rows(gs, out),
+            Mat::rows(slice(&self.weight), inp),
+            1.0,
+        );
+        flex(dx, with_last(g.layout().shape(), inp))
     }
 }
 

@@ -26,7 +26,7 @@ use lora_nn::gguf::QuantView;
 use lora_nn::ops::{Heads, Mask, TensorOps};
 use lora_nn::weights::WeightView;
 
-use crate::ops::{Attention, Bias, FrozenLayerNorm, attention, gelu, softmax};
+use crate::ops::{Attention, Bias, FrozenLayerNorm, attention, frozen_linear, gelu, softmax};
 
 /// The rank every tensor is stored at: enough for grouped-query attention's
 /// `[batch, kv_heads, group, keys, head_dim]`.
@@ -352,8 +352,15 @@ impl TensorOps for BurnOps {
     }
 
     fn frozen_linear(&self, x: &BurnTensor, w: &BurnTensor, b: Option<&BurnTensor>) -> Result<BurnTensor> {
-        // `w` is untracked, so burn's linear computes the input's gradient only.
-        self.linear_any(x, w, b)
+        let (xd, wd) = (x.dims(), w.dims());
+        let [out, inp] = wd[..] else {
+            return Err(err(format!("linear weight {wd:?}, not [out, in]")));
+        };
+        if xd.last() != Some(&inp) || b.is_some_and(|b| b.numel() != out) {
+            return Err(err(format!("linear of {xd:?} by {wd:?}")));
+        }
+        let y = frozen_linear(x.t.clone(), w.t.clone(), b.map(|b| b.t.clone()));
+        Ok(BurnTensor::new(y, x.rank))
     }
 
     fn linear(&self, x: &BurnTensor, w: &BurnTensor, b: &BurnTensor) -> Result<BurnTensor> {

@@ -20,6 +20,7 @@ pub mod gguf;
 pub mod kernels;
 pub mod linear;
 pub mod llama;
+pub mod matmul;
 pub mod model;
 pub mod ops;
 pub mod params;

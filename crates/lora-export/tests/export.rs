@@ -190,7 +190,7 @@ fn hf_rows(values: &[f32], out: usize, module: &str) -> Vec<f32> {
 fn export_gguf(base: &Path, run: &Path, ty: GgmlType, out: &Path) {
     let base = GgufFile::open(base).unwrap();
     let adapter = Adapter::read(run).unwrap();
-    let (meta, tensors) = llama::merged_gguf(&base, &adapter, ty.into(), llama::Rounding::Reference).unwrap();
+    let (meta, tensors) = llama::merged_gguf(&base, &adapter, ty.into(), llama::Rounding::Reference, None).unwrap();
     lora_export::write::gguf(out, &meta, &tensors).unwrap();
 }
 
@@ -281,7 +281,7 @@ fn q4_1_of_a_q4_1_base_keeps_its_blocks_and_unbiased_rounding_keeps_a_small_upda
     let run = adapter(dir.path(), false);
     let mut adapter = Adapter::read(&run).unwrap();
     let merge = |adapter: &Adapter, rounding| {
-        let (_, tensors) = llama::merged_gguf(&base, adapter, GgmlType::Q4_1.into(), rounding).unwrap();
+        let (_, tensors) = llama::merged_gguf(&base, adapter, GgmlType::Q4_1.into(), rounding, None).unwrap();
         tensors
     };
     // A zero update: both roundings give back the base's own blocks, byte for byte
@@ -401,7 +401,7 @@ fn checks_refuse_before_anything_is_written() {
     // Shapes that do not fit this base.
     let bad = Adapter::read(&adapter(dir.path(), true)).unwrap();
     let err = code(
-        llama::merged_gguf(&base, &bad, GgmlType::Q8_0.into(), llama::Rounding::Fitted)
+        llama::merged_gguf(&base, &bad, GgmlType::Q8_0.into(), llama::Rounding::Fitted, None)
             .err()
             .unwrap(),
     );
@@ -469,6 +469,7 @@ fn the_gguf_package_reads_every_field_and_tensor() {
         &Adapter::read(&run).unwrap(),
         llama::TypePlan::Q4_K_M,
         llama::Rounding::Reference,
+        None,
     )
     .unwrap();
     let q4_k_m = dir.path().join("merged-q4_k_m.gguf");

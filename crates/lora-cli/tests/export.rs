@@ -553,7 +553,12 @@ fn vit_run(dir: &Path) -> PathBuf {
         let v = noise(n, seed, amp).into_iter().map(|x| x + offset).collect();
         tensors.push((name.to_string(), shape, v));
     };
-    add("vit.embeddings.patch_embeddings.projection.weight", vec![h, 1, 7, 7], 0.3, 0.0);
+    add(
+        "vit.embeddings.patch_embeddings.projection.weight",
+        vec![h, 1, 7, 7],
+        0.3,
+        0.0,
+    );
     add("vit.embeddings.patch_embeddings.projection.bias", vec![h], 0.1, 0.0);
     add("vit.embeddings.cls_token", vec![1, 1, h], 0.5, 0.0);
     add("vit.embeddings.position_embeddings", vec![1, 17, h], 0.5, 0.0);
@@ -569,7 +574,11 @@ fn vit_run(dir: &Path) -> PathBuf {
         add(&format!("{l}.{path}.weight"), vec![out, inp], 0.4, 0.0);
         add(&format!("{l}.{path}.bias"), vec![out], 0.1, 0.0);
     }
-    for norm in [format!("{l}.layernorm_before"), format!("{l}.layernorm_after"), "vit.layernorm".into()] {
+    for norm in [
+        format!("{l}.layernorm_before"),
+        format!("{l}.layernorm_after"),
+        "vit.layernorm".into(),
+    ] {
         add(&format!("{norm}.weight"), vec![h], 0.2, 1.0);
         add(&format!("{norm}.bias"), vec![h], 0.1, 0.0);
     }
@@ -624,9 +633,17 @@ fn vit_run(dir: &Path) -> PathBuf {
         let key = format!("{p}encoder.layer.0.{path}");
         let seed = 3010 + 2 * i as u64;
         owned.push((format!("{key}.lora_A.weight"), vec![2, h], noise(2 * h, seed, 0.3)));
-        owned.push((format!("{key}.lora_B.weight"), vec![out, 2], noise(out * 2, seed + 1, 0.3)));
+        owned.push((
+            format!("{key}.lora_B.weight"),
+            vec![out, 2],
+            noise(out * 2, seed + 1, 0.3),
+        ));
     }
-    owned.push(("base_model.model.classifier.weight".into(), vec![2, h], noise(2 * h, 3100, 0.5)));
+    owned.push((
+        "base_model.model.classifier.weight".into(),
+        vec![2, h],
+        noise(2 * h, 3100, 0.5),
+    ));
     owned.push(("base_model.model.classifier.bias".into(), vec![2], vec![0.05, -0.05]));
     write_adapter_weights(&run, owned);
     let cfg = serde_json::json!({"peft_type": "LORA", "r": 2, "lora_alpha": 4, "task_type": null,
@@ -680,7 +697,13 @@ fn merged_vit_matches_transformers_probabilities() {
         fixture["model_sha256"].as_str().unwrap(),
         "the merged weights changed: record the fixture again"
     );
-    let r = lora().arg("predict").arg("--adapter").arg(&run).args(&images).output().unwrap();
+    let r = lora()
+        .arg("predict")
+        .arg("--adapter")
+        .arg(&run)
+        .args(&images)
+        .output()
+        .unwrap();
     assert!(r.status.success(), "{}", text(&r));
     let ours: Vec<serde_json::Value> = String::from_utf8_lossy(&r.stdout)
         .lines()

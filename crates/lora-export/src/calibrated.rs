@@ -110,9 +110,7 @@ fn inverse_upper_factor(a: Vec<f64>, n: usize) -> Option<Vec<f32>> {
     let mut l = vec![0f64; n * n];
     for i in 0..n {
         for j in 0..=i {
-            let (ri, rj) = (&l[i * n..i * n + j], &l[j * n..j * n + j]);
-            let dot: f64 = ri.iter().zip(rj).map(|(x, y)| x * y).sum();
-            let s = a[(n - 1 - i) * n + (n - 1 - j)] - dot;
+            let s = a[(n - 1 - i) * n + (n - 1 - j)] - dot(&l[i * n..i * n + j], &l[j * n..j * n + j]);
             if i == j {
                 if s <= 0.0 || !s.is_finite() {
                     return None;
@@ -129,12 +127,26 @@ fn inverse_upper_factor(a: Vec<f64>, n: usize) -> Option<Vec<f32>> {
     for c in 0..n {
         x.fill(0.0);
         for i in c..n {
-            let dot: f64 = l[i * n + c..i * n + i].iter().zip(&x[c..i]).map(|(p, q)| p * q).sum();
-            x[i] = (f64::from(u8::from(i == c)) - dot) / l[i * n + i];
+            let known = dot(&l[i * n + c..i * n + i], &x[c..i]);
+            x[i] = (f64::from(u8::from(i == c)) - known) / l[i * n + i];
             u[(n - 1 - i) * n + (n - 1 - c)] = x[i] as f32;
         }
     }
     Some(u)
+}
+
+/// `sum a_i b_i` in eight lanes (which the compiler vectorises; a single
+/// running sum it may not reorder).
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            lanes[k] += x[k] * y[k];
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
 }
 
 /// One row in `ty`'s blocks by GPTQ: columns in order; at the first column
@@ -144,7 +156,11 @@ fn inverse_upper_factor(a: Vec<f64>, n: usize) -> Option<Vec<f32>> {
 pub fn gptq_row(nmax: i32, row: &[f32], h: &Hessian) -> Vec<u8> {
     let n = h.n;
     debug_assert_eq!(row.len(), n);
-    let mut w: Vec<f32> = row.iter().zip(&h.dead).map(|(&v, &d)| if d { 0.0 } else { v }).collect();
+    let mut w: Vec<f32> = row
+        .iter()
+        .zip(&h.dead)
+        .map(|(&v, &d)| if d { 0.0 } else { v })
+        .collect();
     let mut out = Vec::with_capacity(n / 32 * (2 + 16 + if nmax == 16 { 4 } else { 0 }));
     let mut q = [0u8; 32];
     let top = 2 * nmax - 1;
@@ -199,7 +215,14 @@ mod tests {
                 }
             }
         }
-        (w, Gram { dim: COLS, sum, rows: 96 })
+        (
+            w,
+            Gram {
+                dim: COLS,
+                sum,
+                rows: 96,
+            },
+        )
     }
 
     /// `sum_r (w_r - q_r)^T H (w_r - q_r)` of Q4_0 bytes.
@@ -224,7 +247,11 @@ mod tests {
         let gptq: Vec<u8> = w.chunks_exact(COLS).flat_map(|r| gptq_row(8, r, &h)).collect();
         let imp: Vec<f32> = gram.mean_squares().iter().map(|&v| v as f32).collect();
         let imatrix: Vec<u8> = w.chunks_exact(COLS).flat_map(|r| weighted_row(8, r, &imp)).collect();
-        let (e_ref, e_gptq, e_imatrix) = (error(&w, &reference, &gram), error(&w, &gptq, &gram), error(&w, &imatrix, &gram));
+        let (e_ref, e_gptq, e_imatrix) = (
+            error(&w, &reference, &gram),
+            error(&w, &gptq, &gram),
+            error(&w, &imatrix, &gram),
+        );
         // numpy with the `gguf` package's quantizer, and GPTQ written in numpy
         // (calibrated_q4_0.py): 19.385132 and 0.018975.
         assert!((e_ref - 19.385132).abs() < 1e-3, "reference {e_ref}");
@@ -241,7 +268,12 @@ mod tests {
         for j in 0..COLS {
             sum[j * COLS + j] = 5.0;
         }
-        let h = Hessian::new(&Gram { dim: COLS, sum, rows: 3 }).unwrap();
+        let h = Hessian::new(&Gram {
+            dim: COLS,
+            sum,
+            rows: 3,
+        })
+        .unwrap();
         for r in w.chunks_exact(COLS) {
             assert_eq!(gptq_row(8, r, &h), quantize(GgmlType::Q4_0, r));
         }

@@ -8,8 +8,8 @@
 
 use std::collections::BTreeSet;
 
-use lora_core::gguf::{GgmlType, Value};
 use lora_core::calibration::InputStatistics;
+use lora_core::gguf::{GgmlType, Value};
 use lora_core::llama::{LlamaConfig, TARGETS, gguf_name, hf_name};
 use lora_core::{Error, Result};
 use lora_nn::gguf::GgufFile;
@@ -357,7 +357,10 @@ fn quantize_tensor(
             }
             Method::Gptq => {
                 let h = Hessian::new(gram)?;
-                values.par_chunks(row).flat_map_iter(|r| calibrated::gptq_row(nmax, r, &h)).collect()
+                values
+                    .par_chunks(row)
+                    .flat_map_iter(|r| calibrated::gptq_row(nmax, r, &h))
+                    .collect()
             }
         });
     }

@@ -388,7 +388,14 @@ impl<O: TensorOps> Llama<O> {
         for (i, l) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             let mut seen = observe.as_deref_mut().map(|f| move |j: usize, x: &O::T| f(i, j, x));
-            x = self.layer(l, &x, g, slot, &mut masks, seen.as_mut().map(|f| f as &mut Observer<'_, O>))?;
+            x = self.layer(
+                l,
+                &x,
+                g,
+                slot,
+                &mut masks,
+                seen.as_mut().map(|f| f as &mut Observer<'_, O>),
+            )?;
             if untracked {
                 x = self.ops.detach(&x)?;
             }

@@ -54,8 +54,9 @@ fn run_dir(
         format!(
             "[run]\nname = \"export-test\"\nbackend = \"candle\"\noutput-dir = \"{}\"\n\
              [data]\ntype = \"chat\"\npath = \"asset:chitchat/dataset.json\"\nformat = \"chitchat\"\n\
+             max-conversations = 8\nmax-length = 64\n\
              [model]\ntype = \"llama-causal-lm\"\npath = \"{model_path}\"\n\
-             [lora]\nr = {r}\nalpha = {}\ntarget-modules = {modules:?}\n[train]\ntype = \"supervised\"\n[eval]\ntype = \"causal-lm\"\n",
+             [lora]\nr = {r}\nalpha = {}\ntarget-modules = {modules:?}\n[train]\ntype = \"supervised\"\n[train.optimizer]\ntype = \"adamw\"\nlr = 1e-3\n[eval]\ntype = \"causal-lm\"\n",
             run.display(),
             2 * r
         ),
@@ -220,8 +221,29 @@ fn refusals_exit_2_and_write_nothing() {
             "export::quant-unsupported",
         ),
     ];
-    for (args, code) in &cases {
-        let r = lora().arg("export").args(args).output().unwrap();
+    let calibrate = |extra: &[&str], name: &str| -> Vec<String> {
+        let mut v = vec!["--adapter".to_string(), s(&good)];
+        v.extend(extra.iter().map(|e| e.to_string()));
+        v.extend(["-o".to_string(), o(name)]);
+        v
+    };
+    let cases = cases.into_iter().chain([
+        (
+            calibrate(&["--merge", "--quant", "q4_0", "--calibrate", "0"], "i.gguf"),
+            "export::calibrate-invalid",
+        ),
+        (
+            calibrate(&["--merge", "--quant", "q8_0", "--calibrate", "2"], "k.gguf"),
+            "export::calibrate-unsupported",
+        ),
+        (calibrate(&["--calibrate", "2"], "l.gguf"), "export::calibrate-unsupported"),
+        (
+            calibrate(&["--merge", "--format", "safetensors", "--calibrate", "2"], "m"),
+            "export::calibrate-unsupported",
+        ),
+    ]);
+    for (args, code) in cases {
+        let r = lora().arg("export").args(&args).output().unwrap();
         assert_eq!(r.status.code(), Some(2), "{args:?}: {}", text(&r));
         assert!(text(&r).contains(code), "{args:?}: {}", text(&r));
     }
@@ -230,10 +252,12 @@ fn refusals_exit_2_and_write_nothing() {
         "a refused export wrote {:?}",
         std::fs::read_dir(&out).map(|d| d.count())
     );
-    // The same run exports at q8_0 and as an adapter.
+    // The same run exports at q8_0, as an adapter, and at q4_0 calibrated on
+    // two of its training conversations.
     for (extra, name) in [
         (vec!["--merge", "--quant", "q8_0"], "ok.gguf"),
         (vec![], "adapter.gguf"),
+        (vec!["--merge", "--quant", "q4_0", "--calibrate", "2"], "calibrated.gguf"),
     ] {
         let r = lora()
             .arg("export")
@@ -252,7 +276,7 @@ fn refusals_exit_2_and_write_nothing() {
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(names.len(), 2, "no temporary file left: {names:?}");
+    assert_eq!(names.len(), 3, "no temporary file left: {names:?}");
 }
 
 /// SmolLM2's linear modules: `(name, out, in)`.
@@ -366,6 +390,26 @@ fn llama_cpp_continues_as_lora_generate_does() {
     for (what, theirs, ours) in &cases {
         assert_eq!(theirs, ours, "{what}: llama.cpp vs lora generate");
     }
+    // Calibrated on two of the run's training conversations (GPTQ), a q4_0
+    // file llama.cpp loads and continues from; more conversations than the
+    // training split holds: exit 2, nothing written.
+    let calibrated = dir.path().join("merged-q4_0-calibrated.gguf");
+    let export_calibrated = |n: &str| {
+        lora()
+            .args(["export", "--merge", "--quant", "q4_0", "--calibrate", n, "--adapter"])
+            .arg(&run)
+            .arg("-o")
+            .arg(&calibrated)
+            .output()
+            .unwrap()
+    };
+    let r = export_calibrated("100");
+    assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+    assert!(text(&r).contains("export::calibrate-invalid") && !calibrated.exists());
+    let r = export_calibrated("2");
+    assert!(r.status.success(), "{}", text(&r));
+    let theirs = llama_cpp(&node_dir, &calibrated, None, &prompts[..1], n);
+    assert!(!theirs[0].trim().is_empty());
     // llama.cpp loads the Q4_K_M mix (Q6_K ffn_down in the layers it picks,
     // Q8_0/Q5_0 fallbacks for rows of 576) and generates from it; at 4 bits its
     // 8-bit activations may pick other tokens than ours, so only the load and

@@ -236,7 +236,10 @@ fn refusals_exit_2_and_write_nothing() {
             calibrate(&["--merge", "--quant", "q8_0", "--calibrate", "2"], "k.gguf"),
             "export::calibrate-unsupported",
         ),
-        (calibrate(&["--calibrate", "2"], "l.gguf"), "export::calibrate-unsupported"),
+        (
+            calibrate(&["--calibrate", "2"], "l.gguf"),
+            "export::calibrate-unsupported",
+        ),
         (
             calibrate(&["--merge", "--format", "safetensors", "--calibrate", "2"], "m"),
             "export::calibrate-unsupported",

@@ -6,7 +6,8 @@
 # new tokens after a fixed prompt, `lora generate --timing`).
 #   export_quality.sh RUN_DIR WORK_DIR [TYPES...]
 # (default: f32 f16 q8_0 q6_k q5_0 q4_k_m q4_k q4_1 q4_0; a type ending in
-# `+ref` is exported with --reference-rounding, ggml's reference quantizers only)
+# `+ref` is exported with --reference-rounding, ggml's reference quantizers only;
+# in `+gptqN` / `+imatrixN` with --calibrate N and that --calibration)
 set -euo pipefail
 run=$1; work=$2; shift 2
 types=("$@"); [ ${#types[@]} -eq 0 ] && types=(f32 f16 q8_0 q6_k q5_0 q4_k_m q4_k q4_1 q4_0)
@@ -19,6 +20,9 @@ echo "|---|---|---|---|"
 for t in "${types[@]}"; do
     flags=(); q=$t
     if [[ $t == *+ref ]]; then q=${t%+ref}; flags=(--reference-rounding); fi
+    if [[ $t =~ ^(.*)\+(gptq|imatrix)([0-9]+)$ ]]; then
+        q=${BASH_REMATCH[1]}; flags=(--calibrate "${BASH_REMATCH[3]}" --calibration "${BASH_REMATCH[2]}")
+    fi
     f="$work/merged-$t.gguf"; [ -f "$f" ] || "$lora" export --adapter "$run" --merge --quant "$q" "${flags[@]}" -o "$f" >/dev/null 2>&1
     d="$work/eval-$t"; rm -rf "$d"; mkdir -p "$d"
     cp "$run/adapter_config.json" "$d/"

@@ -11,6 +11,7 @@ use lora_core::diag::Diagnostic;
 use lora_core::gguf::GgmlType;
 use lora_core::stage::{AssetResolver, StageContext};
 use lora_core::{Error, Result};
+use lora_export::calibrated::Method;
 use lora_export::{Adapter, GgufFile, llama, record};
 
 /// What to write.
@@ -27,6 +28,11 @@ pub struct Request {
     pub base: Option<String>,
     /// How merged values are rounded to quantized blocks.
     pub rounding: llama::Rounding,
+    /// Activation-aware rounding of the Q4_0 and Q5_0 matrices: this many of
+    /// the run's training conversations are run through the merged model.
+    pub calibrate: Option<usize>,
+    /// How the calibration statistics are used.
+    pub calibration: Method,
     pub output: PathBuf,
 }
 
@@ -140,8 +146,20 @@ pub fn export(req: &Request, assets: &dyn AssetResolver) -> Result<(PathBuf, u64
         )),
         (Family::Llama(path), "gguf") => {
             let base = GgufFile::open(path)?;
+            let plan = quant.unwrap_or(GgmlType::F16.into());
+            let stats = match req.calibrate {
+                Some(n) => {
+                    check_calibration(req, &base, plan)?;
+                    Some(calibrate(&config, &req.run_dir, n, assets)?)
+                }
+                None => None,
+            };
+            let calibration = stats.as_ref().map(|stats| llama::Calibration {
+                stats,
+                method: req.calibration,
+            });
             let (meta, tensors) = if req.merge {
-                llama::merged_gguf(&base, &adapter, quant.unwrap_or(GgmlType::F16.into()), req.rounding)?
+                llama::merged_gguf(&base, &adapter, plan, req.rounding, calibration)?
             } else {
                 if quant.is_some() {
                     return Err(invalid(
@@ -156,6 +174,7 @@ pub fn export(req: &Request, assets: &dyn AssetResolver) -> Result<(PathBuf, u64
         }
         (Family::Llama(path), _) => {
             refuse_existing(&req.output)?;
+            no_calibration(req)?;
             let base = GgufFile::open(path)?;
             let mut files = llama::merged_safetensors(&base, &adapter)?;
             files.extend(llama_tokenizer(path)?);
@@ -164,6 +183,7 @@ pub fn export(req: &Request, assets: &dyn AssetResolver) -> Result<(PathBuf, u64
         }
         (Family::Bert(dir) | Family::Vit(dir), _) => {
             refuse_existing(&req.output)?;
+            no_calibration(req)?;
             let labels_path = req.run_dir.join("labels.json");
             let labels: Vec<String> = std::fs::read_to_string(&labels_path)
                 .ok()
@@ -182,6 +202,84 @@ pub fn export(req: &Request, assets: &dyn AssetResolver) -> Result<(PathBuf, u64
             Ok((req.output.clone(), size(&req.output.join("model.safetensors"))))
         }
     }
+}
+
+fn no_calibration(req: &Request) -> Result<()> {
+    match req.calibrate {
+        Some(_) => Err(invalid(
+            "export::calibrate-unsupported",
+            "--calibrate applies to a merged Llama GGUF with Q4_0 or Q5_0 matrices (--merge --quant q4_0, q5_0, q4_k, q4_k_m)"
+                .into(),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `--calibrate N` needs a merge, at least one conversation, and a type with
+/// Q4_0 or Q5_0 matrices (the ones it rounds).
+fn check_calibration(req: &Request, base: &GgufFile, plan: llama::TypePlan) -> Result<()> {
+    if !req.merge {
+        return no_calibration(req);
+    }
+    if req.calibrate == Some(0) {
+        return Err(invalid(
+            "export::calibrate-invalid",
+            "--calibrate needs at least one conversation".into(),
+        ));
+    }
+    if llama::calibrated_tensors(base, plan)? == 0 {
+        return Err(invalid(
+            "export::calibrate-unsupported",
+            format!(
+                "--calibrate rounds Q4_0 and Q5_0 matrices; --quant {} has none on this model (use q4_0, q5_0, q4_k or q4_k_m)",
+                req.quant.as_deref().unwrap_or("f16")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs the first `n` training conversations of the run's own pipeline
+/// (storage order, each alone) through the model with its adapter, and
+/// returns the Gram matrices of the inputs of its matrices.
+fn calibrate(
+    config: &PipelineConfig,
+    run_dir: &Path,
+    n: usize,
+    assets: &dyn AssetResolver,
+) -> Result<lora_core::calibration::InputStatistics> {
+    let pipeline = crate::pipeline::Pipeline::build(config.clone())?;
+    let ctx = pipeline.context(assets)?;
+    let (data, mut model) = pipeline.prepare(&ctx)?;
+    if data.train.len() < n {
+        return Err(invalid(
+            "export::calibrate-invalid",
+            format!(
+                "--calibrate {n}: the run's training split has {} conversations",
+                data.train.len()
+            ),
+        ));
+    }
+    lora_train::load_adapter(run_dir, model.as_mut())?;
+    model.merge()?;
+    let decoder = model
+        .decoder()
+        .ok_or_else(|| Error::Other("this model does not decode".into()))?;
+    let mut stats = lora_core::calibration::InputStatistics::default();
+    for batch in data.train.batches(1, None).take(n) {
+        let lora_core::Batch::Tokens(b) = batch? else {
+            return Err(Error::Other("calibration takes token batches".into()));
+        };
+        let ids: Vec<u32> = b
+            .input_ids
+            .iter()
+            .zip(&b.attention_mask)
+            .filter(|(_, m)| **m != 0)
+            .map(|(i, _)| *i)
+            .collect();
+        decoder.input_statistics(&ids, &mut stats)?;
+    }
+    Ok(stats)
 }
 
 fn size(p: &Path) -> u64 {

@@ -174,6 +174,15 @@ enum Command {
         /// update is not rounded away.
         #[arg(long)]
         reference_rounding: bool,
+        /// Activation-aware rounding of the Q4_0 and Q5_0 matrices: run this
+        /// many of the run's training conversations through the merged model
+        /// and round each matrix to lower its error on their inputs.
+        #[arg(long, value_name = "N")]
+        calibrate: Option<usize>,
+        /// How --calibrate rounds: gptq (error feedback through the inputs'
+        /// inverse Hessian, default) or imatrix (llama.cpp's importance matrix).
+        #[arg(long, value_name = "METHOD", default_value = "gptq", value_parser = ["gptq", "imatrix"])]
+        calibration: String,
         /// The file (GGUF) or the new folder (safetensors) to write.
         #[arg(long, short)]
         output: PathBuf,
@@ -508,6 +517,8 @@ fn run(command: Command) -> lora_core::Result<()> {
             quant,
             base,
             reference_rounding,
+            calibrate,
+            calibration,
             output,
         } => {
             let req = lora_cli::export::Request {
@@ -520,6 +531,12 @@ fn run(command: Command) -> lora_core::Result<()> {
                     lora_export::llama::Rounding::Reference
                 } else {
                     lora_export::llama::Rounding::Fitted
+                },
+                calibrate,
+                calibration: if calibration == "imatrix" {
+                    lora_export::calibrated::Method::Imatrix
+                } else {
+                    lora_export::calibrated::Method::Gptq
                 },
                 output,
             };

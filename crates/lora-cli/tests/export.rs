@@ -54,8 +54,9 @@ fn run_dir(
         format!(
             "[run]\nname = \"export-test\"\nbackend = \"candle\"\noutput-dir = \"{}\"\n\
              [data]\ntype = \"chat\"\npath = \"asset:chitchat/dataset.json\"\nformat = \"chitchat\"\n\
+             max-conversations = 8\nmax-length = 64\ntruncation = \"right\"\n\
              [model]\ntype = \"llama-causal-lm\"\npath = \"{model_path}\"\n\
-             [lora]\nr = {r}\nalpha = {}\ntarget-modules = {modules:?}\n[train]\ntype = \"supervised\"\n[eval]\ntype = \"causal-lm\"\n",
+             [lora]\nr = {r}\nalpha = {}\ntarget-modules = {modules:?}\n[train]\ntype = \"supervised\"\n[train.optimizer]\ntype = \"adamw\"\nlr = 1e-3\n[eval]\ntype = \"causal-lm\"\n",
             run.display(),
             2 * r
         ),
@@ -220,8 +221,32 @@ fn refusals_exit_2_and_write_nothing() {
             "export::quant-unsupported",
         ),
     ];
-    for (args, code) in &cases {
-        let r = lora().arg("export").args(args).output().unwrap();
+    let calibrate = |extra: &[&str], name: &str| -> Vec<String> {
+        let mut v = vec!["--adapter".to_string(), s(&good)];
+        v.extend(extra.iter().map(|e| e.to_string()));
+        v.extend(["-o".to_string(), o(name)]);
+        v
+    };
+    let cases = cases.into_iter().chain([
+        (
+            calibrate(&["--merge", "--quant", "q4_0", "--calibrate", "0"], "i.gguf"),
+            "export::calibrate-invalid",
+        ),
+        (
+            calibrate(&["--merge", "--quant", "q8_0", "--calibrate", "2"], "k.gguf"),
+            "export::calibrate-unsupported",
+        ),
+        (
+            calibrate(&["--calibrate", "2"], "l.gguf"),
+            "export::calibrate-unsupported",
+        ),
+        (
+            calibrate(&["--merge", "--format", "safetensors", "--calibrate", "2"], "m"),
+            "export::calibrate-unsupported",
+        ),
+    ]);
+    for (args, code) in cases {
+        let r = lora().arg("export").args(&args).output().unwrap();
         assert_eq!(r.status.code(), Some(2), "{args:?}: {}", text(&r));
         assert!(text(&r).contains(code), "{args:?}: {}", text(&r));
     }
@@ -366,6 +391,30 @@ fn llama_cpp_continues_as_lora_generate_does() {
     for (what, theirs, ours) in &cases {
         assert_eq!(theirs, ours, "{what}: llama.cpp vs lora generate");
     }
+    // Calibrated on two of the run's training conversations (GPTQ), a q4_0
+    // file llama.cpp loads and continues from; more conversations than the
+    // training split holds: exit 2, nothing written.
+    let calibrated = dir.path().join("merged-q4_0-calibrated.gguf");
+    let export_calibrated = |n: &str| {
+        lora()
+            .args(["export", "--merge", "--quant", "q4_0", "--calibrate", n, "--adapter"])
+            .arg(&run)
+            .arg("-o")
+            .arg(&calibrated)
+            .output()
+            .unwrap()
+    };
+    let r = export_calibrated("100");
+    assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+    assert!(
+        text(&r).contains("export::calibrate-invalid") && !calibrated.exists(),
+        "{}",
+        text(&r)
+    );
+    let r = export_calibrated("2");
+    assert!(r.status.success(), "{}", text(&r));
+    let theirs = llama_cpp(&node_dir, &calibrated, None, &prompts[..1], n);
+    assert!(!theirs[0].trim().is_empty());
     // llama.cpp loads the Q4_K_M mix (Q6_K ffn_down in the layers it picks,
     // Q8_0/Q5_0 fallbacks for rows of 576) and generates from it; at 4 bits its
     // 8-bit activations may pick other tokens than ours, so only the load and
@@ -516,6 +565,11 @@ fn merged_bert_matches_transformers_probabilities() {
 
 /// `run/adapter_model.safetensors` holding the named f32 tensors.
 fn write_adapter_weights(run: &Path, owned: Vec<(String, Vec<usize>, Vec<f32>)>) {
+    write_safetensors(&run.join("adapter_model.safetensors"), owned)
+}
+
+/// A safetensors file of the named f32 tensors.
+fn write_safetensors(path: &Path, owned: Vec<(String, Vec<usize>, Vec<f32>)>) {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = owned
         .into_iter()
         .map(|(n, s, v)| (n, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
@@ -529,9 +583,241 @@ fn write_adapter_weights(run: &Path, owned: Vec<(String, Vec<usize>, Vec<f32>)>)
             )
         })
         .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+/// A tiny ViT base (hidden 16, one layer of two heads, MLP 32, 7 x 7 patches of
+/// 28 x 28 grey images) with seeded weights, in `ViTForImageClassification`'s
+/// layout as a pretraining run writes it; and a run adapting it with a seeded
+/// adapter (the patch convolution at rank 4 through `rank-pattern`, query,
+/// value and the MLP's first linear at rank 2) and a seeded two-class head.
+fn vit_run(dir: &Path) -> PathBuf {
+    let base = dir.join("vit-base");
+    std::fs::create_dir_all(&base).unwrap();
+    let (h, m) = (16usize, 32usize);
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    let mut add = |name: &str, shape: Vec<usize>, amp: f32, offset: f32| {
+        let n = shape.iter().product();
+        let seed = 2000 + tensors.len() as u64;
+        let v = noise(n, seed, amp).into_iter().map(|x| x + offset).collect();
+        tensors.push((name.to_string(), shape, v));
+    };
+    add(
+        "vit.embeddings.patch_embeddings.projection.weight",
+        vec![h, 1, 7, 7],
+        0.3,
+        0.0,
+    );
+    add("vit.embeddings.patch_embeddings.projection.bias", vec![h], 0.1, 0.0);
+    add("vit.embeddings.cls_token", vec![1, 1, h], 0.5, 0.0);
+    add("vit.embeddings.position_embeddings", vec![1, 17, h], 0.5, 0.0);
+    let l = "vit.encoder.layer.0";
+    for (path, out, inp) in [
+        ("attention.attention.query", h, h),
+        ("attention.attention.key", h, h),
+        ("attention.attention.value", h, h),
+        ("attention.output.dense", h, h),
+        ("intermediate.dense", m, h),
+        ("output.dense", h, m),
+    ] {
+        add(&format!("{l}.{path}.weight"), vec![out, inp], 0.4, 0.0);
+        add(&format!("{l}.{path}.bias"), vec![out], 0.1, 0.0);
+    }
+    for norm in [
+        format!("{l}.layernorm_before"),
+        format!("{l}.layernorm_after"),
+        "vit.layernorm".into(),
+    ] {
+        add(&format!("{norm}.weight"), vec![h], 0.2, 1.0);
+        add(&format!("{norm}.bias"), vec![h], 0.1, 0.0);
+    }
+    add("classifier.weight", vec![10, h], 0.3, 0.0);
+    add("classifier.bias", vec![10], 0.1, 0.0);
+    write_safetensors(&base.join("model.safetensors"), tensors);
+    let config = serde_json::json!({"architectures": ["ViTForImageClassification"], "hidden_act": "gelu",
+        "hidden_size": h, "image_size": 28, "intermediate_size": m, "layer_norm_eps": 1e-12,
+        "model_type": "vit", "num_attention_heads": 2, "num_channels": 1, "num_hidden_layers": 1,
+        "num_labels": 10, "patch_size": 7, "qkv_bias": true});
+    std::fs::write(base.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
+
+    let run = dir.join("vit-run");
+    std::fs::create_dir_all(&run).unwrap();
     std::fs::write(
-        run.join("adapter_model.safetensors"),
-        safetensors::serialize(views, None).unwrap(),
+        run.join("pipeline.toml"),
+        format!(
+            "[run]\nname = \"export-vit\"\nbackend = \"candle\"\nseed = 42\noutput-dir = \"unused\"\n\n\
+             [data]\ntype = \"mnist-json\"\npath = \"asset:mnist-digits\"\nvalidation-fraction = 0.2\n\n\
+             [model]\ntype = \"vit-classifier\"\nmode = \"lora\"\npath = {:?}\n\n\
+             [lora]\nr = 2\nalpha = 4\n\
+             target-modules = [\"patch_embeddings.projection\", \"query\", \"value\", \"intermediate.dense\"]\n\
+             rank-pattern = {{ \"patch_embeddings.projection\" = 4 }}\n\n\
+             [train]\ntype = \"supervised\"\nbatch-size = 8\n\n[train.optimizer]\ntype = \"adamw\"\nlr = 1e-3\n\n\
+             [eval]\ntype = \"classification\"\n",
+            base.display().to_string()
+        ),
     )
     .unwrap();
+    std::fs::write(run.join("labels.json"), r#"["even", "odd"]"#).unwrap();
+    let p = "base_model.model.vit.";
+    let mut owned = vec![
+        (
+            format!("{p}embeddings.patch_embeddings.projection.lora_A.weight"),
+            vec![4, 1, 7, 7],
+            noise(4 * 49, 3000, 0.2),
+        ),
+        (
+            format!("{p}embeddings.patch_embeddings.projection.lora_B.weight"),
+            vec![h, 4, 1, 1],
+            noise(h * 4, 3001, 0.2),
+        ),
+    ];
+    for (i, (path, out)) in [
+        ("attention.attention.query", h),
+        ("attention.attention.value", h),
+        ("intermediate.dense", m),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let key = format!("{p}encoder.layer.0.{path}");
+        let seed = 3010 + 2 * i as u64;
+        owned.push((format!("{key}.lora_A.weight"), vec![2, h], noise(2 * h, seed, 0.3)));
+        owned.push((
+            format!("{key}.lora_B.weight"),
+            vec![out, 2],
+            noise(out * 2, seed + 1, 0.3),
+        ));
+    }
+    owned.push((
+        "base_model.model.classifier.weight".into(),
+        vec![2, h],
+        noise(2 * h, 3100, 0.5),
+    ));
+    owned.push(("base_model.model.classifier.bias".into(), vec![2], vec![0.05, -0.05]));
+    write_adapter_weights(&run, owned);
+    let cfg = serde_json::json!({"peft_type": "LORA", "r": 2, "lora_alpha": 4, "task_type": null,
+        "target_modules": ".*\\.layer\\.\\d+\\.(vit\\.embeddings\\.patch_embeddings\\.projection|attention\\.attention\\.query|attention\\.attention\\.value|intermediate\\.dense)",
+        "rank_pattern": {"patch_embeddings.projection": 4}, "alpha_pattern": {},
+        "modules_to_save": ["classifier"], "use_rslora": false, "use_dora": false});
+    std::fs::write(run.join("adapter_config.json"), cfg.to_string()).unwrap();
+    run
+}
+
+/// The merged ViT folder is byte for byte the one transformers was run on by
+/// hand (`tests/reference/check_transformers.py vit-probs`, recorded in
+/// `tests/reference/fixtures/export-vit.json`, on the three digits written
+/// here), and `lora predict` with the unmerged adapter gives transformers'
+/// probabilities within 1e-4. `LORA_EXPORT_KEEP=DIR` writes the folder and the
+/// images there (to record the fixture again).
+#[test]
+fn merged_vit_matches_transformers_probabilities() {
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/reference/fixtures/export-vit.json")).unwrap(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = vit_run(dir.path());
+    let keep = std::env::var("LORA_EXPORT_KEEP").ok().map(PathBuf::from);
+    let out = keep.clone().unwrap_or_else(|| dir.path().join("merged"));
+    let r = lora()
+        .args(["export", "--merge", "--format", "safetensors", "--adapter"])
+        .arg(&run)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", text(&r));
+    let images_dir = keep.map_or_else(|| dir.path().to_path_buf(), |k| k.join("images"));
+    std::fs::create_dir_all(&images_dir).unwrap();
+    let images: Vec<PathBuf> = fixture["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let path = images_dir.join(name.as_str().unwrap());
+            digit_png(&path, i);
+            path
+        })
+        .collect();
+    let sha = lora_export::record::sha256_file(&out.join("model.safetensors")).unwrap();
+    assert_eq!(
+        sha,
+        fixture["model_sha256"].as_str().unwrap(),
+        "the merged weights changed: record the fixture again"
+    );
+    let r = lora()
+        .arg("predict")
+        .arg("--adapter")
+        .arg(&run)
+        .args(&images)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", text(&r));
+    let ours: Vec<serde_json::Value> = String::from_utf8_lossy(&r.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let theirs = fixture["transformers_probabilities"].as_array().unwrap();
+    assert_eq!(ours.len(), theirs.len());
+    for (o, t) in ours.iter().zip(theirs) {
+        for (label, p) in t.as_object().unwrap() {
+            let diff = (o["probabilities"][label].as_f64().unwrap() - p.as_f64().unwrap()).abs();
+            assert!(diff < 1e-4, "{}: {label} differs by {diff}", o["image"]);
+        }
+    }
+}
+
+/// A 28 x 28 grey PNG (stored zlib blocks, no compression crate): a bar, a
+/// ring or a diagonal stroke for `kind` 0, 1, 2, with grey levels in between.
+fn digit_png(path: &Path, kind: usize) {
+    fn crc(bytes: &[u8]) -> u32 {
+        let mut c = 0xffff_ffffu32;
+        for &b in bytes {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+        }
+        !c
+    }
+    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
+        out.extend((data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend(data);
+        out.extend(&body);
+        out.extend(crc(&body).to_be_bytes());
+    }
+    let pixel = |x: i32, y: i32| -> u8 {
+        let d = match kind {
+            0 => (x - 14).abs().max(0) as f32 - 3.0 + if (4..24).contains(&y) { 0.0 } else { 9.0 },
+            1 => (((x - 14).pow(2) + (y - 14).pow(2)) as f32).sqrt() - 8.0,
+            _ => ((x - y) as f32).abs() - 2.0,
+        };
+        (255.0 * (1.0 - d.abs().min(3.0) / 3.0)) as u8
+    };
+    let mut raw = Vec::new();
+    for y in 0..28 {
+        raw.push(0); // filter: none
+        raw.extend((0..28).map(|x| pixel(x, y)));
+    }
+    let (mut a, mut b) = (1u32, 0u32);
+    for &byte in &raw {
+        a = (a + byte as u32) % 65521;
+        b = (b + a) % 65521;
+    }
+    let mut zlib = vec![0x78, 0x01, 1];
+    zlib.extend((raw.len() as u16).to_le_bytes());
+    zlib.extend((!(raw.len() as u16)).to_le_bytes());
+    zlib.extend(&raw);
+    zlib.extend(((b << 16) | a).to_be_bytes());
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut header = Vec::new();
+    header.extend(28u32.to_be_bytes());
+    header.extend(28u32.to_be_bytes());
+    header.extend([8, 0, 0, 0, 0]);
+    chunk(&mut png, b"IHDR", &header);
+    chunk(&mut png, b"IDAT", &zlib);
+    chunk(&mut png, b"IEND", &[]);
+    std::fs::write(path, png).unwrap();
 }

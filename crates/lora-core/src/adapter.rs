@@ -180,6 +180,12 @@ pub trait CausalDecoder {
     fn reset(&mut self);
     /// Appends `ids` to the sequence; returns the next-token logits after the last of them.
     fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>>;
+    /// Runs the sequence `ids` (alone, uncached) and adds the Gram matrix of
+    /// the inputs of each of its quantizable matrices to `stats` (calibration
+    /// of an activation-aware quantization).
+    fn input_statistics(&mut self, _ids: &[u32], _stats: &mut crate::calibration::InputStatistics) -> Result<()> {
+        Err(Error::Other("this decoder does not collect input statistics".into()))
+    }
 }
 
 /// The floating-point type of the frozen base weights and of the compute.

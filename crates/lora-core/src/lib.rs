@@ -12,6 +12,7 @@ pub mod adapter;
 pub mod augment;
 pub mod batch;
 pub mod bert;
+pub mod calibration;
 pub mod checkpoint;
 pub mod config;
 pub mod diag;

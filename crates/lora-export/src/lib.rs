@@ -10,6 +10,7 @@
 
 pub mod adapter;
 pub mod bert;
+pub mod calibrated;
 pub mod llama;
 pub mod quant;
 pub mod record;

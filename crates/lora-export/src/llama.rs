@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 
+use lora_core::calibration::InputStatistics;
 use lora_core::gguf::{GgmlType, Value};
 use lora_core::llama::{LlamaConfig, TARGETS, gguf_name, hf_name};
 use lora_core::{Error, Result};
@@ -15,6 +16,7 @@ use lora_nn::gguf::GgufFile;
 use rayon::prelude::*;
 
 use crate::adapter::Adapter;
+use crate::calibrated::{self, Hessian, Method};
 use crate::invalid;
 use crate::quant::{q4_1_on_grid, quantize, seed_of};
 use crate::write::{GgufParts, OwnedTensor};
@@ -306,6 +308,27 @@ pub enum Rounding {
     Fitted,
 }
 
+/// Statistics of the merged model's inputs, and how Q4_0 and Q5_0 matrices
+/// use them (`lora export --calibrate`); other types are rounded as without.
+#[derive(Clone, Copy)]
+pub struct Calibration<'a> {
+    pub stats: &'a InputStatistics,
+    pub method: Method,
+}
+
+/// The plan's types that a calibration changes: Q4_0 and Q5_0 matrices of
+/// the layers (whose inputs the decoder observes).
+pub fn calibrated_tensors(base: &GgufFile, plan: TypePlan) -> Result<usize> {
+    let cfg = LlamaConfig::from_header(&base.header)?;
+    Ok(base
+        .header
+        .tensors
+        .iter()
+        .filter(|t| module_of(&t.name).is_some())
+        .filter(|t| calibrated::levels(plan.type_of(&t.name, &t.dims, cfg.num_layers, cfg.tied_embeddings)).is_some())
+        .count())
+}
+
 /// Quantizes one merged tensor (`values` in GGUF's order) to `ty`.
 fn quantize_tensor(
     base: &GgufFile,
@@ -314,13 +337,39 @@ fn quantize_tensor(
     values: &[f32],
     ty: GgmlType,
     rounding: Rounding,
-) -> Vec<u8> {
+    calibration: Option<Calibration<'_>>,
+) -> Result<Vec<u8>> {
+    let gram = calibration.and_then(|c| Some((c.method, c.stats.gram(name)?)));
+    if let (Some(nmax), Some((method, gram))) = (calibrated::levels(ty), gram) {
+        if gram.dim != row {
+            return Err(Error::Other(format!(
+                "{name}: calibrated on inputs of {}, its rows hold {row}",
+                gram.dim
+            )));
+        }
+        return Ok(match method {
+            Method::Imatrix => {
+                let importance: Vec<f32> = gram.mean_squares().iter().map(|&v| v as f32).collect();
+                values
+                    .par_chunks(row)
+                    .flat_map_iter(|r| calibrated::weighted_row(nmax, r, &importance))
+                    .collect()
+            }
+            Method::Gptq => {
+                let h = Hessian::new(gram)?;
+                values
+                    .par_chunks(row)
+                    .flat_map_iter(|r| calibrated::gptq_row(nmax, r, &h))
+                    .collect()
+            }
+        });
+    }
     let fitted = rounding == Rounding::Fitted;
     let grid = base
         .matrix(name)
         .ok()
         .filter(|m| fitted && ty == GgmlType::Q4_1 && m.ggml == GgmlType::Q4_1);
-    match grid {
+    Ok(match grid {
         Some(grid) => {
             let seed = seed_of(name);
             values
@@ -333,18 +382,24 @@ fn quantize_tensor(
                 .collect()
         }
         None => values.par_chunks(row).flat_map_iter(|r| quantize(ty, r)).collect(),
-    }
+    })
 }
 
 /// The merged model as one GGUF file of type `ty`.
-pub fn merged_gguf(base: &GgufFile, adapter: &Adapter, plan: TypePlan, rounding: Rounding) -> Result<GgufParts> {
+pub fn merged_gguf(
+    base: &GgufFile,
+    adapter: &Adapter,
+    plan: TypePlan,
+    rounding: Rounding,
+    calibration: Option<Calibration<'_>>,
+) -> Result<GgufParts> {
     let cfg = check(base, adapter)?;
     check_quant(base, plan)?;
     let mut tensors = Vec::with_capacity(base.header.tensors.len());
     for t in &base.header.tensors {
         let values = merged_values(base, &cfg, adapter, &t.name, &t.dims)?;
         let got = plan.type_of(&t.name, &t.dims, cfg.num_layers, cfg.tied_embeddings);
-        let bytes = quantize_tensor(base, &t.name, t.dims[0] as usize, &values, got, rounding);
+        let bytes = quantize_tensor(base, &t.name, t.dims[0] as usize, &values, got, rounding, calibration)?;
         tensors.push(OwnedTensor {
             name: t.name.clone(),
             dims: t.dims.clone(),

@@ -79,14 +79,27 @@ fn symmetric(x: &[f32], levels: f32) -> (f32, impl Iterator<Item = u8> + '_) {
 
 fn q4_0(x: &[f32], out: &mut Vec<u8>) {
     let (d, q) = symmetric(x, 8.0);
-    let q: Vec<u8> = q.collect();
+    pack_q4_0(d, &q.collect::<Vec<u8>>(), out);
+}
+
+/// A Q4_0 block: f16 `d`, then levels `0..16` two to a byte (`j` low, `j + 16` high).
+pub(crate) fn pack_q4_0(d: f32, q: &[u8], out: &mut Vec<u8>) {
     out.extend(f16_bytes(d));
     out.extend((0..16).map(|j| q[j] | (q[j + 16] << 4)));
 }
 
+/// The f16 value a block's scale is stored as.
+pub(crate) fn stored_scale(d: f32) -> f32 {
+    f16_value(d)
+}
+
 fn q5_0(x: &[f32], out: &mut Vec<u8>) {
     let (d, q) = symmetric(x, 16.0);
-    let q: Vec<u8> = q.collect();
+    pack_q5_0(d, &q.collect::<Vec<u8>>(), out);
+}
+
+/// A Q5_0 block: f16 `d`, the fifth bits, then the low nibbles as Q4_0's.
+pub(crate) fn pack_q5_0(d: f32, q: &[u8], out: &mut Vec<u8>) {
     let mut qh = 0u32;
     for j in 0..16 {
         qh |= u32::from((q[j] & 0x10) >> 4) << j;
@@ -313,12 +326,12 @@ fn q4_k(x: &[f32], out: &mut Vec<u8>) {
 /// ggml's `GROUP_MAX_EPS`: a group whose largest magnitude is below it is zero.
 const GROUP_MAX_EPS: f32 = 1e-15;
 
-/// ggml's `make_qx_quants` with `rmse_type = 1` and no importance matrix:
-/// the scale of a symmetric group at levels `-nmax..nmax-1`, searched over 19
-/// candidates around `nmax / max` to maximise `sum(w x l)^2 / sum(w l^2)`
-/// (the least-squares fit weighted by `w = x^2`). The levels (offset by
-/// `nmax`) go to `l`.
-fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [u8]) -> f32 {
+/// ggml's `make_qx_quants` with `rmse_type = 1`: the scale of a symmetric
+/// group at levels `-nmax..nmax-1`, searched over 19 candidates around
+/// `nmax / max` to maximise `sum(w x l)^2 / sum(w l^2)` (the least-squares fit
+/// weighted by `w`: the importance `qw` when given, else `x^2`). The levels
+/// (offset by `nmax`) go to `l`.
+pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [u8], qw: Option<&[f32]>) -> f32 {
     let (mut max, mut amax) = (0f32, 0f32);
     for &v in x {
         if v.abs() > amax {
@@ -333,9 +346,9 @@ fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [u8]) -> f32 {
     let level = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
     let fit = |iscale: f32| {
         let (mut sumlx, mut suml2) = (0f32, 0f32);
-        for &v in x {
+        for (i, &v) in x.iter().enumerate() {
             let q = level(iscale, v) as f32;
-            let w = v * v;
+            let w = qw.map_or(v * v, |w| w[i]);
             sumlx += w * v * q;
             suml2 += w * q * q;
         }
@@ -371,7 +384,7 @@ fn q6_k(x: &[f32], out: &mut Vec<u8>) {
     let mut scales = [0f32; 16];
     let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
     for ib in 0..16 {
-        let s = make_qx_quants(32, &x[16 * ib..16 * (ib + 1)], &mut l[16 * ib..16 * (ib + 1)]);
+        let s = make_qx_quants(32, &x[16 * ib..16 * (ib + 1)], &mut l[16 * ib..16 * (ib + 1)], None);
         scales[ib] = s;
         if s.abs() > max_abs_scale {
             max_abs_scale = s.abs();

@@ -190,7 +190,7 @@ fn hf_rows(values: &[f32], out: usize, module: &str) -> Vec<f32> {
 fn export_gguf(base: &Path, run: &Path, ty: GgmlType, out: &Path) {
     let base = GgufFile::open(base).unwrap();
     let adapter = Adapter::read(run).unwrap();
-    let (meta, tensors) = llama::merged_gguf(&base, &adapter, ty.into(), llama::Rounding::Reference).unwrap();
+    let (meta, tensors) = llama::merged_gguf(&base, &adapter, ty.into(), llama::Rounding::Reference, None).unwrap();
     lora_export::write::gguf(out, &meta, &tensors).unwrap();
 }
 
@@ -281,7 +281,7 @@ fn q4_1_of_a_q4_1_base_keeps_its_blocks_and_unbiased_rounding_keeps_a_small_upda
     let run = adapter(dir.path(), false);
     let mut adapter = Adapter::read(&run).unwrap();
     let merge = |adapter: &Adapter, rounding| {
-        let (_, tensors) = llama::merged_gguf(&base, adapter, GgmlType::Q4_1.into(), rounding).unwrap();
+        let (_, tensors) = llama::merged_gguf(&base, adapter, GgmlType::Q4_1.into(), rounding, None).unwrap();
         tensors
     };
     // A zero update: both roundings give back the base's own blocks, byte for byte
@@ -401,7 +401,7 @@ fn checks_refuse_before_anything_is_written() {
     // Shapes that do not fit this base.
     let bad = Adapter::read(&adapter(dir.path(), true)).unwrap();
     let err = code(
-        llama::merged_gguf(&base, &bad, GgmlType::Q8_0.into(), llama::Rounding::Fitted)
+        llama::merged_gguf(&base, &bad, GgmlType::Q8_0.into(), llama::Rounding::Fitted, None)
             .err()
             .unwrap(),
     );
@@ -463,12 +463,31 @@ fn the_gguf_package_reads_every_field_and_tensor() {
         files.push(path);
     }
     let base = GgufFile::open(&base_path).unwrap();
+    // Calibrated Q4_0 (GPTQ) and Q5_0 (importance matrix) from skewed inputs:
+    // still blocks the gguf package reads, close to the f32 values; the same
+    // statistics give the same bytes.
+    let stats = skewed_statistics(&base);
+    for (ty, method) in [
+        (GgmlType::Q4_0, lora_export::calibrated::Method::Gptq),
+        (GgmlType::Q5_0, lora_export::calibrated::Method::Imatrix),
+    ] {
+        let calibration = Some(llama::Calibration { stats: &stats, method });
+        let adapter = Adapter::read(&run).unwrap();
+        let (meta, tensors) =
+            llama::merged_gguf(&base, &adapter, ty.into(), llama::Rounding::Fitted, calibration).unwrap();
+        let (_, again) = llama::merged_gguf(&base, &adapter, ty.into(), llama::Rounding::Fitted, calibration).unwrap();
+        assert!(tensors.iter().zip(&again).all(|(a, b)| a.bytes == b.bytes));
+        let path = dir.path().join(format!("calibrated-{}.gguf", ty.name()));
+        lora_export::write::gguf(&path, &meta, &tensors).unwrap();
+        files.push(PathBuf::from(format!("calibrated:{}", path.display())));
+    }
     // llama.cpp's Q4_K_M mix: one layer of one, so attn_v and ffn_down are Q6_K.
     let (meta, tensors) = llama::merged_gguf(
         &base,
         &Adapter::read(&run).unwrap(),
         llama::TypePlan::Q4_K_M,
         llama::Rounding::Reference,
+        None,
     )
     .unwrap();
     let q4_k_m = dir.path().join("merged-q4_k_m.gguf");
@@ -497,6 +516,10 @@ fn the_gguf_package_reads_every_field_and_tensor() {
         assert!(l["byte_identical_tensors"].as_u64().unwrap() >= 8, "{l}");
     }
     assert_eq!(lines.last().unwrap()["adapter_pairs"], 7);
+    // The calibrated files: all seven matrices rounded from the statistics.
+    for l in &lines[lines.len() - 4..lines.len() - 2] {
+        assert_eq!(l["calibrated_tensors"], 7, "{l}");
+    }
     // Q4_K_M: attn_v, ffn_down and the tied embedding Q6_K, the other five matrices Q4_K.
     let mix = &lines[lines.len() - 2]["types"];
     assert_eq!(
@@ -505,6 +528,29 @@ fn the_gguf_package_reads_every_field_and_tensor() {
         "{mix}"
     );
     let _ = LlamaConfig::from_header(&base.header).unwrap();
+}
+
+/// Gram matrices of 64 seeded inputs to each matrix of layer 0, their
+/// first eight columns ten times larger.
+fn skewed_statistics(base: &GgufFile) -> lora_core::calibration::InputStatistics {
+    let mut stats = lora_core::calibration::InputStatistics::default();
+    for (module, _, _) in lora_core::llama::TARGETS {
+        let name = lora_core::llama::gguf_name(0, module);
+        let dim = base.header.tensors.iter().find(|t| t.name == name).unwrap().dims[0] as usize;
+        let x: Vec<f32> = (0..64 * dim)
+            .map(|i| (i as f32 * 0.618).sin() * if i % dim < 8 { 10.0 } else { 1.0 })
+            .collect();
+        let mut xtx = vec![0f32; dim * dim];
+        for row in x.chunks_exact(dim) {
+            for a in 0..dim {
+                for b in 0..dim {
+                    xtx[a * dim + b] += row[a] * row[b];
+                }
+            }
+        }
+        stats.add(&[name], dim, &xtx, 64).unwrap();
+    }
+    stats
 }
 
 /// `name -> (shape, values)` as an f32 safetensors file.

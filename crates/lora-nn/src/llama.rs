@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use lora_core::adapter::{AdapterModel, CausalDecoder, EvalSums, ModelSummary, PeftInfo, StepOutput};
+use lora_core::calibration::InputStatistics;
 use lora_core::init::{derive_seed, rng};
 use lora_core::llama::{LlamaConfig, TARGETS, gguf_name, hf_name, peft_info, resolve_targets};
 use lora_core::{Batch, Error, HostTensor, LoraSpec, ParamInfo, Result, Targets, TokenBatch};
@@ -24,6 +25,15 @@ use crate::params::ParamStore;
 
 /// Key prefix of every adapter tensor: PEFT wraps `LlamaForCausalLM` as `base_model.model`.
 const PEFT_PREFIX: &str = "base_model.model.";
+
+/// Called with a linear's index in [`TARGETS`] and its input `[rows, in]`.
+type Observer<'a, O> = dyn FnMut(usize, &<O as TensorOps>::T) -> Result<()> + 'a;
+/// As [`Observer`], with the layer's index first.
+type LayerObserver<'a, O> = dyn FnMut(usize, usize, &<O as TensorOps>::T) -> Result<()> + 'a;
+
+/// The linears of a layer that read one input, by index in [`TARGETS`]:
+/// q, k, v; o; gate, up; down.
+const SITES: [&[usize]; 4] = [&[0, 1, 2], &[3], &[4, 5], &[6]];
 
 /// A frozen quantized matrix that may carry a LoRA adapter.
 #[derive(Clone)]
@@ -319,12 +329,21 @@ impl<O: TensorOps> Llama<O> {
         g: &Geometry<'_>,
         cache: Option<&mut Option<(O::T, O::T)>>,
         masks: &mut Option<&mut MaskSource>,
+        mut observe: Option<&mut Observer<'_, O>>,
     ) -> Result<O::T> {
         let ops = &self.ops;
         let c = &self.cfg;
         let (heads, kv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim());
         let (b, t, positions) = (g.b, g.t, &g.positions);
-        let mut linear = |i: usize, x: &O::T| l.linears[i].forward(ops, x, masks.as_deref_mut());
+        let mut linear = |i: usize, x: &O::T| {
+            // q, k, v read one input, gate and up another: each site is seen once.
+            if let Some(f) = observe.as_deref_mut()
+                && SITES.iter().any(|s| s[0] == i)
+            {
+                f(i, x)?;
+            }
+            l.linears[i].forward(ops, x, masks.as_deref_mut())
+        };
         let h = ops.rms_norm(x, &l.attn_norm, c.rms_eps)?;
         let split = |y: O::T, n: usize| ops.transpose(&ops.reshape(&y, &[b, t, n, hd])?, 1, 2);
         let q = ops.rope(&split(linear(0, &h)?, heads)?, positions, c.rope_theta)?;
@@ -362,12 +381,21 @@ impl<O: TensorOps> Llama<O> {
         g: &Geometry<'_>,
         mut cache: Option<&mut KvCache<O>>,
         mut masks: Option<&mut MaskSource>,
+        mut observe: Option<&mut LayerObserver<'_, O>>,
     ) -> Result<O::T> {
         let untracked = masks.is_none() && self.ops.checkpointing();
         let mut x = self.embed(ids)?;
         for (i, l) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = self.layer(l, &x, g, slot, &mut masks)?;
+            let mut seen = observe.as_deref_mut().map(|f| move |j: usize, x: &O::T| f(i, j, x));
+            x = self.layer(
+                l,
+                &x,
+                g,
+                slot,
+                &mut masks,
+                seen.as_mut().map(|f| f as &mut Observer<'_, O>),
+            )?;
             if untracked {
                 x = self.ops.detach(&x)?;
             }
@@ -401,7 +429,7 @@ impl<O: TensorOps> Llama<O> {
     /// those targets and weights: the output projection and the loss skip
     /// prompt and padding positions. With `masks`, in training mode (dropout).
     pub fn target_logits(&self, b: &TokenBatch, masks: Option<&mut MaskSource>) -> Result<(O::T, Vec<u32>, Vec<f32>)> {
-        let h = self.hidden(&b.input_ids, &Geometry::of(b), None, masks)?;
+        let h = self.hidden(&b.input_ids, &Geometry::of(b), None, masks, None)?;
         self.head_logits(&h, b)
     }
 
@@ -454,7 +482,7 @@ impl<O: TensorOps> Llama<O> {
             )));
         }
         let t = ids.len();
-        let h = self.hidden(ids, &Geometry::plain(1, t, start), Some(cache), None)?;
+        let h = self.hidden(ids, &Geometry::plain(1, t, start), Some(cache), None, None)?;
         cache.len += t;
         let last = self.ops.narrow(&h, 0, t - 1, 1)?;
         self.ops.to_host(&self.ops.quantized_linear(&last, &self.lm_head)?)
@@ -578,7 +606,7 @@ impl<O: TensorOps> AdapterModel for Llama<O> {
         let ops = &self.ops;
         ops.track(self.store.leaves());
         let mut masks = MaskSource::new(dropout_seed);
-        let h = self.hidden(&b.input_ids, &Geometry::of(b), None, Some(&mut masks))?;
+        let h = self.hidden(&b.input_ids, &Geometry::of(b), None, Some(&mut masks), None)?;
         let loss = self.loss_of(&h, b)?;
         drop(h);
         let value = ops.to_host(&loss)?;
@@ -607,7 +635,7 @@ impl<O: TensorOps> AdapterModel for Llama<O> {
     fn hidden_states(&self, batch: &Batch) -> Result<HostTensor> {
         let b = tokens(batch)?;
         self.check(b)?;
-        let h = self.hidden(&b.input_ids, &Geometry::of(b), None, None)?;
+        let h = self.hidden(&b.input_ids, &Geometry::of(b), None, None, None)?;
         Ok(HostTensor::new(
             vec![b.batch_size, b.seq_len, self.cfg.hidden_size],
             self.ops.to_host(&h)?,
@@ -644,7 +672,7 @@ impl<O: TensorOps> Chain<O> for Llama<O> {
 
     fn block(&self, _ops: &O, i: usize, x: &O::T, batch: &Batch, mut masks: Option<&mut MaskSource>) -> Result<O::T> {
         let b = tokens(batch)?;
-        self.layer(&self.layers[i], x, &Geometry::of(b), None, &mut masks)
+        self.layer(&self.layers[i], x, &Geometry::of(b), None, &mut masks, None)
     }
 
     fn loss(&self, ops: &O, x: &O::T, batch: &Batch, _masks: Option<&mut MaskSource>) -> Result<O::T> {
@@ -667,6 +695,27 @@ impl<O: TensorOps> CausalDecoder for Llama<O> {
         let out = self.step(&mut cache, ids);
         self.cache = Some(cache);
         out
+    }
+
+    fn input_statistics(&mut self, ids: &[u32], stats: &mut InputStatistics) -> Result<()> {
+        if ids.is_empty() || ids.len() > self.cfg.context_length {
+            return Err(Error::Data(format!(
+                "a calibration sequence of {} tokens (the context holds {})",
+                ids.len(),
+                self.cfg.context_length
+            )));
+        }
+        let ops = self.ops.clone();
+        let mut gram = |layer: usize, i: usize, x: &O::T| -> Result<()> {
+            let site = SITES.iter().find(|s| s[0] == i).expect("observed sites only");
+            let names: Vec<String> = site.iter().map(|&j| gguf_name(layer, TARGETS[j].0)).collect();
+            let dim = *ops.dims(x).last().unwrap_or(&0);
+            let xtx = ops.to_host(&ops.matmul(&ops.transpose(x, 0, 1)?, x)?)?;
+            stats.add(&names, dim, &xtx, ids.len())
+        };
+        self.hidden(ids, &Geometry::plain(1, ids.len(), 0), None, None, Some(&mut gram))?;
+        stats.sequences += 1;
+        Ok(())
     }
 }
 

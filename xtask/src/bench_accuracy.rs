@@ -25,7 +25,7 @@ use crate::cargo;
 
 /// The reference and each inexact strategy with the settings a user would pick
 /// (the table says which).
-const RUNS: [(&str, &[&str]); 11] = [
+const RUNS: [(&str, &[&str]); 10] = [
     ("ddp", &[]),
     ("fp16-compress", &[]),
     ("bf16-compress", &[]),
@@ -36,7 +36,6 @@ const RUNS: [(&str, &[&str]); 11] = [
     // Deep gradient compression's sparsity warm-up: dense at first, down to
     // the ratio over the first quarter of the 63 steps.
     ("topk", &["strategy.ratio=0.1", "strategy.warmup-steps=16"]),
-    ("topk", &["strategy.ratio=0.25", "strategy.warmup-steps=16"]),
     // LoRA's matrices have rank r = 8: rank 4 halves what they send, rank 6
     // saves a quarter.
     ("powersgd", &["strategy.rank=4"]),

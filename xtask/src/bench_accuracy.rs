@@ -176,7 +176,11 @@ pub fn run(args: &[String]) -> ExitCode {
         }
         rows.push((name, options, accs));
     }
-    let Some(reference) = rows.iter().find(|r| r.0 == "ddp" && !r.2.is_empty()).map(|r| r.2.clone()) else {
+    let Some(reference) = rows
+        .iter()
+        .find(|r| r.0 == "ddp" && !r.2.is_empty())
+        .map(|r| r.2.clone())
+    else {
         eprintln!("error: ddp, the reference, did not finish");
         return ExitCode::from(1);
     };

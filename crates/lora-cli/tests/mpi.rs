@@ -271,7 +271,10 @@ fn per_process_state_resumes_on_two_processes_to_the_same_model() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains("state of 2 processes") && stderr.contains("mpirun -np 2"), "{stderr}");
+    assert!(
+        stderr.contains("state of 2 processes") && stderr.contains("mpirun -np 2"),
+        "{stderr}"
+    );
 }
 
 #[test]

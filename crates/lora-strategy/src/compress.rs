@@ -239,7 +239,10 @@ fn build_topk(c: &Component, comm: Box<dyn Comm>) -> Result<Box<dyn Strategy>, D
         .at(c.value_location("ratio"))
         .into());
     }
-    Ok(Box::new(Compressed::new(comm, Codec::top_k(cfg.ratio, cfg.warmup_steps))))
+    Ok(Box::new(Compressed::new(
+        comm,
+        Codec::top_k(cfg.ratio, cfg.warmup_steps),
+    )))
 }
 
 inventory::submit! {

@@ -50,12 +50,7 @@ fn inexact() -> Vec<(&'static str, Make)> {
         ("bf16-compress", |c| {
             Box::new(Compressed::new(Box::new(c), Codec::Half(Half::Bf16)))
         }),
-        ("topk", |c| {
-            Box::new(Compressed::new(
-                Box::new(c),
-                Codec::top_k(0.2, 0),
-            ))
-        }),
+        ("topk", |c| Box::new(Compressed::new(Box::new(c), Codec::top_k(0.2, 0)))),
         ("powersgd", |c| Box::new(PowerSgd::new(Box::new(c), 1))),
     ]
 }
@@ -119,10 +114,7 @@ fn topk_sends_k_values_and_keeps_sent_plus_residual_equal_to_the_gradients() {
     let n = 10;
     let got = on_ranks(ThreadComm::group(2), |c| {
         let rank = c.rank();
-        let mut s = Compressed::new(
-            Box::new(c),
-            Codec::top_k(0.2, 0),
-        );
+        let mut s = Compressed::new(Box::new(c), Codec::top_k(0.2, 0));
         let (mut sent, mut fed) = (vec![0.0f32; n], vec![0.0f32; n]);
         let mut bytes = Vec::new();
         for step in 0..5 {

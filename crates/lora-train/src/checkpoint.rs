@@ -282,7 +282,8 @@ pub fn decode_process(bytes: &[u8], what: &str) -> Result<ProcessState> {
             .ok_or_else(|| bad(format!("no `{key}` in the metadata")))
     };
     let (rank, world) = (number("rank")? as usize, number("world")? as usize);
-    let optimizer = optimizer_from(&mut buffers, &meta, "optimizer.").ok_or_else(|| bad("no optimizer state".into()))?;
+    let optimizer =
+        optimizer_from(&mut buffers, &meta, "optimizer.").ok_or_else(|| bad("no optimizer state".into()))?;
     let params = buffers.remove("params").ok_or_else(|| bad("no `params`".into()))?;
     let mut strategy = StrategyState::default();
     for (k, v) in buffers {
@@ -293,7 +294,9 @@ pub fn decode_process(bytes: &[u8], what: &str) -> Result<ProcessState> {
     }
     for (k, v) in &meta {
         if let Some(name) = k.strip_prefix("counter.") {
-            let n = v.parse().map_err(|_| bad(format!("counter `{name}` is not a count: {v}")))?;
+            let n = v
+                .parse()
+                .map_err(|_| bad(format!("counter `{name}` is not a count: {v}")))?;
             strategy.counters.insert(name.to_string(), n);
         }
     }
@@ -447,10 +450,7 @@ impl CheckpointWriter {
         for name in names {
             let path = tmp.join(&name);
             // save_adapter's files are synced by its atomic writes.
-            files.insert(
-                name,
-                file_sum(&path).map_err(io("cannot read back", &path))?,
-            );
+            files.insert(name, file_sum(&path).map_err(io("cannot read back", &path))?);
         }
         let s = &snapshot.loop_state.state;
         Ok(Manifest {
@@ -675,7 +675,10 @@ fn read_processes(dir: &Path) -> Result<Vec<Vec<u8>>> {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_prefix(PROCESS_PREFIX)?.strip_suffix(PROCESS_SUFFIX)?.parse().ok()
+            name.strip_prefix(PROCESS_PREFIX)?
+                .strip_suffix(PROCESS_SUFFIX)?
+                .parse()
+                .ok()
         })
         .collect();
     ranks.sort_unstable();

@@ -260,6 +260,7 @@ struct Run<'t, 'a> {
 fn own_process_state(
     from: &ResumeFrom,
     strategy: &dyn lora_core::strategy::Strategy,
+    values: usize,
 ) -> Result<Option<crate::checkpoint::ProcessState>> {
     let (rank, world) = strategy.rank();
     let saved = from.snapshot.processes.len();
@@ -295,6 +296,12 @@ fn own_process_state(
             own.rank, own.world
         )));
     }
+    if own.params.len() != values {
+        return Err(fail(format!(
+            "process-{rank}'s file holds {} parameter values, the model {values}",
+            own.params.len()
+        )));
+    }
     Ok(Some(own))
 }
 
@@ -309,7 +316,7 @@ impl<'t, 'a> Run<'t, 'a> {
         let resume = ctx.resume.take();
         // This process's own state, from a checkpoint of several processes.
         let own = match &resume {
-            Some(r) => own_process_state(r, ctx.strategy)?,
+            Some(r) => own_process_state(r, ctx.strategy, layout.len())?,
             None => None,
         };
         if let Some(r) = &resume {

@@ -60,6 +60,9 @@ const TOLERANCE: f64 = 0.01;
 /// `run.seed` in configs/sentiment-minilm.toml: the first seed of `--seeds`.
 const FIRST_SEED: u64 = 42;
 
+/// A row of the table: the strategy, its settings and `(seed, accuracy)` of each finished run.
+type Row = (&'static str, &'static [&'static str], Vec<(u64, f64)>);
+
 /// Mean and sample standard deviation (0 for one value).
 fn mean_sd(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
@@ -148,7 +151,7 @@ pub fn run(args: &[String]) -> ExitCode {
         return ExitCode::from(1);
     }
     // Per row: the accuracy of each seed that finished.
-    let mut rows: Vec<(&str, &[&str], Vec<(u64, f64)>)> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     let mut failed = false;
     for (i, (name, options)) in RUNS.into_iter().enumerate() {
         // ddp is the reference: always run.

@@ -5,7 +5,7 @@ use std::process::{Command, ExitCode};
 
 use crate::{against_torch, cargo};
 
-pub const USAGE: &str = "bench [--backend B] [--memory | --vit [--rounds N] [--steps N] | --strategies [--accuracy [--only NAME,...]] | [--causal] --against-torch [--rounds N] [--warmup N] [--steps N]]  training-step speed and peak RSS on MiniLM-L6 (--causal: SmolLM2), JSON lines; --strategies: bytes and step time per distributed strategy, N processes against 1 (--accuracy: the inexact strategies' sentiment accuracy against ddp); --against-torch: the ratios to PyTorch + PEFT; --vit: configs/pretrain-vit-fashion.toml's images/s, candle against burn";
+pub const USAGE: &str = "bench [--backend B] [--memory | --vit [--rounds N] [--steps N] | --strategies [--accuracy [--seeds S] [--only NAME,...]] | [--causal] --against-torch [--rounds N] [--warmup N] [--steps N]]  training-step speed and peak RSS on MiniLM-L6 (--causal: SmolLM2), JSON lines; --strategies: bytes and step time per distributed strategy, N processes against 1 (--accuracy: the inexact strategies' sentiment accuracy against ddp); --against-torch: the ratios to PyTorch + PEFT; --vit: configs/pretrain-vit-fashion.toml's images/s, candle against burn";
 
 /// `--memory`: each variant in its own process (a process's peak RSS cannot be
 /// reset below what its allocator keeps): gradient checkpointing off and on at

@@ -498,7 +498,8 @@ pub fn run_on(
     })
 }
 
-/// A rank other than 0: the same training, no outputs, no log, no checkpoints.
+/// A rank other than 0: the same training, no outputs, no log, no checkpoint
+/// written (its own state goes to rank 0's when the strategy keeps one per process).
 fn run_quietly(
     mut pipeline: Pipeline,
     assets: &dyn AssetResolver,
@@ -525,6 +526,8 @@ fn run_quietly(
         }
         None => None,
     };
+    // Rank 0 writes the checkpoints; this process hands it its own state when one is due.
+    let mut follower = checkpoint::Follower::new(pipeline.config.checkpoint.clone());
     let trained = pipeline.train.train(TrainContext {
         model: model.as_mut(),
         data: &data,
@@ -532,7 +535,7 @@ fn run_quietly(
         callbacks: &mut pipeline.callbacks,
         strategy,
         seed: pipeline.config.run.seed,
-        checkpoints: None,
+        checkpoints: Some(&mut follower),
         resume,
     })?;
     let final_eval = trained

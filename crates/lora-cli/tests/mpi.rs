@@ -208,6 +208,75 @@ fn exact_strategies_on_two_and_four_processes_end_with_the_one_process_model() {
     }
 }
 
+/// The digits pipeline of [`pipeline`] (6 steps) with a checkpoint every 4 steps.
+fn checkpointed(dir: &Path, name: &str, strategy: &str) -> PathBuf {
+    let file = pipeline(dir, name, strategy, 1);
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "gradient-accumulation-steps = 2\n",
+        "gradient-accumulation-steps = 2\ncheckpoint-every-steps = 4\n",
+    );
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+/// Every strategy whose processes keep state of their own (ZeRO's optimizer
+/// shards, top-k's and PowerSGD's residuals, local-sgd's and DiLoCo's
+/// replicas between meetings) checkpoints each process's state at step 4 of
+/// 6; resumed there on 2 processes it ends with the uninterrupted run's
+/// adapter, bit for bit (and so does ddp, from rank 0's state alone). A
+/// resume on one process is refused.
+#[test]
+fn per_process_state_resumes_on_two_processes_to_the_same_model() {
+    let _job = one_job_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    for strategy in [
+        // Every process holds rank 0's state: no per-process files.
+        "type = \"ddp\"",
+        "type = \"zero1\"",
+        "type = \"zero2\"",
+        // Resumed in the middle of the sparsity warm-up.
+        "type = \"topk\"\nratio = 0.1\nwarmup-steps = 5",
+        "type = \"powersgd\"\nrank = 1",
+        // At step 4 the replicas are one step past their meeting at 3.
+        "type = \"local-sgd\"\nsync-every = 3",
+        "type = \"diloco\"\nsync-every = 3",
+    ] {
+        let name = strategy.split('"').nth(1).unwrap().to_string();
+        let file = checkpointed(dir.path(), &name, &format!("[strategy]\n{strategy}"));
+        ok(mpirun(2, &file, &[]).output().unwrap());
+        let out = dir.path().join(&name);
+        let step4 = out.join("checkpoints/step-00000004");
+        for k in 0..2 {
+            let file = step4.join(format!("process-{k}.safetensors"));
+            assert_eq!(file.is_file(), name != "ddp", "{name}: process {k}");
+        }
+        let full = dir.path().join(format!("{name}-full.safetensors"));
+        std::fs::rename(out.join("model.safetensors"), &full).unwrap();
+        let resumed = ok(mpirun(2, &file, &[]).arg("--resume").output().unwrap());
+        assert!(
+            String::from_utf8_lossy(&resumed.stderr).contains("step 4"),
+            "{name}: {}",
+            String::from_utf8_lossy(&resumed.stderr)
+        );
+        let d = rel_diff(&out.join("model.safetensors"), &full);
+        assert_eq!(d, (0.0, 0.0), "{name}: resumed at step 4 of 6");
+    }
+    // The checkpoint holds two processes' states: one process cannot take them over.
+    let out = Command::new(lora())
+        .env("RAYON_NUM_THREADS", "1")
+        .arg("run")
+        .arg(dir.path().join("zero1.toml"))
+        .args(["--quiet", "--resume"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("state of 2 processes") && stderr.contains("mpirun -np 2"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn rank_0_alone_writes_the_outputs_and_logs_every_ranks_figures() {
     let _job = one_job_at_a_time();

@@ -80,6 +80,11 @@ pub struct TrainSnapshot {
     pub good_params: Vec<f32>,
     /// The optimizer state then, kept only when a callback can roll back.
     pub good_optimizer: Option<OptimizerState>,
+    /// On several processes, with a strategy whose processes hold state of
+    /// their own (`Strategy::per_process_state`): every process's state, in
+    /// rank order, as the encoded file the checkpoint stores for it. Empty
+    /// otherwise (one process, or state that is rank 0's on every process).
+    pub processes: Vec<Vec<u8>>,
 }
 
 /// A snapshot read back from a checkpoint, with the parameters to load into the model.

@@ -6,6 +6,8 @@
 //! update. Distributed strategies (data-parallel all-reduce, sharded
 //! optimizer state, local SGD) implement the same three calls.
 
+use std::collections::BTreeMap;
+
 use crate::adapter::ParamLayout;
 use crate::error::Result;
 use crate::loop_state::LoopState;
@@ -63,6 +65,37 @@ impl StepSums {
     }
 }
 
+/// What a strategy keeps on one process between steps (error-feedback
+/// residuals, factors, an outer optimizer's state, counters), for a
+/// checkpoint on several processes: named flat buffers and counters.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StrategyState {
+    pub buffers: BTreeMap<String, Vec<f32>>,
+    pub counters: BTreeMap<String, u64>,
+}
+
+impl StrategyState {
+    /// The buffer `name`, or an error naming what is missing or of another length.
+    pub fn buffer(&self, name: &str, len: usize) -> Result<&[f32]> {
+        match self.buffers.get(name) {
+            Some(b) if b.len() == len => Ok(b),
+            Some(b) => Err(crate::Error::Other(format!(
+                "the strategy state's `{name}` holds {} values, this run needs {len}",
+                b.len()
+            ))),
+            None => Err(crate::Error::Other(format!("the strategy state has no `{name}`"))),
+        }
+    }
+
+    /// The counter `name`, or an error naming it.
+    pub fn counter(&self, name: &str) -> Result<u64> {
+        self.counters
+            .get(name)
+            .copied()
+            .ok_or_else(|| crate::Error::Other(format!("the strategy state has no counter `{name}`")))
+    }
+}
+
 pub trait Strategy: Send {
     /// The name in `[strategy] type`, logs and events.
     fn name(&self) -> &str;
@@ -108,10 +141,28 @@ pub trait Strategy: Send {
         seed
     }
 
-    /// Why a checkpoint of this strategy's run would not hold the whole run
-    /// (state sharded or different on each process), or `Ok` when one holds it.
-    fn checkpointable(&self) -> std::result::Result<(), String> {
+    /// Whether each process holds state of its own between steps (its
+    /// parameters, its optimizer state or [`Self::state`] differ from rank
+    /// 0's): a checkpoint on several processes then takes every process's
+    /// state ([`Self::gather_bytes`]), and a resume gives each its own.
+    fn per_process_state(&self) -> bool {
+        false
+    }
+
+    /// This process's own state at a step boundary (empty for a strategy without one).
+    fn state(&self) -> StrategyState {
+        StrategyState::default()
+    }
+
+    /// Restores [`Self::state`], after [`Self::start`]; the next step continues exactly.
+    fn load_state(&mut self, _state: &StrategyState) -> Result<()> {
         Ok(())
+    }
+
+    /// Every process's `mine`, in rank order, on every process (a collective:
+    /// all processes call it together). One process: its own.
+    fn gather_bytes(&mut self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
+        Ok(vec![mine.to_vec()])
     }
 
     /// Each process's step time, bytes sent and seconds communicating in the

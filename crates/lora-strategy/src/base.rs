@@ -82,7 +82,7 @@ impl Base {
 
 /// The [`Strategy`](lora_core::strategy::Strategy) methods a strategy answers
 /// from its `base: Base` field as they are: its rank, the scalars' all-reduce,
-/// the dropout seed and, unless it writes its own (`except rank_figures`: a
+/// the dropout seed, the checkpoints' gather and, unless it writes its own (`except rank_figures`: a
 /// strategy with more communicators than the base's), its traffic figures.
 macro_rules! from_base {
     () => {
@@ -100,6 +100,9 @@ macro_rules! from_base {
         }
         fn dropout_seed(&self, seed: u64) -> u64 {
             self.base.dropout_seed(seed)
+        }
+        fn gather_bytes(&mut self, mine: &[u8]) -> lora_core::Result<Vec<Vec<u8>>> {
+            Ok(self.base.meter.gather_bytes(mine)?)
         }
     };
 }

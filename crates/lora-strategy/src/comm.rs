@@ -143,6 +143,31 @@ impl Meter {
         Ok(all)
     }
 
+    /// Every rank's `mine` (any lengths), in rank order: the lengths first,
+    /// then the parts padded to the longest. For checkpoints, not the steps'
+    /// traffic: not counted in the figures.
+    pub fn gather_bytes(&mut self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
+        if self.size() == 1 {
+            return Ok(vec![mine.to_vec()]);
+        }
+        let counted = (self.bytes, self.seconds);
+        let lens = self.all_gather_u8(&(mine.len() as u64).to_le_bytes())?;
+        let lens: Vec<usize> = lens
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")) as usize)
+            .collect();
+        let longest = lens.iter().copied().max().unwrap_or(0);
+        let mut padded = mine.to_vec();
+        padded.resize(longest, 0);
+        let all = self.all_gather_u8(&padded)?;
+        (self.bytes, self.seconds) = counted;
+        Ok(lens
+            .iter()
+            .enumerate()
+            .map(|(r, &n)| all[r * longest..r * longest + n].to_vec())
+            .collect())
+    }
+
     pub fn all_gather_f32(&mut self, mine: &[f32], all: &mut [f32]) -> Result<()> {
         if self.size() == 1 {
             all.copy_from_slice(mine);

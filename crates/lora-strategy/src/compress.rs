@@ -5,12 +5,16 @@
 //! in 16 bits; the ranks' parts are summed in f32. `topk` sends the k
 //! largest entries (in magnitude) of the gradient plus the error it has not
 //! sent yet (error feedback, Stich et al. 2018): what is left out is carried
-//! to the next step, so that over the steps everything is sent.
+//! to the next step, so that over the steps everything is sent. With
+//! `warmup-steps` W, the ratio starts dense and decays exponentially to
+//! `ratio` over the first W steps (deep gradient compression's sparsity
+//! warm-up, Lin et al. 2018): the early, large and fast-changing gradients
+//! are not held back in the residual.
 
 use half::{bf16, f16};
 use lora_core::config::Component;
 use lora_core::diag::{Diagnostic, Diagnostics};
-use lora_core::strategy::{StepSums, Strategy};
+use lora_core::strategy::{StepSums, Strategy, StrategyState};
 use serde::Deserialize;
 
 use crate::StrategyEntry;
@@ -43,9 +47,26 @@ pub enum Codec {
     Half(Half),
     TopK {
         ratio: f64,
+        /// Steps over which the sent fraction decays from 1 to `ratio`.
+        warmup_steps: u64,
+        /// Steps exchanged so far (the warm-up's clock).
+        steps: u64,
         /// What was not sent yet, per value.
         residual: Vec<f32>,
     },
+}
+
+impl Codec {
+    /// `topk` sending `ratio` of the values, dense at first and decaying to
+    /// `ratio` over `warmup_steps` steps (none at 0).
+    pub fn top_k(ratio: f64, warmup_steps: u64) -> Self {
+        Codec::TopK {
+            ratio,
+            warmup_steps,
+            steps: 0,
+            residual: Vec::new(),
+        }
+    }
 }
 
 pub struct Compressed {
@@ -64,6 +85,16 @@ impl Compressed {
     /// The values `topk` will send of `grads` (after the residual is added): k indices.
     pub fn k(ratio: f64, n: usize) -> usize {
         ((ratio * n as f64).ceil() as usize).clamp(1, n.max(1))
+    }
+
+    /// The fraction `topk` sends at step `step` (0-based): `ratio^(step / warmup)`
+    /// during the warm-up (1 at step 0), `ratio` after it.
+    pub fn warmup_ratio(ratio: f64, warmup_steps: u64, step: u64) -> f64 {
+        if step >= warmup_steps {
+            ratio
+        } else {
+            ratio.powf(step as f64 / warmup_steps as f64)
+        }
     }
 
     /// The residual that `topk` carries (empty for the 16-bit codecs).
@@ -89,14 +120,20 @@ impl Compressed {
                     }
                 }
             }
-            Codec::TopK { ratio, residual } => {
+            Codec::TopK {
+                ratio,
+                warmup_steps,
+                steps,
+                residual,
+            } => {
                 if residual.len() != grads.len() {
                     *residual = vec![0.0; grads.len()];
                 }
                 for (r, g) in residual.iter_mut().zip(grads.iter()) {
                     *r += g;
                 }
-                let k = Self::k(*ratio, grads.len());
+                let k = Self::k(Self::warmup_ratio(*ratio, *warmup_steps, *steps), grads.len());
+                *steps += 1;
                 let mut order: Vec<u32> = (0..grads.len() as u32).collect();
                 // Ties broken by index, so the choice does not depend on the sort.
                 order.select_nth_unstable_by(k - 1, |&a, &b| {
@@ -138,11 +175,28 @@ impl Strategy for Compressed {
         Ok(self.base.reduce_scalars(sums)?)
     }
 
-    fn checkpointable(&self) -> std::result::Result<(), String> {
-        match self.codec {
-            Codec::TopK { .. } => Err("each process's error-feedback residual is not in the checkpoint".into()),
-            Codec::Half(_) => Ok(()),
+    fn per_process_state(&self) -> bool {
+        matches!(self.codec, Codec::TopK { .. })
+    }
+
+    /// `topk`: the residual and the warm-up's step count.
+    fn state(&self) -> StrategyState {
+        let mut state = StrategyState::default();
+        if let Codec::TopK { steps, residual, .. } = &self.codec {
+            state.buffers.insert("residual".into(), residual.clone());
+            state.counters.insert("steps".into(), *steps);
         }
+        state
+    }
+
+    fn load_state(&mut self, state: &StrategyState) -> lora_core::Result<()> {
+        if let Codec::TopK { steps, residual, .. } = &mut self.codec {
+            // Empty until the first step sized it.
+            let saved = state.buffers.get("residual").map_or(0, Vec::len);
+            *residual = state.buffer("residual", saved)?.to_vec();
+            *steps = state.counter("steps")?;
+        }
+        Ok(())
     }
 }
 
@@ -160,6 +214,9 @@ struct TopKConfig {
     /// Fraction of the values sent per step.
     #[serde(default = "default_ratio")]
     ratio: f64,
+    /// Steps over which the sent fraction decays from dense to `ratio` (0: none).
+    #[serde(default, rename = "warmup-steps")]
+    warmup_steps: u64,
 }
 
 fn build_f16(c: &Component, comm: Box<dyn Comm>) -> Result<Box<dyn Strategy>, Diagnostics> {
@@ -184,10 +241,7 @@ fn build_topk(c: &Component, comm: Box<dyn Comm>) -> Result<Box<dyn Strategy>, D
     }
     Ok(Box::new(Compressed::new(
         comm,
-        Codec::TopK {
-            ratio: cfg.ratio,
-            residual: Vec::new(),
-        },
+        Codec::top_k(cfg.ratio, cfg.warmup_steps),
     )))
 }
 

@@ -11,7 +11,7 @@ use lora_core::LoopState;
 use lora_core::ParamLayout;
 use lora_core::config::Component;
 use lora_core::diag::{Diagnostic, Diagnostics};
-use lora_core::strategy::{StepSums, Strategy};
+use lora_core::strategy::{StepSums, Strategy, StrategyState};
 use serde::Deserialize;
 
 use crate::StrategyEntry;
@@ -165,11 +165,31 @@ impl Strategy for Local {
         Ok(true)
     }
 
-    fn checkpointable(&self) -> std::result::Result<(), String> {
-        Err(format!(
-            "the processes of `{}` hold different parameters between meetings; a checkpoint of one would not resume the others",
-            self.name()
-        ))
+    /// Between meetings every process has its own parameters and optimizer
+    /// state (the loop's), and the steps since the meeting; DiLoCo also the
+    /// outer step's anchor and momentum (the same on every process).
+    fn per_process_state(&self) -> bool {
+        true
+    }
+
+    fn state(&self) -> StrategyState {
+        let mut state = StrategyState::default();
+        state.counters.insert("since".into(), self.since as u64);
+        if let Some(outer) = &self.outer {
+            state.buffers.insert("anchor".into(), outer.anchor.clone());
+            state.buffers.insert("momentum".into(), outer.buf.clone());
+        }
+        state
+    }
+
+    fn load_state(&mut self, state: &StrategyState) -> lora_core::Result<()> {
+        self.since = state.counter("since")? as usize;
+        if let Some(outer) = &mut self.outer {
+            let n = outer.anchor.len();
+            outer.anchor = state.buffer("anchor", n)?.to_vec();
+            outer.buf = state.buffer("momentum", n)?.to_vec();
+        }
+        Ok(())
     }
 }
 

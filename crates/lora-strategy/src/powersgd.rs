@@ -14,7 +14,7 @@
 use lora_core::ParamLayout;
 use lora_core::config::Component;
 use lora_core::diag::{Diagnostic, Diagnostics};
-use lora_core::strategy::{StepSums, Strategy};
+use lora_core::strategy::{StepSums, Strategy, StrategyState};
 use serde::Deserialize;
 
 use crate::StrategyEntry;
@@ -195,8 +195,26 @@ impl Strategy for PowerSgd {
         Ok(self.base.reduce_scalars(sums)?)
     }
 
-    fn checkpointable(&self) -> std::result::Result<(), String> {
-        Err("each process's error-feedback residual and the power-iteration factors are not in the checkpoint".into())
+    fn per_process_state(&self) -> bool {
+        true
+    }
+
+    /// The residual (per process) and each matrix's warm-start `Q`.
+    fn state(&self) -> StrategyState {
+        let mut state = StrategyState::default();
+        state.buffers.insert("residual".into(), self.residual.clone());
+        for (i, m) in self.matrices.iter().enumerate() {
+            state.buffers.insert(format!("q.{i}"), m.q.clone());
+        }
+        state
+    }
+
+    fn load_state(&mut self, state: &StrategyState) -> lora_core::Result<()> {
+        self.residual = state.buffer("residual", self.residual.len())?.to_vec();
+        for (i, m) in self.matrices.iter_mut().enumerate() {
+            m.q = state.buffer(&format!("q.{i}"), m.q.len())?.to_vec();
+        }
+        Ok(())
     }
 }
 

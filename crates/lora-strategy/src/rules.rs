@@ -58,6 +58,25 @@ lora_core::rule! {
     trip: [Set("strategy.type=\"topk\""), Set("strategy.ratio=0.5")], check: topk_dense,
 }
 
+fn topk_warmup(ctx: &RuleContext) -> Vec<Finding> {
+    numeric(
+        ctx,
+        &["topk"],
+        "warmup-steps",
+        |v| v < 0.0 || v.fract() != 0.0,
+        "must be a whole number of steps, 0 or more",
+    )
+    .into_iter()
+    .map(|f| f.help("0 (the default) sends `ratio` from the first step; DGC-style warm-up: a few percent to a quarter of the run's steps"))
+    .collect()
+}
+lora_core::rule! {
+    id: "strategy::topk-warmup-range", category: Range, severity: Error,
+    summary: "The top-k sparsity warm-up is not a whole number of steps, 0 or more.",
+    doc: "`topk` with `warmup-steps` W sends every value at step 0 and a fraction `ratio^(t / W)` at step t < W (deep gradient compression's exponential sparsity warm-up), then `ratio`; W = 0 (the default) has no warm-up.",
+    trip: [Set("strategy.type=\"topk\""), Set("strategy.warmup-steps=-4")], check: topk_warmup,
+}
+
 fn powersgd_rank(ctx: &RuleContext) -> Vec<Finding> {
     numeric(ctx, &["powersgd"], "rank", |v| v < 1.0, "must be at least 1")
 }
@@ -133,31 +152,6 @@ lora_core::rule! {
     summary: "ddp-no-sync has no micro-batches to skip the all-reduce for.",
     doc: "`ddp-no-sync` saves the all-reduce of every micro-batch but the last of an optimizer step; with one micro-batch per step it is `ddp`.",
     trip: [Set("strategy.type=\"ddp-no-sync\"")], check: no_sync_alone,
-}
-
-/// Strategies whose processes keep state that a checkpoint of rank 0 does not hold.
-const NOT_CHECKPOINTABLE: [&str; 6] = ["zero1", "zero2", "local-sgd", "diloco", "topk", "powersgd"];
-
-fn not_checkpointable(ctx: &RuleContext) -> Vec<Finding> {
-    let Some(ty) = strategy(ctx) else {
-        return Vec::new();
-    };
-    if !NOT_CHECKPOINTABLE.contains(&ty) || ctx.count_or("train.checkpoint-every-steps", 0) == 0 {
-        return Vec::new();
-    }
-    vec![
-        Finding::new(
-            format!("`{ty}` keeps state on every process that a checkpoint does not hold: on more than one process the run stops at its first checkpoint"),
-            ctx.location("train.checkpoint-every-steps"),
-        )
-        .help("leave checkpoint-every-steps out, or use ddp, ddp-no-sync, hierarchical or a 16-bit compression"),
-    ]
-}
-lora_core::rule! {
-    id: "strategy::not-checkpointable", category: Cross, severity: Warning,
-    summary: "The strategy's state cannot be checkpointed on several processes.",
-    doc: "zero1 and zero2 shard the optimizer state, topk and powersgd keep a residual per process, local-sgd and diloco keep different parameters between meetings; rank 0 alone writes checkpoints, so on more than one process a checkpoint is refused with an error (and so is a resume).",
-    trip: [Set("strategy.type=\"zero1\""), Set("train.checkpoint-every-steps=10")], check: not_checkpointable,
 }
 
 fn collective_timeout(ctx: &RuleContext) -> Vec<Finding> {

@@ -50,15 +50,7 @@ fn inexact() -> Vec<(&'static str, Make)> {
         ("bf16-compress", |c| {
             Box::new(Compressed::new(Box::new(c), Codec::Half(Half::Bf16)))
         }),
-        ("topk", |c| {
-            Box::new(Compressed::new(
-                Box::new(c),
-                Codec::TopK {
-                    ratio: 0.2,
-                    residual: Vec::new(),
-                },
-            ))
-        }),
+        ("topk", |c| Box::new(Compressed::new(Box::new(c), Codec::top_k(0.2, 0)))),
         ("powersgd", |c| Box::new(PowerSgd::new(Box::new(c), 1))),
     ]
 }
@@ -122,13 +114,7 @@ fn topk_sends_k_values_and_keeps_sent_plus_residual_equal_to_the_gradients() {
     let n = 10;
     let got = on_ranks(ThreadComm::group(2), |c| {
         let rank = c.rank();
-        let mut s = Compressed::new(
-            Box::new(c),
-            Codec::TopK {
-                ratio: 0.2,
-                residual: Vec::new(),
-            },
-        );
+        let mut s = Compressed::new(Box::new(c), Codec::top_k(0.2, 0));
         let (mut sent, mut fed) = (vec![0.0f32; n], vec![0.0f32; n]);
         let mut bytes = Vec::new();
         for step in 0..5 {
@@ -156,6 +142,38 @@ fn topk_sends_k_values_and_keeps_sent_plus_residual_equal_to_the_gradients() {
         );
     }
     assert_eq!(got[0].0, got[1].0);
+}
+
+#[test]
+fn topk_warmup_sends_everything_first_and_decays_to_the_ratio() {
+    let n = 10;
+    let got = on_ranks(ThreadComm::group(2), |c| {
+        let rank = c.rank();
+        let mut s = Compressed::new(Box::new(c), Codec::top_k(0.2, 4));
+        let mut bytes = Vec::new();
+        let mut first = (Vec::new(), Vec::new());
+        for step in 0..6 {
+            let mut sums = StepSums::new(n);
+            sums.grads = (0..n).map(|i| ((i * 7 + step * 3 + rank) % 11) as f32 - 5.0).collect();
+            let fed = sums.grads.clone();
+            s.reduce(&mut sums).unwrap();
+            if step == 0 {
+                first = (fed, sums.grads.clone());
+            }
+            bytes.push(s.rank_figures(0.0).unwrap()[rank].bytes_sent);
+        }
+        (first, s.residual().to_vec(), bytes)
+    });
+    // k = ceil(n 0.2^(t/4)) for t < 4: 10, 7 (6.69), 5 (4.47), 3 (2.99); then 2. Each
+    // of the 2 ranks' (index, value) pairs is 8 bytes, plus 32 for the scalars.
+    let want: Vec<f64> = [10.0, 7.0, 5.0, 3.0, 2.0, 2.0].iter().map(|k| 8.0 * k + 32.0).collect();
+    assert_eq!(got[0].2, want);
+    // The dense first step is the exact sum, and leaves no residual from it.
+    let exact: Vec<f32> = (0..n).map(|i| got[0].0.0[i] + got[1].0.0[i]).collect();
+    assert_eq!(got[0].0.1, exact);
+    assert_eq!(Compressed::warmup_ratio(0.2, 4, 0), 1.0);
+    assert_eq!(Compressed::warmup_ratio(0.2, 0, 0), 0.2);
+    assert_eq!(Compressed::warmup_ratio(0.2, 4, 9), 0.2);
 }
 
 /// One rank's view of a PowerSGD step: what it got back, what it fed, its

@@ -195,11 +195,10 @@ impl Strategy for Zero {
         Ok(())
     }
 
-    fn checkpointable(&self) -> std::result::Result<(), String> {
-        Err(format!(
-            "{} shards the optimizer state over the processes and does not gather it for a checkpoint",
-            self.name()
-        ))
+    /// Each process's optimizer holds its tensors' state only; between steps
+    /// the strategy itself holds nothing (its gradient block is empty).
+    fn per_process_state(&self) -> bool {
+        true
     }
 }
 

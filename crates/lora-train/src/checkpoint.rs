@@ -10,6 +10,7 @@
 //! | `rollback.safetensors` | the parameters (and, when a callback can roll back, the optimizer buffers) a rollback returns to |
 //! | `trainer.json` | the loop state (epoch, position in the epoch, micro-step and step counters that seed the data order, augmentation and dropout streams; learning-rate scale), losses and evaluations so far, elapsed time, the callbacks' states (the metrics log's byte offset among them) |
 //! | `resolved-config.json` | the resolved configuration, to list what changed on resume |
+//! | `process-K.safetensors` | on several processes, with a strategy whose processes hold state of their own (zero1/zero2, topk, powersgd, local-sgd, diloco): process K's parameters, optimizer state and strategy state (residuals, factors, outer step, counters), gathered to rank 0 before it writes the folder, so the folder is still written by one process and atomically |
 //! | `manifest.json` | format, step, the run's identity (config hash, data fingerprint, base-model hash, backend) and the size and sha256 of every other file |
 //!
 //! The folder is written under a temporary name (`.tmp-step-...`), every file
@@ -26,6 +27,7 @@ use std::path::{Path, PathBuf};
 use lora_core::adapter::{AdapterModel, ParamInfo};
 use lora_core::checkpoint::{CheckpointConfig, Checkpoints, LoopSnapshot, ResumeFrom, TrainSnapshot};
 use lora_core::optim::OptimizerState;
+use lora_core::strategy::StrategyState;
 use lora_core::{Error, LoraSpec, Result};
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
@@ -37,6 +39,8 @@ pub const MANIFEST: &str = "manifest.json";
 const OPTIMIZER: &str = "optimizer.safetensors";
 const ROLLBACK: &str = "rollback.safetensors";
 const TRAINER: &str = "trainer.json";
+const PROCESS_PREFIX: &str = "process-";
+const PROCESS_SUFFIX: &str = ".safetensors";
 pub const CONFIG: &str = "resolved-config.json";
 const PREFIX: &str = "step-";
 const TMP_PREFIX: &str = ".tmp-step-";
@@ -176,14 +180,17 @@ type Flat = (BTreeMap<String, Vec<f32>>, BTreeMap<String, String>);
 
 fn read_flat(path: &Path) -> Result<Flat> {
     let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read checkpoint file", path, e))?;
-    let bad = |m: String| Error::Data(format!("{}: {m}", path.display()));
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    flat_from_bytes(&bytes).map_err(|m| Error::Data(format!("{}: {m}", path.display())))
+}
+
+fn flat_from_bytes(bytes: &[u8]) -> std::result::Result<Flat, String> {
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
     let metadata: BTreeMap<String, String> = meta.metadata().clone().unwrap_or_default().into_iter().collect();
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
     let mut out = BTreeMap::new();
     for (name, t) in st.tensors() {
         if t.dtype() != Dtype::F32 {
-            return Err(bad(format!("tensor `{name}` is {:?}, not F32", t.dtype())));
+            return Err(format!("tensor `{name}` is {:?}, not F32", t.dtype()));
         }
         let v = t
             .data()
@@ -228,6 +235,77 @@ fn optimizer_from(
         optimizer,
         step,
         buffers: own,
+    })
+}
+
+/// One process's own state in a checkpoint of several processes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessState {
+    pub rank: usize,
+    pub world: usize,
+    /// This process's trainable parameters, flat.
+    pub params: Vec<f32>,
+    /// This process's optimizer state (ZeRO: its tensors' only).
+    pub optimizer: OptimizerState,
+    pub strategy: StrategyState,
+}
+
+/// The file name of process `rank`'s state.
+fn process_file_name(rank: usize) -> String {
+    format!("{PROCESS_PREFIX}{rank}{PROCESS_SUFFIX}")
+}
+
+/// Encodes a process's state as a safetensors file: `params`,
+/// `optimizer.<buffer>`, `strategy.<buffer>`; rank, world size, the
+/// optimizer's kind and step and the strategy's counters in the metadata.
+pub fn encode_process(state: &ProcessState) -> Result<Vec<u8>> {
+    let mut buffers = BTreeMap::from([("params".to_string(), state.params.clone())]);
+    let mut meta = optimizer_file(&state.optimizer, "optimizer.", &mut buffers);
+    for (k, v) in &state.strategy.buffers {
+        buffers.insert(format!("strategy.{k}"), v.clone());
+    }
+    for (k, v) in &state.strategy.counters {
+        meta.insert(format!("counter.{k}"), v.to_string());
+    }
+    meta.insert("rank".into(), state.rank.to_string());
+    meta.insert("world".into(), state.world.to_string());
+    flat_file(&buffers, meta)
+}
+
+/// Decodes [`encode_process`]'s file; `what` names it in errors.
+pub fn decode_process(bytes: &[u8], what: &str) -> Result<ProcessState> {
+    let bad = |m: String| Error::Data(format!("{what}: {m}"));
+    let (mut buffers, meta) = flat_from_bytes(bytes).map_err(bad)?;
+    let number = |key: &str| -> Result<u64> {
+        meta.get(key)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad(format!("no `{key}` in the metadata")))
+    };
+    let (rank, world) = (number("rank")? as usize, number("world")? as usize);
+    let optimizer =
+        optimizer_from(&mut buffers, &meta, "optimizer.").ok_or_else(|| bad("no optimizer state".into()))?;
+    let params = buffers.remove("params").ok_or_else(|| bad("no `params`".into()))?;
+    let mut strategy = StrategyState::default();
+    for (k, v) in buffers {
+        match k.strip_prefix("strategy.") {
+            Some(name) => strategy.buffers.insert(name.to_string(), v),
+            None => return Err(bad(format!("unexpected tensor `{k}`"))),
+        };
+    }
+    for (k, v) in &meta {
+        if let Some(name) = k.strip_prefix("counter.") {
+            let n = v
+                .parse()
+                .map_err(|_| bad(format!("counter `{name}` is not a count: {v}")))?;
+            strategy.counters.insert(name.to_string(), n);
+        }
+    }
+    Ok(ProcessState {
+        rank,
+        world,
+        params,
+        optimizer,
+        strategy,
     })
 }
 
@@ -350,22 +428,29 @@ impl CheckpointWriter {
         let path = tmp.join(CONFIG);
         write_synced(&path, &text).map_err(io("cannot write checkpoint file", &path))?;
 
-        // Checksums of the files as they are on disk.
-        let mut files = BTreeMap::new();
-        for name in [
+        let mut names: Vec<String> = [
             crate::peft::WEIGHTS_FILE,
             crate::peft::CONFIG_FILE,
             OPTIMIZER,
             ROLLBACK,
             TRAINER,
             CONFIG,
-        ] {
-            let path = tmp.join(name);
+        ]
+        .map(String::from)
+        .into();
+        for (rank, bytes) in snapshot.processes.iter().enumerate() {
+            let name = process_file_name(rank);
+            let path = tmp.join(&name);
+            write_synced(&path, bytes).map_err(io("cannot write checkpoint file", &path))?;
+            names.push(name);
+        }
+
+        // Checksums of the files as they are on disk.
+        let mut files = BTreeMap::new();
+        for name in names {
+            let path = tmp.join(&name);
             // save_adapter's files are synced by its atomic writes.
-            files.insert(
-                name.to_string(),
-                file_sum(&path).map_err(io("cannot read back", &path))?,
-            );
+            files.insert(name, file_sum(&path).map_err(io("cannot read back", &path))?);
         }
         let s = &snapshot.loop_state.state;
         Ok(Manifest {
@@ -451,6 +536,30 @@ impl Checkpoints for CheckpointWriter {
         let _ = std::fs::remove_dir_all(&aside);
         self.prune(step);
         Ok(target)
+    }
+}
+
+/// A process other than rank 0 of a multi-process run: it writes nothing, but
+/// knows when a checkpoint is due, so that it hands its own state to rank 0
+/// at the same steps (`Strategy::gather_bytes`).
+pub struct Follower {
+    cfg: CheckpointConfig,
+}
+
+impl Follower {
+    pub fn new(cfg: CheckpointConfig) -> Self {
+        Self { cfg }
+    }
+}
+
+impl Checkpoints for Follower {
+    fn due(&self, step: usize) -> bool {
+        self.cfg.checkpoint_every_steps > 0 && step.is_multiple_of(self.cfg.checkpoint_every_steps)
+    }
+
+    /// Rank 0 writes the folder.
+    fn save(&mut self, _model: &dyn AdapterModel, _snapshot: &TrainSnapshot) -> Result<PathBuf> {
+        Ok(PathBuf::new())
     }
 }
 
@@ -558,6 +667,37 @@ pub fn read_loop_state(dir: &Path) -> Result<LoopSnapshot> {
     serde_json::from_value(exact_json::decode(v).map_err(bad)?).map_err(|e| bad(e.to_string()))
 }
 
+/// The `process-K.safetensors` files of a checkpoint, K = 0, 1, ... (none in
+/// a checkpoint of one process); a gap in the numbers is an error.
+fn read_processes(dir: &Path) -> Result<Vec<Vec<u8>>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("cannot list checkpoint", dir, e))?;
+    let mut ranks: Vec<usize> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix(PROCESS_PREFIX)?
+                .strip_suffix(PROCESS_SUFFIX)?
+                .parse()
+                .ok()
+        })
+        .collect();
+    ranks.sort_unstable();
+    if ranks.iter().enumerate().any(|(i, &r)| i != r) {
+        return Err(Error::Data(format!(
+            "{}: the per-process files are not process-0 to process-{}",
+            dir.display(),
+            ranks.len().saturating_sub(1)
+        )));
+    }
+    ranks
+        .iter()
+        .map(|&r| {
+            let path = dir.join(process_file_name(r));
+            std::fs::read(&path).map_err(|e| Error::io("cannot read checkpoint file", &path, e))
+        })
+        .collect()
+}
+
 /// Reads a verified checkpoint for a model with trainable parameters `params`.
 pub fn load(dir: &Path, params: &[ParamInfo]) -> Result<ResumeFrom> {
     let values = crate::peft::read_adapter_values(dir, params)?;
@@ -573,10 +713,14 @@ pub fn load(dir: &Path, params: &[ParamInfo]) -> Result<ResumeFrom> {
     let good_params = buffers
         .remove("params")
         .ok_or_else(|| Error::Data(format!("{}: no `params`", path.display())))?;
+    let processes = read_processes(dir)?;
+    // With per-process files, `optimizer.safetensors` is rank 0's (a ZeRO
+    // shard is shorter); each process takes its own from its file.
+    let shared_optimizer = if processes.is_empty() { Some(&optimizer) } else { None };
     for (what, n) in std::iter::once(("rollback params", good_params.len())).chain(
-        optimizer
-            .buffers
-            .iter()
+        shared_optimizer
+            .into_iter()
+            .flat_map(|o| o.buffers.iter())
             .chain(good_optimizer.iter().flat_map(|o| o.buffers.iter()))
             .map(|(k, v)| (k.as_str(), v.len())),
     ) {
@@ -593,6 +737,7 @@ pub fn load(dir: &Path, params: &[ParamInfo]) -> Result<ResumeFrom> {
             optimizer,
             good_params,
             good_optimizer,
+            processes,
         },
         params: values,
         path: dir.to_path_buf(),
@@ -637,5 +782,29 @@ mod tests {
         assert_eq!(optimizer_from(&mut back, &meta, "optimizer."), Some(state));
         assert_eq!(back.remove("params"), Some(vec![3.0, f32::MIN_POSITIVE]));
         assert!(back.is_empty());
+    }
+
+    #[test]
+    fn process_files_round_trip_every_part_and_name_a_bad_one() {
+        let state = ProcessState {
+            rank: 1,
+            world: 2,
+            params: vec![0.5, -0.0, f32::MIN_POSITIVE],
+            optimizer: OptimizerState {
+                optimizer: "sgd".into(),
+                step: 4,
+                buffers: BTreeMap::from([("momentum_buffer".into(), vec![1.0, 2.0])]),
+            },
+            strategy: StrategyState {
+                buffers: BTreeMap::from([("residual".into(), vec![1e-30, -3.0, 7.5])]),
+                counters: BTreeMap::from([("steps".into(), u64::MAX)]),
+            },
+        };
+        let bytes = encode_process(&state).unwrap();
+        let back = decode_process(&bytes, "p").unwrap();
+        assert_eq!(back, state);
+        assert_eq!(back.params[1].to_bits(), (-0.0f32).to_bits());
+        let e = decode_process(&bytes[..bytes.len() - 4], "process-1.safetensors").unwrap_err();
+        assert!(e.to_string().contains("process-1.safetensors"), "{e}");
     }
 }

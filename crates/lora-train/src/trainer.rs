@@ -153,10 +153,16 @@ fn emit(callbacks: &mut [Box<dyn Callback>], event: &TrainEvent) -> Result<()> {
 
 /// Gives each saved state to the callback of its name (the n-th state of a name
 /// to the n-th callback of that name).
-fn load_callback_states(callbacks: &mut [Box<dyn Callback>], states: &[CallbackState]) -> Result<()> {
+/// Gives each callback its saved state. `follower`: a process other than rank
+/// 0 of several, which lacks rank 0's own sinks (its metrics log): their
+/// states are rank 0's to load and are skipped here.
+fn load_callback_states(callbacks: &mut [Box<dyn Callback>], states: &[CallbackState], follower: bool) -> Result<()> {
     let mut used = vec![false; callbacks.len()];
     for saved in states {
         let Some(i) = (0..callbacks.len()).find(|&i| !used[i] && callbacks[i].name() == saved.name) else {
+            if follower {
+                continue;
+            }
             return Err(Error::Other(format!(
                 "the checkpoint has the state of callback `{}`, which this run does not have",
                 saved.name
@@ -248,6 +254,57 @@ struct Run<'t, 'a> {
     world: usize,
 }
 
+/// This process's own state in `from`, for a strategy whose processes hold
+/// their own (`None` when they share rank 0's); a checkpoint of another
+/// number of processes, or of one whose processes shared it, is refused.
+fn own_process_state(
+    from: &ResumeFrom,
+    strategy: &dyn lora_core::strategy::Strategy,
+    values: usize,
+) -> Result<Option<crate::checkpoint::ProcessState>> {
+    let (rank, world) = strategy.rank();
+    let saved = from.snapshot.processes.len();
+    let per_process = world > 1 && strategy.per_process_state();
+    let fail = |why: String| Error::Other(format!("cannot resume from {}: {why}", from.path.display()));
+    if !per_process {
+        if saved > 0 {
+            return Err(fail(format!(
+                "it holds the state of {saved} processes; resume it with `{}` on {saved} processes (mpirun -np {saved})",
+                strategy.name()
+            )));
+        }
+        return Ok(None);
+    }
+    if saved != world {
+        return Err(fail(if saved == 0 {
+            format!(
+                "it was written by one process (or a strategy whose processes share their state); `{}` on {world} processes needs every process's state: resume it on one process",
+                strategy.name()
+            )
+        } else {
+            format!(
+                "it was written by {saved} processes and this run has {world}: `{}` keeps state on every process, so resume it on {saved} (mpirun -np {saved})",
+                strategy.name()
+            )
+        }));
+    }
+    let what = format!("{} (process {rank})", from.path.display());
+    let own = crate::checkpoint::decode_process(&from.snapshot.processes[rank], &what)?;
+    if own.rank != rank || own.world != world {
+        return Err(fail(format!(
+            "process-{rank}'s file says process {} of {}",
+            own.rank, own.world
+        )));
+    }
+    if own.params.len() != values {
+        return Err(fail(format!(
+            "process-{rank}'s file holds {} parameter values, the model {values}",
+            own.params.len()
+        )));
+    }
+    Ok(Some(own))
+}
+
 impl<'t, 'a> Run<'t, 'a> {
     fn new(trainer: &'t mut SupervisedTrainer, ctx: TrainContext<'a>) -> Result<Self> {
         let n = ctx.data.train.len();
@@ -257,17 +314,17 @@ impl<'t, 'a> Run<'t, 'a> {
         let layout = ParamLayout::new(ctx.model.params());
         let mut ctx = ctx;
         let resume = ctx.resume.take();
-        if resume.is_some() && ctx.strategy.rank().1 > 1 {
-            ctx.strategy.checkpointable().map_err(|why| {
-                Error::Other(format!(
-                    "cannot resume `{}` on {} processes: {why}",
-                    ctx.strategy.name(),
-                    ctx.strategy.rank().1
-                ))
-            })?;
-        }
+        // This process's own state, from a checkpoint of several processes.
+        let own = match &resume {
+            Some(r) => own_process_state(r, ctx.strategy, layout.len())?,
+            None => None,
+        };
         if let Some(r) = &resume {
-            ctx.model.write_params(&r.params)?;
+            match &own {
+                // Between meetings (local-sgd, diloco) each process has its own.
+                Some(own) => ctx.model.write_params(&layout.split(&own.params))?,
+                None => ctx.model.write_params(&r.params)?,
+            }
         }
         let params = layout.flatten(&ctx.model.read_params()?)?;
         let keep_optimizer = ctx.callbacks.iter().any(|c| c.can_roll_back());
@@ -298,20 +355,26 @@ impl<'t, 'a> Run<'t, 'a> {
             ctx,
         };
         if let Some(r) = resume {
-            run.resume(r)?;
+            run.resume(r, own.as_ref().map(|o| &o.optimizer))?;
         }
         run.ctx.strategy.start(&run.layout, &run.params)?;
+        if let Some(own) = own {
+            run.ctx.strategy.load_state(&own.strategy)?;
+        }
         Ok(run)
     }
 
-    /// Continues from a checkpoint: the loop's, the optimizer's and the callbacks' states.
-    fn resume(&mut self, from: ResumeFrom) -> Result<()> {
+    /// Continues from a checkpoint: the loop's, the optimizer's and the
+    /// callbacks' states (`own_optimizer`: this process's, from a checkpoint of
+    /// several processes, instead of rank 0's).
+    fn resume(&mut self, from: ResumeFrom, own_optimizer: Option<&OptimizerState>) -> Result<()> {
         let ResumeFrom { snapshot, path, .. } = from;
         let TrainSnapshot {
             loop_state,
             optimizer,
             good_params,
             good_optimizer,
+            processes: _,
         } = snapshot;
         let context = |e: Error| Error::Other(format!("cannot resume from {}: {e}", path.display()));
         if loop_state.state.seed != self.state.seed {
@@ -327,8 +390,11 @@ impl<'t, 'a> Run<'t, 'a> {
                 self.layout.len()
             ))));
         }
-        self.optimizer.load_state(&optimizer).map_err(context)?;
-        load_callback_states(self.ctx.callbacks, &loop_state.callbacks).map_err(context)?;
+        self.optimizer
+            .load_state(own_optimizer.unwrap_or(&optimizer))
+            .map_err(context)?;
+        let follower = self.ctx.strategy.rank().0 != 0;
+        load_callback_states(self.ctx.callbacks, &loop_state.callbacks, follower).map_err(context)?;
         self.good = GoodState {
             params: good_params,
             optimizer: good_optimizer.filter(|_| self.keep_optimizer),
@@ -364,6 +430,7 @@ impl<'t, 'a> Run<'t, 'a> {
             optimizer: self.optimizer.state(),
             good_params: self.good.params.clone(),
             good_optimizer: self.good.optimizer.clone(),
+            processes: Vec::new(),
         }
     }
 
@@ -378,15 +445,38 @@ impl<'t, 'a> Run<'t, 'a> {
         if interrupted.is_none() && !(step_taken && step < self.total && cp.due(step)) {
             return Ok(());
         }
-        if self.world > 1 {
-            self.ctx.strategy.checkpointable().map_err(|why| {
-                Error::Other(format!(
-                    "cannot checkpoint step {step}: {why}; leave checkpoint-every-steps out with `{}`, or use ddp",
-                    self.ctx.strategy.name()
-                ))
-            })?;
+        let (rank, world) = self.ctx.strategy.rank();
+        let per_process = world > 1 && self.ctx.strategy.per_process_state();
+        if per_process && interrupted.is_some() {
+            // The other processes did not see the signal at this step: they
+            // cannot hand over their state.
+            return Err(Error::Other(format!(
+                "stopped after step {step}: `{}` keeps state on every process, which a checkpoint on a signal cannot gather; `--resume` continues from the last periodic checkpoint ([train] checkpoint-every-steps)",
+                self.ctx.strategy.name()
+            )));
         }
-        let snapshot = self.snapshot();
+        let mut snapshot = None;
+        if per_process {
+            // Every process hands its own state to rank 0, which writes the folder.
+            let mine = crate::checkpoint::encode_process(&crate::checkpoint::ProcessState {
+                rank,
+                world,
+                params: self.params.clone(),
+                optimizer: self.optimizer.state(),
+                strategy: self.ctx.strategy.state(),
+            })?;
+            let processes = self.ctx.strategy.gather_bytes(&mine)?;
+            if rank == 0 {
+                let mut s = self.snapshot();
+                s.processes = processes;
+                snapshot = Some(s);
+            }
+        } else if rank == 0 {
+            snapshot = Some(self.snapshot());
+        }
+        let Some(snapshot) = snapshot else {
+            return Ok(());
+        };
         let cp = self.ctx.checkpoints.as_deref_mut().expect("checked above");
         let path = cp.save(&*self.ctx.model, &snapshot)?;
         match interrupted {

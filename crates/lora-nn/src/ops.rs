@@ -271,7 +271,7 @@ pub trait TensorOps: Clone + Send + Sync + 'static {
 }
 
 /// `base + scale * (x * mask) A^T B^T` composed of the trait's operations.
-pub fn lora_update<O: TensorOps + ?Sized>(
+pub fn lora_update<O: TensorOps>(
     ops: &O,
     base: &O::T,
     x: &O::T,

@@ -19,7 +19,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tenso
 
 use lora_nn::matmul::{Mat, add_rows, gemm_into, product};
 
-use crate::ops::{contiguous_f32, with_f32};
+use crate::ops::{contiguous_f32, inputs, with_f32, with_f32s};
 
 /// `x * mask`, or `None` without a mask.
 fn masked(x: &[f32], mask: Option<&[f32]>) -> Option<Vec<f32>> {
@@ -146,11 +146,7 @@ impl CustomOp3 for TrainedMatmul {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, w, b) = (
-            contiguous_f32(s1, l1)?,
-            contiguous_f32(s2, l2)?,
-            contiguous_f32(s3, l3)?,
-        );
+        let [x, w, b] = inputs([(s1, l1), (s2, l2), (s3, l3)])?;
         let dims = l1.shape().dims();
         let (rows, inp) = rows_and_width(dims);
         let out = b.len();
@@ -174,17 +170,13 @@ impl CustomOp3 for TrainedMatmul {
         let (rows, inp) = rows_and_width(&dims);
         let out = b.elem_count();
         let (x_t, w_t, dy_t) = (x.contiguous()?, w.contiguous()?, grad_res.contiguous()?);
-        let (dx, dw, db) = with_f32(&x_t, |x| {
-            with_f32(&w_t, |w| {
-                with_f32(&dy_t, |dy| {
-                    if dy.len() != rows * out || w.len() != out * inp {
-                        candle_core::bail!("linear gradient of {} values for {rows} x {out}", dy.len());
-                    }
-                    let dx = product(rows, inp, out, Mat::rows(dy, out), Mat::rows(w, inp), 1.0);
-                    let dw = product(out, inp, rows, Mat::transposed(dy, out), Mat::rows(x, inp), 1.0);
-                    Ok((dx, dw, lora_nn::kernels::column_sums(dy, out)))
-                })
-            })
+        let (dx, dw, db) = with_f32s([&x_t, &w_t, &dy_t], |[x, w, dy]| {
+            if dy.len() != rows * out || w.len() != out * inp {
+                candle_core::bail!("linear gradient of {} values for {rows} x {out}", dy.len());
+            }
+            let dx = product(rows, inp, out, Mat::rows(dy, out), Mat::rows(w, inp), 1.0);
+            let dw = product(out, inp, rows, Mat::transposed(dy, out), Mat::rows(x, inp), 1.0);
+            Ok((dx, dw, lora_nn::kernels::column_sums(dy, out)))
         })?;
         let dev = x.device();
         Ok((
@@ -244,11 +236,7 @@ impl CustomOp3 for LoraMatmul {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, a, b) = (
-            contiguous_f32(s1, l1)?,
-            contiguous_f32(s2, l2)?,
-            contiguous_f32(s3, l3)?,
-        );
+        let [x, a, b] = inputs([(s1, l1), (s2, l2), (s3, l3)])?;
         let dims = l1.shape().dims();
         let (rows, inp, out, r) = self.sizes(x.len(), rows_and_width(dims).1, a.len(), b.len())?;
         let mut y = self.base.forward(x, rows, inp)?;
@@ -284,46 +272,40 @@ impl CustomOp3 for LoraMatmul {
             b.contiguous()?,
             grad_res.contiguous()?,
         );
-        let (dx, da, db) = with_f32(&x_t, |x| {
-            with_f32(&a_t, |a| {
-                with_f32(&b_t, |b| {
-                    with_f32(&dy_t, |dy| {
-                        let (rows, inp, out, r) = self.sizes(x.len(), rows_and_width(&dims).1, a.len(), b.len())?;
-                        if dy.len() != rows * out {
-                            candle_core::bail!("LoRA linear gradient of {} values for {rows} x {out}", dy.len());
-                        }
-                        let dropped = masked(x, self.mask.as_deref());
-                        let input = dropped.as_deref().unwrap_or(x);
-                        // t = (x * mask) A^T, g = scale * dy B: the update's two factors' gradients.
-                        let t = product(rows, r, inp, Mat::rows(input, inp), Mat::transposed(a, inp), 1.0);
-                        let g = product(rows, r, out, Mat::rows(dy, out), Mat::rows(b, r), self.scale);
-                        let db = product(out, r, rows, Mat::transposed(dy, out), Mat::rows(&t, r), self.scale);
-                        let da = product(r, inp, rows, Mat::transposed(&g, r), Mat::rows(input, inp), 1.0);
-                        let mut dx = self.base.input_grad(dy, rows)?;
-                        match self.mask.as_deref() {
-                            // SAFETY: dx is [rows, in] and initialised, g [rows, r], a [r, in].
-                            None => unsafe {
-                                gemm_into(
-                                    dx.as_mut_ptr(),
-                                    (rows, inp, r),
-                                    Mat::rows(&g, r),
-                                    Mat::rows(a, inp),
-                                    1.0,
-                                    true,
-                                )
-                            },
-                            Some(mask) => {
-                                use rayon::prelude::*;
-                                let through = product(rows, inp, r, Mat::rows(&g, r), Mat::rows(a, inp), 1.0);
-                                dx.par_iter_mut()
-                                    .zip(through.par_iter().zip(mask))
-                                    .for_each(|(d, (u, m))| *d += u * m);
-                            }
-                        }
-                        Ok((dx, da, db))
-                    })
-                })
-            })
+        let (dx, da, db) = with_f32s([&x_t, &a_t, &b_t, &dy_t], |[x, a, b, dy]| {
+            let (rows, inp, out, r) = self.sizes(x.len(), rows_and_width(&dims).1, a.len(), b.len())?;
+            if dy.len() != rows * out {
+                candle_core::bail!("LoRA linear gradient of {} values for {rows} x {out}", dy.len());
+            }
+            let dropped = masked(x, self.mask.as_deref());
+            let input = dropped.as_deref().unwrap_or(x);
+            // t = (x * mask) A^T, g = scale * dy B: the update's two factors' gradients.
+            let t = product(rows, r, inp, Mat::rows(input, inp), Mat::transposed(a, inp), 1.0);
+            let g = product(rows, r, out, Mat::rows(dy, out), Mat::rows(b, r), self.scale);
+            let db = product(out, r, rows, Mat::transposed(dy, out), Mat::rows(&t, r), self.scale);
+            let da = product(r, inp, rows, Mat::transposed(&g, r), Mat::rows(input, inp), 1.0);
+            let mut dx = self.base.input_grad(dy, rows)?;
+            match self.mask.as_deref() {
+                // SAFETY: dx is [rows, in] and initialised, g [rows, r], a [r, in].
+                None => unsafe {
+                    gemm_into(
+                        dx.as_mut_ptr(),
+                        (rows, inp, r),
+                        Mat::rows(&g, r),
+                        Mat::rows(a, inp),
+                        1.0,
+                        true,
+                    )
+                },
+                Some(mask) => {
+                    use rayon::prelude::*;
+                    let through = product(rows, inp, r, Mat::rows(&g, r), Mat::rows(a, inp), 1.0);
+                    dx.par_iter_mut()
+                        .zip(through.par_iter().zip(mask))
+                        .for_each(|(d, (u, m))| *d += u * m);
+                }
+            }
+            Ok((dx, da, db))
         })?;
         let dev = x.device();
         Ok((

@@ -44,11 +44,9 @@ fn host_gradient(
     let saved = saved.contiguous()?;
     let grad = grad.contiguous()?;
     let mut dx = vec![0f32; saved.elem_count()];
-    with_f32(&saved, |x| {
-        with_f32(&grad, |g| {
-            kernel(x, g, &mut dx);
-            Ok(())
-        })
+    with_f32s([&saved, &grad], |[x, g]| {
+        kernel(x, g, &mut dx);
+        Ok(())
     })?;
     Ok(Some(Tensor::from_vec(dx, saved.shape(), saved.device())?))
 }
@@ -182,13 +180,9 @@ impl CustomOp3 for LayerNormTrained {
         let (x, gamma_t, g) = (x.contiguous()?, gamma.contiguous()?, grad_res.contiguous()?);
         let n = gamma.elem_count();
         let mut dx = vec![0f32; x.elem_count()];
-        let (dgamma, dbeta) = with_f32(&x, |xs| {
-            with_f32(&gamma_t, |gm| {
-                with_f32(&g, |gr| {
-                    kernels::layer_norm_backward(xs, gm, self.eps, gr, &mut dx);
-                    Ok(kernels::layer_norm_affine_grads(xs, gr, n, self.eps))
-                })
-            })
+        let (dgamma, dbeta) = with_f32s([&x, &gamma_t, &g], |[xs, gm, gr]| {
+            kernels::layer_norm_backward(xs, gm, self.eps, gr, &mut dx);
+            Ok(kernels::layer_norm_affine_grads(xs, gr, n, self.eps))
         })?;
         let dev = x.device();
         Ok((
@@ -218,7 +212,7 @@ impl CustomOp2 for AddLayerNorm {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (a, b) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        let [a, b] = inputs([(s1, l1), (s2, l2)])?;
         if l1.shape() != l2.shape() || l1.shape().dims().last() != Some(&self.gamma.len()) {
             candle_core::bail!(
                 "layer norm of {:?} + {:?} with {} weights",
@@ -241,13 +235,9 @@ impl CustomOp2 for AddLayerNorm {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (a, b, g) = (a.contiguous()?, b.contiguous()?, grad_res.contiguous()?);
         let mut dx = vec![0f32; a.elem_count()];
-        with_f32(&a, |a| {
-            with_f32(&b, |b| {
-                with_f32(&g, |g| {
-                    kernels::add_layer_norm_backward(a, b, &self.gamma, self.eps, g, &mut dx);
-                    Ok(())
-                })
-            })
+        with_f32s([&a, &b, &g], |[a, b, g]| {
+            kernels::add_layer_norm_backward(a, b, &self.gamma, self.eps, g, &mut dx);
+            Ok(())
         })?;
         let dx = Tensor::from_vec(dx, a.shape(), a.device())?;
         Ok((Some(dx.clone()), Some(dx)))
@@ -266,11 +256,29 @@ pub fn add_layer_norm(a: &Tensor, b: &Tensor, gamma: &Tensor, beta: &Tensor, eps
 
 /// A contiguous f32 tensor's values, read in place under its storage's lock.
 pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        candle_core::Storage::Cpu(cpu) => f(contiguous_f32(cpu, layout)?),
-        _ => candle_core::bail!("the fused kernels run on the CPU"),
+    with_f32s([t], |[x]| f(x))
+}
+
+/// Several contiguous f32 tensors' values, read in place under their storages' locks.
+pub(crate) fn with_f32s<const N: usize, R>(ts: [&Tensor; N], f: impl FnOnce([&[f32]; N]) -> Result<R>) -> Result<R> {
+    let held: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut values = [&[][..]; N];
+    for (slot, (storage, layout)) in values.iter_mut().zip(&held) {
+        *slot = match &**storage {
+            candle_core::Storage::Cpu(cpu) => contiguous_f32(cpu, layout)?,
+            _ => candle_core::bail!("the fused kernels run on the CPU"),
+        };
     }
+    f(values)
+}
+
+/// The contiguous f32 values of a custom op's inputs.
+pub(crate) fn inputs<'a, const N: usize>(parts: [(&'a CpuStorage, &'a Layout); N]) -> Result<[&'a [f32]; N]> {
+    let mut values = [&[][..]; N];
+    for (slot, (storage, layout)) in values.iter_mut().zip(parts) {
+        *slot = contiguous_f32(storage, layout)?;
+    }
+    Ok(values)
 }
 
 /// Inverted dropout with a counter-based mask evaluated inside the pass (no
@@ -333,11 +341,7 @@ impl CustomOp3 for Attention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (
-            contiguous_f32(s1, l1)?,
-            contiguous_f32(s2, l2)?,
-            contiguous_f32(s3, l3)?,
-        );
+        let [q, k, v] = inputs([(s1, l1), (s2, l2), (s3, l3)])?;
         let h = self.heads;
         if !h.valid() || q.len() != h.q_len() || k.len() != h.kv_len() || v.len() != h.kv_len() {
             candle_core::bail!(
@@ -383,27 +387,21 @@ impl CustomOp3 for Attention {
         };
         let g = grad_res.contiguous()?;
         let (mut dq, mut dk, mut dv) = (vec![0f32; h.q_len()], vec![0f32; h.kv_len()], vec![0f32; h.kv_len()]);
-        with_f32(q, |q| {
-            with_f32(k, |k| {
-                with_f32(v, |v| {
-                    with_f32(&g, |g| {
-                        attention_backward(
-                            q,
-                            k,
-                            v,
-                            probs,
-                            g,
-                            h,
-                            self.scale,
-                            self.dropout,
-                            &mut dq,
-                            &mut dk,
-                            &mut dv,
-                        );
-                        Ok(())
-                    })
-                })
-            })
+        with_f32s([q, k, v, &g], |[q, k, v, g]| {
+            attention_backward(
+                q,
+                k,
+                v,
+                probs,
+                g,
+                h,
+                self.scale,
+                self.dropout,
+                &mut dq,
+                &mut dk,
+                &mut dv,
+            );
+            Ok(())
         })?;
         let dev = &candle_core::Device::Cpu;
         Ok((

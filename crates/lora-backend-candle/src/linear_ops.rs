@@ -19,7 +19,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tenso
 
 use lora_nn::matmul::{Mat, add_rows, gemm_into, product};
 
-use crate::ops::{contiguous_f32, inputs, with_f32, with_f32s};
+use crate::ops::{Grads3, contiguous_f32, grads3, inputs, with_f32, with_f32s};
 
 /// `x * mask`, or `None` without a mask.
 fn masked(x: &[f32], mask: Option<&[f32]>) -> Option<Vec<f32>> {
@@ -158,14 +158,7 @@ impl CustomOp3 for TrainedMatmul {
         Ok((CpuStorage::F32(y), with_last(dims, out)))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        b: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Grads3> {
         let dims = x.dims().to_vec();
         let (rows, inp) = rows_and_width(&dims);
         let out = b.elem_count();
@@ -178,12 +171,7 @@ impl CustomOp3 for TrainedMatmul {
             let dw = product(out, inp, rows, Mat::transposed(dy, out), Mat::rows(x, inp), 1.0);
             Ok((dx, dw, lora_nn::kernels::column_sums(dy, out)))
         })?;
-        let dev = x.device();
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), dev)?),
-            Some(Tensor::from_vec(dw, w.shape(), dev)?),
-            Some(Tensor::from_vec(db, b.shape(), dev)?),
-        ))
+        grads3([dx, dw, db], [x, w, b])
     }
 }
 
@@ -257,14 +245,7 @@ impl CustomOp3 for LoraMatmul {
         Ok((CpuStorage::F32(y), with_last(dims, out)))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        a: &Tensor,
-        b: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Grads3> {
         let dims = x.dims().to_vec();
         let (x_t, a_t, b_t, dy_t) = (
             x.contiguous()?,
@@ -307,12 +288,7 @@ impl CustomOp3 for LoraMatmul {
             }
             Ok((dx, da, db))
         })?;
-        let dev = x.device();
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), dev)?),
-            Some(Tensor::from_vec(da, a.shape(), dev)?),
-            Some(Tensor::from_vec(db, b.shape(), dev)?),
-        ))
+        grads3([dx, da, db], [x, a, b])
     }
 }
 

@@ -169,14 +169,7 @@ impl CustomOp3 for LayerNormTrained {
         host_kernel(s1, l1, |x, y| kernels::layer_norm_forward(x, gamma, beta, self.eps, y))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Grads3> {
         let (x, gamma_t, g) = (x.contiguous()?, gamma.contiguous()?, grad_res.contiguous()?);
         let n = gamma.elem_count();
         let mut dx = vec![0f32; x.elem_count()];
@@ -184,12 +177,7 @@ impl CustomOp3 for LayerNormTrained {
             kernels::layer_norm_backward(xs, gm, self.eps, gr, &mut dx);
             Ok(kernels::layer_norm_affine_grads(xs, gr, n, self.eps))
         })?;
-        let dev = x.device();
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), dev)?),
-            Some(Tensor::from_vec(dgamma, gamma.shape(), dev)?),
-            Some(Tensor::from_vec(dbeta, beta.shape(), dev)?),
-        ))
+        grads3([dx, dgamma, dbeta], [&x, gamma, beta])
     }
 }
 
@@ -270,6 +258,20 @@ pub(crate) fn with_f32s<const N: usize, R>(ts: [&Tensor; N], f: impl FnOnce([&[f
         };
     }
     f(values)
+}
+
+/// A three-input custom op's gradients, each shaped as its input.
+pub(crate) type Grads3 = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
+
+/// `grads[i]` as a tensor shaped as `like[i]`, for a three-input op's backward pass.
+pub(crate) fn grads3(grads: [Vec<f32>; 3], like: [&Tensor; 3]) -> Result<Grads3> {
+    let [a, b, c] = grads;
+    let dev = &candle_core::Device::Cpu;
+    Ok((
+        Some(Tensor::from_vec(a, like[0].shape(), dev)?),
+        Some(Tensor::from_vec(b, like[1].shape(), dev)?),
+        Some(Tensor::from_vec(c, like[2].shape(), dev)?),
+    ))
 }
 
 /// The contiguous f32 values of a custom op's inputs.
@@ -369,14 +371,7 @@ impl CustomOp3 for Attention {
         ))
     }
 
-    fn bwd(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Grads3> {
         let h = self.heads;
         let probs = self
             .probs
@@ -403,12 +398,7 @@ impl CustomOp3 for Attention {
             );
             Ok(())
         })?;
-        let dev = &candle_core::Device::Cpu;
-        Ok((
-            Some(Tensor::from_vec(dq, q.shape(), dev)?),
-            Some(Tensor::from_vec(dk, k.shape(), dev)?),
-            Some(Tensor::from_vec(dv, v.shape(), dev)?),
-        ))
+        grads3([dq, dk, dv], [q, k, v])
     }
 }
 

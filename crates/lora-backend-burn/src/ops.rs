@@ -330,6 +330,71 @@ impl Fused for FrozenLayerNorm {
     }
 }
 
+/// `layer_norm(a + b)` (a residual sum and its norm) with `norm`'s frozen affine,
+/// one pass each way without the sum ever stored, as the candle backend fuses
+/// it: composed, the sum was a separate pass and buffer. Both inputs get the
+/// same gradient.
+pub fn add_layer_norm<const D: usize>(a: Tensor<D>, b: Tensor<D>, norm: &FrozenLayerNorm) -> Tensor<D> {
+    let forward = |a: &FlexTensor, b: &FlexTensor| {
+        let shape = a.layout().shape().clone();
+        assert_eq!(shape, *b.layout().shape(), "residual sum of two shapes");
+        assert_eq!(shape[shape.num_dims() - 1], norm.gamma.len(), "layer norm width");
+        let mut y = vec![0f32; slice(a).len()];
+        kernels::add_layer_norm_forward(slice(a), slice(b), &norm.gamma, &norm.beta, norm.eps, &mut y);
+        flex(y, shape)
+    };
+    if a.is_autodiff() || b.is_autodiff() {
+        let prim = |x: Tensor<D>| {
+            x.autodiff()
+                .try_into_primitive::<Ad>()
+                .expect("burn backend tensors live on the flex device")
+        };
+        let (a, b) = (prim(a), prim(b));
+        let out = match AddLayerNormStep(norm.clone())
+            .prepare::<NoCheckpointing>([a.node(), b.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (a, b) = (contiguous(a.primitive()), contiguous(b.primitive()));
+                let y = forward(&a, &b);
+                prep.finish((a, b), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(forward(&contiguous(a.primitive()), &contiguous(b.primitive()))),
+        };
+        Tensor::from_primitive::<Ad>(out)
+    } else {
+        let prim = |x: Tensor<D>| {
+            contiguous(
+                &x.try_into_primitive::<Flex>()
+                    .expect("burn backend tensors live on the flex device"),
+            )
+        };
+        Tensor::from_primitive::<Flex>(forward(&prim(a), &prim(b)))
+    }
+}
+
+#[derive(Debug)]
+struct AddLayerNormStep(FrozenLayerNorm);
+
+impl Backward<Flex, 2> for AddLayerNormStep {
+    /// The contiguous inputs.
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let g = contiguous(&grads.consume::<Flex>(&ops.node));
+        let (a, b) = ops.state;
+        let norm = &self.0;
+        let mut dx = vec![0f32; slice(&a).len()];
+        kernels::add_layer_norm_backward(slice(&a), slice(&b), &norm.gamma, norm.eps, slice(&g), &mut dx);
+        let shape = a.layout().shape().clone();
+        let [pa, pb] = ops.parents;
+        for parent in [pa, pb].into_iter().flatten() {
+            grads.register::<Flex>(parent.id, flex(dx.clone(), shape.clone()));
+        }
+    }
+}
+
 /// Multi-head attention on the linears' outputs (`lora_nn::attention_kernel`, as
 /// the candle backend runs it): `q [.., batch * queries, heads * head_dim]`, `k`,
 /// `v [.., batch * keys, kv_heads * head_dim]`, the context shaped like `q`.
@@ -466,6 +531,39 @@ mod tests {
         assert_eq!(a.len(), b.len());
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{x} vs {y}");
+        }
+    }
+
+    /// The residual sum and norm against burn's add then layer norm: values,
+    /// and both inputs' gradients (untracked, one tracked, both tracked).
+    #[test]
+    fn add_layer_norm_matches_the_sum_then_the_norm() {
+        let shape = [3, 5, 6];
+        let (gamma, beta) = (
+            lora_core::init::normal(1.0, 6, &mut lora_core::init::rng(7)),
+            lora_core::init::normal(1.0, 6, &mut lora_core::init::rng(8)),
+        );
+        let norm = FrozenLayerNorm::new(gamma.clone(), beta.clone(), 1e-12);
+        let g = Tensor::<1>::from_data(TensorData::new(gamma, [6]), &crate::device());
+        let b = Tensor::<1>::from_data(TensorData::new(beta, [6]), &crate::device());
+        let slow = |x: Tensor<3>, r: Tensor<3>| layer_norm(x + r, g.clone(), Some(b.clone()), 1e-12);
+        close(
+            add_layer_norm(t(shape, 1, false), t(shape, 2, false), &norm),
+            slow(t(shape, 1, false), t(shape, 2, false)),
+            1e-5,
+        );
+        let weights = t(shape, 3, false);
+        for track_residual in [false, true] {
+            let (xf, xs) = (t(shape, 1, true), t(shape, 1, true));
+            let (rf, rs) = (t(shape, 2, track_residual), t(shape, 2, track_residual));
+            let gf = (add_layer_norm(xf.clone(), rf.clone(), &norm) * weights.clone())
+                .sum()
+                .backward();
+            let gs = (slow(xs.clone(), rs.clone()) * weights.clone()).sum().backward();
+            close(xf.grad(&gf).unwrap(), xs.grad(&gs).unwrap(), 1e-4);
+            if track_residual {
+                close(rf.grad(&gf).unwrap(), rs.grad(&gs).unwrap(), 1e-4);
+            }
         }
     }
 

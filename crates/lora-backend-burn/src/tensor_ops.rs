@@ -26,7 +26,7 @@ use lora_nn::gguf::QuantView;
 use lora_nn::ops::{Heads, Mask, TensorOps};
 use lora_nn::weights::WeightView;
 
-use crate::ops::{Attention, Bias, FrozenLayerNorm, attention, frozen_linear, gelu, softmax};
+use crate::ops::{Attention, Bias, FrozenLayerNorm, add_layer_norm, attention, frozen_linear, gelu, softmax};
 
 /// The rank every tensor is stored at: enough for grouped-query attention's
 /// `[batch, kv_heads, group, keys, head_dim]`.
@@ -382,6 +382,23 @@ impl TensorOps for BurnOps {
         let norm = FrozenLayerNorm::new(gamma.to_host()?, beta.to_host()?, eps);
         self.check_width(x, norm.len())?;
         Ok(x.map(|t| norm.forward(t)))
+    }
+
+    fn add_layer_norm(
+        &self,
+        x: &BurnTensor,
+        residual: &BurnTensor,
+        gamma: &BurnTensor,
+        beta: &BurnTensor,
+        eps: f64,
+    ) -> Result<BurnTensor> {
+        let norm = FrozenLayerNorm::new(gamma.to_host()?, beta.to_host()?, eps);
+        self.check_width(x, norm.len())?;
+        if x.dims() != residual.dims() {
+            return Err(err(format!("residual sum of {:?} and {:?}", x.dims(), residual.dims())));
+        }
+        let y = add_layer_norm(x.t.clone(), residual.t.clone(), &norm);
+        Ok(BurnTensor::new(y, x.rank))
     }
 
     fn layer_norm_trained(

@@ -224,20 +224,15 @@ pub fn softmax_forward(x: &[f32], k: usize, scale: f32, bias: ScoreBias<'_>, y: 
                         }
                     }
                 }
-                normalise_exp(dst);
             }
+            normalise_exp_rows(y, k);
         });
 }
 
 vectorised! {
-    /// `row = exp(row - max(row)) / sum`: a softmax row's last passes, after its
-    /// scores are in.
-    pub fn normalise_exp = normalise_exp_block(row: &mut [f32])
-}
-
-vectorised! {
-    /// [`normalise_exp`] on each row of `k` values of `rows`, in one call (an
-    /// attention head's scores: rows as short as 17 keys paid a dispatch each).
+    /// `row = exp(row - max(row)) / sum` on each row of `k` values of `rows`: a
+    /// softmax's last passes once its scores are in, in one call per task
+    /// (rows as short as a small ViT's 17 keys paid a dispatch each).
     pub fn normalise_exp_rows = normalise_exp_rows_block(rows: &mut [f32], k: usize)
 }
 
@@ -362,7 +357,7 @@ pub fn layer_norm_backward(x: &[f32], gamma: &[f32], eps: f32, g: &[f32], dx: &m
 /// number of threads.
 pub fn layer_norm_affine_grads(x: &[f32], g: &[f32], n: usize, eps: f32) -> (Vec<f32>, Vec<f32>) {
     let task = task_len(n);
-    let parts: Vec<(Vec<f32>, Vec<f32>)> = x
+    let (dgamma, dbeta): (Vec<Vec<f32>>, Vec<Vec<f32>>) = x
         .par_chunks(task)
         .zip(g.par_chunks(task))
         .map(|(x, g)| {
@@ -376,33 +371,32 @@ pub fn layer_norm_affine_grads(x: &[f32], g: &[f32], n: usize, eps: f32) -> (Vec
             }
             (dgamma, dbeta)
         })
-        .collect();
-    sum_parts(parts, n)
+        .unzip();
+    (sum_in_order(dgamma, n), sum_in_order(dbeta, n))
 }
 
 /// The sums of the columns of `g`, rows of `n` (a broadcast bias's gradient),
 /// added in a fixed order as [`layer_norm_affine_grads`]' are.
 pub fn column_sums(g: &[f32], n: usize) -> Vec<f32> {
     let task = task_len(n);
-    let parts: Vec<(Vec<f32>, Vec<f32>)> = g
+    let parts: Vec<Vec<f32>> = g
         .par_chunks(task)
         .map(|g| {
             let mut sums = vec![0f32; n];
             for row in g.chunks_exact(n) {
                 sums.iter_mut().zip(row).for_each(|(s, v)| *s += v);
             }
-            (sums, Vec::new())
+            sums
         })
         .collect();
-    sum_parts(parts, n).0
+    sum_in_order(parts, n)
 }
 
-/// The tasks' partial sums added in task order.
-fn sum_parts(parts: Vec<(Vec<f32>, Vec<f32>)>, n: usize) -> (Vec<f32>, Vec<f32>) {
-    let mut total = (vec![0f32; n], vec![0f32; n]);
-    for (a, b) in parts {
-        total.0.iter_mut().zip(&a).for_each(|(t, v)| *t += v);
-        total.1.iter_mut().zip(&b).for_each(|(t, v)| *t += v);
+/// The tasks' partial sums of `n` values added in task order.
+fn sum_in_order(parts: Vec<Vec<f32>>, n: usize) -> Vec<f32> {
+    let mut total = vec![0f32; n];
+    for part in parts {
+        total.iter_mut().zip(&part).for_each(|(t, v)| *t += v);
     }
     total
 }

@@ -8,6 +8,8 @@ pub mod linear_ops;
 pub mod ops;
 pub mod quant;
 pub mod tensor_ops;
+#[cfg(test)]
+mod test_support;
 
 pub use tensor_ops::CandleOps;
 

@@ -441,22 +441,8 @@ pub fn attention_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{D, Device, Var};
-
-    fn close(a: &Tensor, b: &Tensor, tol: f32) {
-        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(a.len(), b.len());
-        for (x, y) in a.iter().zip(&b) {
-            assert!((x - y).abs() <= tol, "{x} vs {y}");
-        }
-    }
-
-    fn var(shape: &[usize], seed: u64) -> Var {
-        let n: usize = shape.iter().product();
-        let v = lora_core::init::normal(1.0, n, &mut lora_core::init::rng(seed));
-        Var::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
+    use crate::test_support::{close, var};
+    use candle_core::{D, Device};
 
     #[test]
     fn fused_attention_matches_the_composed_ops_and_their_gradients() {

@@ -98,11 +98,14 @@ fn apply<const D: usize, F: Fused>(x: Tensor<D>, op: F) -> Tensor<D> {
         };
         Tensor::from_primitive::<Ad>(out)
     } else {
-        let x = x
-            .try_into_primitive::<Flex>()
-            .expect("burn backend tensors live on the flex device");
-        Tensor::from_primitive::<Flex>(op.forward(&x, false).0)
+        Tensor::from_primitive::<Flex>(op.forward(&flex_of(x), false).0)
     }
+}
+
+/// The flex primitive of a plain (not autodiff) tensor.
+fn flex_of<const D: usize>(t: Tensor<D>) -> FlexTensor {
+    t.try_into_primitive::<Flex>()
+        .expect("burn backend tensors live on the flex device")
 }
 
 /// The flex primitive of a tensor autodiff does not track (a frozen weight).
@@ -113,8 +116,7 @@ fn untracked<const D: usize>(t: Tensor<D>) -> FlexTensor {
             .primitive()
             .clone()
     } else {
-        t.try_into_primitive::<Flex>()
-            .expect("burn backend tensors live on the flex device")
+        flex_of(t)
     }
 }
 
@@ -364,13 +366,8 @@ pub fn add_layer_norm<const D: usize>(a: Tensor<D>, b: Tensor<D>, norm: &FrozenL
         };
         Tensor::from_primitive::<Ad>(out)
     } else {
-        let prim = |x: Tensor<D>| {
-            contiguous(
-                &x.try_into_primitive::<Flex>()
-                    .expect("burn backend tensors live on the flex device"),
-            )
-        };
-        Tensor::from_primitive::<Flex>(forward(&prim(a), &prim(b)))
+        let (a, b) = (contiguous(&flex_of(a)), contiguous(&flex_of(b)));
+        Tensor::from_primitive::<Flex>(forward(&a, &b))
     }
 }
 
@@ -431,12 +428,7 @@ pub fn attention<const D: usize>(q: Tensor<D>, k: Tensor<D>, v: Tensor<D>, op: A
         };
         Tensor::from_primitive::<Ad>(out)
     } else {
-        let prim = |x: Tensor<D>| {
-            contiguous(
-                &x.try_into_primitive::<Flex>()
-                    .expect("burn backend tensors live on the flex device"),
-            )
-        };
+        let prim = |x: Tensor<D>| contiguous(&flex_of(x));
         let (q, k, v) = (prim(q), prim(k), prim(v));
         Tensor::from_primitive::<Flex>(op.forward(&q, &k, &v).0)
     }

@@ -121,7 +121,7 @@ pub fn asset_cache() -> PathBuf {
 }
 
 /// The 1-minute load average.
-fn load() -> String {
+pub fn load() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next().map(str::to_string))

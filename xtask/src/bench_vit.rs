@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+use crate::against_torch::load;
 use crate::cargo;
 
 const CONFIG: &str = "configs/pretrain-vit-fashion.toml";
@@ -122,11 +123,4 @@ fn images_per_s(lora: &Path, backend: &str, steps: usize, work: &Path) -> Result
 fn median(mut v: Vec<f64>) -> Option<f64> {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied()
-}
-
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(String::from))
-        .unwrap_or_else(|| "?".into())
 }

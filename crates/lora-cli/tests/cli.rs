@@ -296,54 +296,13 @@ fn a_closed_stdout_or_stderr_ends_every_command_quietly() {
     assert!(ok.status.success(), "predict itself works: {}", text(&ok.stderr));
 }
 
-/// A 28x28 grayscale PNG, written by hand (stored zlib blocks, no compression crate).
+/// A 28x28 grey PNG: a white bar on black.
 fn image_png(path: &Path) {
-    fn crc(bytes: &[u8]) -> u32 {
-        let mut c = 0xffff_ffffu32;
-        for &b in bytes {
-            c ^= b as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
-            }
+    common::grey_png(path, |x, y| {
+        if (10..18).contains(&x) && (4..24).contains(&y) {
+            255
+        } else {
+            0
         }
-        !c
-    }
-    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
-        out.extend((data.len() as u32).to_be_bytes());
-        let mut body = kind.to_vec();
-        body.extend(data);
-        out.extend(&body);
-        out.extend(crc(&body).to_be_bytes());
-    }
-    let (w, h) = (28u32, 28u32);
-    let mut raw = Vec::new();
-    for y in 0..h {
-        raw.push(0); // filter: none
-        raw.extend((0..w).map(|x| {
-            if (10..18).contains(&x) && (4..24).contains(&y) {
-                255
-            } else {
-                0
-            }
-        }));
-    }
-    let (mut a, mut b) = (1u32, 0u32);
-    for &byte in &raw {
-        a = (a + byte as u32) % 65521;
-        b = (b + a) % 65521;
-    }
-    let mut zlib = vec![0x78, 0x01, 1];
-    zlib.extend((raw.len() as u16).to_le_bytes());
-    zlib.extend((!(raw.len() as u16)).to_le_bytes());
-    zlib.extend(&raw);
-    zlib.extend(((b << 16) | a).to_be_bytes());
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut header = Vec::new();
-    header.extend(w.to_be_bytes());
-    header.extend(h.to_be_bytes());
-    header.extend([8, 0, 0, 0, 0]);
-    chunk(&mut png, b"IHDR", &header);
-    chunk(&mut png, b"IDAT", &zlib);
-    chunk(&mut png, b"IEND", &[]);
-    std::fs::write(path, png).unwrap();
+    });
 }

@@ -12,6 +12,8 @@ use std::process::{Command, Output};
 
 use lora_core::stage::AssetResolver;
 
+mod common;
+
 fn lora() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_lora"));
     c.env("RAYON_NUM_THREADS", "1");
@@ -514,18 +516,34 @@ fn bert_run(dir: &Path) -> PathBuf {
 /// `LORA_EXPORT_KEEP=DIR` writes the folder there (to record the fixture again).
 #[test]
 fn merged_bert_matches_transformers_probabilities() {
-    let fixture: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("tests/reference/fixtures/export-bert.json")).unwrap(),
-    )
-    .unwrap();
+    let fixture = fixture("export-bert.json");
     let dir = tempfile::tempdir().unwrap();
     let run = bert_run(dir.path());
     let out = std::env::var("LORA_EXPORT_KEEP").map_or_else(|_| dir.path().join("merged"), PathBuf::from);
+    export_merged_as_recorded(&run, &out, &fixture);
+    let texts: Vec<&str> = fixture["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    predict_as_transformers(&run, &texts, &fixture, "text");
+}
+
+/// A fixture of `tests/reference/fixtures`.
+fn fixture(name: &str) -> serde_json::Value {
+    let path = repo().join("tests/reference/fixtures").join(name);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// `lora export --merge --format safetensors` of `run` into `out`, whose weights
+/// must be the ones the fixture was recorded on.
+fn export_merged_as_recorded(run: &Path, out: &Path, fixture: &serde_json::Value) {
     let r = lora()
         .args(["export", "--merge", "--format", "safetensors", "--adapter"])
-        .arg(&run)
+        .arg(run)
         .arg("-o")
-        .arg(&out)
+        .arg(out)
         .output()
         .unwrap();
     assert!(r.status.success(), "{}", text(&r));
@@ -535,17 +553,21 @@ fn merged_bert_matches_transformers_probabilities() {
         fixture["model_sha256"].as_str().unwrap(),
         "the merged weights changed: record the fixture again"
     );
-    let texts: Vec<&str> = fixture["texts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap())
-        .collect();
+}
+
+/// `lora predict --adapter run` on `inputs` gives the fixture's transformers
+/// probabilities within 1e-4 (`key`: the output field naming each input).
+fn predict_as_transformers<S: AsRef<std::ffi::OsStr>>(
+    run: &Path,
+    inputs: &[S],
+    fixture: &serde_json::Value,
+    key: &str,
+) {
     let r = lora()
         .arg("predict")
         .arg("--adapter")
-        .arg(&run)
-        .args(&texts)
+        .arg(run)
+        .args(inputs)
         .output()
         .unwrap();
     assert!(r.status.success(), "{}", text(&r));
@@ -558,7 +580,7 @@ fn merged_bert_matches_transformers_probabilities() {
     for (o, t) in ours.iter().zip(theirs) {
         for (label, p) in t.as_object().unwrap() {
             let diff = (o["probabilities"][label].as_f64().unwrap() - p.as_f64().unwrap()).abs();
-            assert!(diff < 1e-4, "{}: {label} differs by {diff}", o["text"]);
+            assert!(diff < 1e-4, "{}: {label} differs by {diff}", o[key]);
         }
     }
 }
@@ -711,22 +733,12 @@ fn vit_run(dir: &Path) -> PathBuf {
 /// images there (to record the fixture again).
 #[test]
 fn merged_vit_matches_transformers_probabilities() {
-    let fixture: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("tests/reference/fixtures/export-vit.json")).unwrap(),
-    )
-    .unwrap();
+    let fixture = fixture("export-vit.json");
     let dir = tempfile::tempdir().unwrap();
     let run = vit_run(dir.path());
     let keep = std::env::var("LORA_EXPORT_KEEP").ok().map(PathBuf::from);
     let out = keep.clone().unwrap_or_else(|| dir.path().join("merged"));
-    let r = lora()
-        .args(["export", "--merge", "--format", "safetensors", "--adapter"])
-        .arg(&run)
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(r.status.success(), "{}", text(&r));
+    export_merged_as_recorded(&run, &out, &fixture);
     let images_dir = keep.map_or_else(|| dir.path().to_path_buf(), |k| k.join("images"));
     std::fs::create_dir_all(&images_dir).unwrap();
     let images: Vec<PathBuf> = fixture["images"]
@@ -740,84 +752,19 @@ fn merged_vit_matches_transformers_probabilities() {
             path
         })
         .collect();
-    let sha = lora_export::record::sha256_file(&out.join("model.safetensors")).unwrap();
-    assert_eq!(
-        sha,
-        fixture["model_sha256"].as_str().unwrap(),
-        "the merged weights changed: record the fixture again"
-    );
-    let r = lora()
-        .arg("predict")
-        .arg("--adapter")
-        .arg(&run)
-        .args(&images)
-        .output()
-        .unwrap();
-    assert!(r.status.success(), "{}", text(&r));
-    let ours: Vec<serde_json::Value> = String::from_utf8_lossy(&r.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let theirs = fixture["transformers_probabilities"].as_array().unwrap();
-    assert_eq!(ours.len(), theirs.len());
-    for (o, t) in ours.iter().zip(theirs) {
-        for (label, p) in t.as_object().unwrap() {
-            let diff = (o["probabilities"][label].as_f64().unwrap() - p.as_f64().unwrap()).abs();
-            assert!(diff < 1e-4, "{}: {label} differs by {diff}", o["image"]);
-        }
-    }
+    predict_as_transformers(&run, &images, &fixture, "image");
 }
 
-/// A 28 x 28 grey PNG (stored zlib blocks, no compression crate): a bar, a
+/// A 28 x 28 grey PNG: a bar, a
 /// ring or a diagonal stroke for `kind` 0, 1, 2, with grey levels in between.
 fn digit_png(path: &Path, kind: usize) {
-    fn crc(bytes: &[u8]) -> u32 {
-        let mut c = 0xffff_ffffu32;
-        for &b in bytes {
-            c ^= b as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
-            }
-        }
-        !c
-    }
-    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
-        out.extend((data.len() as u32).to_be_bytes());
-        let mut body = kind.to_vec();
-        body.extend(data);
-        out.extend(&body);
-        out.extend(crc(&body).to_be_bytes());
-    }
-    let pixel = |x: i32, y: i32| -> u8 {
+    common::grey_png(path, |x, y| {
+        let (x, y) = (x as i32, y as i32);
         let d = match kind {
             0 => (x - 14).abs().max(0) as f32 - 3.0 + if (4..24).contains(&y) { 0.0 } else { 9.0 },
             1 => (((x - 14).pow(2) + (y - 14).pow(2)) as f32).sqrt() - 8.0,
             _ => ((x - y) as f32).abs() - 2.0,
         };
         (255.0 * (1.0 - d.abs().min(3.0) / 3.0)) as u8
-    };
-    let mut raw = Vec::new();
-    for y in 0..28 {
-        raw.push(0); // filter: none
-        raw.extend((0..28).map(|x| pixel(x, y)));
-    }
-    let (mut a, mut b) = (1u32, 0u32);
-    for &byte in &raw {
-        a = (a + byte as u32) % 65521;
-        b = (b + a) % 65521;
-    }
-    let mut zlib = vec![0x78, 0x01, 1];
-    zlib.extend((raw.len() as u16).to_le_bytes());
-    zlib.extend((!(raw.len() as u16)).to_le_bytes());
-    zlib.extend(&raw);
-    zlib.extend(((b << 16) | a).to_be_bytes());
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut header = Vec::new();
-    header.extend(28u32.to_be_bytes());
-    header.extend(28u32.to_be_bytes());
-    header.extend([8, 0, 0, 0, 0]);
-    chunk(&mut png, b"IHDR", &header);
-    chunk(&mut png, b"IDAT", &zlib);
-    chunk(&mut png, b"IEND", &[]);
-    std::fs::write(path, png).unwrap();
+    });
 }

@@ -144,12 +144,10 @@ pub fn run(args: &[String]) -> ExitCode {
     };
     let dir: PathBuf = std::env::temp_dir().join(format!("lora-bench-accuracy-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    // A copy: a rebuild of the workspace during the runs must not change the binary under them.
-    let lora = dir.join("lora");
-    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| std::fs::copy(&built, &lora)) {
-        eprintln!("error: cannot copy {} to {}: {e}", built.display(), lora.display());
-        return ExitCode::from(1);
-    }
+    let lora = match cargo::keep_copy(&built, &dir.join("lora")) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
     // Per row: the accuracy of each seed that finished.
     let mut rows: Vec<Row> = Vec::new();
     let mut failed = false;

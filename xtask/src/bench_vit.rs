@@ -75,12 +75,10 @@ fn build_each() -> Result<Vec<PathBuf>, ExitCode> {
     let mut out = Vec::new();
     for backend in BACKENDS {
         let built = cargo::build_lora_for(backend)?;
-        let kept = built.with_file_name(format!("lora-bench-vit-{backend}"));
-        if let Err(e) = std::fs::copy(&built, &kept) {
-            eprintln!("error: copying {} to {}: {e}", built.display(), kept.display());
-            return Err(ExitCode::from(1));
-        }
-        out.push(kept);
+        out.push(cargo::keep_copy(
+            &built,
+            &built.with_file_name(format!("lora-bench-vit-{backend}")),
+        )?);
     }
     Ok(out)
 }

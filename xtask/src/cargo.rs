@@ -1,6 +1,6 @@
 //! Running cargo and the built `lora` binary from xtask.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 /// The workspace root (xtask lives one level below it).
@@ -62,4 +62,20 @@ pub fn build_lora(features: &[String]) -> Result<PathBuf, ExitCode> {
         return Err(code);
     }
     Ok(target_dir().join("release").join("lora"))
+}
+
+/// Copies a built binary to `to` (its folder created), so that a rebuild of the
+/// workspace while it runs cannot change the program under a measurement.
+pub fn keep_copy(built: &Path, to: &Path) -> Result<PathBuf, ExitCode> {
+    let copied = to
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|_| std::fs::copy(built, to));
+    match copied {
+        Ok(_) => Ok(to.to_path_buf()),
+        Err(e) => {
+            eprintln!("error: cannot copy {} to {}: {e}", built.display(), to.display());
+            Err(ExitCode::from(1))
+        }
+    }
 }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod linear_ops;
 pub mod ops;
 pub mod quant;
+pub mod sublayer_ops;
 pub mod tensor_ops;
 #[cfg(test)]
 mod test_support;

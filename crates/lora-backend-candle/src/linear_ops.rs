@@ -18,6 +18,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 
 use lora_nn::matmul::{Mat, add_rows, gemm_into, product};
+use lora_nn::sublayer::HostLinear;
 
 use crate::ops::{Grads3, contiguous_f32, grads3, inputs, with_f32, with_f32s};
 
@@ -46,13 +47,13 @@ fn with_last(dims: &[usize], last: usize) -> Shape {
 /// f32 inside each pass (candle's CPU matmul has no bf16 kernel and widens
 /// too) and the copy dropped at once: the graph holds the narrow weight, so
 /// the halved memory holds during the step as well.
-struct Frozen {
+pub(crate) struct Frozen {
     weight: Tensor,
     bias: Option<Vec<f32>>,
 }
 
 impl Frozen {
-    fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
+    pub(crate) fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
         Ok(Self {
             weight: weight.clone(),
             bias: bias.map(|b| b.to_vec1::<f32>()).transpose()?,
@@ -70,6 +71,19 @@ impl Frozen {
         } else {
             with_f32(&self.weight.to_dtype(candle_core::DType::F32)?, f)
         }
+    }
+
+    /// Runs `f` on the layer as host slices (the weight widened to f32 if need be).
+    pub(crate) fn host<R>(&self, f: impl FnOnce(HostLinear) -> Result<R>) -> Result<R> {
+        let (out, inp) = self.dims()?;
+        self.with_weight(|w| {
+            f(HostLinear {
+                w,
+                b: self.bias.as_deref(),
+                out,
+                inp,
+            })
+        })
     }
 
     /// `x W^T + b` for `x [rows, in]`: one gemm on the slices themselves, the

@@ -8,13 +8,14 @@ use lora_core::init::CounterMask;
 use lora_core::task::Targets;
 use lora_core::{Error, Result};
 use lora_nn::gguf::QuantView;
-use lora_nn::ops::{Heads, Mask, TensorOps, default_attention};
+use lora_nn::ops::{FrozenLinear, FrozenNorm, Heads, Mask, TensorOps, default_attention};
 use lora_nn::weights::{WeightDType, WeightView};
 
 use crate::error::IntoCore;
 use crate::linear_ops::{frozen_linear, lora_linear, trained_linear};
 use crate::ops::{add_layer_norm, attention_rows, dropout, gelu, layer_norm, layer_norm_trained, softmax_last_dim};
 use crate::quant::QuantMatrix;
+use crate::sublayer_ops;
 
 /// candle on the CPU.
 #[derive(Debug, Clone, Copy, Default)]
@@ -319,6 +320,30 @@ impl TensorOps for CandleOps {
 
     fn add_layer_norm(&self, x: &Tensor, residual: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
         add_layer_norm(x, residual, gamma, beta, eps).core()
+    }
+
+    fn linear_add_norm(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        linear: FrozenLinear<'_, Tensor>,
+        norm: FrozenNorm<'_, Tensor>,
+        dropout: Option<CounterMask>,
+    ) -> Result<Tensor> {
+        let norm = (norm.gamma, norm.beta, norm.eps);
+        sublayer_ops::linear_add_norm(x, residual, (linear.weight, linear.bias), norm, dropout).core()
+    }
+
+    fn feed_forward(
+        &self,
+        x: &Tensor,
+        up: FrozenLinear<'_, Tensor>,
+        down: FrozenLinear<'_, Tensor>,
+        norm: FrozenNorm<'_, Tensor>,
+        dropout: Option<CounterMask>,
+    ) -> Result<Tensor> {
+        let norm = (norm.gamma, norm.beta, norm.eps);
+        sublayer_ops::feed_forward(x, (up.weight, up.bias), (down.weight, down.bias), norm, dropout).core()
     }
 
     fn layer_norm_trained(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {

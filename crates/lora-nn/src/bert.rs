@@ -4,13 +4,13 @@
 
 use lora_core::adapter::{ModelSummary, ParamInfo, PeftInfo};
 use lora_core::bert::{BertConfig, TARGETS, check_rank, peft_info, resolve_targets};
-use lora_core::init::{derive_seed, normal, rng};
+use lora_core::init::{CounterMask, derive_seed, normal, rng};
 use lora_core::{Batch, Error, HostTensor, LoraSpec, Result, TextBatch};
 
 use crate::dropout::MaskSource;
 use crate::linear::{LoraLinear, LoraWeights};
 use crate::model::{Architecture, Model, check_labels};
-use crate::ops::{Heads, Mask, TensorOps};
+use crate::ops::{FrozenNorm, Heads, Mask, TensorOps};
 use crate::params::ParamStore;
 use crate::weights::WeightSource;
 
@@ -126,6 +126,11 @@ fn base_dropout<O: TensorOps>(ops: &O, masks: &mut Option<&mut MaskSource>, x: &
     }
 }
 
+/// The counter mask [`base_dropout`] would draw next (in training), or `None`.
+fn hidden_counter(masks: &mut Option<&mut MaskSource>, p: f32) -> Option<CounterMask> {
+    masks.as_deref_mut().and_then(|m| m.counter(p))
+}
+
 fn text(batch: &Batch) -> Result<&TextBatch> {
     match batch {
         Batch::Text(t) => Ok(t),
@@ -140,10 +145,10 @@ impl<O: TensorOps> Bert<O> {
     }
 
     /// `x` is `[batch * seq, hidden]`.
-    fn layer(
+    fn layer<'a>(
         &self,
         ops: &O,
-        l: &Layer<O>,
+        l: &'a Layer<O>,
         x: &O::T,
         b: &TextBatch,
         masks: &mut Option<&mut MaskSource>,
@@ -168,11 +173,31 @@ impl<O: TensorOps> Bert<O> {
         let (p_attn, p_hidden) = (self.cfg.attention_probs_dropout_prob, self.cfg.hidden_dropout_prob);
         let attn_mask = masks.as_deref_mut().and_then(|m| m.counter(p_attn));
         let context = ops.attention_rows(&q, &k, &v, shape, Mask::Padding(&b.attention_mask), scale, attn_mask)?;
-        let attn = linear(3, &context, masks)?;
-        let attn = base_dropout(ops, masks, &attn, p_hidden)?;
         let eps = self.cfg.layer_norm_eps;
         let (an, on) = (&l.attention_norm, &l.output_norm);
-        let h = ops.add_layer_norm(&attn, x, &an.gamma, &an.beta, eps)?;
+        let norm = |n: &'a LayerNorm<O>| FrozenNorm {
+            gamma: &n.gamma,
+            beta: &n.beta,
+            eps,
+        };
+        // Frozen sublayers go to the fused operations; a sublayer whose linear
+        // has an unmerged LoRA update is composed. The masks are drawn in the
+        // same order either way (a frozen linear draws none).
+        let h = match l.linears[3].frozen() {
+            Some(out) => {
+                let hidden_mask = hidden_counter(masks, p_hidden);
+                ops.linear_add_norm(&context, x, out, norm(an), hidden_mask)?
+            }
+            None => {
+                let attn = linear(3, &context, masks)?;
+                let attn = base_dropout(ops, masks, &attn, p_hidden)?;
+                ops.add_layer_norm(&attn, x, &an.gamma, &an.beta, eps)?
+            }
+        };
+        if let (Some(up), Some(down)) = (l.linears[4].frozen(), l.linears[5].frozen()) {
+            let hidden_mask = hidden_counter(masks, p_hidden);
+            return ops.feed_forward(&h, up, down, norm(on), hidden_mask);
+        }
         let up = ops.gelu(&linear(4, &h, masks)?)?;
         let down = linear(5, &up, masks)?;
         let down = base_dropout(ops, masks, &down, p_hidden)?;

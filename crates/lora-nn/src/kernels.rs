@@ -128,6 +128,32 @@ fn gelu_forward_block(x: &[f32], y: &mut [f32], cdf: Option<&mut [f32]>) {
     }
 }
 
+/// `x[r] += b` on every row `r` of `x` (rows of `b.len()`), then `y = GELU(x)`:
+/// a linear's bias and its activation in one pass, `x` keeping the pre-activation
+/// for the backward pass. The same operations as `matmul::add_rows` then
+/// [`gelu_forward`], so the values are bit for bit theirs.
+pub fn bias_gelu_forward(x: &mut [f32], b: &[f32], y: &mut [f32]) {
+    let task = task_len(b.len());
+    y.par_chunks_mut(task)
+        .zip(x.par_chunks_mut(task))
+        .for_each(|(y, x)| bias_gelu_task(x, b, y));
+}
+
+vectorised! {
+    /// One task's part of [`bias_gelu_forward`].
+    fn bias_gelu_task = bias_gelu_block(x: &mut [f32], b: &[f32], y: &mut [f32])
+}
+
+#[inline(always)]
+fn bias_gelu_block(x: &mut [f32], b: &[f32], y: &mut [f32]) {
+    for (x, y) in x.chunks_exact_mut(b.len()).zip(y.chunks_exact_mut(b.len())) {
+        for ((x, y), b) in x.iter_mut().zip(y).zip(b) {
+            *x += b;
+            *y = *x * normal_cdf(*x);
+        }
+    }
+}
+
 /// `dx = g * (Phi(x) + x phi(x))`, with `Phi(x)` from the forward pass when kept.
 pub fn gelu_backward(x: &[f32], cdf: Option<&[f32]>, g: &[f32], dx: &mut [f32]) {
     dx.par_chunks_mut(CHUNK)

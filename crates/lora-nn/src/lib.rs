@@ -25,6 +25,7 @@ pub mod model;
 pub mod ops;
 pub mod params;
 pub mod stage;
+pub mod sublayer;
 pub mod testing;
 pub mod vit;
 pub mod weights;

@@ -5,7 +5,7 @@ use lora_core::init::{SeededRng, kaiming_uniform};
 use lora_core::{LoraSpec, ParamInfo, Result};
 
 use crate::dropout::MaskSource;
-use crate::ops::{TensorOps, lora_update};
+use crate::ops::{FrozenLinear, TensorOps, lora_update};
 use crate::params::ParamStore;
 
 /// The trainable half of a LoRA layer.
@@ -132,6 +132,20 @@ impl<O: TensorOps> LoraLinear<O> {
             Some(lora) => lora.forward(ops, x, (&self.weight, self.bias.as_ref()), masks),
             None => ops.frozen_linear(x, &self.weight, self.bias.as_ref()),
         }
+    }
+
+    /// The weight and bias of this layer as a plain frozen linear: `None` while
+    /// an unmerged LoRA update takes part in its forward pass.
+    pub fn frozen(&self) -> Option<FrozenLinear<'_, O::W>> {
+        let weight = match (&self.merged, &self.lora) {
+            (Some(merged), _) => merged,
+            (None, None) => &self.weight,
+            (None, Some(_)) => return None,
+        };
+        Some(FrozenLinear {
+            weight,
+            bias: self.bias.as_ref(),
+        })
     }
 
     /// `scale * B A`, shaped like the base weight.

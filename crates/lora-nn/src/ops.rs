@@ -26,6 +26,21 @@ pub enum Mask<'a> {
     Causal,
 }
 
+/// A frozen linear layer's weight `[out, in]` and bias, as a fused operation takes them.
+#[derive(Clone, Copy)]
+pub struct FrozenLinear<'a, W> {
+    pub weight: &'a W,
+    pub bias: Option<&'a W>,
+}
+
+/// A layer norm's frozen affine and epsilon.
+#[derive(Clone, Copy)]
+pub struct FrozenNorm<'a, W> {
+    pub gamma: &'a W,
+    pub beta: &'a W,
+    pub eps: f64,
+}
+
 pub trait TensorOps: Clone + Send + Sync + 'static {
     /// An activation, or a parameter used inside a pass.
     type T: Clone + Send + Sync;
@@ -199,6 +214,38 @@ pub trait TensorOps: Clone + Send + Sync + 'static {
         eps: f64,
     ) -> Result<Self::T> {
         self.layer_norm(&self.add(x, residual)?, gamma, beta, eps)
+    }
+    /// `layer_norm(dropout(x W^T + b) + residual)` with `W`, `b` and the norm
+    /// frozen: BERT's attention output and its norm. A backend may fuse it
+    /// into one operation (`sublayer::LinearAddNorm` on the host).
+    fn linear_add_norm(
+        &self,
+        x: &Self::T,
+        residual: &Self::T,
+        linear: FrozenLinear<'_, Self::W>,
+        norm: FrozenNorm<'_, Self::W>,
+        dropout: Option<CounterMask>,
+    ) -> Result<Self::T> {
+        let y = self.frozen_linear(x, linear.weight, linear.bias)?;
+        let y = match dropout {
+            Some(mask) => self.dropout(&y, mask)?,
+            None => y,
+        };
+        self.add_layer_norm(&y, residual, norm.gamma, norm.beta, norm.eps)
+    }
+    /// `layer_norm(dropout(GELU(x W1^T + b1) W2^T + b2) + x)` with both linears
+    /// and the norm frozen: BERT's feed-forward sublayer. A backend may fuse it
+    /// into one operation (`sublayer::FeedForward` on the host).
+    fn feed_forward(
+        &self,
+        x: &Self::T,
+        up: FrozenLinear<'_, Self::W>,
+        down: FrozenLinear<'_, Self::W>,
+        norm: FrozenNorm<'_, Self::W>,
+        dropout: Option<CounterMask>,
+    ) -> Result<Self::T> {
+        let hidden = self.gelu(&self.frozen_linear(x, up.weight, up.bias)?)?;
+        self.linear_add_norm(&hidden, x, down, norm, dropout)
     }
     /// Layer norm over the last dimension whose `gamma` and `beta` are trained.
     fn layer_norm_trained(&self, x: &Self::T, gamma: &Self::T, beta: &Self::T, eps: f64) -> Result<Self::T>;

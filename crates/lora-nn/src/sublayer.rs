@@ -1,0 +1,255 @@
+//! BERT's post-norm sublayer ends over frozen linears, each one pass each way
+//! on host slices, for the backends' fused operations:
+//!
+//! - [`FeedForward`]: `layer_norm(dropout(GELU(x W1^T + b1) W2^T + b2) + x)`;
+//! - [`LinearAddNorm`]: `layer_norm(dropout(x W^T + b) + residual)`, the
+//!   attention's output projection and norm.
+//!
+//! Composed, each is four to six nodes of an autodiff graph, and candle starts
+//! every node's gradient as a fresh zero tensor it then adds into: at 32 x 128
+//! the feed-forward's nodes alone cost a zeroing and an addition pass over
+//! 68 MiB per layer. Fused, the intermediate gradients live in this module's
+//! buffers, the bias and GELU are one pass, and the residual's gradient is
+//! added into the input's here. Every value is computed by the same operations
+//! in the same order as the composition (`ops::TensorOps`'s defaults): the
+//! results are bit for bit the composed ones, which the tests check.
+
+use lora_core::init::CounterMask;
+use rayon::prelude::*;
+
+use crate::kernels;
+use crate::matmul::{Mat, add_rows, product};
+
+/// A frozen linear's host values: `w [out, in]` and `b [out]`.
+#[derive(Clone, Copy)]
+pub struct HostLinear<'a> {
+    pub w: &'a [f32],
+    pub b: Option<&'a [f32]>,
+    pub out: usize,
+    pub inp: usize,
+}
+
+impl HostLinear<'_> {
+    /// `x W^T` for `x [rows, in]`, without the bias.
+    fn product(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        product(
+            rows,
+            self.out,
+            self.inp,
+            Mat::rows(x, self.inp),
+            Mat::transposed(self.w, self.inp),
+            1.0,
+        )
+    }
+
+    /// `x W^T + b`, the bias added after the product as `frozen_linear` adds it.
+    fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let mut y = self.product(x, rows);
+        if let Some(b) = self.b {
+            add_rows(&mut y, b);
+        }
+        y
+    }
+
+    /// `dy W`: the input's gradient from the output's `dy [rows, out]`.
+    fn input_grad(&self, dy: &[f32], rows: usize) -> Vec<f32> {
+        product(
+            rows,
+            self.inp,
+            self.out,
+            Mat::rows(dy, self.out),
+            Mat::rows(self.w, self.inp),
+            1.0,
+        )
+    }
+
+    fn fits(&self, b: Option<&[f32]>) -> bool {
+        self.w.len() == self.out * self.inp && b.is_none_or(|b| b.len() == self.out)
+    }
+}
+
+/// A layer norm's frozen affine.
+#[derive(Clone, Copy)]
+pub struct HostNorm<'a> {
+    pub gamma: &'a [f32],
+    pub beta: &'a [f32],
+    pub eps: f32,
+}
+
+/// `x *= mask` in parallel blocks (`CounterMask::apply`, the values in
+/// row-major order), as the `dropout` operation computes `x * mask`.
+fn apply_mask(x: &mut [f32], mask: Option<CounterMask>) {
+    // Even, so that each pair of values (one draw) stays in one block.
+    const BLOCK: usize = 1 << 15;
+    if let Some(mask) = mask {
+        x.par_chunks_mut(BLOCK)
+            .enumerate()
+            .for_each(|(i, x)| mask.apply((i * BLOCK) as u64, x));
+    }
+}
+
+/// `a += b`, elementwise in parallel blocks.
+fn add_into(a: &mut [f32], b: &[f32]) {
+    a.par_chunks_mut(1 << 15)
+        .zip(b.par_chunks(1 << 15))
+        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+}
+
+/// The norm's input `sum = dropout(y) + residual` (`y` is overwritten) and
+/// its output.
+fn add_norm(mut y: Vec<f32>, residual: &[f32], mask: Option<CounterMask>, norm: HostNorm) -> (Vec<f32>, Vec<f32>) {
+    apply_mask(&mut y, mask);
+    add_into(&mut y, residual);
+    let mut out = vec![0f32; y.len()];
+    kernels::layer_norm_forward(&y, norm.gamma, norm.beta, norm.eps, &mut out);
+    (out, y)
+}
+
+/// The gradient at the norm's input (the residual's) and at the dropout's input.
+fn add_norm_backward(sum: &[f32], g: &[f32], mask: Option<CounterMask>, norm: HostNorm) -> (Vec<f32>, Vec<f32>) {
+    let mut d_sum = vec![0f32; sum.len()];
+    kernels::layer_norm_backward(sum, norm.gamma, norm.eps, g, &mut d_sum);
+    let mut d_y = d_sum.clone();
+    apply_mask(&mut d_y, mask);
+    (d_sum, d_y)
+}
+
+/// Why a fused sublayer refused its inputs.
+#[derive(Debug)]
+pub struct ShapeError(pub String);
+
+impl std::fmt::Display for ShapeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `layer_norm(dropout(GELU(x W1^T + b1) W2^T + b2) + x)` over `x [rows, hidden]`.
+#[derive(Clone, Copy)]
+pub struct FeedForward<'a> {
+    pub up: HostLinear<'a>,
+    pub down: HostLinear<'a>,
+    pub norm: HostNorm<'a>,
+    pub dropout: Option<CounterMask>,
+}
+
+/// What [`FeedForward::backward`] reads: GELU's input and the norm's input.
+pub struct FeedForwardSaved {
+    pre_activation: Vec<f32>,
+    sum: Vec<f32>,
+}
+
+impl FeedForward<'_> {
+    /// The number of rows of `x`, or why the sizes do not fit together.
+    pub fn rows(&self, x: usize) -> Result<usize, ShapeError> {
+        let (up, down, n) = (&self.up, &self.down, self.norm.gamma.len());
+        let hidden = up.inp;
+        if !up.fits(up.b)
+            || !down.fits(down.b)
+            || down.inp != up.out
+            || down.out != hidden
+            || n != hidden
+            || self.norm.beta.len() != n
+            || hidden == 0
+            || !x.is_multiple_of(hidden)
+        {
+            return Err(ShapeError(format!(
+                "feed-forward of [{}, {}] then [{}, {}] with a norm of {n} on {x} values",
+                up.out, up.inp, down.out, down.inp
+            )));
+        }
+        Ok(x / hidden)
+    }
+
+    /// The output, and what the backward pass reads when `keep`.
+    pub fn forward(&self, x: &[f32], keep: bool) -> Result<(Vec<f32>, Option<FeedForwardSaved>), ShapeError> {
+        let rows = self.rows(x.len())?;
+        let mut pre = self.up.product(x, rows);
+        let mut act = vec![0f32; pre.len()];
+        match self.up.b {
+            Some(b) => kernels::bias_gelu_forward(&mut pre, b, &mut act),
+            None => kernels::gelu_forward(&pre, &mut act, None),
+        }
+        let y = self.down.forward(&act, rows);
+        drop(act);
+        let (out, sum) = add_norm(y, x, self.dropout, self.norm);
+        Ok((
+            out,
+            keep.then_some(FeedForwardSaved {
+                pre_activation: pre,
+                sum,
+            }),
+        ))
+    }
+
+    /// The input's gradient from the output's `g`: the norm's, through the
+    /// dropout, the two linears and GELU, plus the residual's.
+    pub fn backward(&self, saved: &FeedForwardSaved, g: &[f32]) -> Result<Vec<f32>, ShapeError> {
+        let rows = self.rows(saved.sum.len())?;
+        if g.len() != saved.sum.len() {
+            return Err(ShapeError(format!(
+                "{} gradient values for {}",
+                g.len(),
+                saved.sum.len()
+            )));
+        }
+        let (d_sum, d_y) = add_norm_backward(&saved.sum, g, self.dropout, self.norm);
+        let d_act = self.down.input_grad(&d_y, rows);
+        drop(d_y);
+        let mut d_pre = vec![0f32; d_act.len()];
+        kernels::gelu_backward(&saved.pre_activation, None, &d_act, &mut d_pre);
+        drop(d_act);
+        let mut dx = self.up.input_grad(&d_pre, rows);
+        add_into(&mut dx, &d_sum);
+        Ok(dx)
+    }
+}
+
+/// `layer_norm(dropout(x W^T + b) + residual)` over `x [rows, in]` and
+/// `residual [rows, out]`.
+#[derive(Clone, Copy)]
+pub struct LinearAddNorm<'a> {
+    pub linear: HostLinear<'a>,
+    pub norm: HostNorm<'a>,
+    pub dropout: Option<CounterMask>,
+}
+
+impl LinearAddNorm<'_> {
+    /// The number of rows, or why the sizes do not fit together.
+    pub fn rows(&self, x: usize, residual: usize) -> Result<usize, ShapeError> {
+        let l = &self.linear;
+        let n = self.norm.gamma.len();
+        let rows = x / l.inp.max(1);
+        if !l.fits(l.b)
+            || n != l.out
+            || self.norm.beta.len() != n
+            || l.inp == 0
+            || rows * l.inp != x
+            || residual != rows * n
+        {
+            return Err(ShapeError(format!(
+                "linear [{}, {}] + residual of {residual} values with a norm of {n} on {x} values",
+                l.out, l.inp
+            )));
+        }
+        Ok(rows)
+    }
+
+    /// The output, and the norm's input when `keep` (the backward pass's only need).
+    pub fn forward(&self, x: &[f32], residual: &[f32], keep: bool) -> Result<(Vec<f32>, Option<Vec<f32>>), ShapeError> {
+        let rows = self.rows(x.len(), residual.len())?;
+        let y = self.linear.forward(x, rows);
+        let (out, sum) = add_norm(y, residual, self.dropout, self.norm);
+        Ok((out, keep.then_some(sum)))
+    }
+
+    /// The gradients of `x` and of the residual from the output's `g` and the kept norm input.
+    pub fn backward(&self, sum: &[f32], g: &[f32]) -> Result<(Vec<f32>, Vec<f32>), ShapeError> {
+        let rows = sum.len() / self.linear.out.max(1);
+        if g.len() != sum.len() || rows * self.linear.out != sum.len() {
+            return Err(ShapeError(format!("{} gradient values for {}", g.len(), sum.len())));
+        }
+        let (d_sum, d_y) = add_norm_backward(sum, g, self.dropout, self.norm);
+        Ok((self.linear.input_grad(&d_y, rows), d_sum))
+    }
+}

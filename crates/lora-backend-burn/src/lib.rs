@@ -16,6 +16,7 @@
 use burn::tensor::Device;
 
 pub mod ops;
+pub mod sublayer;
 pub mod tensor_ops;
 
 pub use tensor_ops::{BurnLeaf, BurnOps, BurnTensor};

@@ -35,10 +35,10 @@ use lora_nn::kernels::{self, ScoreBias};
 use lora_nn::matmul::{Mat, add_rows, product};
 
 /// The autodiff backend that `Device::flex().autodiff()` dispatches to.
-type Ad = Autodiff<Flex, NoCheckpointing>;
+pub(crate) type Ad = Autodiff<Flex, NoCheckpointing>;
 
 /// A contiguous f32 copy (or view) of a flex tensor's elements, row-major.
-fn contiguous(t: &FlexTensor) -> FlexTensor {
+pub(crate) fn contiguous(t: &FlexTensor) -> FlexTensor {
     if t.as_slice::<f32>().is_some() {
         t.clone()
     } else {
@@ -46,16 +46,16 @@ fn contiguous(t: &FlexTensor) -> FlexTensor {
     }
 }
 
-fn slice(t: &FlexTensor) -> &[f32] {
+pub(crate) fn slice(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>().expect("f32 tensor made contiguous")
 }
 
-fn flex(data: Vec<f32>, shape: Shape) -> FlexTensor {
+pub(crate) fn flex(data: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(data, shape))
 }
 
 /// One fused operation: a forward pass that may keep a state, and a backward pass.
-trait Fused: Clone + Send + Sync + std::fmt::Debug + 'static {
+pub(crate) trait Fused: Clone + Send + Sync + std::fmt::Debug + 'static {
     type State: Clone + Send + std::fmt::Debug + 'static;
 
     /// The output, and the state for the backward pass when `keep` is true.
@@ -80,7 +80,7 @@ impl<F: Fused> Backward<Flex, 1> for Step<F> {
 }
 
 /// Runs `op` on a flex tensor, recording its backward step when the tensor is tracked.
-fn apply<const D: usize, F: Fused>(x: Tensor<D>, op: F) -> Tensor<D> {
+pub(crate) fn apply<const D: usize, F: Fused>(x: Tensor<D>, op: F) -> Tensor<D> {
     if x.is_autodiff() {
         let x = x
             .try_into_primitive::<Ad>()
@@ -103,13 +103,13 @@ fn apply<const D: usize, F: Fused>(x: Tensor<D>, op: F) -> Tensor<D> {
 }
 
 /// The flex primitive of a plain (not autodiff) tensor.
-fn flex_of<const D: usize>(t: Tensor<D>) -> FlexTensor {
+pub(crate) fn flex_of<const D: usize>(t: Tensor<D>) -> FlexTensor {
     t.try_into_primitive::<Flex>()
         .expect("burn backend tensors live on the flex device")
 }
 
 /// The flex primitive of a tensor autodiff does not track (a frozen weight).
-fn untracked<const D: usize>(t: Tensor<D>) -> FlexTensor {
+pub(crate) fn untracked<const D: usize>(t: Tensor<D>) -> FlexTensor {
     if t.is_autodiff() {
         t.try_into_primitive::<Ad>()
             .expect("burn backend tensors live on the flex device")
@@ -283,9 +283,9 @@ impl Fused for Softmax {
 /// Layer norm over the last dimension whose `gamma` and `beta` are frozen host copies.
 #[derive(Debug, Clone)]
 pub struct FrozenLayerNorm {
-    gamma: Arc<Vec<f32>>,
-    beta: Arc<Vec<f32>>,
-    eps: f32,
+    pub(crate) gamma: Arc<Vec<f32>>,
+    pub(crate) beta: Arc<Vec<f32>>,
+    pub(crate) eps: f32,
 }
 
 impl FrozenLayerNorm {

@@ -23,10 +23,11 @@ use lora_core::init::CounterMask;
 use lora_core::task::Targets;
 use lora_core::{Error, Result};
 use lora_nn::gguf::QuantView;
-use lora_nn::ops::{Heads, Mask, TensorOps};
+use lora_nn::ops::{FrozenLinear, FrozenNorm, Heads, Mask, TensorOps};
 use lora_nn::weights::WeightView;
 
 use crate::ops::{Attention, Bias, FrozenLayerNorm, add_layer_norm, attention, frozen_linear, gelu, softmax};
+use crate::sublayer::{self, FeedForwardStep, HostWeights, LinearAddNormStep};
 
 /// The rank every tensor is stored at: enough for grouped-query attention's
 /// `[batch, kv_heads, group, keys, head_dim]`.
@@ -399,6 +400,44 @@ impl TensorOps for BurnOps {
         }
         let y = add_layer_norm(x.t.clone(), residual.t.clone(), &norm);
         Ok(BurnTensor::new(y, x.rank))
+    }
+
+    fn linear_add_norm(
+        &self,
+        x: &BurnTensor,
+        residual: &BurnTensor,
+        linear: FrozenLinear<'_, BurnTensor>,
+        norm: FrozenNorm<'_, BurnTensor>,
+        dropout: Option<CounterMask>,
+    ) -> Result<BurnTensor> {
+        let op = LinearAddNormStep {
+            linear: HostWeights::new(linear.weight.t.clone(), linear.bias.map(|b| b.t.clone())),
+            norm: FrozenLayerNorm::new(norm.gamma.to_host()?, norm.beta.to_host()?, norm.eps),
+            dropout,
+        };
+        op.rows(x.numel(), residual.numel()).map_err(err)?;
+        let y = sublayer::linear_add_norm(x.t.clone(), residual.t.clone(), op);
+        Ok(BurnTensor::new(y, residual.rank))
+    }
+
+    fn feed_forward(
+        &self,
+        x: &BurnTensor,
+        up: FrozenLinear<'_, BurnTensor>,
+        down: FrozenLinear<'_, BurnTensor>,
+        norm: FrozenNorm<'_, BurnTensor>,
+        dropout: Option<CounterMask>,
+    ) -> Result<BurnTensor> {
+        let weights =
+            |l: FrozenLinear<'_, BurnTensor>| HostWeights::new(l.weight.t.clone(), l.bias.map(|b| b.t.clone()));
+        let op = FeedForwardStep {
+            up: weights(up),
+            down: weights(down),
+            norm: FrozenLayerNorm::new(norm.gamma.to_host()?, norm.beta.to_host()?, norm.eps),
+            dropout,
+        };
+        op.rows(x.numel()).map_err(err)?;
+        Ok(x.map(|t| sublayer::feed_forward(t, op)))
     }
 
     fn layer_norm_trained(

@@ -261,6 +261,10 @@ impl CustomOp3 for LoraMatmul {
 
     fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Grads3> {
         let dims = x.dims().to_vec();
+        // An input no variable lies under (the first layer's, under frozen
+        // embeddings) needs no gradient: skipping it saves the base's largest
+        // product and candle's zeroing and addition of the result.
+        let needs_input_grad = x.track_op();
         let (x_t, a_t, b_t, dy_t) = (
             x.contiguous()?,
             a.contiguous()?,
@@ -279,6 +283,9 @@ impl CustomOp3 for LoraMatmul {
             let g = product(rows, r, out, Mat::rows(dy, out), Mat::rows(b, r), self.scale);
             let db = product(out, r, rows, Mat::transposed(dy, out), Mat::rows(&t, r), self.scale);
             let da = product(r, inp, rows, Mat::transposed(&g, r), Mat::rows(input, inp), 1.0);
+            if !needs_input_grad {
+                return Ok((None, da, db));
+            }
             let mut dx = self.base.input_grad(dy, rows)?;
             match self.mask.as_deref() {
                 // SAFETY: dx is [rows, in] and initialised, g [rows, r], a [r, in].
@@ -300,9 +307,14 @@ impl CustomOp3 for LoraMatmul {
                         .for_each(|(d, (u, m))| *d += u * m);
                 }
             }
-            Ok((dx, da, db))
+            Ok((Some(dx), da, db))
         })?;
-        grads3([dx, da, db], [x, a, b])
+        let dev = x.device();
+        Ok((
+            dx.map(|dx| Tensor::from_vec(dx, x.shape(), dev)).transpose()?,
+            Some(Tensor::from_vec(da, a.shape(), dev)?),
+            Some(Tensor::from_vec(db, b.shape(), dev)?),
+        ))
     }
 }
 

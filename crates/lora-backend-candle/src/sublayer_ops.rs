@@ -160,11 +160,11 @@ impl CustomOp2 for LinearAddNormOp {
         };
         let g = grad_res.contiguous()?;
         let (dx, d_residual) = with_f32s([&g], |[g]| self.run(|op| op.backward(sum, g).map_err(shape_error)))?;
+        // An input no variable lies under needs no gradient (candle would zero
+        // and add a buffer for it all the same).
         let dev = x.device();
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), dev)?),
-            Some(Tensor::from_vec(d_residual, residual.shape(), dev)?),
-        ))
+        let grad = |g: Vec<f32>, of: &Tensor| of.track_op().then(|| Tensor::from_vec(g, of.shape(), dev)).transpose();
+        Ok((grad(dx, x)?, grad(d_residual, residual)?))
     }
 }
 

@@ -27,19 +27,34 @@ pub enum Mask<'a> {
 }
 
 /// A frozen linear layer's weight `[out, in]` and bias, as a fused operation takes them.
-#[derive(Clone, Copy)]
 pub struct FrozenLinear<'a, W> {
     pub weight: &'a W,
     pub bias: Option<&'a W>,
 }
 
+// By hand: derived, they would require `W: Copy`; these hold references only.
+impl<W> Clone for FrozenLinear<'_, W> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<W> Copy for FrozenLinear<'_, W> {}
+
 /// A layer norm's frozen affine and epsilon.
-#[derive(Clone, Copy)]
 pub struct FrozenNorm<'a, W> {
     pub gamma: &'a W,
     pub beta: &'a W,
     pub eps: f64,
 }
+
+impl<W> Clone for FrozenNorm<'_, W> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<W> Copy for FrozenNorm<'_, W> {}
 
 pub trait TensorOps: Clone + Send + Sync + 'static {
     /// An activation, or a parameter used inside a pass.

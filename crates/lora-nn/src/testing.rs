@@ -24,6 +24,7 @@ macro_rules! model_tests {
         $crate::model_tests!(@each $ops;
             lora_linear_matches_hand_computation,
             lora_gradients_reach_a_and_b,
+            fused_sublayers_equal_their_composition,
             bert_with_lora_equals_the_base_at_initialisation,
             bert_merged_equals_unmerged_and_unmerge_is_exact,
             bert_gradients_reach_every_parameter,
@@ -158,6 +159,82 @@ pub fn lora_gradients_reach_a_and_b<O: TensorOps>(ops: O) {
     let grads = ops.backward(&sum).unwrap();
     // d/dA sum(B A x) = (sum B) x^T = 3 * [1, 2]; d/dB = A x = -1 for each row.
     assert_eq!(store.grads(&ops, &grads).unwrap(), [3., 6., -1., -1., -1.]);
+}
+
+/// The backend's `feed_forward` and `linear_add_norm` against the trait's
+/// default compositions of its own operations, bit for bit: values and the
+/// gradients of both inputs, with and without the base's dropout and a bias,
+/// over more values than one parallel block.
+pub fn fused_sublayers_equal_their_composition<O: TensorOps>(ops: O) {
+    use crate::ops::{FrozenLinear, FrozenNorm};
+    use lora_core::init::CounterMask;
+    let (rows, hidden, inner) = (1100, 32, 64);
+    let values = |n: usize, seed: u64| normal(1.0, n, &mut rng(seed));
+    let weight = |shape: &[usize], seed: u64| {
+        ops.weight_from_host(values(shape.iter().product(), seed), shape)
+            .unwrap()
+    };
+    let (w1, b1, w2, b2) = (
+        weight(&[inner, hidden], 3),
+        weight(&[inner], 4),
+        weight(&[hidden, inner], 5),
+        weight(&[hidden], 6),
+    );
+    let (w3, gamma, beta) = (weight(&[hidden, hidden], 7), weight(&[hidden], 8), weight(&[hidden], 9));
+    let norm = FrozenNorm {
+        gamma: &gamma,
+        beta: &beta,
+        eps: 1e-12,
+    };
+    let ones = |r: usize, c: usize| ops.tensor(vec![1.0; r * c], &[r, c]).unwrap();
+    let weights = ops.tensor(values(rows * hidden, 10), &[rows, hidden]).unwrap();
+    // The gradients of x and the residual through sum(y * weights), and y.
+    let run = |f: &dyn Fn(&O::T, &O::T) -> O::T| {
+        let x = ops.leaf(values(rows * hidden, 1), &[rows, hidden]).unwrap();
+        let residual = ops.leaf(values(rows * hidden, 2), &[rows, hidden]).unwrap();
+        ops.track(&[x.clone(), residual.clone()]);
+        let y = f(&ops.use_leaf(&x), &ops.use_leaf(&residual));
+        let total = ops.matmul(
+            &ones(1, rows),
+            &ops.matmul(&ops.mul(&y, &weights).unwrap(), &ones(hidden, 1)).unwrap(),
+        );
+        let grads = ops.backward(&total.unwrap()).unwrap();
+        let grad = |l| ops.grad(&grads, l).unwrap().unwrap_or_default();
+        (ops.to_host(&y).unwrap(), grad(&x), grad(&residual))
+    };
+    for (mask, bias) in [(None, Some(&b1)), (CounterMask::new(11, 0.25), None)] {
+        let up = FrozenLinear { weight: &w1, bias };
+        let down = FrozenLinear {
+            weight: &w2,
+            bias: Some(&b2),
+        };
+        let out = FrozenLinear {
+            weight: &w3,
+            bias: bias.map(|_| &b2),
+        };
+        let dropped = |y: O::T| match mask {
+            Some(m) => ops.dropout(&y, m).unwrap(),
+            None => y,
+        };
+        let fused = run(&|x, _| ops.feed_forward(x, up, down, norm, mask).unwrap());
+        let composed = run(&|x, _| {
+            let act = ops.gelu(&ops.frozen_linear(x, &w1, bias).unwrap()).unwrap();
+            let y = dropped(ops.frozen_linear(&act, &w2, Some(&b2)).unwrap());
+            ops.add_layer_norm(&y, x, &gamma, &beta, 1e-12).unwrap()
+        });
+        assert_eq!(
+            (&fused.0, &fused.1),
+            (&composed.0, &composed.1),
+            "feed-forward, dropout {}",
+            mask.is_some()
+        );
+        let fused = run(&|x, r| ops.linear_add_norm(x, r, out, norm, mask).unwrap());
+        let composed = run(&|x, r| {
+            let y = dropped(ops.frozen_linear(x, &w3, out.bias).unwrap());
+            ops.add_layer_norm(&y, r, &gamma, &beta, 1e-12).unwrap()
+        });
+        assert_eq!(fused, composed, "linear + norm, dropout {}", mask.is_some());
+    }
 }
 
 fn bert_config() -> BertConfig {

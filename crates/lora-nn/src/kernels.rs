@@ -187,6 +187,26 @@ fn gelu_backward_block(x: &[f32], cdf: Option<&[f32]>, g: &[f32], d: &mut [f32])
     }
 }
 
+/// [`gelu_backward`] without a second buffer: `g` becomes `dx` in place (the
+/// same operations, so the same values).
+pub fn gelu_backward_in_place(x: &[f32], g: &mut [f32]) {
+    g.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(g, x)| gelu_backward_in_place_task(x, g));
+}
+
+vectorised! {
+    /// One task's part of [`gelu_backward_in_place`].
+    fn gelu_backward_in_place_task = gelu_backward_in_place_block(x: &[f32], g: &mut [f32])
+}
+
+#[inline(always)]
+fn gelu_backward_in_place_block(x: &[f32], g: &mut [f32]) {
+    for (g, &v) in g.iter_mut().zip(x) {
+        *g = *g * (normal_cdf(v) + x_normal_density(v));
+    }
+}
+
 /// `x phi(x)`, GELU's derivative's second term.
 #[inline(always)]
 fn x_normal_density(x: f32) -> f32 {

@@ -194,11 +194,9 @@ impl FeedForward<'_> {
             )));
         }
         let (d_sum, d_y) = add_norm_backward(&saved.sum, g, self.dropout, self.norm);
-        let d_act = self.down.input_grad(&d_y, rows);
+        let mut d_pre = self.down.input_grad(&d_y, rows);
         drop(d_y);
-        let mut d_pre = vec![0f32; d_act.len()];
-        kernels::gelu_backward(&saved.pre_activation, None, &d_act, &mut d_pre);
-        drop(d_act);
+        kernels::gelu_backward_in_place(&saved.pre_activation, &mut d_pre);
         let mut dx = self.up.input_grad(&d_pre, rows);
         add_into(&mut dx, &d_sum);
         Ok(dx)

@@ -203,7 +203,7 @@ vectorised! {
 #[inline(always)]
 fn gelu_backward_in_place_block(x: &[f32], g: &mut [f32]) {
     for (g, &v) in g.iter_mut().zip(x) {
-        *g = *g * (normal_cdf(v) + x_normal_density(v));
+        *g *= normal_cdf(v) + x_normal_density(v);
     }
 }
 

@@ -162,7 +162,7 @@ pub fn lora_gradients_reach_a_and_b<O: TensorOps>(ops: O) {
 }
 
 /// A sublayer of `(x, residual)`, fused or composed.
-type Sublayer<T> = dyn Fn(&T, &T) -> T;
+type Sublayer<'a, T> = dyn Fn(&T, &T) -> T + 'a;
 
 /// The backend's `feed_forward` and `linear_add_norm` against the trait's
 /// default compositions of its own operations, bit for bit: values and the
@@ -192,7 +192,7 @@ pub fn fused_sublayers_equal_their_composition<O: TensorOps>(ops: O) {
     let ones = |r: usize, c: usize| ops.tensor(vec![1.0; r * c], &[r, c]).unwrap();
     let weights = ops.tensor(values(rows * hidden, 10), &[rows, hidden]).unwrap();
     // The gradients of x and the residual through sum(y * weights), and y.
-    let run = |f: &Sublayer<O::T>| {
+    let run = |f: &Sublayer<'_, O::T>| {
         let x = ops.leaf(values(rows * hidden, 1), &[rows, hidden]).unwrap();
         let residual = ops.leaf(values(rows * hidden, 2), &[rows, hidden]).unwrap();
         ops.track(&[x.clone(), residual.clone()]);

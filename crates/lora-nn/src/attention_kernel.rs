@@ -167,6 +167,11 @@ pub fn attention_forward(
         let (b, kvh) = (task / s.kv_heads, task % s.kv_heads);
         let k0 = &k[b * s.keys * ks + kvh * d..];
         let v0 = &v[b * s.keys * ks + kvh * d..];
+        // Added to every row of scores without a mask (`x * scale + 0`, as masked rows compute).
+        let no_bias = match bias {
+            ScoreBias::None => vec![0f32; s.keys],
+            _ => Vec::new(),
+        };
         // The dropped probabilities of one head, when there is dropout.
         let mut dropped = if dropout.is_some() {
             vec![0f32; plane]
@@ -190,14 +195,11 @@ pub fn attention_forward(
                     (1, ks),
                 );
             }
-            for (i, row) in p.chunks_exact_mut(s.keys).enumerate() {
-                match bias {
-                    ScoreBias::None => scale_row(row, scale, |_| 0.0),
-                    ScoreBias::Keys(bias) => {
-                        let bias = &bias[b * s.keys..][..s.keys];
-                        scale_row(row, scale, |j| bias[j])
-                    }
-                    ScoreBias::Causal { .. } => {
+            match bias {
+                ScoreBias::None => kernels::scale_add_rows(p, scale, &no_bias),
+                ScoreBias::Keys(bias) => kernels::scale_add_rows(p, scale, &bias[b * s.keys..][..s.keys]),
+                ScoreBias::Causal { .. } => {
+                    for (i, row) in p.chunks_exact_mut(s.keys).enumerate() {
                         scale_row(row, scale, |j| if j + s.queries <= i + s.keys { 0.0 } else { -1e9 })
                     }
                 }
@@ -311,12 +313,7 @@ pub fn attention_backward(
                 mask.apply(start, &mut ds);
             }
             // ds = scale * p * (dp - sum(dp * p)), as kernels::softmax_backward.
-            for (dsr, pr) in ds.chunks_exact_mut(s.keys).zip(p.chunks_exact(s.keys)) {
-                let dot: f32 = pr.iter().zip(dsr.iter()).map(|(y, g)| y * g).sum();
-                for (d, &y) in dsr.iter_mut().zip(pr) {
-                    *d = scale * y * (*d - dot);
-                }
-            }
+            kernels::softmax_backward_rows(p, &mut ds, s.keys, scale);
             unsafe {
                 // dq = ds k
                 product(

@@ -339,13 +339,63 @@ pub fn softmax_backward(y: &[f32], g: &[f32], k: usize, scale: f32, dx: &mut [f3
         .zip(y.par_chunks(task))
         .zip(g.par_chunks(task))
         .for_each(|((d, y), g)| {
-            for ((d, y), g) in d.chunks_exact_mut(k).zip(y.chunks_exact(k)).zip(g.chunks_exact(k)) {
-                let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
-                for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
-                    *d = scale * y * (g - dot);
-                }
-            }
+            d.copy_from_slice(g);
+            softmax_backward_rows(y, d, k, scale);
         });
+}
+
+vectorised! {
+    /// [`softmax_backward`] in place on one task's rows of `k`: `g` (the
+    /// output's gradient) becomes the input's, `scale * y * (g - sum(g * y))`.
+    pub fn softmax_backward_rows = softmax_backward_block(y: &[f32], g: &mut [f32], k: usize, scale: f32)
+}
+
+#[inline(always)]
+fn softmax_backward_block(y: &[f32], g: &mut [f32], k: usize, scale: f32) {
+    let k = k.max(1);
+    for (g, y) in g.chunks_exact_mut(k).zip(y.chunks_exact(k)) {
+        // The dot product in lanes, as the forward pass's sum (one chain for short rows).
+        let dot = if k < 2 * LANES {
+            y.iter().zip(g.iter()).fold(0.0, |s, (y, g)| s + y * g)
+        } else {
+            lane_dot(y, g)
+        };
+        for (g, &y) in g.iter_mut().zip(y) {
+            *g = scale * y * (*g - dot);
+        }
+    }
+}
+
+/// `sum(a * b)` in [`LANES`] interleaved chains, then over the chains in order.
+#[inline(always)]
+fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let (blocks_a, blocks_b) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (tail_a, tail_b) = (blocks_a.remainder(), blocks_b.remainder());
+    for (x, y) in blocks_a.zip(blocks_b) {
+        for ((l, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
+            *l += x * y;
+        }
+    }
+    for ((l, &x), &y) in lanes.iter_mut().zip(tail_a).zip(tail_b) {
+        *l += x * y;
+    }
+    lanes.into_iter().fold(0.0, |s, l| s + l)
+}
+
+vectorised! {
+    /// `row = row * scale + bias` on each row of `bias.len()` values: the
+    /// scores' scale and additive mask before the softmax, as one vector pass.
+    pub fn scale_add_rows = scale_add_rows_block(rows: &mut [f32], scale: f32, bias: &[f32])
+}
+
+#[inline(always)]
+fn scale_add_rows_block(rows: &mut [f32], scale: f32, bias: &[f32]) {
+    for row in rows.chunks_exact_mut(bias.len().max(1)) {
+        for (d, b) in row.iter_mut().zip(bias) {
+            *d = *d * scale + b;
+        }
+    }
 }
 
 /// Mean and `1 / sqrt(var + eps)` of one row.

@@ -30,7 +30,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Shape, Tensor, TensorData};
 use lora_core::init::CounterMask;
-use lora_nn::attention_kernel::{Heads, attention_backward, attention_forward};
+use lora_nn::attention_kernel::{Heads, attention_backward, attention_context, attention_forward};
 use lora_nn::kernels::{self, ScoreBias};
 use lora_nn::matmul::{Mat, add_rows, product};
 
@@ -414,7 +414,7 @@ pub fn attention<const D: usize>(q: Tensor<D>, k: Tensor<D>, v: Tensor<D>, op: A
                     contiguous(k.primitive()),
                     contiguous(v.primitive()),
                 );
-                let (y, probs) = op.forward(&q, &k, &v);
+                let (y, probs) = op.forward(&q, &k, &v, true);
                 prep.finish((q, k, v, Arc::new(probs)), y)
             }
             OpsKind::UnTracked(prep) => {
@@ -423,14 +423,14 @@ pub fn attention<const D: usize>(q: Tensor<D>, k: Tensor<D>, v: Tensor<D>, op: A
                     contiguous(k.primitive()),
                     contiguous(v.primitive()),
                 );
-                prep.finish(op.forward(&q, &k, &v).0)
+                prep.finish(op.forward(&q, &k, &v, false).0)
             }
         };
         Tensor::from_primitive::<Ad>(out)
     } else {
         let prim = |x: Tensor<D>| contiguous(&flex_of(x));
         let (q, k, v) = (prim(q), prim(k), prim(v));
-        Tensor::from_primitive::<Flex>(op.forward(&q, &k, &v).0)
+        Tensor::from_primitive::<Flex>(op.forward(&q, &k, &v, false).0)
     }
 }
 
@@ -445,16 +445,30 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// The context (shaped like `q`) and the probabilities.
-    fn forward(&self, q: &FlexTensor, k: &FlexTensor, v: &FlexTensor) -> (FlexTensor, Vec<f32>) {
+    /// The context (shaped like `q`) and, when `keep` (a backward pass
+    /// follows), the probabilities; empty otherwise.
+    fn forward(&self, q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, keep: bool) -> (FlexTensor, Vec<f32>) {
         let h = self.heads;
         let bias = match &self.bias {
             Bias::None => ScoreBias::None,
             Bias::Keys(b) => ScoreBias::Keys(b),
             Bias::Causal => ScoreBias::Causal { queries: h.queries },
         };
-        let mut probs = vec![0f32; h.probs_len()];
         let mut out = vec![0f32; h.q_len()];
+        if !keep {
+            attention_context(
+                slice(q),
+                slice(k),
+                slice(v),
+                h,
+                self.scale,
+                bias,
+                self.dropout,
+                &mut out,
+            );
+            return (flex(out, q.layout().shape().clone()), Vec::new());
+        }
+        let mut probs = vec![0f32; h.probs_len()];
         attention_forward(
             slice(q),
             slice(k),

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use lora_core::init::CounterMask;
-use lora_nn::attention_kernel::{Heads, attention_backward, attention_forward};
+use lora_nn::attention_kernel::{Heads, attention_backward, attention_context, attention_forward};
 use lora_nn::kernels::{self, ScoreBias};
 use lora_nn::ops::Mask;
 
@@ -326,6 +326,8 @@ struct Attention {
     bias: Option<Vec<f32>>,
     causal: bool,
     dropout: Option<CounterMask>,
+    /// Whether a graph will hold this node (then the probabilities are kept).
+    keep: bool,
     probs: Mutex<Option<Vec<f32>>>,
 }
 
@@ -358,13 +360,17 @@ impl CustomOp3 for Attention {
             (Some(b), false) => ScoreBias::Keys(b),
             (None, false) => ScoreBias::None,
         };
-        let mut probs = vec![0f32; h.probs_len()];
         let mut out = vec![0f32; h.q_len()];
-        attention_forward(q, k, v, h, self.scale, bias, self.dropout, &mut probs, &mut out);
-        *self
-            .probs
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("poisoned".into()))? = Some(probs);
+        if self.keep {
+            let mut probs = vec![0f32; h.probs_len()];
+            attention_forward(q, k, v, h, self.scale, bias, self.dropout, &mut probs, &mut out);
+            *self
+                .probs
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("poisoned".into()))? = Some(probs);
+        } else {
+            attention_context(q, k, v, h, self.scale, bias, self.dropout, &mut out);
+        }
         Ok((
             CpuStorage::F32(out),
             Shape::from((h.batch * h.queries, h.heads * h.head_dim)),
@@ -433,6 +439,7 @@ pub fn attention_rows(
         bias,
         causal,
         dropout,
+        keep: q.track_op() || k.track_op() || v.track_op(),
         probs: Mutex::new(None),
     };
     q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)

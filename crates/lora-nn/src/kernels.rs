@@ -369,32 +369,11 @@ fn softmax_backward_block(y: &[f32], g: &mut [f32], k: usize, scale: f32) {
     let k = k.max(1);
     for (g, y) in g.chunks_exact_mut(k).zip(y.chunks_exact(k)) {
         // The dot product in lanes, as the forward pass's sum (one chain for short rows).
-        let dot = if k < 2 * LANES {
-            y.iter().zip(g.iter()).fold(0.0, |s, (y, g)| s + y * g)
-        } else {
-            lane_dot(y, g)
-        };
+        let dot = row_sum(y, g, |y, g| y * g);
         for (g, &y) in g.iter_mut().zip(y) {
             *g = scale * y * (*g - dot);
         }
     }
-}
-
-/// `sum(a * b)` in [`LANES`] interleaved chains, then over the chains in order.
-#[inline(always)]
-fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; LANES];
-    let (blocks_a, blocks_b) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (tail_a, tail_b) = (blocks_a.remainder(), blocks_b.remainder());
-    for (x, y) in blocks_a.zip(blocks_b) {
-        for ((l, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
-            *l += x * y;
-        }
-    }
-    for ((l, &x), &y) in lanes.iter_mut().zip(tail_a).zip(tail_b) {
-        *l += x * y;
-    }
-    lanes.into_iter().fold(0.0, |s, l| s + l)
 }
 
 vectorised! {

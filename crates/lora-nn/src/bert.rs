@@ -10,7 +10,7 @@ use lora_core::{Batch, Error, HostTensor, LoraSpec, Result, TextBatch};
 use crate::dropout::MaskSource;
 use crate::linear::{LoraLinear, LoraWeights};
 use crate::model::{Architecture, Model, check_labels};
-use crate::ops::{FrozenNorm, Heads, Mask, TensorOps};
+use crate::ops::{AttentionGeometry, FrozenNorm, Heads, Mask, TensorOps};
 use crate::params::ParamStore;
 use crate::weights::WeightSource;
 
@@ -158,7 +158,6 @@ impl<O: TensorOps> Bert<O> {
         let linear = |i: usize, x: &O::T, masks: &mut Option<&mut MaskSource>| {
             l.linears[i].forward(ops, x, masks.as_deref_mut())
         };
-        let (q, k, v) = (linear(0, x, masks)?, linear(1, x, masks)?, linear(2, x, masks)?);
         let shape = Heads {
             batch: bs,
             queries: t,
@@ -171,8 +170,6 @@ impl<O: TensorOps> Bert<O> {
         // Hugging Face's dropout in training: on the attention probabilities, and
         // on each sublayer's output before the residual sum and the norm.
         let (p_attn, p_hidden) = (self.cfg.attention_probs_dropout_prob, self.cfg.hidden_dropout_prob);
-        let attn_mask = masks.as_deref_mut().and_then(|m| m.counter(p_attn));
-        let context = ops.attention_rows(&q, &k, &v, shape, Mask::Padding(&b.attention_mask), scale, attn_mask)?;
         let eps = self.cfg.layer_norm_eps;
         let (an, on) = (&l.attention_norm, &l.output_norm);
         let norm = |n: &'a LayerNorm<O>| FrozenNorm {
@@ -180,15 +177,30 @@ impl<O: TensorOps> Bert<O> {
             beta: &n.beta,
             eps,
         };
-        // Frozen sublayers go to the fused operations; a sublayer whose linear
-        // has an unmerged LoRA update is composed. The masks are drawn in the
-        // same order either way (a frozen linear draws none).
+        let attention_mask = Mask::Padding(&b.attention_mask);
+        // Frozen sublayer ends go to the fused operations; a sublayer whose
+        // output linear has an unmerged LoRA update is composed. The masks are
+        // drawn in the same order either way (q, k, v's LoRA dropout, the
+        // attention's, the hidden one; a frozen linear draws none).
         let h = match l.linears[3].frozen() {
             Some(out) => {
-                let hidden_mask = hidden_counter(masks, p_hidden);
-                ops.linear_add_norm(&context, x, out, norm(an), hidden_mask)?
+                let project = |i: usize, masks: &mut Option<&mut MaskSource>| {
+                    l.linears[i].projection(ops, x, masks.as_deref_mut())
+                };
+                let projections = [project(0, masks), project(1, masks), project(2, masks)];
+                let geometry = AttentionGeometry {
+                    heads: shape,
+                    mask: attention_mask,
+                    scale,
+                    attention_dropout: masks.as_deref_mut().and_then(|m| m.counter(p_attn)),
+                    hidden_dropout: hidden_counter(masks, p_hidden),
+                };
+                ops.attention_sublayer(x, projections, geometry, out, norm(an))?
             }
             None => {
+                let (q, k, v) = (linear(0, x, masks)?, linear(1, x, masks)?, linear(2, x, masks)?);
+                let attn_mask = masks.as_deref_mut().and_then(|m| m.counter(p_attn));
+                let context = ops.attention_rows(&q, &k, &v, shape, attention_mask, scale, attn_mask)?;
                 let attn = linear(3, &context, masks)?;
                 let attn = base_dropout(ops, masks, &attn, p_hidden)?;
                 ops.add_layer_norm(&attn, x, &an.gamma, &an.beta, eps)?

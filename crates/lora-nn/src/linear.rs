@@ -5,7 +5,7 @@ use lora_core::init::{SeededRng, kaiming_uniform};
 use lora_core::{LoraSpec, ParamInfo, Result};
 
 use crate::dropout::MaskSource;
-use crate::ops::{FrozenLinear, TensorOps, lora_update};
+use crate::ops::{FrozenLinear, Projection, TensorOps, lora_update};
 use crate::params::ParamStore;
 
 /// The trainable half of a LoRA layer.
@@ -146,6 +146,25 @@ impl<O: TensorOps> LoraLinear<O> {
             weight,
             bias: self.bias.as_ref(),
         })
+    }
+
+    /// This layer as a fused operation's input projection of `x`, its LoRA
+    /// dropout mask drawn from `masks` as [`Self::forward`] would draw it.
+    pub fn projection(&self, ops: &O, x: &O::T, masks: Option<&mut MaskSource>) -> Projection<'_, O> {
+        if let Some(linear) = self.frozen() {
+            return Projection { linear, lora: None };
+        }
+        let lora = self.lora.as_ref().map(|l| {
+            let mask = l.mask(ops, x, masks);
+            (ops.use_leaf(&l.a), ops.use_leaf(&l.b), l.scale, mask)
+        });
+        Projection {
+            linear: FrozenLinear {
+                weight: &self.weight,
+                bias: self.bias.as_ref(),
+            },
+            lora,
+        }
     }
 
     /// `scale * B A`, shaped like the base weight.

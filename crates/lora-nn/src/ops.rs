@@ -41,6 +41,26 @@ impl<W> Clone for FrozenLinear<'_, W> {
 
 impl<W> Copy for FrozenLinear<'_, W> {}
 
+/// One of the attention's input projections as a fused operation takes it:
+/// a frozen linear and, when it carries one, its LoRA update `(A [r, in],
+/// B [out, r], scale, dropout mask over the input)`.
+pub struct Projection<'a, O: TensorOps> {
+    pub linear: FrozenLinear<'a, O::W>,
+    pub lora: Option<(O::T, O::T, f64, Option<Vec<f32>>)>,
+}
+
+/// The attention sublayer's geometry, mask and dropouts, as [`TensorOps::attention_sublayer`] takes them.
+#[derive(Clone, Copy)]
+pub struct AttentionGeometry<'a> {
+    pub heads: Heads,
+    pub mask: Mask<'a>,
+    pub scale: f64,
+    /// On the probabilities (training).
+    pub attention_dropout: Option<CounterMask>,
+    /// On the output projection's result, before the residual sum (training).
+    pub hidden_dropout: Option<CounterMask>,
+}
+
 /// A layer norm's frozen affine and epsilon.
 pub struct FrozenNorm<'a, W> {
     pub gamma: &'a W,
@@ -248,6 +268,22 @@ pub trait TensorOps: Clone + Send + Sync + 'static {
         };
         self.add_layer_norm(&y, residual, norm.gamma, norm.beta, norm.eps)
     }
+    /// BERT's attention sublayer: `layer_norm(dropout(attention(q, k, v) Wo^T +
+    /// bo) + x)` with `q`, `k`, `v` the projections of `x` (each frozen, or
+    /// with its LoRA update) and the output projection and norm frozen. A
+    /// backend may fuse it into one operation; the default composes
+    /// [`Self::lora_linear`] / [`Self::frozen_linear`], [`Self::attention_rows`]
+    /// and [`Self::linear_add_norm`] ([`compose_attention_sublayer`]).
+    fn attention_sublayer(
+        &self,
+        x: &Self::T,
+        projections: [Projection<'_, Self>; 3],
+        geometry: AttentionGeometry<'_>,
+        output: FrozenLinear<'_, Self::W>,
+        norm: FrozenNorm<'_, Self::W>,
+    ) -> Result<Self::T> {
+        compose_attention_sublayer(self, x, projections, geometry, output, norm)
+    }
     /// `layer_norm(dropout(GELU(x W1^T + b1) W2^T + b2) + x)` with both linears
     /// and the norm frozen: BERT's feed-forward sublayer. A backend may fuse it
     /// into one operation (`sublayer::FeedForward` on the host).
@@ -392,6 +428,26 @@ pub fn default_attention_rows<O: TensorOps>(
         Some(_) => composed_attention(ops, &q, &k, &v, mask, scale, dropout)?,
     };
     ops.reshape(&ops.transpose(&context, 1, 2)?, &[s.batch * s.queries, s.heads * d])
+}
+
+/// [`TensorOps::attention_sublayer`] composed from the other operations (a
+/// backend that fuses it falls back to this for the cases it does not).
+pub fn compose_attention_sublayer<O: TensorOps>(
+    ops: &O,
+    x: &O::T,
+    projections: [Projection<'_, O>; 3],
+    g: AttentionGeometry<'_>,
+    output: FrozenLinear<'_, O::W>,
+    norm: FrozenNorm<'_, O::W>,
+) -> Result<O::T> {
+    let project = |p: Projection<'_, O>| match p.lora {
+        Some((a, b, scale, mask)) => ops.lora_linear(x, p.linear.weight, p.linear.bias, &a, &b, scale, mask),
+        None => ops.frozen_linear(x, p.linear.weight, p.linear.bias),
+    };
+    let [q, k, v] = projections;
+    let (q, k, v) = (project(q)?, project(k)?, project(v)?);
+    let context = ops.attention_rows(&q, &k, &v, g.heads, g.mask, g.scale, g.attention_dropout)?;
+    ops.linear_add_norm(&context, x, output, norm, g.hidden_dropout)
 }
 
 /// [`TensorOps::attention`] composed from the other operations (a backend

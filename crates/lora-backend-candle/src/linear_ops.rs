@@ -195,6 +195,79 @@ pub fn trained_linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tens
         .apply_op3(&weight.contiguous()?, &bias.contiguous()?, TrainedMatmul)
 }
 
+/// A LoRA update `scale * (x * mask) A^T B^T` on host slices: `A [r, in]`,
+/// `B [out, r]`, `x [rows, in]`.
+pub(crate) struct LoraUpdate<'a> {
+    pub a: &'a [f32],
+    pub b: &'a [f32],
+    pub rows: usize,
+    pub inp: usize,
+    pub out: usize,
+    pub r: usize,
+    pub scale: f32,
+    pub mask: Option<&'a [f32]>,
+}
+
+impl LoraUpdate<'_> {
+    /// `y += scale * (x * mask) A^T B^T`, the update added by gemm into the base's output.
+    pub fn add_to(&self, x: &[f32], y: &mut [f32]) {
+        let (rows, inp, out, r) = (self.rows, self.inp, self.out, self.r);
+        let dropped = masked(x, self.mask);
+        let input = dropped.as_deref().unwrap_or(x);
+        let t = product(rows, r, inp, Mat::rows(input, inp), Mat::transposed(self.a, inp), 1.0);
+        assert_eq!(y.len(), rows * out, "LoRA update into {} values", y.len());
+        // SAFETY: y is [rows, out] (checked) and initialised, t [rows, r], b [out, r].
+        unsafe {
+            gemm_into(
+                y.as_mut_ptr(),
+                (rows, out, r),
+                Mat::rows(&t, r),
+                Mat::transposed(self.b, r),
+                self.scale,
+                true,
+            )
+        };
+    }
+
+    /// The gradients of `A` and `B` from the output's `dy [rows, out]`, and the
+    /// update's part of the input's gradient added into `dx` when given.
+    pub fn backward(&self, x: &[f32], dy: &[f32], dx: Option<&mut [f32]>) -> (Vec<f32>, Vec<f32>) {
+        let (rows, inp, out, r) = (self.rows, self.inp, self.out, self.r);
+        let (a, b) = (self.a, self.b);
+        let dropped = masked(x, self.mask);
+        let input = dropped.as_deref().unwrap_or(x);
+        // t = (x * mask) A^T, g = scale * dy B: the update's two factors' gradients.
+        let t = product(rows, r, inp, Mat::rows(input, inp), Mat::transposed(a, inp), 1.0);
+        let g = product(rows, r, out, Mat::rows(dy, out), Mat::rows(b, r), self.scale);
+        let db = product(out, r, rows, Mat::transposed(dy, out), Mat::rows(&t, r), self.scale);
+        let da = product(r, inp, rows, Mat::transposed(&g, r), Mat::rows(input, inp), 1.0);
+        if let Some(dx) = dx {
+            assert_eq!(dx.len(), rows * inp, "LoRA input gradient into {} values", dx.len());
+            match self.mask {
+                // SAFETY: dx is [rows, in] (checked) and initialised, g [rows, r], a [r, in].
+                None => unsafe {
+                    gemm_into(
+                        dx.as_mut_ptr(),
+                        (rows, inp, r),
+                        Mat::rows(&g, r),
+                        Mat::rows(a, inp),
+                        1.0,
+                        true,
+                    )
+                },
+                Some(mask) => {
+                    use rayon::prelude::*;
+                    let through = product(rows, inp, r, Mat::rows(&g, r), Mat::rows(a, inp), 1.0);
+                    dx.par_iter_mut()
+                        .zip(through.par_iter().zip(mask))
+                        .for_each(|(d, (u, m))| *d += u * m);
+                }
+            }
+        }
+        (da, db)
+    }
+}
+
 /// `x W^T + b + scale * (x * mask) A^T B^T` over `(x, A [r, in], B [out, r])`,
 /// with PEFT's `scale` and LoRA-dropout mask; gradients for all three.
 struct LoraMatmul {
@@ -242,20 +315,17 @@ impl CustomOp3 for LoraMatmul {
         let dims = l1.shape().dims();
         let (rows, inp, out, r) = self.sizes(x.len(), rows_and_width(dims).1, a.len(), b.len())?;
         let mut y = self.base.forward(x, rows, inp)?;
-        let dropped = masked(x, self.mask.as_deref());
-        let input = dropped.as_deref().unwrap_or(x);
-        let t = product(rows, r, inp, Mat::rows(input, inp), Mat::transposed(a, inp), 1.0);
-        // SAFETY: y is [rows, out] and initialised, t [rows, r], b [out, r].
-        unsafe {
-            gemm_into(
-                y.as_mut_ptr(),
-                (rows, out, r),
-                Mat::rows(&t, r),
-                Mat::transposed(b, r),
-                self.scale,
-                true,
-            )
+        let update = LoraUpdate {
+            a,
+            b,
+            rows,
+            inp,
+            out,
+            r,
+            scale: self.scale,
+            mask: self.mask.as_deref(),
         };
+        update.add_to(x, &mut y);
         Ok((CpuStorage::F32(y), with_last(dims, out)))
     }
 
@@ -276,37 +346,22 @@ impl CustomOp3 for LoraMatmul {
             if dy.len() != rows * out {
                 candle_core::bail!("LoRA linear gradient of {} values for {rows} x {out}", dy.len());
             }
-            let dropped = masked(x, self.mask.as_deref());
-            let input = dropped.as_deref().unwrap_or(x);
-            // t = (x * mask) A^T, g = scale * dy B: the update's two factors' gradients.
-            let t = product(rows, r, inp, Mat::rows(input, inp), Mat::transposed(a, inp), 1.0);
-            let g = product(rows, r, out, Mat::rows(dy, out), Mat::rows(b, r), self.scale);
-            let db = product(out, r, rows, Mat::transposed(dy, out), Mat::rows(&t, r), self.scale);
-            let da = product(r, inp, rows, Mat::transposed(&g, r), Mat::rows(input, inp), 1.0);
+            let update = LoraUpdate {
+                a,
+                b,
+                rows,
+                inp,
+                out,
+                r,
+                scale: self.scale,
+                mask: self.mask.as_deref(),
+            };
             if !needs_input_grad {
+                let (da, db) = update.backward(x, dy, None);
                 return Ok((None, da, db));
             }
             let mut dx = self.base.input_grad(dy, rows)?;
-            match self.mask.as_deref() {
-                // SAFETY: dx is [rows, in] and initialised, g [rows, r], a [r, in].
-                None => unsafe {
-                    gemm_into(
-                        dx.as_mut_ptr(),
-                        (rows, inp, r),
-                        Mat::rows(&g, r),
-                        Mat::rows(a, inp),
-                        1.0,
-                        true,
-                    )
-                },
-                Some(mask) => {
-                    use rayon::prelude::*;
-                    let through = product(rows, inp, r, Mat::rows(&g, r), Mat::rows(a, inp), 1.0);
-                    dx.par_iter_mut()
-                        .zip(through.par_iter().zip(mask))
-                        .for_each(|(d, (u, m))| *d += u * m);
-                }
-            }
+            let (da, db) = update.backward(x, dy, Some(&mut dx));
             Ok((Some(dx), da, db))
         })?;
         let dev = x.device();

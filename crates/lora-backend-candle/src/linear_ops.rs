@@ -60,7 +60,7 @@ impl Frozen {
         })
     }
 
-    fn dims(&self) -> Result<(usize, usize)> {
+    pub(crate) fn dims(&self) -> Result<(usize, usize)> {
         self.weight.dims2()
     }
 
@@ -89,7 +89,7 @@ impl Frozen {
     /// `x W^T + b` for `x [rows, in]`: one gemm on the slices themselves, the
     /// bias added after in a parallel pass (after, not as gemm's initial
     /// destination: the sum's rounding stays that of the product plus the bias).
-    fn forward(&self, x: &[f32], rows: usize, inp: usize) -> Result<Vec<f32>> {
+    pub(crate) fn forward(&self, x: &[f32], rows: usize, inp: usize) -> Result<Vec<f32>> {
         let (out, w_in) = self.dims()?;
         if w_in != inp || x.len() != rows * inp {
             candle_core::bail!("frozen linear of [{out}, {w_in}] on {rows} rows of {inp}");
@@ -100,6 +100,28 @@ impl Frozen {
             add_rows(&mut y, b);
         }
         Ok(y)
+    }
+
+    /// `dx += dy W`: the input's gradient from the output's `dy [rows, out]`, added.
+    pub(crate) fn add_input_grad(&self, dy: &[f32], rows: usize, dx: &mut [f32]) -> Result<()> {
+        let (out, inp) = self.dims()?;
+        if dy.len() != rows * out || dx.len() != rows * inp {
+            candle_core::bail!("frozen linear gradient of {} values into {}", dy.len(), dx.len());
+        }
+        // SAFETY: dx is [rows, in] (checked) and initialised; dy [rows, out], w [out, in].
+        self.with_weight(|w| {
+            unsafe {
+                gemm_into(
+                    dx.as_mut_ptr(),
+                    (rows, inp, out),
+                    Mat::rows(dy, out),
+                    Mat::rows(w, inp),
+                    1.0,
+                    true,
+                )
+            };
+            Ok(())
+        })
     }
 
     /// `dy W`: the input's gradient from the output's `dy [rows, out]`.

@@ -355,11 +355,7 @@ impl CustomOp3 for Attention {
                 l3.shape()
             );
         }
-        let bias = match (&self.bias, self.causal) {
-            (_, true) => ScoreBias::Causal { queries: h.queries },
-            (Some(b), false) => ScoreBias::Keys(b),
-            (None, false) => ScoreBias::None,
-        };
+        let bias = kernel_bias(&self.bias, self.causal, h);
         let mut out = vec![0f32; h.q_len()];
         if self.keep {
             let mut probs = vec![0f32; h.probs_len()];
@@ -408,6 +404,33 @@ impl CustomOp3 for Attention {
     }
 }
 
+/// The additive `[batch * keys]` bias of a padding mask (0, or -1e9 for
+/// padding), and whether the mask is causal.
+pub(crate) fn score_bias(mask: Mask<'_>, heads: Heads) -> Result<(Option<Vec<f32>>, bool)> {
+    Ok(match mask {
+        Mask::None => (None, false),
+        Mask::Padding(m) => {
+            if m.len() != heads.batch * heads.keys {
+                candle_core::bail!("{} mask values for {} x {} keys", m.len(), heads.batch, heads.keys);
+            }
+            (
+                Some(m.iter().map(|&m| if m != 0 { 0.0 } else { -1e9 }).collect()),
+                false,
+            )
+        }
+        Mask::Causal => (None, true),
+    })
+}
+
+/// The kernel's view of a bias from [`score_bias`].
+pub(crate) fn kernel_bias(bias: &Option<Vec<f32>>, causal: bool, heads: Heads) -> ScoreBias<'_> {
+    match (bias, causal) {
+        (_, true) => ScoreBias::Causal { queries: heads.queries },
+        (Some(b), false) => ScoreBias::Keys(b),
+        (None, false) => ScoreBias::None,
+    }
+}
+
 /// `softmax(q k^T * scale + mask) v` per head on `q [batch * queries, heads * head_dim]`
 /// and `k`, `v [batch * keys, kv_heads * head_dim]`, in one fused pass each way,
 /// with the probabilities dropped out by `dropout`'s mask.
@@ -420,19 +443,7 @@ pub fn attention_rows(
     scale: f64,
     dropout: Option<CounterMask>,
 ) -> Result<Tensor> {
-    let (bias, causal) = match mask {
-        Mask::None => (None, false),
-        Mask::Padding(m) => {
-            if m.len() != heads.batch * heads.keys {
-                candle_core::bail!("{} mask values for {} x {} keys", m.len(), heads.batch, heads.keys);
-            }
-            (
-                Some(m.iter().map(|&m| if m != 0 { 0.0 } else { -1e9 }).collect()),
-                false,
-            )
-        }
-        Mask::Causal => (None, true),
-    };
+    let (bias, causal) = score_bias(mask, heads)?;
     let op = Attention {
         heads,
         scale: scale as f32,

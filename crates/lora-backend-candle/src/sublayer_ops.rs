@@ -6,12 +6,14 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use lora_core::init::CounterMask;
+use lora_nn::attention_kernel::{Heads, attention_backward, attention_context, attention_forward};
+use lora_nn::ops::{AttentionGeometry, FrozenLinear, FrozenNorm, Projection, compose_attention_sublayer};
 use lora_nn::sublayer::{FeedForward, FeedForwardSaved, HostNorm, LinearAddNorm};
 
-use crate::linear_ops::Frozen;
-use crate::ops::{contiguous_f32, inputs, with_f32, with_f32s};
+use crate::linear_ops::{Frozen, LoraUpdate};
+use crate::ops::{Grads3, contiguous_f32, inputs, kernel_bias, score_bias, with_f32, with_f32s};
 
 /// A frozen norm's affine, copied out once per node.
 struct Norm {
@@ -186,6 +188,270 @@ pub fn linear_add_norm(
     x.contiguous()?.apply_op2(&residual.contiguous()?, op)
 }
 
+/// One input projection of [`AttentionSublayerOp`]: its frozen linear and,
+/// with LoRA, where its `A` and `B` lie in the op's packed inputs.
+struct ProjectionOp {
+    base: Frozen,
+    lora: Option<LoraPart>,
+}
+
+struct LoraPart {
+    /// Offsets of `A [r, in]` and `B [out, r]` in the packed `A`s and `B`s.
+    a_at: usize,
+    b_at: usize,
+    r: usize,
+    scale: f32,
+    mask: Option<Vec<f32>>,
+}
+
+/// What the backward pass reads.
+struct AttentionSaved {
+    qkv: [Vec<f32>; 3],
+    probs: Vec<f32>,
+    sum: Vec<f32>,
+}
+
+/// BERT's attention sublayer as one node over `(x, packed A's, packed B's)`:
+/// the q/k/v projections (with their LoRA updates), the attention, the output
+/// projection, dropout, residual sum and norm. Composed, q, k, v, the context
+/// and each of x's four uses got a zero-filled gradient that candle then added
+/// into; here they are the pass's own buffers, and x's gradient is one.
+struct AttentionSublayerOp {
+    projections: [ProjectionOp; 3],
+    heads: Heads,
+    scale: f32,
+    bias: Option<Vec<f32>>,
+    causal: bool,
+    attention_dropout: Option<CounterMask>,
+    output: Frozen,
+    norm: Norm,
+    hidden_dropout: Option<CounterMask>,
+    keep: bool,
+    saved: Mutex<Option<AttentionSaved>>,
+}
+
+impl AttentionSublayerOp {
+    /// Runs `f` on the output projection, dropout, residual sum and norm.
+    fn with_end<R>(&self, f: impl FnOnce(LinearAddNorm) -> Result<R>) -> Result<R> {
+        self.output.host(|linear| {
+            f(LinearAddNorm {
+                linear,
+                norm: self.norm.host(),
+                dropout: self.hidden_dropout,
+            })
+        })
+    }
+
+    /// The LoRA update of projection `p` over the packed parameters.
+    fn update<'a>(
+        &'a self,
+        p: &'a ProjectionOp,
+        a: &'a [f32],
+        b: &'a [f32],
+        rows: usize,
+    ) -> Result<Option<LoraUpdate<'a>>> {
+        let Some(l) = &p.lora else { return Ok(None) };
+        let (out, inp) = p.base.dims()?;
+        let (a, b) = (a.get(l.a_at..l.a_at + l.r * inp), b.get(l.b_at..l.b_at + out * l.r));
+        let (Some(a), Some(b)) = (a, b) else {
+            candle_core::bail!(
+                "packed LoRA parameters too short for a projection of [{out}, {inp}] at rank {}",
+                l.r
+            );
+        };
+        Ok(Some(LoraUpdate {
+            a,
+            b,
+            rows,
+            inp,
+            out,
+            r: l.r,
+            scale: l.scale,
+            mask: l.mask.as_deref(),
+        }))
+    }
+}
+
+impl CustomOp3 for AttentionSublayerOp {
+    fn name(&self) -> &'static str {
+        "attention-sublayer"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let [x, a, b] = inputs([(s1, l1), (s2, l2), (s3, l3)])?;
+        let h = self.heads;
+        let width = h.heads * h.head_dim;
+        let rows = h.batch * h.queries;
+        if !h.valid() || h.kv_heads != h.heads || h.keys != h.queries || x.len() != rows * width {
+            candle_core::bail!("attention sublayer {h:?} on {:?}", l1.shape());
+        }
+        let mut qkv: [Vec<f32>; 3] = Default::default();
+        for (p, y) in self.projections.iter().zip(&mut qkv) {
+            let mut out = p.base.forward(x, rows, width)?;
+            if let Some(update) = self.update(p, a, b, rows)? {
+                update.add_to(x, &mut out);
+            }
+            if out.len() != rows * width {
+                candle_core::bail!("attention projection of {} values for {rows} x {width}", out.len());
+            }
+            *y = out;
+        }
+        let bias = kernel_bias(&self.bias, self.causal, h);
+        let mut context = vec![0f32; h.q_len()];
+        let [q, k, v] = &qkv;
+        let probs = if self.keep {
+            let mut probs = vec![0f32; h.probs_len()];
+            attention_forward(
+                q,
+                k,
+                v,
+                h,
+                self.scale,
+                bias,
+                self.attention_dropout,
+                &mut probs,
+                &mut context,
+            );
+            probs
+        } else {
+            attention_context(q, k, v, h, self.scale, bias, self.attention_dropout, &mut context);
+            Vec::new()
+        };
+        let (y, sum) = self.with_end(|end| end.forward(&context, x, self.keep).map_err(shape_error))?;
+        if let Some(sum) = sum {
+            *self.saved.lock().map_err(poisoned)? = Some(AttentionSaved { qkv, probs, sum });
+        }
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Grads3> {
+        let saved = self.saved.lock().map_err(poisoned)?;
+        let Some(saved) = saved.as_ref() else {
+            candle_core::bail!("attention sublayer backward without its forward pass");
+        };
+        let h = self.heads;
+        let rows = h.batch * h.queries;
+        let (x_t, a_t, b_t, g_t) = (
+            x.contiguous()?,
+            a.contiguous()?,
+            b.contiguous()?,
+            grad_res.contiguous()?,
+        );
+        let needs_input_grad = x.track_op();
+        let (dx, da, db) = with_f32s([&x_t, &a_t, &b_t, &g_t], |[xs, av, bv, g]| {
+            // Through the norm and the output projection: the context's and the residual's gradients.
+            let (d_context, d_residual) = self.with_end(|end| end.backward(&saved.sum, g).map_err(shape_error))?;
+            let [q, k, v] = &saved.qkv;
+            let (mut dq, mut dk, mut dv) = (vec![0f32; h.q_len()], vec![0f32; h.kv_len()], vec![0f32; h.kv_len()]);
+            attention_backward(
+                q,
+                k,
+                v,
+                &saved.probs,
+                &d_context,
+                h,
+                self.scale,
+                self.attention_dropout,
+                &mut dq,
+                &mut dk,
+                &mut dv,
+            );
+            // x's gradient starts as the residual's; each projection adds its own.
+            let mut dx = needs_input_grad.then_some(d_residual);
+            let (mut da, mut db) = (vec![0f32; av.len()], vec![0f32; bv.len()]);
+            for (p, dy) in self.projections.iter().zip([&dq, &dk, &dv]) {
+                if let Some(dx) = dx.as_deref_mut() {
+                    p.base.add_input_grad(dy, rows, dx)?;
+                }
+                if let (Some(update), Some(l)) = (self.update(p, av, bv, rows)?, &p.lora) {
+                    let (pa, pb) = update.backward(xs, dy, dx.as_deref_mut());
+                    da[l.a_at..l.a_at + pa.len()].copy_from_slice(&pa);
+                    db[l.b_at..l.b_at + pb.len()].copy_from_slice(&pb);
+                }
+            }
+            Ok((dx, da, db))
+        })?;
+        let dev = x.device();
+        Ok((
+            dx.map(|dx| Tensor::from_vec(dx, x.shape(), dev)).transpose()?,
+            Some(Tensor::from_vec(da, a.shape(), dev)?),
+            Some(Tensor::from_vec(db, b.shape(), dev)?),
+        ))
+    }
+}
+
+/// BERT's attention sublayer as one node (see [`AttentionSublayerOp`]); the
+/// composition when no projection carries LoRA (nothing to pack) or the
+/// attention is not self-attention over one head layout.
+pub fn attention_sublayer(
+    ops: &crate::CandleOps,
+    x: &Tensor,
+    projections: [Projection<'_, crate::CandleOps>; 3],
+    g: AttentionGeometry<'_>,
+    output: FrozenLinear<'_, Tensor>,
+    norm: FrozenNorm<'_, Tensor>,
+) -> lora_core::Result<Tensor> {
+    use crate::error::IntoCore;
+    let h = g.heads;
+    if projections.iter().all(|p| p.lora.is_none()) || h.kv_heads != h.heads || h.keys != h.queries {
+        return compose_attention_sublayer(ops, x, projections, g, output, norm);
+    }
+    let build = || -> Result<Tensor> {
+        let (mut a_parts, mut b_parts) = (Vec::new(), Vec::new());
+        let (mut a_at, mut b_at) = (0, 0);
+        let mut ops_p = Vec::with_capacity(3);
+        for p in projections {
+            let base = Frozen::new(p.linear.weight, p.linear.bias)?;
+            let lora = match p.lora {
+                Some(l) => {
+                    let part = LoraPart {
+                        a_at,
+                        b_at,
+                        r: l.a.dims2()?.0,
+                        scale: l.scale as f32,
+                        mask: l.mask,
+                    };
+                    a_at += l.a.elem_count();
+                    b_at += l.b.elem_count();
+                    a_parts.push(l.a.flatten_all()?);
+                    b_parts.push(l.b.flatten_all()?);
+                    Some(part)
+                }
+                None => None,
+            };
+            ops_p.push(ProjectionOp { base, lora });
+        }
+        let projections: [ProjectionOp; 3] = ops_p
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("three projections".into()))?;
+        let (bias, causal) = score_bias(g.mask, h)?;
+        let op = AttentionSublayerOp {
+            projections,
+            heads: h,
+            scale: g.scale as f32,
+            bias,
+            causal,
+            attention_dropout: g.attention_dropout,
+            output: Frozen::new(output.weight, output.bias)?,
+            norm: Norm::new(norm.gamma, norm.beta, norm.eps)?,
+            hidden_dropout: g.hidden_dropout,
+            keep: x.track_op() || a_parts.iter().chain(&b_parts).any(Tensor::track_op),
+            saved: Mutex::new(None),
+        };
+        let (a, b) = (Tensor::cat(&a_parts, 0)?, Tensor::cat(&b_parts, 0)?);
+        x.contiguous()?.apply_op3(&a, &b, op)
+    };
+    build().core()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +504,103 @@ mod tests {
             let gc = (composed * &weights).unwrap().sum_all().unwrap().backward().unwrap();
             for v in [&x, &residual] {
                 close(gf.get(v).unwrap(), gc.get(v).unwrap(), 0.0);
+            }
+        }
+    }
+
+    /// The fused attention sublayer against the composition of the backend's
+    /// own operations: values and the gradients of x and of every LoRA factor,
+    /// with LoRA on q (with its dropout mask, rank 2) and v (rank 3), k frozen,
+    /// a padded key, with and without the attention and hidden dropouts.
+    #[test]
+    fn fused_attention_sublayer_matches_the_composition() {
+        use lora_nn::attention_kernel::Heads;
+        use lora_nn::ops::{
+            AttentionGeometry, FrozenLinear, FrozenNorm, LoraTerm, Mask, Projection, compose_attention_sublayer,
+        };
+        let ops = crate::CandleOps::default();
+        let heads = Heads {
+            batch: 2,
+            queries: 6,
+            keys: 6,
+            heads: 3,
+            kv_heads: 3,
+            head_dim: 4,
+        };
+        let (rows, width) = (12, 12);
+        let x = var(&[rows, width], 1);
+        let (aq, bq, av, bv) = (
+            var(&[2, width], 2),
+            var(&[width, 2], 3),
+            var(&[3, width], 4),
+            var(&[width, 3], 5),
+        );
+        let w: Vec<Tensor> = (0..4).map(|i| frozen(&[width, width], 10 + i)).collect();
+        let bias: Vec<Tensor> = (0..4).map(|i| frozen(&[width], 20 + i)).collect();
+        let (gamma, beta) = (frozen(&[width], 30), frozen(&[width], 31));
+        let weights = frozen(&[rows, width], 32);
+        let padding = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0];
+        let lora_mask: Vec<f32> = (0..rows * width).map(|i| if i % 5 == 0 { 0.0 } else { 1.25 }).collect();
+        for (attention_dropout, hidden_dropout) in [(None, None), (CounterMask::new(3, 0.2), CounterMask::new(4, 0.1))]
+        {
+            let run = |fused: bool| {
+                let linear = |i: usize| FrozenLinear {
+                    weight: &w[i],
+                    bias: Some(&bias[i]),
+                };
+                let projections = [
+                    Projection::<crate::CandleOps> {
+                        linear: linear(0),
+                        lora: Some(LoraTerm {
+                            a: aq.as_tensor().clone(),
+                            b: bq.as_tensor().clone(),
+                            scale: 2.0,
+                            mask: Some(lora_mask.clone()),
+                        }),
+                    },
+                    Projection {
+                        linear: linear(1),
+                        lora: None,
+                    },
+                    Projection {
+                        linear: linear(2),
+                        lora: Some(LoraTerm {
+                            a: av.as_tensor().clone(),
+                            b: bv.as_tensor().clone(),
+                            scale: 0.5,
+                            mask: None,
+                        }),
+                    },
+                ];
+                let geometry = AttentionGeometry {
+                    heads,
+                    mask: Mask::Padding(&padding),
+                    scale: 0.5,
+                    attention_dropout,
+                    hidden_dropout,
+                };
+                let norm = FrozenNorm {
+                    gamma: &gamma,
+                    beta: &beta,
+                    eps: 1e-12,
+                };
+                let y = if fused {
+                    attention_sublayer(&ops, x.as_tensor(), projections, geometry, linear(3), norm)
+                } else {
+                    compose_attention_sublayer(&ops, x.as_tensor(), projections, geometry, linear(3), norm)
+                };
+                let y = y.unwrap();
+                let grads = (&y * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+                let g: Vec<Tensor> = [&x, &aq, &bq, &av, &bv]
+                    .iter()
+                    .map(|v| grads.get(v).unwrap().clone())
+                    .collect();
+                (y, g)
+            };
+            let ((yf, gf), (yc, gc)) = (run(true), run(false));
+            close(&yf, &yc, 1e-5);
+            for (a, b) in gf.iter().zip(&gc) {
+                close(a, b, 1e-4);
             }
         }
     }

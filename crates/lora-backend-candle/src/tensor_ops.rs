@@ -8,7 +8,9 @@ use lora_core::init::CounterMask;
 use lora_core::task::Targets;
 use lora_core::{Error, Result};
 use lora_nn::gguf::QuantView;
-use lora_nn::ops::{FrozenLinear, FrozenNorm, Heads, Mask, TensorOps, default_attention};
+use lora_nn::ops::{
+    AttentionGeometry, FrozenLinear, FrozenNorm, Heads, Mask, Projection, TensorOps, default_attention,
+};
 use lora_nn::weights::{WeightDType, WeightView};
 
 use crate::error::IntoCore;
@@ -332,6 +334,17 @@ impl TensorOps for CandleOps {
     ) -> Result<Tensor> {
         let norm = (norm.gamma, norm.beta, norm.eps);
         sublayer_ops::linear_add_norm(x, residual, (linear.weight, linear.bias), norm, dropout).core()
+    }
+
+    fn attention_sublayer(
+        &self,
+        x: &Tensor,
+        projections: [Projection<'_, Self>; 3],
+        geometry: AttentionGeometry<'_>,
+        output: FrozenLinear<'_, Tensor>,
+        norm: FrozenNorm<'_, Tensor>,
+    ) -> Result<Tensor> {
+        sublayer_ops::attention_sublayer(self, x, projections, geometry, output, norm)
     }
 
     fn feed_forward(

@@ -5,7 +5,7 @@ use lora_core::init::{SeededRng, kaiming_uniform};
 use lora_core::{LoraSpec, ParamInfo, Result};
 
 use crate::dropout::MaskSource;
-use crate::ops::{FrozenLinear, Projection, TensorOps, lora_update};
+use crate::ops::{FrozenLinear, LoraTerm, Projection, TensorOps, lora_update};
 use crate::params::ParamStore;
 
 /// The trainable half of a LoRA layer.
@@ -156,7 +156,12 @@ impl<O: TensorOps> LoraLinear<O> {
         }
         let lora = self.lora.as_ref().map(|l| {
             let mask = l.mask(ops, x, masks);
-            (ops.use_leaf(&l.a), ops.use_leaf(&l.b), l.scale, mask)
+            LoraTerm {
+                a: ops.use_leaf(&l.a),
+                b: ops.use_leaf(&l.b),
+                scale: l.scale,
+                mask,
+            }
         });
         Projection {
             linear: FrozenLinear {

@@ -42,11 +42,19 @@ impl<W> Clone for FrozenLinear<'_, W> {
 impl<W> Copy for FrozenLinear<'_, W> {}
 
 /// One of the attention's input projections as a fused operation takes it:
-/// a frozen linear and, when it carries one, its LoRA update `(A [r, in],
-/// B [out, r], scale, dropout mask over the input)`.
+/// a frozen linear and, when it carries one, its LoRA update.
 pub struct Projection<'a, O: TensorOps> {
     pub linear: FrozenLinear<'a, O::W>,
-    pub lora: Option<(O::T, O::T, f64, Option<Vec<f32>>)>,
+    pub lora: Option<LoraTerm<O::T>>,
+}
+
+/// A LoRA update as an operation takes it: `A [r, in]`, `B [out, r]`, PEFT's
+/// scale, and the dropout mask over the input (training, `p > 0`).
+pub struct LoraTerm<T> {
+    pub a: T,
+    pub b: T,
+    pub scale: f64,
+    pub mask: Option<Vec<f32>>,
 }
 
 /// The attention sublayer's geometry, mask and dropouts, as [`TensorOps::attention_sublayer`] takes them.
@@ -441,7 +449,7 @@ pub fn compose_attention_sublayer<O: TensorOps>(
     norm: FrozenNorm<'_, O::W>,
 ) -> Result<O::T> {
     let project = |p: Projection<'_, O>| match p.lora {
-        Some((a, b, scale, mask)) => ops.lora_linear(x, p.linear.weight, p.linear.bias, &a, &b, scale, mask),
+        Some(l) => ops.lora_linear(x, p.linear.weight, p.linear.bias, &l.a, &l.b, l.scale, l.mask),
         None => ops.frozen_linear(x, p.linear.weight, p.linear.bias),
     };
     let [q, k, v] = projections;

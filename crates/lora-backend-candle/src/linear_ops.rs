@@ -20,7 +20,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tenso
 use lora_nn::matmul::{Mat, add_rows, gemm_into, product};
 use lora_nn::sublayer::HostLinear;
 
-use crate::ops::{Grads3, contiguous_f32, grads3, inputs, with_f32, with_f32s};
+use crate::ops::{Grads3, contiguous_f32, grads3, grads3_optional_first, inputs, with_f32, with_f32s};
 
 /// `x * mask`, or `None` without a mask.
 fn masked(x: &[f32], mask: Option<&[f32]>) -> Option<Vec<f32>> {
@@ -317,6 +317,25 @@ impl LoraMatmul {
         }
         Ok((rows, inp, out, r))
     }
+
+    /// The update's host passes over `A` and `B` at the sizes [`Self::sizes`] checked.
+    fn update<'a>(
+        &'a self,
+        a: &'a [f32],
+        b: &'a [f32],
+        (rows, inp, out, r): (usize, usize, usize, usize),
+    ) -> LoraUpdate<'a> {
+        LoraUpdate {
+            a,
+            b,
+            rows,
+            inp,
+            out,
+            r,
+            scale: self.scale,
+            mask: self.mask.as_deref(),
+        }
+    }
 }
 
 impl CustomOp3 for LoraMatmul {
@@ -337,17 +356,7 @@ impl CustomOp3 for LoraMatmul {
         let dims = l1.shape().dims();
         let (rows, inp, out, r) = self.sizes(x.len(), rows_and_width(dims).1, a.len(), b.len())?;
         let mut y = self.base.forward(x, rows, inp)?;
-        let update = LoraUpdate {
-            a,
-            b,
-            rows,
-            inp,
-            out,
-            r,
-            scale: self.scale,
-            mask: self.mask.as_deref(),
-        };
-        update.add_to(x, &mut y);
+        self.update(a, b, (rows, inp, out, r)).add_to(x, &mut y);
         Ok((CpuStorage::F32(y), with_last(dims, out)))
     }
 
@@ -368,16 +377,7 @@ impl CustomOp3 for LoraMatmul {
             if dy.len() != rows * out {
                 candle_core::bail!("LoRA linear gradient of {} values for {rows} x {out}", dy.len());
             }
-            let update = LoraUpdate {
-                a,
-                b,
-                rows,
-                inp,
-                out,
-                r,
-                scale: self.scale,
-                mask: self.mask.as_deref(),
-            };
+            let update = self.update(a, b, (rows, inp, out, r));
             if !needs_input_grad {
                 let (da, db) = update.backward(x, dy, None);
                 return Ok((None, da, db));
@@ -386,12 +386,7 @@ impl CustomOp3 for LoraMatmul {
             let (da, db) = update.backward(x, dy, Some(&mut dx));
             Ok((Some(dx), da, db))
         })?;
-        let dev = x.device();
-        Ok((
-            dx.map(|dx| Tensor::from_vec(dx, x.shape(), dev)).transpose()?,
-            Some(Tensor::from_vec(da, a.shape(), dev)?),
-            Some(Tensor::from_vec(db, b.shape(), dev)?),
-        ))
+        grads3_optional_first(dx, [da, db], [x, a, b])
     }
 }
 

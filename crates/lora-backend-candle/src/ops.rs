@@ -274,6 +274,22 @@ pub(crate) fn grads3(grads: [Vec<f32>; 3], like: [&Tensor; 3]) -> Result<Grads3>
     ))
 }
 
+/// The gradients of a three-input op whose first input's may be skipped
+/// (`None`: no variable lies under it), each shaped as its input.
+pub(crate) fn grads3_optional_first(
+    first: Option<Vec<f32>>,
+    rest: [Vec<f32>; 2],
+    like: [&Tensor; 3],
+) -> Result<Grads3> {
+    let dev = like[0].device();
+    let [b, c] = rest;
+    Ok((
+        first.map(|g| Tensor::from_vec(g, like[0].shape(), dev)).transpose()?,
+        Some(Tensor::from_vec(b, like[1].shape(), dev)?),
+        Some(Tensor::from_vec(c, like[2].shape(), dev)?),
+    ))
+}
+
 /// The contiguous f32 values of a custom op's inputs.
 pub(crate) fn inputs<'a, const N: usize>(parts: [(&'a CpuStorage, &'a Layout); N]) -> Result<[&'a [f32]; N]> {
     let mut values = [&[][..]; N];

@@ -13,7 +13,7 @@ use lora_nn::ops::{AttentionGeometry, FrozenLinear, FrozenNorm, Projection, comp
 use lora_nn::sublayer::{FeedForward, FeedForwardSaved, HostNorm, LinearAddNorm};
 
 use crate::linear_ops::{Frozen, LoraUpdate};
-use crate::ops::{Grads3, contiguous_f32, inputs, kernel_bias, score_bias, with_f32, with_f32s};
+use crate::ops::{Grads3, contiguous_f32, grads3_optional_first, inputs, kernel_bias, score_bias, with_f32, with_f32s};
 
 /// A frozen norm's affine, copied out once per node.
 struct Norm {
@@ -379,12 +379,7 @@ impl CustomOp3 for AttentionSublayerOp {
             }
             Ok((dx, da, db))
         })?;
-        let dev = x.device();
-        Ok((
-            dx.map(|dx| Tensor::from_vec(dx, x.shape(), dev)).transpose()?,
-            Some(Tensor::from_vec(da, a.shape(), dev)?),
-            Some(Tensor::from_vec(db, b.shape(), dev)?),
-        ))
+        grads3_optional_first(dx, [da, db], [x, a, b])
     }
 }
 

@@ -486,6 +486,9 @@ mod tests {
             let y = dropped(frozen_linear(&inner_act, &w2, Some(&b2)).unwrap(), mask);
             let composed = add_layer_norm(&y, xt, &gamma, &beta, 1e-12).unwrap();
             close(&fused, &composed, 0.0);
+            // Without a graph (evaluation), GELU runs in place: the same values.
+            let detached = feed_forward(&xt.detach(), (&w1, up_bias), (&w2, Some(&b2)), norm, mask).unwrap();
+            close(&detached, &composed, 0.0);
             let gf = (fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
             let gc = (composed * &weights).unwrap().sum_all().unwrap().backward().unwrap();
             close(gf.get(&x).unwrap(), gc.get(&x).unwrap(), 0.0);

@@ -158,6 +158,38 @@ fn bias_gelu_block(x: &mut [f32], b: &[f32], y: &mut [f32]) {
     }
 }
 
+/// `x = GELU(x + b)` in place (each row of `b.len()` values gets `b` first;
+/// no bias: `x = GELU(x)`), where the pre-activation is not kept: the same
+/// operations as [`bias_gelu_forward`], so the same values.
+pub fn bias_gelu_in_place(x: &mut [f32], b: Option<&[f32]>) {
+    let task = task_len(b.map_or(1, <[f32]>::len));
+    x.par_chunks_mut(task).for_each(|x| bias_gelu_in_place_task(x, b));
+}
+
+vectorised! {
+    /// One task's part of [`bias_gelu_in_place`].
+    fn bias_gelu_in_place_task = bias_gelu_in_place_block(x: &mut [f32], b: Option<&[f32]>)
+}
+
+#[inline(always)]
+fn bias_gelu_in_place_block(x: &mut [f32], b: Option<&[f32]>) {
+    match b {
+        Some(b) => {
+            for row in x.chunks_exact_mut(b.len()) {
+                for (x, b) in row.iter_mut().zip(b) {
+                    let v = *x + b;
+                    *x = v * normal_cdf(v);
+                }
+            }
+        }
+        None => {
+            for x in x.iter_mut() {
+                *x *= normal_cdf(*x);
+            }
+        }
+    }
+}
+
 /// `dx = g * (Phi(x) + x phi(x))`, with `Phi(x)` from the forward pass when kept.
 pub fn gelu_backward(x: &[f32], cdf: Option<&[f32]>, g: &[f32], dx: &mut [f32]) {
     dx.par_chunks_mut(CHUNK)

@@ -30,7 +30,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Shape, Tensor, TensorData};
 use lora_core::init::CounterMask;
-use lora_nn::attention_kernel::{Heads, attention_backward, attention_context, attention_forward};
+use lora_nn::attention_kernel::{Heads, attention_backward, attention_forward};
 use lora_nn::kernels::{self, ScoreBias};
 use lora_nn::matmul::{Mat, add_rows, product};
 
@@ -455,20 +455,7 @@ impl Attention {
             Bias::Causal => ScoreBias::Causal { queries: h.queries },
         };
         let mut out = vec![0f32; h.q_len()];
-        if !keep {
-            attention_context(
-                slice(q),
-                slice(k),
-                slice(v),
-                h,
-                self.scale,
-                bias,
-                self.dropout,
-                &mut out,
-            );
-            return (flex(out, q.layout().shape().clone()), Vec::new());
-        }
-        let mut probs = vec![0f32; h.probs_len()];
+        let mut probs = keep.then(|| vec![0f32; h.probs_len()]);
         attention_forward(
             slice(q),
             slice(k),
@@ -477,9 +464,10 @@ impl Attention {
             self.scale,
             bias,
             self.dropout,
-            &mut probs,
+            probs.as_deref_mut(),
             &mut out,
         );
+        let probs = probs.unwrap_or_default();
         (flex(out, q.layout().shape().clone()), probs)
     }
 }

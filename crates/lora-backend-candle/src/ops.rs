@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use lora_core::init::CounterMask;
-use lora_nn::attention_kernel::{Heads, attention_backward, attention_context, attention_forward};
+use lora_nn::attention_kernel::{Heads, attention_backward, attention_forward};
 use lora_nn::kernels::{self, ScoreBias};
 use lora_nn::ops::Mask;
 
@@ -373,16 +373,22 @@ impl CustomOp3 for Attention {
         }
         let bias = kernel_bias(&self.bias, self.causal, h);
         let mut out = vec![0f32; h.q_len()];
-        if self.keep {
-            let mut probs = vec![0f32; h.probs_len()];
-            attention_forward(q, k, v, h, self.scale, bias, self.dropout, &mut probs, &mut out);
-            *self
-                .probs
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("poisoned".into()))? = Some(probs);
-        } else {
-            attention_context(q, k, v, h, self.scale, bias, self.dropout, &mut out);
-        }
+        let mut probs = self.keep.then(|| vec![0f32; h.probs_len()]);
+        attention_forward(
+            q,
+            k,
+            v,
+            h,
+            self.scale,
+            bias,
+            self.dropout,
+            probs.as_deref_mut(),
+            &mut out,
+        );
+        *self
+            .probs
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("poisoned".into()))? = probs;
         Ok((
             CpuStorage::F32(out),
             Shape::from((h.batch * h.queries, h.heads * h.head_dim)),

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use lora_core::init::CounterMask;
-use lora_nn::attention_kernel::{Heads, attention_backward, attention_context, attention_forward};
+use lora_nn::attention_kernel::{Heads, attention_backward, attention_forward};
 use lora_nn::ops::{AttentionGeometry, FrozenLinear, FrozenNorm, Projection, compose_attention_sublayer};
 use lora_nn::sublayer::{FeedForward, FeedForwardSaved, HostNorm, LinearAddNorm};
 
@@ -307,26 +307,22 @@ impl CustomOp3 for AttentionSublayerOp {
         let bias = kernel_bias(&self.bias, self.causal, h);
         let mut context = vec![0f32; h.q_len()];
         let [q, k, v] = &qkv;
-        let probs = if self.keep {
-            let mut probs = vec![0f32; h.probs_len()];
-            attention_forward(
-                q,
-                k,
-                v,
-                h,
-                self.scale,
-                bias,
-                self.attention_dropout,
-                &mut probs,
-                &mut context,
-            );
-            probs
-        } else {
-            attention_context(q, k, v, h, self.scale, bias, self.attention_dropout, &mut context);
-            Vec::new()
-        };
+        let mut probs = self.keep.then(|| vec![0f32; h.probs_len()]);
+        let dropout = self.attention_dropout;
+        attention_forward(
+            q,
+            k,
+            v,
+            h,
+            self.scale,
+            bias,
+            dropout,
+            probs.as_deref_mut(),
+            &mut context,
+        );
         let (y, sum) = self.with_end(|end| end.forward(&context, x, self.keep).map_err(shape_error))?;
         if let Some(sum) = sum {
+            let probs = probs.unwrap_or_default();
             *self.saved.lock().map_err(poisoned)? = Some(AttentionSaved { qkv, probs, sum });
         }
         Ok((CpuStorage::F32(y), l1.shape().clone()))

@@ -129,48 +129,17 @@ fn scale_row(row: &mut [f32], scale: f32, bias: impl Fn(usize) -> f32) {
     }
 }
 
-/// `out = dropout(softmax(q k^T * scale + bias)) v` per head; the probabilities
-/// (before dropout) go to `probs` (`[batch, heads, queries, keys]`), which the
-/// backward pass reads. A `Keys` bias holds `[batch * keys]` values.
+/// `out = dropout(softmax(q k^T * scale + bias)) v` per head. The
+/// probabilities (before dropout) go to `probs` when given (`[batch, heads,
+/// queries, keys]`), which the backward pass reads; without it (evaluation,
+/// `predict`, a checkpointed block's first pass) each task's probabilities live
+/// in a scratch buffer of its own, in cache, and no such buffer (25 MiB a layer
+/// at 32 x 128 on MiniLM) is allocated and zeroed. The same values either way.
+/// A `Keys` bias holds `[batch * keys]` values.
 ///
 /// Panics when a slice's length does not match `s`: callers check the shapes first.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    s: Heads,
-    scale: f32,
-    bias: ScoreBias<'_>,
-    dropout: Option<CounterMask>,
-    probs: &mut [f32],
-    out: &mut [f32],
-) {
-    attention_pass(q, k, v, s, scale, bias, dropout, Some(probs), out)
-}
-
-/// [`attention_forward`] without keeping the probabilities, where no backward
-/// pass reads them (evaluation, `predict`, a checkpointed block's first pass):
-/// each task's probabilities live in a scratch buffer of its own, in cache,
-/// and no `[batch, heads, queries, keys]` buffer is allocated and zeroed
-/// (25 MiB a layer at 32 x 128 on MiniLM). The same values.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_context(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    s: Heads,
-    scale: f32,
-    bias: ScoreBias<'_>,
-    dropout: Option<CounterMask>,
-    out: &mut [f32],
-) {
-    attention_pass(q, k, v, s, scale, bias, dropout, None, out)
-}
-
-/// The forward pass, keeping the probabilities in `probs` when given.
-#[allow(clippy::too_many_arguments)]
-fn attention_pass(
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -484,7 +453,7 @@ mod tests {
                     0.5,
                     ScoreBias::Keys(&bias),
                     dropout,
-                    &mut probs,
+                    Some(&mut probs),
                     &mut out,
                 );
                 let bias64: Vec<f64> = bias.iter().map(|&b| b as f64).collect();
@@ -494,7 +463,7 @@ mod tests {
                 }
                 // Without kept probabilities: the same context, bit for bit.
                 let mut context = vec![0.0; s.q_len()];
-                attention_context(&q, &k, &v, s, 0.5, ScoreBias::Keys(&bias), dropout, &mut context);
+                attention_forward(&q, &k, &v, s, 0.5, ScoreBias::Keys(&bias), dropout, None, &mut context);
                 assert_eq!(out, context);
             }
         }
@@ -506,7 +475,7 @@ mod tests {
         let (q, k, v) = (sample(s.q_len(), 21), sample(s.kv_len(), 22), sample(s.kv_len(), 23));
         let run = |dropout| {
             let (mut p, mut o) = (vec![0.0; s.probs_len()], vec![0.0; s.q_len()]);
-            attention_forward(&q, &k, &v, s, 0.5, ScoreBias::None, dropout, &mut p, &mut o);
+            attention_forward(&q, &k, &v, s, 0.5, ScoreBias::None, dropout, Some(&mut p), &mut o);
             (p, o)
         };
         let (p0, o0) = run(None);
@@ -529,7 +498,7 @@ mod tests {
             1.0,
             ScoreBias::Causal { queries: s.queries },
             None,
-            &mut probs,
+            Some(&mut probs),
             &mut out,
         );
         for (r, row) in probs.chunks(s.keys).enumerate() {
@@ -550,11 +519,11 @@ mod tests {
             let scale = 0.7;
             let loss = |q: &[f32], k: &[f32], v: &[f32]| -> f64 {
                 let (mut p, mut o) = (vec![0.0; s.probs_len()], vec![0.0; s.q_len()]);
-                attention_forward(q, k, v, s, scale, ScoreBias::None, dropout, &mut p, &mut o);
+                attention_forward(q, k, v, s, scale, ScoreBias::None, dropout, Some(&mut p), &mut o);
                 o.iter().zip(&g).map(|(o, g)| (*o as f64) * (*g as f64)).sum()
             };
             let (mut p, mut o) = (vec![0.0; s.probs_len()], vec![0.0; s.q_len()]);
-            attention_forward(&q, &k, &v, s, scale, ScoreBias::None, dropout, &mut p, &mut o);
+            attention_forward(&q, &k, &v, s, scale, ScoreBias::None, dropout, Some(&mut p), &mut o);
             let (mut dq, mut dk, mut dv) = (vec![0.0; s.q_len()], vec![0.0; s.kv_len()], vec![0.0; s.kv_len()]);
             attention_backward(&q, &k, &v, &p, &g, s, scale, dropout, &mut dq, &mut dk, &mut dv);
             let h = 1e-2f32;

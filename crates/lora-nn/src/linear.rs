@@ -49,14 +49,19 @@ impl<O: TensorOps> LoraWeights<O> {
 impl<O: TensorOps> LoraWeights<O> {
     /// `base + scale * dropout(x) A^T B^T`, for `x [rows, in]`.
     pub fn add_update(&self, ops: &O, base: &O::T, x: &O::T, masks: Option<&mut MaskSource>) -> Result<O::T> {
-        let mask = self.mask(ops, x, masks);
-        let (a, b) = (ops.use_leaf(&self.a), ops.use_leaf(&self.b));
-        lora_update(ops, base, x, (&a, &b), self.scale, mask)
+        let t = self.term(ops, x, masks);
+        lora_update(ops, base, x, (&t.a, &t.b), t.scale, t.mask)
     }
 
-    /// This layer's dropout mask over `x`, drawn when training with `p > 0`.
-    fn mask(&self, ops: &O, x: &O::T, masks: Option<&mut MaskSource>) -> Option<Vec<f32>> {
-        masks.and_then(|src| src.values(ops.dims(x).iter().product(), self.dropout))
+    /// This update over `x` as an operation takes it: the factors in use for
+    /// this pass, and the dropout mask over `x`, drawn when training with `p > 0`.
+    fn term(&self, ops: &O, x: &O::T, masks: Option<&mut MaskSource>) -> LoraTerm<O::T> {
+        LoraTerm {
+            a: ops.use_leaf(&self.a),
+            b: ops.use_leaf(&self.b),
+            scale: self.scale,
+            mask: masks.and_then(|src| src.values(ops.dims(x).iter().product(), self.dropout)),
+        }
     }
 
     /// `x W^T + b` plus this update, as one operation where the backend fuses them.
@@ -67,9 +72,8 @@ impl<O: TensorOps> LoraWeights<O> {
         (weight, bias): (&O::W, Option<&O::W>),
         masks: Option<&mut MaskSource>,
     ) -> Result<O::T> {
-        let mask = self.mask(ops, x, masks);
-        let (a, b) = (ops.use_leaf(&self.a), ops.use_leaf(&self.b));
-        ops.lora_linear(x, weight, bias, &a, &b, self.scale, mask)
+        let t = self.term(ops, x, masks);
+        ops.lora_linear(x, weight, bias, &t.a, &t.b, t.scale, t.mask)
     }
 
     /// `scale * B A`, shaped like the base weight `[out, in]`.
@@ -154,15 +158,7 @@ impl<O: TensorOps> LoraLinear<O> {
         if let Some(linear) = self.frozen() {
             return Projection { linear, lora: None };
         }
-        let lora = self.lora.as_ref().map(|l| {
-            let mask = l.mask(ops, x, masks);
-            LoraTerm {
-                a: ops.use_leaf(&l.a),
-                b: ops.use_leaf(&l.b),
-                scale: l.scale,
-                mask,
-            }
-        });
+        let lora = self.lora.as_ref().map(|l| l.term(ops, x, masks));
         Projection {
             linear: FrozenLinear {
                 weight: &self.weight,

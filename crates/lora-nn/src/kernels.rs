@@ -349,11 +349,7 @@ fn normalise_exp_block(row: &mut [f32]) {
     for d in row.iter_mut() {
         *d = exp(*d - max);
     }
-    let sum = if short {
-        row.iter().fold(0.0, |s, d| s + d)
-    } else {
-        lane_fold(row, 0.0, |s, d| s + d)
-    };
+    let sum = row_sum(row, row, |d, _| d);
     let inv = 1.0 / sum;
     for d in row.iter_mut() {
         *d *= inv;

@@ -105,12 +105,22 @@ fn add_norm(mut y: Vec<f32>, residual: &[f32], mask: Option<CounterMask>, norm: 
     (out, y)
 }
 
-/// The gradient at the norm's input (the residual's) and at the dropout's input.
-fn add_norm_backward(sum: &[f32], g: &[f32], mask: Option<CounterMask>, norm: HostNorm) -> (Vec<f32>, Vec<f32>) {
+/// The gradient at the norm's input (the residual's) and, with dropout, at the
+/// dropout's input; without dropout that is the same gradient, and no copy of
+/// it is made (`None`: read the first).
+fn add_norm_backward(
+    sum: &[f32],
+    g: &[f32],
+    mask: Option<CounterMask>,
+    norm: HostNorm,
+) -> (Vec<f32>, Option<Vec<f32>>) {
     let mut d_sum = vec![0f32; sum.len()];
     kernels::layer_norm_backward(sum, norm.gamma, norm.eps, g, &mut d_sum);
-    let mut d_y = d_sum.clone();
-    apply_mask(&mut d_y, mask);
+    let d_y = mask.map(|mask| {
+        let mut d_y = d_sum.clone();
+        apply_mask(&mut d_y, Some(mask));
+        d_y
+    });
     (d_sum, d_y)
 }
 
@@ -201,7 +211,7 @@ impl FeedForward<'_> {
             )));
         }
         let (d_sum, d_y) = add_norm_backward(&saved.sum, g, self.dropout, self.norm);
-        let mut d_pre = self.down.input_grad(&d_y, rows);
+        let mut d_pre = self.down.input_grad(d_y.as_deref().unwrap_or(&d_sum), rows);
         drop(d_y);
         kernels::gelu_backward_in_place(&saved.pre_activation, &mut d_pre);
         let mut dx = self.up.input_grad(&d_pre, rows);
@@ -255,6 +265,6 @@ impl LinearAddNorm<'_> {
             return Err(ShapeError(format!("{} gradient values for {}", g.len(), sum.len())));
         }
         let (d_sum, d_y) = add_norm_backward(sum, g, self.dropout, self.norm);
-        Ok((self.linear.input_grad(&d_y, rows), d_sum))
+        Ok((self.linear.input_grad(d_y.as_deref().unwrap_or(&d_sum), rows), d_sum))
     }
 }

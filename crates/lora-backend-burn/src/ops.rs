@@ -32,7 +32,7 @@ use burn::tensor::{Shape, Tensor, TensorData};
 use lora_core::init::CounterMask;
 use lora_nn::attention_kernel::{Heads, attention_backward, attention_forward};
 use lora_nn::kernels::{self, ScoreBias};
-use lora_nn::matmul::{Mat, add_rows, product};
+use lora_nn::sublayer::HostLinear;
 
 /// The autodiff backend that `Device::flex().autodiff()` dispatches to.
 pub(crate) type Ad = Autodiff<Flex, NoCheckpointing>;
@@ -125,24 +125,41 @@ pub(crate) fn untracked<const D: usize>(t: Tensor<D>) -> FlexTensor {
 /// runs): burn's `linear` zeroed its output, copied the transposed weight and
 /// added the bias in a separate binary op. The backward pass gives `dy W`.
 pub fn frozen_linear<const D: usize>(x: Tensor<D>, weight: Tensor<D>, bias: Option<Tensor<D>>) -> Tensor<D> {
-    let weight = contiguous(&untracked(weight));
-    let bias = bias.map(|b| Arc::new(slice(&contiguous(&untracked(b))).to_vec()));
-    apply(x, FrozenLinear { weight, bias })
+    apply(x, FrozenLinear::new(weight, bias))
 }
 
+/// A frozen linear layer's weight and bias as host values, for the fused steps.
 #[derive(Debug, Clone)]
-struct FrozenLinear {
+pub struct FrozenLinear {
     /// `[out, in]` (with leading ones), contiguous f32.
     weight: FlexTensor,
     bias: Option<Arc<Vec<f32>>>,
 }
 
 impl FrozenLinear {
+    pub fn new<const D: usize>(weight: Tensor<D>, bias: Option<Tensor<D>>) -> Self {
+        Self {
+            weight: contiguous(&untracked(weight)),
+            bias: bias.map(|b| Arc::new(slice(&contiguous(&untracked(b))).to_vec())),
+        }
+    }
+
     /// `(out, in)`.
     fn dims(&self) -> (usize, usize) {
         let shape = self.weight.layout().shape();
         let rank = shape.num_dims();
         (shape[rank - 2], shape[rank - 1])
+    }
+
+    /// The layer as host slices (`lora_nn::sublayer::HostLinear`).
+    pub(crate) fn host(&self) -> HostLinear<'_> {
+        let (out, inp) = self.dims();
+        HostLinear {
+            w: slice(&self.weight),
+            b: self.bias.as_deref().map(|b| &b[..]),
+            out,
+            inp,
+        }
     }
 }
 
@@ -170,11 +187,7 @@ impl Fused for FrozenLinear {
             "frozen linear of [{out}, {inp}] on {:?}",
             x.layout().shape()
         );
-        let w = slice(&self.weight);
-        let mut y = product(rows, out, inp, Mat::rows(xs, inp), Mat::transposed(w, inp), 1.0);
-        if let Some(b) = &self.bias {
-            add_rows(&mut y, b);
-        }
+        let y = self.host().forward(xs, rows);
         (flex(y, with_last(x.layout().shape(), out)), keep.then_some(()))
     }
 
@@ -183,14 +196,7 @@ impl Fused for FrozenLinear {
         let (out, inp) = self.dims();
         let gs = slice(&g);
         let rows = gs.len() / out.max(1);
-        let dx = product(
-            rows,
-            inp,
-            out,
-            Mat::rows(gs, out),
-            Mat::rows(slice(&self.weight), inp),
-            1.0,
-        );
+        let dx = self.host().input_grad(gs, rows);
         flex(dx, with_last(g.layout().shape(), inp))
     }
 }

@@ -14,36 +14,9 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::tensor::Tensor;
 use lora_core::init::CounterMask;
-use lora_nn::sublayer::{FeedForward, FeedForwardSaved, HostLinear, HostNorm, LinearAddNorm};
+use lora_nn::sublayer::{FeedForward, FeedForwardSaved, HostNorm, LinearAddNorm};
 
-use crate::ops::{Ad, FrozenLayerNorm, Fused, apply, contiguous, flex, flex_of, slice, untracked};
-
-/// A frozen linear's weight `[out, in]` (contiguous f32) and bias.
-#[derive(Debug, Clone)]
-pub struct HostWeights {
-    weight: FlexTensor,
-    bias: Option<Arc<Vec<f32>>>,
-}
-
-impl HostWeights {
-    pub fn new<const D: usize>(weight: Tensor<D>, bias: Option<Tensor<D>>) -> Self {
-        Self {
-            weight: contiguous(&untracked(weight)),
-            bias: bias.map(|b| Arc::new(slice(&contiguous(&untracked(b))).to_vec())),
-        }
-    }
-
-    fn host(&self) -> HostLinear<'_> {
-        let shape = self.weight.layout().shape();
-        let rank = shape.num_dims();
-        HostLinear {
-            w: slice(&self.weight),
-            b: self.bias.as_deref().map(|b| &b[..]),
-            out: shape[rank - 2],
-            inp: shape[rank - 1],
-        }
-    }
-}
+use crate::ops::{Ad, FrozenLayerNorm, FrozenLinear, Fused, apply, contiguous, flex, flex_of, slice};
 
 fn host_norm(norm: &FrozenLayerNorm) -> HostNorm<'_> {
     HostNorm {
@@ -60,8 +33,8 @@ pub fn feed_forward<const D: usize>(x: Tensor<D>, op: FeedForwardStep) -> Tensor
 
 #[derive(Debug, Clone)]
 pub struct FeedForwardStep {
-    pub up: HostWeights,
-    pub down: HostWeights,
+    pub up: FrozenLinear,
+    pub down: FrozenLinear,
     pub norm: FrozenLayerNorm,
     pub dropout: Option<CounterMask>,
 }
@@ -155,7 +128,7 @@ pub fn linear_add_norm<const D: usize>(x: Tensor<D>, residual: Tensor<D>, op: Li
 
 #[derive(Debug, Clone)]
 pub struct LinearAddNormStep {
-    pub linear: HostWeights,
+    pub linear: FrozenLinear,
     pub norm: FrozenLayerNorm,
     pub dropout: Option<CounterMask>,
 }

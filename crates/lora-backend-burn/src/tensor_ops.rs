@@ -26,8 +26,9 @@ use lora_nn::gguf::QuantView;
 use lora_nn::ops::{FrozenLinear, FrozenNorm, Heads, Mask, TensorOps};
 use lora_nn::weights::WeightView;
 
+use crate::ops::FrozenLinear as BurnFrozenLinear;
 use crate::ops::{Attention, Bias, FrozenLayerNorm, add_layer_norm, attention, frozen_linear, gelu, softmax};
-use crate::sublayer::{self, FeedForwardStep, HostWeights, LinearAddNormStep};
+use crate::sublayer::{self, FeedForwardStep, LinearAddNormStep};
 
 /// The rank every tensor is stored at: enough for grouped-query attention's
 /// `[batch, kv_heads, group, keys, head_dim]`.
@@ -411,7 +412,7 @@ impl TensorOps for BurnOps {
         dropout: Option<CounterMask>,
     ) -> Result<BurnTensor> {
         let op = LinearAddNormStep {
-            linear: HostWeights::new(linear.weight.t.clone(), linear.bias.map(|b| b.t.clone())),
+            linear: BurnFrozenLinear::new(linear.weight.t.clone(), linear.bias.map(|b| b.t.clone())),
             norm: FrozenLayerNorm::new(norm.gamma.to_host()?, norm.beta.to_host()?, norm.eps),
             dropout,
         };
@@ -429,7 +430,7 @@ impl TensorOps for BurnOps {
         dropout: Option<CounterMask>,
     ) -> Result<BurnTensor> {
         let weights =
-            |l: FrozenLinear<'_, BurnTensor>| HostWeights::new(l.weight.t.clone(), l.bias.map(|b| b.t.clone()));
+            |l: FrozenLinear<'_, BurnTensor>| BurnFrozenLinear::new(l.weight.t.clone(), l.bias.map(|b| b.t.clone()));
         let op = FeedForwardStep {
             up: weights(up),
             down: weights(down),

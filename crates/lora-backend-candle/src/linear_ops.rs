@@ -86,20 +86,13 @@ impl Frozen {
         })
     }
 
-    /// `x W^T + b` for `x [rows, in]`: one gemm on the slices themselves, the
-    /// bias added after in a parallel pass (after, not as gemm's initial
-    /// destination: the sum's rounding stays that of the product plus the bias).
+    /// `x W^T + b` for `x [rows, in]` (`HostLinear::forward`), its sizes checked.
     pub(crate) fn forward(&self, x: &[f32], rows: usize, inp: usize) -> Result<Vec<f32>> {
         let (out, w_in) = self.dims()?;
         if w_in != inp || x.len() != rows * inp {
             candle_core::bail!("frozen linear of [{out}, {w_in}] on {rows} rows of {inp}");
         }
-        let mut y =
-            self.with_weight(|w| Ok(product(rows, out, inp, Mat::rows(x, inp), Mat::transposed(w, inp), 1.0)))?;
-        if let Some(b) = &self.bias {
-            add_rows(&mut y, b);
-        }
-        Ok(y)
+        self.host(|l| Ok(l.forward(x, rows)))
     }
 
     /// `dx += dy W`: the input's gradient from the output's `dy [rows, out]`, added.
@@ -126,8 +119,7 @@ impl Frozen {
 
     /// `dy W`: the input's gradient from the output's `dy [rows, out]`.
     fn input_grad(&self, dy: &[f32], rows: usize) -> Result<Vec<f32>> {
-        let (out, inp) = self.dims()?;
-        self.with_weight(|w| Ok(product(rows, inp, out, Mat::rows(dy, out), Mat::rows(w, inp), 1.0)))
+        self.host(|l| Ok(l.input_grad(dy, rows)))
     }
 }
 

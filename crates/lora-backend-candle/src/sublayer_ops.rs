@@ -118,14 +118,32 @@ pub fn feed_forward(
 
 /// [`LinearAddNorm`] as one node over `(x, residual)`.
 struct LinearAddNormOp {
-    linear: Frozen,
-    norm: Norm,
-    dropout: Option<CounterMask>,
+    end: AddNormEnd,
     keep: bool,
     sum: Mutex<Option<Vec<f32>>>,
 }
 
-impl LinearAddNormOp {
+/// A frozen linear, the dropout of its result, the residual sum and the norm
+/// ([`LinearAddNorm`]): the end of [`LinearAddNormOp`] and of the attention sublayer.
+struct AddNormEnd {
+    linear: Frozen,
+    norm: Norm,
+    dropout: Option<CounterMask>,
+}
+
+impl AddNormEnd {
+    fn new(
+        linear: (&Tensor, Option<&Tensor>),
+        norm: (&Tensor, &Tensor, f64),
+        dropout: Option<CounterMask>,
+    ) -> Result<Self> {
+        Ok(Self {
+            linear: Frozen::new(linear.0, linear.1)?,
+            norm: Norm::new(norm.0, norm.1, norm.2)?,
+            dropout,
+        })
+    }
+
     fn run<R>(&self, f: impl FnOnce(LinearAddNorm) -> Result<R>) -> Result<R> {
         self.linear.host(|linear| {
             f(LinearAddNorm {
@@ -144,7 +162,9 @@ impl CustomOp2 for LinearAddNormOp {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let [x, residual] = inputs([(s1, l1), (s2, l2)])?;
-        let (y, sum) = self.run(|op| op.forward(x, residual, self.keep).map_err(shape_error))?;
+        let (y, sum) = self
+            .end
+            .run(|op| op.forward(x, residual, self.keep).map_err(shape_error))?;
         *self.sum.lock().map_err(poisoned)? = sum;
         Ok((CpuStorage::F32(y), l2.shape().clone()))
     }
@@ -161,7 +181,7 @@ impl CustomOp2 for LinearAddNormOp {
             candle_core::bail!("linear + norm backward without its forward pass");
         };
         let g = grad_res.contiguous()?;
-        let (dx, d_residual) = with_f32s([&g], |[g]| self.run(|op| op.backward(sum, g).map_err(shape_error)))?;
+        let (dx, d_residual) = with_f32s([&g], |[g]| self.end.run(|op| op.backward(sum, g).map_err(shape_error)))?;
         // An input no variable lies under needs no gradient (candle would zero
         // and add a buffer for it all the same).
         let dev = x.device();
@@ -179,9 +199,7 @@ pub fn linear_add_norm(
     dropout: Option<CounterMask>,
 ) -> Result<Tensor> {
     let op = LinearAddNormOp {
-        linear: Frozen::new(linear.0, linear.1)?,
-        norm: Norm::new(norm.0, norm.1, norm.2)?,
-        dropout,
+        end: AddNormEnd::new(linear, norm, dropout)?,
         keep: x.track_op() || residual.track_op(),
         sum: Mutex::new(None),
     };
@@ -223,25 +241,13 @@ struct AttentionSublayerOp {
     bias: Option<Vec<f32>>,
     causal: bool,
     attention_dropout: Option<CounterMask>,
-    output: Frozen,
-    norm: Norm,
-    hidden_dropout: Option<CounterMask>,
+    /// The output projection, hidden dropout, residual sum and norm.
+    end: AddNormEnd,
     keep: bool,
     saved: Mutex<Option<AttentionSaved>>,
 }
 
 impl AttentionSublayerOp {
-    /// Runs `f` on the output projection, dropout, residual sum and norm.
-    fn with_end<R>(&self, f: impl FnOnce(LinearAddNorm) -> Result<R>) -> Result<R> {
-        self.output.host(|linear| {
-            f(LinearAddNorm {
-                linear,
-                norm: self.norm.host(),
-                dropout: self.hidden_dropout,
-            })
-        })
-    }
-
     /// The LoRA update of projection `p` over the packed parameters.
     fn update<'a>(
         &'a self,
@@ -320,7 +326,9 @@ impl CustomOp3 for AttentionSublayerOp {
             probs.as_deref_mut(),
             &mut context,
         );
-        let (y, sum) = self.with_end(|end| end.forward(&context, x, self.keep).map_err(shape_error))?;
+        let (y, sum) = self
+            .end
+            .run(|end| end.forward(&context, x, self.keep).map_err(shape_error))?;
         if let Some(sum) = sum {
             let probs = probs.unwrap_or_default();
             *self.saved.lock().map_err(poisoned)? = Some(AttentionSaved { qkv, probs, sum });
@@ -344,7 +352,7 @@ impl CustomOp3 for AttentionSublayerOp {
         let needs_input_grad = x.track_op();
         let (dx, da, db) = with_f32s([&x_t, &a_t, &b_t, &g_t], |[xs, av, bv, g]| {
             // Through the norm and the output projection: the context's and the residual's gradients.
-            let (d_context, d_residual) = self.with_end(|end| end.backward(&saved.sum, g).map_err(shape_error))?;
+            let (d_context, d_residual) = self.end.run(|end| end.backward(&saved.sum, g).map_err(shape_error))?;
             let [q, k, v] = &saved.qkv;
             let (mut dq, mut dk, mut dv) = (vec![0f32; h.q_len()], vec![0f32; h.kv_len()], vec![0f32; h.kv_len()]);
             attention_backward(
@@ -431,9 +439,11 @@ pub fn attention_sublayer(
             bias,
             causal,
             attention_dropout: g.attention_dropout,
-            output: Frozen::new(output.weight, output.bias)?,
-            norm: Norm::new(norm.gamma, norm.beta, norm.eps)?,
-            hidden_dropout: g.hidden_dropout,
+            end: AddNormEnd::new(
+                (output.weight, output.bias),
+                (norm.gamma, norm.beta, norm.eps),
+                g.hidden_dropout,
+            )?,
             keep: x.track_op() || a_parts.iter().chain(&b_parts).any(Tensor::track_op),
             saved: Mutex::new(None),
         };

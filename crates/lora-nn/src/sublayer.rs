@@ -42,8 +42,12 @@ impl HostLinear<'_> {
         )
     }
 
-    /// `x W^T + b`, the bias added after the product as `frozen_linear` adds it.
-    fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
+    /// `x W^T + b` for `x [rows, in]`: one gemm on the slices themselves, the
+    /// bias added after in a parallel pass (after, not as gemm's initial
+    /// destination: the sum's rounding stays that of the product plus the bias).
+    /// Both backends' frozen linears run this. Panics when `x` is shorter than
+    /// its shape (callers check the shapes first).
+    pub fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
         let mut y = self.product(x, rows);
         if let Some(b) = self.b {
             add_rows(&mut y, b);
@@ -52,7 +56,7 @@ impl HostLinear<'_> {
     }
 
     /// `dy W`: the input's gradient from the output's `dy [rows, out]`.
-    fn input_grad(&self, dy: &[f32], rows: usize) -> Vec<f32> {
+    pub fn input_grad(&self, dy: &[f32], rows: usize) -> Vec<f32> {
         product(
             rows,
             self.inp,

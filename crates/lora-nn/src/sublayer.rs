@@ -67,8 +67,9 @@ impl HostLinear<'_> {
         )
     }
 
-    fn fits(&self, b: Option<&[f32]>) -> bool {
-        self.w.len() == self.out * self.inp && b.is_none_or(|b| b.len() == self.out)
+    /// Whether the weight and bias hold `[out, in]` and `[out]` values.
+    fn fits(&self) -> bool {
+        self.w.len() == self.out * self.inp && self.b.is_none_or(|b| b.len() == self.out)
     }
 }
 
@@ -158,8 +159,8 @@ impl FeedForward<'_> {
     pub fn rows(&self, x: usize) -> Result<usize, ShapeError> {
         let (up, down, n) = (&self.up, &self.down, self.norm.gamma.len());
         let hidden = up.inp;
-        if !up.fits(up.b)
-            || !down.fits(down.b)
+        if !up.fits()
+            || !down.fits()
             || down.inp != up.out
             || down.out != hidden
             || n != hidden
@@ -239,7 +240,7 @@ impl LinearAddNorm<'_> {
         let l = &self.linear;
         let n = self.norm.gamma.len();
         let rows = x / l.inp.max(1);
-        if !l.fits(l.b)
+        if !l.fits()
             || n != l.out
             || self.norm.beta.len() != n
             || l.inp == 0

@@ -311,7 +311,8 @@ impl CustomOp3 for AttentionSublayerOp {
             *y = out;
         }
         let bias = kernel_bias(&self.bias, self.causal, h);
-        let mut context = vec![0f32; h.q_len()];
+        // Every head writes its columns of every row; read only by the output projection.
+        let mut context = lora_nn::scratch::take(h.q_len());
         let [q, k, v] = &qkv;
         let mut probs = self.keep.then(|| vec![0f32; h.probs_len()]);
         let dropout = self.attention_dropout;
@@ -354,7 +355,12 @@ impl CustomOp3 for AttentionSublayerOp {
             // Through the norm and the output projection: the context's and the residual's gradients.
             let (d_context, d_residual) = self.end.run(|end| end.backward(&saved.sum, g).map_err(shape_error))?;
             let [q, k, v] = &saved.qkv;
-            let (mut dq, mut dk, mut dv) = (vec![0f32; h.q_len()], vec![0f32; h.kv_len()], vec![0f32; h.kv_len()]);
+            // Written in full by the attention's backward pass (its first head group overwrites).
+            let (mut dq, mut dk, mut dv) = (
+                lora_nn::scratch::take(h.q_len()),
+                lora_nn::scratch::take(h.kv_len()),
+                lora_nn::scratch::take(h.kv_len()),
+            );
             attention_backward(
                 q,
                 k,

@@ -20,6 +20,7 @@ use lora_core::init::CounterMask;
 use rayon::prelude::*;
 
 use crate::kernels::{self, ScoreBias};
+use crate::scratch;
 
 /// The geometry of one attention call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,11 +180,7 @@ pub fn attention_forward(
             _ => Vec::new(),
         };
         // The dropped probabilities of one head, when there is dropout.
-        let mut dropped = if dropout.is_some() {
-            vec![0f32; plane]
-        } else {
-            Vec::new()
-        };
+        let mut dropped = scratch::take(if dropout.is_some() { plane } else { 0 });
         for (g, p) in p.chunks_exact_mut(plane).enumerate() {
             let h = kvh * group + g;
             let q0 = &q[b * s.queries * qs + h * d..];
@@ -276,12 +273,9 @@ pub fn attention_backward(
     (0..s.batch * s.kv_heads).into_par_iter().for_each(|task| {
         let (b, kvh) = (task / s.kv_heads, task % s.kv_heads);
         let kv_off = b * s.keys * ks + kvh * d;
-        let mut ds = vec![0f32; plane];
-        let mut dropped = if dropout.is_some() {
-            vec![0f32; plane]
-        } else {
-            Vec::new()
-        };
+        // Both written in full before they are read (the product, the copy).
+        let mut ds = scratch::take(plane);
+        let mut dropped = scratch::take(if dropout.is_some() { plane } else { 0 });
         for g_i in 0..group {
             let h = kvh * group + g_i;
             let q_off = b * s.queries * qs + h * d;

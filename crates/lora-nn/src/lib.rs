@@ -24,6 +24,7 @@ pub mod matmul;
 pub mod model;
 pub mod ops;
 pub mod params;
+pub mod scratch;
 pub mod stage;
 pub mod sublayer;
 pub mod testing;

@@ -187,7 +187,8 @@ impl FeedForward<'_> {
             let y = self.down.forward(&pre, rows);
             return Ok((add_norm(y, x, self.dropout, self.norm).0, None));
         }
-        let mut act = vec![0f32; pre.len()];
+        // Written in full by the GELU pass; reused from one layer to the next.
+        let mut act = crate::scratch::take(pre.len());
         match self.up.b {
             Some(b) => kernels::bias_gelu_forward(&mut pre, b, &mut act),
             None => kernels::gelu_forward(&pre, &mut act, None),

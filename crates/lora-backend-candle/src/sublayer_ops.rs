@@ -10,6 +10,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, S
 use lora_core::init::CounterMask;
 use lora_nn::attention_kernel::{Heads, attention_backward, attention_forward};
 use lora_nn::ops::{AttentionGeometry, FrozenLinear, FrozenNorm, Projection, compose_attention_sublayer};
+use lora_nn::scratch::{self, Scratch};
 use lora_nn::sublayer::{FeedForward, FeedForwardSaved, HostNorm, LinearAddNorm};
 
 use crate::linear_ops::{Frozen, LoraUpdate};
@@ -225,7 +226,7 @@ struct LoraPart {
 /// What the backward pass reads.
 struct AttentionSaved {
     qkv: [Vec<f32>; 3],
-    probs: Vec<f32>,
+    probs: Scratch,
     sum: Vec<f32>,
 }
 
@@ -312,9 +313,10 @@ impl CustomOp3 for AttentionSublayerOp {
         }
         let bias = kernel_bias(&self.bias, self.causal, h);
         // Every head writes its columns of every row; read only by the output projection.
-        let mut context = lora_nn::scratch::take(h.q_len());
+        let mut context = scratch::take(h.q_len());
         let [q, k, v] = &qkv;
-        let mut probs = self.keep.then(|| vec![0f32; h.probs_len()]);
+        // Written in full (every head's scores); reused from one step to the next.
+        let mut probs = self.keep.then(|| scratch::take(h.probs_len()));
         let dropout = self.attention_dropout;
         attention_forward(
             q,
@@ -331,7 +333,7 @@ impl CustomOp3 for AttentionSublayerOp {
             .end
             .run(|end| end.forward(&context, x, self.keep).map_err(shape_error))?;
         if let Some(sum) = sum {
-            let probs = probs.unwrap_or_default();
+            let probs = probs.unwrap_or_else(|| scratch::take(0));
             *self.saved.lock().map_err(poisoned)? = Some(AttentionSaved { qkv, probs, sum });
         }
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -357,9 +359,9 @@ impl CustomOp3 for AttentionSublayerOp {
             let [q, k, v] = &saved.qkv;
             // Written in full by the attention's backward pass (its first head group overwrites).
             let (mut dq, mut dk, mut dv) = (
-                lora_nn::scratch::take(h.q_len()),
-                lora_nn::scratch::take(h.kv_len()),
-                lora_nn::scratch::take(h.kv_len()),
+                scratch::take(h.q_len()),
+                scratch::take(h.kv_len()),
+                scratch::take(h.kv_len()),
             );
             attention_backward(
                 q,

@@ -15,7 +15,9 @@ use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 
 /// Buffers a thread keeps for reuse; the smallest goes when one more comes back.
-const KEPT: usize = 4;
+/// Enough for a six-layer model's kept attention probabilities and the
+/// intermediates around them, so a training step finds them all again.
+const KEPT: usize = 8;
 
 thread_local! {
     static FREE: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };

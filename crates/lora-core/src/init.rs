@@ -125,12 +125,95 @@ impl CounterMask {
 
     /// `x[j] *= factor(start + j)` for every value of `x`.
     pub fn apply(&self, start: u64, x: &mut [f32]) {
-        self.for_each(start, x.len(), |j, m| x[j] *= m);
+        self.vectorised(start, x, Write::Scale);
     }
 
     /// The factors of values `start..start + out.len()`.
     pub fn fill(&self, start: u64, out: &mut [f32]) {
-        self.for_each(start, out.len(), |j, m| out[j] = m);
+        self.vectorised(start, out, Write::Factor);
+    }
+
+    /// [`Self::apply`] or [`Self::fill`]: sixteen values (eight draws) a step
+    /// on AVX-512, where splitmix64's 64-bit products are one instruction for
+    /// eight lanes (a profile of a training step with BERT's dropout had the
+    /// scalar loop at 15% of the samples); the scalar loop elsewhere and for
+    /// the ends. The same bits either way (tested).
+    fn vectorised(&self, start: u64, x: &mut [f32], write: Write) {
+        #[cfg(target_arch = "x86_64")]
+        if x.len() >= 32 && std::arch::is_x86_feature_detected!("avx512dq") {
+            // The vector loop starts on a pair boundary: an odd first value goes alone.
+            let head = (start & 1) as usize;
+            let (first, rest) = x.split_at_mut(head);
+            self.scalar(start, first, write);
+            let body = rest.len() / 16 * 16;
+            let (middle, tail) = rest.split_at_mut(body);
+            // SAFETY: the CPU has just been found to support AVX-512F and DQ.
+            unsafe { avx512::draw(self, (start + head as u64) >> 1, middle, write) };
+            self.scalar(start + (head + body) as u64, tail, write);
+            return;
+        }
+        self.scalar(start, x, write);
+    }
+
+    fn scalar(&self, start: u64, x: &mut [f32], write: Write) {
+        match write {
+            Write::Scale => self.for_each(start, x.len(), |j, m| x[j] *= m),
+            Write::Factor => self.for_each(start, x.len(), |j, m| x[j] = m),
+        }
+    }
+}
+
+/// What a mask pass does with each factor.
+#[derive(Clone, Copy)]
+enum Write {
+    /// `x *= factor`.
+    Scale,
+    /// `x = factor`.
+    Factor,
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{CounterMask, Write};
+    use std::arch::x86_64::*;
+
+    /// The mask over `x` (a multiple of 16 values) from draw `pair` on: each
+    /// draw's 64 bits are two values' 32, the low half first, which is the
+    /// order of the 16 u32 lanes over the 8 u64 lanes.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub(super) unsafe fn draw(mask: &CounterMask, pair: u64, x: &mut [f32], write: Write) {
+        let step = _mm512_set1_epi64(8);
+        let mut counter = _mm512_add_epi64(
+            _mm512_set1_epi64(pair as i64),
+            _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7),
+        );
+        let key = _mm512_set1_epi64(mask.key as i64);
+        let (golden, mix1, mix2) = (
+            _mm512_set1_epi64(0x9e37_79b9_7f4a_7c15_u64 as i64),
+            _mm512_set1_epi64(0xbf58_476d_1ce4_e5b9_u64 as i64),
+            _mm512_set1_epi64(0x94d0_49bb_1331_11eb_u64 as i64),
+        );
+        // `threshold` is below 2^32 (p < 1).
+        let threshold = _mm512_set1_epi32(mask.threshold as u32 as i32);
+        let keep = _mm512_set1_ps(mask.keep);
+        for block in x.chunks_exact_mut(16) {
+            let mut z = _mm512_add_epi64(key, _mm512_mullo_epi64(counter, golden));
+            z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64::<30>(z)), mix1);
+            z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64::<27>(z)), mix2);
+            z = _mm512_xor_si512(z, _mm512_srli_epi64::<31>(z));
+            let kept = _mm512_cmpge_epu32_mask(z, threshold);
+            // 0 or 1 / (1 - p), then the same product as the scalar loop's.
+            let factor = _mm512_maskz_mov_ps(kept, keep);
+            // SAFETY: `block` is 16 values.
+            unsafe {
+                let out = match write {
+                    Write::Scale => _mm512_mul_ps(_mm512_loadu_ps(block.as_ptr()), factor),
+                    Write::Factor => factor,
+                };
+                _mm512_storeu_ps(block.as_mut_ptr(), out);
+            }
+            counter = _mm512_add_epi64(counter, step);
+        }
     }
 }
 
@@ -188,6 +271,36 @@ mod tests {
         let mut x = vec![2.0; 10];
         m.apply(3, &mut x);
         assert!(x.iter().zip(&v[3..13]).all(|(x, f)| *x == 2.0 * f));
+    }
+
+    /// The vector loop against the scalar one, bit for bit: odd and even
+    /// starts, lengths around its 16-value blocks, values of every sign.
+    #[test]
+    fn the_vectorised_mask_is_the_scalar_one() {
+        for p in [0.1f32, 0.5, 0.9] {
+            let m = CounterMask::new(derive_seed(9, "vector", 0), p).unwrap();
+            for (start, len) in [
+                (0u64, 32usize),
+                (1, 33),
+                (2, 47),
+                (3, 100),
+                (1 << 33, 1000),
+                (u64::MAX - 200, 150),
+            ] {
+                let x: Vec<f32> = (0..len).map(|i| (i as f32 - 20.0) * 0.37).collect();
+                let (mut fast, mut slow) = (x.clone(), x.clone());
+                m.apply(start, &mut fast);
+                m.scalar(start, &mut slow, Write::Scale);
+                assert!(
+                    fast.iter().zip(&slow).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "apply p={p} start={start}"
+                );
+                let (mut fast, mut slow) = (vec![0.0; len], vec![0.0; len]);
+                m.fill(start, &mut fast);
+                m.scalar(start, &mut slow, Write::Factor);
+                assert_eq!(fast, slow, "fill p={p} start={start}");
+            }
+        }
     }
 
     #[test]

@@ -318,7 +318,7 @@ impl CustomOp1 for Dropout {
             y.par_chunks_mut(CHUNK)
                 .zip(x.par_chunks(CHUNK))
                 .enumerate()
-                .for_each(|(i, (y, x))| mask.for_each((i * CHUNK) as u64, y.len(), |j, m| y[j] = x[j] * m));
+                .for_each(|(i, (y, x))| mask.scale_into((i * CHUNK) as u64, x, y));
         })
     }
 

@@ -133,6 +133,13 @@ impl CounterMask {
         self.vectorised(start, out, Write::Factor);
     }
 
+    /// `out[j] = src[j] * factor(start + j)`: [`Self::apply`] on a copy, without
+    /// the copy. Panics when the lengths differ.
+    pub fn scale_into(&self, start: u64, src: &[f32], out: &mut [f32]) {
+        assert_eq!(src.len(), out.len(), "a mask's source and output differ in length");
+        self.vectorised(start, out, Write::ScaleFrom(src));
+    }
+
     /// [`Self::apply`] or [`Self::fill`]: sixteen values (eight draws) a step
     /// on AVX-512, where splitmix64's 64-bit products are one instruction for
     /// eight lanes (a profile of a training step with BERT's dropout had the
@@ -143,13 +150,14 @@ impl CounterMask {
         if x.len() >= 32 && std::arch::is_x86_feature_detected!("avx512dq") {
             // The vector loop starts on a pair boundary: an odd first value goes alone.
             let head = (start & 1) as usize;
+            let body = (x.len() - head) / 16 * 16;
             let (first, rest) = x.split_at_mut(head);
-            self.scalar(start, first, write);
-            let body = rest.len() / 16 * 16;
             let (middle, tail) = rest.split_at_mut(body);
+            let [w_first, w_middle, w_tail] = write.split(head, body);
+            self.scalar(start, first, w_first);
             // SAFETY: the CPU has just been found to support AVX-512F and DQ.
-            unsafe { avx512::draw(self, (start + head as u64) >> 1, middle, write) };
-            self.scalar(start + (head + body) as u64, tail, write);
+            unsafe { avx512::draw(self, (start + head as u64) >> 1, middle, w_middle) };
+            self.scalar(start + (head + body) as u64, tail, w_tail);
             return;
         }
         self.scalar(start, x, write);
@@ -159,17 +167,38 @@ impl CounterMask {
         match write {
             Write::Scale => self.for_each(start, x.len(), |j, m| x[j] *= m),
             Write::Factor => self.for_each(start, x.len(), |j, m| x[j] = m),
+            Write::ScaleFrom(src) => self.for_each(start, x.len(), |j, m| x[j] = src[j] * m),
         }
     }
 }
 
 /// What a mask pass does with each factor.
 #[derive(Clone, Copy)]
-enum Write {
+enum Write<'a> {
     /// `x *= factor`.
     Scale,
     /// `x = factor`.
     Factor,
+    /// `x = src * factor`, `src` as long as `x`.
+    ScaleFrom(&'a [f32]),
+}
+
+impl<'a> Write<'a> {
+    /// The same write for the three parts of an output cut at `head` and `head + body`.
+    fn split(self, head: usize, body: usize) -> [Write<'a>; 3] {
+        match self {
+            Write::ScaleFrom(src) => {
+                let (first, rest) = src.split_at(head);
+                let (middle, tail) = rest.split_at(body);
+                [
+                    Write::ScaleFrom(first),
+                    Write::ScaleFrom(middle),
+                    Write::ScaleFrom(tail),
+                ]
+            }
+            other => [other; 3],
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -181,7 +210,7 @@ mod avx512 {
     /// draw's 64 bits are two values' 32, the low half first, which is the
     /// order of the 16 u32 lanes over the 8 u64 lanes.
     #[target_feature(enable = "avx512f,avx512dq")]
-    pub(super) unsafe fn draw(mask: &CounterMask, pair: u64, x: &mut [f32], write: Write) {
+    pub(super) unsafe fn draw(mask: &CounterMask, pair: u64, x: &mut [f32], write: Write<'_>) {
         let step = _mm512_set1_epi64(8);
         let mut counter = _mm512_add_epi64(
             _mm512_set1_epi64(pair as i64),
@@ -196,6 +225,7 @@ mod avx512 {
         // `threshold` is below 2^32 (p < 1).
         let threshold = _mm512_set1_epi32(mask.threshold as u32 as i32);
         let keep = _mm512_set1_ps(mask.keep);
+        let mut done = 0;
         for block in x.chunks_exact_mut(16) {
             let mut z = _mm512_add_epi64(key, _mm512_mullo_epi64(counter, golden));
             z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64::<30>(z)), mix1);
@@ -209,9 +239,12 @@ mod avx512 {
                 let out = match write {
                     Write::Scale => _mm512_mul_ps(_mm512_loadu_ps(block.as_ptr()), factor),
                     Write::Factor => factor,
+                    // `src` is as long as `x`: this block's values start at `done` there too.
+                    Write::ScaleFrom(src) => _mm512_mul_ps(_mm512_loadu_ps(src.as_ptr().add(done)), factor),
                 };
                 _mm512_storeu_ps(block.as_mut_ptr(), out);
             }
+            done += 16;
             counter = _mm512_add_epi64(counter, step);
         }
     }
@@ -294,6 +327,12 @@ mod tests {
                 assert!(
                     fast.iter().zip(&slow).all(|(a, b)| a.to_bits() == b.to_bits()),
                     "apply p={p} start={start}"
+                );
+                let mut copied = vec![f32::NAN; len];
+                m.scale_into(start, &x, &mut copied);
+                assert!(
+                    copied.iter().zip(&slow).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "scale_into p={p} start={start}"
                 );
                 let (mut fast, mut slow) = (vec![0.0; len], vec![0.0; len]);
                 m.fill(start, &mut fast);

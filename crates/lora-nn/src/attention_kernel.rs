@@ -210,8 +210,7 @@ pub fn attention_forward(
             kernels::normalise_exp_rows(p, s.keys);
             let p: &[f32] = match dropout {
                 Some(mask) => {
-                    dropped.copy_from_slice(p);
-                    mask.apply(((b * s.heads + h) * plane) as u64, &mut dropped);
+                    mask.scale_into(((b * s.heads + h) * plane) as u64, p, &mut dropped);
                     &dropped
                 }
                 None => p,
@@ -273,7 +272,7 @@ pub fn attention_backward(
     (0..s.batch * s.kv_heads).into_par_iter().for_each(|task| {
         let (b, kvh) = (task / s.kv_heads, task % s.kv_heads);
         let kv_off = b * s.keys * ks + kvh * d;
-        // Both written in full before they are read (the product, the copy).
+        // Both written in full before they are read (the product, the masked copy).
         let mut ds = scratch::take(plane);
         let mut dropped = scratch::take(if dropout.is_some() { plane } else { 0 });
         for g_i in 0..group {
@@ -284,8 +283,7 @@ pub fn attention_backward(
             // What multiplied v in the forward pass.
             let pd: &[f32] = match dropout {
                 Some(mask) => {
-                    dropped.copy_from_slice(p);
-                    mask.apply(start, &mut dropped);
+                    mask.scale_into(start, p, &mut dropped);
                     &dropped
                 }
                 None => p,

@@ -19,6 +19,7 @@ use rayon::prelude::*;
 
 use crate::kernels;
 use crate::matmul::{Mat, add_rows, product};
+use crate::scratch::{self, Scratch};
 
 /// A frozen linear's host values: `w [out, in]` and `b [out]`.
 #[derive(Clone, Copy)]
@@ -84,13 +85,25 @@ pub struct HostNorm<'a> {
 /// `x *= mask` in parallel blocks (`CounterMask::apply`, the values in
 /// row-major order), as the `dropout` operation computes `x * mask`.
 fn apply_mask(x: &mut [f32], mask: Option<CounterMask>) {
-    // Even, so that each pair of values (one draw) stays in one block.
-    const BLOCK: usize = 1 << 15;
     if let Some(mask) = mask {
-        x.par_chunks_mut(BLOCK)
+        x.par_chunks_mut(MASK_BLOCK)
             .enumerate()
-            .for_each(|(i, x)| mask.apply((i * BLOCK) as u64, x));
+            .for_each(|(i, x)| mask.apply((i * MASK_BLOCK) as u64, x));
     }
+}
+
+/// Values per parallel block of a mask pass; even, so that each pair of values
+/// (one draw) stays in one block.
+const MASK_BLOCK: usize = 1 << 15;
+
+/// `src * mask` into a reused buffer, the same values as [`apply_mask`] on a copy.
+fn masked_copy(src: &[f32], mask: CounterMask) -> Scratch {
+    let mut out = scratch::take(src.len());
+    out.par_chunks_mut(MASK_BLOCK)
+        .zip(src.par_chunks(MASK_BLOCK))
+        .enumerate()
+        .for_each(|(i, (out, src))| mask.scale_into((i * MASK_BLOCK) as u64, src, out));
+    out
 }
 
 /// `a += b`, elementwise in parallel blocks.
@@ -113,19 +126,10 @@ fn add_norm(mut y: Vec<f32>, residual: &[f32], mask: Option<CounterMask>, norm: 
 /// The gradient at the norm's input (the residual's) and, with dropout, at the
 /// dropout's input; without dropout that is the same gradient, and no copy of
 /// it is made (`None`: read the first).
-fn add_norm_backward(
-    sum: &[f32],
-    g: &[f32],
-    mask: Option<CounterMask>,
-    norm: HostNorm,
-) -> (Vec<f32>, Option<Vec<f32>>) {
+fn add_norm_backward(sum: &[f32], g: &[f32], mask: Option<CounterMask>, norm: HostNorm) -> (Vec<f32>, Option<Scratch>) {
     let mut d_sum = vec![0f32; sum.len()];
     kernels::layer_norm_backward(sum, norm.gamma, norm.eps, g, &mut d_sum);
-    let d_y = mask.map(|mask| {
-        let mut d_y = d_sum.clone();
-        apply_mask(&mut d_y, Some(mask));
-        d_y
-    });
+    let d_y = mask.map(|mask| masked_copy(&d_sum, mask));
     (d_sum, d_y)
 }
 

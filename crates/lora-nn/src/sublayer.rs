@@ -192,7 +192,7 @@ impl FeedForward<'_> {
             return Ok((add_norm(y, x, self.dropout, self.norm).0, None));
         }
         // Written in full by the GELU pass; reused from one layer to the next.
-        let mut act = crate::scratch::take(pre.len());
+        let mut act = scratch::take(pre.len());
         match self.up.b {
             Some(b) => kernels::bias_gelu_forward(&mut pre, b, &mut act),
             None => kernels::gelu_forward(&pre, &mut act, None),

@@ -266,12 +266,7 @@ pub(crate) type Grads3 = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
 /// `grads[i]` as a tensor shaped as `like[i]`, for a three-input op's backward pass.
 pub(crate) fn grads3(grads: [Vec<f32>; 3], like: [&Tensor; 3]) -> Result<Grads3> {
     let [a, b, c] = grads;
-    let dev = &candle_core::Device::Cpu;
-    Ok((
-        Some(Tensor::from_vec(a, like[0].shape(), dev)?),
-        Some(Tensor::from_vec(b, like[1].shape(), dev)?),
-        Some(Tensor::from_vec(c, like[2].shape(), dev)?),
-    ))
+    grads3_optional_first(Some(a), [b, c], like)
 }
 
 /// The gradients of a three-input op whose first input's may be skipped

@@ -170,15 +170,15 @@ pub fn attention_forward(
     let (qs, ks) = (s.heads * d, s.kv_heads * d);
     let plane = s.queries * s.keys;
     let out = Shared(out.as_mut_ptr());
+    // Added to every row of scores without a mask (`x * scale + 0`, as masked rows compute).
+    let no_bias = match bias {
+        ScoreBias::None => vec![0f32; s.keys],
+        _ => Vec::new(),
+    };
     let task = |task: usize, p: &mut [f32]| {
         let (b, kvh) = (task / s.kv_heads, task % s.kv_heads);
         let k0 = &k[b * s.keys * ks + kvh * d..];
         let v0 = &v[b * s.keys * ks + kvh * d..];
-        // Added to every row of scores without a mask (`x * scale + 0`, as masked rows compute).
-        let no_bias = match bias {
-            ScoreBias::None => vec![0f32; s.keys],
-            _ => Vec::new(),
-        };
         // The dropped probabilities of one head, when there is dropout.
         let mut dropped = scratch::take(if dropout.is_some() { plane } else { 0 });
         for (g, p) in p.chunks_exact_mut(plane).enumerate() {

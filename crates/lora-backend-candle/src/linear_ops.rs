@@ -17,7 +17,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 
-use lora_nn::matmul::{Mat, add_rows, gemm_into, product};
+use lora_nn::kernels::add_rows;
+use lora_nn::matmul::{Mat, gemm_into, product};
 use lora_nn::sublayer::HostLinear;
 
 use crate::ops::{Grads3, contiguous_f32, grads3, grads3_optional_first, inputs, with_f32, with_f32s};

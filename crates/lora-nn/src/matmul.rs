@@ -112,18 +112,6 @@ pub fn product(m: usize, n: usize, k: usize, lhs: Mat, rhs: Mat, beta: f32) -> V
     out
 }
 
-/// `y[r] += b` for every row `r` of `y`, in parallel blocks of rows.
-pub fn add_rows(y: &mut [f32], b: &[f32]) {
-    use rayon::prelude::*;
-    let n = b.len().max(1);
-    let task = ((1 << 15) / n).max(1) * n;
-    y.par_chunks_mut(task).for_each(|block| {
-        for row in block.chunks_exact_mut(n) {
-            row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,7 @@ use lora_core::init::CounterMask;
 use rayon::prelude::*;
 
 use crate::kernels;
-use crate::matmul::{Mat, add_rows, product};
+use crate::matmul::{Mat, product};
 use crate::scratch::{self, Scratch};
 
 /// A frozen linear's host values: `w [out, in]` and `b [out]`.
@@ -51,7 +51,7 @@ impl HostLinear<'_> {
     pub fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
         let mut y = self.product(x, rows);
         if let Some(b) = self.b {
-            add_rows(&mut y, b);
+            kernels::add_rows(&mut y, b);
         }
         y
     }
@@ -82,21 +82,11 @@ pub struct HostNorm<'a> {
     pub eps: f32,
 }
 
-/// `x *= mask` in parallel blocks (`CounterMask::apply`, the values in
-/// row-major order), as the `dropout` operation computes `x * mask`.
-fn apply_mask(x: &mut [f32], mask: Option<CounterMask>) {
-    if let Some(mask) = mask {
-        x.par_chunks_mut(MASK_BLOCK)
-            .enumerate()
-            .for_each(|(i, x)| mask.apply((i * MASK_BLOCK) as u64, x));
-    }
-}
-
 /// Values per parallel block of a mask pass; even, so that each pair of values
 /// (one draw) stays in one block.
 const MASK_BLOCK: usize = 1 << 15;
 
-/// `src * mask` into a reused buffer, the same values as [`apply_mask`] on a copy.
+/// `src * mask` into a reused buffer, the same values as `CounterMask::apply` on a copy.
 fn masked_copy(src: &[f32], mask: CounterMask) -> Scratch {
     let mut out = scratch::take(src.len());
     out.par_chunks_mut(MASK_BLOCK)
@@ -106,20 +96,18 @@ fn masked_copy(src: &[f32], mask: CounterMask) -> Scratch {
     out
 }
 
-/// `a += b`, elementwise in parallel blocks.
-fn add_into(a: &mut [f32], b: &[f32]) {
-    a.par_chunks_mut(1 << 15)
-        .zip(b.par_chunks(1 << 15))
-        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
-}
-
-/// The norm's input `sum = dropout(y) + residual` (`y` is overwritten) and
-/// its output.
-fn add_norm(mut y: Vec<f32>, residual: &[f32], mask: Option<CounterMask>, norm: HostNorm) -> (Vec<f32>, Vec<f32>) {
-    apply_mask(&mut y, mask);
-    add_into(&mut y, residual);
+/// The norm's input `sum = dropout(y + bias) + residual` (`y` is overwritten)
+/// and its output, in one pass of row blocks.
+fn add_norm(
+    mut y: Vec<f32>,
+    bias: Option<&[f32]>,
+    residual: &[f32],
+    mask: Option<CounterMask>,
+    norm: HostNorm,
+) -> (Vec<f32>, Vec<f32>) {
     let mut out = vec![0f32; y.len()];
-    kernels::layer_norm_forward(&y, norm.gamma, norm.beta, norm.eps, &mut out);
+    let affine = (norm.gamma, norm.beta, norm.eps);
+    kernels::bias_dropout_add_layer_norm(&mut y, bias, mask, residual, affine, &mut out);
     (out, y)
 }
 
@@ -188,8 +176,8 @@ impl FeedForward<'_> {
             // Nothing reads the pre-activation later: GELU in place, no second
             // 25 MiB buffer (at 32 x 128 on MiniLM) to allocate and zero.
             kernels::bias_gelu_in_place(&mut pre, self.up.b);
-            let y = self.down.forward(&pre, rows);
-            return Ok((add_norm(y, x, self.dropout, self.norm).0, None));
+            let y = self.down.product(&pre, rows);
+            return Ok((add_norm(y, self.down.b, x, self.dropout, self.norm).0, None));
         }
         // Written in full by the GELU pass; reused from one layer to the next.
         let mut act = scratch::take(pre.len());
@@ -197,9 +185,9 @@ impl FeedForward<'_> {
             Some(b) => kernels::bias_gelu_forward(&mut pre, b, &mut act),
             None => kernels::gelu_forward(&pre, &mut act, None),
         }
-        let y = self.down.forward(&act, rows);
+        let y = self.down.product(&act, rows);
         drop(act);
-        let (out, sum) = add_norm(y, x, self.dropout, self.norm);
+        let (out, sum) = add_norm(y, self.down.b, x, self.dropout, self.norm);
         Ok((
             out,
             keep.then_some(FeedForwardSaved {
@@ -225,7 +213,7 @@ impl FeedForward<'_> {
         drop(d_y);
         kernels::gelu_backward_in_place(&saved.pre_activation, &mut d_pre);
         let mut dx = self.up.input_grad(&d_pre, rows);
-        add_into(&mut dx, &d_sum);
+        kernels::add_into(&mut dx, &d_sum);
         Ok(dx)
     }
 }
@@ -263,8 +251,8 @@ impl LinearAddNorm<'_> {
     /// The output, and the norm's input when `keep` (the backward pass's only need).
     pub fn forward(&self, x: &[f32], residual: &[f32], keep: bool) -> Result<(Vec<f32>, Option<Vec<f32>>), ShapeError> {
         let rows = self.rows(x.len(), residual.len())?;
-        let y = self.linear.forward(x, rows);
-        let (out, sum) = add_norm(y, residual, self.dropout, self.norm);
+        let y = self.linear.product(x, rows);
+        let (out, sum) = add_norm(y, self.linear.b, residual, self.dropout, self.norm);
         Ok((out, keep.then_some(sum)))
     }
 

@@ -2,7 +2,9 @@
 //! baseline alternated case by case in one run, each in its own process, with
 //! the ratio PyTorch time / ours and the peak RSS of both. The machine is
 //! shared: only ratios from one alternating run compare, so the load average
-//! is printed with each case.
+//! is printed with each case. After the last round, each case's ratios are
+//! summed up as their median and range: this machine's speed drifts by 10-30%
+//! from one minute to the next, so a single round says little.
 //!
 //! The machinery ([`run`]) takes a [`Suite`]: MiniLM against
 //! `../shared/bench/peft_minilm.py` ([`minilm`], the default) or SmolLM2
@@ -182,12 +184,13 @@ pub fn run(opts: &Options, suite: &Suite) -> ExitCode {
     };
     let (warmup, steps) = (opts.warmup.to_string(), opts.steps.to_string());
     let mut failed = false;
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); suite.cases.len()];
     println!(
         "{:<44} {:>10} {:>10} {:>7} {:>10} {:>10} {:>6}",
         "case", "torch s", "ours s", "ratio", "torch MiB", "ours MiB", "load"
     );
     for round in 0..opts.rounds {
-        for case in suite.cases {
+        for (case, ratios) in suite.cases.iter().zip(&mut ratios) {
             let mut ours_args: Vec<String> = [
                 "bench",
                 "--backend",
@@ -229,6 +232,7 @@ pub fn run(opts: &Options, suite: &Suite) -> ExitCode {
             match (ours, torch) {
                 (Ok((o, orss)), Ok((t, trss))) => {
                     let mib = |m: Option<f64>| m.map_or("?".into(), |m| format!("{m:.0}"));
+                    ratios.push(t / o);
                     println!(
                         "{:<44} {:>10.3} {:>10.3} {:>6.2}x {:>10} {:>10} {:>6}",
                         case.name,
@@ -249,12 +253,55 @@ pub fn run(opts: &Options, suite: &Suite) -> ExitCode {
             }
         }
     }
+    println!("\n{:<44} {:>7} {:>15} {:>7}", "case", "median", "range", "rounds");
+    for (case, ratios) in suite.cases.iter().zip(&ratios) {
+        if let Some(s) = Summary::of(ratios) {
+            let range = format!("{:.2}x-{:.2}x", s.min, s.max);
+            println!("{:<44} {:>6.2}x {range:>15} {:>7}", case.name, s.median, ratios.len());
+        }
+    }
     if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+}
+
+/// A case's ratios over the rounds.
+#[derive(Debug, PartialEq)]
+struct Summary {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Summary {
+    /// `None` for no ratios; the mean of the middle two for an even count.
+    fn of(ratios: &[f64]) -> Option<Self> {
+        let mut v = ratios.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = match n {
+            0 => return None,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        };
+        Some(Self {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::last_number;
+    use super::{Summary, last_number};
+
+    #[test]
+    fn a_summary_is_the_median_and_range_of_the_rounds() {
+        let s = |median, min, max| Some(Summary { median, min, max });
+        assert_eq!(Summary::of(&[1.2, 0.9, 1.5]), s(1.2, 0.9, 1.5));
+        assert_eq!(Summary::of(&[1.0, 2.0, 0.5, 1.5]), s(1.25, 0.5, 2.0));
+        assert_eq!(Summary::of(&[0.8]), s(0.8, 0.8, 0.8));
+        assert_eq!(Summary::of(&[]), None);
+    }
 
     #[test]
     fn last_number_reads_the_last_line_that_has_the_key() {

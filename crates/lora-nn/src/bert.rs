@@ -9,7 +9,7 @@ use lora_core::{Batch, Error, HostTensor, LoraSpec, Result, TextBatch};
 
 use crate::dropout::MaskSource;
 use crate::linear::{LoraLinear, LoraWeights};
-use crate::model::{Architecture, Model, check_labels};
+use crate::model::{Architecture, Model, Rows, check_labels};
 use crate::ops::{AttentionGeometry, FrozenNorm, Heads, Mask, TensorOps};
 use crate::params::ParamStore;
 use crate::weights::WeightSource;
@@ -139,20 +139,6 @@ fn text(batch: &Batch) -> Result<&TextBatch> {
     }
 }
 
-/// The rows a block computes: every token's, or only each sequence's first.
-/// The classifier reads the last block's first token alone (the pooler), and
-/// every other row of that block's output is unused: its queries, output
-/// projection, norms and feed-forward run on `batch` rows instead of `batch x
-/// seq` (its keys and values still see every token). Each row of a post-norm
-/// block depends on the other rows only through the keys and values, so the
-/// first tokens' values are the full block's. At 32 x 128 on MiniLM-L6 that is
-/// a seventh of a step's products, forward and backward.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Rows {
-    All,
-    First,
-}
-
 impl<O: TensorOps> Bert<O> {
     fn norm(&self, ops: &O, n: &LayerNorm<O>, x: &O::T) -> Result<O::T> {
         ops.layer_norm(x, &n.gamma, &n.beta, self.cfg.layer_norm_eps)
@@ -253,14 +239,10 @@ impl<O: TensorOps> Bert<O> {
     fn encode(&self, ops: &O, b: &TextBatch, mut masks: Option<&mut MaskSource>, last: Rows) -> Result<O::T> {
         let mut x = self.embeddings(ops, b, masks.as_deref_mut())?;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = self.layer(ops, layer, &x, b, &mut masks, self.rows_of(i, last))?;
+            let rows = Rows::of_block(i, self.layers.len(), last);
+            x = self.layer(ops, layer, &x, b, &mut masks, rows)?;
         }
         Ok(x)
-    }
-
-    /// The rows block `i` computes when the last one computes `last`.
-    fn rows_of(&self, i: usize, last: Rows) -> Rows {
-        if i + 1 == self.layers.len() { last } else { Rows::All }
     }
 
     /// Each sequence's first token of `x [batch * seq, hidden]`, `[batch, hidden]`.
@@ -339,7 +321,7 @@ impl<O: TensorOps> Architecture<O> for Bert<O> {
             x,
             text(batch)?,
             &mut masks,
-            self.rows_of(i, Rows::First),
+            Rows::of_block(i, self.layers.len(), Rows::First),
         )
     }
 

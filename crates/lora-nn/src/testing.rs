@@ -15,7 +15,7 @@ use crate::dropout::MaskSource;
 use crate::linear::{LoraLinear, LoraWeights};
 use crate::ops::TensorOps;
 use crate::params::ParamStore;
-use crate::weights::{HostWeights, SafetensorsFile};
+use crate::weights::{HostWeights, SafetensorsFile, WeightSource};
 
 /// Generates one `#[test]` per model check for a backend's operations value.
 #[macro_export]
@@ -27,6 +27,7 @@ macro_rules! model_tests {
             fused_sublayers_equal_their_composition,
             bert_with_lora_equals_the_base_at_initialisation,
             bert_merged_equals_unmerged_and_unmerge_is_exact,
+            bert_logits_are_the_pooled_full_hidden_states,
             bert_gradients_reach_every_parameter,
             bert_targets_and_ranks_are_checked,
             bert_base_dropout_trains_and_stays_off_in_evaluation,
@@ -357,6 +358,42 @@ pub fn bert_merged_equals_unmerged_and_unmerge_is_exact<O: TensorOps>(ops: O) {
     assert_eq!(m.predict(&text_batch()).unwrap().data, before.data);
 }
 
+/// The logits (whose last block computes only the first tokens) against the
+/// pooler and classifier applied by hand to the full last hidden states: with
+/// LoRA on the output projection (the composed attention) and without (the
+/// fused one elsewhere), a padded sequence in the batch.
+pub fn bert_logits_are_the_pooled_full_hidden_states<O: TensorOps>(ops: O) {
+    let cfg = bert_config();
+    let (h, base) = (cfg.hidden_size, bert_weights(&cfg));
+    let pooler_w = base.view("pooler.dense.weight").unwrap().to_f32();
+    let pooler_b = base.view("pooler.dense.bias").unwrap().to_f32();
+    for targets in [&ALL[..], &["query", "value"][..]] {
+        let mut m = bert(&ops, targets);
+        perturb(&mut m, 11);
+        let params = m.read_params().unwrap();
+        let named = |suffix: &str| {
+            let i = m.params().iter().position(|p| p.name.ends_with(suffix)).unwrap();
+            params[i].clone()
+        };
+        let (head_w, head_b) = (named("classifier.weight"), named("classifier.bias"));
+        let hidden = m.hidden_states(&text_batch()).unwrap();
+        let (b, t) = (hidden.shape[0], hidden.shape[1]);
+        let mut want = Vec::new();
+        for s in 0..b {
+            let first = &hidden.data[s * t * h..][..h];
+            let pooled: Vec<f32> = (0..h)
+                .map(|o| (pooler_b[o] + (0..h).map(|i| pooler_w[o * h + i] * first[i]).sum::<f32>()).tanh())
+                .collect();
+            want.extend(
+                (0..head_b.len()).map(|c| head_b[c] + (0..h).map(|i| head_w[c * h + i] * pooled[i]).sum::<f32>()),
+            );
+        }
+        let got = m.predict(&text_batch()).unwrap();
+        assert_eq!(got.shape, [b, head_b.len()]);
+        close(&got.data, &want, 1e-5);
+    }
+}
+
 pub fn bert_gradients_reach_every_parameter<O: TensorOps>(ops: O) {
     let mut m = bert(&ops, &["query", "value"]);
     perturb(&mut m, 5);
@@ -572,6 +609,18 @@ pub fn vit_lora_trains_the_adapter_and_the_head_and_merges<O: TensorOps>(ops: O)
     let (first, last) = sgd(&mut m, &b, 40, 0.5);
     assert!(last < first, "loss {first} -> {last}");
     let before = m.predict(&b).unwrap();
+    // The logits (the last block computes the class tokens alone) are the head
+    // applied by hand to the full final hidden states' class tokens.
+    let (params, hidden) = (m.read_params().unwrap(), m.hidden_states(&b).unwrap());
+    let (head_w, head_b) = (&params[params.len() - 2], &params[params.len() - 1]);
+    let (t, h) = (hidden.shape[1], hidden.shape[2]);
+    let want: Vec<f32> = (0..hidden.shape[0])
+        .flat_map(|s| {
+            let class_token = &hidden.data[s * t * h..][..h];
+            (0..head_b.len()).map(move |c| head_b[c] + (0..h).map(|i| head_w[c * h + i] * class_token[i]).sum::<f32>())
+        })
+        .collect();
+    close(&before.data, &want, 1e-5);
     m.merge().unwrap();
     close(&m.predict(&b).unwrap().data, &before.data, 1e-4);
     m.unmerge().unwrap();

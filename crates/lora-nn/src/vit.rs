@@ -13,7 +13,7 @@ use lora_core::{Batch, Error, HostTensor, ImageBatch, LoraSpec, Result};
 
 use crate::dropout::MaskSource;
 use crate::linear::{Linear, LoraLinear, LoraWeights, Norm, TrainedLinear};
-use crate::model::{Architecture, Model};
+use crate::model::{Architecture, Model, Rows};
 use crate::ops::{Heads, Mask, TensorOps};
 use crate::params::ParamStore;
 use crate::weights::WeightSource;
@@ -290,7 +290,9 @@ fn images(batch: &Batch) -> Result<&ImageBatch> {
 }
 
 impl<O: TensorOps> Vit<O> {
-    /// `x` is `[batch * tokens, hidden]`.
+    /// `x` is `[batch * tokens, hidden]`; the output is that, or `[batch,
+    /// hidden]` (the class tokens') for [`Rows::First`].
+    #[allow(clippy::too_many_arguments)]
     fn block(
         &self,
         ops: &O,
@@ -298,21 +300,26 @@ impl<O: TensorOps> Vit<O> {
         x: &O::T,
         (b, t): (usize, usize),
         masks: &mut Option<&mut MaskSource>,
+        rows: Rows,
     ) -> Result<O::T> {
         let (heads, d) = (self.cfg.num_attention_heads, self.cfg.head_dim());
         let mut linear = |i: usize, x: &O::T| blk.linears[i].forward(ops, x, masks.as_deref_mut());
         let h = blk.norm_before.forward(ops, x)?;
-        let (q, k, v) = (linear(0, &h)?, linear(1, &h)?, linear(2, &h)?);
+        let (x, h_q, queries) = match rows {
+            Rows::All => (x.clone(), h.clone(), t),
+            Rows::First => (self.class_tokens(ops, x, b)?, self.class_tokens(ops, &h, b)?, 1),
+        };
+        let (q, k, v) = (linear(0, &h_q)?, linear(1, &h)?, linear(2, &h)?);
         let shape = Heads {
             batch: b,
-            queries: t,
+            queries,
             keys: t,
             heads,
             kv_heads: heads,
             head_dim: d,
         };
         let ctx = ops.attention_rows(&q, &k, &v, shape, Mask::None, 1.0 / (d as f64).sqrt(), None)?;
-        let x = ops.add(x, &linear(3, &ctx)?)?;
+        let x = ops.add(&x, &linear(3, &ctx)?)?;
         let h = blk.norm_after.forward(ops, &x)?;
         let up = ops.gelu(&linear(4, &h)?)?;
         ops.add(&x, &linear(5, &up)?)
@@ -333,19 +340,32 @@ impl<O: TensorOps> Vit<O> {
         self.cfg.grid() * self.cfg.grid() + 1
     }
 
-    /// The final norm on the last block's output: `[batch, tokens, hidden]`.
-    fn finish(&self, ops: &O, x: &O::T, batch: usize) -> Result<O::T> {
+    /// Each image's class token of `x [batch * tokens, hidden]`, `[batch, hidden]`.
+    fn class_tokens(&self, ops: &O, x: &O::T, batch: usize) -> Result<O::T> {
+        let h = self.cfg.hidden_size;
         ops.reshape(
-            &self.final_norm.forward(ops, x)?,
-            &[batch, self.tokens(), self.cfg.hidden_size],
+            &ops.narrow(&ops.reshape(x, &[batch, self.tokens(), h])?, 1, 0, 1)?,
+            &[batch, h],
         )
     }
 
-    /// Final hidden states `[batch, tokens, hidden]`.
-    fn encode(&self, ops: &O, b: &ImageBatch, mut masks: Option<&mut MaskSource>) -> Result<O::T> {
+    /// The final norm on the last block's output: `[batch, tokens, hidden]`, or
+    /// `[batch, 1, hidden]` when that block computed the class tokens alone.
+    fn finish(&self, ops: &O, x: &O::T, batch: usize) -> Result<O::T> {
+        let rows = ops.dims(x)[0];
+        ops.reshape(
+            &self.final_norm.forward(ops, x)?,
+            &[batch, rows / batch.max(1), self.cfg.hidden_size],
+        )
+    }
+
+    /// Final hidden states `[batch, tokens, hidden]`, or `[batch, 1, hidden]`
+    /// for [`Rows::First`].
+    fn encode(&self, ops: &O, b: &ImageBatch, mut masks: Option<&mut MaskSource>, last: Rows) -> Result<O::T> {
         let mut x = self.embeddings(ops, b)?;
-        for blk in &self.blocks {
-            x = self.block(ops, blk, &x, (b.batch_size, self.tokens()), &mut masks)?;
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let rows = Rows::of_block(i, self.blocks.len(), last);
+            x = self.block(ops, blk, &x, (b.batch_size, self.tokens()), &mut masks, rows)?;
         }
         self.finish(ops, &x, b.batch_size)
     }
@@ -369,7 +389,7 @@ impl<O: TensorOps> Architecture<O> for Vit<O> {
 
     fn logits(&self, ops: &O, batch: &Batch, masks: Option<&mut MaskSource>) -> Result<O::T> {
         let b = images(batch)?;
-        let hidden = self.encode(ops, b, masks)?;
+        let hidden = self.encode(ops, b, masks, Rows::First)?;
         self.classify(ops, &hidden, b.batch_size)
     }
 
@@ -383,7 +403,8 @@ impl<O: TensorOps> Architecture<O> for Vit<O> {
 
     fn block(&self, ops: &O, i: usize, x: &O::T, batch: &Batch, mut masks: Option<&mut MaskSource>) -> Result<O::T> {
         let b = images(batch)?;
-        self.block(ops, &self.blocks[i], x, (b.batch_size, self.tokens()), &mut masks)
+        let rows = Rows::of_block(i, self.blocks.len(), Rows::First);
+        self.block(ops, &self.blocks[i], x, (b.batch_size, self.tokens()), &mut masks, rows)
     }
 
     fn head(&self, ops: &O, x: &O::T, batch: &Batch, _masks: Option<&mut MaskSource>) -> Result<O::T> {
@@ -393,7 +414,7 @@ impl<O: TensorOps> Architecture<O> for Vit<O> {
 
     fn hidden_states(&self, ops: &O, batch: &Batch) -> Result<HostTensor> {
         let b = images(batch)?;
-        let hidden = self.encode(ops, b, None)?;
+        let hidden = self.encode(ops, b, None, Rows::All)?;
         Ok(HostTensor::new(ops.dims(&hidden), ops.to_host(&hidden)?))
     }
 

@@ -26,19 +26,20 @@ fn task_len(n: usize) -> usize {
 /// are not worth their cost here); clamped above.
 /// The integer parts use the bits of `x log2 e + 1.5 * 2^23`, whose low bits
 /// hold `n`: no float-to-int conversion, so nothing stops the vectoriser.
+/// Products and sums are fused (`mul_add`, see [`vectorised!`]).
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const SHIFT: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
     let underflow = x < -87.0;
     let x = x.clamp(-87.0, 88.0);
-    let shifted = x * LOG2E + SHIFT;
+    let shifted = x.mul_add(LOG2E, SHIFT);
     let n = shifted - SHIFT;
-    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
-        * r
-        + 0.5;
-    let er = p * (r * r) + r + 1.0;
+    let r = n.mul_add(2.121_944_4e-4, n.mul_add(-0.693_359_4, x));
+    let p = [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5]
+        .into_iter()
+        .fold(1.987_569_1e-4_f32, |p, c| p.mul_add(r, c));
+    let er = p.mul_add(r * r, r + 1.0);
     // `shifted`'s bits are 0x4B40_0000 + n; 2^n's are (n + 127) << 23.
     let two_n = f32::from_bits(shifted.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127) << 23);
     if underflow { 0.0 } else { er * two_n }
@@ -58,10 +59,12 @@ pub fn erf(x: f32) -> f32 {
 #[inline(always)]
 fn erf_and_gaussian(x: f32) -> (f32, f32) {
     let a = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    let t = 1.0 / a.mul_add(0.327_591_1, 1.0);
+    let poly = t * [-1.453_152_1, 1.421_413_8, -0.284_496_74, 0.254_829_6]
+        .into_iter()
+        .fold(1.061_405_4_f32, |p, c| p.mul_add(t, c));
     let gaussian = gaussian(a);
-    let y = 1.0 - poly * gaussian;
+    let y = (-poly).mul_add(gaussian, 1.0);
     (y.copysign(x), gaussian)
 }
 
@@ -75,19 +78,25 @@ fn gaussian(x: f32) -> f32 {
 /// Defines `fn $name(args)` that runs `$block(args)` (an `#[inline(always)]`
 /// function) inside a copy compiled for the widest vector unit this CPU has,
 /// so that its loops vectorise for that unit rather than for the baseline's
-/// SSE2. Every copy computes the same IEEE operations (Rust never contracts
-/// `a * b + c` into an FMA), so results do not depend on the CPU.
+/// SSE2. Every copy computes the same IEEE operations, so results do not
+/// depend on the CPU: Rust never contracts `a * b + c` into one operation, and
+/// the kernels' explicit `mul_add`s are one rounding on every path (an FMA
+/// instruction in both vector copies, the AVX2 one requiring FMA, which every
+/// AVX2 CPU has; a call to libm's exactly rounded `fmaf` in the baseline
+/// copy). Fused, GELU's erf and the exponential take about a third fewer
+/// instructions: 1.42 -> 0.88 ns a value for GELU, 0.76 -> 0.51 for `exp`,
+/// measured in cache on this machine.
 macro_rules! vectorised {
     ($(#[$doc:meta])* $vis:vis fn $name:ident = $block:ident($($arg:ident: $ty:ty),* $(,)?)) => {
         $(#[$doc])*
         $vis fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx512f")]
+                #[target_feature(enable = "avx512f,fma")]
                 fn avx512($($arg: $ty),*) {
                     $block($($arg),*)
                 }
-                #[target_feature(enable = "avx2")]
+                #[target_feature(enable = "avx2,fma")]
                 fn avx2($($arg: $ty),*) {
                     $block($($arg),*)
                 }
@@ -95,8 +104,8 @@ macro_rules! vectorised {
                     // SAFETY: the CPU has just been found to support AVX-512F.
                     return unsafe { avx512($($arg),*) };
                 }
-                if std::arch::is_x86_feature_detected!("avx2") {
-                    // SAFETY: the CPU has just been found to support AVX2.
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has just been found to support AVX2 and FMA.
                     return unsafe { avx2($($arg),*) };
                 }
             }
@@ -108,7 +117,7 @@ macro_rules! vectorised {
 /// `Phi(x) = (1 + erf(x / sqrt 2)) / 2`.
 #[inline(always)]
 fn normal_cdf(x: f32) -> f32 {
-    0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+    erf(x * std::f32::consts::FRAC_1_SQRT_2).mul_add(0.5, 0.5)
 }
 
 /// Exact (erf) GELU, `x * Phi(x)`, Hugging Face's `"gelu"`, into `y`; `Phi(x)`
@@ -268,7 +277,7 @@ const INV_SQRT_2PI: f32 = 0.398_942_3;
 #[inline(always)]
 fn gelu_derivative(v: f32) -> f32 {
     let (erf, gaussian) = erf_and_gaussian(v * std::f32::consts::FRAC_1_SQRT_2);
-    0.5 * (1.0 + erf) + x_normal_density(v, gaussian)
+    erf.mul_add(0.5, 0.5) + x_normal_density(v, gaussian)
 }
 
 /// `v phi(v)`, given `e^(-v^2 / 2)`.

@@ -305,16 +305,8 @@ impl CustomOp1 for Dropout {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        use rayon::prelude::*;
-        // Even, so that each pair of values (one draw) stays in one chunk.
-        const CHUNK: usize = 1 << 15;
         let mask = self.0;
-        host_kernel(storage, layout, |x, y| {
-            y.par_chunks_mut(CHUNK)
-                .zip(x.par_chunks(CHUNK))
-                .enumerate()
-                .for_each(|(i, (y, x))| mask.scale_into((i * CHUNK) as u64, x, y));
-        })
+        host_kernel(storage, layout, |x, y| kernels::masked_copy_into(mask, x, y))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {

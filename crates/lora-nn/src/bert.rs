@@ -247,11 +247,7 @@ impl<O: TensorOps> Bert<O> {
 
     /// Each sequence's first token of `x [batch * seq, hidden]`, `[batch, hidden]`.
     fn first_tokens(&self, ops: &O, x: &O::T, b: &TextBatch) -> Result<O::T> {
-        let h = self.cfg.hidden_size;
-        ops.reshape(
-            &ops.narrow(&ops.reshape(x, &[b.batch_size, b.seq_len, h])?, 1, 0, 1)?,
-            &[b.batch_size, h],
-        )
+        Rows::first_tokens(ops, x, [b.batch_size, b.seq_len, self.cfg.hidden_size])
     }
 
     /// Pooler, dropout and classifier on the last hidden states, all of them
@@ -315,14 +311,8 @@ impl<O: TensorOps> Architecture<O> for Bert<O> {
     }
 
     fn block(&self, ops: &O, i: usize, x: &O::T, batch: &Batch, mut masks: Option<&mut MaskSource>) -> Result<O::T> {
-        self.layer(
-            ops,
-            &self.layers[i],
-            x,
-            text(batch)?,
-            &mut masks,
-            Rows::of_block(i, self.layers.len(), Rows::First),
-        )
+        let rows = Rows::of_block(i, self.layers.len(), Rows::First);
+        self.layer(ops, &self.layers[i], x, text(batch)?, &mut masks, rows)
     }
 
     fn head(&self, ops: &O, x: &O::T, batch: &Batch, masks: Option<&mut MaskSource>) -> Result<O::T> {

@@ -546,6 +546,17 @@ pub fn bias_dropout_add_layer_norm(
         });
 }
 
+/// `out = src * mask` over whole tensors (the mask's values in row-major
+/// order), in parallel blocks: [`CounterMask::apply`] on a copy, without the
+/// copy. Panics when the lengths differ.
+pub fn masked_copy_into(mask: CounterMask, src: &[f32], out: &mut [f32]) {
+    assert_eq!(src.len(), out.len(), "a mask's source and output differ in length");
+    out.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .enumerate()
+        .for_each(|(i, (out, src))| mask.scale_into((i * CHUNK) as u64, src, out));
+}
+
 /// `y[r] += b` for every row `r` of `y`, in parallel blocks of rows.
 pub fn add_rows(y: &mut [f32], b: &[f32]) {
     y.par_chunks_mut(task_len(b.len()))

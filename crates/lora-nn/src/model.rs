@@ -32,6 +32,14 @@ impl Rows {
     pub(crate) fn of_block(i: usize, blocks: usize, last: Rows) -> Rows {
         if i + 1 == blocks { last } else { Rows::All }
     }
+
+    /// Each sequence's first token of `x [batch * tokens, hidden]`: `[batch, hidden]`.
+    pub(crate) fn first_tokens<O: TensorOps>(ops: &O, x: &O::T, [batch, tokens, hidden]: [usize; 3]) -> Result<O::T> {
+        ops.reshape(
+            &ops.narrow(&ops.reshape(x, &[batch, tokens, hidden])?, 1, 0, 1)?,
+            &[batch, hidden],
+        )
+    }
 }
 
 pub trait Architecture<O: TensorOps>: Send + Sync + 'static {

@@ -15,7 +15,6 @@
 //! results are bit for bit the composed ones, which the tests check.
 
 use lora_core::init::CounterMask;
-use rayon::prelude::*;
 
 use crate::kernels;
 use crate::matmul::{Mat, product};
@@ -82,17 +81,10 @@ pub struct HostNorm<'a> {
     pub eps: f32,
 }
 
-/// Values per parallel block of a mask pass; even, so that each pair of values
-/// (one draw) stays in one block.
-const MASK_BLOCK: usize = 1 << 15;
-
 /// `src * mask` into a reused buffer, the same values as `CounterMask::apply` on a copy.
 fn masked_copy(src: &[f32], mask: CounterMask) -> Scratch {
     let mut out = scratch::take(src.len());
-    out.par_chunks_mut(MASK_BLOCK)
-        .zip(src.par_chunks(MASK_BLOCK))
-        .enumerate()
-        .for_each(|(i, (out, src))| mask.scale_into((i * MASK_BLOCK) as u64, src, out));
+    kernels::masked_copy_into(mask, src, &mut out);
     out
 }
 

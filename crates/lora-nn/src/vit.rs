@@ -342,11 +342,7 @@ impl<O: TensorOps> Vit<O> {
 
     /// Each image's class token of `x [batch * tokens, hidden]`, `[batch, hidden]`.
     fn class_tokens(&self, ops: &O, x: &O::T, batch: usize) -> Result<O::T> {
-        let h = self.cfg.hidden_size;
-        ops.reshape(
-            &ops.narrow(&ops.reshape(x, &[batch, self.tokens(), h])?, 1, 0, 1)?,
-            &[batch, h],
-        )
+        Rows::first_tokens(ops, x, [batch, self.tokens(), self.cfg.hidden_size])
     }
 
     /// The final norm on the last block's output: `[batch, tokens, hidden]`, or
